@@ -1,0 +1,46 @@
+"""The `textebm` command: one module per subcommand, each thin (parse, call the library, report).
+
+A subcommand module defines `add_parser(subparsers)`, which registers its parser and sets
+`run=<function(args) -> int>` as a default. Modules import heavy libraries (torch, datasets)
+inside `run`, so that `textebm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from textebm import __version__
+from textebm.errors import UserError
+
+SUBCOMMANDS = ["train", "sample", "plot"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textebm",
+        description="Latent-space energy-based prior models for text: train, sample, evaluate, serve.",
+    )
+    parser.add_argument("--version", action="version", version=f"textebm {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"textebm.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as err:
+        print(f"textebm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"textebm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""`textebm plot RUN`: learning curves of a run as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="plot a run's learning curves to a PNG")
+    p.add_argument("run_folder", metavar="RUN")
+    p.add_argument("--out", help="PNG path (default: RUN/learning_curves.png)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from textebm.plots import plot_learning_curves
+    from textebm.runs import load_config
+
+    load_config(args.run_folder)  # a clear error when RUN is not a run
+    print(plot_learning_curves(args.run_folder, args.out))
+    return 0

@@ -1,0 +1,49 @@
+"""`textebm sample`: sentences from a trained run, one per line."""
+
+from __future__ import annotations
+
+import argparse
+
+from textebm.cli.common import add_device_argument, resolve_device
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("sample", help="sample sentences from a trained run")
+    p.add_argument("--checkpoint", required=True, help="run folder")
+    p.add_argument("-n", type=int, default=10, help="number of sentences (default 10)")
+    p.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same sentences")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (z still comes from the prior chain)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--prior-steps", type=int, help="Langevin steps of the prior chain (default: the run's)")
+    p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
+    p.add_argument("--batch-size", type=int, default=256, help="sentences decoded together (default 256)")
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from textebm.errors import UserError
+    from textebm.io import atomic_write_text
+    from textebm.runs import load_run
+    from textebm.sampling import SamplingOptions, generate_text
+
+    if args.n < 1:
+        raise UserError(f"-n must be at least 1, not {args.n}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
+                              args.prior_steps).validate()
+    loaded = load_run(args.checkpoint, resolve_device(args.device))
+    sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size)
+    text = "".join(s + "\n" for s in sentences)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {len(sentences)} sentences to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

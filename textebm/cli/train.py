@@ -1,0 +1,100 @@
+"""`textebm train`: train a latent-EBM prior model on a corpus, into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from textebm.cli.common import add_device_argument, resolve_device
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on a corpus",
+                              description="Train by maximum likelihood with short-run Langevin chains.")
+    p.add_argument("--corpus", required=True, help="ptb, snli, yahoo, or a path to a text file / folder")
+    p.add_argument("--data-dir", help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
+    p.add_argument("--out", help="run folder (default: runs/<corpus>-<time>)")
+    p.add_argument("--preset", help="config preset (default: the corpus's own, else 'default'); e.g. cpu")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set latent_dim=64 (repeatable)")
+    p.add_argument("--tokenizer", choices=["word", "treebank", "sentencepiece"], help="tokenizer (config key)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size (config key vocab_size)")
+    p.add_argument("--train-split", help="train on another split, for development (e.g. valid); saved in the config")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--seed", type=int, help="random seed (config key seed)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def _config_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    for key, value in (("tokenizer", args.tokenizer), ("vocab_size", args.vocab_size),
+                       ("train_split", args.train_split), ("seed", args.seed)):
+        if value is not None:
+            extra.append(f"{key}={value}")
+    return [*args.overrides, *extra]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from textebm.batches import encode_lines
+    from textebm.config import resolve_config
+    from textebm.corpora import open_corpus, training_splits
+    from textebm.errors import UserError
+    from textebm.plots import plot_learning_curves
+    from textebm.runs import build_model, create_run, is_run, load_config
+    from textebm.train import train
+    from textebm.vocab import build_vocab, load_vocab
+
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError("--max-steps must be at least 1")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UserError("--max-minutes must be positive")
+    echo = tqdm.write
+    device = resolve_device(args.device)
+    name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
+    folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out RUN (the run folder to continue)")
+        if _config_overrides(args) or args.preset:
+            raise UserError("--resume continues with the run's saved config; drop --preset/--set and config flags")
+        config = load_config(folder)
+        vocab = load_vocab(folder)
+    else:
+        if is_run(folder):
+            raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
+        config = resolve_config(args.preset, args.corpus, _config_overrides(args))
+    corpus = open_corpus(args.corpus, args.data_dir)
+    train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
+    if not args.resume:
+        vocab = build_vocab(train_lines, config.tokenizer, config.vocab_size, config.min_freq, config.lowercase)
+        create_run(folder, config, vocab)
+    train_data = encode_lines(train_lines, vocab, config.max_length)
+    valid_data = encode_lines(valid_lines, vocab, config.max_length)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, vocab).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    echo(f"corpus {corpus.name}: {len(train_lines)} training sentences ({config.train_split}), "
+         f"{len(valid_lines)} validation sentences ({valid_source}); vocabulary {len(vocab)}")
+    if train_data.truncated or valid_data.truncated:
+        echo(f"truncated to max_length={config.max_length} tokens: {train_data.truncated} training and "
+             f"{valid_data.truncated} validation lines")
+    echo(f"model: {config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {config.latent_dim}, "
+         f"prior {config.prior}, {params / 1e6:.2f}M parameters, on {device}; run folder {folder}")
+    result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
+                   args.max_minutes, args.resume, progress=not args.no_progress, echo=echo)
+    plot = plot_learning_curves(folder)
+    echo(f"learning curves: {plot}")
+    if result.stopped_by == "interrupt":
+        echo(f"interrupted: resume with  textebm train --corpus {args.corpus} --out {folder} --resume")
+        return 130
+    return 0

@@ -1,0 +1,151 @@
+"""Typed configuration as plain data: one dataclass, presets in `textebm/presets/*.toml`, `--set` overrides.
+
+Every default lives here (and is listed in the README); presets only override. The resolved
+config is saved as `config.json` in each run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any
+
+from textebm.errors import UserError
+
+
+@dataclass
+class Config:
+    # data
+    corpus: str = "ptb"
+    tokenizer: str = "word"  # word | treebank | sentencepiece
+    vocab_size: int = 0  # 0: keep every training word (word/treebank); SentencePiece needs > 0
+    min_freq: int = 1
+    lowercase: bool = False
+    max_length: int = 100  # tokens per training sentence (longer lines are truncated and counted)
+    train_split: str = "train"  # development only: train on another split (printed in the config)
+    # generator p(x|z)
+    cell: str = "lstm"  # lstm | gru
+    num_layers: int = 1
+    embedding_dim: int = 512
+    hidden_dim: int = 1024
+    dropout: float = 0.3
+    latent_dim: int = 32
+    # prior p(z) ~ exp(f(z)) N(0, sigma^2 I)
+    prior: str = "ebm"  # ebm | gaussian
+    prior_sigma: float = 1.0
+    energy_hidden: int = 200
+    energy_layers: int = 2
+    # short-run Langevin
+    prior_steps: int = 60
+    prior_step_size: float = 0.4
+    posterior_steps: int = 20
+    posterior_step_size: float = 0.1
+    # learning
+    batch_size: int = 64
+    generator_lr: float = 1e-3
+    energy_lr: float = 1e-4
+    generator_clip: float = 5.0
+    energy_clip: float = 1.0
+    adam_beta1: float = 0.5
+    max_epochs: int = 40
+    nonfinite_policy: str = "skip"  # skip | stop
+    max_skipped_steps: int = 20  # consecutive non-finite steps before the run stops anyway
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 20
+    valid_every: int = 0  # steps between validations besides each epoch's end (0: epochs only)
+    checkpoint_every: int = 200  # steps; a kill loses at most this many
+    valid_batches: int = 0  # 0: the whole validation split
+    num_log_samples: int = 5
+
+    def validate(self) -> "Config":
+        choices = {
+            "tokenizer": ("word", "treebank", "sentencepiece"),
+            "cell": ("lstm", "gru"),
+            "prior": ("ebm", "gaussian"),
+            "nonfinite_policy": ("skip", "stop"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        positive = ["embedding_dim", "hidden_dim", "latent_dim", "num_layers", "batch_size", "max_length",
+                    "energy_hidden", "energy_layers", "log_every", "checkpoint_every", "max_skipped_steps"]
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
+        for key in ["prior_steps", "posterior_steps", "vocab_size", "min_freq", "valid_batches",
+                    "num_log_samples", "max_epochs", "valid_every", "seed"]:
+            if getattr(self, key) < 0:
+                raise UserError(f"{key} must not be negative, not {getattr(self, key)}")
+        for key in ["prior_sigma", "prior_step_size", "posterior_step_size", "generator_lr", "energy_lr",
+                    "generator_clip", "energy_clip"]:
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"{key} must be a positive number, not {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
+            raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**data).validate()
+
+
+def preset_names() -> list[str]:
+    files = resources.files("textebm.presets").iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise UserError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    text = resources.files("textebm.presets").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` with the value converted to the field's type."""
+    if "=" not in item:
+        raise UserError(f"--set expects key=value, got {item!r}")
+    key, raw = (s.strip() for s in item.split("=", 1))
+    types = {f.name: f.type for f in fields(Config)}
+    if key not in types:
+        raise UserError(f"unknown config key {key!r} in --set; known keys: {', '.join(sorted(types))}")
+    kind = types[key]
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return key, raw.lower() in ("true", "1", "yes")
+        if kind == "int":
+            return key, int(raw)
+        if kind == "float":
+            return key, float(raw)
+    except ValueError:
+        raise UserError(f"--set {key}: expected a {kind}, got {raw!r}") from None
+    return key, raw
+
+
+def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -> Config:
+    """Defaults, then the preset (the corpus's own when none is named), then `--set` overrides."""
+    if preset is None:
+        preset = corpus if corpus in preset_names() else "default"
+    values: dict[str, Any] = {"corpus": corpus}
+    values.update(load_preset(preset))
+    values["corpus"] = corpus
+    for item in overrides:
+        key, value = parse_override(item)
+        values[key] = value
+    return Config.from_dict(values)

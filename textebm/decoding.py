@@ -1,0 +1,54 @@
+"""Turning latent codes into sentences: greedy decoding, or sampling with temperature, top-k and top-p.
+
+Decoding is batched over sentences; the only Python loop runs over time steps, and it stops as
+soon as every sentence has ended.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the k most probable tokens and/or the smallest set whose probability reaches p; mask the rest."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the token that crosses p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def choose_tokens(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    if greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits).
+    uniform = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-20, 1.0)
+    return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+
+@torch.inference_mode()
+def decode(decoder, z: torch.Tensor, bos_id: int, eos_id: int, max_length: int, greedy: bool = False,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Token ids (batch, <= max_length); each row ends at its first `eos_id` (the rest is eos)."""
+    batch = z.shape[0]
+    token = torch.full((batch,), bos_id, dtype=torch.long, device=z.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    state = decoder.initial_state(z)
+    out = []
+    for _ in range(max_length):
+        logits, state = decoder.step(token, z, state)
+        token = choose_tokens(logits, greedy, temperature, top_k, top_p, generator)
+        token = token.masked_fill(finished, eos_id)
+        out.append(token)
+        finished |= token == eos_id
+        if bool(finished.all()):
+            break
+    return torch.stack(out, dim=1) if out else token.new_zeros(batch, 0)

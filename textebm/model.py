@@ -1,0 +1,65 @@
+"""The latent-space EBM prior model: a decoder p_beta(x | z) and a tilted-Gaussian prior p_alpha(z).
+
+This is the object the rest of the toolkit talks to: training asks it for posterior and prior
+samples, sampling and the server ask it to `generate`, evaluation asks for `log_joint`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from textebm.config import Config
+from textebm.decoder import Decoder
+from textebm.decoding import decode
+from textebm.energy import EnergyPrior
+from textebm.langevin import posterior_chain, prior_chain
+
+
+class LatentEBMTextModel(nn.Module):
+    def __init__(self, config: Config, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
+        super().__init__()
+        self.config = config
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.decoder = Decoder(vocab_size, config.embedding_dim, config.hidden_dim, config.latent_dim,
+                               config.num_layers, config.cell, config.dropout, pad_id)
+        self.prior = EnergyPrior(config.latent_dim, config.energy_hidden, config.energy_layers,
+                                 config.prior_sigma, config.prior)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.out.weight.device
+
+    def posterior_sample(self, tokens: torch.Tensor, steps: int | None = None, step_size: float | None = None,
+                         generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
+        """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain."""
+        cfg = self.config
+        return posterior_chain(self.prior, self.decoder, tokens,
+                               cfg.posterior_steps if steps is None else steps,
+                               cfg.posterior_step_size if step_size is None else step_size,
+                               generator, trajectory)
+
+    def prior_sample(self, n: int, steps: int | None = None, step_size: float | None = None,
+                     generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
+        """z- ~ p_alpha(z), by the short-run prior chain (exact draws for the Gaussian prior)."""
+        cfg = self.config
+        return prior_chain(self.prior, n, cfg.prior_steps if steps is None else steps,
+                           cfg.prior_step_size if step_size is None else step_size,
+                           self.device, generator, trajectory)
+
+    def log_joint(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p_beta(x | z) + log p_alpha(z) up to the prior's normalising constant, shape (batch,)."""
+        return self.decoder.log_likelihood(z, tokens) + self.prior.log_density(z)
+
+    def generate(self, n: int, max_length: int = 40, greedy: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, prior_steps: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sentences from the model: prior chain, then decoding. Token ids (n, <= max_length)."""
+        was_training = self.training
+        self.eval()
+        try:
+            z = self.prior_sample(n, steps=prior_steps, generator=generator)
+            return decode(self.decoder, z, self.bos_id, self.eos_id, max_length, greedy,
+                          temperature, top_k, top_p, generator)
+        finally:
+            self.train(was_training)
