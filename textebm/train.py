@@ -42,39 +42,51 @@ def _finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def train_step(model: LatentEBMTextModel, tokens: torch.Tensor, optimizers: dict, cfg: Config) -> dict:
-    """One learning iteration on a padded batch. Raises NonFiniteError before any update is applied
-    from non-finite numbers."""
-    model.eval()
-    z_pos = model.posterior_sample(tokens)
+def generator_step(model: LatentEBMTextModel, tokens: torch.Tensor, z_pos: torch.Tensor,
+                   optimizer: torch.optim.Optimizer, clip: float) -> dict:
+    """One Adam step on the teacher-forced NLL of x given its posterior codes z+."""
     model.train()
     log_lik = model.decoder.log_likelihood(z_pos, tokens)
-    gen_loss = -log_lik.mean()
-    if not _finite(gen_loss):
+    loss = -log_lik.mean()
+    if not _finite(loss):
         raise NonFiniteError("generator loss is not finite")
-    optimizers["generator"].zero_grad(set_to_none=True)
-    gen_loss.backward()
-    gen_norm = torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), cfg.generator_clip)
-    if not _finite(gen_norm):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), clip)
+    if not _finite(norm):
         raise NonFiniteError("generator gradient is not finite")
-    optimizers["generator"].step()
+    optimizer.step()
+    return {"nll": -log_lik.sum().item(), "gen_grad_norm": norm.item()}
 
-    metrics = {"nll": -log_lik.sum().item(), "gen_grad_norm": gen_norm.item()}
+
+def energy_step(prior, z_pos: torch.Tensor, z_neg: torch.Tensor, optimizer: torch.optim.Optimizer,
+                clip: float) -> dict:
+    """One Adam step on -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes,
+    lower it where the prior chain wanders. This is the maximum-likelihood gradient of the prior."""
+    f_pos, f_neg = prior.energy(z_pos), prior.energy(z_neg)
+    if not _finite(f_pos, f_neg):
+        raise NonFiniteError("energy f(z) is not finite")
+    loss = -(f_pos.mean() - f_neg.mean())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(prior.parameters(), clip)
+    if not _finite(norm):
+        raise NonFiniteError("energy gradient is not finite")
+    optimizer.step()
+    return {"energy_gap": -loss.item(), "ebm_grad_norm": norm.item()}
+
+
+def train_step(model: LatentEBMTextModel, tokens: torch.Tensor, optimizers: dict, cfg: Config) -> dict:
+    """One learning iteration on a padded batch (the four steps above). Non-finite numbers raise
+    NonFiniteError before they reach an update."""
+    model.eval()  # chains see the model without dropout
+    z_pos = model.posterior_sample(tokens)
+    metrics = generator_step(model, tokens, z_pos, optimizers["generator"], cfg.generator_clip)
     if model.prior.is_ebm:
         model.eval()
         z_neg = model.prior_sample(tokens.shape[0])
-        f_pos, f_neg = model.prior.energy(z_pos), model.prior.energy(z_neg)
-        if not _finite(f_pos, f_neg):
-            raise NonFiniteError("energy f(z) is not finite")
-        energy_loss = -(f_pos.mean() - f_neg.mean())
-        optimizers["energy"].zero_grad(set_to_none=True)
-        energy_loss.backward()
-        ebm_norm = torch.nn.utils.clip_grad_norm_(model.prior.parameters(), cfg.energy_clip)
-        if not _finite(ebm_norm):
-            raise NonFiniteError("energy gradient is not finite")
-        optimizers["energy"].step()
-        metrics.update(energy_gap=-energy_loss.item(), ebm_grad_norm=ebm_norm.item(),
-                       z_pos_norm=z_pos.norm(dim=1).mean().item(), z_neg_norm=z_neg.norm(dim=1).mean().item())
+        metrics.update(energy_step(model.prior, z_pos, z_neg, optimizers["energy"], cfg.energy_clip))
+        metrics.update(z_pos_norm=z_pos.norm(dim=1).mean().item(), z_neg_norm=z_neg.norm(dim=1).mean().item())
     return metrics
 
 

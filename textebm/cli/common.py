@@ -7,10 +7,16 @@ from textebm.errors import UserError
 
 def add_device_argument(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
-def resolve_device(name: str):
+def resolve_device(name: str, threads: int | None = None):
     import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

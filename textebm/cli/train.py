@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UserError("--max-minutes must be positive")
     echo = tqdm.write
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, args.threads)
     name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
     folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
