@@ -1,0 +1,150 @@
+"""Forward and reverse perplexity of generated text, and the whole evaluation in one call.
+
+Forward perplexity (FPPL): the samples under an LM estimated on real training text (fluency).
+Reverse perplexity (RPPL): the real test text under an LM estimated on the samples (coverage;
+a mode-collapsed generator gets a high RPPL). Following ARAE, the reverse LM's training text is
+the samples plus one line per word of the real training vocabulary, so that no test word is out
+of its vocabulary; `add_train_vocab=False` turns that off.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lm_eval.errors import EstimationError, InputError
+from lm_eval.kenlm_tools import KenLMTools, find_tools
+from lm_eval.ngram import (DEFAULT_MEMORY, DEFAULT_ORDER, NgramLM, load_model, real_data_lm,
+                           train_ngram_lm, validate_order)
+from lm_eval.perplexity import Perplexity, perplexity
+from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE, sample_stats
+from lm_eval.text import DEFAULT_MAX_TOKENS, read_sentences, vocabulary
+
+CORPORA = ("ptb", "snli", "yahoo")
+SPLITS = ("train", "valid", "test")
+
+
+def corpus_split_path(corpus: str, split: str, data_dir: str | Path) -> Path:
+    """`DATA_DIR/<corpus>/<split>.txt` (or `.txt.gz`); InputError naming the file if absent."""
+    base = Path(data_dir) / corpus
+    for name in (f"{split}.txt", f"{split}.txt.gz"):
+        if (base / name).is_file():
+            return base / name
+    hint = " (give your own with --train FILE)" if split == "train" else (
+        " (give your own with --test FILE)" if split == "test" else "")
+    if not base.is_dir():
+        raise InputError(f"corpus folder not found: {base} (set --data-dir or TEXTEBM_DATA_DIR){hint}")
+    raise InputError(f"corpus {corpus} has no {split} split: {base / (split + '.txt')} is missing{hint}")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TEXTEBM_DATA_DIR") or "data")
+
+
+def _as_model(lm):
+    if isinstance(lm, NgramLM):
+        return lm.load()
+    if isinstance(lm, (str, Path)):
+        return load_model(lm)
+    return lm
+
+
+def forward_ppl(samples: list[str], lm, count_eos: bool = False) -> Perplexity:
+    """FPPL: normalised sample sentences under a real-data LM (NgramLM, model path or kenlm.Model)."""
+    return perplexity(_as_model(lm), samples, count_eos=count_eos)
+
+
+@dataclass
+class ReversePPL:
+    test: Perplexity  # the real test text under the LM of the samples: RPPL is test.ppl
+    samples: Perplexity  # the samples under their own LM (for its OOV rate)
+    discount_fallback: bool
+    vocab_lines: int  # real-vocabulary lines added to the reverse LM's training text
+
+    @property
+    def ppl(self) -> float:
+        return self.test.ppl
+
+
+def reverse_ppl(samples: list[str], test: list[str], train_vocab: list[str] | None = None,
+                order: int = DEFAULT_ORDER, count_eos: bool = False, memory: str = DEFAULT_MEMORY,
+                tools: KenLMTools | None = None) -> ReversePPL:
+    """RPPL: estimate an LM on samples (+ one line per word of `train_vocab`), score `test`.
+
+    The reverse LM lives in a temporary folder that is removed before returning.
+    """
+    vocab = list(train_vocab or [])
+    with tempfile.TemporaryDirectory(prefix="textebm-reverse-") as tmp:
+        lm = train_ngram_lm(list(samples) + vocab, Path(tmp) / "reverse.klm", order=order,
+                            memory=memory, tools=tools)
+        model = lm.load()
+        result = ReversePPL(perplexity(model, test, count_eos), perplexity(model, samples, count_eos),
+                            lm.discount_fallback, len(vocab))
+        del model
+    return result
+
+
+def _real_model(train_path, sentences, order, memory, tools):
+    """Load the cached real-data LM; a cached file that will not load is rebuilt once."""
+    lm = real_data_lm(train_path, sentences, order=order, memory=memory, tools=tools)
+    try:
+        return lm, lm.load()
+    except (OSError, RuntimeError):
+        if not lm.cached:
+            raise EstimationError(f"KenLM could not load the model it just built: {lm.path}") from None
+        Path(lm.path).unlink(missing_ok=True)
+        lm = real_data_lm(train_path, sentences, order=order, memory=memory, tools=tools)
+        return lm, lm.load()
+
+
+def evaluate_samples(samples_path: str | Path, train_path: str | Path, test_path: str | Path,
+                     order: int = DEFAULT_ORDER, count_eos: bool = False, add_train_vocab: bool = True,
+                     memory: str = DEFAULT_MEMORY, self_bleu_size: int = SELF_BLEU_SIZE,
+                     seed: int = SELF_BLEU_SEED, max_tokens: int = DEFAULT_MAX_TOKENS) -> dict:
+    """FPPL, RPPL, OOV rates and sample statistics of a samples file, as one JSON-ready dict."""
+    start = time.perf_counter()
+    validate_order(order)
+    tools = find_tools()  # fail early, before reading anything, when KenLM is missing
+    samples = read_sentences(samples_path, "samples", max_tokens=max_tokens)
+    train = read_sentences(train_path, "training", max_tokens=max_tokens)
+    test = read_sentences(test_path, "test", max_tokens=max_tokens)
+
+    real_lm, real_model = _real_model(train_path, train.sentences, order, memory, tools)
+    fwd = perplexity(real_model, samples.sentences, count_eos)
+    real_test = perplexity(real_model, test.sentences, count_eos)
+    del real_model
+
+    vocab = vocabulary(train.sentences) if add_train_vocab else []
+    rev = reverse_ppl(samples.sentences, test.sentences, vocab, order=order, count_eos=count_eos,
+                      memory=memory, tools=tools)
+    stats = sample_stats(samples.sentences, set(train.sentences), self_bleu_size, seed)
+
+    result = {
+        "forward_ppl": fwd.ppl,
+        "reverse_ppl": rev.ppl,
+        "num_samples": len(samples),
+        "order": order,
+        "count_eos": count_eos,
+        "discount_fallback": real_lm.discount_fallback or rev.discount_fallback,
+        "discount_fallback_detail": {"real_lm": real_lm.discount_fallback,
+                                     "reverse_lm": rev.discount_fallback},
+        "oov_rate": {
+            "samples_under_real_lm": fwd.oov_rate,
+            "test_under_real_lm": real_test.oov_rate,
+            "samples_under_reverse_lm": rev.samples.oov_rate,
+            "test_under_reverse_lm": rev.test.oov_rate,
+        },
+        "real_lm_test_ppl": real_test.ppl,
+        "reverse_lm_train_vocab": add_train_vocab,
+        "reverse_lm_vocab_lines": rev.vocab_lines,
+        "blank_lines": {"samples": samples.blank_lines, "train": train.blank_lines, "test": test.blank_lines},
+        "num_words": {"samples": fwd.num_words, "test": real_test.num_words},
+        **stats,
+        "real_lm": {"path": real_lm.path, "cached": real_lm.cached, "num_sentences": real_lm.num_sentences},
+        "files": {"samples": str(samples_path), "train": str(train_path), "test": str(test_path)},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return result

@@ -1,0 +1,187 @@
+"""Estimating n-gram LMs with KenLM's `lmplz` (modified Kneser-Ney) and caching real-data ones.
+
+Estimation runs in a temporary folder (removed afterwards, also on failure) with bounded memory
+(`lmplz -S`, spilling to that folder via `-T`); the ARPA file is converted with `build_binary`
+and the binary is moved into place atomically. `--discount_fallback` is used only when lmplz
+fails with its BadDiscountException (too few distinct counts, e.g. identical samples), and the
+returned `NgramLM` says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from lm_eval.errors import EstimationError
+from lm_eval.kenlm_tools import KENLM_VERSION, KenLMTools, cache_root, find_tools
+from lm_eval.text import ESCAPE_VERSION, kenlm_line
+
+DEFAULT_ORDER = 5
+# lmplz's memory bound (-S): ample for PTB (peak RSS ~230 MB) and enough for larger corpora,
+# which then spill sorted n-grams to the temporary folder (-T) instead of growing.
+DEFAULT_MEMORY = "1G"
+MAX_ORDER = 6  # KENLM_MAX_ORDER of the default kenlm builds (Python module and tools)
+ENV_LM_CACHE = "TEXTEBM_LM_CACHE_DIR"
+
+
+@dataclass
+class NgramLM:
+    """A KenLM binary model file and how it was made."""
+
+    path: str
+    order: int
+    discount_fallback: bool
+    num_sentences: int
+    cached: bool = False
+
+    def load(self):
+        return load_model(self.path)
+
+
+def load_model(path: str | Path):
+    """Open a KenLM model (binary or ARPA) with the Python module."""
+    import kenlm
+
+    return kenlm.Model(str(path))
+
+
+def _bad_discount(stderr: str) -> bool:
+    return "BadDiscountException" in stderr or "--discount_fallback" in stderr
+
+
+def _error_line(stderr: str, tool: str) -> str:
+    """The most telling line of a tool's error output, for a one-line message."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in lines:
+        if "ERROR" in ln or "Exception" in ln or "error" in ln:
+            return f"{tool}: {ln[:300]}"
+    return f"{tool}: {lines[-1][:300]}" if lines else f"{tool} failed without a message"
+
+
+def _lmplz(tools: KenLMTools, text: Path, arpa: Path, tmp: Path, order: int, memory: str,
+           fallback: bool) -> subprocess.CompletedProcess:
+    cmd = [str(tools.lmplz), "-o", str(order), "-S", memory, "-T", str(tmp) + os.sep,
+           "--text", str(text), "--arpa", str(arpa)]
+    if fallback:
+        cmd.append("--discount_fallback")
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, errors="replace")
+
+
+def validate_order(order: int) -> None:
+    if not 1 <= order <= MAX_ORDER:
+        raise EstimationError(f"order must be between 1 and {MAX_ORDER} (KenLM's maximum order), got {order}")
+
+
+def train_ngram_lm(sentences: Iterable[str], out_path: str | Path, order: int = DEFAULT_ORDER,
+                   memory: str = DEFAULT_MEMORY, allow_fallback: bool = True,
+                   tools: KenLMTools | None = None) -> NgramLM:
+    """Estimate an order-`order` modified Kneser-Ney LM on `sentences` into binary `out_path`.
+
+    `sentences` are normalised, unescaped sentences (tokens joined by single spaces);
+    the KenLM specials are escaped here exactly as at scoring time.
+    """
+    validate_order(order)
+    tools = tools or find_tools()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.{os.getpid()}.partial"
+    try:
+        with tempfile.TemporaryDirectory(prefix="textebm-lmplz-") as tmp_name:
+            tmp = Path(tmp_name)
+            text = tmp / "text.txt"
+            count = 0
+            with open(text, "w", encoding="utf-8") as fh:
+                for s in sentences:
+                    fh.write(kenlm_line(s.split(" ")) + "\n")
+                    count += 1
+            if count == 0:
+                raise EstimationError("cannot estimate a language model from no sentences")
+            arpa = tmp / "model.arpa"
+            fallback = False
+            proc = _lmplz(tools, text, arpa, tmp, order, memory, fallback=False)
+            if proc.returncode != 0 and allow_fallback and _bad_discount(proc.stderr):
+                fallback = True
+                proc = _lmplz(tools, text, arpa, tmp, order, memory, fallback=True)
+            if proc.returncode != 0:
+                raise EstimationError(_error_line(proc.stderr, "lmplz"))
+            proc = subprocess.run(
+                [str(tools.build_binary), "-S", memory, "-T", str(tmp) + os.sep, str(arpa), str(partial)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True, errors="replace",
+            )
+            if proc.returncode != 0:
+                raise EstimationError(_error_line(proc.stderr, "build_binary"))
+            os.replace(partial, out)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return NgramLM(str(out), order, fallback, count)
+
+
+def lm_cache_dir() -> Path:
+    """Where real-data LMs are cached: `$TEXTEBM_LM_CACHE_DIR`, else `<kenlm cache>/models`."""
+    env = os.environ.get(ENV_LM_CACHE)
+    return Path(env).expanduser() if env else cache_root() / "models"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(train_sha256: str, order: int) -> str:
+    """Name of a cached model: the training file's content, the order, the escaping version."""
+    return f"{train_sha256[:32]}-o{order}-esc{ESCAPE_VERSION}-kenlm{KENLM_VERSION}"
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    partial = path.parent / f".{path.name}.{os.getpid()}.partial"
+    try:
+        partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+
+
+def real_data_lm(train_path: str | Path, sentences: list[str] | None = None, order: int = DEFAULT_ORDER,
+                 memory: str = DEFAULT_MEMORY, cache_dir: str | Path | None = None,
+                 tools: KenLMTools | None = None) -> NgramLM:
+    """The LM of a real training file, estimated once and then served from the cache.
+
+    `sentences` (the file read with `lm_eval.text.read_sentences`) saves a second read when the
+    caller has them already; the cache key is the file's sha256, so edits invalidate it.
+    """
+    validate_order(order)
+    directory = Path(cache_dir) if cache_dir else lm_cache_dir()
+    digest = file_sha256(train_path)
+    key = cache_key(digest, order)
+    binary, meta_path = directory / f"{key}.klm", directory / f"{key}.json"
+    if binary.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            return NgramLM(str(binary), order, bool(meta["discount_fallback"]),
+                           int(meta["num_sentences"]), cached=True)
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged sidecar: rebuild below
+    if sentences is None:
+        from lm_eval.text import read_sentences
+
+        sentences = read_sentences(train_path, "training").sentences
+    lm = train_ngram_lm(sentences, binary, order=order, memory=memory, tools=tools)
+    meta = asdict(lm)
+    meta.update(train_path=str(train_path), train_sha256=digest, escape_version=ESCAPE_VERSION,
+                kenlm_version=KENLM_VERSION)
+    meta.pop("cached", None)
+    _write_json_atomic(meta_path, meta)
+    return lm

@@ -1,0 +1,157 @@
+"""`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams.
+
+Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples`, prints a table or
+one JSON object. The protocol is documented in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from textebm.errors import UserError
+
+CORPORA = ("ptb", "snli", "yahoo")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval-ppl",
+        help="forward/reverse perplexity of samples under KenLM n-gram models",
+        description="Forward perplexity (samples under an LM of the real training text) and reverse "
+        "perplexity (real test text under an LM of the samples), with KenLM modified Kneser-Ney "
+        "n-grams, plus sample statistics (length, unique/copied share, distinct-n, self-BLEU).",
+    )
+    p.add_argument("--samples", required=True, metavar="FILE", help="generated sentences, one per line")
+    p.add_argument("--corpus", choices=CORPORA, help="real corpus: DATA_DIR/<corpus>/{train,test}.txt")
+    p.add_argument("--data-dir", metavar="D",
+                   help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    p.add_argument("--train", metavar="REAL_TRAIN", help="real training text (overrides the corpus's)")
+    p.add_argument("--test", metavar="REAL_TEST", help="real test text (overrides the corpus's)")
+    p.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
+    p.add_argument("--count-eos", action="store_true",
+                   help="count the end-of-sentence token in perplexity (default: not counted, as in ARAE)")
+    p.add_argument("--no-train-vocab", dest="train_vocab", action="store_false",
+                   help="do not add one line per real training word to the reverse LM's text")
+    p.add_argument("--memory", default="1G", help="lmplz memory bound, its -S option (default 1G)")
+    p.add_argument("--self-bleu-size", type=int, default=None, metavar="N",
+                   help="sentences in the self-BLEU subsample (default 200)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the self-BLEU subsample (default 1234)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="longest line accepted, in tokens (default 10000)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(run=run)
+
+
+def _check_lm_eval():
+    """Import lm_eval and make sure it is this project's package, not a namesake."""
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise UserError(f"cannot import lm_eval ({err}); reinstall textebm with ./setup.sh") from None
+    if not getattr(lm_eval, "__textebm__", False):
+        if getattr(lm_eval, "__file__", None) is None:  # a namespace package: no __init__.py ran
+            where = ", ".join(str(p) for p in getattr(lm_eval, "__path__", []))
+            raise UserError(
+                f"`lm_eval` was imported as a bare namespace package from {where}, not textebm's "
+                "package; reinstall textebm (./setup.sh, or pip install -e .)"
+            )
+        where = lm_eval.__file__
+        raise UserError(
+            f"`lm_eval` resolves to another package ({where}), e.g. EleutherAI's "
+            "lm-evaluation-harness; it and textebm cannot share one environment: use a separate venv"
+        )
+    return lm_eval
+
+
+def resolve_files(args) -> tuple[Path, Path]:
+    """The real train and test files, from --train/--test or from --corpus and the data folder."""
+    from lm_eval.evaluate import corpus_split_path
+
+    if args.corpus is None and (args.train is None or args.test is None):
+        raise UserError("give --corpus ptb|snli|yahoo, or both --train REAL_TRAIN and --test REAL_TEST")
+    data_dir = Path(args.data_dir or os.environ.get("TEXTEBM_DATA_DIR") or "data")
+    train = Path(args.train) if args.train else corpus_split_path(args.corpus, "train", data_dir)
+    test = Path(args.test) if args.test else corpus_split_path(args.corpus, "test", data_dir)
+    return train, test
+
+
+def _fmt(x, pct: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    return f"{100 * x:.2f}%" if pct else f"{x:.4g}" if abs(x) < 1 else f"{x:.2f}"
+
+
+def format_table(r: dict) -> str:
+    fb = r["discount_fallback_detail"]
+    oov = r["oov_rate"]
+    eos = "counted" if r["count_eos"] else "not counted"
+    rows = [
+        ("forward PPL (samples | real LM)", _fmt(r["forward_ppl"])),
+        ("reverse PPL (test | samples LM)", _fmt(r["reverse_ppl"])),
+        ("real LM PPL on test (reference)", _fmt(r["real_lm_test_ppl"])),
+        ("order / end-of-sentence", f"{r['order']} / {eos}"),
+        ("discount fallback (real / reverse)", f"{_fmt(fb['real_lm'])} / {_fmt(fb['reverse_lm'])}"),
+        ("OOV samples | real LM", _fmt(oov["samples_under_real_lm"], True)),
+        ("OOV test | real LM", _fmt(oov["test_under_real_lm"], True)),
+        ("OOV test | reverse LM", _fmt(oov["test_under_reverse_lm"], True)),
+        ("samples (blank lines dropped)", f"{r['num_samples']} ({r['blank_lines']['samples']})"),
+        ("mean / max length", f"{r['mean_length']:.2f} / {r['max_length']}"),
+        ("unique / copied from train", f"{_fmt(r['unique_share'], True)} / {_fmt(r['copied_share'], True)}"),
+        ("distinct-1 / 2 / 3", " / ".join(_fmt(r[f"distinct_{n}"]) for n in (1, 2, 3))),
+        (f"self-BLEU ({r['self_bleu_subsample']['size']} sentences, seed "
+         f"{r['self_bleu_subsample']['seed']})", _fmt(r["self_bleu"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if r["discount_fallback"]:
+        lines.append("note: lmplz needed --discount_fallback (too few distinct n-gram counts, "
+                     "e.g. repeated samples); that model's smoothing is approximate")
+    if oov["test_under_reverse_lm"] > 0:
+        lines.append("note: test words missing from the reverse LM are scored with its <unk> "
+                     "probability, which makes the reverse PPL low and not comparable")
+    return "\n".join(lines)
+
+
+def _finite(x):
+    """JSON has no infinity or NaN: such values (never expected) become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return x
+
+
+def run(args) -> int:
+    lm_eval = _check_lm_eval()
+    from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE
+    from lm_eval.text import DEFAULT_MAX_TOKENS
+
+    if args.self_bleu_size is not None and args.self_bleu_size < 0:
+        raise UserError("--self-bleu-size must be 0 or more")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError("--max-tokens must be at least 1")
+    try:
+        train, test = resolve_files(args)
+        result = lm_eval.evaluate_samples(
+            args.samples, train, test, order=args.order, count_eos=args.count_eos,
+            add_train_vocab=args.train_vocab, memory=args.memory,
+            self_bleu_size=SELF_BLEU_SIZE if args.self_bleu_size is None else args.self_bleu_size,
+            seed=SELF_BLEU_SEED if args.seed is None else args.seed,
+            max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+        )
+    except lm_eval.EvalError as err:
+        raise UserError(str(err)) from None
+    if args.json:
+        sys.stdout.write(json.dumps(_finite(result), allow_nan=False) + "\n")
+    else:
+        print(format_table(result))
+    return 0
