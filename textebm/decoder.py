@@ -48,8 +48,38 @@ class Decoder(nn.Module):
                               ignore_index=self.pad_id, reduction="none")
         return -nll.view(targets.shape).sum(dim=1)
 
-    def step(self, tokens: torch.Tensor, z: torch.Tensor, state):
-        """One decoding step for a batch: next-token logits and the new state."""
-        rnn_in = torch.cat([self.embed(tokens), z], dim=-1).unsqueeze(1)
-        hidden, state = self.rnn(rnn_in, state)
-        return self.out(hidden[:, 0]), state
+    def start_decoding(self, z: torch.Tensor):
+        """Constants and state for `step`: z's share of the first layer's input gates is the same at
+        every time step, so it is computed once per sentence instead of once per token."""
+        emb_dim = self.embed.embedding_dim
+        z_gates = F.linear(z, self.rnn.weight_ih_l0[:, emb_dim:], self.rnn.bias_ih_l0)
+        state = self.initial_state(z)
+        if self.cell == "lstm":
+            return z_gates, list(zip(state[0].unbind(0), state[1].unbind(0)))
+        return z_gates, list(state.unbind(0))
+
+    def step(self, tokens: torch.Tensor, z_gates: torch.Tensor, state: list):
+        """One decoding step for a batch, written at the cell level (the nn.LSTM/nn.GRU equations on
+        their own weights, gate order i, f, g, o and r, z, n): next-token logits and the new state."""
+        emb_dim = self.embed.embedding_dim
+        x = F.linear(self.embed(tokens), self.rnn.weight_ih_l0[:, :emb_dim]) + z_gates
+        new_state = []
+        for layer, layer_state in enumerate(state):
+            if layer > 0:
+                x = F.linear(x, getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"bias_ih_l{layer}"))
+            w_hh, b_hh = getattr(self.rnn, f"weight_hh_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}")
+            if self.cell == "lstm":
+                h, c = layer_state
+                i, f, g, o = (x + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                new_state.append((h, c))
+            else:
+                h = layer_state
+                x_r, x_u, x_n = x.chunk(3, dim=1)
+                h_r, h_u, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+                r, u = torch.sigmoid(x_r + h_r), torch.sigmoid(x_u + h_u)
+                h = (1 - u) * torch.tanh(x_n + r * h_n) + u * h
+                new_state.append(h)
+            x = h
+        return self.out(x), new_state

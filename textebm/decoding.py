@@ -25,12 +25,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def choose_tokens(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float,
                   generator: torch.Generator | None) -> torch.Tensor:
+    """The argmax, or one draw per row from softmax(logits / temperature) after top-k/top-p.
+
+    Draws use the inverse CDF: one uniform number per row against the cumulative (unnormalised)
+    probabilities, summed in float64. That is one random number per sentence instead of one per
+    vocabulary entry (Gumbel-max), which makes it the cheapest exact sampler here."""
     if greedy:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits).
-    uniform = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-20, 1.0)
-    return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
+    weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_().double().cumsum_(dim=-1)
+    uniform = torch.rand(logits.shape[0], 1, device=logits.device, dtype=torch.float64, generator=generator)
+    picks = torch.searchsorted(weights, uniform * weights[:, -1:], right=True)[:, 0]
+    return picks.clamp_(max=logits.shape[-1] - 1)
 
 
 @torch.inference_mode()
@@ -41,10 +47,10 @@ def decode(decoder, z: torch.Tensor, bos_id: int, eos_id: int, max_length: int, 
     batch = z.shape[0]
     token = torch.full((batch,), bos_id, dtype=torch.long, device=z.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=z.device)
-    state = decoder.initial_state(z)
+    z_gates, state = decoder.start_decoding(z)
     out = []
     for _ in range(max_length):
-        logits, state = decoder.step(token, z, state)
+        logits, state = decoder.step(token, z_gates, state)
         token = choose_tokens(logits, greedy, temperature, top_k, top_p, generator)
         token = token.masked_fill(finished, eos_id)
         out.append(token)
