@@ -1,0 +1,186 @@
+"""Shared fixtures for the core-library tests.
+
+Corpora are read only through $TEXTEBM_DATA_DIR (CI sets it to ../shared/data). When it is unset
+the tests that need a corpus fail with a clear message: they are never skipped silently.
+Every test runs with TEXTEBM_OFFLINE=1, so a missing corpus can never start a download.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# A model small enough that a training step takes milliseconds on one CPU core.
+TINY_OVERRIDES = [
+    "embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16",
+    "prior_steps=5", "posterior_steps=3", "batch_size=16", "dropout=0.0",
+    "max_length=30", "num_log_samples=1", "valid_batches=2", "log_every=1",
+    "checkpoint_every=10", "valid_every=0",
+]
+SMALL_CORPUS_LINES = 400  # first lines of PTB train, written to a temporary text file
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    out = []
+    for item in overrides:
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and the CI machine has only two cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may reach the network: a missing corpus must fail, not download."""
+    monkeypatch.setenv("TEXTEBM_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared corpora, from $TEXTEBM_DATA_DIR only; fail (not skip) when it is unset."""
+    value = os.environ.get("TEXTEBM_DATA_DIR")
+    if not value:
+        pytest.fail("TEXTEBM_DATA_DIR is not set: point it at the corpora folder (CI uses ../shared/data)",
+                    pytrace=False)
+    folder = Path(value)
+    if not (folder / "ptb" / "train.txt").is_file():
+        pytest.fail(f"TEXTEBM_DATA_DIR={value} has no ptb/train.txt", pytrace=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ptb_train_lines(data_dir) -> list[str]:
+    with open(data_dir / "ptb" / "train.txt", encoding="utf-8") as handle:
+        return [next(handle).rstrip("\n") for _ in range(2000)]
+
+
+@pytest.fixture(scope="session")
+def ptb_valid_lines(data_dir) -> list[str]:
+    with open(data_dir / "ptb" / "valid.txt", encoding="utf-8") as handle:
+        return [next(handle).rstrip("\n") for _ in range(200)]
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, ptb_train_lines) -> Path:
+    """A user text file (one sentence per line): the first 400 lines of PTB train."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text("\n".join(ptb_train_lines[:SMALL_CORPUS_LINES]) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture
+def tiny_config():
+    from textebm.config import resolve_config
+
+    return resolve_config("cpu", "ptb", TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def train_args(small_corpus):
+    """`textebm train` arguments for a tiny run on the small corpus (add --out and --max-steps)."""
+
+    def make(*extra: str, overrides: list[str] = ()) -> list[str]:
+        return ["train", "--corpus", str(small_corpus), "--preset", "cpu",
+                *_set_args(TINY_OVERRIDES), *_set_args(list(overrides)),
+                "--device", "cpu", "--threads", "1", "--no-progress", *extra]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, train_args) -> Path:
+    """A tiny run folder trained for 20 steps through `textebm train`, built once per session.
+
+    Tests must not modify it; use `run_copy` for a writable copy."""
+    from textebm.cli import main
+
+    folder = tmp_path_factory.mktemp("runs") / "tiny"
+    previous = os.environ.get("TEXTEBM_OFFLINE")
+    os.environ["TEXTEBM_OFFLINE"] = "1"
+    try:
+        status = main(train_args("--out", str(folder), "--max-steps", "20", "--seed", "0"))
+    finally:
+        if previous is None:
+            os.environ.pop("TEXTEBM_OFFLINE", None)
+        else:
+            os.environ["TEXTEBM_OFFLINE"] = previous
+    assert status == 0, "the session's tiny training run failed"
+    for name in ("config.json", "vocab.json", "checkpoint.pt", "metrics.jsonl"):
+        assert (folder / name).is_file(), f"tiny run has no {name}"
+    return folder
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A writable copy of the session's tiny run."""
+    target = tmp_path / "run"
+    shutil.copytree(trained_run, target)
+    return target
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `textebm ARGS` in-process: returns (status, stdout, stderr)."""
+    from textebm.cli import main
+
+    def invoke(*args: str):
+        capsys.readouterr()
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return invoke
+
+
+def assert_one_line_error(status, err: str, command: str, *fragments: str) -> None:
+    """Exit status 2, exactly one line on stderr, `textebm CMD: error: ...`, no traceback."""
+    assert status == 2, f"expected exit status 2, got {status}; stderr: {err!r}"
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {err!r}"
+    assert lines[0].startswith(f"textebm {command}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), f"{fragment!r} not in {lines[0]!r}"
+
+
+@pytest.fixture(scope="session")
+def one_line_error():
+    return assert_one_line_error
+
+
+@pytest.fixture(scope="session")
+def textebm_exe() -> str:
+    """The installed console script (the venv's `textebm`)."""
+    candidate = Path(sys.executable).parent / "textebm"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("textebm")
+    if not found:
+        pytest.fail("the `textebm` console script is not installed (pip install -e .)", pytrace=False)
+    return found
+
+
+@pytest.fixture(scope="session")
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(TEXTEBM_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1")
+    return env

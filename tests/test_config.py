@@ -1,0 +1,102 @@
+"""Config: presets, `--set` overrides with type conversion, validation."""
+
+import json
+
+import pytest
+
+from textebm.config import Config, load_preset, parse_override, preset_names, resolve_config
+from textebm.errors import UserError
+
+
+def test_presets_exist():
+    names = preset_names()
+    for expected in ("default", "cpu", "ptb", "snli", "yahoo"):
+        assert expected in names
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_preset_loads_and_validates(name):
+    values = load_preset(name)
+    known = {f for f in Config.__dataclass_fields__}
+    assert set(values) <= known, f"preset {name} has unknown keys {set(values) - known}"
+    config = resolve_config(name, "ptb")
+    assert isinstance(config, Config)
+    for key, value in values.items():
+        assert getattr(config, key) == value
+
+
+def test_corpus_preset_is_the_default_for_its_corpus():
+    assert resolve_config(None, "snli").max_length == 15
+    assert resolve_config(None, "snli").lowercase is True
+    assert resolve_config(None, "yahoo").vocab_size == 20000
+    assert resolve_config(None, "/some/file.txt").to_dict() == {**Config().to_dict(), "corpus": "/some/file.txt"}
+
+
+def test_defaults_match_the_spec():
+    c = Config()
+    assert (c.latent_dim, c.prior_steps, c.prior_step_size, c.posterior_steps, c.posterior_step_size) == (32, 60, 0.4, 20, 0.1)
+    assert (c.energy_hidden, c.energy_layers, c.prior) == (200, 2, "ebm")
+
+
+def test_cpu_preset_is_smaller_than_default():
+    cpu, default = resolve_config("cpu", "ptb"), resolve_config("default", "ptb")
+    assert cpu.hidden_dim < default.hidden_dim and cpu.embedding_dim < default.embedding_dim
+
+
+@pytest.mark.parametrize("item, key, value", [
+    ("latent_dim=64", "latent_dim", 64),
+    ("prior_step_size=0.25", "prior_step_size", 0.25),
+    ("generator_lr=1e-4", "generator_lr", 1e-4),
+    ("lowercase=true", "lowercase", True),
+    ("lowercase=0", "lowercase", False),
+    ("lowercase=Yes", "lowercase", True),
+    ("cell=gru", "cell", "gru"),
+    (" prior = gaussian ", "prior", "gaussian"),
+    ("train_split=valid", "train_split", "valid"),
+])
+def test_set_converts_to_the_field_type(item, key, value):
+    k, v = parse_override(item)
+    assert (k, v) == (key, value)
+    assert type(v) is type(value)
+    assert getattr(resolve_config("cpu", "ptb", [item]), key) == value
+
+
+def test_set_overrides_the_preset():
+    assert resolve_config("cpu", "ptb", ["hidden_dim=7"]).hidden_dim == 7
+    assert resolve_config("cpu", "ptb", ["hidden_dim=7", "hidden_dim=9"]).hidden_dim == 9
+
+
+@pytest.mark.parametrize("item, fragment", [
+    ("latent_dim=abc", "expected a int"),
+    ("latent_dim=1.5", "latent_dim"),
+    ("prior_sigma=x", "prior_sigma"),
+    ("lowercase=maybe", "lowercase"),
+    ("no_such_key=1", "unknown config key"),
+    ("latent_dim", "key=value"),
+])
+def test_bad_set_items_are_user_errors(item, fragment):
+    with pytest.raises(UserError, match=fragment):
+        resolve_config("cpu", "ptb", [item])
+
+
+@pytest.mark.parametrize("item", [
+    "cell=rnn", "prior=flow", "tokenizer=bpe", "latent_dim=0", "batch_size=-1", "dropout=1.0",
+    "prior_step_size=0", "energy_lr=nan", "generator_lr=inf", "prior_steps=-1", "nonfinite_policy=ignore",
+    "tokenizer=sentencepiece",  # needs a vocab_size
+])
+def test_invalid_values_are_rejected(item):
+    with pytest.raises(UserError):
+        resolve_config("cpu", "ptb", [item])
+
+
+def test_unknown_preset():
+    with pytest.raises(UserError, match="unknown preset 'nope'.*cpu"):
+        resolve_config("nope", "ptb")
+
+
+def test_from_dict_round_trip_and_unknown_keys():
+    config = resolve_config("cpu", "ptb", ["latent_dim=5"])
+    data = json.loads(json.dumps(config.to_dict()))
+    assert Config.from_dict(data) == config
+    with pytest.raises(UserError, match="unknown config key"):
+        Config.from_dict({**data, "bogus": 1})

@@ -1,0 +1,262 @@
+"""Corpora: local splits through `datasets`, user files, bad files, the PTB download (against a
+local HTTP server) and the SNLI recipe (on local Parquet files). No test touches the network."""
+
+import gzip
+import hashlib
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from textebm import corpora
+from textebm.corpora import (arae_snli_sentences, fetch_ptb, fetch_snli, open_corpus, read_lines,
+                             training_splits)
+from textebm.errors import UserError
+
+
+# --- local corpora ---------------------------------------------------------------------------
+
+def test_ptb_from_data_dir(data_dir):
+    corpus = open_corpus("ptb", str(data_dir))
+    assert set(corpus.files) == {"train", "valid", "test"}
+    valid = corpus.lines("valid")
+    assert len(valid) == 3370  # Mikolov's PTB valid split, blank lines dropped
+    assert "<unk>" in " ".join(valid[:50])
+
+
+def test_data_dir_comes_from_the_environment(data_dir, monkeypatch):
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(data_dir))
+    assert corpora.data_dir() == data_dir
+    assert corpora.data_dir("elsewhere") == Path("elsewhere")
+    monkeypatch.delenv("TEXTEBM_DATA_DIR")
+    assert corpora.data_dir() == Path("data")
+
+
+def test_training_splits_use_valid(data_dir):
+    corpus = open_corpus("ptb", str(data_dir))
+    train, valid, source = training_splits(corpus)
+    assert len(train) == 42068 and len(valid) == 3370 and source == "valid"
+
+
+def test_missing_train_split_suggests_train_split(data_dir):
+    corpus = open_corpus("yahoo", str(data_dir))
+    assert not corpus.has("train")
+    with pytest.raises(UserError, match="no train split.*--train-split valid"):
+        training_splits(corpus)
+    train, valid, source = training_splits(corpus, "valid")
+    assert source == "test" and len(train) > 1000 and len(valid) > 1000
+
+
+def test_gzip_split_and_blank_lines(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    with gzip.open(folder / "train.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write("one line\n\n   \ntwo line\n")
+    corpus = open_corpus(str(folder))
+    assert corpus.lines("train") == ["one line", "two line"]
+
+
+def test_user_file_holds_out_validation(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("".join(f"sentence {i}\n" for i in range(100)), encoding="utf-8")
+    corpus = open_corpus(str(path))
+    train, valid, source = training_splits(corpus)
+    assert len(train) == 95 and valid == [f"sentence {i}" for i in range(95, 100)]
+    assert "held out" in source
+
+
+def test_user_folder_needs_train(tmp_path):
+    (tmp_path / "valid.txt").write_text("a\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no train.txt"):
+        open_corpus(str(tmp_path))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="neither a known corpus"):
+        open_corpus(str(tmp_path / "nope.txt"))
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_empty_file(tmp_path, content):
+    path = tmp_path / "empty.txt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="holds no sentences"):
+        read_lines(path)
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("first line\ncaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8.*line 2"):
+        read_lines(path)
+
+
+def test_single_sentence_is_too_little(tmp_path):
+    path = tmp_path / "one.txt"
+    path.write_text("only one\n", encoding="utf-8")
+    with pytest.raises(UserError, match="single sentence"):
+        training_splits(open_corpus(str(path)))
+
+
+# --- missing corpora, offline ----------------------------------------------------------------
+
+def test_offline_missing_ptb_names_the_folder(tmp_path):
+    with pytest.raises(UserError, match="downloads are off") as info:
+        open_corpus("ptb", str(tmp_path))
+    assert str(tmp_path / "ptb") in str(info.value)
+    assert not (tmp_path / "ptb").exists() or not any((tmp_path / "ptb").iterdir())
+
+
+def test_offline_missing_snli_names_the_folder(tmp_path):
+    with pytest.raises(UserError, match="downloads are off") as info:
+        open_corpus("snli", str(tmp_path))
+    assert str(tmp_path / "snli") in str(info.value)
+
+
+def test_yahoo_cannot_be_downloaded(tmp_path):
+    with pytest.raises(UserError, match="cannot be downloaded") as info:
+        open_corpus("yahoo", str(tmp_path))
+    assert str(tmp_path / "yahoo") in str(info.value)
+
+
+# --- PTB download against a local HTTP server -----------------------------------------------
+
+FIXTURE_PTB = {
+    "train": " the cat sat on the mat \n the <unk> ran \n",
+    "valid": " a dog sat \n",
+    "test": " N cats ran \n",
+}
+
+
+@pytest.fixture
+def ptb_server(tmp_path, monkeypatch):
+    """Serve tiny ptb.{split}.txt files on 127.0.0.1; yields {split: url}."""
+    root = tmp_path / "www"
+    root.mkdir()
+    for split, text in FIXTURE_PTB.items():
+        (root / f"ptb.{split}.txt").write_text(text, encoding="utf-8")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv("TEXTEBM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    port = server.server_address[1]
+    yield {split: f"http://127.0.0.1:{port}/ptb.{split}.txt" for split in FIXTURE_PTB}
+    server.shutdown()
+    server.server_close()
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_ptb_download_good(tmp_path, ptb_server, monkeypatch):
+    monkeypatch.setattr(corpora, "PTB_SHA256", {s: _sha(t) for s, t in FIXTURE_PTB.items()})
+    folder = tmp_path / "data" / "ptb"
+    fetch_ptb(folder, urls=ptb_server)
+    for split, text in FIXTURE_PTB.items():
+        assert (folder / f"{split}.txt").read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+    corpus = open_corpus("ptb", str(tmp_path / "data"))  # found locally now: no second download
+    assert corpus.lines("valid") == [" a dog sat "]
+
+
+def test_ptb_download_through_open_corpus(tmp_path, ptb_server, monkeypatch):
+    monkeypatch.setattr(corpora, "PTB_SHA256", {s: _sha(t) for s, t in FIXTURE_PTB.items()})
+    monkeypatch.setattr(corpora, "PTB_URLS", ptb_server)
+    monkeypatch.setattr(corpora.fetch_ptb, "__defaults__", (ptb_server,))
+    corpus = open_corpus("ptb", str(tmp_path))
+    assert corpus.lines("test") == [" N cats ran "]
+
+
+def test_ptb_download_sha256_mismatch_on_first_file(tmp_path, ptb_server, monkeypatch):
+    table = {s: _sha(t) for s, t in FIXTURE_PTB.items()}
+    table["train"] = "0" * 64
+    monkeypatch.setattr(corpora, "PTB_SHA256", table)
+    folder = tmp_path / "ptb"
+    with pytest.raises(UserError, match="sha256"):
+        fetch_ptb(folder, urls=ptb_server)
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_ptb_download_sha256_mismatch_leaves_no_partial_corpus(tmp_path, ptb_server, monkeypatch):
+    """A mismatch on the last file must not leave train/valid behind: open_corpus would then take
+    the half-downloaded folder for a complete corpus and never download again."""
+    table = {s: _sha(t) for s, t in FIXTURE_PTB.items()}
+    table["test"] = "0" * 64
+    monkeypatch.setattr(corpora, "PTB_SHA256", table)
+    folder = tmp_path / "ptb"
+    with pytest.raises(UserError, match="sha256"):
+        fetch_ptb(folder, urls=ptb_server)
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_ptb_download_http_error_is_a_user_error(tmp_path, ptb_server, monkeypatch):
+    monkeypatch.setattr(corpora, "PTB_SHA256", {s: _sha(t) for s, t in FIXTURE_PTB.items()})
+    urls = {**ptb_server, "train": ptb_server["train"].replace("ptb.train", "missing")}
+    folder = tmp_path / "ptb"
+    with pytest.raises(UserError, match="download failed"):
+        fetch_ptb(folder, urls=urls)
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_ptb_download_refused_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTEBM_OFFLINE", "1")
+    with pytest.raises(UserError, match="TEXTEBM_OFFLINE"):
+        fetch_ptb(tmp_path / "ptb", urls={s: "http://127.0.0.1:9/x" for s in FIXTURE_PTB})
+
+
+# --- SNLI: the ARAE recipe ----------------------------------------------------------------------
+
+def test_arae_snli_sentences():
+    long = " ".join(["word"] * 16)
+    ok15 = " ".join(["word"] * 14) + "."
+    premises = ["A man runs.", "A man runs.", "A man runs.", "Two DOGS bark.", "A man runs.", long, ok15]
+    hypotheses = ["A person moves.", "Nobody runs.", "", long]
+    out = arae_snli_sentences(premises, hypotheses)
+    assert out == [
+        "a man runs .", "two dogs bark .", "a man runs .", " ".join(["word"] * 14) + " .",  # premises first
+        "a person moves .", "nobody runs .",  # then hypotheses; empty and > 15 tokens dropped
+    ]
+    assert all(len(s.split()) <= 15 for s in out)
+
+
+def test_fetch_snli_from_local_parquet(tmp_path):
+    import datasets
+
+    source = tmp_path / "hub"
+    source.mkdir()
+    rows = {
+        "train": (["A man runs.", "A man runs.", "A woman sings."], ["He moves.", "He sleeps.", "She is quiet."]),
+        "validation": (["Kids play outside."], ["Children are playing."]),
+        "test": (["The Cat sleeps.", "The Cat sleeps."], ["A cat rests.", "A dog barks."]),
+    }
+    for split, (premises, hypotheses) in rows.items():
+        datasets.Dataset.from_dict({"premise": premises, "hypothesis": hypotheses,
+                                    "label": [0] * len(premises)}).to_parquet(str(source / f"{split}.parquet"))
+    folder = tmp_path / "data" / "snli"
+    fetch_snli(folder, source=str(source))
+    read = lambda split: (folder / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+    assert read("train") == ["a man runs .", "a woman sings .", "he moves .", "he sleeps .", "she is quiet ."]
+    assert read("valid") == ["kids play outside .", "children are playing ."]
+    assert read("test") == ["the cat sleeps .", "a cat rests .", "a dog barks ."]
+    corpus = open_corpus("snli", str(tmp_path / "data"))
+    assert set(corpus.files) == {"train", "valid", "test"}
+
+
+def test_fetch_snli_bad_source_is_a_user_error(tmp_path):
+    source = tmp_path / "hub"
+    source.mkdir()
+    (source / "train.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match="could not be loaded"):
+        fetch_snli(tmp_path / "snli", source=str(source))
