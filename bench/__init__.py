@@ -1,0 +1,74 @@
+"""Benchmark suite of textebm (`python -m bench`): every figure is a ratio against a plain reference.
+
+These machines are shared and noisy, so absolute times say little. Each benchmark therefore runs a
+plain reference implementation (bench/reference.py) and the library's code alternately in the same
+process (ref, cand, ref, cand, ...) and reports the medians and their ratio. This module holds the
+shared timing loop and the row format that the JSON and the Markdown table are made of.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Row:
+    """One line of the results table. `ratio` is candidate over reference in the row's `ratio_kind`
+    (a speed-up for throughputs, a cost factor for times); `met` is None where no target applies or
+    nothing was measured."""
+
+    benchmark: str
+    case: str
+    unit: str = ""
+    reference: float | None = None  # median figure of the reference, in `unit`
+    candidate: float | None = None  # median figure of the candidate, in `unit`
+    ratio: float | None = None
+    ratio_kind: str = ""
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+    samples: dict = field(default_factory=dict)  # the raw per-repeat seconds, for the JSON only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    tic = time.perf_counter()
+    fn()
+    return time.perf_counter() - tic
+
+
+def interleave(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function, run in turn (a, b, a, b, ...) `repeats` times after
+    `warmup` untimed rounds, so that a burst of load from a neighbour hits every contender alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            seconds[name].append(timed(fn))
+    return seconds
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def build_model(overrides: list[str], vocab_size: int, seed: int = 0):
+    """An untrained LatentEBMTextModel from the `default` preset plus `overrides`, weights fixed by `seed`.
+
+    Its end-of-sentence id is -1, a token the decoder can never produce, so every sampled sentence
+    runs to the full length and both sides of a sampling ratio do the same work."""
+    import torch
+
+    from textebm.config import resolve_config
+    from textebm.model import LatentEBMTextModel
+
+    cfg = resolve_config("default", "ptb", list(overrides))
+    torch.manual_seed(seed)
+    return LatentEBMTextModel(cfg, vocab_size, pad_id=0, bos_id=1, eos_id=-1), cfg

@@ -1,0 +1,152 @@
+"""`python -m bench`: run the benchmark suite, write bench/results/latest.{json,md}, print the table.
+
+    python -m bench                                   # everything, median of 5
+    python -m bench --only sampling,training --repeats 3
+    python -m bench --only training --set posterior_steps=10   # measure a training variant
+    python -m bench --quick --repeats 1 --out /tmp/b           # smoke run with tiny sizes
+
+Every figure is a ratio against a plain reference measured in the same run (bench/reference.py),
+reference and candidate interleaved; see bench/__init__.py for why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench import Row
+from textebm.io import atomic_write_text
+
+BENCHMARKS = ("training", "sampling", "eval_ppl", "server")
+
+
+def machine() -> dict:
+    """What ran the figures: they are only comparable on the same machine."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": load,
+    }
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3g}" if abs(x) < 1 else f"{x:.2f}"
+
+
+def markdown(rows: list[Row], info: dict, args) -> str:
+    met = {True: "met", False: "**not met**", None: "—"}
+    lines = [
+        f"Benchmarks of textebm (`{' '.join(['python -m bench'] + sys.argv[1:])}`), "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(info['started']))}; median of {args.repeats}, "
+        f"reference and candidate interleaved.",
+        "",
+        f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']} "
+        f"({info['machine']['torch_threads']} threads), load average at start {info['machine']['load_average_at_start']}.",
+        "",
+        "| benchmark | case | unit | reference | candidate | ratio | target | status | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{_fmt(r.ratio)}x ({r.ratio_kind})" if r.ratio is not None else "—"
+        note = r.note.replace("|", "\\|")
+        lines.append(f"| {r.benchmark} | {r.case} | {r.unit} | {_fmt(r.reference)} | {_fmt(r.candidate)} | "
+                     f"{ratio} | {r.target or '—'} | {met[r.met]} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default=",".join(BENCHMARKS),
+                   help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per contender; medians are reported")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
+    p.add_argument("--out", default="bench/results", help="folder of latest.json and latest.md")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the training candidate (repeatable), as in `textebm train --set`")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = p.parse_args(argv)
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
+
+
+def run_one(name: str, args) -> list[Row]:
+    if name == "sampling":
+        from bench import sampling
+        return sampling.run(args.quick, args.repeats)
+    if name == "training":
+        from bench import training
+        return training.run(args.quick, args.repeats, args.overrides)
+    if name == "eval_ppl":
+        from bench import eval_ppl
+        return eval_ppl.run(args.quick, args.repeats)
+    from bench import server
+    return server.run(args.quick, args.repeats)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = {"started": time.time(), "machine": machine(), "repeats": args.repeats, "quick": args.quick,
+            "overrides": args.overrides, "only": args.only}
+    rows: list[Row] = []
+    failed = False
+    for name in [b for b in BENCHMARKS if b in args.only]:
+        tic = time.perf_counter()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            rows += run_one(name, args)
+        except Exception as err:  # one broken benchmark must not lose the others' figures
+            failed = True
+            traceback.print_exc()
+            rows.append(Row(name, "(failed)", note=f"error: {type(err).__name__}: {err}"))
+        print(f"[bench] {name} done in {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
+    info["seconds"] = round(time.time() - info["started"], 1)
+    out = Path(args.out)
+    table = markdown(rows, info, args)
+    atomic_write_text(out / "latest.json", json.dumps({**info, "rows": [r.to_dict() for r in rows]}, indent=1) + "\n")
+    atomic_write_text(out / "latest.md", table)
+    print(table)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Sampling throughput: sentences/s of `textebm.decoding.decode` against per-token `nn.LSTM` sampling.
+
+Target (issue 5): at least 5x the reference's sentences/s at batch 32, 40 tokens, with the LSTM
+256/512, vocabulary 10k, latent 32. The whole `model.generate` (the 60-step prior chain, then
+decoding) is measured too, against the plain prior chain plus the per-token reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench import Row, build_model, interleave, median
+from bench import reference as ref
+from textebm.decoding import decode
+
+FULL = dict(vocab=10_000, sizes=["embedding_dim=256", "hidden_dim=512", "latent_dim=32", "prior_steps=60"],
+            length=40, batches=(1, 32, 256), generate_batch=32)
+QUICK = dict(vocab=300, sizes=["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "prior_steps=5"],
+             length=8, batches=(1, 4), generate_batch=4)
+TARGET_BATCH, TARGET = 32, 5.0
+
+
+def run(quick: bool, repeats: int) -> list[Row]:
+    spec = QUICK if quick else FULL
+    model, cfg = build_model(spec["sizes"], spec["vocab"])
+    model.eval()
+    decoder, length = model.decoder, spec["length"]
+    rows = []
+    for batch in spec["batches"]:
+        z = torch.randn(batch, cfg.latent_dim, generator=torch.Generator().manual_seed(batch))
+        # batch 1 is a few milliseconds per sentence: time several per call so timer noise is small
+        inner = 16 if batch == 1 and not quick else 1
+
+        def reference(z=z, inner=inner):
+            for _ in range(inner):
+                ref.sample_per_token(decoder, z, model.bos_id, length)
+
+        def candidate(z=z, inner=inner):
+            for _ in range(inner):
+                decode(decoder, z, model.bos_id, -1, length)
+
+        seconds = interleave({"reference": reference, "candidate": candidate}, repeats, warmup=0 if quick else 1)
+        ref_rate = batch * inner / median(seconds["reference"])
+        cand_rate = batch * inner / median(seconds["candidate"])
+        ratio = cand_rate / ref_rate
+        targeted = batch == TARGET_BATCH
+        rows.append(Row(
+            "sampling", f"decode, batch {batch}, {length} tokens", "sentences/s", ref_rate, cand_rate, ratio,
+            "speed-up", f">= {TARGET:g}x" if targeted else "", (ratio >= TARGET) if targeted else None,
+            "reference: nn.LSTM per token on cat(emb, z), softmax + multinomial, no_grad",
+            seconds))
+
+    n = spec["generate_batch"]
+    seconds = interleave({
+        "reference": lambda: ref.generate_plain(model, n, length, cfg.prior_steps, cfg.prior_step_size),
+        "candidate": lambda: model.generate(n, max_length=length),
+    }, repeats, warmup=0 if quick else 1)
+    ref_rate, cand_rate = n / median(seconds["reference"]), n / median(seconds["candidate"])
+    rows.append(Row(
+        "sampling", f"model.generate, batch {n}, {length} tokens, prior chain K0={cfg.prior_steps}",
+        "sentences/s", ref_rate, cand_rate, cand_rate / ref_rate, "speed-up", "", None,
+        "reference: plain prior chain + per-token nn.LSTM sampling", seconds))
+    return rows

@@ -1,0 +1,65 @@
+"""The benchmark suite runs end to end (tiny sizes) and its references compute what the library computes.
+
+No timing assertions: these machines are too noisy for them; the suite reports ratios instead.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bench import build_model
+from bench import reference as ref
+from textebm.decoding import decode
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_json_and_markdown_with_ratios(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "sampling,training", "--repeats", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "latest.json").read_text())
+    assert data["machine"]["cores"] and data["machine"]["torch"] and data["machine"]["torch_threads"]
+    rows = data["rows"]
+    assert {r["benchmark"] for r in rows} == {"sampling", "training"}
+    for row in rows:
+        assert row["reference"] > 0 and row["candidate"] > 0 and row["ratio"] > 0, row
+        assert row["ratio_kind"] and row["unit"]
+    targeted = [r for r in rows if r["target"].startswith(">=")]
+    assert {r["benchmark"] for r in targeted} == {"training"}  # quick sizes have no batch-32 row
+    assert all(isinstance(r["met"], bool) for r in targeted)
+    table = (out / "latest.md").read_text()
+    assert "| benchmark | case |" in table and table.count("\n| sampling |") == len([r for r in rows if r["benchmark"] == "sampling"])
+    assert "| benchmark | case |" in proc.stdout
+    assert not list(out.glob("*.tmp"))
+
+
+def test_reference_sampler_decodes_like_the_library():
+    model, _ = build_model(["embedding_dim=8", "hidden_dim=12", "latent_dim=3", "dropout=0"], 40)
+    model.eval()
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    expected = decode(model.decoder, z, model.bos_id, -1, 9, greedy=True)
+    assert torch.equal(ref.sample_per_token(model.decoder, z, model.bos_id, 9, greedy=True), expected)
+    sampled = ref.sample_per_token(model.decoder, z, model.bos_id, 9)
+    assert sampled.shape == (5, 9) and int(sampled.min()) >= 0 and int(sampled.max()) < 40
+
+
+def test_reference_likelihood_and_prior_density_match_the_library():
+    model, _ = build_model(["embedding_dim=8", "hidden_dim=12", "latent_dim=3", "dropout=0"], 40)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 3, generator=gen)
+    tokens = torch.randint(4, 40, (4, 6), generator=gen)
+    tokens[2, 4:] = model.pad_id
+    with torch.no_grad():
+        torch.testing.assert_close(ref.log_likelihood(model.decoder, z, tokens, model.pad_id),
+                                   model.decoder.log_likelihood(z, tokens))
+        torch.testing.assert_close(ref.prior_log_density(model.prior, z), model.prior.log_density(z))
