@@ -31,7 +31,14 @@ def not_measured(why: str) -> list[Row]:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TEXTEBM_DATA_DIR") or "data")
+    """$TEXTEBM_DATA_DIR, else the first of data/ and ../shared/data (CI's default) that holds PTB."""
+    if os.environ.get("TEXTEBM_DATA_DIR"):
+        return Path(os.environ["TEXTEBM_DATA_DIR"])
+    root = Path(__file__).resolve().parents[1]
+    for candidate in (root / "data", root.parent / "shared" / "data"):
+        if (candidate / "ptb" / "train.txt").is_file():
+            return candidate
+    return root / "data"
 
 
 def _prepare(folder: Path, spec: dict) -> tuple[Path, Path, Path]:
@@ -52,10 +59,43 @@ def _prepare(folder: Path, spec: dict) -> tuple[Path, Path, Path]:
     return samples_path, train, test
 
 
+def registered() -> bool:
+    """Whether `textebm eval-ppl` is wired into the command line yet."""
+    from textebm import cli
+
+    return "eval_ppl" in getattr(cli, "SUBCOMMANDS", ())
+
+
+def subcommand_main(argv: list[str]) -> int:
+    """`textebm eval-ppl ARGS` through its own subcommand module, for a tree where the module
+    exists but is not yet registered in `textebm.cli`: the same parser and the same `run`."""
+    import argparse
+
+    from textebm.cli import eval_ppl as command
+    from textebm.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="textebm")
+    command.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval-ppl", *argv])
+    try:
+        return int(args.run(args) or 0)
+    except UserError as err:
+        print(f"textebm eval-ppl: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _command() -> list[str]:
+    if registered():
+        return [sys.executable, "-m", "textebm", "eval-ppl"]
+    return [sys.executable, "-c", "import sys; from bench.eval_ppl import subcommand_main; "
+            "sys.exit(subcommand_main(sys.argv[1:]))"]
+
+
 def _time_command(samples: Path, train: Path, test: Path, cache: Path) -> tuple[float, dict]:
-    env = dict(os.environ, TEXTEBM_LM_CACHE_DIR=str(cache))
-    cmd = [sys.executable, "-m", "textebm", "eval-ppl", "--samples", str(samples), "--train", str(train),
-           "--test", str(test), "--json"]
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, TEXTEBM_LM_CACHE_DIR=str(cache),
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    cmd = _command() + ["--samples", str(samples), "--train", str(train), "--test", str(test), "--json"]
     tic = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - tic
@@ -71,6 +111,10 @@ def run(quick: bool, repeats: int) -> list[Row]:
         return not_measured(f"lm_eval not available ({err})")
     if not getattr(lm_eval, "__textebm__", False) or not hasattr(lm_eval, "evaluate_samples"):
         return not_measured("lm_eval not available (no evaluate_samples)")
+    try:
+        import textebm.cli.eval_ppl  # noqa: F401
+    except ImportError:
+        return not_measured("the textebm eval-ppl command is not available")
     try:
         lm_eval.find_tools()
     except lm_eval.KenLMToolsMissing as err:
@@ -101,6 +145,7 @@ def run(quick: bool, repeats: int) -> list[Row]:
     label = f"textebm eval-ppl, {spec['samples']:,} samples" + (" (quick: 2,000 train lines)" if quick else ", PTB")
     return [Row(NAME, label + ": cold -> warm (cached real-data LM)", "s", cold, warm, warm / cold,
                 "warm/cold time", f"warm < {TARGET_SECONDS:g} s", warm < TARGET_SECONDS,
-                f"absolute target on a noisy machine; in-process (lm_eval's own) s: cold "
+                f"{'textebm eval-ppl' if registered() else 'textebm.cli.eval_ppl (not yet registered in textebm.cli)'}"
+                f" as a subprocess; absolute target on a noisy machine; in-process (lm_eval's own) s: cold "
                 f"{median(inner['cold']):.2f}, warm {median(inner['warm']):.2f}",
                 {**seconds, "in_process_cold": inner["cold"], "in_process_warm": inner["warm"]})]
