@@ -14,7 +14,7 @@ def test_cell_level_step_matches_teacher_forced_forward(cell, layers):
     z = torch.randn(3, 4)
     tokens = torch.randint(4, 50, (3, 7))
     with torch.no_grad():
-        reference = decoder(z, tokens)  # nn.LSTM / nn.GRU over the whole sequence
+        reference = decoder.logits(z, tokens)  # nn.LSTM / nn.GRU over the whole sequence
         z_gates, state = decoder.start_decoding(z)
         stepped = []
         for t in range(tokens.shape[1]):
@@ -31,7 +31,7 @@ def test_log_likelihood_ignores_padding_and_sums_tokens():
     padded = torch.tensor([[1, 5, 6, 2, 0, 0]])
     with torch.no_grad():
         ll_short, ll_padded = decoder.log_likelihood(z, short), decoder.log_likelihood(z, padded)
-        logp = decoder(z, short[:, :-1]).log_softmax(-1)
+        logp = decoder.logits(z, short[:, :-1]).log_softmax(-1)
     expected = logp[0, 0, 5] + logp[0, 1, 6] + logp[0, 2, 2]
     torch.testing.assert_close(ll_short, ll_padded)
     torch.testing.assert_close(ll_short[0], expected)

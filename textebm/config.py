@@ -43,6 +43,9 @@ class Config:
     prior_step_size: float = 0.4
     posterior_steps: int = 20
     posterior_step_size: float = 0.1
+    posterior_init: str = "noise"  # noise (the paper's short-run chain) | encoder (amortized guess, refined)
+    refine_steps: int = 5  # posterior steps from the encoder's guess (posterior_init=encoder)
+    encoder_dim: int = 128  # embedding/hidden width of that encoder
     # learning
     batch_size: int = 64
     generator_lr: float = 1e-3
@@ -67,17 +70,18 @@ class Config:
             "cell": ("lstm", "gru"),
             "prior": ("ebm", "gaussian"),
             "nonfinite_policy": ("skip", "stop"),
+            "posterior_init": ("noise", "encoder"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         positive = ["embedding_dim", "hidden_dim", "latent_dim", "num_layers", "batch_size", "max_length",
-                    "energy_hidden", "energy_layers", "log_every", "checkpoint_every", "max_skipped_steps"]
+                    "energy_hidden", "energy_layers", "encoder_dim", "log_every", "checkpoint_every", "max_skipped_steps"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
         for key in ["prior_steps", "posterior_steps", "vocab_size", "min_freq", "valid_batches",
-                    "num_log_samples", "max_epochs", "valid_every", "seed"]:
+                    "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps"]:
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, not {getattr(self, key)}")
         for key in ["prior_sigma", "prior_step_size", "posterior_step_size", "generator_lr", "energy_lr",

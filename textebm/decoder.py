@@ -31,7 +31,7 @@ class Decoder(nn.Module):
         state = state.view(z.shape[0], -1, self.num_layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
         return (state[0], state[1]) if self.cell == "lstm" else state[0]
 
-    def forward(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def logits(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
         emb = self.drop(self.embed(inputs))
         rnn_in = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
@@ -42,11 +42,15 @@ class Decoder(nn.Module):
         """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
 
         `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored."""
-        logits = self(z, tokens[:, :-1])
+        logits = self.logits(z, tokens[:, :-1])
         targets = tokens[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                               ignore_index=self.pad_id, reduction="none")
         return -nll.view(targets.shape).sum(dim=1)
+
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per sentence: the call that data-parallel training wraps."""
+        return self.log_likelihood(z, tokens)
 
     def start_decoding(self, z: torch.Tensor):
         """Constants and state for `step`: z's share of the first layer's input gates is the same at

@@ -34,6 +34,6 @@ class EnergyPrior(nn.Module):
         """Unnormalised log p_alpha(z) = f_alpha(z) - |z|^2 / (2 sigma^2)."""
         return self.energy(z) - z.pow(2).sum(dim=-1) / (2 * self.sigma**2)
 
-    def base_sample(self, n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draws from the reference N(0, sigma^2 I), where every Langevin chain starts."""
-        return self.sigma * torch.randn(n, self.latent_dim, device=device, generator=generator)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """f_alpha(z): the call that data-parallel training wraps."""
+        return self.energy(z)

@@ -1,12 +1,17 @@
 """Short-run Langevin chains in z-space: the prior chain and the posterior chain.
 
-One step: z <- z + (s^2 / 2) * grad_z log pi(z) + s * eps, eps ~ N(0, I), always started from
-the prior's reference N(0, sigma^2 I). Chains run batched over the whole minibatch; gradients
-are taken with respect to z only (the parameters' .grad is never touched).
+One step: z <- z + (s^2 / 2) * grad_z log pi(z) + s * eps, eps ~ N(0, I). Chains start from the
+prior's reference N(0, sigma^2 I) (or, for the amortized option, from an encoder's guess). They run
+batched over the whole minibatch; gradients are taken with respect to z only (the parameters'
+.grad is never touched).
+
+Noise can be drawn for a whole global batch and sliced to this process's rows (`Shard`): then an
+example's chain sees the same noise however the batch is split across data-parallel processes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -16,8 +21,25 @@ from textebm.errors import NonFiniteError
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of a global batch of `total` rows."""
+
+    start: int
+    stop: int
+    total: int
+
+
+def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator | None = None,
+                   shard: Shard | None = None) -> torch.Tensor:
+    if shard is None:
+        return torch.randn(rows, dim, device=device, generator=generator)
+    return torch.randn(shard.total, dim, device=device, generator=generator)[shard.start:shard.stop]
+
+
 def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: float,
-             generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, trajectory: list | None = None,
+             shard: Shard | None = None) -> torch.Tensor:
     """Run `steps` Langevin steps on log_density (a per-example log density, shape (batch,)).
 
     If `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are appended to it.
@@ -29,7 +51,7 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
         for _ in range(steps):
             z.requires_grad_(True)
             (grad,) = torch.autograd.grad(log_density(z).sum(), z)
-            noise = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+            noise = gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
             z = (z + 0.5 * step_size**2 * grad + step_size * noise).detach()
             if trajectory is not None:
                 trajectory.append(z)
@@ -39,20 +61,25 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
 
 
 def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
-                generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
-    """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2).
+                generator: torch.Generator | None = None, trajectory: list | None = None,
+                shard: Shard | None = None) -> torch.Tensor:
+    """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I).
 
     The Gaussian prior needs no chain: its samples are exact."""
-    z0 = prior.base_sample(n, device=device, generator=generator)
-    return langevin(prior.log_density, z0, steps if prior.is_ebm else 0, step_size, generator, trajectory)
+    z0 = prior.sigma * gaussian_noise(n, prior.latent_dim, device, generator, shard)
+    return langevin(prior.log_density, z0, steps if prior.is_ebm else 0, step_size, generator, trajectory, shard)
 
 
 def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float,
-                    generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
-    """z ~ p(z | x) by short-run Langevin on log p_alpha(z) + log p_beta(x | z)."""
+                    generator: torch.Generator | None = None, trajectory: list | None = None,
+                    shard: Shard | None = None, z0: torch.Tensor | None = None) -> torch.Tensor:
+    """z ~ p(z | x) by short-run Langevin on log p_alpha(z) + log p_beta(x | z).
+
+    Starts from N(0, sigma^2 I) (the paper's short-run chain) unless `z0` is given."""
 
     def log_joint(z):
         return prior.log_density(z) + decoder.log_likelihood(z, tokens)
 
-    z0 = prior.base_sample(tokens.shape[0], device=tokens.device, generator=generator)
-    return langevin(log_joint, z0, steps, step_size, generator, trajectory)
+    if z0 is None:
+        z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)
+    return langevin(log_joint, z0, steps, step_size, generator, trajectory, shard)

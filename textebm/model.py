@@ -12,8 +12,9 @@ from torch import nn
 from textebm.config import Config
 from textebm.decoder import Decoder
 from textebm.decoding import decode
+from textebm.encoder import InitEncoder
 from textebm.energy import EnergyPrior
-from textebm.langevin import posterior_chain, prior_chain
+from textebm.langevin import Shard, posterior_chain, prior_chain
 
 
 class LatentEBMTextModel(nn.Module):
@@ -25,27 +26,37 @@ class LatentEBMTextModel(nn.Module):
                                config.num_layers, config.cell, config.dropout, pad_id)
         self.prior = EnergyPrior(config.latent_dim, config.energy_hidden, config.energy_layers,
                                  config.prior_sigma, config.prior)
+        self.encoder = (InitEncoder(vocab_size, config.encoder_dim, config.latent_dim, pad_id)
+                        if config.posterior_init == "encoder" else None)
 
     @property
     def device(self) -> torch.device:
         return self.decoder.out.weight.device
 
     def posterior_sample(self, tokens: torch.Tensor, steps: int | None = None, step_size: float | None = None,
-                         generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
-        """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain."""
+                         generator: torch.Generator | None = None, trajectory: list | None = None,
+                         shard: Shard | None = None, amortized: bool = False) -> torch.Tensor:
+        """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain from noise (K1 steps);
+        with `amortized=True` and an encoder, by `refine_steps` steps from the encoder's guess."""
         cfg = self.config
+        z0 = None
+        if amortized and self.encoder is not None:
+            with torch.no_grad():
+                z0 = self.encoder(tokens)
+            steps = cfg.refine_steps if steps is None else steps
         return posterior_chain(self.prior, self.decoder, tokens,
                                cfg.posterior_steps if steps is None else steps,
                                cfg.posterior_step_size if step_size is None else step_size,
-                               generator, trajectory)
+                               generator, trajectory, shard, z0)
 
     def prior_sample(self, n: int, steps: int | None = None, step_size: float | None = None,
-                     generator: torch.Generator | None = None, trajectory: list | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, trajectory: list | None = None,
+                     shard: Shard | None = None) -> torch.Tensor:
         """z- ~ p_alpha(z), by the short-run prior chain (exact draws for the Gaussian prior)."""
         cfg = self.config
         return prior_chain(self.prior, n, cfg.prior_steps if steps is None else steps,
                            cfg.prior_step_size if step_size is None else step_size,
-                           self.device, generator, trajectory)
+                           self.device, generator, trajectory, shard)
 
     def log_joint(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p_beta(x | z) + log p_alpha(z) up to the prior's normalising constant, shape (batch,)."""

@@ -1,12 +1,14 @@
 """The learning loop: maximum likelihood with short-run Langevin chains (Pang et al. 2020, Alg. 1).
 
-Per minibatch x:
-  1. z+ ~ p(z | x)            posterior chain (K1 steps)
+Per minibatch x (`Learner.step`):
+  1. z+ ~ p(z | x)            posterior chain (K1 steps from noise; or refine steps from an encoder's guess)
   2. generator step            on  -mean log p_beta(x | z+)
   3. z- ~ p_alpha(z)           prior chain (K0 steps)
   4. energy step               on  -(mean f(z+) - mean f(z-))
-Chains run with dropout off; the updates with dropout on. A non-finite z, energy or loss skips
-the step (or stops the run, `nonfinite_policy=stop`), and is logged: nothing trains on NaN.
+Chains run with dropout off; the updates with dropout on. A non-finite z, energy, loss or gradient
+skips the step (or stops the run, `nonfinite_policy=stop`), and is logged: nothing trains on NaN.
+Under torchrun each process takes a shard of every batch (textebm/parallel.py); chain noise is
+drawn per global row, so the result does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from textebm.batches import EncodedSplit, epoch_batches, fixed_batches, pad
 from textebm.config import Config
 from textebm.errors import NonFiniteError, UserError
 from textebm.io import atomic_write_text
+from textebm.langevin import Shard
 from textebm.model import LatentEBMTextModel
-from textebm.runs import load_checkpoint, save_checkpoint, set_rng_state
+from textebm.parallel import Parallel, wrap
+from textebm.runs import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
 
@@ -35,59 +39,86 @@ def make_optimizers(model: LatentEBMTextModel, cfg: Config) -> dict[str, torch.o
     optimizers = {"generator": torch.optim.Adam(model.decoder.parameters(), lr=cfg.generator_lr, betas=betas)}
     if model.prior.is_ebm:
         optimizers["energy"] = torch.optim.Adam(model.prior.parameters(), lr=cfg.energy_lr, betas=betas)
+    if model.encoder is not None:
+        optimizers["encoder"] = torch.optim.Adam(model.encoder.parameters(), lr=cfg.generator_lr, betas=betas)
     return optimizers
 
 
-def _finite(*tensors: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+class Learner:
+    """A model with its optimizers, its chain-noise generator and (under torchrun) its DDP wrappers."""
 
+    def __init__(self, model: LatentEBMTextModel, cfg: Config, device, parallel: Parallel = Parallel()):
+        self.model, self.cfg, self.device, self.parallel = model, cfg, torch.device(device), parallel
+        self.optimizers = make_optimizers(model, cfg)
+        self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.decoder = wrap(model.decoder, parallel, self.device)
+        self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None
+        self.encoder = wrap(model.encoder, parallel, self.device) if model.encoder is not None else None
 
-def generator_step(model: LatentEBMTextModel, tokens: torch.Tensor, z_pos: torch.Tensor,
-                   optimizer: torch.optim.Optimizer, clip: float) -> dict:
-    """One Adam step on the teacher-forced NLL of x given its posterior codes z+."""
-    model.train()
-    log_lik = model.decoder.log_likelihood(z_pos, tokens)
-    loss = -log_lik.mean()
-    if not _finite(loss):
-        raise NonFiniteError("generator loss is not finite")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), clip)
-    if not _finite(norm):
-        raise NonFiniteError("generator gradient is not finite")
-    optimizer.step()
-    return {"nll": -log_lik.sum().item(), "gen_grad_norm": norm.item()}
+    def step(self, tokens: torch.Tensor, shard: Shard | None = None) -> dict:
+        """One learning iteration on this process's rows `tokens` of a global batch. Returns sums
+        over those rows (nll_sum, energy_gap_sum) and gradient norms. Raises NonFiniteError, on every
+        process alike, before non-finite numbers reach an update."""
+        model, cfg = self.model, self.cfg
+        shard = shard or Shard(0, tokens.shape[0], tokens.shape[0])
+        scale = self.parallel.world / shard.total  # DDP averages over processes: this makes it a mean over rows
+        model.eval()  # chains see the model without dropout
+        z_pos = self._chain(lambda: model.posterior_sample(tokens, generator=self.chain_rng, shard=shard,
+                                                           amortized=True), "posterior chain")
+        metrics = {}
+        if self.encoder is not None:
+            guess_error = 0.5 * (self.encoder(tokens) - z_pos).pow(2).sum()
+            metrics["encoder_grad_norm"] = self._update(guess_error * scale, "encoder", cfg.generator_clip)
+        model.train()
+        log_lik = self.decoder(z_pos, tokens)
+        metrics["gen_grad_norm"] = self._update(-log_lik.sum() * scale, "generator", cfg.generator_clip)
+        metrics["nll_sum"] = -log_lik.sum().item()
+        if self.energy is not None:
+            model.eval()
+            z_neg = self._chain(lambda: model.prior_sample(tokens.shape[0], generator=self.chain_rng, shard=shard),
+                                "prior chain")
+            f = self.energy(torch.cat([z_pos, z_neg]))
+            gap = f[: len(z_pos)].sum() - f[len(z_pos):].sum()
+            metrics["ebm_grad_norm"] = self._update(-gap * scale, "energy", cfg.energy_clip)
+            metrics["energy_gap_sum"] = gap.item()
+        return metrics
 
+    def _chain(self, run, what: str) -> torch.Tensor:
+        try:
+            z, ok = run(), True
+        except NonFiniteError:
+            z, ok = None, False
+        if not self.parallel.agree(ok, self.device):
+            raise NonFiniteError(f"{what} produced non-finite z")
+        return z
 
-def energy_step(prior, z_pos: torch.Tensor, z_neg: torch.Tensor, optimizer: torch.optim.Optimizer,
-                clip: float) -> dict:
-    """One Adam step on -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes,
-    lower it where the prior chain wanders. This is the maximum-likelihood gradient of the prior."""
-    f_pos, f_neg = prior.energy(z_pos), prior.energy(z_neg)
-    if not _finite(f_pos, f_neg):
-        raise NonFiniteError("energy f(z) is not finite")
-    loss = -(f_pos.mean() - f_neg.mean())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(prior.parameters(), clip)
-    if not _finite(norm):
-        raise NonFiniteError("energy gradient is not finite")
-    optimizer.step()
-    return {"energy_gap": -loss.item(), "ebm_grad_norm": norm.item()}
+    def _update(self, loss: torch.Tensor, name: str, clip: float) -> float:
+        if not self.parallel.agree(bool(torch.isfinite(loss)), self.device):
+            raise NonFiniteError(f"{name} loss is not finite")
+        optimizer = self.optimizers[name]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        if not self.parallel.agree(bool(torch.isfinite(norm)), self.device):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"{name} gradient is not finite")
+        optimizer.step()
+        return norm.item()
 
+    def state(self) -> dict:
+        """What a checkpoint needs beyond weights: optimizer states and every RNG (all processes')."""
+        return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "chain_rng": self.chain_rng.get_state(), "rng_ranks": self.parallel.gather(rng_state())}
 
-def train_step(model: LatentEBMTextModel, tokens: torch.Tensor, optimizers: dict, cfg: Config) -> dict:
-    """One learning iteration on a padded batch (the four steps above). Non-finite numbers raise
-    NonFiniteError before they reach an update."""
-    model.eval()  # chains see the model without dropout
-    z_pos = model.posterior_sample(tokens)
-    metrics = generator_step(model, tokens, z_pos, optimizers["generator"], cfg.generator_clip)
-    if model.prior.is_ebm:
-        model.eval()
-        z_neg = model.prior_sample(tokens.shape[0])
-        metrics.update(energy_step(model.prior, z_pos, z_neg, optimizers["energy"], cfg.energy_clip))
-        metrics.update(z_pos_norm=z_pos.norm(dim=1).mean().item(), z_neg_norm=z_neg.norm(dim=1).mean().item())
-    return metrics
+    def load_state(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(checkpoint["optimizers"][name])
+        extra = checkpoint.get("extra", {})
+        self.chain_rng.set_state(extra["chain_rng"].cpu() if "chain_rng" in extra else self.chain_rng.get_state())
+        ranks = extra.get("rng_ranks", [checkpoint["rng"]])
+        set_rng_state(ranks[self.parallel.rank] if len(ranks) == self.parallel.world else checkpoint["rng"])
 
 
 def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device) -> dict:
@@ -149,14 +180,18 @@ class _StopRequest:
 class Logger:
     """Appends metrics to RUN/metrics.jsonl and messages to RUN/train.log (and the terminal)."""
 
-    def __init__(self, folder: Path, echo):
-        self.folder, self.echo = Path(folder), echo
+    def __init__(self, folder: Path, echo, enabled: bool = True):
+        self.folder, self.echo, self.enabled = Path(folder), echo, enabled
 
     def metrics(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def message(self, text: str) -> None:
+        if not self.enabled:
+            return
         with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
         self.echo(text)
@@ -173,69 +208,74 @@ def truncate_metrics(folder: Path, step: int) -> None:
 
 def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, valid_split: EncodedSplit,
           folder: Path, vocab, device, max_steps: int | None = None, max_minutes: float | None = None,
-          resume: bool = False, progress: bool = True, echo=print) -> TrainResult:
-    """Train until max_steps / max_minutes / max_epochs, checkpointing every `checkpoint_every` steps."""
+          resume: bool = False, progress: bool = True, echo=print, parallel: Parallel = Parallel()) -> TrainResult:
+    """Train until max_steps / max_minutes / max_epochs, checkpointing every `checkpoint_every` steps.
+
+    Under torchrun every process calls this; only the main process writes files."""
     from tqdm.auto import tqdm
 
-    folder = Path(folder)
-    log = Logger(folder, echo)
-    optimizers = make_optimizers(model, cfg)
+    folder, device = Path(folder), torch.device(device)
+    main = parallel.is_main
+    log = Logger(folder, echo if main else (lambda text: None), enabled=main)
+    learner = Learner(model, cfg, device, parallel)
     step = 0
     if resume:
         checkpoint = load_checkpoint(folder, device)
-        model.load_state_dict(checkpoint["model"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(checkpoint["optimizers"][name])
-        set_rng_state(checkpoint["rng"])
+        learner.load_state(checkpoint)
         step = int(checkpoint["step"])
-        truncate_metrics(folder, step)
+        if main:
+            truncate_metrics(folder, step)
         log.message(f"resumed from step {step}")
-    else:
-        torch.manual_seed(cfg.seed)
 
     lengths = [len(s) for s in train_split.sentences]
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
     if max_steps is not None:
         total = max_steps if total is None else min(total, max_steps)
-    if total is None:
+    if total is None and max_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes or a positive max_epochs")
-    started, skipped_in_a_row, last_valid, validated_at = time.monotonic(), 0, {}, -1
+    total = total if total is not None else 10**12
     stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
+    started, skipped_in_a_row, last_valid, validated_at = time.monotonic(), 0, {}, -1
     epoch, batches = -1, []
 
     def checkpoint_now():
-        save_checkpoint(folder, model, optimizers, step)
+        state = learner.state()  # a collective call under torchrun: every process takes part
+        if main:
+            save_checkpoint(folder, model, learner.optimizers, step,
+                            {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"]})
 
     def run_validation(kind: str):
         nonlocal last_valid, validated_at
-        last_valid, validated_at = validate(model, valid_split, cfg, device), step
-        log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **last_valid})
-        samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
-                                 generator=torch.Generator(device=device).manual_seed(VALIDATION_SEED))
-        log.message(f"step {step} {kind}: valid NLL/token posterior {last_valid['valid_nll_posterior']:.3f} "
-                    f"prior {last_valid['valid_nll_prior']:.3f}")
-        for row in samples.tolist():
-            log.message(f"  sample: {vocab.decode(row)}")
+        validated_at = step
+        if main:
+            last_valid = validate(model, valid_split, cfg, device)
+            log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **last_valid})
+            samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
+                                     generator=torch.Generator(device=device).manual_seed(VALIDATION_SEED))
+            log.message(f"step {step} {kind}: valid NLL/token posterior {last_valid['valid_nll_posterior']:.3f} "
+                        f"prior {last_valid['valid_nll_prior']:.3f}")
+            for row in samples.tolist():
+                log.message(f"  sample: {vocab.decode(row)}")
+        parallel.barrier()
 
-    bar = tqdm(total=total, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
+               unit="step", dynamic_ncols=True)
     with _StopRequest() as stop:
         while step < total:
-            if stop.requested:
-                stopped_by = "interrupt"
-                break
-            if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
-                stopped_by = "max_minutes"
+            out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
+            if parallel.any(stop.requested or out_of_time, device):
+                stopped_by = "max_minutes" if out_of_time and not stop.requested else "interrupt"
                 break
             if step // per_epoch != epoch:
                 epoch = step // per_epoch
                 batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
             index = batches[step % per_epoch]
-            tokens = pad([train_split.sentences[i] for i in index], model.pad_id).to(device)
-            num_tokens = int((tokens[:, 1:] != model.pad_id).sum())
+            shard = parallel.shard(len(index))
+            tokens = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id).to(device)
             tic = time.perf_counter()
             try:
-                metrics = train_step(model, tokens, optimizers, cfg)
+                metrics = learner.step(tokens, shard)
                 skipped_in_a_row = 0
             except NonFiniteError as err:
                 skipped_in_a_row += 1
@@ -248,11 +288,15 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 step += 1
                 continue
             seconds = time.perf_counter() - tic
+            num_tokens = int((tokens[:, 1:] != model.pad_id).sum())
+            nll, num_tokens, gap = parallel.sum([metrics.pop("nll_sum"), num_tokens,
+                                                 metrics.pop("energy_gap_sum", 0.0)], device)
             step += 1
             bar.update(1)
-            record = {"step": step, "epoch": step / per_epoch, "kind": "train", "nll_token": metrics["nll"] / num_tokens,
-                      "nll_sentence": metrics["nll"] / len(index), "tokens_per_s": num_tokens / seconds,
-                      **{k: v for k, v in metrics.items() if k != "nll"}}
+            record = {"step": step, "epoch": step / per_epoch, "kind": "train", "nll_token": nll / num_tokens,
+                      "nll_sentence": nll / len(index), "tokens_per_s": num_tokens / seconds, **metrics}
+            if learner.energy is not None:
+                record["energy_gap"] = gap / len(index)
             bar.set_postfix(nll=f"{record['nll_token']:.3f}", gap=f"{record.get('energy_gap', 0.0):.3f}",
                             tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
             if step % cfg.log_every == 0 or step == 1:

@@ -40,6 +40,16 @@ def _config_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from textebm.parallel import from_environment, shutdown
+
+    parallel = from_environment()
+    try:
+        return _train(args, parallel)
+    finally:
+        shutdown()
+
+
+def _train(args: argparse.Namespace, parallel) -> int:
     import torch
     from tqdm.auto import tqdm
 
@@ -47,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from textebm.config import resolve_config
     from textebm.corpora import open_corpus, training_splits
     from textebm.errors import UserError
+    from textebm.parallel import local_device
     from textebm.plots import plot_learning_curves
     from textebm.runs import build_model, create_run, is_run, load_config
     from textebm.train import train
@@ -56,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-steps must be at least 1")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UserError("--max-minutes must be positive")
-    echo = tqdm.write
-    device = resolve_device(args.device, args.threads)
+    echo = tqdm.write if parallel.is_main else (lambda text: None)
+    device = local_device(resolve_device(args.device, args.threads))
     name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
     folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -75,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
     corpus = open_corpus(args.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
     if not args.resume:
-        vocab = build_vocab(train_lines, config.tokenizer, config.vocab_size, config.min_freq, config.lowercase)
-        create_run(folder, config, vocab)
+        if parallel.is_main:  # one process builds and saves the vocabulary; the others read it
+            create_run(folder, config, build_vocab(train_lines, config.tokenizer, config.vocab_size,
+                                                   config.min_freq, config.lowercase))
+        parallel.barrier()
+        vocab = load_vocab(folder)
     train_data = encode_lines(train_lines, vocab, config.max_length)
     valid_data = encode_lines(valid_lines, vocab, config.max_length)
 
@@ -90,10 +104,12 @@ def run(args: argparse.Namespace) -> int:
              f"{valid_data.truncated} validation lines")
     echo(f"model: {config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {config.latent_dim}, "
          f"prior {config.prior}, {params / 1e6:.2f}M parameters, on {device}; run folder {folder}")
+    if parallel.world > 1:
+        echo(f"data parallel: {parallel.world} processes, global batch {config.batch_size}")
     result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
-                   args.max_minutes, args.resume, progress=not args.no_progress, echo=echo)
-    plot = plot_learning_curves(folder)
-    echo(f"learning curves: {plot}")
+                   args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel)
+    if parallel.is_main:
+        echo(f"learning curves: {plot_learning_curves(folder)}")
     if result.stopped_by == "interrupt":
         echo(f"interrupted: resume with  textebm train --corpus {args.corpus} --out {folder} --resume")
         return 130
