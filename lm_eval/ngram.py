@@ -26,6 +26,7 @@ DEFAULT_ORDER = 5
 # lmplz's memory bound (-S): ample for PTB (peak RSS ~230 MB) and enough for larger corpora,
 # which then spill sorted n-grams to the temporary folder (-T) instead of growing.
 DEFAULT_MEMORY = "1G"
+MIN_ORDER = 2
 MAX_ORDER = 6  # KENLM_MAX_ORDER of the default kenlm builds (Python module and tools)
 ENV_LM_CACHE = "TEXTEBM_LM_CACHE_DIR"
 
@@ -60,6 +61,8 @@ def _error_line(stderr: str, tool: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in lines:
         if "ERROR" in ln or "Exception" in ln or "error" in ln:
+            if " threw " in ln:  # drop the C++ source location and signature before the exception
+                ln = ln.split(" threw ", 1)[1]
             return f"{tool}: {ln[:300]}"
     return f"{tool}: {lines[-1][:300]}" if lines else f"{tool} failed without a message"
 
@@ -75,8 +78,9 @@ def _lmplz(tools: KenLMTools, text: Path, arpa: Path, tmp: Path, order: int, mem
 
 
 def validate_order(order: int) -> None:
-    if not 1 <= order <= MAX_ORDER:
-        raise EstimationError(f"order must be between 1 and {MAX_ORDER} (KenLM's maximum order), got {order}")
+    # KenLM's query structures need at least bigrams ("assumes at least a bigram model").
+    if not MIN_ORDER <= order <= MAX_ORDER:
+        raise EstimationError(f"order must be between {MIN_ORDER} and {MAX_ORDER} for KenLM, got {order}")
 
 
 def train_ngram_lm(sentences: Iterable[str], out_path: str | Path, order: int = DEFAULT_ORDER,
@@ -110,6 +114,10 @@ def train_ngram_lm(sentences: Iterable[str], out_path: str | Path, order: int = 
                 fallback = True
                 proc = _lmplz(tools, text, arpa, tmp, order, memory, fallback=True)
             if proc.returncode != 0:
+                if _bad_discount(proc.stderr) and not fallback:
+                    raise EstimationError(
+                        "lmplz could not estimate Kneser-Ney discounts (BadDiscountException: too few "
+                        "distinct n-gram counts, e.g. repeated sentences) and the discount fallback is off")
                 raise EstimationError(_error_line(proc.stderr, "lmplz"))
             proc = subprocess.run(
                 [str(tools.build_binary), "-S", memory, "-T", str(tmp) + os.sep, str(arpa), str(partial)],
