@@ -1,0 +1,209 @@
+"""The FastAPI application: `create_app(run_folder, ...)` builds it, uvicorn (or any ASGI server) runs it.
+
+The run is loaded once, in the lifespan, and every generation goes through one `Batcher`, so the
+event loop only parses, validates and answers. Errors are shaped as `{"detail": "...", "errors":
+[...]}` with the offending field named, and are always 4xx for bad input.
+
+No `from __future__ import annotations` here: the /generate body type is built inside
+`create_app`, and FastAPI must see the class itself, not a string it cannot resolve.
+"""
+
+
+import asyncio
+import hmac
+import math
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from textebm import __version__
+from textebm.errors import NonFiniteError, UserError
+from textebm.runs import load_config
+from textebm.sampling import SamplingOptions
+
+from server.batcher import Batcher, QueueFull
+from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
+from server.schemas import ErrorResponse, GenerateResponse, Health, Info, ResolvedRequest, request_model
+
+STATIC = Path(__file__).parent / "static"
+
+DEFAULTS = {
+    "max_n": 64,
+    "max_length": 100,
+    "max_prior_steps": 1000,
+    "queue_size": 256,
+    "max_batch_sentences": 256,
+    "max_body_bytes": 16 * 1024,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def _error(status: int, detail: str, errors=None, headers=None) -> JSONResponse:
+    body = ErrorResponse(detail=detail, errors=errors).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) if parts else "body"
+
+
+def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS["max_n"],
+               max_length: int = DEFAULTS["max_length"], max_prior_steps: int = DEFAULTS["max_prior_steps"],
+               queue_size: int = DEFAULTS["queue_size"], max_batch_sentences: int = DEFAULTS["max_batch_sentences"],
+               max_body_bytes: int = DEFAULTS["max_body_bytes"], coalesce: bool = True,
+               cors_origins: list[str] | None = None, device: str = "cpu") -> FastAPI:
+    """The app for one run folder. The folder's config is checked now (a wrong path fails here, not
+    at the first request); the checkpoint is loaded at start-up."""
+    run_folder = Path(run_folder)
+    load_config(run_folder)  # UserError for a folder that is not a run
+    limits = {"max_n": max_n, "max_length": max_length, "max_prior_steps": max_prior_steps,
+              "queue_size": queue_size, "max_batch_sentences": max_batch_sentences, "max_body_bytes": max_body_bytes}
+    for name, value in limits.items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a positive integer, not {value!r}")
+    if max_batch_sentences < max_n:
+        raise UserError(f"max_batch_sentences ({max_batch_sentences}) must be at least max_n ({max_n})")
+    if api_key is not None and not api_key:
+        raise UserError("the API key must not be empty")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from textebm.runs import load_run
+
+        try:
+            run = await asyncio.to_thread(load_run, run_folder, device)
+        except UserError as err:
+            app.state.startup_error = err
+            raise
+        app.state.run = run
+        app.state.batcher = Batcher(run.model, queue_size, max_batch_sentences, coalesce)
+        app.state.batcher.start()
+        try:
+            yield
+        finally:
+            await app.state.batcher.stop()
+
+    app = FastAPI(title="textebm", version=__version__, lifespan=lifespan,
+                  description="Sentences from a trained latent-space EBM text model. "
+                              "The playground is at /, this schema at /openapi.json.")
+    app.state.startup_error = None
+    app.state.limits = limits
+
+    app.add_middleware(SecurityHeadersMiddleware)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # outermost: before anything reads
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError):
+        errors = []
+        for err in exc.errors():
+            if err.get("type") == "json_invalid":
+                position = err.get("loc", ("body", "?"))[-1]
+                return _error(400, f"body: malformed JSON ({err.get('ctx', {}).get('error', 'invalid')} "
+                                   f"at position {position})")
+            errors.append({"field": _field(err.get("loc", ())), "message": err.get("msg", "invalid"),
+                           "type": err.get("type", "invalid")})
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "body: invalid"
+        return _error(422, detail, errors)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.detail, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    dependencies = [Depends(_key_checker(api_key))] if api_key else []
+    GenerateRequest = request_model(max_n, max_length, max_prior_steps)
+    error_responses = {code: {"model": ErrorResponse, "description": why} for code, why in [
+        (400, "malformed JSON"), (413, "body too large"), (422, "a field is wrong (named in detail)"),
+        (503, "queue full: retry after Retry-After seconds")] + ([(401, "missing or wrong API key")] if api_key else [])}
+
+    @app.post("/generate", response_model=GenerateResponse, dependencies=dependencies, responses=error_responses)
+    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:  # type: ignore[valid-type]
+        """Sample `n` sentences. A given seed with the same options gives the same sentences."""
+        started = time.perf_counter()
+        run = request.app.state.run
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+        prior_steps = body.prior_steps if body.prior_steps is not None else run.config.prior_steps
+        options = SamplingOptions(body.max_length, body.greedy, body.temperature, body.top_k, body.top_p,
+                                  prior_steps)
+        try:
+            options.validate()
+        except UserError as err:  # the schema already covers these; kept as a second line
+            raise ApiError(422, str(err)) from None
+        batcher: Batcher = request.app.state.batcher
+        try:
+            result = await batcher.submit(options, body.n, seed)
+        except QueueFull:
+            retry = max(1, math.ceil(batcher.last_compute_s * 2))
+            raise ApiError(503, f"server busy: {batcher.pending} requests queued; retry in {retry} s",
+                           {"Retry-After": str(retry)}) from None
+        except NonFiniteError as err:
+            raise ApiError(422 if body.prior_steps is not None else 500,
+                           f"prior_steps: the prior chain diverged ({err})") from None
+        sentences = [run.vocab.decode(ids) for ids in result.ids]
+        resolved = ResolvedRequest(n=body.n, max_length=body.max_length, temperature=body.temperature,
+                                   top_k=body.top_k, top_p=body.top_p, greedy=body.greedy, seed=seed,
+                                   prior_steps=prior_steps)
+        return GenerateResponse(sentences=sentences, seed=seed, took_ms=round((time.perf_counter() - started) * 1000, 2),
+                                queued_ms=round(result.queued_ms, 2), batch_requests=result.batch_requests,
+                                request=resolved, model_step=run.step)
+
+    @app.get("/health", response_model=Health)
+    async def health(request: Request) -> Health:
+        """Liveness and load: answered by the event loop, never behind a generation."""
+        batcher: Batcher = request.app.state.batcher
+        return Health(status="ok", queued=batcher.pending, busy=batcher.busy, batches=batcher.batches,
+                      requests=batcher.requests)
+
+    @app.get("/info", response_model=Info, dependencies=dependencies,
+             responses={401: {"model": ErrorResponse}} if api_key else {})
+    async def info(request: Request) -> Info:
+        """What is being served: the run, its vocabulary and latent sizes, its config, and the limits."""
+        run = request.app.state.run
+        return Info(version=__version__, run=run.folder.name, step=run.step, corpus=run.config.corpus,
+                    vocab_size=len(run.vocab), latent_dim=run.config.latent_dim, prior=run.config.prior,
+                    prior_steps=run.config.prior_steps, device=str(run.model.device), limits=limits,
+                    auth=api_key is not None, config=run.config.to_dict())
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _key_checker(api_key: str):
+    """A dependency accepting `Authorization: Bearer KEY` or `X-API-Key: KEY` (compared in constant time)."""
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: KEY")
+    expected = api_key.encode()
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+                    key: str | None = Depends(header)) -> None:
+        offered = [c for c in (credentials.credentials if credentials else None, key) if c]
+        if not any(hmac.compare_digest(c.encode(), expected) for c in offered):
+            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key: KEY)",
+                           {"WWW-Authenticate": "Bearer"})
+
+    return check
