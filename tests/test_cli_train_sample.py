@@ -1,0 +1,321 @@
+"""The `textebm train` and `textebm sample` commands: bad input (exit 2, one line, no traceback),
+sampling determinism and batching, resume after SIGKILL, Ctrl-C."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from textebm.model import LatentEBMTextModel
+
+
+# --- bad input: in-process (fast) ---------------------------------------------------------------
+
+def test_missing_corpus_file(cli, one_line_error, tmp_path, train_args):
+    args = train_args("--out", tmp_path / "run", "--max-steps", "1")
+    args[args.index("--corpus") + 1] = str(tmp_path / "nope.txt")
+    one_line_error(*cli(*args)[::2], "train", "nope.txt")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "no sentences"),
+    (b"\n  \n\n", "no sentences"),
+    (b"good line\nbad \xff\xfe line\n", "not UTF-8"),
+])
+def test_bad_corpus_files(cli, one_line_error, tmp_path, train_args, content, fragment):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(content)
+    args = train_args("--out", tmp_path / "run", "--max-steps", "1")
+    args[args.index("--corpus") + 1] = str(corpus)
+    one_line_error(*cli(*args)[::2], "train", fragment)
+
+
+def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train_args, ptb_train_lines):
+    corpus = tmp_path / "corpus.txt"
+    long_line = " ".join(["word"] * 5000)
+    short = [line for line in ptb_train_lines if len(line.split()) <= 30][:60]
+    corpus.write_text("\n".join([long_line, *short]) + "\n", encoding="utf-8")
+    args = train_args("--out", tmp_path / "run", "--max-steps", "2")
+    args[args.index("--corpus") + 1] = str(corpus)
+    status, out, err = cli(*args)
+    assert status == 0, err
+    assert "Traceback" not in err
+    assert "truncated to max_length=30 tokens: 1 training and 0 validation lines" in out + err
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--set", "no_such_key=3"], "unknown config key 'no_such_key'"),
+    (["--set", "latent_dim=abc"], "latent_dim"),
+    (["--set", "latent_dim=0"], "latent_dim"),
+    (["--set", "cell=rnn"], "cell"),
+    (["--set", "latent_dim"], "key=value"),
+    (["--max-steps", "0"], "--max-steps"),
+    (["--max-minutes", "-1"], "--max-minutes"),
+    (["--threads", "0"], "--threads"),
+    (["--device", "tpu"], "device"),
+])
+def test_bad_options(cli, one_line_error, tmp_path, train_args, extra, fragment):
+    args = train_args("--out", tmp_path / "run", *extra)
+    one_line_error(*cli(*args)[::2], "train", fragment)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_device_cuda_without_gpu(cli, one_line_error, tmp_path, train_args, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = train_args("--out", tmp_path / "run", "--max-steps", "1")
+    args[args.index("--device") + 1] = "cuda"
+    one_line_error(*cli(*args)[::2], "train", "no CUDA GPU")
+
+
+def test_missing_split_suggests_train_split(cli, one_line_error, tmp_path, data_dir, tiny_overrides):
+    args = ["train", "--corpus", "yahoo", "--data-dir", data_dir, "--out", tmp_path / "run", "--max-steps", "1",
+            "--device", "cpu", "--no-progress"]
+    one_line_error(*cli(*args)[::2], "train", "no train split", "--train-split valid")
+
+
+def test_offline_missing_known_corpus(cli, one_line_error, tmp_path):
+    args = ["train", "--corpus", "ptb", "--data-dir", tmp_path / "empty", "--out", tmp_path / "run",
+            "--max-steps", "1", "--device", "cpu", "--no-progress"]
+    one_line_error(*cli(*args)[::2], "train", str(tmp_path / "empty" / "ptb"))
+
+
+def test_resume_without_a_run(cli, one_line_error, tmp_path, train_args, small_corpus):
+    base = ["train", "--corpus", small_corpus, "--device", "cpu", "--no-progress", "--resume"]
+    one_line_error(*cli(*base, "--out", tmp_path / "missing")[::2], "train", "does not exist")
+    (tmp_path / "empty").mkdir()
+    one_line_error(*cli(*base, "--out", tmp_path / "empty")[::2], "train", "not a textebm run")
+    one_line_error(*cli(*base)[::2], "train", "--out")
+
+
+def test_resume_rejects_new_config(cli, one_line_error, run_copy, small_corpus):
+    args = ["train", "--corpus", small_corpus, "--out", run_copy, "--resume", "--set", "latent_dim=3",
+            "--device", "cpu", "--no-progress"]
+    one_line_error(*cli(*args)[::2], "train", "--resume")
+
+
+def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_copy, train_args):
+    before = (run_copy / "checkpoint.pt").read_bytes()
+    one_line_error(*cli(*train_args("--out", run_copy, "--max-steps", "1"))[::2], "train", "--resume")
+    assert (run_copy / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--temperature", "0"], "temperature"),
+    (["--temperature", "-1"], "temperature"),
+    (["--temperature", "nan"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--top-k", "-2"], "top_k"),
+    (["-n", "0"], "-n"),
+    (["-n", "-5"], "-n"),
+    (["--max-length", "0"], "max_length"),
+    (["--prior-steps", "-1"], "prior_steps"),
+    (["--batch-size", "0"], "--batch-size"),
+])
+def test_sample_bad_options(cli, one_line_error, trained_run, extra, fragment):
+    one_line_error(*cli("sample", "--checkpoint", trained_run, *extra)[::2], "sample", fragment)
+
+
+def test_sample_from_a_folder_that_is_not_a_run(cli, one_line_error, tmp_path):
+    one_line_error(*cli("sample", "--checkpoint", tmp_path)[::2], "sample", "not a textebm run")
+    one_line_error(*cli("sample", "--checkpoint", tmp_path / "missing")[::2], "sample", "does not exist")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_sample_from_a_damaged_checkpoint(cli, one_line_error, run_copy, damage):
+    path = run_copy / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3] if damage == "truncated" else bytes(b ^ 0x5A for b in data))
+    one_line_error(*cli("sample", "--checkpoint", run_copy)[::2], "sample", "checkpoint.pt")
+
+
+def test_sample_device_cuda_without_gpu(cli, one_line_error, trained_run, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one_line_error(*cli("sample", "--checkpoint", trained_run, "--device", "cuda")[::2], "sample", "no CUDA GPU")
+
+
+class RunsCode:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+# --- bad input: real processes (nothing but one line reaches the terminal) ----------------------
+
+def _run(exe, env, *args, timeout=120):
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_subprocess_missing_corpus(textebm_exe, subprocess_env, one_line_error, tmp_path):
+    proc = _run(textebm_exe, subprocess_env, "train", "--corpus", tmp_path / "none.txt", "--out", tmp_path / "r",
+                "--device", "cpu")
+    one_line_error(proc.returncode, proc.stderr, "train", "none.txt")
+    assert proc.stdout == ""
+
+
+def test_subprocess_code_running_checkpoint_is_refused(textebm_exe, subprocess_env, one_line_error, run_copy,
+                                                      tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"format": 1, "step": 1, "model": RunsCode(f"touch {shlex.quote(str(marker))}")},
+               run_copy / "checkpoint.pt")
+    proc = _run(textebm_exe, subprocess_env, "sample", "--checkpoint", run_copy, "-n", "2", "--device", "cpu")
+    one_line_error(proc.returncode, proc.stderr, "sample", "checkpoint.pt")
+    assert not marker.exists(), "sampling from the crafted checkpoint ran its code"
+    assert proc.stdout == ""
+
+
+def test_subprocess_truncated_checkpoint(textebm_exe, subprocess_env, one_line_error, run_copy):
+    path = run_copy / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    proc = _run(textebm_exe, subprocess_env, "sample", "--checkpoint", run_copy, "--device", "cpu")
+    one_line_error(proc.returncode, proc.stderr, "sample", "corrupt or truncated")
+
+
+# --- sampling --------------------------------------------------------------------------------------
+
+def test_sample_is_reproducible_under_a_seed(cli, trained_run, tmp_path):
+    args = ["sample", "--checkpoint", trained_run, "-n", "30", "--device", "cpu"]
+    status, first, err = cli(*args, "--seed", "1")
+    assert status == 0, err
+    lines = first.splitlines()
+    assert len(lines) == 30 and any(lines)
+    assert cli(*args, "--seed", "1")[1] == first
+    assert cli(*args, "--seed", "2")[1] != first
+    # --out writes the same sentences, atomically, to a file
+    out = tmp_path / "samples.txt"
+    status, stdout, err = cli(*args, "--seed", "1", "--out", out)
+    assert status == 0 and stdout == ""
+    assert out.read_text(encoding="utf-8") == first
+    assert "wrote 30 sentences" in err
+
+
+def test_sample_options_are_applied(cli, trained_run):
+    base = ["sample", "--checkpoint", trained_run, "-n", "20", "--device", "cpu", "--seed", "4"]
+    greedy = cli(*base, "--greedy")[1].splitlines()
+    assert len(greedy) == 20
+    assert cli(*base, "--top-k", "1")[1].splitlines() == greedy  # top-1 sampling is greedy
+    short = cli(*base, "--max-length", "3")[1].splitlines()
+    assert all(len(line.split()) <= 3 for line in short)
+    assert cli(*base, "--top-p", "0.5", "--temperature", "0.7", "--prior-steps", "0")[0] == 0
+
+
+def test_sample_many_sentences_in_batches(cli, trained_run, monkeypatch):
+    calls = []
+    original = LatentEBMTextModel.generate
+
+    def counting(self, n, *args, **kwargs):
+        calls.append(n)
+        return original(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(LatentEBMTextModel, "generate", counting)
+    started = time.monotonic()
+    status, out, err = cli("sample", "--checkpoint", trained_run, "-n", "1000", "--device", "cpu",
+                           "--max-length", "20")
+    assert status == 0, err
+    assert len(out.splitlines()) == 1000
+    assert sum(calls) == 1000 and len(calls) <= 4, calls  # batches of 256, not one call per sentence
+    assert time.monotonic() - started < 60
+
+
+# --- a whole run, resume after SIGKILL, Ctrl-C ---------------------------------------------------------
+
+def test_train_writes_a_complete_run(trained_run):
+    config = json.loads((trained_run / "config.json").read_text(encoding="utf-8"))
+    assert config["latent_dim"] == 4 and config["hidden_dim"] == 32  # the resolved config, --set included
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 21))
+    assert any(r["kind"] in ("final", "epoch", "valid") for r in records)
+    assert torch.load(trained_run / "checkpoint.pt", weights_only=True)["step"] == 20
+    assert (trained_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "sample:" in (trained_run / "train.log").read_text(encoding="utf-8")
+
+
+def _train_records(folder):
+    lines = (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    out = {}
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("kind") == "train":
+            out[record["step"]] = record
+    return out
+
+
+def _wait_for(predicate, proc, seconds=120):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early with status {proc.returncode}: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the training process")
+
+
+def _start(exe, env, args):
+    return subprocess.Popen([exe, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def test_resume_after_sigkill_gives_the_same_next_losses(textebm_exe, subprocess_env, train_args, tmp_path, cli,
+                                                        small_corpus):
+    every = ["checkpoint_every=5", "log_every=1"]
+    killed = tmp_path / "killed"
+    proc = _start(textebm_exe, subprocess_env,
+                  train_args("--out", killed, "--max-steps", "100000", "--seed", "3", overrides=every))
+    try:
+        _wait_for(lambda: (killed / "checkpoint.pt").is_file() and max(_train_records(killed), default=0) >= 6, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert step >= 5 and step % 5 == 0
+
+    status, out, err = cli("train", "--corpus", small_corpus, "--out", killed, "--resume", "--max-steps", step + 2,
+                           "--device", "cpu", "--threads", "1", "--no-progress")
+    assert status == 0, err
+    assert f"resumed from step {step}" in out
+    resumed = _train_records(killed)
+    assert sorted(resumed) == list(range(1, step + 3)), "records after the checkpoint must be rewritten once"
+
+    fresh = tmp_path / "fresh"
+    status, _, err = cli(*train_args("--out", fresh, "--max-steps", step + 2, "--seed", "3", overrides=every))
+    assert status == 0, err
+    reference = _train_records(fresh)
+    for s in range(1, step + 3):
+        assert resumed[s]["nll_token"] == pytest.approx(reference[s]["nll_token"], rel=1e-5), s
+        if "energy_gap" in reference[s]:
+            assert resumed[s]["energy_gap"] == pytest.approx(reference[s]["energy_gap"], rel=1e-4, abs=1e-6), s
+
+
+def test_ctrl_c_saves_and_exits_130(textebm_exe, subprocess_env, train_args, tmp_path):
+    folder = tmp_path / "run"
+    proc = _start(textebm_exe, subprocess_env,
+                  train_args("--out", folder, "--max-steps", "100000", overrides=["checkpoint_every=100000"]))
+    try:
+        _wait_for(lambda: (folder / "metrics.jsonl").is_file() and max(_train_records(folder), default=0) >= 3, proc)
+        seen = max(_train_records(folder))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "--resume" in out
+    saved = torch.load(folder / "checkpoint.pt", weights_only=True)["step"]
+    assert saved >= seen
+    assert saved == max(_train_records(folder))
