@@ -69,19 +69,28 @@ class Learner:
         if self.encoder is not None:
             guess_error = 0.5 * (self.encoder(tokens) - z_pos).pow(2).sum()
             metrics["encoder_grad_norm"] = self._update(guess_error * scale, "encoder", cfg.generator_clip)
-        model.train()
-        log_lik = self.decoder(z_pos, tokens)
-        metrics["gen_grad_norm"] = self._update(-log_lik.sum() * scale, "generator", cfg.generator_clip)
-        metrics["nll_sum"] = -log_lik.sum().item()
+        metrics.update(self.generator_update(tokens, z_pos, scale))
         if self.energy is not None:
             model.eval()
             z_neg = self._chain(lambda: model.prior_sample(tokens.shape[0], generator=self.chain_rng, shard=shard),
                                 "prior chain")
-            f = self.energy(torch.cat([z_pos, z_neg]))
-            gap = f[: len(z_pos)].sum() - f[len(z_pos):].sum()
-            metrics["ebm_grad_norm"] = self._update(-gap * scale, "energy", cfg.energy_clip)
-            metrics["energy_gap_sum"] = gap.item()
+            metrics.update(self.energy_update(z_pos, z_neg, scale))
         return metrics
+
+    def generator_update(self, tokens: torch.Tensor, z_pos: torch.Tensor, scale: float) -> dict:
+        """One Adam step of the decoder on -log p_beta(x | z+), summed over rows and scaled to a mean."""
+        self.model.train()
+        log_lik = self.decoder(z_pos, tokens)
+        norm = self._update(-log_lik.sum() * scale, "generator", self.cfg.generator_clip)
+        return {"gen_grad_norm": norm, "nll_sum": -log_lik.sum().item()}
+
+    def energy_update(self, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
+        """One Adam step of f on -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes,
+        lower it where the prior chain wanders (the maximum-likelihood gradient of the prior)."""
+        f = self.energy(torch.cat([z_pos, z_neg]))  # one call: DDP wants one forward per backward
+        gap = f[: len(z_pos)].sum() - f[len(z_pos):].sum()
+        norm = self._update(-gap * scale, "energy", self.cfg.energy_clip)
+        return {"ebm_grad_norm": norm, "energy_gap_sum": gap.item()}
 
     def _chain(self, run, what: str) -> torch.Tensor:
         try:
