@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,15 +113,19 @@ def evaluate_samples(samples_path: str | Path, train_path: str | Path, test_path
     train = read_sentences(train_path, "training", max_tokens=max_tokens)
     test = read_sentences(test_path, "test", max_tokens=max_tokens)
 
-    real_lm, real_model = _real_model(train_path, train.sentences, order, memory, tools)
-    fwd = perplexity(real_model, samples.sentences, count_eos)
-    real_test = perplexity(real_model, test.sentences, count_eos)
-    del real_model
+    # The sample statistics (self-BLEU is the slow part) are pure Python; they run in a thread
+    # while this one mostly waits for lmplz and build_binary, which are subprocesses.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stats_job = pool.submit(sample_stats, samples.sentences, set(train.sentences), self_bleu_size, seed)
+        real_lm, real_model = _real_model(train_path, train.sentences, order, memory, tools)
+        fwd = perplexity(real_model, samples.sentences, count_eos)
+        real_test = perplexity(real_model, test.sentences, count_eos)
+        del real_model
 
-    vocab = vocabulary(train.sentences) if add_train_vocab else []
-    rev = reverse_ppl(samples.sentences, test.sentences, vocab, order=order, count_eos=count_eos,
-                      memory=memory, tools=tools)
-    stats = sample_stats(samples.sentences, set(train.sentences), self_bleu_size, seed)
+        vocab = vocabulary(train.sentences) if add_train_vocab else []
+        rev = reverse_ppl(samples.sentences, test.sentences, vocab, order=order, count_eos=count_eos,
+                          memory=memory, tools=tools)
+        stats = stats_job.result()
 
     result = {
         "forward_ppl": fwd.ppl,
