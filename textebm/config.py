@@ -54,6 +54,8 @@ class Config:
     energy_clip: float = 1.0
     adam_beta1: float = 0.5
     max_epochs: int = 40
+    precision: str = "fp32"  # fp32 | bf16 (torch.autocast for chains and updates)
+    compile: bool = False  # torch.compile the decoder's log-likelihood (chains and updates)
     nonfinite_policy: str = "skip"  # skip | stop
     max_skipped_steps: int = 20  # consecutive non-finite steps before the run stops anyway
     seed: int = 0
@@ -71,6 +73,7 @@ class Config:
             "prior": ("ebm", "gaussian"),
             "nonfinite_policy": ("skip", "stop"),
             "posterior_init": ("noise", "encoder"),
+            "precision": ("fp32", "bf16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

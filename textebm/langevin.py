@@ -78,7 +78,7 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
     Starts from N(0, sigma^2 I) (the paper's short-run chain) unless `z0` is given."""
 
     def log_joint(z):
-        return prior.log_density(z) + decoder.log_likelihood(z, tokens)
+        return prior.log_density(z) + decoder(z, tokens)  # decoder(...) is log p(x | z), maybe compiled
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)

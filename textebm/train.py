@@ -44,6 +44,11 @@ def make_optimizers(model: LatentEBMTextModel, cfg: Config) -> dict[str, torch.o
     return optimizers
 
 
+def check_precision(cfg: Config, device: torch.device) -> None:
+    if cfg.precision == "bf16" and torch.device(device).type != "cuda":
+        raise UserError("precision=bf16 is for CUDA devices (oneDNN's CPU LSTM has no bf16 kernels here)")
+
+
 class Learner:
     """A model with its optimizers, its chain-noise generator and (under torchrun) its DDP wrappers."""
 
@@ -51,6 +56,10 @@ class Learner:
         self.model, self.cfg, self.device, self.parallel = model, cfg, torch.device(device), parallel
         self.optimizers = make_optimizers(model, cfg)
         self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        if cfg.compile:  # in place, so that the chains (which call model.decoder) use it too
+            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
+        check_precision(cfg, self.device)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.decoder = wrap(model.decoder, parallel, self.device)
         self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None
         self.encoder = wrap(model.encoder, parallel, self.device) if model.encoder is not None else None
@@ -59,6 +68,10 @@ class Learner:
         """One learning iteration on this process's rows `tokens` of a global batch. Returns sums
         over those rows (nll_sum, energy_gap_sum) and gradient norms. Raises NonFiniteError, on every
         process alike, before non-finite numbers reach an update."""
+        with self.autocast:
+            return self._step(tokens, shard)
+
+    def _step(self, tokens: torch.Tensor, shard: Shard | None) -> dict:
         model, cfg = self.model, self.cfg
         shard = shard or Shard(0, tokens.shape[0], tokens.shape[0])
         scale = self.parallel.world / shard.total  # DDP averages over processes: this makes it a mean over rows

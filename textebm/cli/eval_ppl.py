@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -70,11 +69,11 @@ def _check_lm_eval():
 
 def resolve_files(args) -> tuple[Path, Path]:
     """The real train and test files, from --train/--test or from --corpus and the data folder."""
-    from lm_eval.evaluate import corpus_split_path
+    from lm_eval.evaluate import corpus_split_path, default_data_dir
 
     if args.corpus is None and (args.train is None or args.test is None):
         raise UserError("give --corpus ptb|snli|yahoo, or both --train REAL_TRAIN and --test REAL_TEST")
-    data_dir = Path(args.data_dir or os.environ.get("TEXTEBM_DATA_DIR") or "data")
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     train = Path(args.train) if args.train else corpus_split_path(args.corpus, "train", data_dir)
     test = Path(args.test) if args.test else corpus_split_path(args.corpus, "test", data_dir)
     return train, test

@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
     from textebm.parallel import local_device
     from textebm.plots import plot_learning_curves
     from textebm.runs import build_model, create_run, is_run, load_config
-    from textebm.train import train
+    from textebm.train import check_precision, train
     from textebm.vocab import build_vocab, load_vocab
 
     if args.max_steps is not None and args.max_steps < 1:
@@ -83,6 +83,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
         if is_run(folder):
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         config = resolve_config(args.preset, args.corpus, _config_overrides(args))
+    check_precision(config, device)
     corpus = open_corpus(args.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
     if not args.resume:
