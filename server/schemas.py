@@ -5,9 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_SEED = 2**53 - 1  # JavaScript clients (the playground) hold integers exactly up to here
+
+
+INTEGER_FIELDS = ("n", "max_length", "top_k", "seed", "prior_steps")
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    """JSON Schema counts 29.0 as an integer (and so do JavaScript clients); 29.5, "29" and true stay errors."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**63:
+        return int(value)
+    return value
+
 
 
 def request_model(max_n: int, max_length: int, max_prior_steps: int) -> type[BaseModel]:
@@ -29,6 +40,14 @@ def request_model(max_n: int, max_length: int, max_prior_steps: int) -> type[Bas
                                  description="same seed and options, same sentences; omitted: the server picks one")
         prior_steps: int | None = Field(None, ge=0, le=limit_steps,
                                         description="Langevin steps of the prior chain; omitted: the run's own")
+
+        @model_validator(mode="before")
+        @classmethod
+        def _integral_floats(cls, data: Any) -> Any:
+            """Strict types, except that an integer field takes 3.0 as 3 (see `_integral_float_to_int`)."""
+            if isinstance(data, dict):
+                data = {k: _integral_float_to_int(v) if k in INTEGER_FIELDS else v for k, v in data.items()}
+            return data
 
     return GenerateRequest
 

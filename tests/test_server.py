@@ -113,6 +113,7 @@ def test_openapi_and_docs_are_served(http):
 @pytest.mark.parametrize("body, field", [
     ({"n": "3"}, "n"),
     ({"n": 3.5}, "n"),
+    ({"n": True}, "n"),
     ({"n": 0}, "n"),
     ({"n": -2}, "n"),
     ({"n": 17}, "n"),

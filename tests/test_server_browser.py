@@ -1,0 +1,73 @@
+"""The playground in a real headless browser (Debian's Chromium, driven by Playwright): fill the
+fields, click Generate, see the sentences; and check that the page fetched nothing from outside."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from server.app import create_app
+from server_fixtures import client, live_server, train_tiny_run
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def page_base(tmp_path_factory):
+    run = train_tiny_run(tmp_path_factory.mktemp("browser") / "tiny")
+    with live_server(create_app(run, max_n=16)) as url:
+        yield url
+
+
+@pytest.fixture()
+def page(page_base):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            pg = browser.new_page()
+            pg.set_default_timeout(30_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+def test_playground_generates_sentences(page, page_base):
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    console_errors: list[str] = []
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+
+    page.goto(page_base + "/")
+    expect(page.locator("#run-info")).to_contain_text("run tiny (step 20)")
+    page.fill("#n", "4")
+    page.fill("#max_length", "12")
+    page.fill("#temperature", "0.8")
+    page.fill("#seed", "321")
+    page.click("#generate")
+    items = page.locator("#sentences li")
+    expect(items).to_have_count(4)
+    expect(page.locator("#status")).to_contain_text("seed 321")
+    shown = items.all_inner_texts()
+
+    # The page shows what the API gives for the same request.
+    with client(page_base) as c:
+        api = c.post("/generate", json={"n": 4, "max_length": 12, "temperature": 0.8, "top_k": 0, "top_p": 1.0,
+                                        "greedy": False, "seed": 321}).json()["sentences"]
+    assert shown == [s if s else "(empty sentence)" for s in api]
+    assert all(len(s.split()) <= 12 for s in api)
+
+    # Same seed again, same list; then a bad field shows the server's message naming it.
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("seed 321")
+    assert items.all_inner_texts() == shown
+    page.fill("#top_p", "1.5")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("error 422: top_p:")
+
+    assert requested and all(url.startswith(page_base) for url in requested), requested
+    assert failed == [f"422 {page_base}/generate"], failed  # only the deliberate bad request
+    assert all("422" in e for e in console_errors), console_errors
