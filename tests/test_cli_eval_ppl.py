@@ -263,5 +263,6 @@ def test_installed_command_bad_input_exit_2(subprocess_env, tmp_path):
                            "--train", str(tmp_path / "nope.txt"), "--test", str(tmp_path / "nope.txt")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"textebm eval-ppl: error: samples file not found: {tmp_path / 'nope.txt'}"]
+    expected = f"textebm eval-ppl: error: samples file not found: {tmp_path / 'nope.txt'}"
+    assert proc.stderr.strip().splitlines() == [expected]
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -7,10 +7,12 @@ found in the real tool cache); tests/test_cli_eval_ppl.py shares that cache fold
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import pytest
 
 import lm_eval
 from lm_eval.errors import EstimationError, KenLMToolsMissing
-from lm_eval.kenlm_tools import cache_bin_dir, find_tools
+from lm_eval.evaluate import _real_model
+from lm_eval.kenlm_tools import _safe_extract, cache_bin_dir, find_tools
 from lm_eval.ngram import ENV_LM_CACHE, cache_key, file_sha256, real_data_lm, train_ngram_lm
 from lm_eval.perplexity import perplexity, score_sentence
 from lm_eval.text import kenlm_line, read_sentences
@@ -96,6 +99,19 @@ def test_install_is_a_no_op_when_built():
     assert proc.returncode == 0, proc.stderr
     assert "already installed" in proc.stdout
     assert lmplz.stat().st_mtime_ns == before
+
+
+def test_sdist_extraction_refuses_paths_outside_the_folder(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"x"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RuntimeError, match="unsafe path"):
+        _safe_extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists()
 
 
 # --- estimation --------------------------------------------------------------------------------
@@ -248,3 +264,14 @@ def test_reverse_ppl_penalises_mode_collapse(ptb_test, data_dir):
     r_varied = lm_eval.reverse_ppl(varied, test, vocab)
     r_collapsed = lm_eval.reverse_ppl(collapsed, test, vocab)
     assert r_collapsed.ppl > 2 * r_varied.ppl
+
+
+def test_damaged_cached_model_is_rebuilt(tmp_path, monkeypatch):
+    train = tmp_path / "train.txt"
+    train.write_text("the cat sat\nthe dog ran\na cat ran\nthe dog sat\n" * 5, encoding="utf-8")
+    monkeypatch.setenv(ENV_LM_CACHE, str(tmp_path / "cache"))
+    first = real_data_lm(train, order=3)
+    Path(first.path).write_bytes(b"not a model")
+    lm, model = _real_model(train, None, 3, "1G", None)
+    assert lm.cached is False and lm.path == first.path
+    assert perplexity(model, ["the cat ran"]).num_words == 3

@@ -6,7 +6,6 @@ one JSON object. The protocol is documented in docs/evaluation.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
