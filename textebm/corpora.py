@@ -92,22 +92,26 @@ def _user_corpus(path: Path) -> Corpus:
     return Corpus(str(path), {"train": path})
 
 
-def check_utf8(path: Path) -> None:
-    """Fail with the line number of the first bad byte, instead of a decoder traceback later."""
+def check_text_file(path: Path) -> None:
+    """Fail with the line number of the first bad byte, or on a file without a sentence, instead of
+    a decoder traceback (or a vague `datasets` error) later."""
     opener = gzip.open if path.suffix == ".gz" else open
+    has_text = False
     try:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
-                raw.decode("utf-8")
+                has_text |= bool(raw.decode("utf-8").strip())
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (line {number}: {err.reason} at byte {err.start})") from None
     except (OSError, EOFError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
+    if not has_text:
+        raise UserError(f"{path} holds no sentences (it is empty or blank)")
 
 
 def read_lines(path: Path) -> list[str]:
     """The file's lines through `datasets`' text builder, blank lines dropped; an empty file is an error."""
-    check_utf8(path)
+    check_text_file(path)
     import datasets
 
     datasets.disable_progress_bars()
@@ -140,11 +144,18 @@ def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS) -> None:
     hint = f"put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in textebm/corpora.py)"
     if offline():
         raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
+    # All three files or none: a half-downloaded corpus would look complete to the next run.
+    partial = [folder / f".{split}.txt.download" for split in SPLITS]
     try:
-        for split in SPLITS:
-            _download(urls[split], folder / f"{split}.txt", PTB_SHA256[split])
+        for split, target in zip(SPLITS, partial):
+            _download(urls[split], target, PTB_SHA256[split])
+        for split, target in zip(SPLITS, partial):
+            os.replace(target, folder / f"{split}.txt")
     except OSError as err:
         raise UserError(f"PTB not found in {folder} and the download failed ({err}); {hint}") from None
+    finally:
+        for target in partial:
+            target.unlink(missing_ok=True)
 
 
 def arae_snli_sentences(premises: list[str], hypotheses: list[str]) -> list[str]:

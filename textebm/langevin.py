@@ -45,18 +45,21 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
     If `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are appended to it.
     Raises NonFiniteError when the chain leaves the finite numbers."""
     z = z.detach()
+    finite = torch.ones((), dtype=torch.bool, device=z.device)  # checked once at the end: no sync per step
     if trajectory is not None:
         trajectory.append(z)
     with torch.enable_grad():
         for _ in range(steps):
             z.requires_grad_(True)
-            (grad,) = torch.autograd.grad(log_density(z).sum(), z)
+            log_pi = log_density(z)
+            finite &= torch.isfinite(log_pi.detach()).all()
+            (grad,) = torch.autograd.grad(log_pi.sum(), z)
             noise = gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
             z = (z + 0.5 * step_size**2 * grad + step_size * noise).detach()
             if trajectory is not None:
                 trajectory.append(z)
-    if not torch.isfinite(z).all():
-        raise NonFiniteError(f"Langevin chain produced non-finite z ({steps} steps of size {step_size})")
+    if not bool(finite & torch.isfinite(z).all()):
+        raise NonFiniteError(f"Langevin chain met a non-finite z or log density ({steps} steps of size {step_size})")
     return z
 
 

@@ -25,7 +25,7 @@ import torch
 from textebm.batches import EncodedSplit, epoch_batches, fixed_batches, pad
 from textebm.config import Config
 from textebm.errors import NonFiniteError, UserError
-from textebm.io import atomic_write_text
+from textebm.io import atomic_write_text, remove_stale_temp_files
 from textebm.langevin import Shard
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
@@ -223,8 +223,13 @@ def truncate_metrics(folder: Path, step: int) -> None:
     """On resume, forget records written after the checkpoint: they will be written again."""
     path = Path(folder) / "metrics.jsonl"
     if path.is_file():
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:  # a line cut short by a kill
+                continue
         atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -247,6 +252,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
         step = int(checkpoint["step"])
         if main:
             truncate_metrics(folder, step)
+            remove_stale_temp_files(folder)
         log.message(f"resumed from step {step}")
 
     lengths = [len(s) for s in train_split.sentences]

@@ -115,15 +115,19 @@ class WordVocab:
 
 
 class SentencePieceVocab:
-    """Subword units from SentencePiece, trained on the training split and saved with the run."""
+    """Subword units from SentencePiece, trained on the training split and saved with the run.
+
+    A corpus's own unknown-word token (`<unk>`, `_UNK`) is kept whole: it maps to SentencePiece's
+    unk id and decodes back to the corpus's spelling, instead of being spelled out in pieces."""
 
     kind = "sentencepiece"
 
-    def __init__(self, model_bytes: bytes, lowercase: bool = False):
+    def __init__(self, model_bytes: bytes, lowercase: bool = False, unk_word: str = UNK):
         import sentencepiece as spm
 
         self.model_bytes = model_bytes
         self.lowercase = lowercase
+        self.unk_word = unk_word
         self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = (
             self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id())
@@ -134,7 +138,13 @@ class SentencePieceVocab:
 
         import sentencepiece as spm
 
-        lines = [s.lower() if lowercase else s for s in sentences]
+        unk_spelling = Counter()
+        lines = []
+        for sentence in sentences:
+            words = sentence.split()
+            unk_spelling.update(w for w in words if w in UNK_ALIASES)
+            text = " ".join(w for w in words if w not in UNK_ALIASES)
+            lines.append(text.lower() if lowercase else text)
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -144,27 +154,44 @@ class SentencePieceVocab:
                 num_threads=2, input_sentence_size=2_000_000, shuffle_input_sentence=True)
         except RuntimeError as err:
             raise UserError(f"SentencePiece training failed: {str(err).splitlines()[0]}") from None
-        return cls(model.getvalue(), lowercase)
+        unk_word = unk_spelling.most_common(1)[0][0] if unk_spelling else UNK
+        return cls(model.getvalue(), lowercase, unk_word)
 
     def __len__(self) -> int:
         return self.sp.get_piece_size()
 
     def encode(self, sentence: str) -> list[int]:
-        return self.sp.encode(sentence.lower() if self.lowercase else sentence)
+        ids, chunk = [], []
+        for word in sentence.split():
+            if word in UNK_ALIASES:
+                if chunk:
+                    ids += self.sp.encode(" ".join(chunk))
+                ids.append(self.unk_id)
+                chunk = []
+            else:
+                chunk.append(word.lower() if self.lowercase else word)
+        if chunk:
+            ids += self.sp.encode(" ".join(chunk))
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        kept = []
+        segments, current = [], []
         for i in ids:
+            i = int(i)
             if i == self.eos_id:
                 break
-            if i not in (self.pad_id, self.bos_id):
-                kept.append(int(i))
-        return self.sp.decode(kept)
+            if i == self.unk_id:
+                segments += [self.sp.decode(current), self.unk_word]
+                current = []
+            elif i not in (self.pad_id, self.bos_id):
+                current.append(i)
+        segments.append(self.sp.decode(current))
+        return " ".join(seg for seg in segments if seg)
 
     def save(self, folder: Path) -> None:
         atomic_write_bytes(Path(folder) / "spm.model", self.model_bytes)
-        atomic_write_text(Path(folder) / "vocab.json",
-                          json.dumps({"kind": self.kind, "lowercase": self.lowercase, "model": "spm.model"}))
+        atomic_write_text(Path(folder) / "vocab.json", json.dumps(
+            {"kind": self.kind, "lowercase": self.lowercase, "unk_word": self.unk_word, "model": "spm.model"}))
 
 
 def build_vocab(sentences: list[str], tokenizer: str, vocab_size: int, min_freq: int, lowercase: bool) -> Vocabulary:
@@ -178,7 +205,7 @@ def load_vocab(folder: Path) -> Vocabulary:
     try:
         data = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         if data["kind"] == "sentencepiece":
-            return SentencePieceVocab((folder / data["model"]).read_bytes(), data["lowercase"])
+            return SentencePieceVocab((folder / data["model"]).read_bytes(), data["lowercase"], data.get("unk_word", UNK))
         return WordVocab.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise UserError(f"{folder} has no readable vocabulary ({type(err).__name__}: {err})") from None

@@ -84,6 +84,8 @@ def _train(args: argparse.Namespace, parallel) -> int:
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         config = resolve_config(args.preset, args.corpus, _config_overrides(args))
     check_precision(config, device)
+    if not config.max_epochs and args.max_steps is None and args.max_minutes is None:
+        raise UserError("training has no end: give --max-steps, --max-minutes or a positive max_epochs")
     corpus = open_corpus(args.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
     if not args.resume:
