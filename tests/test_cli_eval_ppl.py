@@ -97,6 +97,7 @@ def test_json_has_the_required_keys(eval_ppl, real_args, data_dir, tmp_path):
     samples = write(tmp_path / "samples.txt", "\n".join(valid[1000:1200]) + "\n\n\n")
     status, out, err = eval_ppl("--samples", samples, *real_args, "--json")
     assert status == 0, err
+    assert err == ""  # lmplz/build_binary/kenlm chatter stays out of the terminal
     r = parse_json(out)
     assert REQUIRED_KEYS <= set(r)
     assert r["num_samples"] == 200 and r["order"] == 5 and r["count_eos"] is False
@@ -265,4 +266,18 @@ def test_installed_command_bad_input_exit_2(subprocess_env, tmp_path):
     assert proc.returncode == 2, proc.stderr
     expected = f"textebm eval-ppl: error: samples file not found: {tmp_path / 'nope.txt'}"
     assert proc.stderr.strip().splitlines() == [expected]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, small_real, tmp_path_factory):
+    """Through a real process (file descriptors, not sys.stdout): one JSON line, empty stderr."""
+    env = dict(subprocess_env, TMPDIR=str(tmp_path / "tmp"), **{ENV_LM_CACHE: str(shared_lm_cache(tmp_path_factory))})
+    (tmp_path / "tmp").mkdir()
+    samples = write(tmp_path / "s.txt", "the company said\nthe market fell sharply\nprices rose\n")
+    proc = subprocess.run([sys.executable, "-m", "textebm", "eval-ppl", "--samples", str(samples),
+                           "--train", str(small_real[0]), "--test", str(small_real[1]), "--json"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert parse_json(proc.stdout)["num_samples"] == 3
     assert list((tmp_path / "tmp").iterdir()) == []
