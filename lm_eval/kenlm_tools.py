@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: building the KenLM tools failed; it {APT_HINT}\n{err}", file=sys.stderr)
         return 1
+    except OSError as err:  # e.g. an unwritable cache folder
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
