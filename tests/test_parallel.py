@@ -40,8 +40,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "textebm", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", "0", "-m", "textebm", *common,
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "textebm", *common,
                           "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
