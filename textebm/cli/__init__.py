@@ -14,7 +14,7 @@ import sys
 from textebm import __version__
 from textebm.errors import UserError
 
-SUBCOMMANDS = ["train", "sample", "plot"]
+SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
