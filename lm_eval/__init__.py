@@ -6,21 +6,37 @@ lets textebm check that `import lm_eval` found this package.
 
     from lm_eval import evaluate_samples
     result = evaluate_samples("samples.txt", "data/ptb/train.txt", "data/ptb/test.txt")
+
+The public names are imported on first use (PEP 562), so that `python -m lm_eval.kenlm_tools`
+runs its module without importing it twice.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __textebm__ = True
 
-from lm_eval.errors import EstimationError, EvalError, InputError, KenLMToolsMissing
-from lm_eval.evaluate import ReversePPL, corpus_split_path, evaluate_samples, forward_ppl, reverse_ppl
-from lm_eval.kenlm_tools import KenLMTools, find_tools
-from lm_eval.ngram import NgramLM, load_model, real_data_lm, train_ngram_lm
-from lm_eval.perplexity import Perplexity, perplexity
-from lm_eval.sample_stats import distinct_n, sample_stats, self_bleu
-from lm_eval.text import Sentences, read_sentences
+_EXPORTS = {
+    "lm_eval.errors": ["EstimationError", "EvalError", "InputError", "KenLMToolsMissing"],
+    "lm_eval.evaluate": ["ReversePPL", "corpus_split_path", "evaluate_samples", "forward_ppl", "reverse_ppl"],
+    "lm_eval.kenlm_tools": ["KenLMTools", "find_tools"],
+    "lm_eval.ngram": ["NgramLM", "load_model", "real_data_lm", "train_ngram_lm"],
+    "lm_eval.perplexity": ["Perplexity", "perplexity"],
+    "lm_eval.sample_stats": ["distinct_n", "sample_stats", "self_bleu"],
+    "lm_eval.text": ["Sentences", "read_sentences"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "EstimationError", "EvalError", "InputError", "KenLMToolsMissing", "KenLMTools", "NgramLM",
-    "Perplexity", "ReversePPL", "Sentences", "corpus_split_path", "distinct_n", "evaluate_samples",
-    "find_tools", "forward_ppl", "load_model", "perplexity", "read_sentences", "real_data_lm",
-    "reverse_ppl", "sample_stats", "self_bleu", "train_ngram_lm",
-]
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lm_eval' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
