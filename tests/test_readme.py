@@ -1,0 +1,26 @@
+"""The README's promises that code can check: its first commands, and every config default."""
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from textebm.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_config_key_is_documented_with_its_default():
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", README, re.M))
+    for field in fields(Config):
+        assert field.name in rows, f"README does not document config key {field.name}"
+        assert rows[field.name] == str(field.default), f"README default of {field.name} is {rows[field.name]}"
+
+
+def test_ci_runs_the_readme_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    setup, tests = commands[0], commands[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert setup in ci
+    assert tests.split(" ", 1)[1] in ci  # the test command, with TEXTEBM_DATA_DIR exported by CI
