@@ -64,9 +64,12 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                max_length: int = DEFAULTS["max_length"], max_prior_steps: int = DEFAULTS["max_prior_steps"],
                queue_size: int = DEFAULTS["queue_size"], max_batch_sentences: int = DEFAULTS["max_batch_sentences"],
                max_body_bytes: int = DEFAULTS["max_body_bytes"], coalesce: bool = True,
-               cors_origins: list[str] | None = None, device: str = "cpu") -> FastAPI:
+               cors_origins: list[str] | None = None, device: str = "cpu", preloaded=None) -> FastAPI:
     """The app for one run folder. The folder's config is checked now (a wrong path fails here, not
-    at the first request); the checkpoint is loaded at start-up."""
+    at the first request); the checkpoint is loaded once, at start-up (lifespan).
+
+    `preloaded` (a `textebm.runs.LoadedRun` of this folder) skips that load: `textebm serve` loads
+    the run before starting uvicorn, so a damaged checkpoint is a one-line error, not a traceback."""
     run_folder = Path(run_folder)
     load_config(run_folder)  # UserError for a folder that is not a run
     limits = {"max_n": max_n, "max_length": max_length, "max_prior_steps": max_prior_steps,
@@ -84,7 +87,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         from textebm.runs import load_run
 
         try:
-            run = await asyncio.to_thread(load_run, run_folder, device)
+            run = preloaded if preloaded is not None else await asyncio.to_thread(load_run, run_folder, device)
         except UserError as err:
             app.state.startup_error = err
             raise

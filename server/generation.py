@@ -4,8 +4,9 @@
 decoder, so two requests decoded as one batch would share a stream and each one's sentences would
 depend on the other. Here every request (a `Part`) keeps its own generator, and every random draw
 is taken from it in the same order and shape as a lone `generate_ids(model, n, options, seed)`
-call: the chain's start and per-step noise, then the library's own `choose_tokens` on the part's
-rows at each decoding step. A request's sentences are therefore the same whether it ran alone or
+call: the chain's start and per-step noise, then one uniform number per sentence at each decoding
+step, used as `textebm.decoding.choose_tokens` uses it (inverse CDF). Only the draws are per part;
+the arithmetic runs once over the whole batch, which is where batching saves time. A request's sentences are therefore the same whether it ran alone or
 in a batch, and the same as `textebm sample --seed S -n N` (N up to that command's batch size).
 tests/test_server_generation.py checks this against `generate_ids`, so a change to the library's
 sampling that this module does not follow fails there.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from textebm.decoding import choose_tokens
+from textebm.decoding import filter_logits
 from textebm.errors import NonFiniteError
 from textebm.sampling import SamplingOptions
 
@@ -89,10 +90,6 @@ def generate_parts(model, parts: list[Part], options: SamplingOptions) -> list[l
 @torch.inference_mode()
 def _decode_parts(model, z, generators, sizes, max_length: int, options: SamplingOptions) -> list[list[int]]:
     """`textebm.decoding.decode` for the whole batch, drawing each part's tokens from its generator."""
-    bounds, start = [], 0
-    for k in sizes:
-        bounds.append((start, start + k))
-        start += k
     batch = z.shape[0]
     token = torch.full((batch,), model.bos_id, dtype=torch.long, device=z.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=z.device)
@@ -100,12 +97,23 @@ def _decode_parts(model, z, generators, sizes, max_length: int, options: Samplin
     out = []
     for _ in range(max_length):
         logits, state = model.decoder.step(token, z_gates, state)
-        token = torch.cat([
-            choose_tokens(logits[a:b], options.greedy, options.temperature, options.top_k, options.top_p, g)
-            for (a, b), g in zip(bounds, generators)])
+        token = _choose_tokens(logits, options, generators, sizes)
         token = token.masked_fill(finished, model.eos_id)
         out.append(token)
         finished |= token == model.eos_id
         if bool(finished.all()):
             break
     return torch.stack(out, dim=1).tolist() if out else [[] for _ in range(batch)]
+
+
+def _choose_tokens(logits: torch.Tensor, options: SamplingOptions, generators, sizes) -> torch.Tensor:
+    """`textebm.decoding.choose_tokens` over the whole batch, with each part's uniforms from its own
+    generator (every step below is row-wise, so a row's token does not depend on its neighbours)."""
+    if options.greedy:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / options.temperature, options.top_k, options.top_p)
+    weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_().double().cumsum_(dim=-1)
+    uniform = torch.cat([torch.rand(k, 1, device=logits.device, dtype=torch.float64, generator=g)
+                         for g, k in zip(generators, sizes)])
+    picks = torch.searchsorted(weights, uniform * weights[:, -1:], right=True)[:, 0]
+    return picks.clamp_(max=logits.shape[-1] - 1)

@@ -27,10 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-coalesce", action="store_true", help="decode each request alone (no batching)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_device_argument(p)
+    # One torch thread by default: a server decodes small batches step by step, and two threads
+    # on a busy 2-core machine measured 10-20x slower than one (docs/server.md). --threads N overrides.
+    p.set_defaults(threads=1)
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve sentences over HTTP (POST /generate, playground at /)")
+    p = subparsers.add_parser("serve", help="serve sentences over HTTP (POST /generate, playground at /)",
+                              description="Serve a trained run over HTTP: POST /generate, GET /health, GET /info, "
+                                          "the playground at /, the OpenAPI schema at /openapi.json. "
+                                          "Uses 1 torch thread unless --threads is given.")
     add_arguments(p)
     p.set_defaults(run=run)
 
@@ -42,13 +48,17 @@ def run(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from textebm.errors import UserError
+    from textebm.runs import load_run
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, not {args.port}")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key must not be empty")
     device = resolve_device(args.device, args.threads)
-    app = create_app(args.checkpoint, api_key=args.api_key, max_n=args.max_n, max_length=args.max_length,
+    create_app(args.checkpoint, max_n=args.max_n, max_length=args.max_length, max_prior_steps=args.max_prior_steps,
+               queue_size=args.queue_size, max_batch_sentences=args.max_batch)  # limits checked before the load
+    loaded = load_run(args.checkpoint, device)  # once; a damaged checkpoint is a UserError here
+    app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, max_n=args.max_n, max_length=args.max_length,
                      max_prior_steps=args.max_prior_steps, queue_size=args.queue_size,
                      max_batch_sentences=args.max_batch, coalesce=not args.no_coalesce,
                      cors_origins=args.cors_origin or None, device=str(device))
@@ -57,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
               "this port can generate", file=sys.stderr)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            lifespan="on", timeout_graceful_shutdown=10))
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exit_:  # uvicorn exits this way when it cannot start (port taken, ...)
+        if app.state.startup_error is None:
+            raise UserError(f"the server did not start on {args.host}:{args.port} (see the log above)") from exit_
     if app.state.startup_error is not None:
         raise app.state.startup_error
     if not server.started:

@@ -1,0 +1,87 @@
+"""`textebm serve` / `python -m server` as a real process: starts, serves, stops; bad runs exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server_fixtures import train_tiny_run
+from textebm.cli import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    return train_tiny_run(tmp_path_factory.mktemp("cli") / "tiny")
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_defaults_bind_loopback_without_cors_or_key():
+    parser = argparse.ArgumentParser()
+    serve.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--checkpoint", "RUN"])
+    assert (args.host, args.port, args.api_key, args.cors_origin) == ("127.0.0.1", 8000, None, [])
+    assert args.threads == 1 and args.run is serve.run
+
+
+def test_serve_process_answers_and_stops_cleanly(cli_run):
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--checkpoint", str(cli_run), "--port", "0",
+                             "--device", "cpu", "--api-key", "k"],
+                            cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        base, deadline = None, time.monotonic() + 90
+        while base is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}")
+            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            base = match.group(1) if match else None
+        assert base, "no 'Uvicorn running on' line"
+        assert httpx.get(base + "/health").json()["status"] == "ok"
+        assert httpx.post(base + "/generate", json={"n": 2}).status_code == 401
+        r = httpx.post(base + "/generate", json={"n": 2, "seed": 5}, headers={"X-API-Key": "k"}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["sentences"]) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[1]
+    # uvicorn shuts down gracefully (lifespan shutdown runs), then re-raises SIGTERM as its exit status
+    assert "Application shutdown complete" in rest, rest
+    assert proc.returncode in (0, -signal.SIGTERM)
+
+
+@pytest.mark.parametrize("damage", ["missing", "not_a_run", "corrupt"])
+def test_bad_run_folders_exit_2_with_one_line(cli_run, tmp_path, damage):
+    folder = tmp_path / "run"
+    if damage == "not_a_run":
+        folder.mkdir()
+    elif damage == "corrupt":
+        shutil.copytree(cli_run, folder)
+        (folder / "checkpoint.pt").write_bytes(b"\0" * 10)
+    result = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(folder), "--port", "0",
+                             "--device", "cpu"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=90)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("textebm serve: error: ")
+    assert {"missing": "does not exist", "not_a_run": "not a textebm run", "corrupt": "corrupt"}[damage] in last
+
+
+def test_bad_options_exit_2(cli_run):
+    for extra, message in [(["--port", "70000"], "--port"), (["--max-n", "0"], "max_n"),
+                           (["--api-key", " "], "--api-key")]:
+        result = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(cli_run), *extra],
+                                cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=90)
+        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
