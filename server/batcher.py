@@ -5,7 +5,7 @@ at once only splits the same cores. Why a queue: the event loop stays free for /
 accepting requests while a batch runs in the worker thread, and a bounded queue turns overload
 into a quick 503 instead of unbounded memory and latency. Why batches: decoding is a Python loop
 over time steps whose per-step cost grows slowly with the batch, so requests that wait together
-are decoded together (`generation.generate_parts` keeps each request's sentences the same as if
+are decoded together (`generate_for_requests` keeps each request's sentences the same as if
 it had run alone).
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from textebm.sampling import SamplingOptions
 
-from server import generation
+from textebm.sampling import Request, batch_key, generate_for_requests
 
 
 class QueueFull(Exception):
@@ -100,9 +100,9 @@ class Batcher:
             started = time.perf_counter()
             self.busy = True
             try:
-                parts = [generation.Part(job.n, job.seed, job.options.max_length) for job in batch]
+                parts = [Request(job.n, job.seed, job.options.max_length) for job in batch]
                 outcome = await loop.run_in_executor(
-                    self.executor, generation.generate_parts, self.model, parts, batch[0].options)
+                    self.executor, generate_for_requests, self.model, parts, batch[0].options)
             except Exception as err:  # noqa: BLE001 - handed to each waiting request, never lost
                 for job in batch:
                     if not job.future.done():
@@ -127,10 +127,10 @@ class Batcher:
         if not self.coalesce:
             return [first]
         self._held.extend(_drain(self.queue))
-        key = generation.batch_key(first.options)
+        key = batch_key(first.options)
         batch, rows, rest = [first], first.n, []
         for job in self._held:
-            if generation.batch_key(job.options) == key and rows + job.n <= self.max_batch_sentences:
+            if batch_key(job.options) == key and rows + job.n <= self.max_batch_sentences:
                 batch.append(job)
                 rows += job.n
             else:

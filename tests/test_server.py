@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from server.app import create_app
-from server import generation
+from server import batcher
+from textebm.sampling import Request, generate_for_requests
 from server_fixtures import client, live_server, train_tiny_run
 from textebm.errors import UserError
 from textebm.runs import load_run
@@ -203,7 +204,7 @@ def test_playground_page_is_self_contained(http):
 
 def test_slow_generation_never_blocks_health(tiny_run, monkeypatch):
     """While a generation takes 3 s in the worker, /health answers at once, many times over."""
-    real = generation.generate_parts
+    real = batcher.generate_for_requests
     started = threading.Event()
 
     def slow(*args, **kwargs):
@@ -211,7 +212,7 @@ def test_slow_generation_never_blocks_health(tiny_run, monkeypatch):
         time.sleep(3.0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_parts", slow)
+    monkeypatch.setattr(batcher, "generate_for_requests", slow)
     with live_server(create_app(tiny_run)) as url:
         done = threading.Event()
 
@@ -240,7 +241,7 @@ def test_slow_generation_never_blocks_health(tiny_run, monkeypatch):
 
 def test_queue_full_gets_503_with_retry_after(tiny_run, monkeypatch):
     """queue_size=2: one request decoding (blocked), two waiting, the next is refused with 503."""
-    real = generation.generate_parts
+    real = batcher.generate_for_requests
     release, started = threading.Event(), threading.Event()
 
     def blocked(*args, **kwargs):
@@ -248,7 +249,7 @@ def test_queue_full_gets_503_with_retry_after(tiny_run, monkeypatch):
         release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_parts", blocked)
+    monkeypatch.setattr(batcher, "generate_for_requests", blocked)
     with live_server(create_app(tiny_run, queue_size=2)) as url:
         statuses: list[int] = []
 
@@ -332,15 +333,15 @@ def test_batching_lowers_the_cost_per_sentence(tiny_run):
     """One batch of 8 requests against 8 lone runs, in-process: the batch must be clearly cheaper."""
     loaded = load_run(tiny_run, "cpu")
     options = SamplingOptions(max_length=40, prior_steps=5)
-    parts = [generation.Part(4, seed, 40) for seed in range(8)]
-    generation.generate_parts(loaded.model, parts, options)  # warm-up
+    parts = [Request(4, seed, 40) for seed in range(8)]
+    generate_for_requests(loaded.model, parts, options)  # warm-up
     t0 = time.perf_counter()
     for _ in range(3):
         for p in parts:
-            generation.generate_parts(loaded.model, [p], options)
+            generate_for_requests(loaded.model, [p], options)
     alone = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(3):
-        generation.generate_parts(loaded.model, parts, options)
+        generate_for_requests(loaded.model, parts, options)
     batched = time.perf_counter() - t0
     assert batched * 2 < alone, (batched, alone)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from textebm.randomness import RowStreams
+
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Keep the k most probable tokens and/or the smallest set whose probability reaches p; mask the rest."""
@@ -34,9 +36,15 @@ def choose_tokens(logits: torch.Tensor, greedy: bool, temperature: float, top_k:
         return logits.argmax(dim=-1)
     logits = filter_logits(logits.float() / temperature, top_k, top_p)
     weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_().double().cumsum_(dim=-1)
-    uniform = torch.rand(logits.shape[0], 1, device=logits.device, dtype=torch.float64, generator=generator)
+    uniform = uniform_rows(logits.shape[0], logits.device, generator)
     picks = torch.searchsorted(weights, uniform * weights[:, -1:], right=True)[:, 0]
     return picks.clamp_(max=logits.shape[-1] - 1)
+
+
+def uniform_rows(rows: int, device, generator: torch.Generator | RowStreams | None) -> torch.Tensor:
+    if isinstance(generator, RowStreams):
+        return generator.uniform(device)
+    return torch.rand(rows, 1, device=device, dtype=torch.float64, generator=generator)
 
 
 @torch.inference_mode()

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from textebm.errors import NonFiniteError
+from textebm.randomness import RowStreams
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,8 +31,10 @@ class Shard:
     total: int
 
 
-def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator | None = None,
+def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator | RowStreams | None = None,
                    shard: Shard | None = None) -> torch.Tensor:
+    if isinstance(generator, RowStreams):
+        return generator.normal(dim, device)
     if shard is None:
         return torch.randn(rows, dim, device=device, generator=generator)
     return torch.randn(shard.total, dim, device=device, generator=generator)[shard.start:shard.stop]

@@ -15,6 +15,7 @@ from textebm.decoding import decode
 from textebm.encoder import InitEncoder
 from textebm.energy import EnergyPrior
 from textebm.langevin import Shard, posterior_chain, prior_chain
+from textebm.randomness import RowStreams
 
 
 class LatentEBMTextModel(nn.Module):
@@ -64,7 +65,7 @@ class LatentEBMTextModel(nn.Module):
 
     def generate(self, n: int, max_length: int = 40, greedy: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, prior_steps: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | RowStreams | None = None) -> torch.Tensor:
         """Sentences from the model: prior chain, then decoding. Token ids (n, <= max_length)."""
         was_training = self.training
         self.eval()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from textebm.errors import UserError
+from textebm.randomness import RowStreams
 
 
 @dataclass
@@ -40,9 +41,43 @@ def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size:
     for start in range(0, n, batch_size):
         ids = model.generate(min(batch_size, n - start), options.max_length, options.greedy, options.temperature,
                              options.top_k, options.top_p, options.prior_steps, generator)
-        out += ids.tolist()
+        out += [_until_eos(row, model.eos_id) for row in ids.tolist()]
     return out
+
+
+def _until_eos(row: list[int], eos_id: int) -> list[int]:
+    return row[:row.index(eos_id)] if eos_id in row else row
 
 
 def generate_text(model, vocab, n: int, options: SamplingOptions, seed: int, batch_size: int = 256) -> list[str]:
     return [vocab.decode(row) for row in generate_ids(model, n, options, seed, batch_size)]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One caller's share of a batch: how many sentences, from which seed, up to which length."""
+
+    n: int
+    seed: int
+    max_length: int
+
+
+def batch_key(options: SamplingOptions) -> tuple:
+    """Requests may share a batch when everything but n, seed and max_length is the same."""
+    return (options.greedy, options.temperature, options.top_k, options.top_p, options.prior_steps)
+
+
+def generate_for_requests(model, requests: list[Request], options: SamplingOptions) -> list[list[list[int]]]:
+    """Several requests decoded as one batch; each request's sentences (id lists, end-of-sentence
+    cut off) are those of a lone `generate_ids(model, n, options, seed)` with its own max_length.
+
+    Each request draws from its own seeded stream (`RowStreams`); the batch is decoded to the
+    longest max_length and every request is cut at its own (a token never depends on later ones)."""
+    streams = RowStreams([r.seed for r in requests], [r.n for r in requests], model.device)
+    ids = model.generate(streams.rows, max(r.max_length for r in requests), options.greedy, options.temperature,
+                         options.top_k, options.top_p, options.prior_steps, streams).tolist()
+    results, start = [], 0
+    for request in requests:
+        results.append([_until_eos(row[:request.max_length], model.eos_id) for row in ids[start:start + request.n]])
+        start += request.n
+    return results

@@ -1,4 +1,4 @@
-"""Batched generation keeps each request's sentences: the same as a lone `generate_ids` call."""
+"""Batched generation of several requests keeps each request's sentences: the same as a lone `generate_ids` call."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import random
 import pytest
 import torch
 
-from server.generation import Part, batch_key, generate_parts
 from textebm.config import Config
 from textebm.model import LatentEBMTextModel
-from textebm.sampling import SamplingOptions, generate_ids
+from textebm.sampling import Request, SamplingOptions, batch_key, generate_for_requests, generate_ids
 
 
 def _cut(rows, eos):
@@ -37,9 +36,9 @@ def model(request):
 def test_each_part_matches_its_lone_generation(model, options):
     rng = random.Random(7)
     for _ in range(5):
-        parts = [Part(rng.randint(1, 6), rng.randint(0, 2**40), rng.choice([3, 8, options.max_length]))
+        parts = [Request(rng.randint(1, 6), rng.randint(0, 2**40), rng.choice([3, 8, options.max_length]))
                  for _ in range(rng.randint(2, 7))]
-        got = generate_parts(model, parts, options)
+        got = generate_for_requests(model, parts, options)
         assert [len(g) for g in got] == [p.n for p in parts]
         for part, rows in zip(parts, got):
             lone = SamplingOptions(part.max_length, options.greedy, options.temperature, options.top_k,
@@ -50,11 +49,11 @@ def test_each_part_matches_its_lone_generation(model, options):
 
 def test_a_part_does_not_depend_on_its_neighbours(model):
     options = SamplingOptions(max_length=20)
-    target = Part(3, 99, 20)
-    alone = generate_parts(model, [target], options)[0]
-    with_others = generate_parts(model, [Part(5, 1, 20), target, Part(2, 2, 5)], options)[1]
+    target = Request(3, 99, 20)
+    alone = generate_for_requests(model, [target], options)[0]
+    with_others = generate_for_requests(model, [Request(5, 1, 20), target, Request(2, 2, 5)], options)[1]
     assert with_others == alone
-    assert generate_parts(model, [Part(3, 100, 20)], options)[0] != alone
+    assert generate_for_requests(model, [Request(3, 100, 20)], options)[0] != alone
 
 
 def test_batch_key_separates_what_changes_the_math():
