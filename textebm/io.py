@@ -10,12 +10,16 @@ import tempfile
 from pathlib import Path
 from typing import Callable, IO
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; the result should read like any other
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
