@@ -6,7 +6,6 @@ import json
 import threading
 import time
 
-import httpx
 import pytest
 
 from server.app import create_app

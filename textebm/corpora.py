@@ -141,7 +141,7 @@ def _download(url: str, target: Path, sha256: str | None, timeout: float = 30.0)
 
 
 def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS) -> None:
-    hint = f"put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in textebm/corpora.py)"
+    hint = "put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in textebm/corpora.py)"
     if offline():
         raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
     # All three files or none: a half-downloaded corpus would look complete to the next run.
