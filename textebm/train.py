@@ -277,7 +277,12 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
         nonlocal last_valid, validated_at
         validated_at = step
         if main:
-            last_valid = validate(model, valid_split, cfg, device)
+            try:
+                last_valid = validate(model, valid_split, cfg, device)
+            except NonFiniteError as err:
+                log.message(f"step {step} {kind}: validation skipped: {err}")
+                parallel.barrier()
+                return
             log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **last_valid})
             samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
                                      generator=torch.Generator(device=device).manual_seed(VALIDATION_SEED))
