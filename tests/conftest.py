@@ -184,3 +184,29 @@ def subprocess_env() -> dict[str, str]:
     env.update(TEXTEBM_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1")
     return env
+
+
+@pytest.fixture(scope="session")
+def lm_cache(tmp_path_factory) -> Path:
+    """One KenLM model cache per test session (the PTB 5-gram is estimated once), never the user's."""
+    folder = tmp_path_factory.getbasetemp() / "textebm-lm-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _lm_cache_env(monkeypatch, lm_cache):
+    from lm_eval.ngram import ENV_LM_CACHE
+
+    monkeypatch.setenv(ENV_LM_CACHE, str(lm_cache))
+
+
+@pytest.fixture
+def scratch_tmp(tmp_path, monkeypatch) -> Path:
+    """The process's temporary folder, redirected, to check that nothing is left in it."""
+    import tempfile
+
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

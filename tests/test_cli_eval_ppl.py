@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -20,28 +19,8 @@ from lm_eval.ngram import ENV_LM_CACHE
 REQUIRED_KEYS = {"forward_ppl", "reverse_ppl", "num_samples", "order", "count_eos", "discount_fallback", "oov_rate"}
 
 
-def shared_lm_cache(tmp_path_factory) -> Path:
-    """The session's LM cache, the same folder tests/test_lm_eval_kenlm.py uses."""
-    folder = tmp_path_factory.getbasetemp() / "textebm-lm-cache"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _lm_cache_env(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv(ENV_LM_CACHE, str(shared_lm_cache(tmp_path_factory)))
-
-
 @pytest.fixture
-def scratch_tmp(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-@pytest.fixture
-def eval_ppl(cli, monkeypatch, scratch_tmp, tmp_path_factory):
+def eval_ppl(cli, monkeypatch, scratch_tmp, lm_cache):
     """Run `textebm eval-ppl ARGS` in-process; afterwards the temporary folder must be empty."""
     import textebm.cli
 
@@ -52,7 +31,7 @@ def eval_ppl(cli, monkeypatch, scratch_tmp, tmp_path_factory):
         status, out, err = cli("eval-ppl", *args)
         assert "Traceback" not in err
         assert list(scratch_tmp.iterdir()) == [], "temporary files left behind"
-        assert not [p for p in shared_lm_cache(tmp_path_factory).iterdir() if p.name.endswith(".partial")]
+        assert not [p for p in lm_cache.iterdir() if p.name.endswith(".partial")]
         return status, out, err
 
     return invoke
@@ -269,9 +248,9 @@ def test_installed_command_bad_input_exit_2(subprocess_env, tmp_path):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, small_real, tmp_path_factory):
+def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, small_real, lm_cache):
     """Through a real process (file descriptors, not sys.stdout): one JSON line, empty stderr."""
-    env = dict(subprocess_env, TMPDIR=str(tmp_path / "tmp"), **{ENV_LM_CACHE: str(shared_lm_cache(tmp_path_factory))})
+    env = dict(subprocess_env, TMPDIR=str(tmp_path / "tmp"), **{ENV_LM_CACHE: str(lm_cache)})
     (tmp_path / "tmp").mkdir()
     samples = write(tmp_path / "s.txt", "the company said\nthe market fell sharply\nprices rose\n")
     proc = subprocess.run([sys.executable, "-m", "textebm", "eval-ppl", "--samples", str(samples),

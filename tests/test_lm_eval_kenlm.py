@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,31 +33,10 @@ MIKOLOV_KN5 = 141.2
 KN5_TOLERANCE = 0.5
 
 
-def shared_lm_cache(tmp_path_factory) -> Path:
-    """One LM cache folder per test session, so the PTB 5-gram is estimated once."""
-    folder = tmp_path_factory.getbasetemp() / "textebm-lm-cache"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _lm_cache_env(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv(ENV_LM_CACHE, str(shared_lm_cache(tmp_path_factory)))
-
-
-@pytest.fixture
-def scratch_tmp(tmp_path, monkeypatch) -> Path:
-    """The process's temporary folder, redirected, to check that nothing is left in it."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
 @pytest.fixture(scope="session")
-def ptb_lm(tmp_path_factory, data_dir):
+def ptb_lm(lm_cache, data_dir):
     train = data_dir / "ptb" / "train.txt"
-    return real_data_lm(train, order=5, cache_dir=shared_lm_cache(tmp_path_factory))
+    return real_data_lm(train, order=5, cache_dir=lm_cache)
 
 
 @pytest.fixture(scope="session")
@@ -226,8 +204,8 @@ def test_forward_ppl_api_accepts_lm_path_or_model(ptb_lm, ptb_test):
     assert a == b == c
 
 
-def test_real_data_lm_is_cached_by_content_and_order(ptb_lm, data_dir, tmp_path, tmp_path_factory):
-    cache = shared_lm_cache(tmp_path_factory)
+def test_real_data_lm_is_cached_by_content_and_order(ptb_lm, data_dir, tmp_path, lm_cache):
+    cache = lm_cache
     again = real_data_lm(data_dir / "ptb" / "train.txt", order=5, cache_dir=cache)
     assert again.cached is True and again.path == ptb_lm.path
     key = cache_key(file_sha256(data_dir / "ptb" / "train.txt"), 5)
