@@ -1,0 +1,219 @@
+"""`textebm evaluate`: NLL and perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples.
+
+Thin: reads the split, calls textebm.likelihood / textebm.diagnostics / lm_eval, prints a table
+or one JSON object and writes the same JSON to RUN/evaluation-<split>.json. The estimators are
+described in textebm/likelihood.py and docs/evaluate.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from textebm.cli.common import add_device_argument, resolve_device
+
+PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); tokens = words after encoding "
+                  "with the run's vocabulary (unknown words as <unk>, lines cut to the run's max_length) plus "
+                  "one end-of-sentence per sentence")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="NLL/perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples",
+        description="Evaluate a trained run on a held-out split: per-sentence NLL and per-word perplexity "
+        "by importance sampling (Gaussian proposals fitted to short-run posterior chains; the EBM prior's "
+        "log Z by Monte Carlo), KL to the prior, mutual information, active units, and FPPL/RPPL of "
+        "generated sentences under KenLM 5-grams. Writes RUN/evaluation-<split>.json.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
+    p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
+    p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    p.add_argument("--max-sentences", type=int, metavar="N", help="evaluate the first N sentences only")
+    p.add_argument("--num-chains", type=int, default=16, help="posterior chains per sentence (default 16)")
+    p.add_argument("--num-is-samples", type=int, default=100, help="importance samples per sentence (default 100)")
+    p.add_argument("--partition-samples", type=int, default=100_000,
+                   help="Monte Carlo draws for the prior's log Z (default 100000)")
+    p.add_argument("--fppl-samples", type=int, default=1000,
+                   help="generated sentences for FPPL/RPPL (default 1000; 0: skip)")
+    p.add_argument("--chunk", type=int, default=32, help="sentences evaluated together (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def _check_args(args) -> None:
+    from textebm.errors import UserError
+
+    for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
+                      ("chunk", 1)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(args, name)}")
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise UserError(f"--max-sentences must be at least 1, not {args.max_sentences}")
+
+
+def generation_metrics(loaded, corpus, n: int, seed: int) -> dict:
+    """FPPL/RPPL and sample statistics of `n` sentences from the run (lm_eval, KenLM 5-grams)."""
+    import tempfile
+    from pathlib import Path
+
+    from textebm.cli.eval_ppl import _check_lm_eval
+    from textebm.errors import UserError
+    from textebm.sampling import SamplingOptions, generate_text
+
+    lm_eval = _check_lm_eval()
+    options = SamplingOptions(max_length=loaded.config.max_length)
+    sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
+    with tempfile.TemporaryDirectory(prefix="textebm-evaluate-") as tmp:
+        path = Path(tmp) / "samples.txt"
+        path.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+        try:
+            result = lm_eval.evaluate_samples(path, corpus.files["train"], corpus.files["test"])
+        except lm_eval.EvalError as err:
+            raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
+    result.pop("files", None)
+    result["generated"] = {"n": n, "seed": seed, "max_length": options.max_length,
+                           "prior_steps": loaded.config.prior_steps, "decoding": "ancestral, temperature 1"}
+    result["examples"] = sentences[:5]
+    return result
+
+
+def evaluate(args) -> dict:
+    """Everything the command reports, as one JSON-ready dict."""
+    import math
+    import sys
+    import time
+
+    import torch
+
+    from textebm.batches import encode_lines
+    from textebm.corpora import open_corpus
+    from textebm.diagnostics import active_units, kl_to_prior, mutual_information
+    from textebm.errors import UserError
+    from textebm.likelihood import evaluate_sentences, log_partition
+    from textebm.runs import load_run
+
+    _check_args(args)
+    started = time.perf_counter()
+    device = resolve_device(args.device, args.threads)
+    loaded = load_run(args.checkpoint, device)
+    config = loaded.config
+    corpus = open_corpus(config.corpus, args.data_dir)
+    if not corpus.has(args.split):
+        have = ", ".join(corpus.files) or "none"
+        raise UserError(f"corpus {corpus.name} has no {args.split} split (have: {have}); "
+                        f"evaluate needs held-out text")
+    lines = corpus.lines(args.split)
+    if args.max_sentences is not None:
+        lines = lines[:args.max_sentences]
+    encoded = encode_lines(lines, loaded.vocab, config.max_length)
+    # The sentences actually scored, and their predicted tokens (after any --max-sentences cut).
+    num_tokens = sum(len(s) - 1 for s in encoded.sentences)
+
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    model = loaded.model
+    log_z, log_z_se = log_partition(model.prior, args.partition_samples, generator=generator)
+
+    def progress(done, total):
+        if not args.json:
+            print(f"\r  importance sampling: {done}/{total} sentences", end="", file=sys.stderr, flush=True)
+
+    res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, args.num_chains,
+                             args.num_is_samples, generator, chunk=args.chunk, progress=progress)
+    if not args.json:
+        print(file=sys.stderr)
+    nll = -res.log_px.double()
+    kl = kl_to_prior(res.log_q, res.log_prior).double()
+    mi = mutual_information(res.q_mean, res.q_std, res.z[:, :min(10, res.z.shape[1])])
+    log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
+    result = {
+        "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": args.split,
+        "prior": config.prior, "latent_dim": config.latent_dim,
+        "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
+        "nll_per_sentence": float(nll.mean()),
+        "nll_per_token": float(nll.sum() / num_tokens),
+        "perplexity": math.exp(float(nll.sum() / num_tokens)),
+        "perplexity_convention": PPL_CONVENTION,
+        "elbo_per_sentence": float(res.log_w.double().mean(1).mean()),
+        "log_partition": {"log_z": log_z, "stderr": log_z_se,
+                          "num_samples": args.partition_samples if model.prior.is_ebm else 0,
+                          "estimator": "log mean_{z ~ N(0, sigma^2 I)} exp f(z) (logsumexp); stderr by the "
+                                       "delta method, std(w) / (sqrt(N) mean(w)); exactly 0 for a Gaussian prior"},
+        "importance_sampling": {
+            "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
+                         "q = diagonal Gaussian fitted to the sentence's posterior-chain samples",
+            "num_chains": args.num_chains, "posterior_steps": config.posterior_steps,
+            "posterior_step_size": config.posterior_step_size, "num_samples": args.num_is_samples,
+            "proposal_std": "1.2 * chain std + 0.05",
+            "ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()),
+            "ess_min": float(res.ess.min()), "log_w_var_mean": float(log_w_var.mean()),
+            "chain_std_mean": float(res.chain_std.mean()),
+        },
+        "kl_to_prior": float(kl.mean()),
+        "mutual_information": mi,
+        "mutual_information_bound": math.log(len(encoded.sentences)),
+        "mutual_information_samples": min(10, args.num_is_samples),
+        "active_units": active_units(res.q_mean),
+        "active_units_threshold": 0.01,
+        "seed": args.seed,
+    }
+    if args.fppl_samples == 0:
+        result["generation"] = None
+        result["generation_skipped"] = "--fppl-samples 0"
+    elif not (corpus.has("train") and corpus.has("test")):
+        result["generation"] = None
+        result["generation_skipped"] = f"corpus {corpus.name} lacks a train or test file"
+    else:
+        result["generation"] = generation_metrics(loaded, corpus, args.fppl_samples, args.seed)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
+
+
+def format_table(r: dict) -> str:
+    isd, lz, gen = r["importance_sampling"], r["log_partition"], r["generation"]
+    rows = [
+        ("run / step", f"{r['run']} / {r['step']}"),
+        ("corpus / split", f"{r['corpus']} / {r['split']} ({r['num_sentences']} sentences, {r['num_tokens']} tokens)"),
+        ("NLL per sentence (nats)", _fmt(r["nll_per_sentence"])),
+        ("perplexity (per token, </s> counted)", _fmt(r["perplexity"])),
+        ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
+        ("log Z of the prior (stderr, draws)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}, {lz['num_samples']})"),
+        ("IS: chains x steps / draws per sentence",
+         f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"),
+        ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
+        ("KL(q(z|x) || p_alpha(z)) (nats)", _fmt(r["kl_to_prior"])),
+        ("mutual information I(x;z) (max log N)", f"{_fmt(r['mutual_information'])} ({_fmt(r['mutual_information_bound'])})"),
+        ("active units", f"{r['active_units']} / {r['latent_dim']}"),
+    ]
+    if gen is not None:
+        rows += [
+            (f"FPPL / RPPL ({gen['num_samples']} samples, 5-gram)", f"{_fmt(gen['forward_ppl'])} / {_fmt(gen['reverse_ppl'])}"),
+            ("real test text under the real LM", _fmt(gen["real_lm_test_ppl"])),
+            ("unique / distinct-2 / self-BLEU",
+             f"{_fmt(gen['unique_share'])} / {_fmt(gen['distinct_2'])} / {_fmt(gen['self_bleu'])}"),
+        ]
+    else:
+        rows.append(("FPPL / RPPL", f"skipped: {r['generation_skipped']}"))
+    rows.append(("seconds", _fmt(r["seconds"])))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append(f"estimator: {isd['estimator']}; proposal std = {isd['proposal_std']}")
+    lines.append(f"perplexity: {r['perplexity_convention']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from textebm.cli.eval_ppl import _finite
+    from textebm.io import atomic_write_text
+
+    result = _finite(evaluate(args))
+    text = json.dumps(result, allow_nan=False)
+    atomic_write_text(Path(args.checkpoint) / f"evaluation-{args.split}.json", json.dumps(result, indent=2) + "\n")
+    print(text if args.json else format_table(result))
+    return 0
