@@ -1,0 +1,202 @@
+"""`textebm chain`, `textebm interpolate`, `textebm score`: run in-process through their own parser
+(the same protocol as textebm.cli.main: UserError -> one line on stderr, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+
+import pytest
+
+from textebm.cli import chain, interpolate, score
+from textebm.errors import UserError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAINED = [
+    "the company said it expects to report a loss",
+    "stocks fell sharply in heavy trading yesterday",
+    "the bank raised its prime rate to N N",
+    "investors are worried about the economy",
+]
+
+
+@pytest.fixture
+def analysis(capsys):
+    """Invoke one of the three analysis commands: returns (status, stdout, stderr)."""
+    parser = argparse.ArgumentParser(prog="textebm")
+    sub = parser.add_subparsers(dest="command")
+    for module in (chain, interpolate, score):
+        module.add_parser(sub)
+
+    def invoke(*argv):
+        capsys.readouterr()
+        args = parser.parse_args([str(a) for a in argv])
+        try:
+            status = args.run(args)
+        except UserError as err:
+            import sys
+
+            print(f"textebm {args.command}: error: {err}", file=sys.stderr)
+            status = 2
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return invoke
+
+
+@pytest.fixture(scope="module")
+def memorised_run(tmp_path_factory, tiny_overrides):
+    """A tiny run trained on four sentences repeated: its decoder has learnt to reproduce them."""
+    from textebm.cli import main
+
+    folder = tmp_path_factory.mktemp("memorised")
+    corpus = folder / "four.txt"
+    corpus.write_text("\n".join(TRAINED * 40) + "\n", encoding="utf-8")
+    sets = []
+    for item in tiny_overrides + ["checkpoint_every=1000"]:
+        sets += ["--set", item]
+    previous = os.environ.get("TEXTEBM_OFFLINE")
+    os.environ["TEXTEBM_OFFLINE"] = "1"
+    try:
+        status = main(["train", "--corpus", str(corpus), "--out", str(folder / "run"), "--preset", "cpu", *sets,
+                       "--device", "cpu", "--threads", "1", "--no-progress", "--max-steps", "120", "--seed", "0"])
+    finally:
+        if previous is None:
+            os.environ.pop("TEXTEBM_OFFLINE", None)
+        else:
+            os.environ["TEXTEBM_OFFLINE"] = previous
+    assert status == 0
+    return folder / "run"
+
+
+# ---- chain -------------------------------------------------------------------------------------
+
+def test_chain_prints_the_chosen_steps_and_writes_a_png(analysis, trained_run, tmp_path):
+    png = tmp_path / "plots" / "chain.png"
+    status, out, err = analysis("chain", "--checkpoint", trained_run, "--steps", "0,3,6", "--chains", "2",
+                                "--max-length", "8", "--plot", png, "--device", "cpu")
+    assert status == 0, err
+    assert out.count("chain ") == 2
+    for step in (0, 3, 6):
+        assert out.count(f"step {step:>4}") == 2
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert not list(png.parent.glob("*.tmp"))
+
+
+def test_chain_json_has_a_profile_per_step_and_step_0_decodes_the_initial_z(analysis, trained_run):
+    import torch
+
+    from textebm.decoding import decode
+    from textebm.runs import load_run
+
+    status, out, _ = analysis("chain", "--checkpoint", trained_run, "--steps", "0", "--chains", "3",
+                              "--max-length", "10", "--seed", "7", "--json", "--device", "cpu")
+    assert status == 0
+    result = json.loads(out)
+    assert result["steps"] == [0]
+    model, vocab = (lambda r: (r.model, r.vocab))(load_run(trained_run))
+    z0 = model.prior.sigma * torch.randn(3, model.prior.latent_dim, generator=torch.Generator().manual_seed(7))
+    expected = [vocab.decode(row) for row in decode(model.decoder, z0, model.bos_id, model.eos_id, 10, True).tolist()]
+    assert [c["sentences"]["0"] for c in result["chains"]] == expected
+    assert all(len(c["energy"]) == 1 and len(c["log_density"]) == 1 for c in result["chains"])
+
+    status, out, _ = analysis("chain", "--checkpoint", trained_run, "--steps", "5,2", "--chains", "1", "--json")
+    profile = json.loads(out)["chains"][0]
+    assert len(profile["energy"]) == 6 and set(profile["sentences"]) == {"2", "5"}
+
+
+@pytest.mark.parametrize("steps", ["a,b", "-1,3", "", "1,,2"])
+def test_chain_bad_steps_exit_2_with_one_line(analysis, trained_run, one_line_error, steps):
+    status, _, err = analysis("chain", "--checkpoint", trained_run, f"--steps={steps}")
+    one_line_error(status, err, "chain", "--steps")
+
+
+def test_chain_not_a_run_exits_2(analysis, tmp_path, one_line_error):
+    status, _, err = analysis("chain", "--checkpoint", tmp_path)
+    one_line_error(status, err, "chain", "not a textebm run")
+
+
+# ---- interpolate -------------------------------------------------------------------------------
+
+def test_interpolate_endpoints_decode_the_posterior_codes(analysis, memorised_run):
+    import torch
+
+    from textebm.decoding import decode
+    from textebm.runs import load_run
+
+    status, out, err = analysis("interpolate", "--checkpoint", memorised_run, "--from", TRAINED[0],
+                                "--to", TRAINED[1], "--points", "5", "--seed", "3", "--json")
+    assert status == 0, err
+    points = json.loads(out)["points"]
+    assert [p["t"] for p in points] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    loaded = load_run(memorised_run)
+    codes = interpolate.posterior_codes(loaded.model, loaded.vocab, TRAINED[:2], 8, 3)
+    ids = decode(loaded.model.decoder, codes, loaded.model.bos_id, loaded.model.eos_id, 40, True)
+    assert [points[0]["sentence"], points[-1]["sentence"]] == [loaded.vocab.decode(r) for r in ids.tolist()]
+    assert torch.isfinite(codes).all()
+
+    status, out, _ = analysis("interpolate", "--checkpoint", memorised_run, "--from", TRAINED[0], "--to", TRAINED[1])
+    assert status == 0 and out.count("t=") == 7
+
+
+@pytest.mark.parametrize("flag", ["--from", "--to"])
+def test_interpolate_empty_sentence_exits_2(analysis, trained_run, one_line_error, flag):
+    argv = {"--from": "the market fell", "--to": "prices rose", flag: "   "}
+    status, _, err = analysis("interpolate", "--checkpoint", trained_run, *[x for kv in argv.items() for x in kv])
+    one_line_error(status, err, "interpolate", flag)
+
+
+# ---- score -------------------------------------------------------------------------------------
+
+def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, tmp_path, ptb_valid_lines):
+    text = tmp_path / "in.txt"
+    text.write_text("\n".join(ptb_valid_lines[:5]) + "\n", encoding="utf-8")
+    status, out, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--seed", "4")
+    assert status == 0, err
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert len(rows) == 5
+    assert [r[3] for r in rows] == [line.strip() for line in ptb_valid_lines[:5]]
+    assert all(float(r[0]) == pytest.approx(float(r[1]) / int(r[2]), rel=1e-3) for r in rows)
+    _, again, _ = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--seed", "4")
+    assert again == out
+    out_file = tmp_path / "scores.json"
+    status, _, _ = analysis("score", "--checkpoint", trained_run, text, "--json", "--out", out_file)
+    assert status == 0 and len(json.loads(out_file.read_text())) == 5
+
+
+def test_score_ranks_memorised_sentences_below_shuffled_ones(analysis, memorised_run, tmp_path):
+    rng = random.Random(0)
+    shuffled = []
+    for sentence in TRAINED:
+        words = sentence.split()
+        while " ".join(words) == sentence:
+            rng.shuffle(words)
+        shuffled.append(" ".join(words))
+    normal, anomalous = tmp_path / "normal.txt", tmp_path / "shuffled.txt"
+    normal.write_text("\n".join(TRAINED) + "\n", encoding="utf-8")
+    anomalous.write_text("\n".join(shuffled) + "\n", encoding="utf-8")
+    status, out, err = analysis("score", "--checkpoint", memorised_run, "--auroc", normal, anomalous, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["auroc_per_token"] == 1.0 and report["auroc_total"] == 1.0
+    assert report["mean_per_token_normal"] < report["mean_per_token_anomalous"]
+
+
+@pytest.mark.parametrize("content, fragment", [(b"", "no sentences"), (b"\n  \n", "no sentences"),
+                                               (b"caf\xe9 au lait\n", "not UTF-8")])
+def test_score_bad_files_exit_2(analysis, trained_run, tmp_path, one_line_error, content, fragment):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    status, _, err = analysis("score", "--checkpoint", trained_run, path)
+    one_line_error(status, err, "score", fragment)
+
+
+def test_score_argument_errors_exit_2(analysis, trained_run, tmp_path, one_line_error):
+    good = tmp_path / "good.txt"
+    good.write_text("the market fell\n", encoding="utf-8")
+    one_line_error(*analysis("score", "--checkpoint", tmp_path, good)[::2], "score", "not a textebm run")
+    one_line_error(*analysis("score", "--checkpoint", trained_run)[::2], "score", "--auroc")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, tmp_path / "missing.txt")[::2], "score", "does not exist")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--num-chains", "0")[::2], "score", "--num-chains")

@@ -1,0 +1,144 @@
+"""`textebm chain`: sentences along prior Langevin chains (the paper's Table 3), with each chain's
+energy profile. Decoding is greedy by default, so a change of sentence between steps is the chain's
+move in z, not the token sampler's noise."""
+
+from __future__ import annotations
+
+import argparse
+
+from textebm.cli.common import add_device_argument
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("chain", help="sentences decoded along prior Langevin chains, energy plot")
+    p.add_argument("--checkpoint", required=True, help="run folder")
+    p.add_argument("--steps", default="0,40,100", help="comma-separated chain steps to decode (default 0,40,100)")
+    p.add_argument("--chains", type=int, default=5, help="number of chains (default 5)")
+    p.add_argument("--step-size", type=float, help="Langevin step size (default: the run's prior step size)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--greedy", dest="greedy", action="store_true", default=True,
+                   help="greedy decoding (the default)")
+    p.add_argument("--sample", dest="greedy", action="store_false", help="sample tokens instead of greedy decoding")
+    p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
+    p.add_argument("--plot", metavar="FILE.png", help="write the chains' energy profiles to this PNG")
+    p.add_argument("--json", action="store_true", help="JSON output (sentences and energy profiles)")
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def parse_steps(text: str) -> list[int]:
+    """'0, 40,100' -> [0, 40, 100] (sorted, duplicates dropped); UserError on anything else."""
+    from textebm.errors import UserError
+
+    try:
+        steps = sorted({int(item) for item in text.split(",")})
+    except ValueError:
+        raise UserError(f"--steps must be comma-separated whole numbers like 0,40,100, not {text!r}") from None
+    if steps[0] < 0:
+        raise UserError(f"--steps must not be negative: {text!r}")
+    if steps[-1] > 100_000:
+        raise UserError(f"--steps goes up to 100000, not {steps[-1]}")
+    return steps
+
+
+def run_chains(model, vocab, steps: list[int], chains: int, step_size: float | None, seed: int,
+               greedy: bool, max_length: int) -> dict:
+    """Run `chains` prior chains for max(steps) steps; decode z at each chosen step; f and log density
+    at every step. The Gaussian prior has no chain in the library (its samples are exact), so it gets
+    plain Langevin on its own density: the chain then wanders within N(0, sigma^2 I)."""
+    import torch
+
+    from textebm.decoding import decode
+    from textebm.langevin import gaussian_noise, langevin
+
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    size = model.config.prior_step_size if step_size is None else step_size
+    trajectory: list = []
+    if model.prior.is_ebm:
+        model.prior_sample(chains, steps=steps[-1], step_size=size, generator=generator, trajectory=trajectory)
+    else:
+        z0 = model.prior.sigma * gaussian_noise(chains, model.prior.latent_dim, model.device, generator)
+        langevin(model.prior.log_density, z0, steps[-1], size, generator, trajectory)
+    states = torch.stack(trajectory)  # (K+1, chains, latent)
+    with torch.no_grad():
+        flat = states.flatten(0, 1)
+        energy = model.prior.energy(flat).view(len(trajectory), chains).T.cpu()
+        log_density = model.prior.log_density(flat).view(len(trajectory), chains).T.cpu()
+    chosen = states[steps].flatten(0, 1)  # step-major: step 0's chains, then the next step's
+    ids = decode(model.decoder, chosen, model.bos_id, model.eos_id, max_length, greedy, generator=generator)
+    texts = [vocab.decode(row) for row in ids.tolist()]
+    return {
+        "steps": steps, "step_size": size, "seed": seed, "greedy": greedy, "prior": model.config.prior,
+        "chains": [{"chain": c,
+                    "sentences": {str(s): texts[i * chains + c] for i, s in enumerate(steps)},
+                    "energy": energy[c].tolist(), "log_density": log_density[c].tolist()}
+                   for c in range(chains)],
+    }
+
+
+def plot_profiles(result: dict, out, title: str) -> None:
+    """f(z_t) and log p_alpha(z_t) against t, one line per chain; chosen steps marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from textebm.io import atomic_write_bytes
+
+    fig, (ax_f, ax_log) = plt.subplots(1, 2, figsize=(11, 4))
+    for chain in result["chains"]:
+        t = range(len(chain["energy"]))
+        ax_f.plot(t, chain["energy"], lw=1.0, label=f"chain {chain['chain'] + 1}")
+        ax_log.plot(t, chain["log_density"], lw=1.0)
+    for ax in (ax_f, ax_log):
+        for step in result["steps"]:
+            ax.axvline(step, color="grey", lw=0.5, ls=":")
+        ax.set_xlabel("Langevin step t")
+    ax_f.set(ylabel="f(z_t)", title="energy f_alpha(z_t) (higher = more probable)")
+    ax_log.set(ylabel="log p_alpha(z_t) + log Z", title="unnormalised log prior density f(z) - |z|^2/2sigma^2")
+    if len(result["chains"]) <= 10:
+        ax_f.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import math
+    import sys
+    from pathlib import Path
+
+    from textebm.cli.common import resolve_device
+    from textebm.errors import UserError
+    from textebm.runs import load_run
+
+    steps = parse_steps(args.steps)
+    if args.chains < 1:
+        raise UserError(f"--chains must be at least 1, not {args.chains}")
+    if args.max_length < 1:
+        raise UserError(f"--max-length must be at least 1, not {args.max_length}")
+    if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
+        raise UserError(f"--step-size must be a positive number, not {args.step_size}")
+    if args.plot and Path(args.plot).suffix.lower() != ".png":
+        raise UserError(f"--plot must name a .png file, not {args.plot!r}")
+    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads))
+    result = run_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
+                        args.greedy, args.max_length)
+    if args.plot:
+        plot_profiles(result, args.plot, f"{Path(args.checkpoint).name}: prior Langevin chains "
+                                          f"(step size {result['step_size']}, {result['prior']} prior)")
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=1) + "\n")
+        return 0
+    for chain in result["chains"]:
+        print(f"chain {chain['chain'] + 1}")
+        for step in steps:
+            print(f"  step {step:>4}  f={chain['energy'][step]:8.3f}  {chain['sentences'][str(step)]}")
+    return 0

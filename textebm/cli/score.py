@@ -1,0 +1,112 @@
+"""`textebm score`: an anomaly score per sentence (-log p(x, z) at posterior samples), or the AUROC
+that separates a normal file from an anomalous one. See textebm.anomaly for what the score means."""
+
+from __future__ import annotations
+
+import argparse
+
+from textebm.cli.common import add_device_argument
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score", help="anomaly scores of sentences (negative log joint at posterior samples)",
+        description="Score each non-blank line of FILE by -log p(x, z) at posterior samples z ~ p(z | x), "
+                    "averaged over chains. Output (tab-separated, one line per non-blank input line): "
+                    "per-token score, total score (nats), tokens (words + </s>), sentence. Higher = more "
+                    "anomalous. With --auroc NORMAL ANOMALOUS: score both files and print the AUROC.")
+    p.add_argument("--checkpoint", required=True, help="run folder")
+    p.add_argument("file", nargs="?", metavar="FILE", help="text file, one sentence per line")
+    p.add_argument("--auroc", nargs=2, metavar=("NORMAL", "ANOMALOUS"),
+                   help="instead of FILE: score two files, print AUROC (anomalous scored higher = 1.0)")
+    p.add_argument("--num-chains", type=int, default=4, help="posterior chains averaged per sentence (default 4)")
+    p.add_argument("--posterior-steps", type=int, help="Langevin steps per chain (default: the run's K1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same scores")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    p.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    p.add_argument("--json", action="store_true", help="JSON output instead of tab-separated text")
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def read_sentences(path: str) -> list[str]:
+    """Non-blank lines of a UTF-8 text file (.gz allowed); a clear UserError otherwise."""
+    import gzip
+    from pathlib import Path
+
+    from textebm.corpora import check_text_file
+    from textebm.errors import UserError
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{path} does not exist or is not a file")
+    check_text_file(file)  # UTF-8, at least one sentence
+    opener = gzip.open if file.suffix == ".gz" else open
+    with opener(file, "rt", encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    import time
+
+    from textebm.anomaly import auroc, score_lines
+    from textebm.cli.common import resolve_device
+    from textebm.errors import UserError
+    from textebm.io import atomic_write_text
+    from textebm.runs import load_run
+
+    if (args.file is None) == (args.auroc is None):
+        raise UserError("give either FILE or --auroc NORMAL ANOMALOUS (exactly one)")
+    if args.num_chains < 1:
+        raise UserError(f"--num-chains must be at least 1, not {args.num_chains}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.posterior_steps is not None and args.posterior_steps < 0:
+        raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+    files = [args.file] if args.file else list(args.auroc)
+    texts = [read_sentences(f) for f in files]  # input errors before the (slower) model load
+    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads))
+
+    started = time.perf_counter()
+    results = [score_lines(loaded.model, loaded.vocab, lines, args.num_chains, args.seed, args.batch_size,
+                           args.posterior_steps) for lines in texts]
+    seconds = time.perf_counter() - started
+    for name, res in zip(files, results):
+        if res.truncated:
+            print(f"{name}: {res.truncated} lines cut to the run's max_length ({loaded.config.max_length} tokens)",
+                  file=sys.stderr)
+
+    if args.file:
+        res, lines = results[0], texts[0]
+        if args.json:
+            text = json.dumps([{"sentence": s, "tokens": n, "total": t, "per_token": p}
+                               for s, n, t, p in zip(lines, res.tokens, res.total, res.per_token)], indent=1) + "\n"
+        else:
+            text = "".join(f"{p:.4f}\t{t:.3f}\t{n}\t{s}\n"
+                           for s, n, t, p in zip(lines, res.tokens, res.total, res.per_token))
+        summary = f"scored {len(lines)} sentences in {seconds:.1f} s ({args.num_chains} chains each)"
+    else:
+        normal, anomalous = results
+        report = {"normal": files[0], "anomalous": files[1], "n_normal": len(texts[0]), "n_anomalous": len(texts[1]),
+                  "auroc_per_token": auroc(normal.per_token, anomalous.per_token),
+                  "auroc_total": auroc(normal.total, anomalous.total),
+                  "mean_per_token_normal": sum(normal.per_token) / len(normal.per_token),
+                  "mean_per_token_anomalous": sum(anomalous.per_token) / len(anomalous.per_token),
+                  "num_chains": args.num_chains, "seed": args.seed, "seconds": round(seconds, 2)}
+        if args.json:
+            text = json.dumps(report, indent=1) + "\n"
+        else:
+            text = (f"AUROC per-token score  {report['auroc_per_token']:.4f}\n"
+                    f"AUROC total score      {report['auroc_total']:.4f}\n"
+                    f"mean per-token score   normal {report['mean_per_token_normal']:.4f}  "
+                    f"anomalous {report['mean_per_token_anomalous']:.4f}\n")
+        summary = f"scored {len(texts[0])} + {len(texts[1])} sentences in {seconds:.1f} s ({args.num_chains} chains each)"
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    print(summary, file=sys.stderr)
+    return 0
