@@ -1,0 +1,133 @@
+"""`textebm evaluate`: the JSON report and its copy in the run folder; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+import torch
+
+from textebm.config import Config
+from textebm.errors import UserError
+from textebm.runs import build_model, create_run, save_checkpoint
+from textebm.vocab import WordVocab
+
+
+def _main(argv):
+    """`textebm.cli.main` once `evaluate` is registered there; until then the same protocol by hand."""
+    from textebm import cli
+
+    if "evaluate" in cli.SUBCOMMANDS:
+        return cli.main(argv)
+    from textebm.cli import evaluate
+
+    parser = argparse.ArgumentParser(prog="textebm")
+    evaluate.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as err:
+        print(f"textebm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+@pytest.fixture
+def invoke(capsys):
+    def run(*args):
+        capsys.readouterr()
+        try:
+            status = _main(["evaluate", *map(str, args)])
+        except SystemExit as exc:
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+def _make_run(folder, corpus, lines, prior="ebm"):
+    """A tiny untrained run on `corpus` (written directly: no training needed to evaluate)."""
+    torch.manual_seed(0)
+    config = Config(corpus=str(corpus), embedding_dim=8, hidden_dim=16, latent_dim=3, energy_hidden=8,
+                    dropout=0.0, prior=prior, posterior_steps=3, prior_steps=3, max_length=30)
+    vocab = WordVocab.build(lines)
+    create_run(folder, config, vocab)
+    save_checkpoint(folder, build_model(config, vocab), {}, step=7)
+    return folder
+
+
+@pytest.fixture
+def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
+    (folder / "test.txt").write_text("\n".join(ptb_valid_lines[:40]) + "\n", encoding="utf-8")
+    return folder
+
+
+FAST = ["--max-sentences", "12", "--num-chains", "3", "--num-is-samples", "8", "--partition-samples", "500",
+        "--threads", "1", "--device", "cpu"]
+
+
+def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "30", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report == json.loads((run / "evaluation-test.json").read_text())
+    for key in ("nll_per_sentence", "perplexity", "perplexity_convention", "log_partition", "importance_sampling",
+                "kl_to_prior", "mutual_information", "active_units", "generation", "elbo_per_sentence"):
+        assert key in report, key
+    assert report["num_sentences"] == 12 and report["step"] == 7 and report["split"] == "test"
+    assert report["importance_sampling"]["num_chains"] == 3 and report["importance_sampling"]["num_samples"] == 8
+    assert report["log_partition"]["num_samples"] == 500 and report["log_partition"]["stderr"] > 0
+    # Perplexity and NLL agree with each other; an untrained model is near-uniform over the vocabulary.
+    assert report["nll_per_sentence"] * 12 / report["num_tokens"] == pytest.approx(
+        __import__("math").log(report["perplexity"]), rel=1e-6)
+    assert report["elbo_per_sentence"] <= -report["nll_per_sentence"] + 1e-6
+    assert 0 <= report["active_units"] <= 3
+    gen = report["generation"]
+    assert gen["num_samples"] + gen["blank_lines"]["samples"] == 30 and gen["forward_ppl"] > 1
+    assert gen["generated"]["n"] == 30
+
+
+def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300], prior="gaussian")
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
+    assert status == 0, err
+    assert "NLL per sentence" in out and "skipped: --fppl-samples 0" in out and "estimator:" in out
+    report = json.loads((run / "evaluation-test.json").read_text())
+    assert report["log_partition"]["log_z"] == 0.0 and report["log_partition"]["num_samples"] == 0
+
+
+def _one_line(status, err, *fragments):
+    assert status == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("textebm evaluate: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_not_a_run(invoke, tmp_path):
+    _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
+
+
+def test_missing_split(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    _one_line(*invoke("--checkpoint", run, "--split", "valid", *FAST)[::2], "no valid split")
+    assert not (run / "evaluation-valid.json").exists()
+
+
+def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, ptb_train_lines):
+    run = _make_run(tmp_path / "run", small_corpus, ptb_train_lines[:300])
+    _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split")
+
+
+@pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
+                                         ("--partition-samples", "1"), ("--max-sentences", "0")])
+def test_bad_counts(invoke, tmp_path, corpus_folder, ptb_train_lines, flag, value):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)
