@@ -61,7 +61,7 @@ def generation_metrics(loaded, corpus, n: int, seed: int) -> dict:
     from textebm.sampling import SamplingOptions, generate_text
 
     lm_eval = _check_lm_eval()
-    options = SamplingOptions(max_length=loaded.config.max_length)
+    options = SamplingOptions()  # `textebm sample`'s defaults (max_length 40, ancestral, the run's K0)
     sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
     with tempfile.TemporaryDirectory(prefix="textebm-evaluate-") as tmp:
         path = Path(tmp) / "samples.txt"
