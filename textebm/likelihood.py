@@ -97,10 +97,11 @@ def fit_proposal(codes: torch.Tensor, inflate: float = 1.2, floor: float = 0.05)
 def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float, num_chains: int = 16,
                                       num_samples: int = 100, generator: torch.Generator | None = None,
                                       inflate: float = 1.2, floor: float = 0.05,
-                                      max_rows: int = 512) -> ISResult:
+                                      max_rows: int = 512, posterior_steps: int | None = None) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. Work is batched over sentences x chains and sentences x draws, in chunks
-    of at most `max_rows` decoder rows (memory: rows x length x vocabulary logits)."""
+    of at most `max_rows` decoder rows (memory: rows x length x vocabulary logits). `posterior_steps`
+    overrides the run's K1 for the proposal's chains (longer chains: a closer proposal, same estimator)."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError("num_chains and num_samples must be at least 1")
     b, d = tokens.shape[0], model.prior.latent_dim
@@ -110,7 +111,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     codes = []
     for start in range(0, b, group):
         rows = tokens[start:start + group].repeat_interleave(num_chains, 0)
-        codes.append(model.posterior_sample(rows, generator=generator).view(-1, num_chains, d))
+        codes.append(model.posterior_sample(rows, steps=posterior_steps, generator=generator).view(-1, num_chains, d))
     codes = torch.cat(codes)
     with torch.no_grad():
         mean, std, raw = fit_proposal(codes, inflate, floor)

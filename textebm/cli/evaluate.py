@@ -28,6 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--max-sentences", type=int, metavar="N", help="evaluate the first N sentences only")
     p.add_argument("--num-chains", type=int, default=16, help="posterior chains per sentence (default 16)")
+    p.add_argument("--posterior-steps", type=int, metavar="K",
+                   help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, default=100, help="importance samples per sentence (default 100)")
     p.add_argument("--partition-samples", type=int, default=100_000,
                    help="Monte Carlo draws for the prior's log Z (default 100000)")
@@ -47,6 +49,8 @@ def _check_args(args) -> None:
                       ("chunk", 1)):
         if getattr(args, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(args, name)}")
+    if args.posterior_steps is not None and args.posterior_steps < 0:
+        raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
     if args.max_sentences is not None and args.max_sentences < 1:
         raise UserError(f"--max-sentences must be at least 1, not {args.max_sentences}")
 
@@ -118,7 +122,8 @@ def evaluate(args) -> dict:
             print(f"\r  importance sampling: {done}/{total} sentences", end="", file=sys.stderr, flush=True)
 
     res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, args.num_chains,
-                             args.num_is_samples, generator, chunk=args.chunk, progress=progress)
+                             args.num_is_samples, generator, chunk=args.chunk, progress=progress,
+                             posterior_steps=args.posterior_steps)
     if not args.json:
         print(file=sys.stderr)
     nll = -res.log_px.double()
@@ -141,7 +146,8 @@ def evaluate(args) -> dict:
         "importance_sampling": {
             "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
                          "q = diagonal Gaussian fitted to the sentence's posterior-chain samples",
-            "num_chains": args.num_chains, "posterior_steps": config.posterior_steps,
+            "num_chains": args.num_chains,
+            "posterior_steps": config.posterior_steps if args.posterior_steps is None else args.posterior_steps,
             "posterior_step_size": config.posterior_step_size, "num_samples": args.num_is_samples,
             "proposal_std": "1.2 * chain std + 0.05",
             "ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()),
