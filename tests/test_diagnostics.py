@@ -18,6 +18,17 @@ def test_active_units_counts_dimensions_whose_mean_varies():
     assert active_units(means[:1]) == 0
 
 
+def test_active_units_discounts_the_noise_of_sampled_means():
+    # Means of C = 4 draws from an x-independent N(0, 1) posterior vary by 1/4 across sentences:
+    # all units look active unless that Monte Carlo variance is subtracted.
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(20_000, 4, 8, generator=g)
+    draws[:, :, :2] += 3 * torch.randn(20_000, 1, 2, generator=g)  # two units depend on x
+    means, var = draws.mean(1), draws.var(1, correction=1)
+    assert active_units(means) == 8
+    assert active_units(means, noise_var=var / 4) == 2
+
+
 def test_kl_estimate_matches_the_closed_form_for_gaussians():
     g = torch.Generator().manual_seed(0)
     mean, std = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.3, 2.0]])

@@ -7,11 +7,14 @@ p_alpha(z) = exp(f(z)) N(z; 0, sigma^2 I) / Z_alpha. Two Monte Carlo estimates m
    reference draws (computed with logsumexp). Its standard error uses the delta method,
    se(log Z) = std(w) / (sqrt(N) * mean(w)) with w = exp f. The Gaussian prior has Z = 1 exactly.
 2. `importance_sampled_log_likelihood`: for each sentence, `num_chains` short-run posterior chains
-   (the model's own `posterior_sample`) give samples whose per-dimension mean and std define a
-   diagonal Gaussian proposal q(z | x). The std is widened, std_q = inflate * std + floor
-   (default 1.2 * std + 0.05): importance sampling needs a proposal with heavier tails than the
-   target, short-run chains under-disperse, and the floor keeps q valid when chains collapse.
-   With S draws z_s ~ q,
+   (the model's own `posterior_sample`) give samples whose per-dimension mean m and std s define
+   a diagonal Gaussian G = N(m, diag(s_q^2)), s_q = inflate * s + floor (default 1.2 s + 0.05):
+   short-run chains under-disperse, and the floor keeps G valid when chains collapse. The
+   proposal is the defensive mixture (Hesterberg 1995)
+       q(z | x) = (1 - rho) G(z) + rho N(z; 0, sigma^2 I),   rho = 0.5 by default,
+   whose reference component bounds every weight by p(x | z) exp(f(z)) / (rho Z): a poor fit
+   (few chains, chains that barely left their start) costs efficiency, never an unbounded
+   weight. With S draws z_s ~ q,
 
        log w_s = log p_beta(x | z_s) + f(z_s) - |z_s|^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2)
                  - log Z_alpha - log q(z_s | x)
@@ -79,12 +82,9 @@ class ISResult:
     log_px: torch.Tensor  # (B,) log p(x) estimate, nats
     ess: torch.Tensor  # (B,) effective sample size of the importance weights, in [1, S]
     log_w: torch.Tensor  # (B, S) log importance weights
-    log_q: torch.Tensor  # (B, S) log q(z_s | x)
-    log_prior: torch.Tensor  # (B, S) normalised log p_alpha(z_s)
-    z: torch.Tensor  # (B, S, d) the proposal draws
-    q_mean: torch.Tensor  # (B, d) proposal mean (= posterior-chain mean)
-    q_std: torch.Tensor  # (B, d) proposal std (widened)
-    chain_std: torch.Tensor  # (B, d) the chains' own std, before widening
+    chain_mean: torch.Tensor  # (B, d) mean of the posterior-chain samples (also G's mean)
+    chain_std: torch.Tensor  # (B, d) their std (correction 1), before widening
+    num_chains: int
 
 
 def fit_proposal(codes: torch.Tensor, inflate: float = 1.2, floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,13 +97,16 @@ def fit_proposal(codes: torch.Tensor, inflate: float = 1.2, floor: float = 0.05)
 def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float, num_chains: int = 16,
                                       num_samples: int = 100, generator: torch.Generator | None = None,
                                       inflate: float = 1.2, floor: float = 0.05,
-                                      max_rows: int = 512, posterior_steps: int | None = None) -> ISResult:
+                                      defensive: float = 0.5, max_rows: int = 512,
+                                      posterior_steps: int | None = None) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. Work is batched over sentences x chains and sentences x draws, in chunks
     of at most `max_rows` decoder rows (memory: rows x length x vocabulary logits). `posterior_steps`
     overrides the run's K1 for the proposal's chains (longer chains: a closer proposal, same estimator)."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError("num_chains and num_samples must be at least 1")
+    if not 0.0 <= defensive < 1.0:
+        raise ValueError(f"defensive must be in [0, 1), not {defensive}")
     b, d = tokens.shape[0], model.prior.latent_dim
     device = model.device
     # Posterior chains: each sentence repeated num_chains times, whole sentence groups per chunk.
@@ -115,9 +118,17 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     codes = torch.cat(codes)
     with torch.no_grad():
         mean, std, raw = fit_proposal(codes, inflate, floor)
+        mean_s, std_s = mean.unsqueeze(1), std.unsqueeze(1)
+        sigma = model.prior.sigma
         eps = torch.randn(b, num_samples, d, device=device, generator=generator)
-        z = mean.unsqueeze(1) + std.unsqueeze(1) * eps
-        log_q = diag_gaussian_log_density(z, mean.unsqueeze(1), std.unsqueeze(1))
+        from_reference = torch.rand(b, num_samples, 1, device=device, generator=generator) < defensive
+        z = torch.where(from_reference, sigma * eps, mean_s + std_s * eps)
+        log_g = diag_gaussian_log_density(z, mean_s, std_s)
+        if defensive > 0:
+            log_ref = diag_gaussian_log_density(z, torch.zeros_like(mean_s), torch.full_like(std_s, sigma))
+            log_q = torch.logaddexp(log_g + math.log1p(-defensive), log_ref + math.log(defensive))
+        else:
+            log_q = log_g
         log_prior = prior_log_density(model.prior, z, log_z)
         flat_z = z.reshape(b * num_samples, d)
         flat_idx = torch.arange(b, device=tokens.device).repeat_interleave(num_samples)
@@ -128,8 +139,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         log_w = (log_lik + log_prior - log_q).double()
         log_px = torch.logsumexp(log_w, 1) - math.log(num_samples)
         ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
-    return ISResult(log_px.float(), ess.float(), log_w.float(), log_q, log_prior, z, mean, std, raw)
-
+    return ISResult(log_px.float(), ess.float(), log_w.float(), mean, raw, num_chains)
 
 def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: float, num_chains: int,
                        num_samples: int, generator: torch.Generator | None = None, chunk: int = 32,
@@ -150,5 +160,6 @@ def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: fl
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     inverse = inverse.to(model.device)
-    fields = ISResult.__dataclass_fields__
-    return ISResult(**{name: torch.cat([getattr(p, name) for p in parts])[inverse] for name in fields})
+    tensors = {name: torch.cat([getattr(p, name) for p in parts])[inverse]
+               for name in ("log_px", "ess", "log_w", "chain_mean", "chain_std")}
+    return ISResult(**tensors, num_chains=num_chains)
