@@ -96,7 +96,8 @@ def test_chain_json_has_a_profile_per_step_and_step_0_decodes_the_initial_z(anal
     assert status == 0
     result = json.loads(out)
     assert result["steps"] == [0]
-    model, vocab = (lambda r: (r.model, r.vocab))(load_run(trained_run))
+    loaded = load_run(trained_run)
+    model, vocab = loaded.model, loaded.vocab
     z0 = model.prior.sigma * torch.randn(3, model.prior.latent_dim, generator=torch.Generator().manual_seed(7))
     expected = [vocab.decode(row) for row in decode(model.decoder, z0, model.bos_id, model.eos_id, 10, True).tolist()]
     assert [c["sentences"]["0"] for c in result["chains"]] == expected
