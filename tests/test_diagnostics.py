@@ -6,7 +6,12 @@ import math
 
 import torch
 
-from textebm.diagnostics import active_units, gaussian_entropy, kl_to_prior, mutual_information
+from textebm.diagnostics import (
+    active_units,
+    gaussian_entropy,
+    kl_to_prior,
+    mutual_information,
+)
 from textebm.likelihood import diag_gaussian_log_density
 
 

@@ -9,7 +9,11 @@ import torch
 
 from textebm.config import Config
 from textebm.energy import EnergyPrior
-from textebm.likelihood import evaluate_sentences, importance_sampled_log_likelihood, log_partition
+from textebm.likelihood import (
+    evaluate_sentences,
+    importance_sampled_log_likelihood,
+    log_partition,
+)
 from textebm.model import LatentEBMTextModel
 
 

@@ -27,16 +27,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--max-sentences", type=int, metavar="N", help="evaluate the first N sentences only")
-    p.add_argument("--num-chains", type=int, default=16, help="posterior chains per sentence (default 16)")
+    p.add_argument("--num-chains", type=int, default=16, metavar="C", help="posterior chains per sentence (default 16)")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
-    p.add_argument("--num-is-samples", type=int, default=100, help="importance samples per sentence (default 100)")
-    p.add_argument("--partition-samples", type=int, default=100_000,
+    p.add_argument("--num-is-samples", type=int, default=100, metavar="S", help="importance samples per sentence (default 100)")
+    p.add_argument("--partition-samples", type=int, default=100_000, metavar="N",
                    help="Monte Carlo draws for the prior's log Z (default 100000)")
-    p.add_argument("--fppl-samples", type=int, default=1000,
+    p.add_argument("--fppl-samples", type=int, default=1000, metavar="N",
                    help="generated sentences for FPPL/RPPL (default 1000; 0: skip)")
-    p.add_argument("--chunk", type=int, default=32, help="sentences evaluated together (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--chunk", type=int, default=32, metavar="N", help="sentences evaluated together (default 32)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_device_argument(p)
     p.set_defaults(run=run)
