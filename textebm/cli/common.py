@@ -1,6 +1,8 @@
-"""Helpers shared by subcommands: device choice and argument checks."""
+"""Helpers shared by subcommands: device choice, the lm_eval import check, JSON-safe numbers."""
 
 from __future__ import annotations
+
+import math
 
 from textebm.errors import UserError
 
@@ -27,3 +29,33 @@ def resolve_device(name: str, threads: int | None = None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
     return device
+
+
+def import_lm_eval():
+    """Import lm_eval and make sure it is this project's package, not a namesake."""
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise UserError(f"cannot import lm_eval ({err}); reinstall textebm with ./setup.sh") from None
+    if not getattr(lm_eval, "__textebm__", False):
+        if getattr(lm_eval, "__file__", None) is None:  # a namespace package: no __init__.py ran
+            where = ", ".join(str(p) for p in getattr(lm_eval, "__path__", []))
+            raise UserError(
+                f"`lm_eval` was imported as a bare namespace package from {where}, not textebm's "
+                "package; reinstall textebm (./setup.sh, or pip install -e .)"
+            )
+        where = lm_eval.__file__
+        raise UserError(
+            f"`lm_eval` resolves to another package ({where}), e.g. EleutherAI's "
+            "lm-evaluation-harness; it and textebm cannot share one environment: use a separate venv"
+        )
+    return lm_eval
+
+
+def json_safe(x):
+    """JSON has no infinity or NaN: such values (never expected) become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    return x

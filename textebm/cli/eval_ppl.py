@@ -7,10 +7,10 @@ one JSON object. The protocol is documented in docs/evaluation.md.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
+from textebm.cli.common import import_lm_eval, json_safe
 from textebm.errors import UserError
 
 CORPORA = ("ptb", "snli", "yahoo")
@@ -43,27 +43,6 @@ def add_parser(subparsers) -> None:
                    help="longest line accepted, in tokens (default 10000)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(run=run)
-
-
-def _check_lm_eval():
-    """Import lm_eval and make sure it is this project's package, not a namesake."""
-    try:
-        import lm_eval
-    except ImportError as err:
-        raise UserError(f"cannot import lm_eval ({err}); reinstall textebm with ./setup.sh") from None
-    if not getattr(lm_eval, "__textebm__", False):
-        if getattr(lm_eval, "__file__", None) is None:  # a namespace package: no __init__.py ran
-            where = ", ".join(str(p) for p in getattr(lm_eval, "__path__", []))
-            raise UserError(
-                f"`lm_eval` was imported as a bare namespace package from {where}, not textebm's "
-                "package; reinstall textebm (./setup.sh, or pip install -e .)"
-            )
-        where = lm_eval.__file__
-        raise UserError(
-            f"`lm_eval` resolves to another package ({where}), e.g. EleutherAI's "
-            "lm-evaluation-harness; it and textebm cannot share one environment: use a separate venv"
-        )
-    return lm_eval
 
 
 def resolve_files(args) -> tuple[Path, Path]:
@@ -119,17 +98,8 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _finite(x):
-    """JSON has no infinity or NaN: such values (never expected) become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    return x
-
-
 def run(args) -> int:
-    lm_eval = _check_lm_eval()
+    lm_eval = import_lm_eval()
     from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE
     from lm_eval.text import DEFAULT_MAX_TOKENS
 
@@ -149,7 +119,7 @@ def run(args) -> int:
     except lm_eval.EvalError as err:
         raise UserError(str(err)) from None
     if args.json:
-        sys.stdout.write(json.dumps(_finite(result), allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(json_safe(result), allow_nan=False) + "\n")
     else:
         print(format_table(result))
     return 0

@@ -60,11 +60,11 @@ def generation_metrics(loaded, corpus, n: int, seed: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from textebm.cli.eval_ppl import _check_lm_eval
+    from textebm.cli.common import import_lm_eval
     from textebm.errors import UserError
     from textebm.sampling import SamplingOptions, generate_text
 
-    lm_eval = _check_lm_eval()
+    lm_eval = import_lm_eval()
     options = SamplingOptions()  # `textebm sample`'s defaults (max_length 40, ancestral, the run's K0)
     sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
     with tempfile.TemporaryDirectory(prefix="textebm-evaluate-") as tmp:
@@ -221,10 +221,10 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from textebm.cli.eval_ppl import _finite
+    from textebm.cli.common import json_safe
     from textebm.io import atomic_write_text
 
-    result = _finite(evaluate(args))
+    result = json_safe(evaluate(args))
     text = json.dumps(result, allow_nan=False)
     atomic_write_text(Path(args.checkpoint) / f"evaluation-{args.split}.json", json.dumps(result, indent=2) + "\n")
     print(text if args.json else format_table(result))
