@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 
 import pytest
 
-from textebm.cli import chain, interpolate, score
-from textebm.errors import UserError
+from textebm.cli import interpolate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAINED = [
@@ -24,22 +22,12 @@ TRAINED = [
 
 @pytest.fixture
 def analysis(capsys):
-    """Invoke one of the three analysis commands: returns (status, stdout, stderr)."""
-    parser = argparse.ArgumentParser(prog="textebm")
-    sub = parser.add_subparsers(dest="command")
-    for module in (chain, interpolate, score):
-        module.add_parser(sub)
+    """Invoke one of the three analysis commands through `textebm`: returns (status, stdout, stderr)."""
+    from textebm.cli import main
 
     def invoke(*argv):
         capsys.readouterr()
-        args = parser.parse_args([str(a) for a in argv])
-        try:
-            status = args.run(args)
-        except UserError as err:
-            import sys
-
-            print(f"textebm {args.command}: error: {err}", file=sys.stderr)
-            status = 2
+        status = main([str(a) for a in argv])
         out, err = capsys.readouterr()
         return status, out, err
 

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 import pytest
 import torch
 
 from textebm.config import Config
-from textebm.errors import UserError
 from textebm.runs import build_model, create_run, save_checkpoint
 from textebm.vocab import WordVocab
 
 
 def _main(argv):
-    """`textebm.cli.main` once `evaluate` is registered there; until then the same protocol by hand."""
     from textebm import cli
 
-    if "evaluate" in cli.SUBCOMMANDS:
-        return cli.main(argv)
-    from textebm.cli import evaluate
-
-    parser = argparse.ArgumentParser(prog="textebm")
-    evaluate.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except UserError as err:
-        print(f"textebm {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return cli.main(argv)
 
 
 @pytest.fixture
