@@ -73,8 +73,7 @@ def neg_log_joint(model, tokens: torch.Tensor, num_chains: int, generator: torch
                   posterior_steps: int | None = None) -> torch.Tensor:
     """-log p(x, z) averaged over `num_chains` posterior samples per sentence: shape (batch,)."""
     batch = tokens.shape[0]
-    repeated = tokens.repeat_interleave(num_chains, dim=0)  # rows: sentence 0's chains, sentence 1's, ...
-    z = model.posterior_sample(repeated, steps=posterior_steps, generator=generator)
+    z = model.posterior_chains(tokens, num_chains, posterior_steps, generator).flatten(0, 1)
     with torch.no_grad():
-        log_joint = model.log_joint(repeated, z)
+        log_joint = model.log_joint(tokens.repeat_interleave(num_chains, dim=0), z)
     return -log_joint.view(batch, num_chains).mean(dim=1)

@@ -113,8 +113,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     group = max(1, max_rows // num_chains)
     codes = []
     for start in range(0, b, group):
-        rows = tokens[start:start + group].repeat_interleave(num_chains, 0)
-        codes.append(model.posterior_sample(rows, steps=posterior_steps, generator=generator).view(-1, num_chains, d))
+        codes.append(model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator))
     codes = torch.cat(codes)
     with torch.no_grad():
         mean, std, raw = fit_proposal(codes, inflate, floor)

@@ -50,6 +50,12 @@ class LatentEBMTextModel(nn.Module):
                                cfg.posterior_step_size if step_size is None else step_size,
                                generator, trajectory, shard, z0)
 
+    def posterior_chains(self, tokens: torch.Tensor, num_chains: int, steps: int | None = None,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """`num_chains` independent posterior samples per sentence, run as one batch: (batch, num_chains, latent)."""
+        z = self.posterior_sample(tokens.repeat_interleave(num_chains, dim=0), steps=steps, generator=generator)
+        return z.view(tokens.shape[0], num_chains, -1)
+
     def prior_sample(self, n: int, steps: int | None = None, step_size: float | None = None,
                      generator: torch.Generator | None = None, trajectory: list | None = None,
                      shard: Shard | None = None) -> torch.Tensor:

@@ -34,8 +34,7 @@ def posterior_codes(model, vocab, sentences: list[str], chains: int, seed: int):
 
     tokens = pad(encode_lines(sentences, vocab, model.config.max_length).sentences, model.pad_id).to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    z = model.posterior_sample(tokens.repeat_interleave(chains, dim=0), generator=generator)
-    return z.view(len(sentences), chains, -1).mean(dim=1)
+    return model.posterior_chains(tokens, chains, generator=generator).mean(dim=1)
 
 
 def interpolate(model, vocab, source: str, target: str, points: int, chains: int, seed: int,
