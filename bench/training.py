@@ -1,4 +1,4 @@
-"""Training cost: one full learning iteration of `textebm.train.train_step` against plain references.
+"""Training cost: one full learning iteration of `textebm.train.Learner.step` against plain references.
 
 Two references, run interleaved with the candidate in the same process:
 - the plain short-run chain iteration of bench/reference.py (K1=20 posterior steps, two Adam steps,
@@ -42,12 +42,8 @@ def token_batches(spec: dict, vocab: int) -> list[torch.Tensor]:
 
 
 def candidate_step(model, cfg):
-    """The library's learning iteration as a function of a token batch: `Learner.step` where the
-    library has it (the data-parallel-ready API), else the older `train_step`."""
-    if hasattr(library, "Learner"):
-        return library.Learner(model, cfg, model.device).step
-    optimizers = library.make_optimizers(model, cfg)
-    return lambda tokens: library.train_step(model, tokens, optimizers, cfg)
+    """The library's learning iteration (`textebm.train.Learner.step`) as a function of a token batch."""
+    return library.Learner(model, cfg, model.device).step
 
 
 def run(quick: bool, repeats: int, overrides: list[str] = ()) -> list[Row]:

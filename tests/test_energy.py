@@ -36,8 +36,7 @@ def test_gaussian_prior_has_no_energy():
 
 class ToyLearner:
     """The library's learning iteration with z+ supplied by the test: the model's posterior chain is
-    replaced by draws from the known target, so that only the prior's update rule is at work.
-    (Uses `textebm.train.Learner` where it exists, else `make_optimizers` + `train_step`.)"""
+    replaced by draws from the known target, so that only the prior's update rule is at work."""
 
     def __init__(self, overrides, seed=0):
         cfg = resolve_config("cpu", "toy", [
@@ -48,12 +47,7 @@ class ToyLearner:
         self.model = LatentEBMTextModel(cfg, vocab_size=4, pad_id=0, bos_id=1, eos_id=2)
         self.z_pos = None
         self.model.posterior_sample = lambda tokens, *args, **kwargs: self.z_pos
-        if hasattr(training, "Learner"):
-            learner = training.Learner(self.model, cfg, "cpu")
-            self._step = learner.step
-        else:
-            optimizers = training.make_optimizers(self.model, cfg)
-            self._step = lambda tokens: training.train_step(self.model, tokens, optimizers, cfg)
+        self._step = training.Learner(self.model, cfg, "cpu").step
 
     @property
     def prior(self):
