@@ -105,16 +105,8 @@ def _time_command(samples: Path, train: Path, test: Path, cache: Path) -> tuple[
 
 
 def run(quick: bool, repeats: int) -> list[Row]:
-    try:
-        import lm_eval
-    except ImportError as err:
-        return not_measured(f"lm_eval not available ({err})")
-    if not getattr(lm_eval, "__textebm__", False) or not hasattr(lm_eval, "evaluate_samples"):
-        return not_measured("lm_eval not available (no evaluate_samples)")
-    try:
-        import textebm.cli.eval_ppl  # noqa: F401
-    except ImportError:
-        return not_measured("the textebm eval-ppl command is not available")
+    import lm_eval
+
     try:
         lm_eval.find_tools()
     except lm_eval.KenLMToolsMissing as err:

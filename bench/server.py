@@ -12,8 +12,6 @@ throughput figure is the ratio 16 clients / 1 client measured in the same run.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import io
 import json
 import tempfile
@@ -25,10 +23,6 @@ NAME = "server"
 TARGETS = "p50 n=1 < 50 ms; p50 n=32 < 300 ms; 16 clients >= 3x sequential"
 SIZES = ["embedding_dim=256", "hidden_dim=512", "latent_dim=32"]
 QUICK_SIZES = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4"]
-
-
-def not_measured(why: str) -> list[Row]:
-    return [Row(NAME, "/generate latency and throughput", target=TARGETS, note=f"not measured: {why}")]
 
 
 def make_run(folder: Path, quick: bool) -> Path:
@@ -64,11 +58,8 @@ def _load(load_test, run: Path, out: Path, clients: int, n: int, duration: float
 
 
 def run(quick: bool, repeats: int) -> list[Row]:
-    if importlib.util.find_spec("bench.load_test") is None:
-        return not_measured("bench/load_test.py not available")
-    load_test = importlib.import_module("bench.load_test")
-    if not callable(getattr(load_test, "main", None)):
-        return not_measured("bench/load_test.py has no main(argv)")
+    from bench import load_test
+
     duration = 3.0 if quick else 5.0 * repeats
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         tmp = Path(tmp)

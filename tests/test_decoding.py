@@ -83,7 +83,7 @@ def test_greedy_decode_is_argmax_of_the_teacher_forced_logits(decoder):
     assert out.shape[0] == 6 and out.shape[1] <= 15
     inputs = torch.cat([torch.full((6, 1), bos), out], dim=1)
     with torch.no_grad():
-        teacher_forced = decoder.logits if hasattr(decoder, "logits") else decoder.forward
+        teacher_forced = decoder.logits
         logits = teacher_forced(z, inputs[:, :-1])
     argmax = logits.argmax(-1)
     for row in range(6):
