@@ -107,6 +107,31 @@ def test_chain_not_a_run_exits_2(analysis, tmp_path, one_line_error):
     one_line_error(status, err, "chain", "not a textebm run")
 
 
+@pytest.fixture(scope="module")
+def language_model_run(tmp_path_factory, train_args):
+    """A tiny run trained with prior=none: a plain language model, no latent."""
+    from textebm.cli import main
+
+    folder = tmp_path_factory.mktemp("lm") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TEXTEBM_OFFLINE", "1")
+        assert main(train_args("--out", str(folder), "--max-steps", "3", overrides=["prior=none"])) == 0
+    return folder
+
+
+@pytest.mark.parametrize("command", [["chain"], ["interpolate", "--from", "a b", "--to", "c d"]])
+def test_latent_commands_refuse_a_run_without_latent(analysis, language_model_run, one_line_error, command):
+    status, _, err = analysis(command[0], "--checkpoint", language_model_run, *command[1:])
+    one_line_error(status, err, command[0], "prior=none")
+
+
+def test_score_works_on_a_language_model_run(analysis, language_model_run, tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("the company said\nstocks fell\n", encoding="utf-8")
+    status, out, _ = analysis("score", "--checkpoint", language_model_run, path)
+    assert status == 0 and len(out.splitlines()) == 2
+
+
 # ---- interpolate -------------------------------------------------------------------------------
 
 def test_interpolate_endpoints_decode_the_posterior_codes(analysis, memorised_run):

@@ -87,6 +87,16 @@ def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, cor
     assert report["log_partition"]["log_z"] == 0.0 and report["log_partition"]["num_samples"] == 0
 
 
+def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300], prior="none")
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
+    assert status == 0, err
+    assert "exact (prior=none" in out and "IS:" not in out
+    report = json.loads((run / "evaluation-test.json").read_text())
+    assert report["exact_likelihood"] and report["importance_sampling"] is None
+    assert report["active_units"] is None and report["nll_per_sentence"] > 0
+
+
 def _one_line(status, err, *fragments):
     assert status == 2, err
     assert "Traceback" not in err

@@ -89,6 +89,12 @@ def test_invalid_values_are_rejected(item):
         resolve_config("cpu", "ptb", [item])
 
 
+def test_prior_none_is_the_language_model_and_takes_no_encoder():
+    assert resolve_config("cpu", "ptb", ["prior=none"]).prior == "none"
+    with pytest.raises(UserError, match="needs a latent"):
+        resolve_config("cpu", "ptb", ["prior=none", "posterior_init=encoder"])
+
+
 def test_unknown_preset():
     with pytest.raises(UserError, match="unknown preset 'nope'.*cpu"):
         resolve_config("nope", "ptb")

@@ -12,7 +12,7 @@ import pytest
 
 from textebm import corpora
 from textebm.corpora import (arae_snli_sentences, fetch_ptb, fetch_snli, open_corpus, read_lines,
-                             training_splits)
+                             evaluation_splits, training_splits)
 from textebm.errors import UserError
 
 
@@ -47,6 +47,21 @@ def test_missing_train_split_suggests_train_split(data_dir):
         training_splits(corpus)
     train, valid, source = training_splits(corpus, "valid")
     assert source == "test" and len(train) > 1000 and len(valid) > 1000
+
+
+def test_evaluation_splits_of_the_substitute_training_splits(data_dir):
+    """Yahoo trains on valid and is evaluated on test; SNLI (test only) on the lines held out of test."""
+    yahoo = open_corpus("yahoo", str(data_dir))
+    train, held_out, source = evaluation_splits(yahoo, "valid", "test")
+    assert train == yahoo.lines("valid") and held_out == yahoo.lines("test") and source == "test"
+    with pytest.raises(UserError, match="trained on the valid split.*--split test"):
+        evaluation_splits(yahoo, "valid", "valid")
+    snli = open_corpus("snli", str(data_dir))
+    train, held_out, source = evaluation_splits(snli, "test", "test")
+    assert train + held_out == snli.lines("test") and "held out" in source
+    assert len(held_out) == len(snli.lines("test")) // 20
+    ptb = open_corpus("ptb", str(data_dir))
+    assert evaluation_splits(ptb, "train", "test")[1] == ptb.lines("test")
 
 
 def test_gzip_split_and_blank_lines(tmp_path):

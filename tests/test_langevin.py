@@ -105,15 +105,6 @@ def test_langevin_detects_non_finite():
         langevin(lambda z: (z**2).sum(-1) * 1e30, torch.ones(3, 2), steps=5, step_size=1.0)
 
 
-def test_prior_chain_gaussian_prior_is_exact():
-    prior = EnergyPrior(3, kind="gaussian", sigma=2.0)
-    trajectory = []
-    z = prior_chain(prior, 5000, steps=60, step_size=0.4, generator=torch.Generator().manual_seed(0),
-                    trajectory=trajectory)
-    assert len(trajectory) == 1  # no chain: exact draws from N(0, sigma^2 I)
-    assert abs(z.std().item() - 2.0) < 0.05
-
-
 def test_prior_chain_of_untilted_ebm_stays_near_reference():
     """With f = 0 the tilted Gaussian is the reference itself: the chain must keep N(0, sigma^2)."""
     prior = EnergyPrior(2, 16, 2, sigma=1.0)

@@ -101,3 +101,33 @@ def test_evaluate_sentences_returns_results_in_input_order():
     assert res.log_px.shape == (7,) and res.chain_mean.shape == (7, 1)
     # Longer sentences of the same word are less probable: the order must follow the input's lengths.
     assert torch.argsort(-res.log_px).tolist() == sorted(range(7), key=lambda i: lengths[i])
+
+
+def test_gaussian_prior_samples_are_exact_draws_without_a_chain():
+    model = _tiny_model("gaussian")
+    trajectory = []
+    z = model.prior_sample(5000, generator=torch.Generator().manual_seed(0), trajectory=trajectory)
+    assert len(trajectory) == 1  # no chain: exact draws from N(0, sigma^2 I)
+    assert abs(z.std().item() - model.prior.sigma) < 0.05
+
+
+def test_a_model_without_latent_is_a_language_model_with_exact_likelihood():
+    """prior=none: no latent, no chains, and importance sampling returns the exact log p(x)."""
+    torch.manual_seed(0)
+    config = Config(embedding_dim=8, hidden_dim=16, dropout=0.0, prior="none")
+    model = LatentEBMTextModel(config, 12, 0, 1, 2).eval()
+    assert not model.has_latent and model.decoder.z_to_state is None
+    assert model.decoder.rnn.input_size == 8 and not list(model.prior.parameters())
+    tokens = torch.tensor([[1, 5, 6, 7, 2], [1, 9, 2, 0, 0]])
+    trajectory = []
+    z = model.posterior_sample(tokens, trajectory=trajectory)
+    assert z.shape == (2, 0) and len(trajectory) == 1  # an empty chain
+    assert model.prior_sample(3).shape == (3, 0)
+    with torch.no_grad():  # the plain LM: a zero initial state, next-token softmax over the inputs
+        hidden, _ = model.decoder.rnn(model.decoder.embed(tokens[:, :-1]))
+        log_probs = model.decoder.out(hidden).log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+        exact = (log_probs * (tokens[:, 1:] != 0)).sum(1)
+    result = importance_sampled_log_likelihood(model, tokens, 0.0, num_chains=2, num_samples=3)
+    torch.testing.assert_close(result.log_px, exact)
+    ids = model.generate(4, max_length=6, generator=torch.Generator().manual_seed(0))
+    assert ids.shape[0] == 4 and 1 <= ids.shape[1] <= 6

@@ -56,6 +56,22 @@ def test_tiny_ptb_run_lowers_validation_nll(tmp_path, ptb_train_lines, ptb_valid
     assert all("energy_gap" in r for r in train_records)
 
 
+def test_prior_none_trains_a_plain_language_model(tmp_path, ptb_train_lines, ptb_valid_lines):
+    """The baseline: the same decoder without a latent, trained by the same loop (no chains, no energy)."""
+    overrides = ["prior=none", "embedding_dim=16", "hidden_dim=32", "batch_size=16", "dropout=0.0",
+                 "checkpoint_every=1000", "num_log_samples=1", "valid_batches=0", "max_length=30",
+                 "vocab_size=1000", "generator_lr=3e-3"]
+    cfg, vocab, model, train_data, valid_data = _setup(ptb_train_lines[:1000], ptb_valid_lines[:200], overrides)
+    before = validate(model, valid_data, cfg, "cpu")
+    create_run(tmp_path, cfg, vocab)
+    result = train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=60, **QUIET)
+    after = result.last_validation
+    assert after["valid_nll_posterior"] == after["valid_nll_prior"]  # no latent: one exact NLL
+    assert after["valid_nll_posterior"] < before["valid_nll_posterior"] - 1.0, (before, after)
+    assert set(load_checkpoint(tmp_path, "cpu")["optimizers"]) == {"generator"}
+    assert all("energy_gap" not in r for r in _records(tmp_path, "train"))
+
+
 @pytest.fixture
 def small_setup(ptb_train_lines, tiny_overrides):
     def make(*extra):

@@ -34,7 +34,7 @@ class Config:
     dropout: float = 0.3
     latent_dim: int = 32
     # prior p(z) ~ exp(f(z)) N(0, sigma^2 I)
-    prior: str = "ebm"  # ebm | gaussian
+    prior: str = "ebm"  # ebm | gaussian | none (no latent: a plain LSTM/GRU language model, the baseline)
     prior_sigma: float = 1.0
     energy_hidden: int = 200
     energy_layers: int = 2
@@ -70,7 +70,7 @@ class Config:
         choices = {
             "tokenizer": ("word", "treebank", "sentencepiece"),
             "cell": ("lstm", "gru"),
-            "prior": ("ebm", "gaussian"),
+            "prior": ("ebm", "gaussian", "none"),
             "nonfinite_policy": ("skip", "stop"),
             "posterior_init": ("noise", "encoder"),
             "precision": ("fp32", "bf16"),
@@ -94,6 +94,8 @@ class Config:
                 raise UserError(f"{key} must be a positive number, not {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
+        if self.prior == "none" and self.posterior_init == "encoder":
+            raise UserError("posterior_init=encoder needs a latent: prior=none has none")
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
             raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
         return self

@@ -224,3 +224,20 @@ def training_splits(corpus: Corpus, train_split: str = "train") -> tuple[list[st
         raise UserError(f"{corpus.files[train_split]} has a single sentence: too little to train on")
     cut = len(train) - max(1, int(len(train) * HELD_OUT_SHARE))
     return train[:cut], train[cut:], f"last {len(train) - cut} lines of {train_split} (held out)"
+
+
+def evaluation_splits(corpus: Corpus, train_split: str, split: str) -> tuple[list[str], list[str], str]:
+    """The lines a run trained on, the held-out lines to evaluate it on, and where those came from.
+
+    `split` names a held-out split (test, valid). A run trained on that very split (a corpus with
+    one split here, e.g. SNLI's test) is evaluated on the lines `training_splits` held out of it."""
+    train, valid, valid_source = training_splits(corpus, train_split)
+    if split == train_split:
+        if corpus.has(valid_source):  # the run's validation is another split: `split` is training data
+            raise UserError(f"the run trained on the {split} split of {corpus.name}: evaluate it on "
+                            f"another split, e.g. --split {valid_source}")
+        return train, valid, valid_source
+    if not corpus.has(split):
+        raise UserError(f"corpus {corpus.name} has no {split} split (have: {', '.join(corpus.files) or 'none'}); "
+                        "evaluate needs held-out text")
+    return train, corpus.lines(split), split

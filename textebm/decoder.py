@@ -1,7 +1,8 @@
 """The generator p(x | z): an LSTM or GRU sentence decoder conditioned on a latent code z.
 
 z sets the initial hidden state (through a linear map and tanh) and is concatenated to every
-input embedding, the usual wiring of text VAEs. Sentences are `<s> w1 ... wn </s>`.
+input embedding, the usual wiring of text VAEs. Sentences are `<s> w1 ... wn </s>`. With
+latent_dim 0 it is a plain RNN language model starting from a zero state.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ class Decoder(nn.Module):
         self.cell, self.num_layers, self.hidden_dim, self.pad_id = cell, num_layers, hidden_dim, pad_id
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         states = 2 if cell == "lstm" else 1  # (h, c) for an LSTM
-        self.z_to_state = nn.Linear(latent_dim, states * num_layers * hidden_dim)
+        self.state_size = states * num_layers * hidden_dim
+        self.z_to_state = nn.Linear(latent_dim, self.state_size) if latent_dim else None
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(embedding_dim + latent_dim, hidden_dim, num_layers=num_layers, batch_first=True,
                        dropout=dropout if num_layers > 1 else 0.0)
@@ -27,7 +29,10 @@ class Decoder(nn.Module):
 
     def initial_state(self, z: torch.Tensor):
         """The RNN state at t=0, as nn.LSTM/nn.GRU expect it: (layers, batch, hidden)."""
-        state = torch.tanh(self.z_to_state(z))
+        if self.z_to_state is None:
+            state = z.new_zeros(z.shape[0], self.state_size)
+        else:
+            state = torch.tanh(self.z_to_state(z))
         state = state.view(z.shape[0], -1, self.num_layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
         return (state[0], state[1]) if self.cell == "lstm" else state[0]
 

@@ -1,7 +1,8 @@
 """The prior p_alpha(z) ∝ exp(f_alpha(z)) N(0, sigma^2 I): an exponentially tilted Gaussian.
 
 f_alpha is a small MLP (z -> 200 -> 200 -> 1 with GELU by default). With `kind="gaussian"` the
-tilt is switched off (f = 0), which gives the fixed Gaussian prior of the ablation.
+tilt is switched off (f = 0), which gives the fixed Gaussian prior of the ablation; `kind="none"`
+goes with a zero-dimensional latent (the plain language-model baseline).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ class EnergyPrior(nn.Module):
     def __init__(self, latent_dim: int, hidden: int = 200, layers: int = 2, sigma: float = 1.0, kind: str = "ebm"):
         super().__init__()
         self.latent_dim, self.sigma, self.kind = latent_dim, sigma, kind
-        blocks, width = [], latent_dim
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.GELU()]
-            width = hidden
-        self.f = nn.Sequential(*blocks, nn.Linear(width, 1)) if kind == "ebm" else None
+        self.f = None
+        if kind == "ebm":
+            blocks, width = [], latent_dim
+            for _ in range(layers):
+                blocks += [nn.Linear(width, hidden), nn.GELU()]
+                width = hidden
+            self.f = nn.Sequential(*blocks, nn.Linear(width, 1))
 
     @property
     def is_ebm(self) -> bool:

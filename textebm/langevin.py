@@ -69,11 +69,9 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
 def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
                 generator: torch.Generator | None = None, trajectory: list | None = None,
                 shard: Shard | None = None) -> torch.Tensor:
-    """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I).
-
-    The Gaussian prior needs no chain: its samples are exact."""
+    """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I)."""
     z0 = prior.sigma * gaussian_noise(n, prior.latent_dim, device, generator, shard)
-    return langevin(prior.log_density, z0, steps if prior.is_ebm else 0, step_size, generator, trajectory, shard)
+    return langevin(prior.log_density, z0, steps, step_size, generator, trajectory, shard)
 
 
 def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float,

@@ -109,6 +109,12 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         raise ValueError(f"defensive must be in [0, 1), not {defensive}")
     b, d = tokens.shape[0], model.prior.latent_dim
     device = model.device
+    if d == 0:  # a language model (prior=none): log p(x) is exact, one "sample" of weight 1
+        with torch.no_grad():
+            log_px = torch.cat([model.decoder.log_likelihood(torch.zeros(len(rows), 0, device=device), rows)
+                                for rows in tokens.split(max_rows)])
+        empty = log_px.new_zeros(b, 0)
+        return ISResult(log_px, torch.ones_like(log_px), log_px.unsqueeze(1), empty, empty, 1)
     # Posterior chains: each sentence repeated num_chains times, whole sentence groups per chunk.
     group = max(1, max_rows // num_chains)
     codes = []

@@ -2,6 +2,9 @@
 
 This is the object the rest of the toolkit talks to: training asks it for posterior and prior
 samples, sampling and the server ask it to `generate`, evaluation asks for `log_joint`.
+
+With `prior="none"` the latent has zero dimensions: the same decoder is then a plain LSTM/GRU
+language model (the baseline a user would otherwise train), and every chain is empty.
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ class LatentEBMTextModel(nn.Module):
         super().__init__()
         self.config = config
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.decoder = Decoder(vocab_size, config.embedding_dim, config.hidden_dim, config.latent_dim,
+        latent_dim = 0 if config.prior == "none" else config.latent_dim
+        self.decoder = Decoder(vocab_size, config.embedding_dim, config.hidden_dim, latent_dim,
                                config.num_layers, config.cell, config.dropout, pad_id)
-        self.prior = EnergyPrior(config.latent_dim, config.energy_hidden, config.energy_layers,
+        self.prior = EnergyPrior(latent_dim, config.energy_hidden, config.energy_layers,
                                  config.prior_sigma, config.prior)
-        self.encoder = (InitEncoder(vocab_size, config.encoder_dim, config.latent_dim, pad_id)
+        self.encoder = (InitEncoder(vocab_size, config.encoder_dim, latent_dim, pad_id)
                         if config.posterior_init == "encoder" else None)
 
     @property
     def device(self) -> torch.device:
         return self.decoder.out.weight.device
+
+    @property
+    def has_latent(self) -> bool:
+        return self.prior.latent_dim > 0
 
     def posterior_sample(self, tokens: torch.Tensor, steps: int | None = None, step_size: float | None = None,
                          generator: torch.Generator | None = None, trajectory: list | None = None,
@@ -40,6 +48,8 @@ class LatentEBMTextModel(nn.Module):
         """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain from noise (K1 steps);
         with `amortized=True` and an encoder, by `refine_steps` steps from the encoder's guess."""
         cfg = self.config
+        if not self.has_latent:
+            steps = 0
         z0 = None
         if amortized and self.encoder is not None:
             with torch.no_grad():
@@ -59,8 +69,10 @@ class LatentEBMTextModel(nn.Module):
     def prior_sample(self, n: int, steps: int | None = None, step_size: float | None = None,
                      generator: torch.Generator | None = None, trajectory: list | None = None,
                      shard: Shard | None = None) -> torch.Tensor:
-        """z- ~ p_alpha(z), by the short-run prior chain (exact draws for the Gaussian prior)."""
+        """z- ~ p_alpha(z), by the short-run prior chain; exact draws (no chain) for the Gaussian prior."""
         cfg = self.config
+        if not self.prior.is_ebm:
+            steps = 0
         return prior_chain(self.prior, n, cfg.prior_steps if steps is None else steps,
                            cfg.prior_step_size if step_size is None else step_size,
                            self.device, generator, trajectory, shard)

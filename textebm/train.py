@@ -158,10 +158,15 @@ def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device
     for index in batches:
         tokens = pad([split.sentences[i] for i in index], model.pad_id).to(device)
         z_post = model.posterior_sample(tokens, generator=generator)
-        z_prior = model.prior_sample(len(index), generator=generator)
         with torch.no_grad():
-            total_post -= model.decoder.log_likelihood(z_post, tokens).sum().item()
-            total_prior -= model.decoder.log_likelihood(z_prior, tokens).sum().item()
+            nll = -model.decoder.log_likelihood(z_post, tokens).sum().item()
+            if model.has_latent:
+                z_prior = model.prior_sample(len(index), generator=generator)
+                nll_prior = -model.decoder.log_likelihood(z_prior, tokens).sum().item()
+            else:  # a language model: both are its exact NLL
+                nll_prior = nll
+        total_post += nll
+        total_prior += nll_prior
         tokens_seen += int((tokens[:, 1:] != model.pad_id).sum())
     return {"valid_nll_posterior": total_post / tokens_seen, "valid_nll_prior": total_prior / tokens_seen,
             "valid_ppl_posterior": math.exp(min(total_post / tokens_seen, 50.0)), "valid_tokens": tokens_seen}

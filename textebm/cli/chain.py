@@ -44,21 +44,17 @@ def parse_steps(text: str) -> list[int]:
 def run_chains(model, vocab, steps: list[int], chains: int, step_size: float | None, seed: int,
                greedy: bool, max_length: int) -> dict:
     """Run `chains` prior chains for max(steps) steps; decode z at each chosen step; f and log density
-    at every step. The Gaussian prior has no chain in the library (its samples are exact), so it gets
-    plain Langevin on its own density: the chain then wanders within N(0, sigma^2 I)."""
+    at every step. For the Gaussian prior (whose samples the model draws exactly) this is Langevin on
+    its own density: the chain then wanders within N(0, sigma^2 I)."""
     import torch
 
     from textebm.decoding import decode
-    from textebm.langevin import gaussian_noise, langevin
+    from textebm.langevin import prior_chain
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
     size = model.config.prior_step_size if step_size is None else step_size
     trajectory: list = []
-    if model.prior.is_ebm:
-        model.prior_sample(chains, steps=steps[-1], step_size=size, generator=generator, trajectory=trajectory)
-    else:
-        z0 = model.prior.sigma * gaussian_noise(chains, model.prior.latent_dim, model.device, generator)
-        langevin(model.prior.log_density, z0, steps[-1], size, generator, trajectory)
+    prior_chain(model.prior, chains, steps[-1], size, model.device, generator, trajectory)
     states = torch.stack(trajectory)  # (K+1, chains, latent)
     with torch.no_grad():
         flat = states.flatten(0, 1)
@@ -114,9 +110,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from textebm.cli.common import resolve_device
+    from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
-    from textebm.runs import load_run
 
     steps = parse_steps(args.steps)
     if args.chains < 1:
@@ -127,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--step-size must be a positive number, not {args.step_size}")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise UserError(f"--plot must name a .png file, not {args.plot!r}")
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads))
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain")
     result = run_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
                         args.greedy, args.max_length)
     if args.plot:

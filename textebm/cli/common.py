@@ -31,6 +31,17 @@ def resolve_device(name: str, threads: int | None = None):
     return device
 
 
+def load_latent_run(folder: str, device_name: str, threads: int | None, command: str):
+    """A run for a command about its latent space; a run trained with prior=none has none."""
+    from textebm.runs import load_run
+
+    loaded = load_run(folder, resolve_device(device_name, threads))
+    if not loaded.model.has_latent:
+        raise UserError(f"textebm {command}: {folder} was trained with prior=none (a language model "
+                        "without a latent), so it has no latent space to explore")
+    return loaded
+
+
 def import_lm_eval():
     """Import lm_eval and make sure it is this project's package, not a namesake."""
     try:

@@ -55,8 +55,10 @@ def _check_args(args) -> None:
         raise UserError(f"--max-sentences must be at least 1, not {args.max_sentences}")
 
 
-def generation_metrics(loaded, corpus, n: int, seed: int) -> dict:
-    """FPPL/RPPL and sample statistics of `n` sentences from the run (lm_eval, KenLM 5-grams)."""
+def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int) -> dict:
+    """FPPL/RPPL and sample statistics of `n` sentences from the run (lm_eval, KenLM 5-grams): the
+    real-data LM is estimated on the lines the run trained on (cached by their content), the
+    reverse LM is scored on the held-out lines."""
     import tempfile
     from pathlib import Path
 
@@ -68,10 +70,12 @@ def generation_metrics(loaded, corpus, n: int, seed: int) -> dict:
     options = SamplingOptions()  # `textebm sample`'s defaults (max_length 40, ancestral, the run's K0)
     sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
     with tempfile.TemporaryDirectory(prefix="textebm-evaluate-") as tmp:
-        path = Path(tmp) / "samples.txt"
-        path.write_text("".join(s + "\n" for s in sentences), encoding="utf-8")
+        paths = {}
+        for name, text in (("samples", sentences), ("train", train_lines), ("test", test_lines)):
+            paths[name] = Path(tmp) / f"{name}.txt"
+            paths[name].write_text("".join(line + "\n" for line in text), encoding="utf-8")
         try:
-            result = lm_eval.evaluate_samples(path, corpus.files["train"], corpus.files["test"])
+            result = lm_eval.evaluate_samples(paths["samples"], paths["train"], paths["test"])
         except lm_eval.EvalError as err:
             raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
     result.pop("files", None)
@@ -90,9 +94,8 @@ def evaluate(args) -> dict:
     import torch
 
     from textebm.batches import encode_lines
-    from textebm.corpora import open_corpus
+    from textebm.corpora import evaluation_splits, open_corpus
     from textebm.diagnostics import posterior_diagnostics
-    from textebm.errors import UserError
     from textebm.likelihood import evaluate_sentences, log_partition
     from textebm.runs import load_run
 
@@ -102,11 +105,7 @@ def evaluate(args) -> dict:
     loaded = load_run(args.checkpoint, device)
     config = loaded.config
     corpus = open_corpus(config.corpus, args.data_dir)
-    if not corpus.has(args.split):
-        have = ", ".join(corpus.files) or "none"
-        raise UserError(f"corpus {corpus.name} has no {args.split} split (have: {have}); "
-                        f"evaluate needs held-out text")
-    lines = corpus.lines(args.split)
+    train_lines, lines, source = evaluation_splits(corpus, config.train_split, args.split)
     if args.max_sentences is not None:
         lines = lines[:args.max_sentences]
     encoded = encode_lines(lines, loaded.vocab, config.max_length)
@@ -127,11 +126,16 @@ def evaluate(args) -> dict:
     if not args.json:
         print(file=sys.stderr)
     nll = -res.log_px.double()
-    diag = posterior_diagnostics(model.prior, res.chain_mean, res.chain_std, args.num_chains, log_z,
-                                 num_samples=10, generator=generator)
+    if model.has_latent:
+        diag = posterior_diagnostics(model.prior, res.chain_mean, res.chain_std, args.num_chains, log_z,
+                                     num_samples=10, generator=generator)
+    else:
+        diag = dict.fromkeys(["kl_to_prior", "mutual_information", "mutual_information_bound", "active_units",
+                              "active_units_uncorrected", "num_samples"])
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": args.split,
+        "evaluated_text": source, "trained_on": config.train_split,
         "prior": config.prior, "latent_dim": config.latent_dim,
         "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
         "nll_per_sentence": float(nll.mean()),
@@ -143,7 +147,7 @@ def evaluate(args) -> dict:
                           "num_samples": args.partition_samples if model.prior.is_ebm else 0,
                           "estimator": "log mean_{z ~ N(0, sigma^2 I)} exp f(z) (logsumexp); stderr by the "
                                        "delta method, std(w) / (sqrt(N) mean(w)); exactly 0 for a Gaussian prior"},
-        "importance_sampling": {
+        "importance_sampling": None if not model.has_latent else {
             "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
                          "q = 0.5 G + 0.5 N(0, sigma^2 I) (defensive mixture), G = diagonal Gaussian fitted "
                          "to the sentence's posterior-chain samples",
@@ -163,17 +167,16 @@ def evaluate(args) -> dict:
         "active_units_threshold": 0.01,
         "posterior_approximation": "q(z|x) = N(chain mean, chain std^2), std at least 0.05; KL and MI from "
                                    f"{diag['num_samples']} draws per sentence; active units with the chain "
-                                   "means' Monte Carlo variance (std^2 / chains) subtracted",
+                                   "means' Monte Carlo variance (std^2 / chains) subtracted"
+                                   if model.has_latent else None,
+        "exact_likelihood": not model.has_latent,
         "seed": args.seed,
     }
     if args.fppl_samples == 0:
         result["generation"] = None
         result["generation_skipped"] = "--fppl-samples 0"
-    elif not (corpus.has("train") and corpus.has("test")):
-        result["generation"] = None
-        result["generation_skipped"] = f"corpus {corpus.name} lacks a train or test file"
     else:
-        result["generation"] = generation_metrics(loaded, corpus, args.fppl_samples, args.seed)
+        result["generation"] = generation_metrics(loaded, train_lines, lines, args.fppl_samples, args.seed)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -186,19 +189,29 @@ def format_table(r: dict) -> str:
     isd, lz, gen = r["importance_sampling"], r["log_partition"], r["generation"]
     rows = [
         ("run / step", f"{r['run']} / {r['step']}"),
-        ("corpus / split", f"{r['corpus']} / {r['split']} ({r['num_sentences']} sentences, {r['num_tokens']} tokens)"),
+        ("corpus / split", f"{r['corpus']} / {r['evaluated_text']} ({r['num_sentences']} sentences, "
+                           f"{r['num_tokens']} tokens); trained on {r['trained_on']}"),
         ("NLL per sentence (nats)", _fmt(r["nll_per_sentence"])),
         ("perplexity (per token, </s> counted)", _fmt(r["perplexity"])),
-        ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
-        ("log Z of the prior (stderr, draws)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}, {lz['num_samples']})"),
-        ("IS: chains x steps / draws per sentence",
-         f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"),
-        ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
-        ("KL(q(z|x) || p_alpha(z)) (nats)", _fmt(r["kl_to_prior"])),
-        ("mutual information I(x;z) (max log N)", f"{_fmt(r['mutual_information'])} ({_fmt(r['mutual_information_bound'])})"),
-        ("active units (uncorrected for chain noise)",
-         f"{r['active_units']} / {r['latent_dim']} ({r['active_units_uncorrected']})"),
     ]
+    notes = []
+    if isd is None:
+        rows.append(("likelihood", "exact (prior=none: a language model without latent)"))
+    else:
+        rows += [
+            ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
+            ("log Z of the prior (stderr, draws)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}, {lz['num_samples']})"),
+            ("IS: chains x steps / draws per sentence",
+             f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"),
+            ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
+            ("KL(q(z|x) || p_alpha(z)) (nats)", _fmt(r["kl_to_prior"])),
+            ("mutual information I(x;z) (max log N)",
+             f"{_fmt(r['mutual_information'])} ({_fmt(r['mutual_information_bound'])})"),
+            ("active units (uncorrected for chain noise)",
+             f"{r['active_units']} / {r['latent_dim']} ({r['active_units_uncorrected']})"),
+        ]
+        notes += [f"estimator: {isd['estimator']}; G's std = {isd['proposal_std']}",
+                  f"diagnostics: {r['posterior_approximation']}"]
     if gen is not None:
         rows += [
             (f"FPPL / RPPL ({gen['num_samples']} samples, 5-gram)", f"{_fmt(gen['forward_ppl'])} / {_fmt(gen['reverse_ppl'])}"),
@@ -210,9 +223,7 @@ def format_table(r: dict) -> str:
         rows.append(("FPPL / RPPL", f"skipped: {r['generation_skipped']}"))
     rows.append(("seconds", _fmt(r["seconds"])))
     width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v}" for k, v in rows]
-    lines.append(f"estimator: {isd['estimator']}; G's std = {isd['proposal_std']}")
-    lines.append(f"diagnostics: {r['posterior_approximation']}")
+    lines = [f"{k:<{width}}  {v}" for k, v in rows] + notes
     lines.append(f"perplexity: {r['perplexity_convention']}")
     return "\n".join(lines)
 

@@ -54,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from textebm.cli.common import resolve_device
+    from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
-    from textebm.runs import load_run
 
     for flag, text in (("--from", args.source), ("--to", args.target)):
         if not text.strip():
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--chains must be at least 1, not {args.chains}")
     if args.max_length < 1:
         raise UserError(f"--max-length must be at least 1, not {args.max_length}")
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads))
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate")
     path = interpolate(loaded.model, loaded.vocab, args.source.strip(), args.target.strip(), args.points,
                        args.chains, args.seed, args.max_length)
     if args.json:
