@@ -58,7 +58,12 @@ def _check_args(args) -> None:
 def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int) -> dict:
     """FPPL/RPPL and sample statistics of `n` sentences from the run (lm_eval, KenLM 5-grams): the
     real-data LM is estimated on the lines the run trained on (cached by their content), the
-    reverse LM is scored on the held-out lines."""
+    reverse LM is scored on the held-out lines. The reference row of real text with this evaluator
+    (compare models to it, not to other evaluators' numbers): FPPL of the held-out text
+    (`real_lm_test_ppl`), and RPPL and sample statistics of `n` random training lines
+    (`real_reference`; their FPPL would be in-sample, so it is not reported)."""
+    import random
+
     import tempfile
     from pathlib import Path
 
@@ -70,15 +75,20 @@ def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n:
     options = SamplingOptions()  # `textebm sample`'s defaults (max_length 40, ancestral, the run's K0)
     sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
     with tempfile.TemporaryDirectory(prefix="textebm-evaluate-") as tmp:
+        real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
         paths = {}
-        for name, text in (("samples", sentences), ("train", train_lines), ("test", test_lines)):
+        for name, text in (("samples", sentences), ("real", real), ("train", train_lines), ("test", test_lines)):
             paths[name] = Path(tmp) / f"{name}.txt"
             paths[name].write_text("".join(line + "\n" for line in text), encoding="utf-8")
         try:
             result = lm_eval.evaluate_samples(paths["samples"], paths["train"], paths["test"])
+            reference = lm_eval.evaluate_samples(paths["real"], paths["train"], paths["test"])
         except lm_eval.EvalError as err:
             raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
     result.pop("files", None)
+    result["real_reference"] = {key: reference[key] for key in (
+        "num_samples", "reverse_ppl", "unique_share", "distinct_1", "distinct_2", "self_bleu")}
+    result["real_reference"]["sentences"] = f"{len(real)} random lines of the training text (seed {seed})"
     result["generated"] = {"n": n, "seed": seed, "max_length": options.max_length,
                            "prior_steps": loaded.config.prior_steps, "decoding": "ancestral, temperature 1"}
     result["examples"] = sentences[:5]
@@ -215,7 +225,8 @@ def format_table(r: dict) -> str:
     if gen is not None:
         rows += [
             (f"FPPL / RPPL ({gen['num_samples']} samples, 5-gram)", f"{_fmt(gen['forward_ppl'])} / {_fmt(gen['reverse_ppl'])}"),
-            ("real test text under the real LM", _fmt(gen["real_lm_test_ppl"])),
+            (f"real text: FPPL (held-out) / RPPL ({gen['real_reference']['num_samples']} training lines)",
+             f"{_fmt(gen['real_lm_test_ppl'])} / {_fmt(gen['real_reference']['reverse_ppl'])}"),
             ("unique / distinct-2 / self-BLEU",
              f"{_fmt(gen['unique_share'])} / {_fmt(gen['distinct_2'])} / {_fmt(gen['self_bleu'])}"),
         ]
