@@ -3,6 +3,10 @@
 Target (issue 5): at least 5x the reference's sentences/s at batch 32, 40 tokens, with the LSTM
 256/512, vocabulary 10k, latent 32. The whole `model.generate` (the 60-step prior chain, then
 decoding) is measured too, against the plain prior chain plus the per-token reference.
+
+The `floor` row times only the matrix products every exact fp32 sampler of this decoder must do
+per token (the recurrent gates and the vocabulary projection), in the same interleaved run: the
+reference's rate over that floor's is the largest speed-up any such sampler can show here.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from bench import Row, build_model, interleave, median
+import torch.nn.functional as F
+
 from bench import reference as ref
 from textebm.decoding import decode
 
@@ -18,6 +24,19 @@ FULL = dict(vocab=10_000, sizes=["embedding_dim=256", "hidden_dim=512", "latent_
 QUICK = dict(vocab=300, sizes=["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "prior_steps=5"],
              length=8, batches=(1, 4), generate_batch=4)
 TARGET_BATCH, TARGET = 32, 5.0
+
+
+def matrix_products(decoder, batch: int, length: int, inner: int):
+    """`length` steps of just the two products per token (hidden -> gates, hidden -> vocabulary logits)."""
+    rnn = decoder.rnn
+    h = torch.randn(batch, rnn.hidden_size)
+
+    @torch.inference_mode()
+    def run():
+        for _ in range(inner * length):
+            F.linear(h, rnn.weight_hh_l0, rnn.bias_hh_l0)
+            decoder.out(h)
+    return run
 
 
 def run(quick: bool, repeats: int) -> list[Row]:
@@ -39,16 +58,18 @@ def run(quick: bool, repeats: int) -> list[Row]:
             for _ in range(inner):
                 decode(decoder, z, model.bos_id, -1, length)
 
-        seconds = interleave({"reference": reference, "candidate": candidate}, repeats, warmup=0 if quick else 1)
-        ref_rate = batch * inner / median(seconds["reference"])
-        cand_rate = batch * inner / median(seconds["candidate"])
+        floor = matrix_products(decoder, batch, length, inner)
+        seconds = interleave({"reference": reference, "candidate": candidate, "floor": floor}, repeats,
+                             warmup=0 if quick else 1)
+        ref_rate, cand_rate, floor_rate = (batch * inner / median(seconds[k]) for k in ("reference", "candidate", "floor"))
         ratio = cand_rate / ref_rate
         targeted = batch == TARGET_BATCH
         rows.append(Row(
             "sampling", f"decode, batch {batch}, {length} tokens", "sentences/s", ref_rate, cand_rate, ratio,
             "speed-up", f">= {TARGET:g}x" if targeted else "", (ratio >= TARGET) if targeted else None,
-            "reference: nn.LSTM per token on cat(emb, z), softmax + multinomial, no_grad",
-            seconds))
+            "reference: nn.LSTM per token on cat(emb, z), softmax + multinomial, no_grad; "
+            f"the matrix products alone: {floor_rate:.3g} sentences/s, i.e. at most "
+            f"{floor_rate / ref_rate:.2f}x over the reference for any exact fp32 sampler", seconds))
 
     n = spec["generate_batch"]
     seconds = interleave({

@@ -35,6 +35,9 @@ def test_quick_run_writes_json_and_markdown_with_ratios(tmp_path):
         assert row["ratio_kind"] and row["unit"]
     targeted = [r for r in rows if r["target"].startswith(">=")]
     assert {r["benchmark"] for r in targeted} == {"training"}  # quick sizes have no batch-32 row
+    assert ["amortized" in r["case"] for r in targeted] == [True]  # the 3x target is the amortized option's
+    assert any("paper's chain" in r["case"] and not r["target"] for r in rows)
+    assert all("at most" in r["note"] for r in rows if r["case"].startswith("decode"))  # the floor
     assert all(isinstance(r["met"], bool) for r in targeted)
     table = (out / "latest.md").read_text()
     assert "| benchmark | case |" in table and table.count("\n| sampling |") == len([r for r in rows if r["benchmark"] == "sampling"])
