@@ -42,7 +42,7 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
         ax_gap.axhline(0.0, color="grey", lw=0.5)
         ax_gap.legend()
     else:
-        ax_gap.text(0.5, 0.5, "Gaussian prior: no energy", ha="center", va="center", transform=ax_gap.transAxes)
+        ax_gap.text(0.5, 0.5, "no energy (prior gaussian or none)", ha="center", va="center", transform=ax_gap.transAxes)
     ax_gap.set(xlabel="step", title="energy gap (posterior - prior)")
     fig.suptitle(title or Path(folder).name)
     fig.tight_layout()
