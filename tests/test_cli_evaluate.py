@@ -76,6 +76,7 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     gen = report["generation"]
     assert gen["num_samples"] + gen["blank_lines"]["samples"] == 30 and gen["forward_ppl"] > 1
     assert gen["generated"]["n"] == 30
+    assert gen["num_words"]["test"] > 20 * report["num_tokens"] / 12  # all 40 test lines, not the 12 scored
     # real training lines through the same evaluator: their reverse LM models the test text far better
     real = gen["real_reference"]
     assert real["num_samples"] == 30 and real["reverse_ppl"] < gen["reverse_ppl"] / 2, (real, gen["reverse_ppl"])

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
-    p.add_argument("--max-sentences", type=int, metavar="N", help="evaluate the first N sentences only")
+    p.add_argument("--max-sentences", type=int, metavar="N", help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")
     p.add_argument("--num-chains", type=int, default=16, metavar="C", help="posterior chains per sentence (default 16)")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
@@ -115,9 +115,8 @@ def evaluate(args) -> dict:
     loaded = load_run(args.checkpoint, device)
     config = loaded.config
     corpus = open_corpus(config.corpus, args.data_dir)
-    train_lines, lines, source = evaluation_splits(corpus, config.train_split, args.split)
-    if args.max_sentences is not None:
-        lines = lines[:args.max_sentences]
+    train_lines, held_out, source = evaluation_splits(corpus, config.train_split, args.split)
+    lines = held_out if args.max_sentences is None else held_out[:args.max_sentences]  # for the NLL only
     encoded = encode_lines(lines, loaded.vocab, config.max_length)
     # The sentences actually scored, and their predicted tokens (after any --max-sentences cut).
     num_tokens = sum(len(s) - 1 for s in encoded.sentences)
@@ -186,7 +185,7 @@ def evaluate(args) -> dict:
         result["generation"] = None
         result["generation_skipped"] = "--fppl-samples 0"
     else:
-        result["generation"] = generation_metrics(loaded, train_lines, lines, args.fppl_samples, args.seed)
+        result["generation"] = generation_metrics(loaded, train_lines, held_out, args.fppl_samples, args.seed)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
