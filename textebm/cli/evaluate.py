@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
-    p.add_argument("--max-sentences", type=int, metavar="N", help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")
+    p.add_argument("--max-sentences", type=int, metavar="N",
+                   help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")
     p.add_argument("--num-chains", type=int, default=16, metavar="C", help="posterior chains per sentence (default 16)")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
