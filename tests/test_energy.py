@@ -1,5 +1,6 @@
 """The tilted-Gaussian prior, and its learning rule on a 2-D toy whose target is known."""
 
+import pytest
 import torch
 
 from textebm import train as training
@@ -22,6 +23,16 @@ def test_log_density_is_energy_minus_quadratic():
     assert torch.allclose(prior.log_density(z), prior.energy(z) - (z**2).sum(-1) / 8.0)
     assert prior.energy(z).shape == (5,)
     assert prior.is_ebm and sum(p.numel() for p in prior.parameters()) == 3 * 8 + 8 + 8 * 8 + 8 + 8 + 1
+
+
+
+@pytest.mark.parametrize("kind, layers", [("ebm", 0), ("ebm", 1), ("ebm", 2), ("ebm", 3), ("gaussian", 2)])
+def test_written_out_gradient_equals_autograd(kind, layers):
+    torch.manual_seed(layers)
+    prior = EnergyPrior(5, 16, layers, sigma=1.3, kind=kind)
+    z = (2 * torch.randn(40, 5)).requires_grad_(True)
+    (expected,) = torch.autograd.grad(prior.log_density(z).sum(), z)
+    torch.testing.assert_close(prior.grad_log_density(z.detach()), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_gaussian_prior_has_no_energy():

@@ -20,6 +20,7 @@ from textebm.errors import NonFiniteError
 from textebm.randomness import RowStreams
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
+Gradient = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,27 @@ def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator 
 
 def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: float,
              generator: torch.Generator | None = None, trajectory: list | None = None,
-             shard: Shard | None = None) -> torch.Tensor:
+             shard: Shard | None = None, grad_log_density: Gradient | None = None) -> torch.Tensor:
     """Run `steps` Langevin steps on log_density (a per-example log density, shape (batch,)).
 
-    If `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are appended to it.
-    Raises NonFiniteError when the chain leaves the finite numbers."""
+    The gradient is taken by autograd, or by `grad_log_density` when given (then log_density is
+    never called). If `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are
+    appended to it. Raises NonFiniteError when the chain leaves the finite numbers."""
     z = z.detach()
     finite = torch.ones((), dtype=torch.bool, device=z.device)  # checked once at the end: no sync per step
     if trajectory is not None:
         trajectory.append(z)
     with torch.enable_grad():
         for _ in range(steps):
-            z.requires_grad_(True)
-            log_pi = log_density(z)
-            finite &= torch.isfinite(log_pi.detach()).all()
-            (grad,) = torch.autograd.grad(log_pi.sum(), z)
+            if grad_log_density is not None:
+                with torch.no_grad():
+                    grad = grad_log_density(z)
+                finite &= torch.isfinite(grad).all()
+            else:
+                z.requires_grad_(True)
+                log_pi = log_density(z)
+                finite &= torch.isfinite(log_pi.detach()).all()
+                (grad,) = torch.autograd.grad(log_pi.sum(), z)
             noise = gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
             z = (z + 0.5 * step_size**2 * grad + step_size * noise).detach()
             if trajectory is not None:
@@ -69,9 +76,10 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
 def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
                 generator: torch.Generator | None = None, trajectory: list | None = None,
                 shard: Shard | None = None) -> torch.Tensor:
-    """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I)."""
+    """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I),
+    with the prior's written-out gradient (no autograd)."""
     z0 = prior.sigma * gaussian_noise(n, prior.latent_dim, device, generator, shard)
-    return langevin(prior.log_density, z0, steps, step_size, generator, trajectory, shard)
+    return langevin(prior.log_density, z0, steps, step_size, generator, trajectory, shard, prior.grad_log_density)
 
 
 def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float,
