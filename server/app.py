@@ -184,7 +184,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         """What is being served: the run, its vocabulary and latent sizes, its config, and the limits."""
         run = request.app.state.run
         return Info(version=__version__, run=run.folder.name, step=run.step, corpus=run.config.corpus,
-                    vocab_size=len(run.vocab), latent_dim=run.config.latent_dim, prior=run.config.prior,
+                    vocab_size=len(run.vocab), latent_dim=run.model.prior.latent_dim, prior=run.config.prior,
                     prior_steps=run.config.prior_steps, device=str(run.model.device), limits=limits,
                     auth=api_key is not None, config=run.config.to_dict())
 

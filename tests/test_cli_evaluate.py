@@ -99,7 +99,7 @@ def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, cor
     assert "exact (prior=none" in out and "IS:" not in out
     report = json.loads((run / "evaluation-test.json").read_text())
     assert report["exact_likelihood"] and report["importance_sampling"] is None
-    assert report["active_units"] is None and report["nll_per_sentence"] > 0
+    assert report["active_units"] is None and report["latent_dim"] == 0 and report["nll_per_sentence"] > 0
 
 
 def _one_line(status, err, *fragments):

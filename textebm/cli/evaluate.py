@@ -64,7 +64,6 @@ def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n:
     (`real_lm_test_ppl`), and RPPL and sample statistics of `n` random training lines
     (`real_reference`; their FPPL would be in-sample, so it is not reported)."""
     import random
-
     import tempfile
     from pathlib import Path
 
@@ -146,7 +145,7 @@ def evaluate(args) -> dict:
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": args.split,
         "evaluated_text": source, "trained_on": config.train_split,
-        "prior": config.prior, "latent_dim": config.latent_dim,
+        "prior": config.prior, "latent_dim": model.prior.latent_dim,
         "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
         "nll_per_sentence": float(nll.mean()),
         "nll_per_token": float(nll.sum() / num_tokens),

@@ -105,7 +105,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
     if train_data.truncated or valid_data.truncated:
         echo(f"truncated to max_length={config.max_length} tokens: {train_data.truncated} training and "
              f"{valid_data.truncated} validation lines")
-    echo(f"model: {config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {config.latent_dim}, "
+    echo(f"model: {config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {model.prior.latent_dim}, "
          f"prior {config.prior}, {params / 1e6:.2f}M parameters, on {device}; run folder {folder}")
     if parallel.world > 1:
         echo(f"data parallel: {parallel.world} processes, global batch {config.batch_size}")
