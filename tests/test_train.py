@@ -99,43 +99,42 @@ def _poison_energy(model):
         model.prior.f[-1].bias.fill_(float("nan"))  # f(z) is NaN, but grad f (and so z) stays finite
 
 
-def test_non_finite_chain_stops_the_run_without_training_on_nan(tmp_path, small_setup):
-    cfg, vocab, model, train_data, valid_data = small_setup("nonfinite_policy=stop")
-    _poison_z(model)
-    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+def _train_until_stopped(tmp_path, setup, match: str) -> list[str]:
+    """Train a poisoned model until the non-finite guard stops the run (a UserError matching `match`);
+    returns the names of the decoder tensors that changed meanwhile."""
+    cfg, vocab, model, train_data, valid_data = setup
+    before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     create_run(tmp_path, cfg, vocab)
-    with pytest.raises(UserError, match="training stopped at step 1.*non-finite"):
+    with pytest.raises(UserError, match=match):
         train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=10, **QUIET)
-    for key, value in model.decoder.state_dict().items():
-        assert torch.equal(value, decoder_before[key]), f"decoder {key} changed by a non-finite step"
+    return [k for k, v in model.decoder.state_dict().items() if not torch.equal(v, before[k])]
+
+
+def test_non_finite_chain_stops_the_run_without_training_on_nan(tmp_path, small_setup):
+    setup = small_setup("nonfinite_policy=stop")
+    _poison_z(setup[2])
+    changed = _train_until_stopped(tmp_path, setup, "training stopped at step 1.*non-finite")
+    assert not changed, f"a non-finite step changed the decoder: {changed}"
     assert [r["step"] for r in _records(tmp_path, "skipped")] == [1]
     assert "non-finite" in (tmp_path / "train.log").read_text(encoding="utf-8")
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path, small_setup):
-    cfg, vocab, model, train_data, valid_data = small_setup("nonfinite_policy=skip", "max_skipped_steps=3")
-    _poison_z(model)
-    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
-    create_run(tmp_path, cfg, vocab)
-    with pytest.raises(UserError, match="step 3"):
-        train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=10, **QUIET)
+    setup = small_setup("nonfinite_policy=skip", "max_skipped_steps=3")
+    _poison_z(setup[2])
+    changed = _train_until_stopped(tmp_path, setup, "step 3")
     assert [r["step"] for r in _records(tmp_path, "skipped")] == [1, 2, 3]
     assert not _records(tmp_path, "train")
-    for key, value in model.decoder.state_dict().items():
-        assert torch.equal(value, decoder_before[key])
+    assert not changed
 
 
 def test_non_finite_energy_skips_the_whole_step(tmp_path, small_setup):
     """A NaN energy f(z) (finite gradient, finite z) must be caught before any update: a step that is
     logged as skipped must not have updated the generator."""
-    cfg, vocab, model, train_data, valid_data = small_setup("nonfinite_policy=skip", "max_skipped_steps=2")
-    _poison_energy(model)
-    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
-    create_run(tmp_path, cfg, vocab)
-    with pytest.raises(UserError, match="step 2"):
-        train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=10, **QUIET)
+    setup = small_setup("nonfinite_policy=skip", "max_skipped_steps=2")
+    _poison_energy(setup[2])
+    changed = _train_until_stopped(tmp_path, setup, "step 2")
     assert [r["step"] for r in _records(tmp_path, "skipped")] == [1, 2]
-    changed = [k for k, v in model.decoder.state_dict().items() if not torch.equal(v, decoder_before[k])]
     assert not changed, f"skipped steps updated the decoder: {changed}"
 
 
