@@ -13,6 +13,7 @@ key=value` overrides apply to the candidates; the references keep the paper's pl
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 
@@ -61,17 +62,11 @@ def run(quick: bool, repeats: int, overrides: list[str] = ()) -> list[Row]:
     base_model, base_cfg = build_model(spec["sizes"], spec["vocab"])
     batches = token_batches(spec, spec["vocab"])
     tokens_per_batch = int(batches[0][:, 1:].numel())
-    counters: dict[str, int] = {}
 
     def feed(step):
         """`step` on the next batch of the pool (each contender cycles through the same batches)."""
-        key = f"feed{len(counters)}"
-        counters[key] = 0
-
-        def call():
-            counters[key] += 1
-            return step(batches[counters[key] % len(batches)])
-        return call
+        pool = itertools.cycle(batches)
+        return lambda: step(next(pool))
 
     plain = ref.PlainTrainer(copy.deepcopy(base_model), base_cfg)
     lm = ref.PlainLanguageModelStep(copy.deepcopy(base_model), base_cfg)
