@@ -12,10 +12,9 @@ reference's rate over that floor's is the largest speed-up any such sampler can 
 from __future__ import annotations
 
 import torch
-
-from bench import Row, build_model, interleave, median
 import torch.nn.functional as F
 
+from bench import Row, build_model, interleave, median
 from bench import reference as ref
 from textebm.decoding import decode
 
