@@ -19,12 +19,12 @@ __textebm__ = True
 
 _EXPORTS = {
     "lm_eval.errors": ["EstimationError", "EvalError", "InputError", "KenLMToolsMissing"],
-    "lm_eval.evaluate": ["ReversePPL", "corpus_split_path", "evaluate_samples", "forward_ppl", "reverse_ppl"],
+    "lm_eval.evaluate": ["ReversePPL", "corpus_split_path", "evaluate_sample_sets", "evaluate_samples", "forward_ppl", "reverse_ppl"],
     "lm_eval.kenlm_tools": ["KenLMTools", "find_tools"],
     "lm_eval.ngram": ["NgramLM", "load_model", "real_data_lm", "train_ngram_lm"],
     "lm_eval.perplexity": ["Perplexity", "perplexity"],
     "lm_eval.sample_stats": ["distinct_n", "sample_stats", "self_bleu"],
-    "lm_eval.text": ["Sentences", "read_sentences"],
+    "lm_eval.text": ["Sentences", "normalize_lines", "read_sentences"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -9,7 +9,6 @@ returned `NgramLM` says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from typing import Iterable
 
 from lm_eval.errors import EstimationError
 from lm_eval.kenlm_tools import KENLM_VERSION, KenLMTools, cache_root, find_tools
-from lm_eval.text import ESCAPE_VERSION, kenlm_line
+from lm_eval.text import ESCAPE_VERSION, kenlm_line, read_sentences, text_sha256
 
 DEFAULT_ORDER = 5
 # lmplz's memory bound (-S): ample for PTB (peak RSS ~230 MB) and enough for larger corpora,
@@ -139,17 +138,9 @@ def lm_cache_dir() -> Path:
     return Path(env).expanduser() if env else cache_root() / "models"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def cache_key(train_sha256: str, order: int) -> str:
-    """Name of a cached model: the training file's content, the order, the escaping version."""
-    return f"{train_sha256[:32]}-o{order}-esc{ESCAPE_VERSION}-kenlm{KENLM_VERSION}"
+def cache_key(text_digest: str, order: int) -> str:
+    """Name of a cached model: the normalised training text's digest, the order, the escaping version."""
+    return f"text-{text_digest[:32]}-o{order}-esc{ESCAPE_VERSION}-kenlm{KENLM_VERSION}"
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -162,17 +153,21 @@ def _write_json_atomic(path: Path, data: dict) -> None:
             partial.unlink()
 
 
-def real_data_lm(train_path: str | Path, sentences: list[str] | None = None, order: int = DEFAULT_ORDER,
-                 memory: str = DEFAULT_MEMORY, cache_dir: str | Path | None = None,
-                 tools: KenLMTools | None = None) -> NgramLM:
-    """The LM of a real training file, estimated once and then served from the cache.
+def real_data_lm(train: str | Path | list[str], order: int = DEFAULT_ORDER, memory: str = DEFAULT_MEMORY,
+                 cache_dir: str | Path | None = None, tools: KenLMTools | None = None) -> NgramLM:
+    """The LM of real training text, estimated once and then served from the cache.
 
-    `sentences` (the file read with `lm_eval.text.read_sentences`) saves a second read when the
-    caller has them already; the cache key is the file's sha256, so edits invalidate it.
+    `train` is a file or its normalised sentences (`lm_eval.text.read_sentences` / `normalize_lines`).
+    The cache key is the normalised text, not the file: `textebm evaluate` (the corpus's lines) and
+    `textebm eval-ppl` (the corpus's file) share one model per corpus, and an edit invalidates it.
     """
     validate_order(order)
     directory = Path(cache_dir) if cache_dir else lm_cache_dir()
-    digest = file_sha256(train_path)
+    source = "sentences"
+    if not isinstance(train, list):
+        source = str(train)
+        train = read_sentences(train, "training").sentences
+    digest = text_sha256(train)
     key = cache_key(digest, order)
     binary, meta_path = directory / f"{key}.klm", directory / f"{key}.json"
     if binary.is_file() and meta_path.is_file():
@@ -182,14 +177,9 @@ def real_data_lm(train_path: str | Path, sentences: list[str] | None = None, ord
                            int(meta["num_sentences"]), cached=True)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged sidecar: rebuild below
-    if sentences is None:
-        from lm_eval.text import read_sentences
-
-        sentences = read_sentences(train_path, "training").sentences
-    lm = train_ngram_lm(sentences, binary, order=order, memory=memory, tools=tools)
+    lm = train_ngram_lm(train, binary, order=order, memory=memory, tools=tools)
     meta = asdict(lm)
-    meta.update(train_path=str(train_path), train_sha256=digest, escape_version=ESCAPE_VERSION,
-                kenlm_version=KENLM_VERSION)
+    meta.update(source=source, text_sha256=digest, escape_version=ESCAPE_VERSION, kenlm_version=KENLM_VERSION)
     meta.pop("cached", None)
     _write_json_atomic(meta_path, meta)
     return lm

@@ -11,9 +11,11 @@ look like an escaped special get one more backslash, so the mapping is one-to-on
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from lm_eval.errors import InputError
 
@@ -61,6 +63,38 @@ def _open_text(path: Path):
     return open(path, "rb")
 
 
+def normalize_lines(lines: Iterable[str], what: str = "text", max_tokens: int = DEFAULT_MAX_TOKENS,
+                    where: str = "") -> Sentences:
+    """Lines (one sentence each) as normalised sentences, blank ones dropped and counted.
+
+    Raises `InputError` for a line over `max_tokens` tokens; `where` names the source in messages."""
+    sentences: list[str] = []
+    blank = 0
+    for lineno, line in enumerate(lines, 1):
+        tokens = tokenize(line)
+        if not tokens:
+            blank += 1
+            continue
+        if len(tokens) > max_tokens:
+            raise InputError(
+                f"{what} {where or 'text'}: line {lineno} has {len(tokens)} tokens, over the limit of "
+                f"{max_tokens} (is it one sentence per line? raise the limit with --max-tokens)"
+            )
+        sentences.append(" ".join(tokens))
+    return Sentences(where, sentences, blank)
+
+
+def _decoded_lines(fh, what: str, path: Path) -> Iterator[str]:
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"{what} file {path} is not UTF-8 text (line {lineno}, byte {err.start}: "
+                f"{raw[err.start:err.start + 4]!r})"
+            ) from None
+
+
 def read_sentences(path: str | Path, what: str = "text", max_tokens: int = DEFAULT_MAX_TOKENS,
                    min_sentences: int = 1) -> Sentences:
     """Read a one-sentence-per-line UTF-8 file (optionally .gz) into normalised sentences.
@@ -73,38 +107,28 @@ def read_sentences(path: str | Path, what: str = "text", max_tokens: int = DEFAU
         raise InputError(f"{what} file not found: {p}")
     if p.is_dir():
         raise InputError(f"{what} path is a folder, not a file: {p}")
-    sentences: list[str] = []
-    blank = 0
     try:
         with _open_text(p) as fh:
-            for lineno, raw in enumerate(fh, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise InputError(
-                        f"{what} file {p} is not UTF-8 text (line {lineno}, byte {err.start}: "
-                        f"{raw[err.start:err.start + 4]!r})"
-                    ) from None
-                tokens = tokenize(line)
-                if not tokens:
-                    blank += 1
-                    continue
-                if len(tokens) > max_tokens:
-                    raise InputError(
-                        f"{what} file {p}: line {lineno} has {len(tokens)} tokens, over the limit of "
-                        f"{max_tokens} (is it one sentence per line? raise the limit with --max-tokens)"
-                    )
-                sentences.append(" ".join(tokens))
+            result = normalize_lines(_decoded_lines(fh, what, p), f"{what} file", max_tokens, str(p))
     except OSError as err:  # permissions, a damaged .gz, ...
         raise InputError(f"cannot read {what} file {p}: {err.strerror or err}") from None
     except EOFError:
         raise InputError(f"cannot read {what} file {p}: compressed file ended early") from None
-    if len(sentences) < min_sentences:
-        detail = f" ({blank} blank lines)" if blank else ""
-        if not sentences:
+    if len(result) < min_sentences:
+        detail = f" ({result.blank_lines} blank lines)" if result.blank_lines else ""
+        if not result.sentences:
             raise InputError(f"{what} file {p} has no sentences{detail}")
-        raise InputError(f"{what} file {p} has {len(sentences)} sentence(s), at least {min_sentences} needed")
-    return Sentences(str(p), sentences, blank)
+        raise InputError(f"{what} file {p} has {len(result)} sentence(s), at least {min_sentences} needed")
+    return result
+
+
+def text_sha256(sentences: Iterable[str]) -> str:
+    """The digest of normalised sentences: the same text gives the same key, whatever file it came from."""
+    h = hashlib.sha256()
+    for sentence in sentences:
+        h.update(sentence.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def vocabulary(sentences: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 import torch
 
-from textebm.batches import encode_lines, epoch_batches, fixed_batches, pad
+from textebm.batches import encode_lines, epoch_batches, pad
 from textebm.vocab import WordVocab
 
 
@@ -48,7 +48,3 @@ def test_epoch_batches_group_similar_lengths():
     batches = epoch_batches(lengths, 32, seed=0, epoch=0, pool=100)
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 5
-
-
-def test_fixed_batches():
-    assert fixed_batches(5, 2) == [[0, 1], [2, 3], [4]]

@@ -1,75 +1,76 @@
-"""Active units, KL to the prior and mutual information on synthetic posteriors with known answers."""
+"""Latent-usage diagnostics read 0 for a decoder that ignores z, and large values for one that uses it."""
 
 from __future__ import annotations
 
-import math
-
+import pytest
 import torch
 
-from textebm.diagnostics import (
-    active_units,
-    gaussian_entropy,
-    kl_to_prior,
-    mutual_information,
-)
-from textebm.likelihood import diag_gaussian_log_density
+from textebm.batches import encode_lines, pad
+from textebm.diagnostics import AU_THRESHOLD, LatentUsage, information_rate, latent_usage_batch, unit_sensitivity
+from textebm.runs import build_model
+from textebm.vocab import WordVocab
 
 
-def test_active_units_counts_dimensions_whose_mean_varies():
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(300, 6, generator=g) * torch.tensor([1.0, 0.5, 0.2, 0.05, 0.01, 0.0])
-    assert active_units(means) == 3  # variances 1, 0.25, 0.04 > 0.01 > 0.0025, 1e-4, 0
-    assert active_units(means, threshold=0.001) == 4
-    assert active_units(means[:1]) == 0
+def _model(tiny_config, lines, uses_z: bool):
+    config = tiny_config
+    config.latent_dim = 8
+    vocab = WordVocab.build(lines[:500])
+    torch.manual_seed(0)
+    model = build_model(config, vocab).eval()
+    emb = config.embedding_dim
+    with torch.no_grad():
+        if uses_z:  # z dominates the initial state and every input
+            model.decoder.z_to_state.weight.mul_(5.0)
+            model.decoder.rnn.weight_ih_l0[:, emb:].mul_(5.0)
+            model.decoder.out.weight.mul_(5.0)
+        else:  # exactly no path from z to the output
+            model.decoder.z_to_state.weight.zero_()
+            model.decoder.rnn.weight_ih_l0[:, emb:].zero_()
+    tokens = pad(encode_lines(lines[:48], vocab, 30).sentences, vocab.pad_id)
+    return model, tokens
 
 
-def test_active_units_discounts_the_noise_of_sampled_means():
-    # Means of C = 4 draws from an x-independent N(0, 1) posterior vary by 1/4 across sentences:
-    # all units look active unless that Monte Carlo variance is subtracted.
-    g = torch.Generator().manual_seed(0)
-    draws = torch.randn(20_000, 4, 8, generator=g)
-    draws[:, :, :2] += 3 * torch.randn(20_000, 1, 2, generator=g)  # two units depend on x
-    means, var = draws.mean(1), draws.var(1, correction=1)
-    assert active_units(means) == 8
-    assert active_units(means, noise_var=var / 4) == 2
+def _usage(model, tokens, chain_steps=20):
+    """As validation measures it, with a short noisy chain that barely leaves its random start."""
+    generator = torch.Generator().manual_seed(0)
+    z_post = model.posterior_sample(tokens, steps=chain_steps, generator=generator)
+    usage = LatentUsage()
+    usage.add(int((tokens[:, 1:] != model.pad_id).sum()), *latent_usage_batch(model, tokens, z_post, 4, generator))
+    return usage.summary()
 
 
-def test_kl_estimate_matches_the_closed_form_for_gaussians():
-    g = torch.Generator().manual_seed(0)
-    mean, std = torch.tensor([[0.5, -1.0]]), torch.tensor([[0.3, 2.0]])
-    z = mean.unsqueeze(1) + std.unsqueeze(1) * torch.randn(1, 200_000, 2, generator=g)
-    log_q = diag_gaussian_log_density(z, mean.unsqueeze(1), std.unsqueeze(1))
-    log_p = diag_gaussian_log_density(z, torch.zeros(2), torch.ones(2))
-    exact = (-std.log() + (std**2 + mean**2) / 2 - 0.5).sum()
-    assert abs(kl_to_prior(log_q, log_p).item() - exact.item()) < 0.02
-    assert kl_to_prior(log_p, log_p).abs().max() == 0
+def test_a_decoder_that_ignores_z_reads_zero(tiny_config, ptb_train_lines):
+    model, tokens = _model(tiny_config, ptb_train_lines, uses_z=False)
+    for steps in (0, 3, 20):  # however far the chain went
+        figures = _usage(model, tokens, steps)
+        assert abs(figures["gap"]) < 1e-6
+        assert abs(figures["mutual_information"]) < 1e-4
+        assert figures["active_units"] == 0 and max(map(abs, figures["unit_sensitivity"])) < 1e-4
 
 
-def _draws(mean, std, s, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return mean.unsqueeze(1) + std.unsqueeze(1) * torch.randn(mean.shape[0], s, mean.shape[1], generator=g)
+def test_a_decoder_that_is_a_function_of_z_reads_large(tiny_config, ptb_train_lines):
+    model, tokens = _model(tiny_config, ptb_train_lines, uses_z=True)
+    model.config.posterior_step_size, model.config.posterior_noise = 0.5, 0.1  # a chain that finds good codes
+    figures = _usage(model, tokens)
+    assert figures["gap"] > 0.2
+    assert figures["mutual_information"] > 1.0
+    assert figures["active_units"] >= 6  # of 8
 
 
-def test_mutual_information_is_zero_when_posteriors_do_not_depend_on_x():
-    mean, std = torch.zeros(50, 4), torch.ones(50, 4)
-    assert abs(mutual_information(mean, std, _draws(mean, std, 5))) < 1e-5
-
-
-def test_mutual_information_reaches_log_n_for_separated_posteriors():
-    n = 40
-    mean = torch.arange(n, dtype=torch.float).unsqueeze(1) * 10.0
-    std = torch.full((n, 1), 0.1)
-    assert abs(mutual_information(mean, std, _draws(mean, std, 5)) - math.log(n)) < 1e-3
-
-
-def test_mutual_information_lies_between_zero_and_log_n_and_grows_with_separation():
+def test_unit_sensitivity_finds_the_units_the_decoder_reads(tiny_config, ptb_train_lines):
+    model, tokens = _model(tiny_config, ptb_train_lines, uses_z=True)
+    emb = model.config.embedding_dim
+    with torch.no_grad():  # cut units 5, 6, 7 off the decoder
+        model.decoder.z_to_state.weight[:, 5:].zero_()
+        model.decoder.rnn.weight_ih_l0[:, emb + 5:].zero_()
     g = torch.Generator().manual_seed(1)
-    base = torch.randn(100, 3, generator=g)
-    std = torch.full((100, 3), 0.5)
-    values = [mutual_information(base * k, std, _draws(base * k, std, 10, seed=2), chunk=37) for k in (0.1, 1.0, 5.0)]
-    assert all(0 <= v <= math.log(100) for v in values)
-    assert values[0] < values[1] < values[2]
+    z_post, z_prior = torch.randn(48, 8, generator=g), torch.randn(48, 8, generator=g)
+    per_unit = unit_sensitivity(model.decoder, tokens, z_post, z_prior).abs().mean(0)  # random codes: either sign
+    assert torch.all(per_unit[5:].abs() < 1e-4)
+    assert torch.all(per_unit[:5].abs() > AU_THRESHOLD)
 
 
-def test_gaussian_entropy():
-    assert abs(gaussian_entropy(torch.ones(1, 2)).item() - (1 + math.log(2 * math.pi))) < 1e-6
+def test_information_rate_is_the_mean_log_likelihood_above_log_px():
+    log_lik = torch.tensor([[-10.0, -12.0], [-5.0, -5.0]])
+    log_px = torch.tensor([-13.0, -5.0])
+    assert information_rate(log_lik, log_px).tolist() == pytest.approx([2.0, 0.0])

@@ -8,7 +8,7 @@ import torch
 from textebm.batches import encode_lines, pad
 from textebm.energy import EnergyPrior
 from textebm.errors import NonFiniteError
-from textebm.langevin import langevin, posterior_chain, prior_chain
+from textebm.langevin import langevin, posterior_chain, prior_chain, step_schedule
 from textebm.runs import build_model
 from textebm.vocab import WordVocab
 
@@ -121,3 +121,84 @@ def test_posterior_chain_function_matches_model_method(z_sensitive_model):
     b = model.posterior_sample(tokens, steps=3, step_size=0.1, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert math.isfinite(a.sum().item())
+
+
+def _plain_langevin(log_density, z, sizes, generator):
+    """The chain before noise scales and schedules existed, written out: the bit-for-bit reference."""
+    for s in sizes:
+        z = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(log_density(z).sum(), z)
+        z = (z + 0.5 * s**2 * grad + s * torch.randn(z.shape, generator=generator)).detach()
+    return z
+
+
+def test_noise_scale_one_is_plain_langevin_bit_for_bit():
+    def log_density(z):
+        return -(z**4).sum(-1) / 4 + z[:, 0]
+
+    z0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+    ours = langevin(log_density, z0, 12, 0.3, generator=torch.Generator().manual_seed(2), noise_scale=1.0)
+    plain = _plain_langevin(log_density, z0, [0.3] * 12, torch.Generator().manual_seed(2))
+    assert torch.equal(ours, plain)
+
+
+def test_noise_scale_zero_is_deterministic_gradient_ascent(z_sensitive_model):
+    model, tokens = z_sensitive_model
+    z0 = torch.randn(tokens.shape[0], 8, generator=torch.Generator().manual_seed(0))
+    runs = [posterior_chain(model.prior, model.decoder, tokens, 6, 0.4, torch.Generator().manual_seed(seed),
+                            z0=z0, noise_scale=0.0) for seed in (1, 2)]
+    assert torch.equal(runs[0], runs[1])  # the generator is never drawn from
+    # each step is exactly z + (s^2/2) grad log p(x, z)
+    z = z0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.log_joint(tokens, z).sum(), z)
+    one = posterior_chain(model.prior, model.decoder, tokens, 1, 0.4, z0=z0, noise_scale=0.0)
+    assert torch.allclose(one, z0 + 0.5 * 0.4**2 * grad, atol=1e-6)
+    with torch.no_grad():
+        assert (model.log_joint(tokens, runs[0]) > model.log_joint(tokens, z0)).float().mean() > 0.9
+    # a noisy chain from the same start depends on its generator
+    noisy = [posterior_chain(model.prior, model.decoder, tokens, 6, 0.4, torch.Generator().manual_seed(seed),
+                             z0=z0, noise_scale=0.1) for seed in (1, 2)]
+    assert not torch.equal(noisy[0], noisy[1])
+
+
+def test_step_schedule_shapes():
+    assert step_schedule(0.5, 0.05, 3, "constant") == [0.5, 0.5, 0.5]
+    assert step_schedule(0.8, 0.2, 4, "linear") == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert step_schedule(0.8, 0.05, 5, "geometric") == pytest.approx([0.8, 0.4, 0.2, 0.1, 0.05])
+    assert step_schedule(0.8, 0.05, 1, "geometric") == [0.8] and step_schedule(0.8, 0.05, 0, "linear") == []
+    with pytest.raises(ValueError):
+        step_schedule(0.8, 0.05, 3, "cosine")
+
+
+def test_schedule_is_applied_step_by_step():
+    """Step k uses s_k: against the update rule written out with each step's own size and noise."""
+    sizes = [0.8, 0.4, 0.2]
+    z0 = torch.tensor([[1.0, -2.0]])
+
+    def log_density(z):
+        return -(z**2).sum(-1) / 2
+
+    trajectory = []
+    langevin(log_density, z0, 3, sizes, generator=torch.Generator().manual_seed(4), trajectory=trajectory,
+             noise_scale=0.5)
+    eps = torch.randn(3, 1, 2, generator=torch.Generator().manual_seed(4))
+    z = z0
+    for k, s in enumerate(sizes):
+        z = z + 0.5 * s**2 * (-z) + 0.5 * s * eps[k]
+        assert torch.allclose(trajectory[k + 1], z, atol=1e-6)
+    with pytest.raises(ValueError):
+        langevin(log_density, z0, 2, sizes)
+
+
+def test_model_posterior_chain_follows_the_config(z_sensitive_model):
+    """posterior_sample takes schedule and noise from the config (and refine steps share the schedule)."""
+    model, tokens = z_sensitive_model
+    cfg = model.config
+    cfg.posterior_step_size, cfg.posterior_step_size_end, cfg.posterior_step_schedule = 0.8, 0.1, "geometric"
+    cfg.posterior_noise = 0.0
+    trajectory = []
+    z = model.posterior_sample(tokens, steps=4, generator=torch.Generator().manual_seed(0), trajectory=trajectory)
+    expected = posterior_chain(model.prior, model.decoder, tokens, 4, step_schedule(0.8, 0.1, 4, "geometric"),
+                               z0=trajectory[0], noise_scale=0.0)
+    assert torch.equal(z, expected)
+    assert cfg.posterior_step_sizes(4) == pytest.approx([0.8, 0.4, 0.2, 0.1])

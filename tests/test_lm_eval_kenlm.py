@@ -21,9 +21,9 @@ import lm_eval
 from lm_eval.errors import EstimationError, KenLMToolsMissing
 from lm_eval.evaluate import _real_model
 from lm_eval.kenlm_tools import _safe_extract, cache_bin_dir, find_tools
-from lm_eval.ngram import ENV_LM_CACHE, cache_key, file_sha256, real_data_lm, train_ngram_lm
+from lm_eval.ngram import ENV_LM_CACHE, cache_key, real_data_lm, train_ngram_lm
 from lm_eval.perplexity import perplexity, score_sentence
-from lm_eval.text import kenlm_line, read_sentences
+from lm_eval.text import kenlm_line, normalize_lines, read_sentences, text_sha256
 
 # Mikolov et al. (2011/2012) report 141.2 for a KN5 model (SRILM) on PTB test, </s> counted.
 # KenLM's modified Kneser-Ney on the same data gives 141.19 here; both are deterministic, so the
@@ -208,7 +208,7 @@ def test_real_data_lm_is_cached_by_content_and_order(ptb_lm, data_dir, tmp_path,
     cache = lm_cache
     again = real_data_lm(data_dir / "ptb" / "train.txt", order=5, cache_dir=cache)
     assert again.cached is True and again.path == ptb_lm.path
-    key = cache_key(file_sha256(data_dir / "ptb" / "train.txt"), 5)
+    key = cache_key(text_sha256(read_sentences(data_dir / "ptb" / "train.txt").sentences), 5)
     assert Path(ptb_lm.path).name == key + ".klm" and (cache / (key + ".json")).is_file()
     assert not [p for p in cache.iterdir() if p.name.endswith(".partial")]
     # a different file (or order) is a different model
@@ -250,6 +250,37 @@ def test_damaged_cached_model_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_LM_CACHE, str(tmp_path / "cache"))
     first = real_data_lm(train, order=3)
     Path(first.path).write_bytes(b"not a model")
-    lm, model = _real_model(train, None, 3, "1G", None)
+    lm, model = _real_model(read_sentences(train).sentences, 3, "1G", None)
     assert lm.cached is False and lm.path == first.path
     assert perplexity(model, ["the cat ran"]).num_words == 3
+
+
+def test_real_data_lm_is_keyed_by_the_normalised_text_not_the_file(tmp_path):
+    """The same text from a file or as lines (evaluate's path) is one cache entry."""
+    lines = ["the cat sat", "the dog  ran ", "", "a cat ran"] * 5
+    path = tmp_path / "train.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    from_file = real_data_lm(path, order=3, cache_dir=cache)
+    from_lines = real_data_lm(normalize_lines(lines).sentences, order=3, cache_dir=cache)
+    assert from_file.cached is False and from_lines.cached is True and from_lines.path == from_file.path
+    assert len(list(cache.glob("*.klm"))) == 1
+
+
+def test_sample_sets_share_one_load_of_the_real_lm(ptb_test, data_dir, monkeypatch):
+    import lm_eval.evaluate as evaluate_module
+    import lm_eval.ngram as ngram
+
+    loads = []
+    real_load = ngram.load_model
+    monkeypatch.setattr(ngram, "load_model", lambda path: loads.append(str(path)) or real_load(path))
+    train = read_sentences(data_dir / "ptb" / "train.txt", "training")
+    test = normalize_lines(ptb_test[:500])
+    sets = {"a": normalize_lines(ptb_test[500:800]), "b": normalize_lines([ptb_test[i % 3] for i in range(300)])}
+    out = evaluate_module.evaluate_sample_sets(sets, train, test, self_bleu_size=20)
+    real_lm_loads = [p for p in loads if p == out["real"]["path"]]
+    assert len(real_lm_loads) == 1  # one load for both sets and the test text
+    single = lm_eval.evaluate_sample_sets({"a": sets["a"]}, train, test, self_bleu_size=20)
+    assert out["sets"]["a"]["forward_ppl"] == single["sets"]["a"]["forward_ppl"]
+    assert out["sets"]["b"]["reverse_ppl"] > out["sets"]["a"]["reverse_ppl"]  # the repetitive set covers less
+    assert out["real"]["test_ppl"] == single["real"]["test_ppl"]

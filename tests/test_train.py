@@ -178,3 +178,40 @@ def test_truncate_metrics_survives_a_line_cut_by_a_kill(tmp_path):
         json.dumps({"step": 1, "kind": "train"}) + "\n" + '{"step": 2, "kind": "tr', encoding="utf-8")
     truncate_metrics(tmp_path, 1)
     assert [r["step"] for r in _records(tmp_path)] == [1]
+
+
+def test_collapse_warning_fires_only_on_a_lasting_small_gap():
+    from textebm.train import COLLAPSE_GAP, collapse_warning
+
+    cfg = resolve_config("cpu", "ptb", [])
+    small = COLLAPSE_GAP / 4
+    assert collapse_warning([small, small], cfg) is None  # too early to tell
+    assert collapse_warning([small, 0.5, small, small], cfg) is None  # not lasting
+    message = collapse_warning([0.5, small, small, small], cfg)
+    assert message and "posterior collapse" in message and "posterior_noise" in message
+
+
+def _warnings_of_run(tmp_path, lines, valid_lines, overrides):
+    overrides = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16", "prior_steps=5",
+                 "batch_size=16", "dropout=0.0", "log_every=50", "checkpoint_every=1000", "valid_every=10",
+                 "num_log_samples=1", "valid_batches=2", "max_length=30", "vocab_size=500", *overrides]
+    cfg, vocab, model, train_data, valid_data = _setup(lines[:400], valid_lines, overrides)
+    create_run(tmp_path, cfg, vocab)
+    messages = []
+    train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=40, progress=False,
+          echo=messages.append)
+    return [m for m in messages if "posterior collapse" in m], _records(tmp_path, "valid")
+
+
+def test_collapse_warning_on_a_collapsed_run_and_not_on_a_healthy_one(tmp_path, ptb_train_lines, ptb_valid_lines):
+    # K1 = 0: the "posterior" codes are prior noise, so the decoder learns to ignore z.
+    warned, records = _warnings_of_run(tmp_path / "collapsed", ptb_train_lines, ptb_valid_lines,
+                                       ["posterior_steps=0"])
+    assert len(warned) == 1, records  # once, not at every validation
+    assert all(abs(r["valid_gap"]) < 0.02 for r in records), records
+    assert all(r["valid_active_units"] == 0 for r in records), records
+    # Large, nearly noiseless posterior steps: z explains the sentence.
+    warned, records = _warnings_of_run(tmp_path / "healthy", ptb_train_lines, ptb_valid_lines,
+                                       ["posterior_steps=5", "posterior_step_size=0.5", "posterior_noise=0.1"])
+    assert warned == [] and records[-1]["valid_gap"] > 0.05, records
+    assert records[-1]["valid_mutual_information"] > 0.5 and records[-1]["valid_active_units"] >= 1

@@ -50,8 +50,3 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, po
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
-
-
-def fixed_batches(num: int, batch_size: int) -> list[list[int]]:
-    """In-order batches, for validation."""
-    return [list(range(i, min(i + batch_size, num))) for i in range(0, num, batch_size)]

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from textebm.errors import UserError
+from textebm.langevin import SCHEDULES, step_schedule
 
 
 @dataclass
@@ -38,11 +39,15 @@ class Config:
     prior_sigma: float = 1.0
     energy_hidden: int = 200
     energy_layers: int = 2
-    # short-run Langevin
+    # short-run Langevin (textebm/langevin.py; the text settings are measured in docs/inference.md)
     prior_steps: int = 60
     prior_step_size: float = 0.4
+    prior_noise: float = 1.0  # noise scale c of the prior chain (1: plain Langevin)
     posterior_steps: int = 20
-    posterior_step_size: float = 0.1
+    posterior_step_size: float = 0.1  # the first step's size (every step's, when the schedule is constant)
+    posterior_step_schedule: str = "constant"  # constant | linear | geometric (from step_size to step_size_end)
+    posterior_step_size_end: float = 0.05  # the last step's size (linear/geometric schedules)
+    posterior_noise: float = 1.0  # noise scale c of the posterior chain (1: plain Langevin, 0: gradient ascent)
     posterior_init: str = "noise"  # noise (the paper's short-run chain) | encoder (amortized guess, refined)
     refine_steps: int = 5  # posterior steps from the encoder's guess (posterior_init=encoder)
     encoder_dim: int = 128  # embedding/hidden width of that encoder
@@ -74,6 +79,7 @@ class Config:
             "nonfinite_policy": ("skip", "stop"),
             "posterior_init": ("noise", "encoder"),
             "precision": ("fp32", "bf16"),
+            "posterior_step_schedule": SCHEDULES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -87,11 +93,15 @@ class Config:
                     "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps"]:
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, not {getattr(self, key)}")
-        for key in ["prior_sigma", "prior_step_size", "posterior_step_size", "generator_lr", "energy_lr",
-                    "generator_clip", "energy_clip"]:
+        for key in ["prior_sigma", "prior_step_size", "posterior_step_size", "posterior_step_size_end",
+                    "generator_lr", "energy_lr", "generator_clip", "energy_clip"]:
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{key} must be a positive number, not {value}")
+        for key in ["prior_noise", "posterior_noise"]:
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{key} must be a number >= 0 (1: plain Langevin), not {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.prior == "none" and self.posterior_init == "encoder":
@@ -99,6 +109,11 @@ class Config:
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
             raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
         return self
+
+    def posterior_step_sizes(self, steps: int | None = None) -> list[float]:
+        """The posterior chain's per-step sizes for `steps` steps (default K1)."""
+        return step_schedule(self.posterior_step_size, self.posterior_step_size_end,
+                             self.posterior_steps if steps is None else steps, self.posterior_step_schedule)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

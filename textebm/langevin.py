@@ -1,9 +1,17 @@
 """Short-run Langevin chains in z-space: the prior chain and the posterior chain.
 
-One step: z <- z + (s^2 / 2) * grad_z log pi(z) + s * eps, eps ~ N(0, I). Chains start from the
-prior's reference N(0, sigma^2 I) (or, for the amortized option, from an encoder's guess). They run
-batched over the whole minibatch; gradients are taken with respect to z only (the parameters'
-.grad is never touched).
+Step k: z <- z + (s_k^2 / 2) * grad_z log pi(z) + c * s_k * eps, eps ~ N(0, I).
+
+- s_k, the step size, may change from step to step (`step_schedule`: constant, or linear /
+  geometric from a large first step to a small last one).
+- c, the noise scale ("noise temperature"), multiplies the noise term: c = 1 is plain Langevin
+  (the paper's chains), c = 0 is gradient ascent on log pi, deterministic given the start. Run to
+  equilibrium with a small constant step, the chain targets pi(z)^(1/c^2): a colder, more peaked
+  posterior. Text needs c well below 1 for the posterior chain (docs/inference.md).
+
+Chains start from the prior's reference N(0, sigma^2 I) (or, for the amortized option, from an
+encoder's guess). They run batched over the whole minibatch; gradients are taken with respect to
+z only (the parameters' .grad is never touched).
 
 Noise can be drawn for a whole global batch and sliced to this process's rows (`Shard`): then an
 example's chain sees the same noise however the batch is split across data-parallel processes.
@@ -12,7 +20,7 @@ example's chain sees the same noise however the batch is split across data-paral
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -21,6 +29,19 @@ from textebm.randomness import RowStreams
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 Gradient = Callable[[torch.Tensor], torch.Tensor]
+SCHEDULES = ("constant", "linear", "geometric")
+
+
+def step_schedule(start: float, end: float, steps: int, shape: str = "constant") -> list[float]:
+    """Per-step sizes s_1 ... s_K: `start` throughout (constant), or from `start` to `end` evenly
+    (linear) or by a constant ratio (geometric)."""
+    if shape not in SCHEDULES:
+        raise ValueError(f"step schedule must be one of {', '.join(SCHEDULES)}, not {shape!r}")
+    if shape == "constant" or steps < 2:
+        return [start] * steps
+    if shape == "linear":
+        return [start + (end - start) * k / (steps - 1) for k in range(steps)]
+    return [start * (end / start) ** (k / (steps - 1)) for k in range(steps)]
 
 
 @dataclass(frozen=True)
@@ -41,20 +62,26 @@ def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator 
     return torch.randn(shard.total, dim, device=device, generator=generator)[shard.start:shard.stop]
 
 
-def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: float,
+def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: float | Sequence[float],
              generator: torch.Generator | None = None, trajectory: list | None = None,
-             shard: Shard | None = None, grad_log_density: Gradient | None = None) -> torch.Tensor:
+             shard: Shard | None = None, grad_log_density: Gradient | None = None,
+             noise_scale: float = 1.0) -> torch.Tensor:
     """Run `steps` Langevin steps on log_density (a per-example log density, shape (batch,)).
 
-    The gradient is taken by autograd, or by `grad_log_density` when given (then log_density is
-    never called). If `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are
-    appended to it. Raises NonFiniteError when the chain leaves the finite numbers."""
+    `step_size` is one size for every step or a list of `steps` sizes; `noise_scale` is c above
+    (at 0 no noise is drawn). The gradient is taken by autograd, or by `grad_log_density` when
+    given (then log_density is never called). If `trajectory` is a list, the chain's states
+    (z_0 ... z_K, detached) are appended to it. Raises NonFiniteError when the chain leaves the
+    finite numbers."""
+    sizes = [step_size] * steps if isinstance(step_size, (int, float)) else list(step_size)
+    if len(sizes) != steps:
+        raise ValueError(f"{len(sizes)} step sizes for {steps} steps")
     z = z.detach()
     finite = torch.ones((), dtype=torch.bool, device=z.device)  # checked once at the end: no sync per step
     if trajectory is not None:
         trajectory.append(z)
     with torch.enable_grad():
-        for _ in range(steps):
+        for size in sizes:
             if grad_log_density is not None:
                 with torch.no_grad():
                     grad = grad_log_density(z)
@@ -64,27 +91,31 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
                 log_pi = log_density(z)
                 finite &= torch.isfinite(log_pi.detach()).all()
                 (grad,) = torch.autograd.grad(log_pi.sum(), z)
-            noise = gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
-            z = (z + 0.5 * step_size**2 * grad + step_size * noise).detach()
+            z = z.detach() + 0.5 * size**2 * grad
+            if noise_scale != 0:
+                z = z + (noise_scale * size) * gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
             if trajectory is not None:
                 trajectory.append(z)
     if not bool(finite & torch.isfinite(z).all()):
-        raise NonFiniteError(f"Langevin chain met a non-finite z or log density ({steps} steps of size {step_size})")
+        raise NonFiniteError(f"Langevin chain met a non-finite z or log density ({steps} steps of size "
+                             f"{sizes[0] if sizes else 0:g}..{sizes[-1] if sizes else 0:g}, noise scale {noise_scale:g})")
     return z
 
 
 def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
                 generator: torch.Generator | None = None, trajectory: list | None = None,
-                shard: Shard | None = None) -> torch.Tensor:
+                shard: Shard | None = None, noise_scale: float = 1.0) -> torch.Tensor:
     """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I),
     with the prior's written-out gradient (no autograd)."""
     z0 = prior.sigma * gaussian_noise(n, prior.latent_dim, device, generator, shard)
-    return langevin(prior.log_density, z0, steps, step_size, generator, trajectory, shard, prior.grad_log_density)
+    return langevin(prior.log_density, z0, steps, step_size, generator, trajectory, shard, prior.grad_log_density,
+                    noise_scale)
 
 
-def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float,
+def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float | Sequence[float],
                     generator: torch.Generator | None = None, trajectory: list | None = None,
-                    shard: Shard | None = None, z0: torch.Tensor | None = None) -> torch.Tensor:
+                    shard: Shard | None = None, z0: torch.Tensor | None = None,
+                    noise_scale: float = 1.0) -> torch.Tensor:
     """z ~ p(z | x) by short-run Langevin on log p_alpha(z) + log p_beta(x | z).
 
     Starts from N(0, sigma^2 I) (the paper's short-run chain) unless `z0` is given."""
@@ -94,4 +125,4 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)
-    return langevin(log_joint, z0, steps, step_size, generator, trajectory, shard)
+    return langevin(log_joint, z0, steps, step_size, generator, trajectory, shard, noise_scale=noise_scale)

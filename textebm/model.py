@@ -46,7 +46,9 @@ class LatentEBMTextModel(nn.Module):
                          generator: torch.Generator | None = None, trajectory: list | None = None,
                          shard: Shard | None = None, amortized: bool = False) -> torch.Tensor:
         """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain from noise (K1 steps);
-        with `amortized=True` and an encoder, by `refine_steps` steps from the encoder's guess."""
+        with `amortized=True` and an encoder, by `refine_steps` steps from the encoder's guess. The
+        step sizes follow the config's schedule over however many steps run, unless `step_size` is given;
+        the noise scale is the config's `posterior_noise`."""
         cfg = self.config
         if not self.has_latent:
             steps = 0
@@ -55,10 +57,10 @@ class LatentEBMTextModel(nn.Module):
             with torch.no_grad():
                 z0 = self.encoder(tokens)
             steps = cfg.refine_steps if steps is None else steps
-        return posterior_chain(self.prior, self.decoder, tokens,
-                               cfg.posterior_steps if steps is None else steps,
-                               cfg.posterior_step_size if step_size is None else step_size,
-                               generator, trajectory, shard, z0)
+        steps = cfg.posterior_steps if steps is None else steps
+        sizes = cfg.posterior_step_sizes(steps) if step_size is None else step_size
+        return posterior_chain(self.prior, self.decoder, tokens, steps, sizes, generator, trajectory, shard, z0,
+                               cfg.posterior_noise)
 
     def posterior_chains(self, tokens: torch.Tensor, num_chains: int, steps: int | None = None,
                          generator: torch.Generator | None = None) -> torch.Tensor:
@@ -75,7 +77,7 @@ class LatentEBMTextModel(nn.Module):
             steps = 0
         return prior_chain(self.prior, n, cfg.prior_steps if steps is None else steps,
                            cfg.prior_step_size if step_size is None else step_size,
-                           self.device, generator, trajectory, shard)
+                           self.device, generator, trajectory, shard, cfg.prior_noise)
 
     def log_joint(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p_beta(x | z) + log p_alpha(z) up to the prior's normalising constant, shape (batch,)."""

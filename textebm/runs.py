@@ -42,6 +42,11 @@ def create_run(folder: Path, config: Config, vocab: Vocabulary) -> None:
     vocab.save(folder)
 
 
+# Runs saved before the chains had noise scales and step schedules ran plain constant-step Langevin:
+# they keep doing so when loaded, whatever today's defaults are.
+CHAIN_KEYS_BEFORE_TEMPERING = {"prior_noise": 1.0, "posterior_noise": 1.0, "posterior_step_schedule": "constant"}
+
+
 def load_config(folder: Path) -> Config:
     folder = Path(folder)
     if not folder.is_dir():
@@ -54,6 +59,8 @@ def load_config(folder: Path) -> Config:
         raise UserError(f"{folder}/config.json is unreadable: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"{folder}/config.json is not a config object")
+    for key, value in CHAIN_KEYS_BEFORE_TEMPERING.items():
+        data.setdefault(key, value)
     return Config.from_dict(data)
 
 

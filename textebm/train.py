@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from textebm.batches import EncodedSplit, epoch_batches, fixed_batches, pad
+from textebm.batches import EncodedSplit, epoch_batches, pad
 from textebm.config import Config
+from textebm.diagnostics import latent_usage
 from textebm.errors import NonFiniteError, UserError
 from textebm.io import atomic_write_text, remove_stale_temp_files
 from textebm.langevin import Shard
@@ -143,33 +144,41 @@ class Learner:
         set_rng_state(ranks[self.parallel.rank] if len(ranks) == self.parallel.world else checkpoint["rng"])
 
 
-def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device) -> dict:
-    """Per-token NLL of the validation split given posterior z and given prior z.
+VALID_PRIOR_DRAWS = 4  # prior codes per validation sentence (the prior-z NLL and the training-time log p(x))
+VALID_AU_SENTENCES = 64  # validation sentences whose per-unit sensitivity is measured (d decoder passes each)
+COLLAPSE_GAP = 0.02  # nats/token: below this the decoder is taken to ignore z ...
+COLLAPSE_VALIDATIONS = 3  # ... when it stays below for this many validations in a row
 
-    The gap between the two is the posterior-collapse signal: if z from the prior explains the
-    sentences as well as z inferred from them, the decoder ignores z."""
+
+def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device) -> dict:
+    """Per-token NLL of the validation split given posterior z and given prior z, and whether z is used.
+
+    The gap between the two NLLs is the posterior-collapse signal: if z from the prior explains the
+    sentences as well as z inferred from them, the decoder ignores z. Mutual information and active
+    units come from `textebm.diagnostics` (they read 0 for a decoder that ignores z)."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
-    batches = fixed_batches(len(split.sentences), cfg.batch_size)
-    if cfg.valid_batches:
-        batches = batches[: cfg.valid_batches]
-    total_post = total_prior = 0.0
-    tokens_seen = 0
-    for index in batches:
-        tokens = pad([split.sentences[i] for i in index], model.pad_id).to(device)
-        z_post = model.posterior_sample(tokens, generator=generator)
-        with torch.no_grad():
-            nll = -model.decoder.log_likelihood(z_post, tokens).sum().item()
-            if model.has_latent:
-                z_prior = model.prior_sample(len(index), generator=generator)
-                nll_prior = -model.decoder.log_likelihood(z_prior, tokens).sum().item()
-            else:  # a language model: both are its exact NLL
-                nll_prior = nll
-        total_post += nll
-        total_prior += nll_prior
-        tokens_seen += int((tokens[:, 1:] != model.pad_id).sum())
-    return {"valid_nll_posterior": total_post / tokens_seen, "valid_nll_prior": total_prior / tokens_seen,
-            "valid_ppl_posterior": math.exp(min(total_post / tokens_seen, 50.0)), "valid_tokens": tokens_seen}
+    sentences = split.sentences[: cfg.valid_batches * cfg.batch_size] if cfg.valid_batches else split.sentences
+    figures = latent_usage(model, sentences, model.pad_id, VALID_PRIOR_DRAWS, cfg.batch_size, generator,
+                           VALID_AU_SENTENCES)
+    return {"valid_nll_posterior": figures["nll_posterior"], "valid_nll_prior": figures["nll_prior"],
+            "valid_gap": figures["gap"], "valid_mutual_information": figures["mutual_information"],
+            "valid_active_units": figures["active_units"],
+            "valid_ppl_posterior": math.exp(min(figures["nll_posterior"], 50.0)),
+            "valid_tokens": figures["tokens"]}
+
+
+def collapse_warning(gaps: list[float], cfg: Config) -> str | None:
+    """One message when the last COLLAPSE_VALIDATIONS validation gaps all lie below COLLAPSE_GAP."""
+    recent = gaps[-COLLAPSE_VALIDATIONS:]
+    if len(recent) < COLLAPSE_VALIDATIONS or max(recent) >= COLLAPSE_GAP:
+        return None
+    return (f"warning: the decoder ignores z (posterior collapse): the validation gap between prior-z and "
+            f"posterior-z NLL has stayed below {COLLAPSE_GAP} nats/token for {COLLAPSE_VALIDATIONS} validations "
+            f"({', '.join(f'{g:.3f}' for g in recent)}). Likely cause: a posterior chain too short or too noisy "
+            f"to find codes that explain the sentence (now {cfg.posterior_steps} steps of "
+            f"{cfg.posterior_step_size:g}, noise scale {cfg.posterior_noise:g}); try larger, nearly noiseless "
+            f"steps, e.g. --set posterior_step_size=0.5 --set posterior_noise=0.1 (docs/inference.md)")
 
 
 @dataclass
@@ -270,6 +279,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     total = total if total is not None else 10**12
     stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
     started, skipped_in_a_row, last_valid, validated_at = time.monotonic(), 0, {}, -1
+    gaps, warned_collapse = [], False
     epoch, batches = -1, []
 
     def checkpoint_now():
@@ -279,7 +289,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                             {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"]})
 
     def run_validation(kind: str):
-        nonlocal last_valid, validated_at
+        nonlocal last_valid, validated_at, warned_collapse
         validated_at = step
         if main:
             try:
@@ -291,10 +301,19 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **last_valid})
             samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
                                      generator=torch.Generator(device=device).manual_seed(VALIDATION_SEED))
-            log.message(f"step {step} {kind}: valid NLL/token posterior {last_valid['valid_nll_posterior']:.3f} "
-                        f"prior {last_valid['valid_nll_prior']:.3f}")
+            line = (f"step {step} {kind}: valid NLL/token posterior {last_valid['valid_nll_posterior']:.3f} "
+                    f"prior {last_valid['valid_nll_prior']:.3f}")
+            if model.has_latent:
+                line += (f" gap {last_valid['valid_gap']:.3f}; MI {last_valid['valid_mutual_information']:.2f} nats, "
+                         f"active units {last_valid['valid_active_units']}/{model.prior.latent_dim}")
+            log.message(line)
             for row in samples.tolist():
                 log.message(f"  sample: {vocab.decode(row)}")
+            gaps.append(last_valid["valid_gap"])
+            warning = None if warned_collapse or not model.has_latent else collapse_warning(gaps, cfg)
+            if warning:
+                warned_collapse = True
+                log.message(warning)
         parallel.barrier()
 
     bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
@@ -335,8 +354,12 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                       "nll_sentence": nll / len(index), "tokens_per_s": num_tokens / seconds, **metrics}
             if learner.energy is not None:
                 record["energy_gap"] = gap / len(index)
-            bar.set_postfix(nll=f"{record['nll_token']:.3f}", gap=f"{record.get('energy_gap', 0.0):.3f}",
-                            tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
+                       "tok_s": f"{record['tokens_per_s']:.0f}"}
+            if model.has_latent and "valid_gap" in last_valid:  # the last validation's latent-usage figures
+                postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}", mi=f"{last_valid['valid_mutual_information']:.1f}",
+                               au=last_valid["valid_active_units"])
+            bar.set_postfix(postfix, refresh=False)
             if step % cfg.log_every == 0 or step == 1:
                 log.metrics(record)
             if step % per_epoch == 0:
