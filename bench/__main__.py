@@ -74,7 +74,8 @@ def markdown(rows: list[Row], info: dict, args) -> str:
         f"reference and candidate interleaved.",
         "",
         f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']} "
-        f"({info['machine']['torch_threads']} threads), load average at start {info['machine']['load_average_at_start']}.",
+        f"({info['machine']['torch_threads']} threads), "
+        f"load average at start {info['machine']['load_average_at_start']}.",
         "",
         "| benchmark | case | unit | reference | candidate | ratio | target | status | note |",
         "|---|---|---|---|---|---|---|---|---|",

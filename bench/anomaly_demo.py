@@ -111,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             print(json.dumps(row), flush=True)
     atomic_write_text(out / "results.json", json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
-    print("| run | anomalous set | AUROC per-token | AUROC total | mean per-token (PTB / set) | <unk> rate (PTB / set) |")
+    print("| run | anomalous set | AUROC per-token | AUROC total | mean per-token (PTB / set) "
+          "| <unk> rate (PTB / set) |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['run']} | {r['anomalous']} | {r['auroc_per_token']:.3f} | {r['auroc_total']:.3f} | "
-              f"{r['mean_per_token_ptb']:.3f} / {r['mean_per_token']:.3f} | {r['unk_rate_ptb']:.3f} / {r['unk_rate']:.3f} |")
+              f"{r['mean_per_token_ptb']:.3f} / {r['mean_per_token']:.3f} | "
+              f"{r['unk_rate_ptb']:.3f} / {r['unk_rate']:.3f} |")
     return 0
 
 

@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     target.add_argument("--checkpoint", help="run folder: start a server for it on a free loopback port")
     target.add_argument("--url", help="base URL of a running server (loopback)")
     p.add_argument("--clients", type=int, default=32, help=f"concurrent clients (default 32, at most {MAX_CLIENTS})")
-    p.add_argument("--duration", type=float, default=30.0, help=f"seconds of load (default 30, at most {MAX_DURATION:g})")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help=f"seconds of load (default 30, at most {MAX_DURATION:g})")
     p.add_argument("--n", type=int, default=4, help="sentences per request (default 4)")
     p.add_argument("--max-length", type=int, default=30, help="max_length per request (default 30)")
     p.add_argument("--api-key", help="key to send (and to start the server with, with --checkpoint)")
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--clients must be in 1..{MAX_CLIENTS}")
     if not 0 < args.duration <= MAX_DURATION:
         p.error(f"--duration must be in (0, {MAX_DURATION:g}]")
-    if args.url and not httpx.URL(args.url).host in ("127.0.0.1", "localhost", "::1"):
+    if args.url and httpx.URL(args.url).host not in ("127.0.0.1", "localhost", "::1"):
         p.error("--url must be a loopback address: this is a load test")
     return args
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 # --- sampling -------------------------------------------------------------------------------------
 
 def initial_state(decoder, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,7 +60,8 @@ def run(quick: bool, repeats: int) -> list[Row]:
         floor = matrix_products(decoder, batch, length, inner)
         seconds = interleave({"reference": reference, "candidate": candidate, "floor": floor}, repeats,
                              warmup=0 if quick else 1)
-        ref_rate, cand_rate, floor_rate = (batch * inner / median(seconds[k]) for k in ("reference", "candidate", "floor"))
+        ref_rate, cand_rate, floor_rate = (batch * inner / median(seconds[k])
+                                           for k in ("reference", "candidate", "floor"))
         ratio = cand_rate / ref_rate
         targeted = batch == TARGET_BATCH
         rows.append(Row(

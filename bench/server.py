@@ -80,6 +80,7 @@ def run(quick: bool, repeats: int) -> list[Row]:
         Row(NAME, "/generate throughput, 16 concurrent clients vs 1 (n=1)", "sentences/s", one["sentences_per_s"],
             busy["sentences_per_s"], throughput, "speed-up", ">= 3x",
             throughput is not None and throughput >= 3,
-            f"p50 under load {busy['p50_ms']} ms, mean requests per decoded batch {busy['mean_batch_requests']}; {common}",
+            f"p50 under load {busy['p50_ms']} ms, mean requests per decoded batch "
+            f"{busy['mean_batch_requests']}; {common}",
             {"report": busy}),
     ]

@@ -17,9 +17,9 @@ import itertools
 
 import torch
 
+import textebm.train as library
 from bench import Row, build_model, interleave, median
 from bench import reference as ref
-import textebm.train as library
 
 FULL = dict(vocab=10_000, batch=64, words=21, pool=4,
             sizes=["embedding_dim=256", "hidden_dim=512", "latent_dim=32", "batch_size=64",

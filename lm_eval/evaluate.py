@@ -18,8 +18,15 @@ from pathlib import Path
 
 from lm_eval.errors import EstimationError, InputError
 from lm_eval.kenlm_tools import KenLMTools, find_tools
-from lm_eval.ngram import (DEFAULT_MEMORY, DEFAULT_ORDER, NgramLM, load_model, real_data_lm,
-                           train_ngram_lm, validate_order)
+from lm_eval.ngram import (
+    DEFAULT_MEMORY,
+    DEFAULT_ORDER,
+    NgramLM,
+    load_model,
+    real_data_lm,
+    train_ngram_lm,
+    validate_order,
+)
 from lm_eval.perplexity import Perplexity, perplexity
 from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE, sample_stats
 from lm_eval.text import DEFAULT_MAX_TOKENS, Sentences, read_sentences, vocabulary
@@ -173,7 +180,8 @@ def evaluate_samples(samples_path: str | Path, train_path: str | Path, test_path
         "order": order,
         "count_eos": count_eos,
         "discount_fallback": real["discount_fallback"] or result["discount_fallback"],
-        "discount_fallback_detail": {"real_lm": real["discount_fallback"], "reverse_lm": result.pop("discount_fallback")},
+        "discount_fallback_detail": {"real_lm": real["discount_fallback"],
+                                     "reverse_lm": result.pop("discount_fallback")},
         "oov_rate": {**oov, "test_under_real_lm": real["test_oov_rate"]},
         "real_lm_test_ppl": real["test_ppl"],
         "reverse_lm_train_vocab": add_train_vocab,

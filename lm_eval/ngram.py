@@ -13,9 +13,9 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from lm_eval.errors import EstimationError
 from lm_eval.kenlm_tools import KENLM_VERSION, KenLMTools, cache_root, find_tools

@@ -10,8 +10,8 @@ with the model's `<unk>` probability, as KenLM's query does; their share is repo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 from lm_eval.text import kenlm_line
 

@@ -11,7 +11,7 @@ weights up to 4-grams and smoothing method 1 (Chen & Cherry 2014).
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 SELF_BLEU_SIZE = 200  # 200 x 199 sentence pairs: ~4 s with nltk on one core
 SELF_BLEU_SEED = 1234

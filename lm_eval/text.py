@@ -13,9 +13,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from lm_eval.errors import InputError
 

@@ -24,14 +24,13 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.batcher import Batcher, QueueFull
+from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
+from server.schemas import ErrorResponse, GenerateResponse, Health, Info, ResolvedRequest, request_model
 from textebm import __version__
 from textebm.errors import NonFiniteError, UserError
 from textebm.runs import load_config
 from textebm.sampling import SamplingOptions
-
-from server.batcher import Batcher, QueueFull
-from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
-from server.schemas import ErrorResponse, GenerateResponse, Health, Info, ResolvedRequest, request_model
 
 STATIC = Path(__file__).parent / "static"
 
@@ -138,7 +137,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
     GenerateRequest = request_model(max_n, max_length, max_prior_steps)
     error_responses = {code: {"model": ErrorResponse, "description": why} for code, why in [
         (400, "malformed JSON"), (413, "body too large"), (422, "a field is wrong (named in detail)"),
-        (503, "queue full: retry after Retry-After seconds")] + ([(401, "missing or wrong API key")] if api_key else [])}
+        (503, "queue full: retry after Retry-After seconds")]
+        + ([(401, "missing or wrong API key")] if api_key else [])}
 
     @app.post("/generate", response_model=GenerateResponse, dependencies=dependencies, responses=error_responses)
     async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:  # type: ignore[valid-type]
@@ -167,7 +167,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         resolved = ResolvedRequest(n=body.n, max_length=body.max_length, temperature=body.temperature,
                                    top_k=body.top_k, top_p=body.top_p, greedy=body.greedy, seed=seed,
                                    prior_steps=prior_steps)
-        return GenerateResponse(sentences=sentences, seed=seed, took_ms=round((time.perf_counter() - started) * 1000, 2),
+        took_ms = round((time.perf_counter() - started) * 1000, 2)
+        return GenerateResponse(sentences=sentences, seed=seed, took_ms=took_ms,
                                 queued_ms=round(result.queued_ms, 2), batch_requests=result.batch_requests,
                                 request=resolved, model_step=run.step)
 

@@ -16,9 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from textebm.sampling import SamplingOptions
-
-from textebm.sampling import Request, batch_key, generate_for_requests
+from textebm.sampling import Request, SamplingOptions, batch_key, generate_for_requests
 
 
 class QueueFull(Exception):

@@ -31,7 +31,8 @@ def request_model(max_n: int, max_length: int, max_prior_steps: int) -> type[Bas
                                   json_schema_extra={"examples": [{"n": 3, "temperature": 0.8, "seed": 42}]})
 
         n: int = Field(1, ge=1, le=limit_n, description="number of sentences")
-        max_length: int = Field(min(40, limit_length), ge=1, le=limit_length, description="tokens per sentence, at most")
+        max_length: int = Field(min(40, limit_length), ge=1, le=limit_length,
+                                description="tokens per sentence, at most")
         temperature: float = Field(1.0, gt=0, le=100, description="softmax temperature (use greedy for 0)")
         top_k: int = Field(0, ge=0, le=1_000_000, description="sample among the k most probable tokens; 0: off")
         top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling threshold in (0, 1]")

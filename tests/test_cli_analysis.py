@@ -212,5 +212,7 @@ def test_score_argument_errors_exit_2(analysis, trained_run, tmp_path, one_line_
     good.write_text("the market fell\n", encoding="utf-8")
     one_line_error(*analysis("score", "--checkpoint", tmp_path, good)[::2], "score", "not a textebm run")
     one_line_error(*analysis("score", "--checkpoint", trained_run)[::2], "score", "--auroc")
-    one_line_error(*analysis("score", "--checkpoint", trained_run, tmp_path / "missing.txt")[::2], "score", "does not exist")
-    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--num-chains", "0")[::2], "score", "--num-chains")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, tmp_path / "missing.txt")[::2], "score",
+                   "does not exist")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--num-chains", "0")[::2], "score",
+                   "--num-chains")

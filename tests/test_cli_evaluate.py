@@ -63,7 +63,7 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     report = json.loads(out)
     assert report == json.loads((run / "evaluation-test.json").read_text())
     for key in ("nll_per_sentence", "perplexity", "perplexity_convention", "log_partition", "importance_sampling",
-                "kl_to_prior", "mutual_information", "active_units", "generation", "elbo_per_sentence"):
+                "latent_usage", "generation", "elbo_per_sentence"):
         assert key in report, key
     assert report["num_sentences"] == 12 and report["step"] == 7 and report["split"] == "test"
     assert report["importance_sampling"]["num_chains"] == 3 and report["importance_sampling"]["num_samples"] == 8
@@ -72,15 +72,44 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     assert report["nll_per_sentence"] * 12 / report["num_tokens"] == pytest.approx(
         __import__("math").log(report["perplexity"]), rel=1e-6)
     assert report["elbo_per_sentence"] <= -report["nll_per_sentence"] + 1e-6
-    assert 0 <= report["active_units"] <= 3
+    usage = report["latent_usage"]
+    assert 0 <= usage["active_units"] <= 3 and len(usage["unit_sensitivity"]) == 3
+    assert usage["gap"] == pytest.approx(usage["nll_prior"] - usage["nll_posterior"])
     gen = report["generation"]
-    assert gen["num_samples"] + gen["blank_lines"]["samples"] == 30 and gen["forward_ppl"] > 1
-    assert gen["generated"]["n"] == 30
-    assert gen["num_words"]["test"] > 20 * report["num_tokens"] / 12  # all 40 test lines, not the 12 scored
+    assert gen["n"] == 30
+    # the decoding protocol: greedy and each temperature, each row saying how it decoded
+    rows = {row["decoding"]: row for row in gen["decodings"]}
+    assert list(rows) == ["greedy", "temperature 0.5", "temperature 0.7", "temperature 0.85", "temperature 1"]
+    assert rows["greedy"]["greedy"] is True and rows["greedy"]["temperature"] is None
+    assert rows["temperature 0.5"]["greedy"] is False and rows["temperature 0.5"]["temperature"] == 0.5
+    for row in rows.values():
+        assert row["num_samples"] + row["blank_lines"] == 30 and row["forward_ppl"] > 1 and row["reverse_ppl"] > 1
+    # colder decoding of the same codes is less diverse than sampling at temperature 1
+    assert rows["greedy"]["distinct_2"] < rows["temperature 1"]["distinct_2"]
+    assert gen["real_lm"]["num_sentences"] == 300
     # real training lines through the same evaluator: their reverse LM models the test text far better
     real = gen["real_reference"]
-    assert real["num_samples"] == 30 and real["reverse_ppl"] < gen["reverse_ppl"] / 2, (real, gen["reverse_ppl"])
+    assert real["num_samples"] == 30 and real["reverse_ppl"] < rows["temperature 1"]["reverse_ppl"] / 2
     assert "random lines of the training text" in real["sentences"]
+    # and the quality-diversity picture lies in the run folder
+    figure = run / "quality_diversity-test.png"
+    assert report["figure"] == str(figure) and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folder, ptb_train_lines, cli,
+                                                  one_line_error):
+    runs = []
+    for name, prior in (("ebm", "ebm"), ("gauss", "gaussian")):
+        run = _make_run(tmp_path / name, corpus_folder, ptb_train_lines[:300], prior=prior)
+        status, _, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "20", "--temperatures", "0.7", "1")
+        assert status == 0, err
+        runs.append(run)
+    out = tmp_path / "both.png"
+    status, stdout, err = cli("compare", *runs, "--out", out)
+    assert status == 0, err
+    assert stdout.strip() == str(out) and out.read_bytes()[:4] == b"\x89PNG"
+    one_line_error(*cli("compare", runs[0], tmp_path, "--out", out)[::2], "compare", "textebm evaluate")
+    one_line_error(*cli("compare", *runs, "--labels", "a", "--out", out)[::2], "compare", "--labels")
 
 
 def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, corpus_folder, ptb_train_lines):
@@ -99,7 +128,7 @@ def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, cor
     assert "exact (prior=none" in out and "IS:" not in out
     report = json.loads((run / "evaluation-test.json").read_text())
     assert report["exact_likelihood"] and report["importance_sampling"] is None
-    assert report["active_units"] is None and report["latent_dim"] == 0 and report["nll_per_sentence"] > 0
+    assert report["latent_usage"] is None and report["latent_dim"] == 0 and report["nll_per_sentence"] > 0
 
 
 def _one_line(status, err, *fragments):
@@ -127,7 +156,8 @@ def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, ptb
 
 
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
-                                         ("--partition-samples", "1"), ("--max-sentences", "0")])
+                                         ("--partition-samples", "1"), ("--max-sentences", "0"),
+                                         ("--temperatures", "0")])
 def test_bad_counts(invoke, tmp_path, corpus_folder, ptb_train_lines, flag, value):
     run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)

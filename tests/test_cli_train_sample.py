@@ -13,7 +13,6 @@ import torch
 
 from textebm.model import LatentEBMTextModel
 
-
 # --- bad input: in-process (fast) ---------------------------------------------------------------
 
 def test_missing_corpus_file(cli, one_line_error, tmp_path, train_args):

@@ -34,7 +34,7 @@ def test_corpus_preset_is_the_default_for_its_corpus():
 
 def test_defaults_match_the_spec():
     c = Config()
-    assert (c.latent_dim, c.prior_steps, c.prior_step_size, c.posterior_steps, c.posterior_step_size) == (32, 60, 0.4, 20, 0.1)
+    assert (c.latent_dim, c.prior_steps, c.prior_step_size, c.posterior_steps) == (32, 60, 0.4, 20)
     assert (c.energy_hidden, c.energy_layers, c.prior) == (200, 2, "ebm")
 
 

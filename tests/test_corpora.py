@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 
 from textebm import corpora
-from textebm.corpora import (arae_snli_sentences, fetch_ptb, fetch_snli, open_corpus, read_lines,
-                             evaluation_splits, training_splits)
+from textebm.corpora import (
+    arae_snli_sentences,
+    evaluation_splits,
+    fetch_ptb,
+    fetch_snli,
+    open_corpus,
+    read_lines,
+    training_splits,
+)
 from textebm.errors import UserError
-
 
 # --- local corpora ---------------------------------------------------------------------------
 
@@ -261,7 +267,9 @@ def test_fetch_snli_from_local_parquet(tmp_path):
                                     "label": [0] * len(premises)}).to_parquet(str(source / f"{split}.parquet"))
     folder = tmp_path / "data" / "snli"
     fetch_snli(folder, source=str(source))
-    read = lambda split: (folder / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+    def read(split):
+        return (folder / f"{split}.txt").read_text(encoding="utf-8").splitlines()
+
     assert read("train") == ["a man runs .", "a woman sings .", "he moves .", "he sleeps .", "she is quiet ."]
     assert read("valid") == ["kids play outside .", "children are playing ."]
     assert read("test") == ["the cat sleeps .", "a cat rests .", "a dog barks ."]

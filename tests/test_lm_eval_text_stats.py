@@ -9,10 +9,16 @@ import pytest
 
 from lm_eval.errors import InputError
 from lm_eval.perplexity import SentenceScore, aggregate, ppl_from_log10
-from lm_eval.sample_stats import (copied_share, distinct_n, length_stats, sample_stats, self_bleu,
-                                  self_bleu_subsample, unique_share)
+from lm_eval.sample_stats import (
+    copied_share,
+    distinct_n,
+    length_stats,
+    sample_stats,
+    self_bleu,
+    self_bleu_subsample,
+    unique_share,
+)
 from lm_eval.text import escape_token, kenlm_line, read_sentences, tokenize, unescape_token, vocabulary
-
 
 # --- text -------------------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     corpus = tmp_path / "corpus.txt"
     data_dir = Path(os.environ["TEXTEBM_DATA_DIR"])
     corpus.write_text("".join((data_dir / "ptb" / "valid.txt").read_text().splitlines(keepends=True)[:200]))
-    common = ["train", "--corpus", str(corpus), "--preset", "cpu", "--set", "embedding_dim=16", "--set", "hidden_dim=32",
+    common = ["train", "--corpus", str(corpus), "--preset", "cpu",
+              "--set", "embedding_dim=16", "--set", "hidden_dim=32",
               "--set", "latent_dim=8", "--set", "posterior_steps=3", "--set", "prior_steps=5", "--set", "dropout=0",
               "--set", "batch_size=8", "--set", "log_every=1", "--set", "checkpoint_every=2", "--max-steps", "4",
               "--no-progress", "--threads", "1"]

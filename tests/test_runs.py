@@ -10,8 +10,16 @@ import torch
 
 from textebm.errors import UserError
 from textebm.io import atomic_write, atomic_write_text
-from textebm.runs import (CHECKPOINT, build_model, create_run, is_run, load_checkpoint, load_config, load_run,
-                          save_checkpoint)
+from textebm.runs import (
+    CHECKPOINT,
+    build_model,
+    create_run,
+    is_run,
+    load_checkpoint,
+    load_config,
+    load_run,
+    save_checkpoint,
+)
 from textebm.sampling import SamplingOptions, generate_text
 from textebm.train import make_optimizers
 from textebm.vocab import WordVocab
@@ -24,7 +32,8 @@ def saved_run(tmp_path, tiny_config, ptb_train_lines):
     model = build_model(tiny_config, vocab)
     optimizers = make_optimizers(model, tiny_config)
     # one real optimizer step, so that the optimizer state is not empty
-    loss = -model.decoder.log_likelihood(torch.randn(2, tiny_config.latent_dim), torch.tensor([[1, 5, 2], [1, 6, 2]])).mean()
+    tokens = torch.tensor([[1, 5, 2], [1, 6, 2]])
+    loss = -model.decoder.log_likelihood(torch.randn(2, tiny_config.latent_dim), tokens).mean()
     loss.backward()
     optimizers["generator"].step()
     folder = tmp_path / "run"

@@ -7,14 +7,13 @@ import threading
 import time
 
 import pytest
-
-from server.app import create_app
-from server import batcher
-from textebm.sampling import Request, generate_for_requests
 from server_fixtures import client, live_server, train_tiny_run
+
+from server import batcher
+from server.app import create_app
 from textebm.errors import UserError
 from textebm.runs import load_run
-from textebm.sampling import SamplingOptions, generate_text
+from textebm.sampling import Request, SamplingOptions, generate_for_requests, generate_text
 
 
 @pytest.fixture(scope="session")

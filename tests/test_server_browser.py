@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from server_fixtures import client, live_server, train_tiny_run
 
 from server.app import create_app
-from server_fixtures import client, live_server, train_tiny_run
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from server_fixtures import train_tiny_run
+
 from textebm.cli import serve
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
+from server_fixtures import live_server, train_tiny_run
 
 from server.app import create_app
-from server_fixtures import live_server, train_tiny_run
 
 
 @pytest.fixture(scope="module")

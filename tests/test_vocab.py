@@ -5,7 +5,7 @@ import json
 import pytest
 
 from textebm.errors import UserError
-from textebm.vocab import (SPECIALS, SentencePieceVocab, WordVocab, build_vocab, load_vocab, tokenize)
+from textebm.vocab import SPECIALS, SentencePieceVocab, WordVocab, build_vocab, load_vocab, tokenize
 
 
 def test_word_vocab_round_trip():
@@ -51,7 +51,7 @@ def test_unknown_word_spellings_map_to_unk_and_decode_back(spelling):
 
 def test_ptb_vocab_decodes_unk_as_ptb_does(ptb_train_lines):
     vocab = WordVocab.build(ptb_train_lines[:500])
-    line = next(l for l in ptb_train_lines[:500] if "<unk>" in l)
+    line = next(text for text in ptb_train_lines[:500] if "<unk>" in text)
     assert vocab.decode(vocab.encode(line)) == " ".join(line.split())
 
 
@@ -67,7 +67,8 @@ def test_word_vocab_save_load(tmp_path):
 
 
 def test_treebank_tokenizer_and_lowercase():
-    assert tokenize("A man's dog, running.", "treebank", lowercase=True) == ["a", "man", "'s", "dog", ",", "running", "."]
+    assert tokenize("A man's dog, running.", "treebank", lowercase=True) == [
+        "a", "man", "'s", "dog", ",", "running", "."]
     assert tokenize("  pre tokenised   text ", "word") == ["pre", "tokenised", "text"]
 
 
@@ -77,7 +78,8 @@ def test_load_vocab_errors(tmp_path):
     (tmp_path / "vocab.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(UserError, match="no readable vocabulary"):
         load_vocab(tmp_path)
-    (tmp_path / "vocab.json").write_text(json.dumps({"kind": "sentencepiece", "lowercase": False, "model": "spm.model"}))
+    spm = {"kind": "sentencepiece", "lowercase": False, "model": "spm.model"}
+    (tmp_path / "vocab.json").write_text(json.dumps(spm))
     with pytest.raises(UserError, match="no readable vocabulary"):
         load_vocab(tmp_path)
 
@@ -88,7 +90,7 @@ def test_sentencepiece_trains_saves_and_loads(tmp_path, ptb_train_lines):
     assert isinstance(vocab, SentencePieceVocab)
     assert (vocab.pad_id, vocab.bos_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2, 3)
     assert 8 < len(vocab) <= 200
-    sentence = " ".join(next(l for l in lines[3:] if "<unk>" not in l).split())
+    sentence = " ".join(next(text for text in lines[3:] if "<unk>" not in text).split())
     ids = vocab.encode(sentence)
     assert ids and all(4 <= i < len(vocab) for i in ids)
     assert vocab.decode(ids + [vocab.eos_id, 5, 6]) == sentence

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
+
+import tomllib
 
 from textebm.errors import UserError
 from textebm.langevin import SCHEDULES, step_schedule
@@ -71,7 +72,7 @@ class Config:
     valid_batches: int = 0  # 0: the whole validation split
     num_log_samples: int = 5
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         choices = {
             "tokenizer": ("word", "treebank", "sentencepiece"),
             "cell": ("lstm", "gru"),
@@ -85,7 +86,8 @@ class Config:
             if getattr(self, key) not in allowed:
                 raise UserError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         positive = ["embedding_dim", "hidden_dim", "latent_dim", "num_layers", "batch_size", "max_length",
-                    "energy_hidden", "energy_layers", "encoder_dim", "log_every", "checkpoint_every", "max_skipped_steps"]
+                    "energy_hidden", "energy_layers", "encoder_dim", "log_every", "checkpoint_every",
+                    "max_skipped_steps"]
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
@@ -119,7 +121,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -41,7 +41,7 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def offline() -> bool:
-    return os.environ.get("TEXTEBM_OFFLINE", "") not in ("", "0") or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return any(os.environ.get(name, "") not in ("", "0") for name in ("TEXTEBM_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 @dataclass
@@ -99,7 +99,7 @@ def check_text_file(path: Path) -> None:
     has_text = False
     try:
         with opener(path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
+            for number, raw in enumerate(handle, 1):  # noqa: B007 (number is read by the except clause)
                 has_text |= bool(raw.decode("utf-8").strip())
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (line {number}: {err.reason} at byte {err.start})") from None
@@ -187,12 +187,14 @@ def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
     datasets.disable_progress_bars()
     try:
         if Path(source).is_dir():
-            files = {s: str(p) for s in ("train", "validation", "test") if (p := next(Path(source).glob(f"{s}*.parquet"), None))}
+            files = {s: str(p) for s in ("train", "validation", "test")
+                     if (p := next(Path(source).glob(f"{s}*.parquet"), None))}
             parts = datasets.load_dataset("parquet", data_files=files)
         else:
             parts = datasets.load_dataset(source)
     except Exception as err:
-        raise UserError(f"SNLI not found in {folder} and {source} could not be loaded ({str(err).splitlines()[0]}); {hint}") from None
+        raise UserError(f"SNLI not found in {folder} and {source} could not be loaded "
+                        f"({str(err).splitlines()[0]}); {hint}") from None
     for hub_split, split in (("train", "train"), ("validation", "valid"), ("test", "test")):
         if hub_split in parts:
             part = parts[hub_split]
@@ -215,7 +217,8 @@ def training_splits(corpus: Corpus, train_split: str = "train") -> tuple[list[st
         have = ", ".join(corpus.files) or "none"
         raise UserError(
             f"corpus {corpus.name} has no {train_split} split here (have: {have}); "
-            f"for development, train on another split explicitly, e.g. --train-split {next(iter(corpus.files), 'valid')}")
+            "for development, train on another split explicitly, e.g. "
+            f"--train-split {next(iter(corpus.files), 'valid')}")
     train = corpus.lines(train_split)
     for split in ("valid", "test"):
         if split != train_split and corpus.has(split):

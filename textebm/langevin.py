@@ -19,8 +19,8 @@ example's chain sees the same noise however the batch is split across data-paral
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -97,8 +97,9 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
             if trajectory is not None:
                 trajectory.append(z)
     if not bool(finite & torch.isfinite(z).all()):
+        first, last = (sizes[0], sizes[-1]) if sizes else (0, 0)
         raise NonFiniteError(f"Langevin chain met a non-finite z or log density ({steps} steps of size "
-                             f"{sizes[0] if sizes else 0:g}..{sizes[-1] if sizes else 0:g}, noise scale {noise_scale:g})")
+                             f"{first:g}..{last:g}, noise scale {noise_scale:g})")
     return z
 
 

@@ -87,7 +87,8 @@ class ISResult:
     num_chains: int
 
 
-def fit_proposal(codes: torch.Tensor, inflate: float = 1.2, floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_proposal(codes: torch.Tensor, inflate: float = 1.2,
+                 floor: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Diagonal Gaussian from posterior samples (B, C, d): mean, widened std, raw std."""
     mean = codes.mean(1)
     raw = codes.std(1, correction=1) if codes.shape[1] > 1 else torch.zeros_like(mean)

@@ -1,4 +1,5 @@
-"""Learning curves of a run, drawn from RUN/metrics.jsonl into a PNG."""
+"""Figures as PNG: a run's learning curves (from RUN/metrics.jsonl) and the quality-diversity picture
+of one or several runs' decoding sweeps (from RUN/evaluation-<split>.json)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
     valid = [r for r in records if r.get("kind") in ("valid", "epoch", "final")]
     if not train:
         raise UserError(f"{folder}/metrics.jsonl has no training records yet")
-    fig, (ax_nll, ax_gap) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_nll, ax_usage, ax_gap) = plt.subplots(1, 3, figsize=(16, 4))
     latent = prior != "none"  # a language model's validation NLL is exact: one curve
     ax_nll.plot([r["step"] for r in train], [r["nll_token"] for r in train], lw=0.8, alpha=0.6,
                 label="train (posterior z)" if latent else "train")
@@ -43,6 +44,24 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
             ax_nll.plot(steps, [r["valid_nll_prior"] for r in valid], "s--", label="valid, prior z")
     ax_nll.set(xlabel="step", ylabel="NLL per token (nats)", title="negative log-likelihood")
     ax_nll.legend()
+    usage = [r for r in valid if "valid_gap" in r]
+    if latent and usage:
+        steps = [r["step"] for r in usage]
+        ax_usage.plot(steps, [r["valid_gap"] for r in usage], "o-", color="C0", label="gap (nats/token)")
+        ax_usage.axhline(0.0, color="grey", lw=0.5)
+        ax_usage.set_ylabel("prior-z NLL - posterior-z NLL (nats/token)")
+        ax_mi = ax_usage.twinx()
+        ax_mi.plot(steps, [r["valid_mutual_information"] for r in usage], "s--", color="C1", label="MI (nats)")
+        ax_mi.set_ylabel("mutual information (nats/sentence)")
+        for r in usage:
+            ax_usage.annotate(f"{r['valid_active_units']} AU", (r["step"], r["valid_gap"]), fontsize=7,
+                              textcoords="offset points", xytext=(0, 6), ha="center")
+        lines = ax_usage.get_lines()[:1] + ax_mi.get_lines()
+        ax_usage.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
+    else:
+        ax_usage.text(0.5, 0.5, "no latent" if not latent else "no validation yet", ha="center", va="center",
+                      transform=ax_usage.transAxes)
+    ax_usage.set(xlabel="step", title="is z used? (validation; AU = active units)")
     gap = [r for r in train if "energy_gap" in r]
     if gap:
         ax_gap.plot([r["step"] for r in gap], [r["energy_gap"] for r in gap], lw=0.8, label="f(z+) - f(z-)")
@@ -52,10 +71,54 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
         ax_gap.text(0.5, 0.5, f"prior={prior}: no energy", ha="center", va="center", transform=ax_gap.transAxes)
     ax_gap.set(xlabel="step", title="energy gap (posterior - prior)")
     fig.suptitle(title or Path(folder).name)
+    return _save(fig, Path(out) if out else Path(folder) / "learning_curves.png")
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    out = Path(out) if out else Path(folder) / "learning_curves.png"
     atomic_write_bytes(out, buffer.getvalue())
     return out
+
+
+def plot_quality_diversity(runs: list[tuple[str, dict]], out: Path, title: str | None = None) -> Path:
+    """FPPL (quality: lower is more fluent) against RPPL (diversity and coverage: lower covers more of
+    the real text) for each run's decoding sweep, one curve per run through its temperatures, greedy
+    decoding marked apart, and real text as a point (Caccia et al. 2020: compare generators by such
+    curves, not by one decoding). `runs`: (label, `textebm evaluate` JSON) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    real_points = set()
+    for color, (label, evaluation) in enumerate(runs):
+        gen = evaluation.get("generation")
+        if not gen:
+            raise UserError(f"{label}: its evaluation has no generated samples (evaluated with --fppl-samples 0)")
+        rows = gen["decodings"]
+        sampled = sorted((r for r in rows if not r["greedy"]), key=lambda r: r["temperature"])
+        ax.plot([r["reverse_ppl"] for r in sampled], [r["forward_ppl"] for r in sampled], "o-", color=f"C{color}",
+                label=label)
+        for r in sampled:
+            ax.annotate(f"T={r['temperature']:g}", (r["reverse_ppl"], r["forward_ppl"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        for r in rows:
+            if r["greedy"]:
+                ax.plot(r["reverse_ppl"], r["forward_ppl"], "x", color=f"C{color}", ms=9)
+                ax.annotate("greedy", (r["reverse_ppl"], r["forward_ppl"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))
+        real_points.add((gen["real_reference"]["reverse_ppl"], gen["real_lm_test_ppl"]))
+    for i, (rppl, fppl) in enumerate(sorted(real_points)):
+        ax.plot(rppl, fppl, "*", color="black", ms=14, label="real text" if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="reverse perplexity (lower: more diverse, covers the real text)",
+           ylabel="forward perplexity (lower: more fluent)", title=title or "quality-diversity (KenLM 5-grams)")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(out))

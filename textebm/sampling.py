@@ -20,7 +20,7 @@ class SamplingOptions:
     top_p: float = 1.0
     prior_steps: int | None = None  # None: the run's K0
 
-    def validate(self) -> "SamplingOptions":
+    def validate(self) -> SamplingOptions:
         if self.max_length < 1:
             raise UserError(f"max_length must be at least 1, not {self.max_length}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

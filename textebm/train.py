@@ -341,7 +341,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 if cfg.nonfinite_policy == "stop" or skipped_in_a_row >= cfg.max_skipped_steps:
                     checkpoint_now()
                     raise UserError(f"training stopped at step {step + 1}: {err} (non-finite numbers, "
-                                    f"{skipped_in_a_row} step(s) in a row); try smaller step sizes or learning rates") from None
+                                    f"{skipped_in_a_row} step(s) in a row); try smaller step sizes or "
+                                    "learning rates") from None
                 step += 1
                 continue
             seconds = time.perf_counter() - tic
@@ -357,8 +358,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
                        "tok_s": f"{record['tokens_per_s']:.0f}"}
             if model.has_latent and "valid_gap" in last_valid:  # the last validation's latent-usage figures
-                postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}", mi=f"{last_valid['valid_mutual_information']:.1f}",
-                               au=last_valid["valid_active_units"])
+                postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}",
+                               mi=f"{last_valid['valid_mutual_information']:.1f}", au=last_valid["valid_active_units"])
             bar.set_postfix(postfix, refresh=False)
             if step % cfg.log_every == 0 or step == 1:
                 log.metrics(record)

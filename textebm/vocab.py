@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from textebm.errors import UserError
 from textebm.io import atomic_write_bytes, atomic_write_text
@@ -69,7 +70,7 @@ class WordVocab:
 
     @classmethod
     def build(cls, sentences: Iterable[str], max_size: int = 0, min_freq: int = 1,
-              tokenizer: str = "word", lowercase: bool = False) -> "WordVocab":
+              tokenizer: str = "word", lowercase: bool = False) -> WordVocab:
         counts = Counter()
         unk_spelling = Counter()
         for sentence in sentences:
@@ -108,7 +109,7 @@ class WordVocab:
         atomic_write_text(Path(folder) / "vocab.json", json.dumps(data, ensure_ascii=False))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WordVocab":
+    def from_dict(cls, data: dict) -> WordVocab:
         vocab = cls(data["itos"][len(SPECIALS):], data["tokenizer"], data["lowercase"])
         vocab.unk_word = data["unk_word"]
         return vocab
@@ -133,7 +134,7 @@ class SentencePieceVocab:
             self.sp.pad_id(), self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id())
 
     @classmethod
-    def build(cls, sentences: Iterable[str], vocab_size: int, lowercase: bool = False) -> "SentencePieceVocab":
+    def build(cls, sentences: Iterable[str], vocab_size: int, lowercase: bool = False) -> SentencePieceVocab:
         import io
 
         import sentencepiece as spm
@@ -205,7 +206,8 @@ def load_vocab(folder: Path) -> Vocabulary:
     try:
         data = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         if data["kind"] == "sentencepiece":
-            return SentencePieceVocab((folder / data["model"]).read_bytes(), data["lowercase"], data.get("unk_word", UNK))
+            model = (folder / data["model"]).read_bytes()
+            return SentencePieceVocab(model, data["lowercase"], data.get("unk_word", UNK))
         return WordVocab.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise UserError(f"{folder} has no readable vocabulary ({type(err).__name__}: {err})") from None

@@ -14,7 +14,7 @@ import sys
 from textebm import __version__
 from textebm.errors import UserError
 
-SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve", "evaluate", "chain", "interpolate", "score"]
+SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve", "evaluate", "compare", "chain", "interpolate", "score"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,4 +69,6 @@ def json_safe(x):
         return None
     if isinstance(x, dict):
         return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
     return x

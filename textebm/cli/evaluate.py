@@ -11,6 +11,9 @@ import argparse
 
 from textebm.cli.common import add_device_argument, resolve_device
 
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
+USAGE_PRIOR_DRAWS = 4  # as in training-time validation (textebm/train.py)
+USAGE_AU_SENTENCES = 256
 PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); tokens = words after encoding "
                   "with the run's vocabulary (unknown words as <unk>, lines cut to the run's max_length) plus "
                   "one end-of-sentence per sentence")
@@ -31,11 +34,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-chains", type=int, default=16, metavar="C", help="posterior chains per sentence (default 16)")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
-    p.add_argument("--num-is-samples", type=int, default=100, metavar="S", help="importance samples per sentence (default 100)")
+    p.add_argument("--num-is-samples", type=int, default=100, metavar="S",
+                   help="importance samples per sentence (default 100)")
     p.add_argument("--partition-samples", type=int, default=100_000, metavar="N",
                    help="Monte Carlo draws for the prior's log Z (default 100000)")
     p.add_argument("--fppl-samples", type=int, default=1000, metavar="N",
-                   help="generated sentences for FPPL/RPPL (default 1000; 0: skip)")
+                   help="generated sentences per decoding for FPPL/RPPL (default 1000; 0: skip)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES), metavar="T",
+                   help="sampling temperatures of the decoding sweep, besides greedy decoding "
+                        f"(default {' '.join(map(str, TEMPERATURES))})")
     p.add_argument("--chunk", type=int, default=32, metavar="N", help="sentences evaluated together (default 32)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
@@ -44,6 +51,8 @@ def add_parser(subparsers) -> None:
 
 
 def _check_args(args) -> None:
+    import math
+
     from textebm.errors import UserError
 
     for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
@@ -52,47 +61,64 @@ def _check_args(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(args, name)}")
     if args.posterior_steps is not None and args.posterior_steps < 0:
         raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+    if not all(math.isfinite(t) and t > 0 for t in args.temperatures):
+        raise UserError(f"--temperatures must be positive numbers, not {' '.join(map(str, args.temperatures))}")
     if args.max_sentences is not None and args.max_sentences < 1:
         raise UserError(f"--max-sentences must be at least 1, not {args.max_sentences}")
 
 
-def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int) -> dict:
-    """FPPL/RPPL and sample statistics of `n` sentences from the run (lm_eval, KenLM 5-grams): the
-    real-data LM is estimated on the lines the run trained on (cached by their content), the
-    reverse LM is scored on the held-out lines. The reference row of real text with this evaluator
-    (compare models to it, not to other evaluators' numbers): FPPL of the held-out text
-    (`real_lm_test_ppl`), and RPPL and sample statistics of `n` random training lines
-    (`real_reference`; their FPPL would be in-sample, so it is not reported)."""
+def decodings(temperatures) -> list:
+    """The decoding sweep: greedy, then ancestral sampling at each temperature (`textebm sample`'s code)."""
+    from textebm.sampling import SamplingOptions
+
+    return [("greedy", SamplingOptions(greedy=True))] + [
+        (f"temperature {t:g}", SamplingOptions(temperature=t)) for t in temperatures]
+
+
+def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int,
+                       temperatures=TEMPERATURES) -> dict:
+    """FPPL/RPPL and sample statistics of `n` sentences from the run per decoding (greedy and each
+    temperature), all against one load of the real-data LM (lm_eval, KenLM 5-grams, estimated on the
+    lines the run trained on and cached by their content; the reverse LMs are scored on the held-out
+    lines). The reference row of real text with this evaluator (compare models to it, not to other
+    evaluators' numbers): FPPL of the held-out text (`real_lm_test_ppl`), and RPPL and sample
+    statistics of `n` random training lines (`real_reference`; their FPPL would be in-sample)."""
     import random
-    import tempfile
-    from pathlib import Path
 
     from textebm.cli.common import import_lm_eval
     from textebm.errors import UserError
-    from textebm.sampling import SamplingOptions, generate_text
+    from textebm.sampling import generate_text
 
     lm_eval = import_lm_eval()
-    options = SamplingOptions()  # `textebm sample`'s defaults (max_length 40, ancestral, the run's K0)
-    sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
-    with tempfile.TemporaryDirectory(prefix="textebm-evaluate-") as tmp:
-        real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
-        paths = {}
-        for name, text in (("samples", sentences), ("real", real), ("train", train_lines), ("test", test_lines)):
-            paths[name] = Path(tmp) / f"{name}.txt"
-            paths[name].write_text("".join(line + "\n" for line in text), encoding="utf-8")
-        try:
-            result = lm_eval.evaluate_samples(paths["samples"], paths["train"], paths["test"])
-            reference = lm_eval.evaluate_samples(paths["real"], paths["train"], paths["test"])
-        except lm_eval.EvalError as err:
-            raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
-    result.pop("files", None)
-    result["real_reference"] = {key: reference[key] for key in (
-        "num_samples", "reverse_ppl", "unique_share", "distinct_1", "distinct_2", "self_bleu")}
-    result["real_reference"]["sentences"] = f"{len(real)} random lines of the training text (seed {seed})"
-    result["generated"] = {"n": n, "seed": seed, "max_length": options.max_length,
-                           "prior_steps": loaded.config.prior_steps, "decoding": "ancestral, temperature 1"}
-    result["examples"] = sentences[:5]
-    return result
+    sweep = decodings(temperatures)
+    sets, examples = {}, {}
+    for name, options in sweep:
+        sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
+        sets[name] = lm_eval.normalize_lines(sentences, "samples")
+        examples[name] = sentences[:5]
+    real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
+    sets["real"] = lm_eval.normalize_lines(real, "real")
+    try:
+        out = lm_eval.evaluate_sample_sets(sets, lm_eval.normalize_lines(train_lines, "training"),
+                                           lm_eval.normalize_lines(test_lines, "test"))
+    except lm_eval.EvalError as err:
+        raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
+    reference = out["sets"].pop("real")
+    rows = []
+    for name, options in sweep:
+        rows.append({"decoding": name, "greedy": options.greedy,
+                     "temperature": None if options.greedy else options.temperature,
+                     **out["sets"][name], "examples": examples[name]})
+    return {
+        "real_lm_test_ppl": out["real"]["test_ppl"],
+        "real_lm": {key: out["real"][key] for key in ("path", "cached", "num_sentences", "discount_fallback")},
+        "real_reference": {"sentences": f"{len(real)} random lines of the training text (seed {seed})",
+                           **{key: reference[key] for key in ("num_samples", "reverse_ppl", "unique_share",
+                                                                "distinct_1", "distinct_2", "self_bleu")}},
+        "n": n, "seed": seed, "max_length": sweep[0][1].max_length, "prior_steps": loaded.config.prior_steps,
+        "order": out["order"], "count_eos": out["count_eos"],
+        "decodings": rows,
+    }
 
 
 def evaluate(args) -> dict:
@@ -105,7 +131,7 @@ def evaluate(args) -> dict:
 
     from textebm.batches import encode_lines
     from textebm.corpora import evaluation_splits, open_corpus
-    from textebm.diagnostics import posterior_diagnostics
+    from textebm.diagnostics import AU_STDERRS, AU_THRESHOLD, latent_usage
     from textebm.likelihood import evaluate_sentences, log_partition
     from textebm.runs import load_run
 
@@ -135,12 +161,8 @@ def evaluate(args) -> dict:
     if not args.json:
         print(file=sys.stderr)
     nll = -res.log_px.double()
-    if model.has_latent:
-        diag = posterior_diagnostics(model.prior, res.chain_mean, res.chain_std, args.num_chains, log_z,
-                                     num_samples=10, generator=generator)
-    else:
-        diag = dict.fromkeys(["kl_to_prior", "mutual_information", "mutual_information_bound", "active_units",
-                              "active_units_uncorrected", "num_samples"])
+    usage = (latent_usage(model, encoded.sentences, loaded.vocab.pad_id, USAGE_PRIOR_DRAWS, args.chunk, generator,
+                          USAGE_AU_SENTENCES, log_px=res.log_px) if model.has_latent else None)
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": args.split,
@@ -168,16 +190,19 @@ def evaluate(args) -> dict:
             "ess_min": float(res.ess.min()), "log_w_var_mean": float(log_w_var.mean()),
             "chain_std_mean": float(res.chain_std.mean()),
         },
-        "kl_to_prior": diag["kl_to_prior"],
-        "mutual_information": diag["mutual_information"],
-        "mutual_information_bound": diag["mutual_information_bound"],
-        "active_units": diag["active_units"],
-        "active_units_uncorrected": diag["active_units_uncorrected"],
-        "active_units_threshold": 0.01,
-        "posterior_approximation": "q(z|x) = N(chain mean, chain std^2), std at least 0.05; KL and MI from "
-                                   f"{diag['num_samples']} draws per sentence; active units with the chain "
-                                   "means' Monte Carlo variance (std^2 / chains) subtracted"
-                                   if model.has_latent else None,
+        "latent_usage": None if usage is None else {
+            "gap": usage["gap"], "nll_posterior": usage["nll_posterior"], "nll_prior": usage["nll_prior"],
+            "mutual_information": usage["mutual_information"], "active_units": usage["active_units"],
+            "unit_sensitivity": usage["unit_sensitivity"],
+            "estimators": {
+                "gap": "mean log p(x|z+) - mean log p(x|z-) per token; z+ one posterior chain (the run's settings), "
+                       f"z- {USAGE_PRIOR_DRAWS} prior draws per sentence",
+                "mutual_information": "E_x[log p(x|z+) - log p(x)] = E_x KL(p(z|x) || p(z)) in nats per sentence, "
+                                      "log p(x) the importance-sampled estimate above",
+                "active_units": f"units whose swap for a prior draw costs > {AU_THRESHOLD} nats/sentence and > "
+                                f"{AU_STDERRS:g} standard errors (first {USAGE_AU_SENTENCES} sentences)",
+                "note": "every figure is exactly 0 for a decoder that ignores z (textebm/diagnostics.py)"},
+        },
         "exact_likelihood": not model.has_latent,
         "seed": args.seed,
     }
@@ -185,7 +210,8 @@ def evaluate(args) -> dict:
         result["generation"] = None
         result["generation_skipped"] = "--fppl-samples 0"
     else:
-        result["generation"] = generation_metrics(loaded, train_lines, held_out, args.fppl_samples, args.seed)
+        result["generation"] = generation_metrics(loaded, train_lines, held_out, args.fppl_samples, args.seed,
+                                                  args.temperatures)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -213,22 +239,27 @@ def format_table(r: dict) -> str:
             ("IS: chains x steps / draws per sentence",
              f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"),
             ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
-            ("KL(q(z|x) || p_alpha(z)) (nats)", _fmt(r["kl_to_prior"])),
-            ("mutual information I(x;z) (max log N)",
-             f"{_fmt(r['mutual_information'])} ({_fmt(r['mutual_information_bound'])})"),
-            ("active units (uncorrected for chain noise)",
-             f"{r['active_units']} / {r['latent_dim']} ({r['active_units_uncorrected']})"),
         ]
-        notes += [f"estimator: {isd['estimator']}; G's std = {isd['proposal_std']}",
-                  f"diagnostics: {r['posterior_approximation']}"]
-    if gen is not None:
+        notes.append(f"estimator: {isd['estimator']}; G's std = {isd['proposal_std']}")
+    usage = r["latent_usage"]
+    if usage is not None:
         rows += [
-            (f"FPPL / RPPL ({gen['num_samples']} samples, 5-gram)", f"{_fmt(gen['forward_ppl'])} / {_fmt(gen['reverse_ppl'])}"),
-            (f"real text: FPPL (held-out) / RPPL ({gen['real_reference']['num_samples']} training lines)",
-             f"{_fmt(gen['real_lm_test_ppl'])} / {_fmt(gen['real_reference']['reverse_ppl'])}"),
-            ("unique / distinct-2 / self-BLEU",
-             f"{_fmt(gen['unique_share'])} / {_fmt(gen['distinct_2'])} / {_fmt(gen['self_bleu'])}"),
+            ("NLL/token with posterior z / prior z (gap)",
+             f"{_fmt(usage['nll_posterior'])} / {_fmt(usage['nll_prior'])} ({usage['gap']:.3f})"),
+            ("mutual information, E KL(p(z|x) || p(z)) (nats)", _fmt(usage["mutual_information"])),
+            ("active units", f"{usage['active_units']} / {r['latent_dim']}"),
         ]
+        notes.append(f"latent usage: {usage['estimators']['note']}")
+    if gen is not None:
+        rows.append((f"FPPL / RPPL / distinct-2 / self-BLEU ({gen['n']} samples each, {gen['order']}-gram)", ""))
+        for row in gen["decodings"]:
+            rows.append((f"  {row['decoding']}", f"{_fmt(row['forward_ppl'])} / {_fmt(row['reverse_ppl'])} / "
+                                                 f"{_fmt(row['distinct_2'])} / {_fmt(row['self_bleu'])}"))
+        ref = gen["real_reference"]
+        rows.append((f"  real text (FPPL of held-out; RPPL of {ref['num_samples']} training lines)",
+                     f"{_fmt(gen['real_lm_test_ppl'])} / {_fmt(ref['reverse_ppl'])} / {_fmt(ref['distinct_2'])} / "
+                     f"{_fmt(ref['self_bleu'])}"))
+        rows.append(("quality-diversity figure", r["figure"]))
     else:
         rows.append(("FPPL / RPPL", f"skipped: {r['generation_skipped']}"))
     rows.append(("seconds", _fmt(r["seconds"])))
@@ -244,8 +275,13 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.cli.common import json_safe
     from textebm.io import atomic_write_text
+    from textebm.plots import plot_quality_diversity
 
-    result = json_safe(evaluate(args))
+    result = evaluate(args)
+    if result["generation"] is not None:
+        figure = Path(args.checkpoint) / f"quality_diversity-{args.split}.png"
+        result["figure"] = str(plot_quality_diversity([(Path(args.checkpoint).name, result)], figure))
+    result = json_safe(result)
     text = json.dumps(result, allow_nan=False)
     atomic_write_text(Path(args.checkpoint) / f"evaluation-{args.split}.json", json.dumps(result, indent=2) + "\n")
     print(text if args.json else format_table(result))

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                     f"AUROC total score      {report['auroc_total']:.4f}\n"
                     f"mean per-token score   normal {report['mean_per_token_normal']:.4f}  "
                     f"anomalous {report['mean_per_token_anomalous']:.4f}\n")
-        summary = f"scored {len(texts[0])} + {len(texts[1])} sentences in {seconds:.1f} s ({args.num_chains} chains each)"
+        summary = (f"scored {len(texts[0])} + {len(texts[1])} sentences in {seconds:.1f} s "
+                   f"({args.num_chains} chains each)")
     if args.out:
         atomic_write_text(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     create_app(args.checkpoint, max_n=args.max_n, max_length=args.max_length, max_prior_steps=args.max_prior_steps,
                queue_size=args.queue_size, max_batch_sentences=args.max_batch)  # limits checked before the load
     loaded = load_run(args.checkpoint, device)  # once; a damaged checkpoint is a UserError here
-    app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, max_n=args.max_n, max_length=args.max_length,
+    app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, max_n=args.max_n,
+                     max_length=args.max_length,
                      max_prior_steps=args.max_prior_steps, queue_size=args.queue_size,
                      max_batch_sentences=args.max_batch, coalesce=not args.no_coalesce,
                      cors_origins=args.cors_origin or None, device=str(device))

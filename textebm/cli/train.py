@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a corpus",
                               description="Train by maximum likelihood with short-run Langevin chains.")
     p.add_argument("--corpus", required=True, help="ptb, snli, yahoo, or a path to a text file / folder")
-    p.add_argument("--data-dir", help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
+    p.add_argument("--data-dir",
+                   help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--out", help="run folder (default: runs/<corpus>-<time>)")
     p.add_argument("--preset", help="config preset (default: the corpus's own, else 'default'); e.g. cpu")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
