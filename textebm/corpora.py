@@ -33,6 +33,13 @@ PTB_SHA256 = {
 SNLI_HUB_ID = "stanfordnlp/snli"
 SNLI_MAX_TOKENS = 15
 KNOWN = ("ptb", "snli", "yahoo")
+# The sha256 of every split file whose standard version is known (data/README.md says where each is from).
+CHECKSUMS = {
+    "ptb": PTB_SHA256,
+    "yahoo": {"valid": "3247ac3ffcc4d4bfd6216f2aaa617f6706cdc4081874da39245fe156825898d1",
+              "test": "ad843c4363adbdd07d8055d9bf121e5f23c285760df43a0031b89d8538293075"},
+    "snli": {"test": "a75877e085a9aea18cfe91d1a4a080f29a9a97e9e03cfccffa26ae8e4dbe9a43"},
+}
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -126,33 +133,74 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def _download(url: str, target: Path, sha256: str | None, timeout: float = 30.0) -> None:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_status(name: str, data_dir_arg: str | None = None) -> dict[str, dict]:
+    """Per split of a known corpus: its file (or None), size, and whether its sha256 is the standard one
+    (True / False; None when no standard checksum is known or the file is missing)."""
+    folder = data_dir(data_dir_arg) / name
+    status = {}
+    for split in SPLITS:
+        path = split_file(folder, split)
+        expected = CHECKSUMS.get(name, {}).get(split)
+        status[split] = {
+            "path": str(path) if path else None,
+            "bytes": path.stat().st_size if path else None,
+            "sha256_ok": (file_sha256(path) == expected) if path and expected and path.suffix == ".txt" else None,
+        }
+    return status
+
+
+def _download(url: str, target: Path, sha256: str | None, timeout: float = 30.0, progress: bool = False,
+              label: str = "") -> None:
+    """`url` to `target`, atomically (nothing is left behind on failure), checked against `sha256`."""
+    from tqdm.auto import tqdm
+
     digest = hashlib.sha256()
 
     def write(handle):
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     desc=label or url, disable=not progress, leave=False) as bar:
             while chunk := response.read(1 << 16):
                 digest.update(chunk)
                 handle.write(chunk)
+                bar.update(len(chunk))
         if sha256 and digest.hexdigest() != sha256:
             raise UserError(f"{url} does not match its sha256 (got {digest.hexdigest()}, expected {sha256})")
 
     atomic_write(target, write)
 
 
-def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS) -> None:
-    hint = "put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in textebm/corpora.py)"
-    if offline():
+def ptb_urls(source: str | None = None) -> dict[str, str]:
+    """The PTB files' addresses: the default mirror, or `source` (a folder or a base URL holding
+    ptb.{train,valid,test}.txt)."""
+    if source is None:
+        return dict(PTB_URLS)
+    base = Path(source).resolve().as_uri() if Path(source).is_dir() else source.rstrip("/")
+    return {split: f"{base}/ptb.{split}.txt" for split in SPLITS}
+
+
+def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS, progress: bool = False) -> None:
+    hint = "put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in data/README.md)"
+    if offline() and not all(url.startswith("file:") for url in urls.values()):
         raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
     # All three files or none: a half-downloaded corpus would look complete to the next run.
     partial = [folder / f".{split}.txt.download" for split in SPLITS]
     try:
         for split, target in zip(SPLITS, partial):
-            _download(urls[split], target, PTB_SHA256[split])
+            _download(urls[split], target, PTB_SHA256[split], progress=progress, label=f"ptb {split}")
         for split, target in zip(SPLITS, partial):
             os.replace(target, folder / f"{split}.txt")
-    except OSError as err:
-        raise UserError(f"PTB not found in {folder} and the download failed ({err}); {hint}") from None
+    except (OSError, ValueError) as err:  # URLError is an OSError; a malformed address a ValueError
+        reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+        raise UserError(f"PTB not found in {folder} and the download failed ({reason}); {hint}") from None
     finally:
         for target in partial:
             target.unlink(missing_ok=True)
@@ -200,6 +248,21 @@ def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
             part = parts[hub_split]
             sentences = arae_snli_sentences(part["premise"], part["hypothesis"])
             atomic_write_text(folder / f"{split}.txt", "\n".join(sentences) + "\n")
+
+
+def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None, progress: bool = False) -> Path:
+    """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder."""
+    if name not in KNOWN:
+        raise UserError(f"unknown corpus {name!r}; known: {', '.join(KNOWN)}")
+    folder = data_dir(data_dir_arg) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "ptb":
+        fetch_ptb(folder, ptb_urls(source), progress)
+    elif name == "snli":
+        fetch_snli(folder, source or SNLI_HUB_ID)
+    else:
+        fetch_yahoo(folder)
+    return folder
 
 
 def fetch_yahoo(folder: Path) -> None:

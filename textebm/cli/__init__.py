@@ -14,7 +14,8 @@ import sys
 from textebm import __version__
 from textebm.errors import UserError
 
-SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve", "evaluate", "compare", "chain", "interpolate", "score"]
+SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve", "evaluate", "compare", "chain", "interpolate", "score",
+               "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:
