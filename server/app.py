@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.batcher import Batcher, QueueFull
@@ -98,9 +99,12 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         finally:
             await app.state.batcher.stop()
 
-    app = FastAPI(title="textebm", version=__version__, lifespan=lifespan,
-                  description="Sentences from a trained latent-space EBM text model. "
-                              "The playground is at /, this schema at /openapi.json.")
+    # FastAPIOffline: /docs and /redoc load Swagger UI / ReDoc from the installed package, not a CDN,
+    # so that the API's documentation page works offline and behind firewalls.
+    app = FastAPIOffline(title="textebm", version=__version__, lifespan=lifespan,
+                         description="Sentences from a trained latent-space EBM text model. "
+                                     "The playground is at /, this documentation at /docs, the schema at "
+                                     "/openapi.json.")
     app.state.startup_error = None
     app.state.limits = limits
 

@@ -71,3 +71,16 @@ def test_playground_generates_sentences(page, page_base):
     assert requested and all(url.startswith(page_base) for url in requested), requested
     assert failed == [f"422 {page_base}/generate"], failed  # only the deliberate bad request
     assert all("422" in e for e in console_errors), console_errors
+
+
+def test_api_documentation_renders_offline(page, page_base):
+    """/docs draws the operations with Swagger UI served by this server: nothing fetched from outside."""
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(page_base + "/docs")
+    operations = page.locator(".opblock-summary-path")
+    expect(operations.first).to_be_visible()
+    paths = operations.all_inner_texts()
+    assert any("/generate" in p for p in paths) and any("/health" in p for p in paths), paths
+    expect(page.locator(".info .title")).to_contain_text("textebm")
+    assert requested and all(url.startswith(page_base) for url in requested), requested

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from server_fixtures import train_tiny_run
 
+from server import launch
 from textebm.cli import serve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def test_defaults_bind_loopback_without_cors_or_key():
     serve.add_parser(parser.add_subparsers())
     args = parser.parse_args(["serve", "--checkpoint", "RUN"])
     assert (args.host, args.port, args.api_key, args.cors_origin) == ("127.0.0.1", 8000, None, [])
-    assert args.threads == 1 and args.run is serve.run
+    assert args.threads == 1 and args.run is launch.serve
 
 
 def test_serve_process_answers_and_stops_cleanly(cli_run):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_device_argument
+from textebm.devices import add_device_argument
 
 
 def add_parser(subparsers) -> None:

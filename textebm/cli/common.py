@@ -1,4 +1,6 @@
-"""Helpers shared by subcommands: device choice, the lm_eval import check, JSON-safe numbers."""
+"""Helpers shared by subcommands: loading a run with a latent, the lm_eval import check, JSON-safe numbers.
+
+(Device options live in `textebm.devices`, shared with the server's launcher.)"""
 
 from __future__ import annotations
 
@@ -7,32 +9,9 @@ import math
 from textebm.errors import UserError
 
 
-def add_device_argument(parser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-
-
-def resolve_device(name: str, threads: int | None = None):
-    import torch
-
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be at least 1, not {threads}")
-        torch.set_num_threads(threads)
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    return device
-
-
 def load_latent_run(folder: str, device_name: str, threads: int | None, command: str):
     """A run for a command about its latent space; a run trained with prior=none has none."""
+    from textebm.devices import resolve_device
     from textebm.runs import load_run
 
     loaded = load_run(folder, resolve_device(device_name, threads))

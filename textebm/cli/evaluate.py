@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_device_argument, resolve_device
+from textebm.devices import add_device_argument, resolve_device
 
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 USAGE_PRIOR_DRAWS = 4  # as in training-time validation (textebm/train.py)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_device_argument
+from textebm.devices import add_device_argument
 
 
 def add_parser(subparsers) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_device_argument, resolve_device
+from textebm.devices import add_device_argument, resolve_device
 
 
 def add_parser(subparsers) -> None:

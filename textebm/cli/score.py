@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_device_argument
+from textebm.devices import add_device_argument
 
 
 def add_parser(subparsers) -> None:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from textebm.anomaly import auroc, score_lines
-    from textebm.cli.common import resolve_device
+    from textebm.devices import resolve_device
     from textebm.errors import UserError
     from textebm.io import atomic_write_text
     from textebm.runs import load_run

@@ -1,89 +1,14 @@
-"""`textebm serve`: the HTTP server (FastAPI app from `server.create_app`, run by uvicorn)."""
+"""`textebm serve`: the HTTP server; its options and launch live in `server.launch`."""
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-
-from textebm.cli.common import add_device_argument, resolve_device
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The serve options, shared with `python -m server`."""
-    p.add_argument("--checkpoint", required=True, help="run folder to serve")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or X-API-Key: KEY)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser calls from this origin (repeatable; default: CORS off)")
-    p.add_argument("--max-n", type=int, default=64, help="most sentences per request (default 64)")
-    p.add_argument("--max-length", type=int, default=100, help="largest max_length a request may ask (default 100)")
-    p.add_argument("--max-prior-steps", type=int, default=1000, help="largest prior_steps (default 1000)")
-    p.add_argument("--queue-size", type=int, default=256,
-                   help="requests that may wait for the model; beyond: 503 with Retry-After (default 256)")
-    p.add_argument("--max-batch", type=int, default=256,
-                   help="most sentences decoded in one batch (default 256; must be >= --max-n)")
-    p.add_argument("--no-coalesce", action="store_true", help="decode each request alone (no batching)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    add_device_argument(p)
-    # One torch thread by default: a server decodes small batches step by step, and two threads
-    # on a busy 2-core machine measured 10-20x slower than one (docs/server.md). --threads N overrides.
-    p.set_defaults(threads=1)
-
 
 def add_parser(subparsers) -> None:
+    from server.launch import add_arguments, serve
+
     p = subparsers.add_parser("serve", help="serve sentences over HTTP (POST /generate, playground at /)",
                               description="Serve a trained run over HTTP: POST /generate, GET /health, GET /info, "
-                                          "the playground at /, the OpenAPI schema at /openapi.json. "
-                                          "Uses 1 torch thread unless --threads is given.")
+                                          "the playground at /, the API documentation at /docs, the OpenAPI "
+                                          "schema at /openapi.json. Uses 1 torch thread unless --threads is given.")
     add_arguments(p)
-    p.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    import sys
-
-    import uvicorn
-
-    from server.app import create_app
-    from textebm.errors import UserError
-    from textebm.runs import load_run
-
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be in 0..65535, not {args.port}")
-    if args.api_key is not None and not args.api_key.strip():
-        raise UserError("--api-key must not be empty")
-    device = resolve_device(args.device, args.threads)
-    create_app(args.checkpoint, max_n=args.max_n, max_length=args.max_length, max_prior_steps=args.max_prior_steps,
-               queue_size=args.queue_size, max_batch_sentences=args.max_batch)  # limits checked before the load
-    loaded = load_run(args.checkpoint, device)  # once; a damaged checkpoint is a UserError here
-    app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, max_n=args.max_n,
-                     max_length=args.max_length,
-                     max_prior_steps=args.max_prior_steps, queue_size=args.queue_size,
-                     max_batch_sentences=args.max_batch, coalesce=not args.no_coalesce,
-                     cors_origins=args.cors_origin or None, device=str(device))
-    if not _is_loopback(args.host) and args.api_key is None:
-        print(f"textebm serve: warning: listening on {args.host} without --api-key: anyone who can reach "
-              "this port can generate", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           lifespan="on", timeout_graceful_shutdown=10))
-    try:
-        server.run()
-    except SystemExit as exit_:  # uvicorn exits this way when it cannot start (port taken, ...)
-        if app.state.startup_error is None:
-            raise UserError(f"the server did not start on {args.host}:{args.port} (see the log above)") from exit_
-    if app.state.startup_error is not None:
-        raise app.state.startup_error
-    if not server.started:
-        raise UserError(f"the server did not start on {args.host}:{args.port} (see the log above)")
-    return 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    p.set_defaults(run=serve)

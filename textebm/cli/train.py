@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from textebm.cli.common import add_device_argument, resolve_device
+from textebm.devices import add_device_argument, resolve_device
 
 
 def add_parser(subparsers) -> None:

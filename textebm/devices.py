@@ -1,0 +1,30 @@
+"""Which device and how many CPU threads: the `--device`/`--threads` options and their resolution,
+shared by the CLI's subcommands and the server's launcher."""
+
+from __future__ import annotations
+
+from textebm.errors import UserError
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def resolve_device(name: str, threads: int | None = None):
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    return device
