@@ -318,3 +318,15 @@ def test_ctrl_c_saves_and_exits_130(textebm_exe, subprocess_env, train_args, tmp
     saved = torch.load(folder / "checkpoint.pt", weights_only=True)["step"]
     assert saved >= seen
     assert saved == max(_train_records(folder))
+
+
+def test_without_preset_a_cpu_run_takes_the_cpu_preset_and_says_so(cli, tmp_path, small_corpus, tiny_overrides):
+    sets = [x for item in tiny_overrides for x in ("--set", item)]
+    out_dir = tmp_path / "run"
+    status, out, err = cli("train", "--corpus", small_corpus, *sets, "--device", "cpu", "--threads", "1",
+                           "--no-progress", "--max-steps", "1", "--out", out_dir)
+    assert status == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("no CUDA device: preset cpu;") and "--preset default" in first, out
+    config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+    assert config["preset"] == "cpu" and config["batch_size"] == 16  # the cpu preset, then --set

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from textebm.config import Config, load_preset, parse_override, preset_names, resolve_config
+from textebm.config import Config, device_preset, load_preset, parse_override, preset_names, resolve_config
 from textebm.errors import UserError
 
 
@@ -29,7 +29,8 @@ def test_corpus_preset_is_the_default_for_its_corpus():
     assert resolve_config(None, "snli").max_length == 15
     assert resolve_config(None, "snli").lowercase is True
     assert resolve_config(None, "yahoo").vocab_size == 20000
-    assert resolve_config(None, "/some/file.txt").to_dict() == {**Config().to_dict(), "corpus": "/some/file.txt"}
+    assert resolve_config(None, "/some/file.txt").to_dict() == {**Config().to_dict(), "corpus": "/some/file.txt",
+                                                                 "preset": "default"}
 
 
 def test_defaults_match_the_spec():
@@ -106,3 +107,13 @@ def test_from_dict_round_trip_and_unknown_keys():
     assert Config.from_dict(data) == config
     with pytest.raises(UserError, match="unknown config key"):
         Config.from_dict({**data, "bogus": 1})
+
+
+def test_the_preset_follows_the_device_when_none_is_named():
+    assert device_preset("ptb", on_cuda=True) == ("ptb", "CUDA device: preset ptb (paper scale)")
+    preset, why = device_preset("ptb", on_cuda=False)
+    assert preset == "cpu" and why.startswith("no CUDA device: preset cpu") and "--preset ptb" in why
+    assert device_preset("/my/text.txt", on_cuda=True)[0] == "default"
+    assert resolve_config("cpu", "ptb").preset == "cpu"
+    with pytest.raises(UserError, match="--preset"):
+        parse_override("preset=ptb")

@@ -66,6 +66,7 @@ class Config:
     max_skipped_steps: int = 20  # consecutive non-finite steps before the run stops anyway
     seed: int = 0
     # bookkeeping
+    preset: str = ""  # the preset this config was resolved from (recorded; not a setting)
     log_every: int = 20
     valid_every: int = 0  # steps between validations besides each epoch's end (0: epochs only)
     checkpoint_every: int = 200  # steps; a kill loses at most this many
@@ -147,8 +148,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise UserError(f"--set expects key=value, got {item!r}")
     key, raw = (s.strip() for s in item.split("=", 1))
     types = {f.name: f.type for f in fields(Config)}
-    if key not in types:
-        raise UserError(f"unknown config key {key!r} in --set; known keys: {', '.join(sorted(types))}")
+    if key not in types or key == "preset":
+        known = ", ".join(sorted(set(types) - {"preset"}))
+        raise UserError(f"unknown config key {key!r} in --set (presets are chosen with --preset); known keys: {known}")
     kind = types[key]
     try:
         if kind == "bool":
@@ -164,13 +166,22 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, raw
 
 
+def device_preset(corpus: str, on_cuda: bool) -> tuple[str, str]:
+    """The preset a run gets when none is named, and why: the corpus's own (paper-scale) preset on a
+    CUDA device, the small `cpu` preset on a CPU (the paper's sizes would take days there)."""
+    own = corpus if corpus in preset_names() else "default"
+    if on_cuda:
+        return own, f"CUDA device: preset {own} (paper scale)"
+    return "cpu", f"no CUDA device: preset cpu; --preset {own} for the paper's sizes"
+
+
 def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -> Config:
     """Defaults, then the preset (the corpus's own when none is named), then `--set` overrides."""
     if preset is None:
         preset = corpus if corpus in preset_names() else "default"
     values: dict[str, Any] = {"corpus": corpus}
     values.update(load_preset(preset))
-    values["corpus"] = corpus
+    values["corpus"], values["preset"] = corpus, preset
     for item in overrides:
         key, value = parse_override(item)
         values[key] = value

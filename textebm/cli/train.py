@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-dir",
                    help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--out", help="run folder (default: runs/<corpus>-<time>)")
-    p.add_argument("--preset", help="config preset (default: the corpus's own, else 'default'); e.g. cpu")
+    p.add_argument("--preset", help="config preset (default: by device: the corpus's own, paper-scale preset on "
+                                    "CUDA, 'cpu' on a CPU); e.g. cpu, ptb")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set latent_dim=64 (repeatable)")
     p.add_argument("--tokenizer", choices=["word", "treebank", "sentencepiece"], help="tokenizer (config key)")
@@ -55,7 +56,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
     from tqdm.auto import tqdm
 
     from textebm.batches import encode_lines
-    from textebm.config import resolve_config
+    from textebm.config import device_preset, resolve_config
     from textebm.corpora import open_corpus, training_splits
     from textebm.errors import UserError
     from textebm.parallel import local_device
@@ -83,7 +84,11 @@ def _train(args: argparse.Namespace, parallel) -> int:
     else:
         if is_run(folder):
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
-        config = resolve_config(args.preset, args.corpus, _config_overrides(args))
+        preset = args.preset
+        if preset is None:
+            preset, why = device_preset(args.corpus, device.type == "cuda")
+            echo(why)
+        config = resolve_config(preset, args.corpus, _config_overrides(args))
     check_precision(config, device)
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes or a positive max_epochs")
