@@ -1,4 +1,6 @@
-"""`textebm eval-ppl` on 10,000 samples: cold (empty real-data LM cache) and warm (cached LM).
+"""`textebm eval-ppl` on 10,000 samples: cold (empty real-data LM cache) and warm (cached LM); and
+several sample sets (as `textebm evaluate` passes its decodings) in one `evaluate_sample_sets` call
+against one `evaluate_samples` call per set.
 
 Target (issue 5): under 10 s warm on PTB. That is an absolute time on a noisy shared machine, so
 the row reports the absolute medians and the warm/cold ratio (the share of the time the cache
@@ -17,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import Row, median
+from bench import Row, interleave, median
 
-FULL = dict(samples=10_000, train_lines=None)
-QUICK = dict(samples=300, train_lines=2_000)
+FULL = dict(samples=10_000, train_lines=None, sets=6, set_size=1_000)
+QUICK = dict(samples=300, train_lines=2_000, sets=3, set_size=100)
 TARGET_SECONDS = 10.0
 NAME = "eval_ppl"
 
@@ -133,6 +135,7 @@ def run(quick: bool, repeats: int) -> list[Row]:
                 raise RuntimeError("the warm run did not use the cached LM")
             seconds["warm"].append(t)
             inner["warm"].append(result["seconds"])
+        sets_row = _sample_sets_row(train, test, spec, repeats, warm_cache)
     cold, warm = median(seconds["cold"]), median(seconds["warm"])
     label = f"textebm eval-ppl, {spec['samples']:,} samples" + (" (quick: 2,000 train lines)" if quick else ", PTB")
     return [Row(NAME, label + ": cold -> warm (cached real-data LM)", "s", cold, warm, warm / cold,
@@ -140,4 +143,43 @@ def run(quick: bool, repeats: int) -> list[Row]:
                 f"{'textebm eval-ppl' if registered() else 'textebm.cli.eval_ppl (not yet registered in textebm.cli)'}"
                 f" as a subprocess; absolute target on a noisy machine; in-process (lm_eval's own) s: cold "
                 f"{median(inner['cold']):.2f}, warm {median(inner['warm']):.2f}",
-                {**seconds, "in_process_cold": inner["cold"], "in_process_warm": inner["warm"]})]
+                {**seconds, "in_process_cold": inner["cold"], "in_process_warm": inner["warm"]}), sets_row]
+
+
+def _sample_sets_row(train: Path, test: Path, spec: dict, repeats: int, cache: Path) -> Row:
+    """`evaluate_sample_sets` on `sets` sets of stand-in samples (training lines) in one call, against
+    one `evaluate_samples` call per set (the old path of `textebm evaluate`); real-data LM cached."""
+    import random
+
+    import lm_eval
+
+    real = lm_eval.read_sentences(train, "training")
+    held_out = lm_eval.read_sentences(test, "test")
+    sets = {f"set{i}": random.Random(i).sample(real.sentences, spec["set_size"]) for i in range(spec["sets"])}
+    with tempfile.TemporaryDirectory(prefix="bench-sets-") as tmp:
+        paths = {}
+        for name, lines in sets.items():
+            paths[name] = Path(tmp) / f"{name}.txt"
+            paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+        def separately():
+            for path in paths.values():
+                lm_eval.evaluate_samples(path, train, test)
+
+        def together():
+            lm_eval.evaluate_sample_sets({k: lm_eval.normalize_lines(v) for k, v in sets.items()}, real, held_out)
+
+        previous = os.environ.get("TEXTEBM_LM_CACHE_DIR")
+        os.environ["TEXTEBM_LM_CACHE_DIR"] = str(cache)  # the warm cache of the rows above
+        try:
+            seconds = interleave({"separately": separately, "together": together}, repeats)
+        finally:
+            if previous is None:
+                os.environ.pop("TEXTEBM_LM_CACHE_DIR")
+            else:
+                os.environ["TEXTEBM_LM_CACHE_DIR"] = previous
+    ref, cand = median(seconds["separately"]), median(seconds["together"])
+    return Row(NAME, f"{spec['sets']} sample sets of {spec['set_size']:,}: one call per set -> one call for all",
+               "s", ref, cand, cand / ref, "time ratio", "", None,
+               "lm_eval.evaluate_samples per set vs lm_eval.evaluate_sample_sets (one real-LM load, test scored "
+               "once); real-data LM cached", seconds)
