@@ -112,6 +112,19 @@ def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folde
     one_line_error(*cli("compare", *runs, "--labels", "a", "--out", out)[::2], "compare", "--labels")
 
 
+def test_chain_settings_can_change_for_evaluation_only(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    saved = (run / "config.json").read_text()
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0", "--json",
+                              "--set", "posterior_noise=0", "--set", "posterior_step_size=0.5")
+    assert status == 0, err
+    chains = json.loads(out)["chains"]
+    assert chains["posterior_noise"] == 0 and chains["posterior_step_size"] == 0.5 and chains["prior_noise"] == 1
+    assert (run / "config.json").read_text() == saved  # the run itself is untouched
+    _one_line(*invoke("--checkpoint", run, *FAST, "--set", "hidden_dim=8")[::2], "only the chain settings")
+    _one_line(*invoke("--checkpoint", run, *FAST, "--set", "posterior_noise=-1")[::2], "posterior_noise")
+
+
 def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, corpus_folder, ptb_train_lines):
     run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300], prior="gaussian")
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")

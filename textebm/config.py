@@ -166,6 +166,24 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, raw
 
 
+# The inference settings: a trained run can be evaluated, scored or explored with other chains than
+# it trained with (`--set` of evaluate, score, interpolate); nothing else of its config may change.
+CHAIN_KEYS = ("prior_steps", "prior_step_size", "prior_noise", "posterior_steps", "posterior_step_size",
+              "posterior_step_schedule", "posterior_step_size_end", "posterior_noise")
+
+
+def with_chain_overrides(config: Config, overrides: list[str]) -> Config:
+    """A copy of a run's config with `key=value` chain settings changed (CHAIN_KEYS only)."""
+    values = config.to_dict()
+    for item in overrides:
+        key, value = parse_override(item)
+        if key not in CHAIN_KEYS:
+            raise UserError(f"--set {key}: only the chain settings of a trained run can change here "
+                            f"({', '.join(CHAIN_KEYS)})")
+        values[key] = value
+    return Config.from_dict(values)
+
+
 def device_preset(corpus: str, on_cuda: bool) -> tuple[str, str]:
     """The preset a run gets when none is named, and why: the corpus's own (paper-scale) preset on a
     CUDA device, the small `cpu` preset on a CPU (the paper's sizes would take days there)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from textebm.config import Config
+from textebm.config import Config, with_chain_overrides
 from textebm.errors import UserError
 from textebm.io import atomic_write_bytes, atomic_write_text
 from textebm.model import LatentEBMTextModel
@@ -120,10 +120,11 @@ class LoadedRun:
     step: int
 
 
-def load_run(folder: Path, device: torch.device | str = "cpu") -> LoadedRun:
-    """A trained run, ready to sample from: config, vocabulary and model (in eval mode)."""
+def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: list[str] = ()) -> LoadedRun:
+    """A trained run, ready to sample from: config, vocabulary and model (in eval mode). `chain_overrides`
+    (`key=value`, chain settings only) change how its Langevin chains run from how it trained."""
     folder = Path(folder)
-    config = load_config(folder)
+    config = with_chain_overrides(load_config(folder), list(chain_overrides))
     vocab = load_vocab(folder)
     checkpoint = load_checkpoint(folder, device)
     model = build_model(config, vocab).to(device)

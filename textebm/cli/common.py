@@ -9,12 +9,21 @@ import math
 from textebm.errors import UserError
 
 
-def load_latent_run(folder: str, device_name: str, threads: int | None, command: str):
+def add_chain_argument(parser) -> None:
+    """`--set KEY=VALUE` for the chain settings of a trained run (textebm.config.CHAIN_KEYS)."""
+    parser.add_argument("--set", dest="chain", action="append", default=[], metavar="KEY=VALUE",
+                        help="run the Langevin chains with other settings than the run trained with, e.g. "
+                             "--set posterior_noise=1 (chain keys only: prior_steps, prior_step_size, prior_noise, "
+                             "posterior_steps, posterior_step_size, posterior_step_schedule, "
+                             "posterior_step_size_end, posterior_noise; repeatable)")
+
+
+def load_latent_run(folder: str, device_name: str, threads: int | None, command: str, chain: list[str] = ()):
     """A run for a command about its latent space; a run trained with prior=none has none."""
     from textebm.devices import resolve_device
     from textebm.runs import load_run
 
-    loaded = load_run(folder, resolve_device(device_name, threads))
+    loaded = load_run(folder, resolve_device(device_name, threads), chain)
     if not loaded.model.has_latent:
         raise UserError(f"textebm {command}: {folder} was trained with prior=none (a language model "
                         "without a latent), so it has no latent space to explore")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import add_chain_argument
 from textebm.devices import add_device_argument, resolve_device
 
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
@@ -46,6 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chunk", type=int, default=32, metavar="N", help="sentences evaluated together (default 32)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_chain_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -130,6 +132,7 @@ def evaluate(args) -> dict:
     import torch
 
     from textebm.batches import encode_lines
+    from textebm.config import CHAIN_KEYS
     from textebm.corpora import evaluation_splits, open_corpus
     from textebm.diagnostics import AU_STDERRS, AU_THRESHOLD, latent_usage
     from textebm.likelihood import evaluate_sentences, log_partition
@@ -138,7 +141,7 @@ def evaluate(args) -> dict:
     _check_args(args)
     started = time.perf_counter()
     device = resolve_device(args.device, args.threads)
-    loaded = load_run(args.checkpoint, device)
+    loaded = load_run(args.checkpoint, device, args.chain)
     config = loaded.config
     corpus = open_corpus(config.corpus, args.data_dir)
     train_lines, held_out, source = evaluation_splits(corpus, config.train_split, args.split)
@@ -168,6 +171,7 @@ def evaluate(args) -> dict:
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": args.split,
         "evaluated_text": source, "trained_on": config.train_split,
         "prior": config.prior, "latent_dim": model.prior.latent_dim,
+        "chains": {key: getattr(config, key) for key in CHAIN_KEYS},
         "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
         "nll_per_sentence": float(nll.mean()),
         "nll_per_token": float(nll.sum() / num_tokens),

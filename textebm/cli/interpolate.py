@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import add_chain_argument
 from textebm.devices import add_device_argument
 
 
@@ -22,6 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
     p.add_argument("--json", action="store_true", help="JSON output")
+    add_chain_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--chains must be at least 1, not {args.chains}")
     if args.max_length < 1:
         raise UserError(f"--max-length must be at least 1, not {args.max_length}")
-    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate")
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate", args.chain)
     path = interpolate(loaded.model, loaded.vocab, args.source.strip(), args.target.strip(), args.points,
                        args.chains, args.seed, args.max_length)
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import add_chain_argument
 from textebm.devices import add_device_argument
 
 
@@ -25,6 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--json", action="store_true", help="JSON output instead of tab-separated text")
+    add_chain_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
     files = [args.file] if args.file else list(args.auroc)
     texts = [read_sentences(f) for f in files]  # input errors before the (slower) model load
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads))
+    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads), args.chain)
 
     started = time.perf_counter()
     results = [score_lines(loaded.model, loaded.vocab, lines, args.num_chains, args.seed, args.batch_size,
