@@ -74,6 +74,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
     name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
     folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
+    preset_note = None
     if args.resume:
         if args.out is None:
             raise UserError("--resume needs --out RUN (the run folder to continue)")
@@ -86,8 +87,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         preset = args.preset
         if preset is None:
-            preset, why = device_preset(args.corpus, device.type == "cuda")
-            echo(why)
+            preset, preset_note = device_preset(args.corpus, device.type == "cuda")
         config = resolve_config(preset, args.corpus, _config_overrides(args))
     check_precision(config, device)
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None:
@@ -106,6 +106,8 @@ def _train(args: argparse.Namespace, parallel) -> int:
     torch.manual_seed(config.seed)
     model = build_model(config, vocab).to(device)
     params = sum(p.numel() for p in model.parameters())
+    if preset_note:  # printed once the input is known to be good: an error stays a single line
+        echo(preset_note)
     echo(f"corpus {corpus.name}: {len(train_lines)} training sentences ({config.train_split}), "
          f"{len(valid_lines)} validation sentences ({valid_source}); vocabulary {len(vocab)}")
     if train_data.truncated or valid_data.truncated:
