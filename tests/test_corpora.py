@@ -195,7 +195,6 @@ def test_ptb_download_good(tmp_path, ptb_server, monkeypatch):
 def test_ptb_download_through_open_corpus(tmp_path, ptb_server, monkeypatch):
     monkeypatch.setattr(corpora, "PTB_SHA256", {s: _sha(t) for s, t in FIXTURE_PTB.items()})
     monkeypatch.setattr(corpora, "PTB_URLS", ptb_server)
-    monkeypatch.setattr(corpora.fetch_ptb, "__defaults__", (ptb_server,))
     corpus = open_corpus("ptb", str(tmp_path))
     assert corpus.lines("test") == [" N cats ran "]
 

@@ -81,8 +81,7 @@ def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
     folder = data_dir(data_dir_arg) / name
     files = {s: f for s in SPLITS if (f := split_file(folder, s))}
     if not files:
-        fetch = {"ptb": fetch_ptb, "snli": fetch_snli, "yahoo": fetch_yahoo}[name]
-        fetch(folder)
+        fetch(name, data_dir_arg)
         files = {s: f for s in SPLITS if (f := split_file(folder, s))}
     return Corpus(name, files)
 
