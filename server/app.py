@@ -64,7 +64,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                max_length: int = DEFAULTS["max_length"], max_prior_steps: int = DEFAULTS["max_prior_steps"],
                queue_size: int = DEFAULTS["queue_size"], max_batch_sentences: int = DEFAULTS["max_batch_sentences"],
                max_body_bytes: int = DEFAULTS["max_body_bytes"], coalesce: bool = True,
-               cors_origins: list[str] | None = None, device: str = "cpu", preloaded=None) -> FastAPI:
+               cors_origins: list[str] | None = None, device: str = "cpu", precision: str = "fp32",
+               preloaded=None) -> FastAPI:
     """The app for one run folder. The folder's config is checked now (a wrong path fails here, not
     at the first request); the checkpoint is loaded once, at start-up (lifespan).
 
@@ -87,7 +88,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         from textebm.runs import load_run
 
         try:
-            run = preloaded if preloaded is not None else await asyncio.to_thread(load_run, run_folder, device)
+            run = (preloaded if preloaded is not None
+                   else await asyncio.to_thread(load_run, run_folder, device, (), precision))
         except UserError as err:
             app.state.startup_error = err
             raise
@@ -190,7 +192,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         run = request.app.state.run
         return Info(version=__version__, run=run.folder.name, step=run.step, corpus=run.config.corpus,
                     vocab_size=len(run.vocab), latent_dim=run.model.prior.latent_dim, prior=run.config.prior,
-                    prior_steps=run.config.prior_steps, device=str(run.model.device), limits=limits,
+                    prior_steps=run.config.prior_steps, device=str(run.model.device),
+                    precision=run.model.decoding_precision, limits=limits,
                     auth=api_key is not None, config=run.config.to_dict())
 
     @app.get("/", include_in_schema=False)

@@ -9,7 +9,7 @@ import argparse
 import ipaddress
 import sys
 
-from textebm.devices import add_device_argument, resolve_device
+from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most sentences decoded in one batch (default 256; must be >= --max-n)")
     p.add_argument("--no-coalesce", action="store_true", help="decode each request alone (no batching)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_precision_argument(p)
     add_device_argument(p)
     # One torch thread by default: a server decodes small batches step by step, and two threads
     # on a busy 2-core machine measured 10-20x slower than one (docs/server.md). --threads N overrides.
@@ -51,7 +52,7 @@ def serve(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, args.threads)
     create_app(args.checkpoint, max_n=args.max_n, max_length=args.max_length, max_prior_steps=args.max_prior_steps,
                queue_size=args.queue_size, max_batch_sentences=args.max_batch)  # limits checked before the load
-    loaded = load_run(args.checkpoint, device)  # once; a damaged checkpoint is a UserError here
+    loaded = load_run(args.checkpoint, device, precision=args.precision)  # once; damage is a UserError here
     app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, max_n=args.max_n,
                      max_length=args.max_length,
                      max_prior_steps=args.max_prior_steps, queue_size=args.queue_size,

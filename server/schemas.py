@@ -94,6 +94,7 @@ class Info(BaseModel):
     prior: str
     prior_steps: int
     device: str
+    precision: str  # of the decoder's matrix products when generating (fp32, bf16, int8)
     limits: dict[str, int]
     auth: bool
     config: dict[str, Any]

@@ -67,28 +67,33 @@ class Decoder(nn.Module):
             return z_gates, list(zip(state[0].unbind(0), state[1].unbind(0)))
         return z_gates, list(state.unbind(0))
 
-    def step(self, tokens: torch.Tensor, z_gates: torch.Tensor, state: list):
+    def step(self, tokens: torch.Tensor, z_gates: torch.Tensor, state: list, products=None):
         """One decoding step for a batch, written at the cell level (the nn.LSTM/nn.GRU equations on
-        their own weights, gate order i, f, g, o and r, z, n): next-token logits and the new state."""
-        emb_dim = self.embed.embedding_dim
-        x = F.linear(self.embed(tokens), self.rnn.weight_ih_l0[:, :emb_dim]) + z_gates
+        their own weights, gate order i, f, g, o and r, z, n): next-token logits and the new state.
+
+        `products` computes the step's matrix products (`textebm.precision`: fp32 from these
+        weights by default, or bf16 / int8 copies prepared once)."""
+        if products is None:
+            from textebm.precision import StepProducts
+
+            products = StepProducts(self)
+        x = products.token_gates(tokens) + z_gates
         new_state = []
         for layer, layer_state in enumerate(state):
             if layer > 0:
-                x = F.linear(x, getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"bias_ih_l{layer}"))
-            w_hh, b_hh = getattr(self.rnn, f"weight_hh_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}")
+                x = products.input_gates(layer, x)
             if self.cell == "lstm":
                 h, c = layer_state
-                i, f, g, o = (x + F.linear(h, w_hh, b_hh)).chunk(4, dim=1)
+                i, f, g, o = (x + products.recurrent_gates(layer, h)).chunk(4, dim=1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
                 h = torch.sigmoid(o) * torch.tanh(c)
                 new_state.append((h, c))
             else:
                 h = layer_state
                 x_r, x_u, x_n = x.chunk(3, dim=1)
-                h_r, h_u, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
+                h_r, h_u, h_n = products.recurrent_gates(layer, h).chunk(3, dim=1)
                 r, u = torch.sigmoid(x_r + h_r), torch.sigmoid(x_u + h_u)
                 h = (1 - u) * torch.tanh(x_n + r * h_n) + u * h
                 new_state.append(h)
             x = h
-        return self.out(x), new_state
+        return products.logits(x), new_state

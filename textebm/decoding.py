@@ -50,15 +50,20 @@ def uniform_rows(rows: int, device, generator: torch.Generator | RowStreams | No
 @torch.inference_mode()
 def decode(decoder, z: torch.Tensor, bos_id: int, eos_id: int, max_length: int, greedy: bool = False,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Token ids (batch, <= max_length); each row ends at its first `eos_id` (the rest is eos)."""
+           generator: torch.Generator | None = None, products=None) -> torch.Tensor:
+    """Token ids (batch, <= max_length); each row ends at its first `eos_id` (the rest is eos).
+    `products`: the step's matrix products at a reduced precision (`textebm.precision`); fp32 if None."""
     batch = z.shape[0]
     token = torch.full((batch,), bos_id, dtype=torch.long, device=z.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=z.device)
     z_gates, state = decoder.start_decoding(z)
+    if products is None:
+        from textebm.precision import StepProducts
+
+        products = StepProducts(decoder)
     out = []
     for _ in range(max_length):
-        logits, state = decoder.step(token, z_gates, state)
+        logits, state = decoder.step(token, z_gates, state, products)
         token = choose_tokens(logits, greedy, temperature, top_k, top_p, generator)
         token = token.masked_fill(finished, eos_id)
         out.append(token)

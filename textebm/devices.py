@@ -11,6 +11,12 @@ def add_device_argument(parser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
+def add_precision_argument(parser) -> None:
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="precision of the decoder's matrix products when generating: fp32 (exact), bf16, "
+                             "or int8 (dynamic quantization, CPU only); chains and likelihoods stay fp32")
+
+
 def resolve_device(name: str, threads: int | None = None):
     import torch
 

@@ -33,6 +33,16 @@ class LatentEBMTextModel(nn.Module):
                                  config.prior_sigma, config.prior)
         self.encoder = (InitEncoder(vocab_size, config.encoder_dim, latent_dim, pad_id)
                         if config.posterior_init == "encoder" else None)
+        self.decoding_precision, self.decoding_products = "fp32", None  # fp32: the decoder's own weights
+
+    def set_decoding_precision(self, precision: str) -> None:
+        """Decode (`generate`) with the step's matrix products in fp32, bf16 or int8, converted once now
+        from the current weights (`textebm.precision`); chains and likelihoods stay fp32."""
+        from textebm.precision import decoding_products
+
+        products = decoding_products(self.decoder, precision)
+        self.decoding_precision = precision
+        self.decoding_products = None if precision == "fp32" else products
 
     @property
     def device(self) -> torch.device:
@@ -92,6 +102,6 @@ class LatentEBMTextModel(nn.Module):
         try:
             z = self.prior_sample(n, steps=prior_steps, generator=generator)
             return decode(self.decoder, z, self.bos_id, self.eos_id, max_length, greedy,
-                          temperature, top_k, top_p, generator)
+                          temperature, top_k, top_p, generator, self.decoding_products)
         finally:
             self.train(was_training)

@@ -120,9 +120,11 @@ class LoadedRun:
     step: int
 
 
-def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: list[str] = ()) -> LoadedRun:
+def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: list[str] = (),
+             precision: str = "fp32") -> LoadedRun:
     """A trained run, ready to sample from: config, vocabulary and model (in eval mode). `chain_overrides`
-    (`key=value`, chain settings only) change how its Langevin chains run from how it trained."""
+    (`key=value`, chain settings only) change how its Langevin chains run from how it trained;
+    `precision` (fp32, bf16, int8) is how it decodes (`textebm.precision`)."""
     folder = Path(folder)
     config = with_chain_overrides(load_config(folder), list(chain_overrides))
     vocab = load_vocab(folder)
@@ -133,4 +135,5 @@ def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: 
     except RuntimeError as err:
         raise UserError(f"{folder}/{CHECKPOINT} does not fit the run's config: {str(err).splitlines()[0]}") from None
     model.eval()
+    model.set_decoding_precision(precision)
     return LoadedRun(folder, config, vocab, model, int(checkpoint["step"]))

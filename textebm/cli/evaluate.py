@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from textebm.cli.common import add_chain_argument
-from textebm.devices import add_device_argument, resolve_device
+from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 USAGE_PRIOR_DRAWS = 4  # as in training-time validation (textebm/train.py)
@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_chain_argument(p)
+    add_precision_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -118,6 +119,7 @@ def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n:
                            **{key: reference[key] for key in ("num_samples", "reverse_ppl", "unique_share",
                                                                 "distinct_1", "distinct_2", "self_bleu")}},
         "n": n, "seed": seed, "max_length": sweep[0][1].max_length, "prior_steps": loaded.config.prior_steps,
+        "precision": loaded.model.decoding_precision,
         "order": out["order"], "count_eos": out["count_eos"],
         "decodings": rows,
     }
@@ -141,7 +143,7 @@ def evaluate(args) -> dict:
     _check_args(args)
     started = time.perf_counter()
     device = resolve_device(args.device, args.threads)
-    loaded = load_run(args.checkpoint, device, args.chain)
+    loaded = load_run(args.checkpoint, device, args.chain, args.precision)
     config = loaded.config
     corpus = open_corpus(config.corpus, args.data_dir)
     train_lines, held_out, source = evaluation_splits(corpus, config.train_split, args.split)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.devices import add_device_argument, resolve_device
+from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 
 def add_parser(subparsers) -> None:
@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prior-steps", type=int, help="Langevin steps of the prior chain (default: the run's)")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
     p.add_argument("--batch-size", type=int, default=256, help="sentences decoded together (default 256)")
+    add_precision_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads))
+    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads), precision=args.precision)
     sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size)
     text = "".join(s + "\n" for s in sentences)
     if args.out:
