@@ -4,6 +4,7 @@
     python -m bench --only sampling,training --repeats 3
     python -m bench --only training --set posterior_steps=10   # measure a training variant
     python -m bench --quick --repeats 1 --out /tmp/b           # smoke run with tiny sizes
+    python -m bench --only precision --checkpoint RUN         # reduced-precision decoding, with its quality cost
 
 Every figure is a ratio against a plain reference measured in the same run (bench/reference.py),
 reference and candidate interleaved; see bench/__init__.py for why.
@@ -26,7 +27,7 @@ import torch
 from bench import Row
 from textebm.io import atomic_write_text
 
-BENCHMARKS = ("training", "sampling", "eval_ppl", "server")
+BENCHMARKS = ("training", "sampling", "precision", "eval_ppl", "server")
 
 
 def machine() -> dict:
@@ -98,6 +99,7 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the training candidate (repeatable), as in `textebm train --set`")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--checkpoint", metavar="RUN", help="a trained run for the quality rows of `precision`")
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(args.only) - set(BENCHMARKS))
@@ -112,6 +114,9 @@ def run_one(name: str, args) -> list[Row]:
     if name == "sampling":
         from bench import sampling
         return sampling.run(args.quick, args.repeats)
+    if name == "precision":
+        from bench import precision
+        return precision.run(args.quick, args.repeats, args.checkpoint)
     if name == "training":
         from bench import training
         return training.run(args.quick, args.repeats, args.overrides)

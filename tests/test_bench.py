@@ -67,3 +67,21 @@ def test_reference_likelihood_and_prior_density_match_the_library():
         torch.testing.assert_close(ref.log_likelihood(model.decoder, z, tokens, model.pad_id),
                                    model.decoder.log_likelihood(z, tokens))
         torch.testing.assert_close(ref.prior_log_density(model.prior, z), model.prior.log_density(z))
+
+
+def test_quick_precision_rows_and_their_quality_rows_need_a_checkpoint(tmp_path, trained_run):
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "bench", "--quick", "--only", "precision", "--repeats", "1"]
+    proc = subprocess.run([*base, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "latest.json").read_text())["rows"]
+    speed = [r for r in rows if r["unit"] == "sentences/s"]
+    assert {r["case"].split(" vs ")[0] for r in speed} == {"fp32 exact sampler", "decode bf16", "decode int8"}
+    assert all(r["reference"] > 0 and r["candidate"] > 0 for r in speed)
+    assert rows[-1]["note"].startswith("not measured: needs --checkpoint")
+    proc = subprocess.run([*base, "--out", str(out), "--checkpoint", str(trained_run)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    quality = [r for r in json.loads((out / "latest.json").read_text())["rows"] if r["case"].startswith("quality")]
+    assert len(quality) == 4 and all(r["candidate"] > 1 and isinstance(r["met"], bool) for r in quality)
