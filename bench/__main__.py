@@ -99,7 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the training candidate (repeatable), as in `textebm train --set`")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    p.add_argument("--checkpoint", metavar="RUN", help="a trained run for the quality rows of `precision`")
+    p.add_argument("--checkpoint", metavar="RUN",
+                   help="a trained run: the quality rows of `precision`, and the model the `server` rows serve")
     args = p.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(args.only) - set(BENCHMARKS))
@@ -124,7 +125,7 @@ def run_one(name: str, args) -> list[Row]:
         from bench import eval_ppl
         return eval_ppl.run(args.quick, args.repeats)
     from bench import server
-    return server.run(args.quick, args.repeats)
+    return server.run(args.quick, args.repeats, args.checkpoint)
 
 
 def main(argv=None) -> int:

@@ -103,13 +103,14 @@ async def client_loop(http: httpx.AsyncClient, deadline: float, body: dict, rng:
             data = r.json()
             out["latencies"].append(elapsed)
             out["sentences"] += len(data["sentences"])
+            out["tokens"] += sum(len(s.split()) for s in data["sentences"])
             out["batch_requests"].append(data["batch_requests"])
 
 
 async def run_load(base: str, args) -> dict:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body = {"n": args.n, "max_length": args.max_length}
-    out = {"latencies": [], "status": {}, "errors": [], "sentences": 0, "batch_requests": []}
+    out = {"latencies": [], "status": {}, "errors": [], "sentences": 0, "tokens": 0, "batch_requests": []}
     limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as http:
         # one warm-up request, not counted
@@ -130,7 +131,9 @@ async def run_load(base: str, args) -> dict:
         "requests_ok": len(lat), "status": {str(k): v for k, v in sorted(out["status"].items())},
         "transport_errors": len(out["errors"]), "5xx": fivexx,
         "sentences_per_s": round(out["sentences"] / wall, 1), "requests_per_s": round(len(lat) / wall, 2),
-        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+        "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+        "max_ms": round(lat[-1] * 1000, 1) if lat else None,
+        "mean_sentence_tokens": round(out["tokens"] / out["sentences"], 1) if out["sentences"] else None,
         "mean_batch_requests": round(sum(out["batch_requests"]) / len(lat), 2) if lat else None,
     }
 

@@ -85,3 +85,17 @@ def test_quick_precision_rows_and_their_quality_rows_need_a_checkpoint(tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     quality = [r for r in json.loads((out / "latest.json").read_text())["rows"] if r["case"].startswith("quality")]
     assert len(quality) == 4 and all(r["candidate"] > 1 and isinstance(r["met"], bool) for r in quality)
+
+
+def test_quick_server_rows_stand_against_the_decoding_floor(tmp_path, trained_run):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "server", "--repeats", "1",
+                           "--out", str(out), "--checkpoint", str(trained_run)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "latest.json").read_text())["rows"]
+    assert [r["case"].split(",")[0] for r in rows] == ["/generate p50 latency"] * 2 + ["/generate throughput"] * 3
+    for row in rows:
+        assert row["reference"] > 0 and row["candidate"] > 0 and row["ratio"] > 0, row
+        assert "trained run" in row["note"]
+    assert all(isinstance(r["met"], bool) for r in rows[:2]) and "p95" in rows[0]["note"]
