@@ -91,7 +91,8 @@ def test_quick_server_rows_stand_against_the_decoding_floor(tmp_path, trained_ru
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "server", "--repeats", "1",
                            "--out", str(out), "--checkpoint", str(trained_run)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest.json").read_text())["rows"]
     assert [r["case"].split(",")[0] for r in rows] == ["/generate p50 latency"] * 2 + ["/generate throughput"] * 3
