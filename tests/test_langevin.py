@@ -117,7 +117,8 @@ def test_prior_chain_of_untilted_ebm_stays_near_reference():
 
 def test_posterior_chain_function_matches_model_method(z_sensitive_model):
     model, tokens = z_sensitive_model
-    a = posterior_chain(model.prior, model.decoder, tokens, 3, 0.1, torch.Generator().manual_seed(2))
+    a = posterior_chain(model.prior, model.decoder, tokens, 3, 0.1, torch.Generator().manual_seed(2),
+                        noise_scale=model.config.posterior_noise)
     b = model.posterior_sample(tokens, steps=3, step_size=0.1, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert math.isfinite(a.sum().item())

@@ -45,10 +45,10 @@ class Config:
     prior_step_size: float = 0.4
     prior_noise: float = 1.0  # noise scale c of the prior chain (1: plain Langevin)
     posterior_steps: int = 20
-    posterior_step_size: float = 0.1  # the first step's size (every step's, when the schedule is constant)
+    posterior_step_size: float = 0.5  # the first step's size (every step's, when the schedule is constant)
     posterior_step_schedule: str = "constant"  # constant | linear | geometric (from step_size to step_size_end)
     posterior_step_size_end: float = 0.05  # the last step's size (linear/geometric schedules)
-    posterior_noise: float = 1.0  # noise scale c of the posterior chain (1: plain Langevin, 0: gradient ascent)
+    posterior_noise: float = 0.1  # noise scale c of the posterior chain (1: plain Langevin, 0: gradient ascent)
     posterior_init: str = "noise"  # noise (the paper's short-run chain) | encoder (amortized guess, refined)
     refine_steps: int = 5  # posterior steps from the encoder's guess (posterior_init=encoder)
     encoder_dim: int = 128  # embedding/hidden width of that encoder

@@ -148,6 +148,7 @@ VALID_PRIOR_DRAWS = 4  # prior codes per validation sentence (the prior-z NLL an
 VALID_AU_SENTENCES = 64  # validation sentences whose per-unit sensitivity is measured (d decoder passes each)
 COLLAPSE_GAP = 0.02  # nats/token: below this the decoder is taken to ignore z ...
 COLLAPSE_VALIDATIONS = 3  # ... when it stays below for this many validations in a row
+TEXT_CHAIN = Config()  # the measured text defaults of the posterior chain, which the warning suggests
 
 
 def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device) -> dict:
@@ -177,8 +178,10 @@ def collapse_warning(gaps: list[float], cfg: Config) -> str | None:
             f"posterior-z NLL has stayed below {COLLAPSE_GAP} nats/token for {COLLAPSE_VALIDATIONS} validations "
             f"({', '.join(f'{g:.3f}' for g in recent)}). Likely cause: a posterior chain too short or too noisy "
             f"to find codes that explain the sentence (now {cfg.posterior_steps} steps of "
-            f"{cfg.posterior_step_size:g}, noise scale {cfg.posterior_noise:g}); try larger, nearly noiseless "
-            f"steps, e.g. --set posterior_step_size=0.5 --set posterior_noise=0.1 (docs/inference.md)")
+            f"{cfg.posterior_step_size:g}, noise scale {cfg.posterior_noise:g}); large, nearly noiseless steps "
+            f"(the default --set posterior_step_size={TEXT_CHAIN.posterior_step_size:g} --set "
+            f"posterior_noise={TEXT_CHAIN.posterior_noise:g}), or more of them (posterior_steps), let z carry "
+            "the sentence: docs/inference.md")
 
 
 @dataclass
