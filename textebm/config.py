@@ -55,7 +55,7 @@ class Config:
     # learning
     batch_size: int = 64
     generator_lr: float = 1e-3
-    energy_lr: float = 3e-4  # measured on PTB with the text chains (docs/inference.md); the paper-era 1e-4 lags
+    energy_lr: float = 1e-4  # 3e-4 fits the prior faster but starves the latent (docs/inference.md)
     generator_clip: float = 5.0
     energy_clip: float = 1.0
     adam_beta1: float = 0.5
