@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -58,8 +59,8 @@ def run_variant(name: str, overrides: list[str], args, env: dict) -> dict:
     textebm = [str(Path(sys.executable).parent / "textebm")]
     sets = [x for item in [*args.base, *overrides] for x in ("--set", item)]
     if not (folder / "checkpoint.pt").is_file():
-        if folder.exists():
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
+        if folder.exists():  # a variant killed before its first checkpoint: start it again
+            shutil.rmtree(folder)
         subprocess.run([*textebm, "train", "--corpus", "ptb", "--preset", "cpu", "--threads", "1", "--no-progress",
                         "--max-steps", str(args.steps), "--seed", str(args.seed), "--out", str(folder),
                         "--set", f"valid_every={args.valid_every}", *sets],

@@ -26,7 +26,7 @@ active units on a decoder that ignored z: chain noise alone separated the fitted
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -70,7 +70,6 @@ class LatentUsage:
     sensitivity: torch.Tensor | None = None  # per unit: sum over sentences
     sensitivity_sq: torch.Tensor | None = None  # per unit: sum of squares
     sensitivity_sentences: int = 0
-    notes: dict = field(default_factory=dict)
 
     def add(self, num_tokens: int, log_lik_post: torch.Tensor, log_lik_prior: torch.Tensor,
             rate: torch.Tensor, sensitivity: torch.Tensor | None = None) -> None:
