@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # A model small enough that a training step takes milliseconds on one CPU core.
 TINY_OVERRIDES = [
@@ -88,6 +89,34 @@ def tiny_config():
     from textebm.config import resolve_config
 
     return resolve_config("cpu", "ptb", TINY_OVERRIDES)
+
+
+@pytest.fixture
+def latent_model(tiny_config, ptb_train_lines):
+    """`make(z_scale, sentences)`: a small untrained model (latent 8) and a padded batch of PTB
+    sentences. The decoder's z weights are multiplied by `z_scale`: 5 makes the output a strong
+    function of z (p(z | x) much narrower than the prior; the output layer is scaled up too),
+    0 cuts every path from z to the output (a decoder that ignores z)."""
+    from textebm.batches import encode_lines, pad
+    from textebm.runs import build_model
+    from textebm.vocab import WordVocab
+
+    def make(z_scale: float, sentences: int = 32):
+        config = tiny_config
+        config.latent_dim = 8
+        vocab = WordVocab.build(ptb_train_lines[:500])
+        torch.manual_seed(0)
+        model = build_model(config, vocab).eval()
+        emb = config.embedding_dim
+        with torch.no_grad():
+            model.decoder.z_to_state.weight.mul_(z_scale)
+            model.decoder.rnn.weight_ih_l0[:, emb:].mul_(z_scale)
+            if z_scale > 1:
+                model.decoder.out.weight.mul_(z_scale)
+        tokens = pad(encode_lines(ptb_train_lines[:sentences], vocab, 30).sentences, vocab.pad_id)
+        return model, tokens
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -5,29 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textebm.batches import encode_lines, pad
 from textebm.diagnostics import AU_THRESHOLD, LatentUsage, information_rate, latent_usage_batch, unit_sensitivity
-from textebm.runs import build_model
-from textebm.vocab import WordVocab
-
-
-def _model(tiny_config, lines, uses_z: bool):
-    config = tiny_config
-    config.latent_dim = 8
-    vocab = WordVocab.build(lines[:500])
-    torch.manual_seed(0)
-    model = build_model(config, vocab).eval()
-    emb = config.embedding_dim
-    with torch.no_grad():
-        if uses_z:  # z dominates the initial state and every input
-            model.decoder.z_to_state.weight.mul_(5.0)
-            model.decoder.rnn.weight_ih_l0[:, emb:].mul_(5.0)
-            model.decoder.out.weight.mul_(5.0)
-        else:  # exactly no path from z to the output
-            model.decoder.z_to_state.weight.zero_()
-            model.decoder.rnn.weight_ih_l0[:, emb:].zero_()
-    tokens = pad(encode_lines(lines[:48], vocab, 30).sentences, vocab.pad_id)
-    return model, tokens
 
 
 def _usage(model, tokens, chain_steps=20):
@@ -39,8 +17,8 @@ def _usage(model, tokens, chain_steps=20):
     return usage.summary()
 
 
-def test_a_decoder_that_ignores_z_reads_zero(tiny_config, ptb_train_lines):
-    model, tokens = _model(tiny_config, ptb_train_lines, uses_z=False)
+def test_a_decoder_that_ignores_z_reads_zero(latent_model):
+    model, tokens = latent_model(0.0, 48)
     for steps in (0, 3, 20):  # however far the chain went
         figures = _usage(model, tokens, steps)
         assert abs(figures["gap"]) < 1e-6
@@ -48,8 +26,8 @@ def test_a_decoder_that_ignores_z_reads_zero(tiny_config, ptb_train_lines):
         assert figures["active_units"] == 0 and max(map(abs, figures["unit_sensitivity"])) < 1e-4
 
 
-def test_a_decoder_that_is_a_function_of_z_reads_large(tiny_config, ptb_train_lines):
-    model, tokens = _model(tiny_config, ptb_train_lines, uses_z=True)
+def test_a_decoder_that_is_a_function_of_z_reads_large(latent_model):
+    model, tokens = latent_model(5.0, 48)
     model.config.posterior_step_size, model.config.posterior_noise = 0.5, 0.1  # a chain that finds good codes
     figures = _usage(model, tokens)
     assert figures["gap"] > 0.2
@@ -57,8 +35,8 @@ def test_a_decoder_that_is_a_function_of_z_reads_large(tiny_config, ptb_train_li
     assert figures["active_units"] >= 6  # of 8
 
 
-def test_unit_sensitivity_finds_the_units_the_decoder_reads(tiny_config, ptb_train_lines):
-    model, tokens = _model(tiny_config, ptb_train_lines, uses_z=True)
+def test_unit_sensitivity_finds_the_units_the_decoder_reads(latent_model):
+    model, tokens = latent_model(5.0, 48)
     emb = model.config.embedding_dim
     with torch.no_grad():  # cut units 5, 6, 7 off the decoder
         model.decoder.z_to_state.weight[:, 5:].zero_()

@@ -5,30 +5,16 @@ import math
 import pytest
 import torch
 
-from textebm.batches import encode_lines, pad
 from textebm.energy import EnergyPrior
 from textebm.errors import NonFiniteError
 from textebm.langevin import langevin, posterior_chain, prior_chain, step_schedule
-from textebm.runs import build_model
-from textebm.vocab import WordVocab
 
 
 @pytest.fixture
-def z_sensitive_model(tiny_config, ptb_train_lines):
-    """A small untrained model whose decoder depends strongly on z (its z weights scaled up), so
-    that p(z | x) is much narrower than the prior and the posterior chain has somewhere to go."""
-    config = tiny_config
-    config.latent_dim = 8
-    vocab = WordVocab.build(ptb_train_lines[:500])
-    torch.manual_seed(0)
-    model = build_model(config, vocab).eval()
-    emb = config.embedding_dim
-    with torch.no_grad():
-        model.decoder.z_to_state.weight.mul_(5.0)
-        model.decoder.rnn.weight_ih_l0[:, emb:].mul_(5.0)
-        model.decoder.out.weight.mul_(5.0)
-    tokens = pad(encode_lines(ptb_train_lines[:32], vocab, 30).sentences, vocab.pad_id)
-    return model, tokens
+def z_sensitive_model(latent_model):
+    """A model whose decoder depends strongly on z, so that p(z | x) is much narrower than the
+    prior and the posterior chain has somewhere to go."""
+    return latent_model(5.0)
 
 
 def test_posterior_chain_raises_log_joint(z_sensitive_model):
