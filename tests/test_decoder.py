@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from textebm.decoder import Decoder
+from textebm.precision import StepProducts
 
 
 @pytest.mark.parametrize("cell,layers", [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)])
@@ -18,7 +19,7 @@ def test_cell_level_step_matches_teacher_forced_forward(cell, layers):
         z_gates, state = decoder.start_decoding(z)
         stepped = []
         for t in range(tokens.shape[1]):
-            logits, state = decoder.step(tokens[:, t], z_gates, state)
+            logits, state = decoder.step(tokens[:, t], z_gates, state, StepProducts(decoder))
             stepped.append(logits)
     torch.testing.assert_close(torch.stack(stepped, dim=1), reference, rtol=1e-5, atol=1e-5)
 

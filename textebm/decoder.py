@@ -67,16 +67,12 @@ class Decoder(nn.Module):
             return z_gates, list(zip(state[0].unbind(0), state[1].unbind(0)))
         return z_gates, list(state.unbind(0))
 
-    def step(self, tokens: torch.Tensor, z_gates: torch.Tensor, state: list, products=None):
+    def step(self, tokens: torch.Tensor, z_gates: torch.Tensor, state: list, products):
         """One decoding step for a batch, written at the cell level (the nn.LSTM/nn.GRU equations on
         their own weights, gate order i, f, g, o and r, z, n): next-token logits and the new state.
 
-        `products` computes the step's matrix products (`textebm.precision`: fp32 from these
-        weights by default, or bf16 / int8 copies prepared once)."""
-        if products is None:
-            from textebm.precision import StepProducts
-
-            products = StepProducts(self)
+        `products` computes the step's matrix products (`textebm.precision`: `StepProducts(decoder)`
+        in fp32 from these weights, or bf16 / int8 copies prepared once)."""
         x = products.token_gates(tokens) + z_gates
         new_state = []
         for layer, layer_state in enumerate(state):

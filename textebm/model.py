@@ -40,9 +40,8 @@ class LatentEBMTextModel(nn.Module):
         from the current weights (`textebm.precision`); chains and likelihoods stay fp32."""
         from textebm.precision import decoding_products
 
-        products = decoding_products(self.decoder, precision)
+        self.decoding_products = decoding_products(self.decoder, precision)
         self.decoding_precision = precision
-        self.decoding_products = None if precision == "fp32" else products
 
     @property
     def device(self) -> torch.device:
