@@ -11,8 +11,11 @@ def add_device_argument(parser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
+PRECISIONS = ("fp32", "bf16", "int8")  # of decoding's matrix products (textebm/precision.py)
+
+
 def add_precision_argument(parser) -> None:
-    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="precision of the decoder's matrix products when generating: fp32 (exact), bf16, "
                              "or int8 (dynamic quantization, CPU only); chains and likelihoods stay fp32")
 

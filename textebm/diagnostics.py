@@ -32,6 +32,7 @@ import torch
 
 AU_THRESHOLD = 0.1  # nats per sentence lost when a unit's posterior value is swapped for a prior draw
 AU_STDERRS = 3.0  # ... and that loss this many standard errors above 0
+PRIOR_DRAWS = 4  # prior codes per sentence: the prior-z NLL and, without importance sampling, log p(x)
 
 
 def log_likelihood_rows(decoder, z: torch.Tensor, tokens: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
@@ -129,7 +130,7 @@ def latent_usage_batch(model, tokens: torch.Tensor, z_post: torch.Tensor, num_pr
     return log_post, log_prior.mean(0), rate, sens
 
 
-def latent_usage(model, sentences: list[list[int]], pad_id: int, num_prior: int, batch_size: int = 32,
+def latent_usage(model, sentences: list[list[int]], pad_id: int, num_prior: int = PRIOR_DRAWS, batch_size: int = 32,
                  generator: torch.Generator | None = None, au_sentences: int = 64,
                  log_px: torch.Tensor | None = None) -> dict:
     """Gap, mutual information and active units over id lists (in order, `batch_size` at a time), each

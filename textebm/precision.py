@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from textebm.devices import PRECISIONS
 from textebm.errors import UserError
-
-PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class StepProducts:

@@ -144,7 +144,6 @@ class Learner:
         set_rng_state(ranks[self.parallel.rank] if len(ranks) == self.parallel.world else checkpoint["rng"])
 
 
-VALID_PRIOR_DRAWS = 4  # prior codes per validation sentence (the prior-z NLL and the training-time log p(x))
 VALID_AU_SENTENCES = 64  # validation sentences whose per-unit sensitivity is measured (d decoder passes each)
 COLLAPSE_GAP = 0.02  # nats/token: below this the decoder is taken to ignore z ...
 COLLAPSE_VALIDATIONS = 3  # ... when it stays below for this many validations in a row
@@ -160,8 +159,8 @@ def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device
     model.eval()
     generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
     sentences = split.sentences[: cfg.valid_batches * cfg.batch_size] if cfg.valid_batches else split.sentences
-    figures = latent_usage(model, sentences, model.pad_id, VALID_PRIOR_DRAWS, cfg.batch_size, generator,
-                           VALID_AU_SENTENCES)
+    figures = latent_usage(model, sentences, model.pad_id, batch_size=cfg.batch_size, generator=generator,
+                           au_sentences=VALID_AU_SENTENCES)
     return {"valid_nll_posterior": figures["nll_posterior"], "valid_nll_prior": figures["nll_prior"],
             "valid_gap": figures["gap"], "valid_mutual_information": figures["mutual_information"],
             "valid_active_units": figures["active_units"],

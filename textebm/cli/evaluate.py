@@ -13,7 +13,6 @@ from textebm.cli.common import add_chain_argument
 from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
-USAGE_PRIOR_DRAWS = 4  # as in training-time validation (textebm/train.py)
 USAGE_AU_SENTENCES = 256
 PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); tokens = words after encoding "
                   "with the run's vocabulary (unknown words as <unk>, lines cut to the run's max_length) plus "
@@ -136,7 +135,7 @@ def evaluate(args) -> dict:
     from textebm.batches import encode_lines
     from textebm.config import CHAIN_KEYS
     from textebm.corpora import evaluation_splits, open_corpus
-    from textebm.diagnostics import AU_STDERRS, AU_THRESHOLD, latent_usage
+    from textebm.diagnostics import AU_STDERRS, AU_THRESHOLD, PRIOR_DRAWS, latent_usage
     from textebm.likelihood import evaluate_sentences, log_partition
     from textebm.runs import load_run
 
@@ -166,8 +165,8 @@ def evaluate(args) -> dict:
     if not args.json:
         print(file=sys.stderr)
     nll = -res.log_px.double()
-    usage = (latent_usage(model, encoded.sentences, loaded.vocab.pad_id, USAGE_PRIOR_DRAWS, args.chunk, generator,
-                          USAGE_AU_SENTENCES, log_px=res.log_px) if model.has_latent else None)
+    usage = (latent_usage(model, encoded.sentences, loaded.vocab.pad_id, batch_size=args.chunk, generator=generator,
+                          au_sentences=USAGE_AU_SENTENCES, log_px=res.log_px) if model.has_latent else None)
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": args.split,
@@ -202,7 +201,7 @@ def evaluate(args) -> dict:
             "unit_sensitivity": usage["unit_sensitivity"],
             "estimators": {
                 "gap": "mean log p(x|z+) - mean log p(x|z-) per token; z+ one posterior chain (the run's settings), "
-                       f"z- {USAGE_PRIOR_DRAWS} prior draws per sentence",
+                       f"z- {PRIOR_DRAWS} prior draws per sentence",
                 "mutual_information": "E_x[log p(x|z+) - log p(x)] = E_x KL(p(z|x) || p(z)) in nats per sentence, "
                                       "log p(x) the importance-sampled estimate above",
                 "active_units": f"units whose swap for a prior draw costs > {AU_THRESHOLD} nats/sentence and > "
