@@ -1,7 +1,7 @@
 """`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams.
 
 Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples`, prints a table or
-one JSON object. The protocol is documented in docs/evaluation.md.
+one JSON object. The protocol is documented in docs/fppl-rppl.md.
 """
 
 from __future__ import annotations

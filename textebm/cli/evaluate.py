@@ -2,7 +2,7 @@
 
 Thin: reads the split, calls textebm.likelihood / textebm.diagnostics / lm_eval, prints a table
 or one JSON object and writes the same JSON to RUN/evaluation-<split>.json. The estimators are
-described in textebm/likelihood.py and docs/evaluate.md.
+described in textebm/likelihood.py and docs/evaluate-command.md.
 """
 
 from __future__ import annotations
