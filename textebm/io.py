@@ -1,10 +1,12 @@
 """Atomic file writes: a temporary file in the same folder, flushed to disk, then renamed over the target.
 
 A reader (or a resumed run after SIGKILL) sees either the old file or the new one, never half of one.
+(And the one conversion every JSON report needs before it is written: `json_safe`.)
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -43,3 +45,14 @@ def remove_stale_temp_files(folder: Path) -> None:
     """Temporary files left by a process killed mid-write (their targets are intact)."""
     for tmp in Path(folder).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def json_safe(x):
+    """JSON has no infinity or NaN: such values (never expected) become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x

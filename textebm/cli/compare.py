@@ -22,27 +22,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from textebm.errors import UserError
+    from textebm.evaluation import load_evaluation
     from textebm.plots import plot_quality_diversity
 
     labels = args.labels or [Path(run).name for run in args.runs]
     if len(labels) != len(args.runs):
         raise UserError(f"--labels gives {len(labels)} names for {len(args.runs)} runs")
-    evaluations = []
-    for label, run in zip(labels, args.runs):
-        path = Path(run) / f"evaluation-{args.split}.json"
-        if not path.is_file():
-            raise UserError(f"{path} not found: run `textebm evaluate --checkpoint {run} --split {args.split}` first")
-        try:
-            evaluation = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            raise UserError(f"{path} is not JSON") from None
-        generation = evaluation.get("generation") if isinstance(evaluation, dict) else None
-        if generation is not None and "decodings" not in generation:
-            raise UserError(f"{path} was written before decoding sweeps: rerun textebm evaluate on {run}")
-        evaluations.append((label, evaluation))
+    evaluations = [(label, load_evaluation(Path(run), args.split)) for label, run in zip(labels, args.runs)]
     print(plot_quality_diversity(evaluations, Path(args.out), args.title))
     return 0

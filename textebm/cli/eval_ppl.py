@@ -10,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from textebm.cli.common import import_lm_eval, json_safe
 from textebm.errors import UserError
+from textebm.evaluation import import_lm_eval
+from textebm.io import json_safe
 
 CORPORA = ("ptb", "snli", "yahoo")
 

@@ -1,0 +1,284 @@
+"""One evaluation of a trained run on a held-out split, as `textebm evaluate` and `textebm reproduce`
+both run it: NLL and perplexity by importance sampling, latent usage, the decoding sweep with
+FPPL/RPPL, the quality-diversity figure, and the JSON report in the run folder.
+
+The estimators are described in textebm/likelihood.py, textebm/diagnostics.py and
+docs/evaluate-command.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textebm.errors import UserError
+from textebm.progress import QUIET, Progress
+
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
+USAGE_AU_SENTENCES = 256
+PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); tokens = words after encoding "
+                  "with the run's vocabulary (unknown words as <unk>, lines cut to the run's max_length) plus "
+                  "one end-of-sentence per sentence")
+
+
+@dataclass
+class EvaluationOptions:
+    """What `textebm evaluate` takes (its flags, same names); every default is the command's."""
+
+    checkpoint: str
+    split: str = "test"
+    data_dir: str | None = None
+    max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
+    num_chains: int = 16
+    posterior_steps: int | None = None  # None: the run's K1
+    num_is_samples: int = 100
+    partition_samples: int = 100_000
+    fppl_samples: int = 1000  # 0: no decoding sweep
+    temperatures: list[float] = field(default_factory=lambda: list(TEMPERATURES))
+    chunk: int = 32
+    seed: int = 0
+    chain: list[str] = field(default_factory=list)  # `key=value` chain settings for evaluation only
+    precision: str = "fp32"
+    device: str = "auto"
+    threads: int | None = None
+
+    def check(self) -> EvaluationOptions:
+        for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
+                          ("chunk", 1)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
+        if self.posterior_steps is not None and self.posterior_steps < 0:
+            raise UserError(f"--posterior-steps must not be negative, not {self.posterior_steps}")
+        if not all(math.isfinite(t) and t > 0 for t in self.temperatures):
+            raise UserError(f"--temperatures must be positive numbers, not {' '.join(map(str, self.temperatures))}")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise UserError(f"--max-sentences must be at least 1, not {self.max_sentences}")
+        return self
+
+
+def import_lm_eval():
+    """Import lm_eval and make sure it is this project's package, not a namesake."""
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise UserError(f"cannot import lm_eval ({err}); reinstall textebm with ./setup.sh") from None
+    if not getattr(lm_eval, "__textebm__", False):
+        if getattr(lm_eval, "__file__", None) is None:  # a namespace package: no __init__.py ran
+            where = ", ".join(str(p) for p in getattr(lm_eval, "__path__", []))
+            raise UserError(
+                f"`lm_eval` was imported as a bare namespace package from {where}, not textebm's "
+                "package; reinstall textebm (./setup.sh, or pip install -e .)"
+            )
+        where = lm_eval.__file__
+        raise UserError(
+            f"`lm_eval` resolves to another package ({where}), e.g. EleutherAI's "
+            "lm-evaluation-harness; it and textebm cannot share one environment: use a separate venv"
+        )
+    return lm_eval
+
+
+def decodings(temperatures) -> list:
+    """The decoding sweep: greedy, then ancestral sampling at each temperature (`textebm sample`'s code)."""
+    from textebm.sampling import SamplingOptions
+
+    return [("greedy", SamplingOptions(greedy=True))] + [
+        (f"temperature {t:g}", SamplingOptions(temperature=t)) for t in temperatures]
+
+
+def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int,
+                       temperatures=TEMPERATURES, progress: Progress = QUIET) -> dict:
+    """FPPL/RPPL and sample statistics of `n` sentences from the run per decoding (greedy and each
+    temperature), all against one load of the real-data LM (lm_eval, KenLM 5-grams, estimated on the
+    lines the run trained on and cached by their content; the reverse LMs are scored on the held-out
+    lines). The reference row of real text with this evaluator (compare models to it, not to other
+    evaluators' numbers): FPPL of the held-out text (`real_lm_test_ppl`), and RPPL and sample
+    statistics of `n` random training lines (`real_reference`; their FPPL would be in-sample)."""
+    import random
+
+    from textebm.sampling import generate_text
+
+    lm_eval = import_lm_eval()
+    sweep = decodings(temperatures)
+    sets, examples = {}, {}
+    with progress.bar("decoding sweep", len(sweep) * n, "sentence") as bar:
+        for name, options in sweep:
+            sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
+            sets[name] = lm_eval.normalize_lines(sentences, "samples")
+            examples[name] = sentences[:5]
+            bar.update(n)
+    real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
+    sets["real"] = lm_eval.normalize_lines(real, "real")
+    progress.note(f"KenLM: {len(sets)} sets of samples against the 5-gram of {len(train_lines)} training lines")
+    try:
+        out = lm_eval.evaluate_sample_sets(sets, lm_eval.normalize_lines(train_lines, "training"),
+                                           lm_eval.normalize_lines(test_lines, "test"))
+    except lm_eval.EvalError as err:
+        raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
+    reference = out["sets"].pop("real")
+    rows = []
+    for name, options in sweep:
+        rows.append({"decoding": name, "greedy": options.greedy,
+                     "temperature": None if options.greedy else options.temperature,
+                     **out["sets"][name], "examples": examples[name]})
+    return {
+        "real_lm_test_ppl": out["real"]["test_ppl"],
+        "real_lm": {key: out["real"][key] for key in ("path", "cached", "num_sentences", "discount_fallback")},
+        "real_reference": {"sentences": f"{len(real)} random lines of the training text (seed {seed})",
+                           **{key: reference[key] for key in ("num_samples", "reverse_ppl", "unique_share",
+                                                                "distinct_1", "distinct_2", "self_bleu")}},
+        "n": n, "seed": seed, "max_length": sweep[0][1].max_length, "prior_steps": loaded.config.prior_steps,
+        "precision": loaded.model.decoding_precision,
+        "order": out["order"], "count_eos": out["count_eos"],
+        "decodings": rows,
+    }
+
+
+def work_summary(options: EvaluationOptions, model, config, num_sentences: int, num_train_lines: int) -> str:
+    """How much work an evaluation is, said before it starts."""
+    if model.has_latent:
+        steps = config.posterior_steps if options.posterior_steps is None else options.posterior_steps
+        parts = [f"{num_sentences} sentences x {options.num_chains} posterior chains x {steps} steps, "
+                 f"{options.num_is_samples} importance samples each",
+                 f"latent usage of the same sentences (active units: the first "
+                 f"{min(num_sentences, USAGE_AU_SENTENCES)})"]
+        if model.prior.is_ebm:
+            parts.insert(0, f"log Z from {options.partition_samples} prior draws")
+    else:
+        parts = [f"{num_sentences} sentences, exact likelihood (no latent)"]
+    if options.fppl_samples:
+        parts.append(f"FPPL/RPPL: {len(options.temperatures) + 1} decodings x {options.fppl_samples} sentences, "
+                     f"KenLM 5-grams of {num_train_lines} training lines")
+    return "evaluate: " + "; ".join(parts)
+
+
+def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
+    """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure)."""
+    import torch
+
+    from textebm.batches import encode_lines
+    from textebm.config import CHAIN_KEYS
+    from textebm.corpora import evaluation_splits, open_corpus
+    from textebm.devices import resolve_device
+    from textebm.diagnostics import AU_STDERRS, AU_THRESHOLD, PRIOR_DRAWS, latent_usage
+    from textebm.likelihood import evaluate_sentences, log_partition
+    from textebm.runs import load_run
+
+    options.check()
+    started = time.perf_counter()
+    device = resolve_device(options.device, options.threads)
+    loaded = load_run(options.checkpoint, device, options.chain, options.precision)
+    config = loaded.config
+    corpus = open_corpus(config.corpus, options.data_dir)
+    train_lines, held_out, source = evaluation_splits(corpus, config.train_split, options.split)
+    lines = held_out if options.max_sentences is None else held_out[:options.max_sentences]  # for the NLL only
+    encoded = encode_lines(lines, loaded.vocab, config.max_length)
+    # The sentences actually scored, and their predicted tokens (after any --max-sentences cut).
+    num_tokens = sum(len(s) - 1 for s in encoded.sentences)
+    model = loaded.model
+    progress.note(work_summary(options, model, config, len(encoded.sentences), len(train_lines)))
+
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    log_z, log_z_se = log_partition(model.prior, options.partition_samples, generator=generator)
+
+    with progress.bar("importance sampling" if model.has_latent else "likelihood", len(encoded.sentences),
+                      "sentence") as bar:
+        res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
+                                 options.num_is_samples, generator, chunk=options.chunk,
+                                 progress=lambda done, total: bar.update(done - bar.n),
+                                 posterior_steps=options.posterior_steps)
+    nll = -res.log_px.double()
+    usage = None
+    if model.has_latent:
+        progress.note(f"latent usage: {len(encoded.sentences)} sentences")
+        usage = latent_usage(model, encoded.sentences, loaded.vocab.pad_id, batch_size=options.chunk,
+                             generator=generator, au_sentences=USAGE_AU_SENTENCES, log_px=res.log_px)
+    log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
+    result = {
+        "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
+        "evaluated_text": source, "trained_on": config.train_split,
+        "prior": config.prior, "latent_dim": model.prior.latent_dim,
+        "chains": {key: getattr(config, key) for key in CHAIN_KEYS},
+        "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
+        "nll_per_sentence": float(nll.mean()),
+        "nll_per_token": float(nll.sum() / num_tokens),
+        "perplexity": math.exp(float(nll.sum() / num_tokens)),
+        "perplexity_convention": PPL_CONVENTION,
+        "elbo_per_sentence": float(res.log_w.double().mean(1).mean()),
+        "log_partition": {"log_z": log_z, "stderr": log_z_se,
+                          "num_samples": options.partition_samples if model.prior.is_ebm else 0,
+                          "estimator": "log mean_{z ~ N(0, sigma^2 I)} exp f(z) (logsumexp); stderr by the "
+                                       "delta method, std(w) / (sqrt(N) mean(w)); exactly 0 for a Gaussian prior"},
+        "importance_sampling": None if not model.has_latent else {
+            "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
+                         "q = 0.5 G + 0.5 N(0, sigma^2 I) (defensive mixture), G = diagonal Gaussian fitted "
+                         "to the sentence's posterior-chain samples",
+            "num_chains": options.num_chains,
+            "posterior_steps": config.posterior_steps if options.posterior_steps is None else options.posterior_steps,
+            "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
+            "proposal_std": "1.2 * chain std + 0.05", "defensive_share": 0.5,
+            "ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()),
+            "ess_min": float(res.ess.min()), "log_w_var_mean": float(log_w_var.mean()),
+            "chain_std_mean": float(res.chain_std.mean()),
+        },
+        "latent_usage": None if usage is None else {
+            "gap": usage["gap"], "nll_posterior": usage["nll_posterior"], "nll_prior": usage["nll_prior"],
+            "mutual_information": usage["mutual_information"], "active_units": usage["active_units"],
+            "unit_sensitivity": usage["unit_sensitivity"],
+            "estimators": {
+                "gap": "mean log p(x|z+) - mean log p(x|z-) per token; z+ one posterior chain (the run's settings), "
+                       f"z- {PRIOR_DRAWS} prior draws per sentence",
+                "mutual_information": "E_x[log p(x|z+) - log p(x)] = E_x KL(p(z|x) || p(z)) in nats per sentence, "
+                                      "log p(x) the importance-sampled estimate above",
+                "active_units": f"units whose swap for a prior draw costs > {AU_THRESHOLD} nats/sentence and > "
+                                f"{AU_STDERRS:g} standard errors (first {USAGE_AU_SENTENCES} sentences)",
+                "note": "every figure is exactly 0 for a decoder that ignores z (textebm/diagnostics.py)"},
+        },
+        "exact_likelihood": not model.has_latent,
+        "seed": options.seed,
+    }
+    if options.fppl_samples == 0:
+        result["generation"] = None
+        result["generation_skipped"] = "--fppl-samples 0"
+    else:
+        result["generation"] = generation_metrics(loaded, train_lines, held_out, options.fppl_samples, options.seed,
+                                                  options.temperatures, progress)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def evaluation_path(folder: Path, split: str) -> Path:
+    return Path(folder) / f"evaluation-{split}.json"
+
+
+def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
+    """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
+    (RUN/evaluation-<split>.json, atomically). Returns the report as written."""
+    from textebm.io import atomic_write_text, json_safe
+    from textebm.plots import plot_quality_diversity
+
+    result = evaluate(options, progress)
+    folder = Path(options.checkpoint)
+    if result["generation"] is not None:
+        figure = folder / f"quality_diversity-{options.split}.png"
+        result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
+    result = json_safe(result)
+    atomic_write_text(evaluation_path(folder, options.split), json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return result
+
+
+def load_evaluation(folder: Path, split: str) -> dict:
+    """A run's report as `evaluate_run` wrote it; a clear UserError when it is missing or too old."""
+    path = evaluation_path(folder, split)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `textebm evaluate --checkpoint {folder} --split {split}` first")
+    try:
+        evaluation = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path} is not JSON") from None
+    generation = evaluation.get("generation") if isinstance(evaluation, dict) else None
+    if generation is not None and "decodings" not in generation:
+        raise UserError(f"{path} was written before decoding sweeps: rerun textebm evaluate on {folder}")
+    return evaluation
