@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from textebm.cli import interpolate
+from textebm.interpolation import sentence_codes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAINED = [
@@ -146,7 +146,7 @@ def test_interpolate_endpoints_decode_the_posterior_codes(analysis, memorised_ru
     points = json.loads(out)["points"]
     assert [p["t"] for p in points] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     loaded = load_run(memorised_run)
-    codes = interpolate.posterior_codes(loaded.model, loaded.vocab, TRAINED[:2], 8, 3)
+    codes = sentence_codes(loaded.model, loaded.vocab, TRAINED[:2], 8, 3)
     ids = decode(loaded.model.decoder, codes, loaded.model.bos_id, loaded.model.eos_id, 40, True)
     assert [points[0]["sentence"], points[-1]["sentence"]] == [loaded.vocab.decode(r) for r in ids.tolist()]
     assert torch.isfinite(codes).all()
@@ -178,6 +178,17 @@ def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, 
     out_file = tmp_path / "scores.json"
     status, _, _ = analysis("score", "--checkpoint", trained_run, text, "--json", "--out", out_file)
     assert status == 0 and len(json.loads(out_file.read_text())) == 5
+
+
+def test_score_progress_on_stderr_when_asked(analysis, trained_run, tmp_path, ptb_valid_lines):
+    text = tmp_path / "in.txt"
+    text.write_text("\n".join(ptb_valid_lines[:5]) + "\n", encoding="utf-8")
+    status, out, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--progress")
+    assert status == 0, err
+    assert len(out.splitlines()) == 5  # stdout: the scores only
+    assert "score: 5 sentences x 2 posterior chains x 3 steps" in err and f"scoring {text}: 100%" in err
+    status, _, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2")
+    assert status == 0 and "scoring" not in err  # stderr is not a terminal here
 
 
 def test_score_ranks_memorised_sentences_below_shuffled_ones(analysis, memorised_run, tmp_path):

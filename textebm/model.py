@@ -77,6 +77,16 @@ class LatentEBMTextModel(nn.Module):
         z = self.posterior_sample(tokens.repeat_interleave(num_chains, dim=0), steps=steps, generator=generator)
         return z.view(tokens.shape[0], num_chains, -1)
 
+    def infer_code(self, tokens: torch.Tensor, chains: int = 1, generator: torch.Generator | None = None,
+                   steps: int | None = None) -> torch.Tensor:
+        """Each sentence's code by the model's own inference, (batch, latent): the mean of `chains`
+        posterior samples, refined from the encoder's guess when the run has one (`amortized`). The
+        one place reconstruction and interpolation ask for a code; a model with another inference
+        (a VAE's encoder mean) answers here."""
+        z = self.posterior_sample(tokens.repeat_interleave(chains, dim=0), steps=steps, generator=generator,
+                                  amortized=True)
+        return z.view(tokens.shape[0], chains, -1).mean(dim=1)
+
     def prior_sample(self, n: int, steps: int | None = None, step_size: float | None = None,
                      generator: torch.Generator | None = None, trajectory: list | None = None,
                      shard: Shard | None = None) -> torch.Tensor:

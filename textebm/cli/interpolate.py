@@ -1,9 +1,5 @@
-"""`textebm interpolate`: sentences decoded (greedy) along the straight line between the posterior
-codes of two sentences.
-
-A single short-run posterior sample is noisy (the chain starts from noise and ends with a noise
-step), so each sentence's code is the mean of `--chains` independent posterior samples: an
-estimate of the posterior mean E[z | x], stable across seeds."""
+"""`textebm interpolate`: sentences decoded (greedy) along the straight line between the codes of
+two sentences (textebm.interpolation; each code the mean of `--chains` posterior samples)."""
 
 from __future__ import annotations
 
@@ -28,36 +24,13 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def posterior_codes(model, vocab, sentences: list[str], chains: int, seed: int):
-    """Mean of `chains` posterior samples per sentence: shape (len(sentences), latent)."""
-    import torch
-
-    from textebm.batches import encode_lines, pad
-
-    tokens = pad(encode_lines(sentences, vocab, model.config.max_length).sentences, model.pad_id).to(model.device)
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    return model.posterior_chains(tokens, chains, generator=generator).mean(dim=1)
-
-
-def interpolate(model, vocab, source: str, target: str, points: int, chains: int, seed: int,
-                max_length: int) -> list[tuple[float, str]]:
-    import torch
-
-    from textebm.decoding import decode
-
-    codes = posterior_codes(model, vocab, [source, target], chains, seed)
-    weights = torch.linspace(0.0, 1.0, points, device=model.device).unsqueeze(1)
-    line = (1 - weights) * codes[0] + weights * codes[1]  # (points, latent), one batch
-    ids = decode(model.decoder, line, model.bos_id, model.eos_id, max_length, greedy=True)
-    return [(float(w), vocab.decode(row)) for w, row in zip(weights.squeeze(1).tolist(), ids.tolist())]
-
-
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
     from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
+    from textebm.interpolation import interpolate
 
     for flag, text in (("--from", args.source), ("--to", args.target)):
         if not text.strip():
