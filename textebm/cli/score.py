@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument
+from textebm.cli.common import add_chain_argument, read_sentences
 from textebm.devices import add_device_argument
 
 
@@ -29,23 +29,6 @@ def add_parser(subparsers) -> None:
     add_chain_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
-
-
-def read_sentences(path: str) -> list[str]:
-    """Non-blank lines of a UTF-8 text file (.gz allowed); a clear UserError otherwise."""
-    import gzip
-    from pathlib import Path
-
-    from textebm.corpora import check_text_file
-    from textebm.errors import UserError
-
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"{path} does not exist or is not a file")
-    check_text_file(file)  # UTF-8, at least one sentence
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
 
 
 def run(args: argparse.Namespace) -> int:

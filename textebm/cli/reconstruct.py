@@ -1,0 +1,93 @@
+"""`textebm reconstruct`: each sentence's code by the model's own inference, decoded back greedily;
+corpus BLEU and exact-match share of the copies, against the same for prior samples
+(textebm.reconstruction)."""
+
+from __future__ import annotations
+
+import argparse
+
+from textebm.cli.common import add_chain_argument
+from textebm.devices import add_device_argument
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reconstruct", help="decode sentences back from their latent codes; BLEU against the inputs",
+        description="Infer each sentence's latent code (the run's posterior chain, or its encoder's guess "
+                    "refined by the chain), decode it greedily and score the reconstructions against the inputs: "
+                    "corpus BLEU (nltk, 0-100) and exact-match share. The baseline is the same BLEU for greedy "
+                    "decodings of prior samples: a decoder that ignores z scores no better than it.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=("test", "valid"), help="held-out split of the run's corpus (default test)")
+    source.add_argument("--input", metavar="FILE", help="text file, one sentence per line, instead of a split")
+    p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    p.add_argument("--max-sentences", type=int, metavar="N", help="the first N sentences only")
+    p.add_argument("--chains", type=int, default=1, metavar="C",
+                   help="posterior samples averaged per code (default 1: one sample, as training sees it)")
+    p.add_argument("--posterior-steps", type=int, metavar="K", help="Langevin steps per chain (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same result")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    p.add_argument("--examples", type=int, default=5, metavar="N", help="reconstructions shown in the text output")
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON object: the figures and every sentence's reconstruction")
+    add_chain_argument(p)
+    add_device_argument(p)
+    p.set_defaults(run=run)
+
+
+def _check_args(args) -> None:
+    from textebm.errors import UserError
+
+    for name, low in (("chains", 1), ("batch_size", 1), ("examples", 0)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(args, name)}")
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise UserError(f"--max-sentences must be at least 1, not {args.max_sentences}")
+    if args.posterior_steps is not None and args.posterior_steps < 0:
+        raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    import time
+
+    from textebm.cli.common import load_latent_run, read_sentences
+    from textebm.corpora import evaluation_splits, open_corpus
+    from textebm.reconstruction import reconstruct_lines
+
+    _check_args(args)
+    lines = read_sentences(args.input) if args.input else None  # input errors before the (slower) model load
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "reconstruct", args.chain)
+    if lines is None:
+        split = args.split or "test"
+        corpus = open_corpus(loaded.config.corpus, args.data_dir)
+        _, lines, source = evaluation_splits(corpus, loaded.config.train_split, split)
+        source = f"{corpus.name} {source}"
+    else:
+        source = args.input
+    lines = lines[:args.max_sentences]
+
+    started = time.perf_counter()
+    result = reconstruct_lines(loaded.model, loaded.vocab, lines, args.chains, args.seed, args.batch_size,
+                               args.posterior_steps)
+    seconds = round(time.perf_counter() - started, 2)
+    if result.truncated:
+        print(f"{result.truncated} lines cut to the run's max_length ({loaded.config.max_length} tokens)",
+              file=sys.stderr)
+    if args.json:
+        report = {"run": str(loaded.folder), "step": loaded.step, "source": source, **result.summary(),
+                  "seconds": seconds, "sentences": result.rows(),
+                  "baseline_examples": result.baseline[:args.examples]}
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+        return 0
+    print(f"run {loaded.folder} (step {loaded.step}): {len(lines)} sentences of {source}")
+    print(f"codes: {result.inference}; greedy decoding")
+    for x, y in list(zip(result.inputs, result.outputs))[:args.examples]:
+        print(f"  input           {x}\n  reconstruction  {y}")
+    print(f"BLEU (0-100)            {result.bleu:6.2f}  exact match {100 * result.exact_match:5.1f}%")
+    print(f"prior-sample baseline   {result.baseline_bleu:6.2f}  exact match {100 * result.baseline_exact_match:5.1f}%")
+    print(result.verdict)
+    print(f"({seconds} s)", file=sys.stderr)
+    return 0
