@@ -180,6 +180,17 @@ def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, 
     assert status == 0 and len(json.loads(out_file.read_text())) == 5
 
 
+def test_score_progress_on_stderr_when_asked(analysis, trained_run, tmp_path, ptb_valid_lines):
+    text = tmp_path / "in.txt"
+    text.write_text("\n".join(ptb_valid_lines[:5]) + "\n", encoding="utf-8")
+    status, out, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--progress")
+    assert status == 0, err
+    assert len(out.splitlines()) == 5  # stdout: the scores only
+    assert "score: 5 sentences x 2 posterior chains x 3 steps" in err and f"scoring {text}: 100%" in err
+    status, _, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2")
+    assert status == 0 and "scoring" not in err  # stderr is not a terminal here
+
+
 def test_score_ranks_memorised_sentences_below_shuffled_ones(analysis, memorised_run, tmp_path):
     rng = random.Random(0)
     shuffled = []

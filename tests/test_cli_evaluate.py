@@ -96,6 +96,21 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     assert report["figure"] == str(figure) and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    args = ("--checkpoint", run, *FAST, "--fppl-samples", "10", "--temperatures", "1", "--json")
+    status, out, err = invoke(*args, "--progress")
+    assert status == 0, err
+    assert out.endswith("\n") and out.count("\n") == 1 and isinstance(json.loads(out), dict)
+    # the work, said beforehand; then a bar per stage with its rate and time left
+    assert "evaluate: log Z from 500 prior draws; 12 sentences x 3 posterior chains x 3 steps, 8 importance" in err
+    assert "2 decodings x 10 sentences" in err
+    assert "importance sampling: 100%" in err and "decoding sweep: 100%" in err and "sentence/s" in err
+    # stderr is not a terminal here: without --progress nothing is shown
+    status, out, err = invoke(*args)
+    assert status == 0 and err == "" and out.count("\n") == 1
+
+
 def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folder, ptb_train_lines, cli,
                                                   one_line_error):
     runs = []

@@ -46,8 +46,9 @@ class SentenceScores:
 
 
 def score_lines(model, vocab, lines: list[str], num_chains: int = 4, seed: int = 0, batch_size: int = 64,
-                posterior_steps: int | None = None, max_length: int | None = None) -> SentenceScores:
+                posterior_steps: int | None = None, max_length: int | None = None, progress=None) -> SentenceScores:
     """Anomaly scores of `lines`, in their order. Deterministic for a seed (and batch size).
+    `progress(done, total)` is called after each batch.
 
     Sentences are batched by length (less padding); each batch runs `num_chains` chains per
     sentence at once as rows of one posterior chain."""
@@ -63,6 +64,8 @@ def score_lines(model, vocab, lines: list[str], num_chains: int = 4, seed: int =
             rows = order[start:start + batch_size]
             tokens = pad([sentences[i] for i in rows], model.pad_id).to(model.device)
             total[rows] = neg_log_joint(model, tokens, num_chains, generator, posterior_steps).double().cpu()
+            if progress is not None:
+                progress(start + len(rows), len(order))
     finally:
         model.train(was_training)
     counts = torch.tensor([len(s) - 1 for s in sentences], dtype=torch.float64)

@@ -7,6 +7,7 @@ import argparse
 
 from textebm.cli.common import add_chain_argument, read_sentences
 from textebm.devices import add_device_argument
+from textebm.progress import add_progress_argument
 
 
 def add_parser(subparsers) -> None:
@@ -26,6 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--json", action="store_true", help="JSON output instead of tab-separated text")
+    add_progress_argument(p)
     add_chain_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
@@ -40,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from textebm.devices import resolve_device
     from textebm.errors import UserError
     from textebm.io import atomic_write_text
+    from textebm.progress import Progress
     from textebm.runs import load_run
 
     if (args.file is None) == (args.auroc is None):
@@ -55,8 +58,14 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads), args.chain)
 
     started = time.perf_counter()
-    results = [score_lines(loaded.model, loaded.vocab, lines, args.num_chains, args.seed, args.batch_size,
-                           args.posterior_steps) for lines in texts]
+    progress = Progress.auto(args.progress)
+    steps = loaded.config.posterior_steps if args.posterior_steps is None else args.posterior_steps
+    progress.note(f"score: {sum(map(len, texts))} sentences x {args.num_chains} posterior chains x {steps} steps")
+    results = []
+    for name, lines in zip(files, texts):
+        with progress.bar(f"scoring {name}", len(lines), "sentence") as bar:
+            results.append(score_lines(loaded.model, loaded.vocab, lines, args.num_chains, args.seed, args.batch_size,
+                                       args.posterior_steps, progress=lambda done, total: bar.update(done - bar.n)))
     seconds = time.perf_counter() - started
     for name, res in zip(files, results):
         if res.truncated:
