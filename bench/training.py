@@ -6,7 +6,7 @@ Two references, run interleaved with the candidate in the same process:
 - one teacher-forced language-model step of the same decoder: the iteration's cost over it is the
   issue's second figure (the goal beyond the issue: training tokens/s at half a plain LM's).
 Two candidates: the library with the paper's chain, and its amortized option (posterior_init=encoder,
-the one the 3x target is for; its quality at equal iterations is in docs/ptb-cpu-runs.md). `--set
+the one the 3x target is for; its quality at equal iterations: docs/training.md). `--set
 key=value` overrides apply to the candidates; the references keep the paper's plain settings.
 """
 
@@ -91,7 +91,7 @@ def run(quick: bool, repeats: int, overrides: list[str] = ()) -> list[Row]:
         what = (f"encoder guess + {cfg.refine_steps} refine steps" if amortized
                 else f"K1={cfg.posterior_steps} from noise")
         settings = f"candidate --set: {' '.join(extra)}" if extra else "candidate: default config"
-        quality = ("; equal-iteration quality: docs/ptb-cpu-runs.md" if amortized else "")
+        quality = ("; equal-iteration quality: docs/training.md" if amortized else "")
         rows.append(Row(
             "training", f"Learner.step ({name}: {what}) vs plain chain iteration ({chains}), {shape}", "tokens/s",
             rate(t_plain), rate(t), speedup, "speed-up", f">= {SPEEDUP_TARGET:g}x" if amortized else "",
