@@ -15,7 +15,7 @@ from textebm import __version__
 from textebm.errors import UserError
 
 SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve", "evaluate", "compare", "chain", "interpolate", "score",
-               "reconstruct", "data"]
+               "reconstruct", "reproduce", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:

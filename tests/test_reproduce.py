@@ -1,0 +1,145 @@
+"""`textebm reproduce`: a tiny grid trained and evaluated, then reported done by --dry-run and left
+alone; a run whose training process is killed resumes from its checkpoint within its total budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from textebm.grid import load_grid
+from textebm.reproduce import BUDGET, MIN_MINUTES, TRAIN_MARKER
+
+EVALUATE = ('{ split = "test", max_sentences = 5, num_chains = 2, num_is_samples = 4, partition_samples = 200, '
+            'fppl_samples = 20, temperatures = [1.0] }')
+
+
+@pytest.fixture
+def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
+    (folder / "test.txt").write_text("\n".join(ptb_valid_lines[:40]) + "\n", encoding="utf-8")
+    return folder
+
+
+def _grid(tmp_path, corpus_folder, tiny_overrides, runs: str, extra_set=()) -> str:
+    overrides = ", ".join(f'"{s}"' for s in [*tiny_overrides, *extra_set])
+    path = tmp_path / "grid.toml"
+    path.write_text(f'title = "tiny"\n[defaults]\npreset = "cpu"\ncorpus = "{corpus_folder}"\nset = [{overrides}]\n'
+                    + runs, encoding="utf-8")
+    return str(path)
+
+
+def _snapshot(folder):
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_folder, tiny_overrides):
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides,
+                 f'[[runs]]\nname = "tiny"\nlabel = "tiny EBM"\nmax_steps = 6\nseeds = [0, 1]\nevaluate = [{EVALUATE}]\n')
+    out = tmp_path / "out"
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--jobs", "2", "--device", "cpu")
+    assert status == 0, stdout + err
+    results = json.loads((out / "results.json").read_text())
+    assert [r["train"]["step"] for r in results["runs"]] == [6, 6]
+    # the two seeds are one group: its figures are their mean and sample standard deviation
+    (group,) = results["groups"]
+    assert group["seeds"] == [0, 1] and group["runs"] == ["tiny-seed0", "tiny-seed1"]
+    nlls = [json.loads((out / "runs" / name / "evaluation-test.json").read_text())["nll_per_sentence"]
+            for name in group["runs"]]
+    assert group["figures"]["nll"]["mean"] == pytest.approx(statistics.fmean(nlls))
+    assert group["figures"]["nll"]["sd"] == pytest.approx(statistics.stdev(nlls))
+    assert nlls[0] != nlls[1]  # different seeds, different models
+    page = (out / "results.md").read_text()
+    assert "| tiny EBM | 0, 1 |" in page and " ± " in page and "real text (same evaluator)" in page
+    assert (out / "quality_diversity-corpus-test.png").read_bytes()[:4] == b"\x89PNG"
+
+    before = _snapshot(out)
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--dry-run")
+    assert status == 0, err
+    assert "done: 2 of 2 trainings, 2 of 2 evaluations" in stdout and "everything is done: nothing to start" in stdout
+    assert len(re.findall(r"\bdone\b", stdout)) >= 4 and "to do" not in stdout
+    assert _snapshot(out) == before  # a dry run writes nothing
+    # run again for real: nothing is trained or evaluated again; only the results are rewritten
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--device", "cpu")
+    assert status == 0, err
+    after = _snapshot(out)
+    changed = {p for p in after if after[p] != before.get(p)}
+    assert changed == {str(out / "results.json"), str(out / "results.md"), str(out / "quality_diversity-corpus-test.png")}
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
+        cli, tmp_path, corpus_folder, tiny_overrides, subprocess_env):
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "timed"\nmax_minutes = 0.1\n',
+                 extra_set=["checkpoint_every=5"])
+    out = tmp_path / "out"
+    folder = out / "runs" / "timed"
+    driver = subprocess.Popen([sys.executable, "-m", "textebm", "reproduce", grid, "--out", str(out), "--device", "cpu"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ledger = json.loads((folder / BUDGET).read_text()) if (folder / BUDGET).is_file() else None
+            if ledger and "pid" in ledger["segments"][-1] and (folder / "checkpoint.pt").is_file():
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the training never reached its first checkpoint")
+        os.kill(ledger["segments"][-1]["pid"], signal.SIGKILL)  # the training process dies mid-run
+        stdout, _ = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, stdout
+    assert "killed by signal 9" in stdout and not (folder / TRAIN_MARKER).exists()
+
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--dry-run")
+    assert status == 0 and re.search(r"train\s+resume\s+from step \d+", stdout), stdout
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--device", "cpu")
+    assert status == 0, stdout + err
+    log = (folder / "train.log").read_text()
+    resumed = [int(n) for n in re.findall(r"resumed from step (\d+)", log)]
+    final = [int(n) for n in re.findall(r"stopped at step (\d+) \(max_minutes\)", log)]
+    assert len(resumed) == 1 and resumed[0] >= 5 and len(final) == 1 and final[0] > resumed[0]
+    first, second = json.loads((folder / BUDGET).read_text())["segments"]
+    assert first["counted_seconds"] > 0 and second["resumed_from"] == resumed[0]
+    # the resumed run got what was left of the 0.1 minutes, not a fresh budget
+    assert second["given_minutes"] == pytest.approx(max(MIN_MINUTES, 0.1 - first["counted_seconds"] / 60), abs=1e-4)
+    marker = json.loads((folder / TRAIN_MARKER).read_text())
+    assert marker["step"] == final[0] and marker["stopped_by"] == "max_minutes" and marker["segments"] == 2
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == final[0]  # no step trained twice across the kill
+
+
+def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overrides, one_line_error):
+    cases = {
+        '[[runs]]\nname = "a"\n': "budget",
+        '[[runs]]\nname = "a"\nmax_steps = 2\nevaluate = [{ split = "test", num_chain = 3 }]\n': "num_chain",
+        '[[runs]]\nname = "a"\nmax_steps = 2\nevaluate = [{ num_chains = 0 }]\n': "--num-chains",
+        '[[runs]]\nname = "a"\nmax_steps = 2\n[[runs]]\nname = "a"\nmax_steps = 3\n': "used twice",
+        '[[runs]]\nname = "a b"\nmax_steps = 2\n': "name",
+        '[[runs]]\nname = "a"\nmax_steps = 2\nseed = 1\nseeds = [2]\n': "not both",
+    }
+    for runs, fragment in cases.items():
+        grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
+        one_line_error(*cli("reproduce", grid, "--out", tmp_path / "o", "--dry-run")[::2], "reproduce", fragment)
+    one_line_error(*cli("reproduce", tmp_path / "none.toml", "--out", tmp_path / "o")[::2], "reproduce", "none.toml")
+
+
+def test_the_results_grid_is_shipped_and_valid():
+    grid = load_grid("results")
+    names = [r.name for r in grid.runs]
+    assert names[:5] == ["ptb-ebm-seed0", "ptb-ebm-seed1", "ptb-gaussian-seed0", "ptb-gaussian-seed1", "ptb-none"]
+    ptb = [r for r in grid.runs if r.corpus == "ptb"]
+    assert all(r.max_minutes == 30 and r.preset == "cpu" for r in ptb)
+    assert {r.train_split for r in grid.runs if r.corpus == "snli"} == {"test"}
+    assert {r.train_split for r in grid.runs if r.corpus == "yahoo"} == {"valid"}
+    assert all(r.max_minutes == 15 for r in grid.runs if r.corpus != "ptb")
