@@ -43,8 +43,8 @@ def _snapshot(folder):
 
 
 def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_folder, tiny_overrides):
-    grid = _grid(tmp_path, corpus_folder, tiny_overrides,
-                 f'[[runs]]\nname = "tiny"\nlabel = "tiny EBM"\nmax_steps = 6\nseeds = [0, 1]\nevaluate = [{EVALUATE}]\n')
+    runs = f'[[runs]]\nname = "tiny"\nlabel = "tiny EBM"\nmax_steps = 6\nseeds = [0, 1]\nevaluate = [{EVALUATE}]\n'
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
     out = tmp_path / "out"
     status, stdout, err = cli("reproduce", grid, "--out", out, "--jobs", "2", "--device", "cpu")
     assert status == 0, stdout + err
@@ -73,7 +73,7 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     assert status == 0, err
     after = _snapshot(out)
     changed = {p for p in after if after[p] != before.get(p)}
-    assert changed == {str(out / "results.json"), str(out / "results.md"), str(out / "quality_diversity-corpus-test.png")}
+    assert changed == {str(out / name) for name in ("results.json", "results.md", "quality_diversity-corpus-test.png")}
 
 
 def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
@@ -82,8 +82,8 @@ def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
                  extra_set=["checkpoint_every=5"])
     out = tmp_path / "out"
     folder = out / "runs" / "timed"
-    driver = subprocess.Popen([sys.executable, "-m", "textebm", "reproduce", grid, "--out", str(out), "--device", "cpu"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env)
+    command = [sys.executable, "-m", "textebm", "reproduce", grid, "--out", str(out), "--device", "cpu"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
