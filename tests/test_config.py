@@ -83,6 +83,7 @@ def test_bad_set_items_are_user_errors(item, fragment):
 @pytest.mark.parametrize("item", [
     "cell=rnn", "prior=flow", "tokenizer=bpe", "latent_dim=0", "batch_size=-1", "dropout=1.0",
     "prior_step_size=0", "energy_lr=nan", "generator_lr=inf", "prior_steps=-1", "nonfinite_policy=ignore",
+    "energy_penalty=-0.1", "energy_warm_steps=-1", "energy_warm_step_size=0",
     "tokenizer=sentencepiece",  # needs a vocab_size
 ])
 def test_invalid_values_are_rejected(item):

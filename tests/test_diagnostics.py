@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textebm.diagnostics import AU_THRESHOLD, LatentUsage, information_rate, latent_usage_batch, unit_sensitivity
+from textebm.diagnostics import (
+    AU_THRESHOLD,
+    LatentUsage,
+    information_rate,
+    latent_usage_batch,
+    prior_chain_bias,
+    unit_sensitivity,
+)
 
 
 def _usage(model, tokens, chain_steps=20):
@@ -52,3 +59,30 @@ def test_information_rate_is_the_mean_log_likelihood_above_log_px():
     log_lik = torch.tensor([[-10.0, -12.0], [-5.0, -5.0]])
     log_px = torch.tensor([-13.0, -5.0])
     assert information_rate(log_lik, log_px).tolist() == pytest.approx([2.0, 0.0])
+
+
+@pytest.mark.parametrize("step_size, steps, flagged", [(0.5, 200, True), (0.1, 800, False)])
+def test_the_prior_chain_bias_flags_a_too_large_step_on_a_sharp_tilt(latent_model, quadratic_tilt, step_size, steps,
+                                                                    flagged):
+    """On exp(f) N(0, I) = N(a/p, I/p), p = 4, the unadjusted chain of step s has stationary variance
+    1 / (p (1 - p s^2 / 4)) per coordinate: at s = 0.5 a third wider, mean f about 2 nats too low in 16
+    dimensions; at s = 0.1 (run long enough to mix) 1% wider, 0.1 nats."""
+    model, _ = latent_model(1.0)
+    a = torch.zeros(16)
+    a[:4] = 6.0
+    model.prior = quadratic_tilt(a, 3.0)
+    model.config.prior_step_size, model.config.prior_steps, model.config.prior_noise = step_size, steps, 1.0
+    bias = prior_chain_bias(model, 2000, ais_chains=1000, ais_steps=300, generator=torch.Generator().manual_seed(0))
+    p = model.prior.precision
+    exact_mean_f = float(a @ a) / p - 1.5 * (float(a @ a) / p**2 + 16 / p)
+    assert abs(bias["exact_mean_f"] - exact_mean_f) < 0.3  # the exact sampler is exact
+    assert bias["prior_chain_biased"] is flagged
+    inflation = 1 / (1 - p * step_size**2 / 4) - 1
+    expected = -1.5 * 16 / p * inflation  # mean f under the chain's wider law, minus the exact mean f
+    assert abs(bias["prior_chain_bias_f"] - expected) < 0.4, (bias, expected)
+
+
+def test_the_prior_chain_bias_is_none_for_the_gaussian_prior(latent_model):
+    model, _ = latent_model(1.0)
+    model.prior.f = None
+    assert prior_chain_bias(model, 10) is None

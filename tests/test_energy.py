@@ -33,6 +33,8 @@ def test_written_out_gradient_equals_autograd(kind, layers):
     z = (2 * torch.randn(40, 5)).requires_grad_(True)
     (expected,) = torch.autograd.grad(prior.log_density(z).sum(), z)
     torch.testing.assert_close(prior.grad_log_density(z.detach()), expected, rtol=1e-5, atol=1e-6)
+    f, _ = prior.energy_and_grad(z.detach())  # the same pass gives f itself
+    torch.testing.assert_close(f, prior.energy(z.detach()), rtol=1e-6, atol=1e-6)
 
 
 def test_gaussian_prior_has_no_energy():

@@ -7,7 +7,7 @@ import torch
 
 from textebm.energy import EnergyPrior
 from textebm.errors import NonFiniteError
-from textebm.langevin import langevin, posterior_chain, prior_chain, step_schedule
+from textebm.langevin import langevin, mala_step, posterior_chain, prior_chain, step_schedule, tempered_prior
 
 
 @pytest.fixture
@@ -189,3 +189,22 @@ def test_model_posterior_chain_follows_the_config(z_sensitive_model):
                                z0=trajectory[0], noise_scale=0.0)
     assert torch.equal(z, expected)
     assert cfg.posterior_step_sizes(4) == pytest.approx([0.8, 0.4, 0.2, 0.1])
+
+
+def test_mala_keeps_the_target_where_the_unadjusted_chain_widens_it(quadratic_tilt):
+    """Target N(a/p, I/p), p = 4: at step 0.6 the unadjusted chain's variance is 1/(p (1 - p s^2/4)),
+    1.56x the target's; the accept test brings it back to 1/p."""
+    prior = quadratic_tilt(torch.full((4,), 2.0), 3.0)
+    p, target = prior.precision, tempered_prior(prior, 1.0)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 4, generator=generator) / math.sqrt(p) + 2.0 / p  # start at the target
+    unadjusted = langevin(prior.log_density, z, 200, 0.6, generator, grad_log_density=prior.grad_log_density)
+    state, accepted = target(z), 0.0
+    for _ in range(200):
+        z, state, accept = mala_step(target, z, state, 0.6, generator)
+        accepted += float(accept.float().mean()) / 200
+    assert 0.5 < accepted < 0.99
+    assert abs(float(z.var(0).mean()) * p - 1) < 0.05
+    assert abs(float(unadjusted.var(0).mean()) * p - 1 / (1 - p * 0.36 / 4)) < 0.1
+    torch.testing.assert_close(state[2], prior.energy(z))  # the carried f belongs to the state
+    torch.testing.assert_close(z.mean(0), torch.full((4,), 2.0 / p), atol=0.02, rtol=0)

@@ -10,9 +10,12 @@ import torch
 from textebm.config import Config
 from textebm.energy import EnergyPrior
 from textebm.likelihood import (
+    annealed_log_partition,
     evaluate_sentences,
     importance_sampled_log_likelihood,
     log_partition,
+    partition_function,
+    sigmoid_schedule,
 )
 from textebm.model import LatentEBMTextModel
 
@@ -131,3 +134,49 @@ def test_a_model_without_latent_is_a_language_model_with_exact_likelihood():
     torch.testing.assert_close(result.log_px, exact)
     ids = model.generate(4, max_length=6, generator=torch.Generator().manual_seed(0))
     assert ids.shape[0] == 4 and 1 <= ids.shape[1] <= 6
+
+
+def test_sigmoid_schedule_rises_from_zero_to_one():
+    betas = sigmoid_schedule(50)
+    assert betas[0] == 0.0 and betas[-1] == 1.0 and len(betas) == 51
+    assert bool((betas[1:] > betas[:-1]).all())
+    # dense at both ends: the first and last increments are smaller than the middle one
+    steps = betas[1:] - betas[:-1]
+    assert steps[0] < steps[25] and steps[-1] < steps[25]
+
+
+def test_ais_and_monte_carlo_agree_with_the_closed_form_on_a_mild_tilt(quadratic_tilt):
+    a = torch.zeros(8)
+    a[0] = 0.5
+    prior = quadratic_tilt(a, 0.2)
+    exact = prior.exact_log_z()
+    ais = annealed_log_partition(prior, 500, 200, generator=torch.Generator().manual_seed(0))
+    mc, mc_se = log_partition(prior, 50_000, generator=torch.Generator().manual_seed(1))
+    assert abs(ais.log_z - exact) < max(4 * ais.stderr, 0.02), (ais.log_z, exact)
+    assert abs(mc - exact) < 4 * mc_se
+    assert 0.3 < ais.acceptance < 0.95 and ais.ess > 250
+
+
+def test_ais_is_right_where_plain_monte_carlo_misses_a_sharp_tilt_far_from_the_origin(quadratic_tilt):
+    """The prior's mass near a/p, |a/p| = 6 in 32 dimensions: N(0, I) draws almost never land there."""
+    a = torch.zeros(32)
+    a[:4] = 12.0
+    prior = quadratic_tilt(a, 3.0)
+    exact = prior.exact_log_z()  # 49.82
+    mc, mc_se = log_partition(prior, 20_000, generator=torch.Generator().manual_seed(1))
+    report, ais = partition_function(prior, num_chains=1000, steps=1000, monte_carlo_samples=20_000,
+                                     generator=torch.Generator().manual_seed(0))
+    assert exact - mc > 5 and mc_se < 2  # plain Monte Carlo: far too low, with a small error bar
+    assert abs(report["log_z"] - exact) < 0.15, (report["log_z"], exact)
+    assert report["method"] == "annealed importance sampling" and report["ais"]["converged"]
+    assert not report["monte_carlo_agrees"]  # the JSON says the cross-check disagrees
+    # the weighted final states are samples of the prior: its mean energy in closed form
+    p = prior.precision
+    mean_f = float(a @ a) / p - 0.5 * prior.b * (float(a @ a) / p**2 + 32 / p)
+    estimate, stderr = ais.weighted_mean(ais.energies)
+    assert abs(estimate - mean_f) < max(4 * stderr, 0.2)
+
+
+def test_partition_function_of_the_gaussian_prior_is_exact():
+    report, ais = partition_function(EnergyPrior(4, kind="gaussian"))
+    assert report["log_z"] == 0.0 and ais is None and "exact" in report["method"]

@@ -58,6 +58,9 @@ class Config:
     energy_lr: float = 1e-4  # 3e-4 fits the prior faster but starves the latent (docs/inference.md)
     generator_clip: float = 5.0
     energy_clip: float = 1.0
+    energy_penalty: float = 0.0  # lambda of lambda * mean(f(z+)^2 + f(z-)^2) in the energy's loss (0: off)
+    energy_warm_steps: int = 0  # noise-1 posterior steps from z+ for the energy's codes only (0: the cold z+)
+    energy_warm_step_size: float = 0.1  # their step size
     adam_beta1: float = 0.5
     max_epochs: int = 40
     precision: str = "fp32"  # fp32 | bf16 (torch.autocast for chains and updates)
@@ -93,18 +96,18 @@ class Config:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
         for key in ["prior_steps", "posterior_steps", "vocab_size", "min_freq", "valid_batches",
-                    "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps"]:
+                    "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps", "energy_warm_steps"]:
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, not {getattr(self, key)}")
         for key in ["prior_sigma", "prior_step_size", "posterior_step_size", "posterior_step_size_end",
-                    "generator_lr", "energy_lr", "generator_clip", "energy_clip"]:
+                    "generator_lr", "energy_lr", "generator_clip", "energy_clip", "energy_warm_step_size"]:
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{key} must be a positive number, not {value}")
-        for key in ["prior_noise", "posterior_noise"]:
+        for key in ["prior_noise", "posterior_noise", "energy_penalty"]:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
-                raise UserError(f"{key} must be a number >= 0 (1: plain Langevin), not {value}")
+                raise UserError(f"{key} must be a number >= 0, not {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.prior == "none" and self.posterior_init == "encoder":

@@ -21,6 +21,11 @@ active units on a decoder that ignored z: chain noise alone separated the fitted
   average, and by more than `AU_STDERRS` standard errors of that average (so that a decoder with
   small leftover z weights does not count units by chance): the decoder's own sensitivity to that
   coordinate, not the spread of chain means.
+
+The prior chain is checked apart (`prior_chain_bias`): its samples against an exact sampler of the
+same EBM, annealed importance sampling's weighted final states. The unadjusted chain with a large
+step samples a wider law than exp(f) N(0, sigma^2 I) however long it runs; generation and the
+energy's update both use that chain, so its bias is reported wherever its samples are used.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import torch
 AU_THRESHOLD = 0.1  # nats per sentence lost when a unit's posterior value is swapped for a prior draw
 AU_STDERRS = 3.0  # ... and that loss this many standard errors above 0
 PRIOR_DRAWS = 4  # prior codes per sentence: the prior-z NLL and, without importance sampling, log p(x)
+BIAS_NATS = 1.0  # the prior chain is flagged when its mean f is this far from the exact sampler's ...
+BIAS_STDERRS = 3.0  # ... and that difference this many standard errors from 0
 
 
 def log_likelihood_rows(decoder, z: torch.Tensor, tokens: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
@@ -147,3 +154,34 @@ def latent_usage(model, sentences: list[list[int]], pad_id: int, num_prior: int 
                                    log_px=None if log_px is None else log_px[start:start + batch_size])
         usage.add(int((tokens[:, 1:] != pad_id).sum()), *parts)
     return usage.summary()
+
+
+def prior_chain_bias(model, num_samples: int = 1000, reference=None, ais_chains: int = 500, ais_steps: int = 500,
+                     generator: torch.Generator | None = None) -> dict | None:
+    """The prior chain (`model.prior_sample`, the sampler of training and generation) against an exact
+    sampler of the same EBM: mean f and mean |z| of `num_samples` chain samples against the same
+    means under the prior, estimated from the weighted final states of AIS (`reference`, an
+    `AnnealedEstimate`, or a fresh run of `ais_chains` x `ais_steps`). `biased` when mean f differs by
+    more than BIAS_NATS and BIAS_STDERRS standard errors. None for a prior without energy (exact draws)."""
+    from textebm.likelihood import annealed_log_partition
+
+    prior = model.prior
+    if not prior.is_ebm:
+        return None
+    with torch.no_grad():
+        z = model.prior_sample(num_samples, generator=generator)
+        f, norm = prior.energy(z).double(), z.norm(dim=-1).double()
+        if reference is None:
+            reference = annealed_log_partition(prior, ais_chains, ais_steps, generator=generator)
+    exact_f, exact_f_se = reference.weighted_mean(reference.energies)
+    exact_norm, _ = reference.weighted_mean(reference.samples.norm(dim=-1))
+    bias = float(f.mean()) - exact_f
+    stderr = math.hypot(float(f.std()) / math.sqrt(num_samples), exact_f_se)
+    return {"prior_chain_mean_f": float(f.mean()), "exact_mean_f": exact_f, "prior_chain_bias_f": bias,
+            "prior_chain_bias_f_stderr": stderr, "prior_chain_mean_norm": float(norm.mean()),
+            "exact_mean_norm": exact_norm, "prior_chain_bias_norm": float(norm.mean()) - exact_norm,
+            "prior_chain_biased": abs(bias) > BIAS_NATS and abs(bias) > BIAS_STDERRS * stderr,
+            "exact_sampler": f"AIS weighted final states ({reference.num_chains} chains x {reference.steps} "
+                             f"temperatures, ESS {reference.ess:.0f})",
+            "prior_chain": f"{model.config.prior_steps} steps of {model.config.prior_step_size:g}, "
+                           f"noise scale {model.config.prior_noise:g}, {num_samples} samples"}

@@ -103,6 +103,46 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
     return z
 
 
+DensityAndGradient = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def mala_step(density_and_grad: DensityAndGradient, z: torch.Tensor, state: tuple, step_size: float,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, tuple, torch.Tensor]:
+    """One Metropolis-adjusted Langevin step per row: the Langevin proposal
+    z' = z + (s^2 / 2) grad log pi(z) + s eps, accepted with probability
+    min(1, pi(z') q(z | z') / (pi(z) q(z' | z))), q the proposal's Gaussian. The accept test makes
+    pi itself the chain's stationary law at any step size (the unadjusted chain's law is wider the
+    larger the step).
+
+    `density_and_grad(z)` gives a tuple (log pi(z) up to a constant, its gradient, then any
+    per-row values to carry along, e.g. f(z)); `state` is that tuple at `z`. Returns z, the tuple
+    after the step (the proposal's values where it was accepted), and the acceptance mask."""
+    log_pi, grad = state[0], state[1]
+    half = 0.5 * step_size**2
+    proposal = z + half * grad + step_size * torch.randn(z.shape, device=z.device, generator=generator)
+    new = density_and_grad(proposal)
+    forward = (proposal - z - half * grad).pow(2).sum(-1)
+    backward = (z - proposal - half * new[1]).pow(2).sum(-1)
+    log_ratio = new[0] - log_pi + (forward - backward) / (2 * step_size**2)
+    u = torch.rand(z.shape[0], device=z.device, generator=generator)
+    accept = torch.log(u) < log_ratio  # a NaN proposal is refused
+    rows = accept.unsqueeze(-1)
+    merged = tuple(torch.where(rows if old.dim() == 2 else accept, fresh, old) for old, fresh in zip(state, new))
+    return torch.where(rows, proposal, z), merged, accept
+
+
+def tempered_prior(prior, beta: float) -> DensityAndGradient:
+    """z -> (log pi_beta(z), its gradient, f(z), grad f(z)) for pi_beta(z) ∝ exp(beta f(z)) N(0, sigma^2 I):
+    beta = 1 is the prior, beta = 0 its Gaussian reference (annealed importance sampling walks
+    from one to the other)."""
+
+    def density_and_grad(z):
+        f, grad_f = prior.energy_and_grad(z)
+        return beta * f - z.pow(2).sum(-1) / (2 * prior.sigma**2), beta * grad_f - z / prior.sigma**2, f, grad_f
+
+    return density_and_grad
+
+
 def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
                 generator: torch.Generator | None = None, trajectory: list | None = None,
                 shard: Shard | None = None, noise_scale: float = 1.0) -> torch.Tensor:

@@ -71,6 +71,12 @@ class LatentEBMTextModel(nn.Module):
         return posterior_chain(self.prior, self.decoder, tokens, steps, sizes, generator, trajectory, shard, z0,
                                cfg.posterior_noise)
 
+    def warm_posterior(self, tokens: torch.Tensor, z: torch.Tensor, steps: int, step_size: float,
+                       generator: torch.Generator | None = None, shard: Shard | None = None) -> torch.Tensor:
+        """`steps` plain Langevin steps (noise scale 1) on log p(x, z) from the codes `z`: the tempered
+        chain's near-mode codes moved towards samples of the posterior itself (temperature 1)."""
+        return posterior_chain(self.prior, self.decoder, tokens, steps, step_size, generator, None, shard, z, 1.0)
+
     def posterior_chains(self, tokens: torch.Tensor, num_chains: int, steps: int | None = None,
                          generator: torch.Generator | None = None) -> torch.Tensor:
         """`num_chains` independent posterior samples per sentence, run as one batch: (batch, num_chains, latent)."""

@@ -66,10 +66,14 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
     if gap:
         ax_gap.plot([r["step"] for r in gap], [r["energy_gap"] for r in gap], lw=0.8, label="f(z+) - f(z-)")
         ax_gap.axhline(0.0, color="grey", lw=0.5)
-        ax_gap.legend()
+        bias = [r for r in valid if "valid_prior_chain_bias_f" in r]
+        if bias:  # mean f of the prior chain's samples minus that of an exact sampler (AIS)
+            ax_gap.plot([r["step"] for r in bias], [r["valid_prior_chain_bias_f"] for r in bias], "o-", color="C3",
+                        label="prior chain bias: mean f(chain) - mean f(exact)")
+        ax_gap.legend(fontsize=8)
     else:
         ax_gap.text(0.5, 0.5, f"prior={prior}: no energy", ha="center", va="center", transform=ax_gap.transAxes)
-    ax_gap.set(xlabel="step", title="energy gap (posterior - prior)")
+    ax_gap.set(xlabel="step", ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
     fig.suptitle(title or Path(folder).name)
     return _save(fig, Path(out) if out else Path(folder) / "learning_curves.png")
 

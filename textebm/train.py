@@ -4,7 +4,9 @@ Per minibatch x (`Learner.step`):
   1. z+ ~ p(z | x)            posterior chain (K1 steps from noise; or refine steps from an encoder's guess)
   2. generator step            on  -mean log p_beta(x | z+)
   3. z- ~ p_alpha(z)           prior chain (K0 steps)
-  4. energy step               on  -(mean f(z+) - mean f(z-))
+  4. energy step               on  -(mean f(z+) - mean f(z-)), optionally with a penalty on f^2
+                               and with z+ warmed by a few plain-Langevin steps (`energy_penalty`,
+                               `energy_warm_steps`: an energy that stays in balance, docs/inference.md)
 Chains run with dropout off; the updates with dropout on. A non-finite z, energy, loss or gradient
 skips the step (or stops the run, `nonfinite_policy=stop`), and is logged: nothing trains on NaN.
 Under torchrun each process takes a shard of every batch (textebm/parallel.py); chain noise is
@@ -24,10 +26,11 @@ import torch
 
 from textebm.batches import EncodedSplit, epoch_batches, pad
 from textebm.config import Config
-from textebm.diagnostics import latent_usage
+from textebm.diagnostics import latent_usage, prior_chain_bias
 from textebm.errors import NonFiniteError, UserError
 from textebm.io import atomic_write_text, remove_stale_temp_files
 from textebm.langevin import Shard
+from textebm.likelihood import annealed_log_partition
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
 from textebm.runs import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -86,6 +89,10 @@ class Learner:
         metrics.update(self.generator_update(tokens, z_pos, scale))
         if self.energy is not None:
             model.eval()
+            if cfg.energy_warm_steps:
+                z_pos = self._chain(lambda: model.warm_posterior(tokens, z_pos, cfg.energy_warm_steps,
+                                                                 cfg.energy_warm_step_size, self.chain_rng, shard),
+                                    "warm posterior chain")
             z_neg = self._chain(lambda: model.prior_sample(tokens.shape[0], generator=self.chain_rng, shard=shard),
                                 "prior chain")
             metrics.update(self.energy_update(z_pos, z_neg, scale))
@@ -100,10 +107,15 @@ class Learner:
 
     def energy_update(self, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
         """One Adam step of f on -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes,
-        lower it where the prior chain wanders (the maximum-likelihood gradient of the prior)."""
+        lower it where the prior chain wanders (the maximum-likelihood gradient of the prior). With
+        `energy_penalty` lambda > 0, lambda * (f(z+)^2 + f(z-)^2) is added, as energy-based models of
+        images do: it keeps f near 0 at both kinds of codes and so bounds how sharp f can become."""
         f = self.energy(torch.cat([z_pos, z_neg]))  # one call: DDP wants one forward per backward
         gap = f[: len(z_pos)].sum() - f[len(z_pos):].sum()
-        norm = self._update(-gap * scale, "energy", self.cfg.energy_clip)
+        loss = -gap
+        if self.cfg.energy_penalty:
+            loss = loss + self.cfg.energy_penalty * f.pow(2).sum()
+        norm = self._update(loss * scale, "energy", self.cfg.energy_clip)
         return {"ebm_grad_norm": norm, "energy_gap_sum": gap.item()}
 
     def _chain(self, run, what: str) -> torch.Tensor:
@@ -145,6 +157,9 @@ class Learner:
 
 
 VALID_AU_SENTENCES = 64  # validation sentences whose per-unit sensitivity is measured (d decoder passes each)
+VALID_AIS_CHAINS, VALID_AIS_STEPS = 500, 500  # the exact sampler the prior chain is held against (seconds)
+GAP_GROWTH_VALIDATIONS = 4  # the energy gap is taken to run away when it rose over this many validations ...
+GAP_GROWTH_NATS = 3.0  # ... by more than this in all
 COLLAPSE_GAP = 0.02  # nats/token: below this the decoder is taken to ignore z ...
 COLLAPSE_VALIDATIONS = 3  # ... when it stays below for this many validations in a row
 TEXT_CHAIN = Config()  # the measured text defaults of the posterior chain, which the warning suggests
@@ -161,11 +176,17 @@ def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device
     sentences = split.sentences[: cfg.valid_batches * cfg.batch_size] if cfg.valid_batches else split.sentences
     figures = latent_usage(model, sentences, model.pad_id, batch_size=cfg.batch_size, generator=generator,
                            au_sentences=VALID_AU_SENTENCES)
-    return {"valid_nll_posterior": figures["nll_posterior"], "valid_nll_prior": figures["nll_prior"],
-            "valid_gap": figures["gap"], "valid_mutual_information": figures["mutual_information"],
-            "valid_active_units": figures["active_units"],
-            "valid_ppl_posterior": math.exp(min(figures["nll_posterior"], 50.0)),
-            "valid_tokens": figures["tokens"]}
+    record = {"valid_nll_posterior": figures["nll_posterior"], "valid_nll_prior": figures["nll_prior"],
+              "valid_gap": figures["gap"], "valid_mutual_information": figures["mutual_information"],
+              "valid_active_units": figures["active_units"],
+              "valid_ppl_posterior": math.exp(min(figures["nll_posterior"], 50.0)),
+              "valid_tokens": figures["tokens"]}
+    if model.prior.is_ebm:  # the prior chain against AIS's exact sampler; AIS's log Z comes with it
+        reference = annealed_log_partition(model.prior, VALID_AIS_CHAINS, VALID_AIS_STEPS, generator=generator)
+        bias = prior_chain_bias(model, VALID_AIS_CHAINS, reference, generator=generator)
+        record.update({"valid_log_z": reference.log_z, "valid_log_z_ess": reference.ess,
+                       **{f"valid_{key}": value for key, value in bias.items() if not isinstance(value, str)}})
+    return record
 
 
 def collapse_warning(gaps: list[float], cfg: Config) -> str | None:
@@ -181,6 +202,22 @@ def collapse_warning(gaps: list[float], cfg: Config) -> str | None:
             f"(the default --set posterior_step_size={TEXT_CHAIN.posterior_step_size:g} --set "
             f"posterior_noise={TEXT_CHAIN.posterior_noise:g}), or more of them (posterior_steps), let z carry "
             "the sentence: docs/inference.md")
+
+
+def energy_gap_warning(gaps: list[float], cfg: Config) -> str | None:
+    """One message when the mean energy gap f(z+) - f(z-) between validations rose at every one of the
+    last GAP_GROWTH_VALIDATIONS validations and by more than GAP_GROWTH_NATS in all: the energy is
+    sharpening faster than the prior chain follows (docs/inference.md)."""
+    recent = gaps[-GAP_GROWTH_VALIDATIONS:]
+    if len(recent) < GAP_GROWTH_VALIDATIONS or any(b <= a for a, b in zip(recent, recent[1:])):
+        return None
+    if recent[-1] - recent[0] <= GAP_GROWTH_NATS:
+        return None
+    return (f"warning: the energy gap f(z+) - f(z-) keeps growing ({', '.join(f'{g:.2f}' for g in recent)} over the "
+            f"last {GAP_GROWTH_VALIDATIONS} validations): the prior chain ({cfg.prior_steps} steps of "
+            f"{cfg.prior_step_size:g}) no longer reaches where f puts its mass, and the latent tends to carry less "
+            f"from here. Settings that bound it: energy_penalty (now {cfg.energy_penalty:g}), energy_warm_steps "
+            f"(now {cfg.energy_warm_steps}), energy_lr (now {cfg.energy_lr:g}): docs/inference.md")
 
 
 @dataclass
@@ -282,6 +319,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
     started, skipped_in_a_row, last_valid, validated_at = time.monotonic(), 0, {}, -1
     gaps, warned_collapse = [], False
+    energy_gaps, gap_since_validation, warned_gap = [], [], False
     epoch, batches = -1, []
 
     def checkpoint_now():
@@ -291,7 +329,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                             {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"]})
 
     def run_validation(kind: str):
-        nonlocal last_valid, validated_at, warned_collapse
+        nonlocal last_valid, validated_at, warned_collapse, warned_gap
         validated_at = step
         if main:
             try:
@@ -300,6 +338,9 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 log.message(f"step {step} {kind}: validation skipped: {err}")
                 parallel.barrier()
                 return
+            if gap_since_validation:  # the training steps' mean energy gap since the last validation
+                last_valid["train_energy_gap"] = sum(gap_since_validation) / len(gap_since_validation)
+                gap_since_validation.clear()
             log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **last_valid})
             samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
                                      generator=torch.Generator(device=device).manual_seed(VALIDATION_SEED))
@@ -308,6 +349,10 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             if model.has_latent:
                 line += (f" gap {last_valid['valid_gap']:.3f}; MI {last_valid['valid_mutual_information']:.2f} nats, "
                          f"active units {last_valid['valid_active_units']}/{model.prior.latent_dim}")
+            if "valid_prior_chain_bias_f" in last_valid:
+                line += (f"; prior chain mean f {last_valid['valid_prior_chain_mean_f']:.2f} vs exact "
+                         f"{last_valid['valid_exact_mean_f']:.2f} "
+                         f"(bias {last_valid['valid_prior_chain_bias_f']:+.2f}), log Z {last_valid['valid_log_z']:.2f}")
             log.message(line)
             for row in samples.tolist():
                 log.message(f"  sample: {vocab.decode(row)}")
@@ -316,6 +361,12 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             if warning:
                 warned_collapse = True
                 log.message(warning)
+            if "train_energy_gap" in last_valid:
+                energy_gaps.append(last_valid["train_energy_gap"])
+                warning = None if warned_gap else energy_gap_warning(energy_gaps, cfg)
+                if warning:
+                    warned_gap = True
+                    log.message(warning)
         parallel.barrier()
 
     bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
@@ -357,11 +408,14 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                       "nll_sentence": nll / len(index), "tokens_per_s": num_tokens / seconds, **metrics}
             if learner.energy is not None:
                 record["energy_gap"] = gap / len(index)
+                gap_since_validation.append(record["energy_gap"])
             postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
                        "tok_s": f"{record['tokens_per_s']:.0f}"}
             if model.has_latent and "valid_gap" in last_valid:  # the last validation's latent-usage figures
                 postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}",
                                mi=f"{last_valid['valid_mutual_information']:.1f}", au=last_valid["valid_active_units"])
+            if "valid_prior_chain_bias_f" in last_valid:
+                postfix["bias"] = f"{last_valid['valid_prior_chain_bias_f']:+.2f}"
             bar.set_postfix(postfix, refresh=False)
             if step % cfg.log_every == 0 or step == 1:
                 log.metrics(record)
