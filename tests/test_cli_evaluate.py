@@ -53,7 +53,7 @@ def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
 
 
 FAST = ["--max-sentences", "12", "--num-chains", "3", "--num-is-samples", "8", "--partition-samples", "500",
-        "--threads", "1", "--device", "cpu"]
+        "--ais-chains", "50", "--ais-steps", "40", "--threads", "1", "--device", "cpu"]
 
 
 def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_folder, ptb_train_lines):
@@ -67,7 +67,14 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
         assert key in report, key
     assert report["num_sentences"] == 12 and report["step"] == 7 and report["split"] == "test"
     assert report["importance_sampling"]["num_chains"] == 3 and report["importance_sampling"]["num_samples"] == 8
-    assert report["log_partition"]["num_samples"] == 500 and report["log_partition"]["stderr"] > 0
+    log_z = report["log_partition"]
+    assert log_z["method"] == "annealed importance sampling" and log_z["stderr"] > 0
+    assert log_z["ais"]["num_chains"] == 50 and log_z["ais"]["steps"] == 40
+    assert log_z["monte_carlo"]["num_samples"] == 500
+    assert abs(log_z["log_z"] - log_z["monte_carlo"]["log_z"]) < 0.5  # an untrained energy: both see its mass
+    bias = report["prior_chain_bias"]
+    assert bias["exact_mean_f"] == pytest.approx(bias["prior_chain_mean_f"] - bias["prior_chain_bias_f"])
+    assert "short-run prior chain" in report["samples_from"]
     # Perplexity and NLL agree with each other; an untrained model is near-uniform over the vocabulary.
     assert report["nll_per_sentence"] * 12 / report["num_tokens"] == pytest.approx(
         __import__("math").log(report["perplexity"]), rel=1e-6)
@@ -103,7 +110,8 @@ def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_pa
     assert status == 0, err
     assert out.endswith("\n") and out.count("\n") == 1 and isinstance(json.loads(out), dict)
     # the work, said beforehand; then a bar per stage with its rate and time left
-    assert "evaluate: log Z from 500 prior draws; 12 sentences x 3 posterior chains x 3 steps, 8 importance" in err
+    assert ("evaluate: log Z by AIS (50 chains x 40 + 20 temperatures) and 500 plain draws; 12 sentences x 3 "
+            "posterior chains x 3 steps, 8 importance") in err
     assert "2 decodings x 10 sentences" in err
     assert "importance sampling: 100%" in err and "decoding sweep: 100%" in err and "sentence/s" in err
     # stderr is not a terminal here: without --progress nothing is shown
@@ -146,7 +154,8 @@ def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, cor
     assert status == 0, err
     assert "NLL per sentence" in out and "skipped: --fppl-samples 0" in out and "estimator:" in out
     report = json.loads((run / "evaluation-test.json").read_text())
-    assert report["log_partition"]["log_z"] == 0.0 and report["log_partition"]["num_samples"] == 0
+    assert report["log_partition"]["log_z"] == 0.0 and "exact" in report["log_partition"]["method"]
+    assert report["prior_chain_bias"] is None and "exactly from the Gaussian prior" in report["samples_from"]
 
 
 def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, corpus_folder, ptb_train_lines):

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
         "evaluate", help="NLL/perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples",
         description="Evaluate a trained run on a held-out split: per-sentence NLL and per-word perplexity "
         "by importance sampling (Gaussian proposals fitted to short-run posterior chains; the EBM prior's "
-        "log Z by Monte Carlo), KL to the prior, mutual information, active units, and FPPL/RPPL of "
+        "log Z by annealed importance sampling), the prior chain's bias against an exact sampler, "
+        "KL to the prior, mutual information, active units, and FPPL/RPPL of "
         "generated sentences under KenLM 5-grams. Writes RUN/evaluation-<split>.json.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
@@ -35,8 +36,12 @@ def add_parser(subparsers) -> None:
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, default=DEFAULTS.num_is_samples, metavar="S",
                    help=f"importance samples per sentence (default {DEFAULTS.num_is_samples})")
+    p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
+                   help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
+    p.add_argument("--ais-steps", type=int, default=DEFAULTS.ais_steps, metavar="T",
+                   help=f"their inverse temperatures; half as many check convergence (default {DEFAULTS.ais_steps})")
     p.add_argument("--partition-samples", type=int, default=DEFAULTS.partition_samples, metavar="N",
-                   help=f"Monte Carlo draws for the prior's log Z (default {DEFAULTS.partition_samples})")
+                   help=f"plain Monte Carlo draws of log Z, AIS's cross-check (default {DEFAULTS.partition_samples})")
     p.add_argument("--fppl-samples", type=int, default=DEFAULTS.fppl_samples, metavar="N",
                    help=f"generated sentences per decoding for FPPL/RPPL (default {DEFAULTS.fppl_samples}; 0: skip)")
     p.add_argument("--temperatures", type=float, nargs="+", default=list(TEMPERATURES), metavar="T",
@@ -72,12 +77,30 @@ def format_table(r: dict) -> str:
     else:
         rows += [
             ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
-            ("log Z of the prior (stderr, draws)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}, {lz['num_samples']})"),
+            ("log Z of the prior (stderr; method)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}; {lz['method']})"),
             ("IS: chains x steps / draws per sentence",
              f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"),
             ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
         ]
         notes.append(f"estimator: {isd['estimator']}; G's std = {isd['proposal_std']}")
+        if "ais" in lz:
+            ais, mc = lz["ais"], lz["monte_carlo"]
+            rows += [("  AIS: chains x temperatures, ESS, acceptance",
+                      f"{ais['num_chains']} x {ais['steps']}, {ais['ess']:.0f}, {ais['acceptance']:.2f}"),
+                     ("  AIS on half the schedule (difference)",
+                      f"{ais['half_schedule_log_z']:.4f} ({ais['half_schedule_difference']:+.3f}; "
+                      f"{'converged' if ais['converged'] else 'NOT converged: raise --ais-steps'})"),
+                     ("  plain Monte Carlo (stderr, draws)",
+                      f"{mc['log_z']:.4f} ({mc['stderr']:.2g}, {mc['num_samples']}"
+                      f"{'' if lz['monte_carlo_agrees'] else '; disagrees with AIS beyond the error bars'})")]
+    bias = r.get("prior_chain_bias")
+    if bias:
+        rows.append(("prior chain mean f / exact mean f (bias)",
+                     f"{bias['prior_chain_mean_f']:.2f} / {bias['exact_mean_f']:.2f} ({bias['prior_chain_bias_f']:+.2f}"
+                     f"{', flagged' if bias['prior_chain_biased'] else ''})"))
+        rows.append(("prior chain mean |z| / exact mean |z|",
+                     f"{bias['prior_chain_mean_norm']:.2f} / {bias['exact_mean_norm']:.2f}"))
+    notes.append(f"samples: {r['samples_from']}")
     usage = r["latent_usage"]
     if usage is not None:
         rows += [
