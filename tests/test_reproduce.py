@@ -119,6 +119,27 @@ def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
     assert steps == sorted(set(steps)) and steps[-1] == final[0]  # no step trained twice across the kill
 
 
+def test_a_stop_request_saves_the_training_and_exits_130(tmp_path, corpus_folder, tiny_overrides, subprocess_env):
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "stopped"\nmax_minutes = 0.2\n',
+                 extra_set=["checkpoint_every=1000"])  # only the stop request's own checkpoint
+    out = tmp_path / "out"
+    folder = out / "runs" / "stopped"
+    command = [sys.executable, "-m", "textebm", "reproduce", grid, "--out", str(out), "--device", "cpu"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / "metrics.jsonl").is_file() and time.monotonic() < deadline:  # training is under way
+            time.sleep(0.02)
+        driver.send_signal(signal.SIGTERM)  # as `kill`, or Ctrl-C, would
+        stdout, _ = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, stdout
+    assert "stopped (saved; the same command resumes it)" in stdout and "again to resume" in stdout
+    assert re.search(r"stopped at step \d+ \(interrupt\)", (folder / "train.log").read_text())
+    assert (folder / "checkpoint.pt").is_file() and not (folder / TRAIN_MARKER).exists()
+
+
 def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overrides, one_line_error):
     cases = {
         '[[runs]]\nname = "a"\n': "budget",

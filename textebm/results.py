@@ -26,9 +26,9 @@ def figures_of(report: dict, train: dict | None) -> dict:
            "ppl": report["perplexity"]}
     if train is not None:
         out["minutes"] = train.get("train_minutes")
-    if report["log_partition"]["num_samples"]:
+    if report["prior"] == "ebm":  # a Gaussian prior's log Z is exactly 0
         out["log_z"] = report["log_partition"]["log_z"]
-        out["log_z_stderr"] = report["log_partition"]["stderr"]
+        out["log_z_stderr"] = report["log_partition"].get("stderr")
     sampling = report["importance_sampling"]
     if sampling is not None:
         out["ess_mean"] = sampling["ess_mean"]
@@ -150,8 +150,8 @@ def markdown(data: dict, figures: dict[str, str]) -> str:
                                                      g["figures"].get(f"{name} ratio {d}")) for d in decodings]
                     for g in groups]
             real = next((g["figures"][f"real {name}"] for g in groups if f"real {name}" in g["figures"]), None)
-            rows.append(["real text (same evaluator)", ""] + [_cell(real) if i == 0 else "" for i in
-                                                               range(len(decodings))])
+            real_cell = "—" if real is None else _num(real["mean"])  # one text, one number: no spread
+            rows.append(["real text (same evaluator)", ""] + [real_cell] + [""] * (len(decodings) - 1))
             lines += ["", f"{title}:", ""] + _table(["model", "seeds", *decodings], rows)
         if (corpus, split) in figures:
             lines += ["", f"![quality-diversity, {corpus}]({Path(figures[(corpus, split)]).name})"]
