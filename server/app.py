@@ -11,7 +11,6 @@ No `from __future__ import annotations` here: the /generate body type is built i
 
 import asyncio
 import hmac
-import math
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -26,14 +25,26 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.batcher import Batcher, QueueFull
+from server.errors import ApiError, queue_full
+from server.latent import add_latent_routes
 from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
-from server.schemas import ErrorResponse, GenerateResponse, Health, Info, ResolvedRequest, request_model
+from server.schemas import (
+    MAX_CHAINS,
+    MAX_SENTENCE_CHARS,
+    ErrorResponse,
+    GenerateResponse,
+    Health,
+    Info,
+    ResolvedRequest,
+    request_model,
+)
 from textebm import __version__
 from textebm.errors import NonFiniteError, UserError
 from textebm.runs import load_config
 from textebm.sampling import SamplingOptions
 
 STATIC = Path(__file__).parent / "static"
+BLANK = "must hold a word (it is blank)"
 
 DEFAULTS = {
     "max_n": 64,
@@ -43,11 +54,6 @@ DEFAULTS = {
     "max_batch_sentences": 256,
     "max_body_bytes": 16 * 1024,
 }
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
-        self.status, self.detail, self.headers = status, detail, headers
 
 
 def _error(status: int, detail: str, errors=None, headers=None) -> JSONResponse:
@@ -109,6 +115,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                                      "/openapi.json.")
     app.state.startup_error = None
     app.state.limits = limits
+    served_limits = {**limits, "max_chains": MAX_CHAINS, "max_sentence_chars": MAX_SENTENCE_CHARS}
 
     app.add_middleware(SecurityHeadersMiddleware)
     if cors_origins:
@@ -126,7 +133,9 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                 position = err.get("loc", ("body", "?"))[-1]
                 return _error(400, f"body: malformed JSON ({err.get('ctx', {}).get('error', 'invalid')} "
                                    f"at position {position})")
-            errors.append({"field": _field(err.get("loc", ())), "message": err.get("msg", "invalid"),
+            message = (BLANK if err.get("type") == "string_pattern_mismatch"  # the one pattern: a word
+                       else err.get("msg", "invalid"))
+            errors.append({"field": _field(err.get("loc", ())), "message": message,
                            "type": err.get("type", "invalid")})
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "body: invalid"
         return _error(422, detail, errors)
@@ -163,9 +172,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         try:
             result = await batcher.submit(options, body.n, seed)
         except QueueFull:
-            retry = max(1, math.ceil(batcher.last_compute_s * 2))
-            raise ApiError(503, f"server busy: {batcher.pending} requests queued; retry in {retry} s",
-                           {"Retry-After": str(retry)}) from None
+            raise queue_full(batcher) from None
         except NonFiniteError as err:
             raise ApiError(422 if body.prior_steps is not None else 500,
                            f"prior_steps: the prior chain diverged ({err})") from None
@@ -177,6 +184,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         return GenerateResponse(sentences=sentences, seed=seed, took_ms=took_ms,
                                 queued_ms=round(result.queued_ms, 2), batch_requests=result.batch_requests,
                                 request=resolved, model_step=run.step)
+
+    add_latent_routes(app, max_n, max_length, dependencies, error_responses)
 
     @app.get("/health", response_model=Health)
     async def health(request: Request) -> Health:
@@ -193,7 +202,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         return Info(version=__version__, run=run.folder.name, step=run.step, corpus=run.config.corpus,
                     vocab_size=len(run.vocab), latent_dim=run.model.prior.latent_dim, prior=run.config.prior,
                     prior_steps=run.config.prior_steps, device=str(run.model.device),
-                    precision=run.model.decoding_precision, limits=limits,
+                    precision=run.model.decoding_precision, limits=served_limits,
                     auth=api_key is not None, config=run.config.to_dict())
 
     @app.get("/", include_in_schema=False)

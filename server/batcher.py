@@ -6,14 +6,15 @@ accepting requests while a batch runs in the worker thread, and a bounded queue 
 into a quick 503 instead of unbounded memory and latency. Why batches: decoding is a Python loop
 over time steps whose per-step cost grows slowly with the batch, so requests that wait together
 are decoded together (`generate_for_requests` keeps each request's sentences the same as if
-it had run alone).
+it had run alone). The latent-space requests (reconstruct, interpolate, score) run on the same
+thread, in turn with the batches (`call`), and count against the same queue bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from textebm.sampling import Request, SamplingOptions, batch_key, generate_for_requests
@@ -56,6 +57,7 @@ class Batcher:
         self.batches = 0
         self.requests = 0
         self._held: list[Job] = []  # drained but left for the next batch (other options or no room)
+        self._calls: set[Future] = set()  # `call` jobs on the worker thread's queue or running
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -75,7 +77,28 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return self.queue.qsize() + len(self._held)
+        waiting_calls = sum(1 for f in self._calls if not (f.running() or f.done()))
+        return self.queue.qsize() + len(self._held) + waiting_calls
+
+    async def call(self, fn, *args):
+        """`fn(*args)` on the model's worker thread, after what is already there (one model, one thread)."""
+        if self.pending >= self.queue_size:
+            raise QueueFull()
+        future = self.executor.submit(self._on_worker, fn, *args)
+        self._calls.add(future)
+        try:
+            return await asyncio.wrap_future(future)  # a cancelled wait cancels a job not yet started
+        finally:
+            self._calls.discard(future)
+            self.requests += 1
+
+    def _on_worker(self, fn, *args):
+        """Run on the worker thread, `busy` while it runs."""
+        self.busy = True
+        try:
+            return fn(*args)
+        finally:
+            self.busy = False
 
     async def submit(self, options: SamplingOptions, n: int, seed: int) -> Result:
         if self.pending >= self.queue_size:
@@ -96,18 +119,15 @@ class Batcher:
             if not batch:
                 continue
             started = time.perf_counter()
-            self.busy = True
             try:
                 parts = [Request(job.n, job.seed, job.options.max_length) for job in batch]
                 outcome = await loop.run_in_executor(
-                    self.executor, generate_for_requests, self.model, parts, batch[0].options)
+                    self.executor, self._on_worker, generate_for_requests, self.model, parts, batch[0].options)
             except Exception as err:  # noqa: BLE001 - handed to each waiting request, never lost
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
-            finally:
-                self.busy = False
             compute_ms = (time.perf_counter() - started) * 1000
             self.last_compute_s = compute_ms / 1000
             self.batches += 1

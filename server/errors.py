@@ -1,0 +1,17 @@
+"""The errors a handler raises to answer 4xx/5xx; the app turns them into `{"detail": ...}` bodies."""
+
+from __future__ import annotations
+
+import math
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def queue_full(batcher) -> ApiError:
+    """503 with Retry-After: about twice the last batch's time, at least 1 s."""
+    retry = max(1, math.ceil(batcher.last_compute_s * 2))
+    return ApiError(503, f"server busy: {batcher.pending} requests queued; retry in {retry} s",
+                    {"Retry-After": str(retry)})
