@@ -18,7 +18,7 @@ from textebm.grid import load_grid
 from textebm.reproduce import BUDGET, MIN_MINUTES, TRAIN_MARKER
 
 EVALUATE = ('{ split = "test", max_sentences = 5, num_chains = 2, num_is_samples = 4, partition_samples = 200, '
-            'fppl_samples = 20, temperatures = [1.0] }')
+            'ais_chains = 20, ais_steps = 40, fppl_samples = 20, temperatures = [1.0] }')
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ Grids shipped with textebm (textebm/grids/*.toml) can be named without a path.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -35,10 +36,16 @@ from textebm.errors import UserError
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_steps", "seed", "seeds",
             "evaluate"}
 NAME = re.compile(r"[A-Za-z0-9._-]+")
-# `textebm evaluate` options a grid may set (as in textebm.evaluation.EvaluationOptions; `set` = chain settings)
-EVALUATE_TYPES = {"split": str, "max_sentences": int, "num_chains": int, "posterior_steps": int,
-                  "num_is_samples": int, "partition_samples": int, "fppl_samples": int, "temperatures": list,
-                  "chunk": int, "seed": int, "set": list, "precision": str}
+PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs: not the grid's
+
+
+def evaluate_types() -> dict[str, type]:
+    """The `textebm evaluate` options a grid may set: EvaluationOptions' fields (`chain` as `set`), by type."""
+    from textebm.evaluation import EvaluationOptions
+
+    kinds = {"int": int, "float": float, "list": list, "str": str}
+    return {("set" if f.name == "chain" else f.name): kinds[re.match(r"\w+", str(f.type)).group()]
+            for f in dataclasses.fields(EvaluationOptions) if f.name not in PLACE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -198,12 +205,14 @@ def _evaluation(table: dict, fail) -> Evaluation:
     from textebm.config import Config, with_chain_overrides
     from textebm.evaluation import EvaluationOptions
 
-    unknown = sorted(set(table) - set(EVALUATE_TYPES))
+    types = evaluate_types()
+    unknown = sorted(set(table) - set(types))
     if unknown:
-        fail(f"evaluate: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(EVALUATE_TYPES))})")
+        fail(f"evaluate: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(types))})")
     for key, value in table.items():
-        kind = EVALUATE_TYPES[key]
-        ok = _is_int(value) if kind is int else isinstance(value, kind)
+        kind = types[key]
+        ok = _is_int(value) if kind is int else (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                  if kind is float else isinstance(value, kind))
         if not ok:
             fail(f"evaluate: `{key}` must be a {kind.__name__}, not {value!r}")
     options = {("chain" if key == "set" else key): value for key, value in table.items()}

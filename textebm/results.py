@@ -29,6 +29,7 @@ def figures_of(report: dict, train: dict | None) -> dict:
     if report["prior"] == "ebm":  # a Gaussian prior's log Z is exactly 0
         out["log_z"] = report["log_partition"]["log_z"]
         out["log_z_stderr"] = report["log_partition"].get("stderr")
+        out["log_z_ess"] = (report["log_partition"].get("ais") or {}).get("ess")
     sampling = report["importance_sampling"]
     if sampling is not None:
         out["ess_mean"] = sampling["ess_mean"]
@@ -130,7 +131,9 @@ def markdown(data: dict, figures: dict[str, str]) -> str:
             f = g["figures"]
             log_z = _cell(f.get("log_z"))
             if f.get("log_z_stderr") and f["log_z_stderr"]["mean"] is not None:
-                log_z += f" (s.e. {f['log_z_stderr']['mean']:.2g})"
+                log_z += f" (s.e. {f['log_z_stderr']['mean']:.2g}"
+                ess = f.get("log_z_ess") or {}
+                log_z += f", AIS ESS {ess['mean']:.0f})" if ess.get("mean") is not None else ")"
             ess = _cell(f.get("ess_mean"), 3)
             if f.get("is_samples"):
                 ess += f" of {_num(f['is_samples']['mean'])}"
