@@ -75,6 +75,8 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     bias = report["prior_chain_bias"]
     assert bias["exact_mean_f"] == pytest.approx(bias["prior_chain_mean_f"] - bias["prior_chain_bias_f"])
     assert "short-run prior chain" in report["samples_from"]
+    rec = report["reconstruction"]  # an untrained decoder: its copies are no better than prior samples
+    assert rec["num_sentences"] == 12 and 0 <= rec["bleu"] <= 100 and "prior samples" in rec["comparison"]
     # Perplexity and NLL agree with each other; an untrained model is near-uniform over the vocabulary.
     assert report["nll_per_sentence"] * 12 / report["num_tokens"] == pytest.approx(
         __import__("math").log(report["perplexity"]), rel=1e-6)
@@ -164,7 +166,7 @@ def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, cor
     assert status == 0, err
     assert "exact (prior=none" in out and "IS:" not in out
     report = json.loads((run / "evaluation-test.json").read_text())
-    assert report["exact_likelihood"] and report["importance_sampling"] is None
+    assert report["exact_likelihood"] and report["importance_sampling"] is None and report["reconstruction"] is None
     assert report["latent_usage"] is None and report["latent_dim"] == 0 and report["nll_per_sentence"] > 0
 
 

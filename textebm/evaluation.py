@@ -167,6 +167,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
     from textebm.devices import resolve_device
     from textebm.diagnostics import AU_STDERRS, AU_THRESHOLD, PRIOR_DRAWS, latent_usage, prior_chain_bias
     from textebm.likelihood import evaluate_sentences, partition_function
+    from textebm.reconstruction import reconstruct
     from textebm.runs import load_run
 
     options.check()
@@ -203,6 +204,11 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
         progress.note(f"latent usage: {len(encoded.sentences)} sentences")
         usage = latent_usage(model, encoded.sentences, loaded.vocab.pad_id, batch_size=options.chunk,
                              generator=generator, au_sentences=USAGE_AU_SENTENCES, log_px=res.log_px)
+    reconstruction = None
+    if model.has_latent:
+        progress.note(f"reconstruction: {len(encoded.sentences)} sentences, greedy from their codes")
+        reconstruction = reconstruct(model, loaded.vocab, encoded.sentences, seed=options.seed,
+                                     truncated=encoded.truncated).summary()
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
@@ -248,6 +254,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
                                 f"{AU_STDERRS:g} standard errors (first {USAGE_AU_SENTENCES} sentences)",
                 "note": "every figure is exactly 0 for a decoder that ignores z (textebm/diagnostics.py)"},
         },
+        "reconstruction": reconstruction,
         "exact_likelihood": not model.has_latent,
         "seed": options.seed,
     }

@@ -110,6 +110,12 @@ def format_table(r: dict) -> str:
             ("active units", f"{usage['active_units']} / {r['latent_dim']}"),
         ]
         notes.append(f"latent usage: {usage['estimators']['note']}")
+    rec = r.get("reconstruction")
+    if rec is not None:
+        rows.append(("reconstruction BLEU / exact (prior-sample baseline)",
+                     f"{rec['bleu']:.1f} / {rec['exact_match']:.1%} ({rec['baseline_bleu']:.1f} / "
+                     f"{rec['baseline_exact_match']:.1%})"))
+        notes.append(f"reconstruction: {rec['comparison']}")
     if gen is not None:
         rows.append((f"FPPL / RPPL / distinct-2 / self-BLEU ({gen['n']} samples each, {gen['order']}-gram)", ""))
         for row in gen["decodings"]:
