@@ -1,5 +1,6 @@
 """The playground in a real headless browser (Debian's Chromium, driven by Playwright): fill the
-fields, click Generate, see the sentences; and check that the page fetched nothing from outside."""
+fields, click Generate, see the sentences; the Reconstruct, Interpolate and Score tabs the same
+way; and check that the page fetched nothing from outside."""
 
 from __future__ import annotations
 
@@ -73,6 +74,74 @@ def test_playground_generates_sentences(page, page_base):
     assert all("422" in e for e in console_errors), console_errors
 
 
+def test_playground_latent_tabs(page, page_base):
+    """Each latent-space tab: type sentences, press its button, see the server's answer; a bad field
+    shows the server's message; only one tab's panel shows at a time."""
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.goto(page_base + "/")
+    expect(page.locator("#run-info")).to_contain_text("run tiny (step 20)")
+    for hidden in ("#panel-reconstruct", "#panel-interpolate", "#panel-score"):
+        expect(page.locator(hidden)).to_be_hidden()
+    sentences = ["the cat saw a dog", "a big red car ran quickly"]
+
+    page.click("#tab-reconstruct")
+    expect(page.locator("#panel-reconstruct")).to_be_visible()
+    expect(page.locator("#panel-generate")).to_be_hidden()
+    page.fill("#rec-sentences", "\n".join(sentences) + "\n\n")
+    page.fill("#rec-seed", "7")
+    page.click("#reconstruct")
+    rows = page.locator("#rec-table tbody tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#rec-status")).to_contain_text("seed 7")
+    expect(page.locator("#rec-summary")).to_contain_text("from prior samples")
+    with client(page_base) as c:
+        api = c.post("/reconstruct", json={"sentences": sentences, "chains": 1, "seed": 7}).json()
+    shown = [[cell.strip() for cell in rows.nth(i).locator("td").all_inner_texts()] for i in range(2)]
+    assert shown == [[s["input"], s["reconstruction"] or "(empty sentence)", f"{s['bleu']:.1f}"]
+                     for s in api["sentences"]]
+    assert page.locator("#rec-summary").inner_text().startswith(api["comparison"])
+
+    page.click("#tab-interpolate")
+    expect(page.locator("#panel-reconstruct")).to_be_hidden()
+    page.fill("#int-from", sentences[0])
+    page.fill("#int-to", sentences[1])
+    page.fill("#int-points", "5")
+    page.fill("#int-seed", "3")
+    page.click("#interpolate")
+    points = page.locator("#int-path li")
+    expect(points).to_have_count(5)
+    with client(page_base) as c:
+        api = c.post("/interpolate", json={"from": sentences[0], "to": sentences[1], "points": 5, "chains": 8,
+                                           "max_length": 40, "seed": 3}).json()
+    assert points.all_inner_texts() == [f"t={p['t']:.2f} {p['sentence'] or '(empty sentence)'}"
+                                        for p in api["points"]]
+    page.fill("#int-to", "   ")
+    page.click("#interpolate")
+    expect(page.locator("#int-status")).to_contain_text("error 422: to: must hold a word")
+
+    page.click("#tab-score")
+    page.fill("#score-sentences", "\n".join(sentences))
+    page.fill("#score-seed", "1")
+    page.click("#score")
+    rows = page.locator("#score-table tbody tr")
+    expect(rows).to_have_count(2)
+    with client(page_base) as c:
+        api = c.post("/score", json={"sentences": sentences, "num_chains": 4, "seed": 1}).json()
+    shown = [rows.nth(i).locator("td").all_inner_texts() for i in range(2)]
+    assert shown == [[f"{s['per_token']:.4f}", f"{s['total']:.3f}", str(s["tokens"]), s["sentence"]]
+                     for s in api["scores"]]
+    page.fill("#score-chains", "0")
+    page.click("#score")
+    expect(page.locator("#score-status")).to_contain_text("error 422: num_chains:")
+    assert rows.count() == 2  # the last good answer stays
+
+    assert requested and all(url.startswith(page_base) for url in requested), requested
+    assert failed == [f"422 {page_base}/interpolate", f"422 {page_base}/score"], failed
+
+
 def test_api_documentation_renders_offline(page, page_base):
     """/docs draws the operations with Swagger UI served by this server: nothing fetched from outside."""
     requested: list[str] = []
@@ -81,6 +150,7 @@ def test_api_documentation_renders_offline(page, page_base):
     operations = page.locator(".opblock-summary-path")
     expect(operations.first).to_be_visible()
     paths = operations.all_inner_texts()
-    assert any("/generate" in p for p in paths) and any("/health" in p for p in paths), paths
+    assert all(any(op in p for p in paths) for op in ("/generate", "/reconstruct", "/interpolate", "/score",
+                                                      "/health")), paths
     expect(page.locator(".info .title")).to_contain_text("textebm")
     assert requested and all(url.startswith(page_base) for url in requested), requested
