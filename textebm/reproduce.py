@@ -42,6 +42,7 @@ from textebm.io import atomic_write_text
 TRAIN_MARKER = "reproduce-train.json"
 BUDGET = "reproduce-budget.json"
 CHECKPOINT = "checkpoint.pt"  # textebm.runs.CHECKPOINT (not imported: planning needs no torch)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # besides --threads 1: native libraries' pools
 MIN_MINUTES = 1e-3  # what a resumed run whose budget is spent gets: it stops at once, validates and saves
 
 
@@ -292,6 +293,7 @@ def _evaluation_job(options: dict, marker: dict, log: str) -> None:
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    os.environ.update(ONE_THREAD)  # before torch is imported
     from textebm.evaluation import EvaluationOptions, evaluate_run
 
     started = time.time()
@@ -443,7 +445,7 @@ class Reproduction:
             self.echo(f"{spec.name}: evaluated {evaluation.split} in {(time.time() - started) / 60:.1f} min")
 
     def _child(self, spec: RunSpec, command: list[str], log: Path, lock_fd: int, on_start) -> int:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
             handle.flush()
