@@ -20,6 +20,8 @@ from textebm.langevin import SCHEDULES, step_schedule
 
 @dataclass
 class Config:
+    # the model: the latent EBM prior learned with Langevin chains, or the VAE baseline (textebm/vae.py)
+    model: str = "latent_ebm"  # latent_ebm | vae (an LSTM encoder q(z|x), the ELBO; its prior defaults to gaussian)
     # data
     corpus: str = "ptb"
     tokenizer: str = "word"  # word | treebank | sentencepiece
@@ -52,6 +54,10 @@ class Config:
     posterior_init: str = "noise"  # noise (the paper's short-run chain) | encoder (amortized guess, refined)
     refine_steps: int = 5  # posterior steps from the encoder's guess (posterior_init=encoder)
     encoder_dim: int = 128  # embedding/hidden width of that encoder
+    # the VAE baseline (model=vae): its encoder has the decoder's embedding_dim and hidden_dim
+    free_bits: float = 0.25  # lambda: the KL term is sum_i max(lambda, KL_i), KL_i averaged over the batch (nats)
+    kl_anneal_steps: int = 2000  # the KL weight rises linearly from 0 to 1 over this many steps (0: 1 throughout)
+    ae_pretrain_steps: int = 0  # steps with KL weight 0 before the decoder is reset (Li et al. 2019; 0: off)
     # learning
     batch_size: int = 64
     generator_lr: float = 1e-3
@@ -78,6 +84,7 @@ class Config:
 
     def validate(self) -> Config:
         choices = {
+            "model": MODELS,
             "tokenizer": ("word", "treebank", "sentencepiece"),
             "cell": ("lstm", "gru"),
             "prior": ("ebm", "gaussian", "none"),
@@ -96,7 +103,8 @@ class Config:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
         for key in ["prior_steps", "posterior_steps", "vocab_size", "min_freq", "valid_batches",
-                    "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps", "energy_warm_steps"]:
+                    "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps", "energy_warm_steps",
+                    "kl_anneal_steps", "ae_pretrain_steps"]:
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must not be negative, not {getattr(self, key)}")
         for key in ["prior_sigma", "prior_step_size", "posterior_step_size", "posterior_step_size_end",
@@ -104,7 +112,7 @@ class Config:
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{key} must be a positive number, not {value}")
-        for key in ["prior_noise", "posterior_noise", "energy_penalty"]:
+        for key in ["prior_noise", "posterior_noise", "energy_penalty", "free_bits"]:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{key} must be a number >= 0, not {value}")
@@ -112,6 +120,12 @@ class Config:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.prior == "none" and self.posterior_init == "encoder":
             raise UserError("posterior_init=encoder needs a latent: prior=none has none")
+        if self.model == "vae":
+            if self.prior != "gaussian":
+                raise UserError(f"model=vae has the Gaussian prior N(0, sigma^2 I): prior={self.prior} is not "
+                                "implemented for it (drop --set prior, or set prior=gaussian)")
+            if self.posterior_init != "noise":
+                raise UserError("model=vae infers z with its own encoder: posterior_init applies to model=latent_ebm")
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
             raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
         return self
@@ -131,6 +145,11 @@ class Config:
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(unknown)}")
         return cls(**data).validate()
+
+
+MODELS = ("latent_ebm", "vae")
+# Defaults that follow from the model (below a preset's or --set's value): the VAE's prior is Gaussian.
+MODEL_DEFAULTS = {"vae": {"prior": "gaussian"}}
 
 
 def preset_names() -> list[str]:
@@ -197,7 +216,8 @@ def device_preset(corpus: str, on_cuda: bool) -> tuple[str, str]:
 
 
 def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -> Config:
-    """Defaults, then the preset (the corpus's own when none is named), then `--set` overrides."""
+    """Defaults, then the preset (the corpus's own when none is named), then `--set` overrides; keys
+    that neither sets take the model's defaults (MODEL_DEFAULTS) before the general ones."""
     if preset is None:
         preset = corpus if corpus in preset_names() else "default"
     values: dict[str, Any] = {"corpus": corpus}
@@ -206,4 +226,6 @@ def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -
     for item in overrides:
         key, value = parse_override(item)
         values[key] = value
+    for key, value in MODEL_DEFAULTS.get(values.get("model", Config.model), {}).items():
+        values.setdefault(key, value)
     return Config.from_dict(values)

@@ -31,6 +31,12 @@ p_alpha(z) = exp(f(z)) N(z; 0, sigma^2 I) / Z_alpha. Two Monte Carlo estimates m
    which is an unbiased estimate of p(x) for any q (given Z), so a stochastic lower bound on
    log p(x) in expectation (Jensen); mean_s log w_s is an ELBO-style bound below it.
    The effective sample size (sum w)^2 / sum w^2 is returned as the per-sentence diagnostic.
+3. A model with its own q(z | x) (the VAE baseline, `model.variational_posterior`) is its own
+   proposal, used alone (rho = 0), as the VAE papers estimate log p(x) (Burda et al. 2016): no
+   chains to fit, and then, sample by sample, logmeanexp_s log w_s >= mean_s log w_s, the
+   Monte Carlo ELBO of the same draws, so the estimate can be checked against the bound the model
+   trained on. (The mixture above guards a Gaussian fitted to a few short-run chains, which can
+   collapse; q was trained to cover its posterior, and the ESS says when it does not.)
 """
 
 from __future__ import annotations
@@ -188,9 +194,9 @@ class ISResult:
     log_px: torch.Tensor  # (B,) log p(x) estimate, nats
     ess: torch.Tensor  # (B,) effective sample size of the importance weights, in [1, S]
     log_w: torch.Tensor  # (B, S) log importance weights
-    chain_mean: torch.Tensor  # (B, d) mean of the posterior-chain samples (also G's mean)
-    chain_std: torch.Tensor  # (B, d) their std (correction 1), before widening
-    num_chains: int
+    chain_mean: torch.Tensor  # (B, d) mean of the posterior-chain samples (also G's mean); q's mean for a VAE
+    chain_std: torch.Tensor  # (B, d) their std (correction 1), before widening; q's std for a VAE
+    num_chains: int  # 0: the proposal was the model's q(z | x)
 
 
 def fit_proposal(codes: torch.Tensor, inflate: float = 1.2,
@@ -209,7 +215,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. Work is batched over sentences x chains and sentences x draws, in chunks
     of at most `max_rows` decoder rows (memory: rows x length x vocabulary logits). `posterior_steps`
-    overrides the run's K1 for the proposal's chains (longer chains: a closer proposal, same estimator)."""
+    overrides the run's K1 for the proposal's chains (longer chains: a closer proposal, same estimator).
+    A model with its own q(z | x) is the proposal itself: the chain, widening and mixture settings do
+    not apply to it (module docstring, 3.)."""
     if num_chains < 1 or num_samples < 1:
         raise ValueError("num_chains and num_samples must be at least 1")
     if not 0.0 <= defensive < 1.0:
@@ -222,14 +230,18 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                                 for rows in tokens.split(max_rows)])
         empty = log_px.new_zeros(b, 0)
         return ISResult(log_px, torch.ones_like(log_px), log_px.unsqueeze(1), empty, empty, 1)
-    # Posterior chains: each sentence repeated num_chains times, whole sentence groups per chunk.
-    group = max(1, max_rows // num_chains)
-    codes = []
-    for start in range(0, b, group):
-        codes.append(model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator))
-    codes = torch.cat(codes)
     with torch.no_grad():
-        mean, std, raw = fit_proposal(codes, inflate, floor)
+        variational = model.variational_posterior(tokens)
+    if variational is not None:  # the model's own q(z | x), alone (module docstring, 3.)
+        (mean, std), defensive, num_chains = variational, 0.0, 0
+        raw = std
+    else:  # posterior chains: each sentence repeated num_chains times, whole sentence groups per chunk
+        group = max(1, max_rows // num_chains)
+        codes = torch.cat([model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator)
+                           for start in range(0, b, group)])
+        with torch.no_grad():
+            mean, std, raw = fit_proposal(codes, inflate, floor)
+    with torch.no_grad():
         mean_s, std_s = mean.unsqueeze(1), std.unsqueeze(1)
         sigma = model.prior.sigma
         eps = torch.randn(b, num_samples, d, device=device, generator=generator)
@@ -274,4 +286,4 @@ def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: fl
     inverse = inverse.to(model.device)
     tensors = {name: torch.cat([getattr(p, name) for p in parts])[inverse]
                for name in ("log_px", "ess", "log_w", "chain_mean", "chain_std")}
-    return ISResult(**tensors, num_chains=num_chains)
+    return ISResult(**tensors, num_chains=parts[0].num_chains)

@@ -93,6 +93,22 @@ class LatentEBMTextModel(nn.Module):
                                   amortized=True)
         return z.view(tokens.shape[0], chains, -1).mean(dim=1)
 
+    def describe_inference(self, chains: int = 1, posterior_steps: int | None = None) -> str:
+        """How `infer_code` finds a code, in words (for reports)."""
+        cfg = self.config
+        if self.encoder is not None:
+            steps = cfg.refine_steps if posterior_steps is None else posterior_steps
+            how = f"the encoder's guess refined by {steps} posterior Langevin steps"
+        else:
+            steps = cfg.posterior_steps if posterior_steps is None else posterior_steps
+            how = f"the posterior chain ({steps} Langevin steps from noise)"
+        return how + ("" if chains == 1 else f", mean of {chains} samples")
+
+    def variational_posterior(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """q(z | x) as (mean, std) for a model that has one (the VAE); None here: this model's
+        posterior samples come from Langevin chains."""
+        return None
+
     def prior_sample(self, n: int, steps: int | None = None, step_size: float | None = None,
                      generator: torch.Generator | None = None, trajectory: list | None = None,
                      shard: Shard | None = None) -> torch.Tensor:

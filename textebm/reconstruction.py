@@ -127,7 +127,7 @@ def reconstruct(model, vocab, sentences: list[list[int]], chains: int = 1, seed:
     inputs = [vocab.decode(s) for s in sentences]
     return Reconstruction(inputs, outputs, baseline, truncated, bleu(inputs, outputs), exact_share(inputs, outputs),
                           bleu(inputs, baseline), exact_share(inputs, baseline),
-                          describe_inference(model, chains, posterior_steps), chains, seed)
+                          model.describe_inference(chains, posterior_steps), chains, seed)
 
 
 def reconstruct_lines(model, vocab, lines: list[str], chains: int = 1, seed: int = 0, batch_size: int = 64,
@@ -136,17 +136,6 @@ def reconstruct_lines(model, vocab, lines: list[str], chains: int = 1, seed: int
     encoded = encode_lines(lines, vocab, model.config.max_length)
     return reconstruct(model, vocab, encoded.sentences, chains, seed, batch_size, posterior_steps,
                        truncated=encoded.truncated)
-
-
-def describe_inference(model, chains: int, posterior_steps: int | None = None) -> str:
-    cfg = model.config
-    if model.encoder is not None:
-        steps = cfg.refine_steps if posterior_steps is None else posterior_steps
-        how = f"the encoder's guess refined by {steps} posterior Langevin steps"
-    else:
-        steps = cfg.posterior_steps if posterior_steps is None else posterior_steps
-        how = f"the posterior chain ({steps} Langevin steps from noise)"
-    return how + ("" if chains == 1 else f", mean of {chains} samples")
 
 
 def _greedy(model, z: torch.Tensor, max_length: int) -> list[list[int]]:

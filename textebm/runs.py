@@ -25,6 +25,7 @@ from textebm.config import Config, with_chain_overrides
 from textebm.errors import UserError
 from textebm.io import atomic_write_bytes, atomic_write_text
 from textebm.model import LatentEBMTextModel
+from textebm.vae import VAETextModel
 from textebm.vocab import Vocabulary, load_vocab
 
 CHECKPOINT = "checkpoint.pt"
@@ -65,7 +66,9 @@ def load_config(folder: Path) -> Config:
 
 
 def build_model(config: Config, vocab: Vocabulary) -> LatentEBMTextModel:
-    return LatentEBMTextModel(config, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
+    """The config's model: the latent EBM (or Gaussian) prior model, or the VAE baseline (`model=vae`)."""
+    kind = VAETextModel if config.model == "vae" else LatentEBMTextModel
+    return kind(config, len(vocab), vocab.pad_id, vocab.bos_id, vocab.eos_id)
 
 
 def rng_state() -> dict[str, Any]:

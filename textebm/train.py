@@ -7,6 +7,9 @@ Per minibatch x (`Learner.step`):
   4. energy step               on  -(mean f(z+) - mean f(z-)), optionally with a penalty on f^2
                                and with z+ warmed by a few plain-Langevin steps (`energy_penalty`,
                                `energy_warm_steps`: an energy that stays in balance, docs/inference.md)
+The VAE baseline (`model=vae`, `VAELearner`) replaces 1-4 by one step of the decoder and its encoder
+together on the ELBO with free bits and an annealed KL weight (textebm/vae.py); the loop, its
+records, validation and checkpoints are the same.
 Chains run with dropout off; the updates with dropout on. A non-finite z, energy, loss or gradient
 skips the step (or stops the run, `nonfinite_policy=stop`), and is logged: nothing trains on NaN.
 Under torchrun each process takes a shard of every batch (textebm/parallel.py); chain noise is
@@ -29,11 +32,12 @@ from textebm.config import Config
 from textebm.diagnostics import latent_usage, prior_chain_bias
 from textebm.errors import NonFiniteError, UserError
 from textebm.io import atomic_write_text, remove_stale_temp_files
-from textebm.langevin import Shard
+from textebm.langevin import Shard, gaussian_noise
 from textebm.likelihood import annealed_log_partition
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
 from textebm.runs import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textebm.vae import free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
 
 VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
 
@@ -128,18 +132,27 @@ class Learner:
         return z
 
     def _update(self, loss: torch.Tensor, name: str, clip: float) -> float:
+        return self._update_together(loss, (name,), clip)[0]
+
+    def _update_together(self, loss: torch.Tensor, names: tuple[str, ...], clip: float) -> list[float]:
+        """One backward pass of `loss`, then one Adam step of each named optimizer, each clipped to
+        `clip` on its own: their gradient norms."""
+        what = " and ".join(names)
         if not self.parallel.agree(bool(torch.isfinite(loss)), self.device):
-            raise NonFiniteError(f"{name} loss is not finite")
-        optimizer = self.optimizers[name]
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if not self.parallel.agree(bool(torch.isfinite(norm)), self.device):
+            raise NonFiniteError(f"{what} loss is not finite")
+        optimizers = [self.optimizers[name] for name in names]
+        for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(f"{name} gradient is not finite")
-        optimizer.step()
-        return norm.item()
+        loss.backward()
+        norms = [torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
+                 for optimizer in optimizers]
+        if not self.parallel.agree(all(bool(torch.isfinite(norm)) for norm in norms), self.device):
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"{what} gradient is not finite")
+        for optimizer in optimizers:
+            optimizer.step()
+        return [norm.item() for norm in norms]
 
     def state(self) -> dict:
         """What a checkpoint needs beyond weights: optimizer states and every RNG (all processes')."""
@@ -154,6 +167,62 @@ class Learner:
         self.chain_rng.set_state(extra["chain_rng"].cpu() if "chain_rng" in extra else self.chain_rng.get_state())
         ranks = extra.get("rng_ranks", [checkpoint["rng"]])
         set_rng_state(ranks[self.parallel.rank] if len(ranks) == self.parallel.world else checkpoint["rng"])
+
+
+class VAELearner(Learner):
+    """The VAE baseline's update (textebm/vae.py): one reparameterised draw z ~ q(z | x) per sentence,
+    then one Adam step of the decoder and the encoder together on
+
+        -log p(x | z) + w * sum_i max(free_bits, KL_i),
+
+    w the KL weight of `vae.kl_weight` (0 during autoencoder pretraining, then annealed to 1). The
+    first update after `ae_pretrain_steps` resets the decoder (weights and Adam state) before it
+    runs. The learner counts its updates, restored from the checkpoint's step on resume."""
+
+    def __init__(self, model, cfg: Config, device, parallel: Parallel = Parallel()):
+        super().__init__(model, cfg, device, parallel)
+        self.updates = 0
+
+    def _step(self, tokens: torch.Tensor, shard: Shard | None) -> dict:
+        model, cfg = self.model, self.cfg
+        shard = shard or Shard(0, tokens.shape[0], tokens.shape[0])
+        scale = self.parallel.world / shard.total
+        metrics = {}
+        if cfg.ae_pretrain_steps and self.updates == cfg.ae_pretrain_steps:
+            self.reset_decoder()
+            metrics["decoder_reset"] = True
+        weight = kl_weight(self.updates, cfg)
+        self.updates += 1
+        model.train()
+        mean, log_var = self.encoder(tokens)
+        std = (0.5 * log_var).exp()
+        z = mean + std * gaussian_noise(tokens.shape[0], mean.shape[1], self.device, self.chain_rng, shard)
+        log_lik = self.decoder(z, tokens)
+        kl_rows = gaussian_kl(mean, std, model.prior.sigma)
+        batch_kl = torch.tensor(self.parallel.sum(kl_rows.detach().sum(0).tolist(), self.device),
+                                device=self.device) / shard.total  # the global batch's mean KL_i
+        loss = -log_lik.sum() * scale
+        if weight > 0:  # (a KL weight of 0 leaves the KL out: q's variance may shrink freely while pretraining)
+            loss = loss + weight * free_bits(kl_rows.sum(0) * scale, cfg.free_bits, batch_kl)
+        gen_norm, enc_norm = self._update_together(loss, ("generator", "encoder"), cfg.generator_clip)
+        return {**metrics, "gen_grad_norm": gen_norm, "encoder_grad_norm": enc_norm, "nll_sum": -log_lik.sum().item(),
+                "kl": float(batch_kl.sum()), "kl_floored": float(batch_kl.clamp(min=cfg.free_bits).sum()),
+                "kl_dims_above_floor": int((batch_kl > cfg.free_bits).sum()), "kl_weight": weight}
+
+    def reset_decoder(self) -> None:
+        """Li et al.'s switch: the decoder starts again from fresh weights (`vae.reset_weights`, seeded by
+        the run's seed) and a fresh Adam state; the encoder keeps what pretraining taught it."""
+        reset_weights(self.model.decoder, self.cfg.seed)
+        self.optimizers["generator"].state.clear()
+
+    def load_state(self, checkpoint: dict) -> None:
+        super().load_state(checkpoint)
+        self.updates = int(checkpoint["step"])
+
+
+def make_learner(model: LatentEBMTextModel, cfg: Config, device, parallel: Parallel = Parallel()) -> Learner:
+    """The learner of the config's model: Langevin-chain maximum likelihood, or the VAE's ELBO."""
+    return (VAELearner if cfg.model == "vae" else Learner)(model, cfg, device, parallel)
 
 
 VALID_AU_SENTENCES = 64  # validation sentences whose per-unit sensitivity is measured (d decoder passes each)
@@ -181,6 +250,11 @@ def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device
               "valid_active_units": figures["active_units"],
               "valid_ppl_posterior": math.exp(min(figures["nll_posterior"], 50.0)),
               "valid_tokens": figures["tokens"]}
+    if cfg.model == "vae":  # the ELBO's two terms per sentence (z+ one draw from q: its reconstruction term)
+        kl = kl_figures(posterior_kl(model, sentences, cfg.batch_size), cfg.free_bits)
+        reconstruction = figures["nll_posterior"] * figures["tokens"] / figures["sentences"]
+        record.update({"valid_kl": kl["kl_per_sentence"], "valid_kl_dims_above_floor": kl["kl_dims_above_floor"],
+                       "valid_elbo": -reconstruction - kl["kl_per_sentence"]})
     if model.prior.is_ebm:  # the prior chain against AIS's exact sampler; AIS's log Z comes with it
         reference = annealed_log_partition(model.prior, VALID_AIS_CHAINS, VALID_AIS_STEPS, generator=generator)
         bias = prior_chain_bias(model, VALID_AIS_CHAINS, reference, generator=generator)
@@ -194,9 +268,15 @@ def collapse_warning(gaps: list[float], cfg: Config) -> str | None:
     recent = gaps[-COLLAPSE_VALIDATIONS:]
     if len(recent) < COLLAPSE_VALIDATIONS or max(recent) >= COLLAPSE_GAP:
         return None
-    return (f"warning: the decoder ignores z (posterior collapse): the validation gap between prior-z and "
+    head = (f"warning: the decoder ignores z (posterior collapse): the validation gap between prior-z and "
             f"posterior-z NLL has stayed below {COLLAPSE_GAP} nats/token for {COLLAPSE_VALIDATIONS} validations "
-            f"({', '.join(f'{g:.3f}' for g in recent)}). Likely cause: a posterior chain too short or too noisy "
+            f"({', '.join(f'{g:.3f}' for g in recent)}). ")
+    if cfg.model == "vae":
+        return head + (f"The KL term pulls q(z|x) onto the prior faster than the decoder learns to read z: a "
+                       f"higher free_bits floor (now {cfg.free_bits:g} nats per dimension), a longer kl_anneal_steps "
+                       f"(now {cfg.kl_anneal_steps}) or autoencoder pretraining (ae_pretrain_steps, now "
+                       f"{cfg.ae_pretrain_steps}) keep z in use: docs/training.md")
+    return head + (f"Likely cause: a posterior chain too short or too noisy "
             f"to find codes that explain the sentence (now {cfg.posterior_steps} steps of "
             f"{cfg.posterior_step_size:g}, noise scale {cfg.posterior_noise:g}); large, nearly noiseless steps "
             f"(the default --set posterior_step_size={TEXT_CHAIN.posterior_step_size:g} --set "
@@ -297,7 +377,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     folder, device = Path(folder), torch.device(device)
     main = parallel.is_main
     log = Logger(folder, echo if main else (lambda text: None), enabled=main)
-    learner = Learner(model, cfg, device, parallel)
+    learner = make_learner(model, cfg, device, parallel)
     step = 0
     if resume:
         checkpoint = load_checkpoint(folder, device)
@@ -349,6 +429,9 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             if model.has_latent:
                 line += (f" gap {last_valid['valid_gap']:.3f}; MI {last_valid['valid_mutual_information']:.2f} nats, "
                          f"active units {last_valid['valid_active_units']}/{model.prior.latent_dim}")
+            if "valid_kl" in last_valid:
+                line += (f"; KL {last_valid['valid_kl']:.2f} nats ({last_valid['valid_kl_dims_above_floor']} "
+                         f"dimensions above the {cfg.free_bits:g} floor), ELBO {last_valid['valid_elbo']:.2f}")
             if "valid_prior_chain_bias_f" in last_valid:
                 line += (f"; prior chain mean f {last_valid['valid_prior_chain_mean_f']:.2f} vs exact "
                          f"{last_valid['valid_exact_mean_f']:.2f} "
@@ -399,6 +482,9 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 step += 1
                 continue
             seconds = time.perf_counter() - tic
+            if metrics.pop("decoder_reset", False):
+                log.message(f"step {step + 1}: autoencoder pretraining done ({cfg.ae_pretrain_steps} steps): "
+                            "decoder reset, the ELBO with free bits from here")
             num_tokens = int((tokens[:, 1:] != model.pad_id).sum())
             nll, num_tokens, gap = parallel.sum([metrics.pop("nll_sum"), num_tokens,
                                                  metrics.pop("energy_gap_sum", 0.0)], device)
@@ -411,6 +497,10 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 gap_since_validation.append(record["energy_gap"])
             postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
                        "tok_s": f"{record['tokens_per_s']:.0f}"}
+            if "kl" in record:  # the VAE: its ELBO per sentence and the KL term's weight
+                record["elbo"] = -record["nll_sentence"] - record["kl"]
+                postfix.update(kl=f"{record['kl']:.2f}", w=f"{record['kl_weight']:.2f}")
+                del postfix["f_gap"]
             if model.has_latent and "valid_gap" in last_valid:  # the last validation's latent-usage figures
                 postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}",
                                mi=f"{last_valid['valid_mutual_information']:.1f}", au=last_valid["valid_active_units"])
