@@ -110,7 +110,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
     # FastAPIOffline: /docs and /redoc load Swagger UI / ReDoc from the installed package, not a CDN,
     # so that the API's documentation page works offline and behind firewalls.
     app = FastAPIOffline(title="textebm", version=__version__, lifespan=lifespan,
-                         description="Sentences from a trained latent-space EBM text model. "
+                         description="Sentences from a trained latent-space EBM text model, and its latent "
+                                     "space: reconstruction, interpolation, anomaly scores. "
                                      "The playground is at /, this documentation at /docs, the schema at "
                                      "/openapi.json.")
     app.state.startup_error = None
