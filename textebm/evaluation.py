@@ -142,8 +142,9 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
     """How much work an evaluation is, said before it starts."""
     if model.has_latent:
         steps = config.posterior_steps if options.posterior_steps is None else options.posterior_steps
-        parts = [f"{num_sentences} sentences x {options.num_chains} posterior chains x {steps} steps, "
-                 f"{options.num_is_samples} importance samples each",
+        proposal = (f"{options.num_chains} posterior chains x {steps} steps, " if config.model != "vae"
+                    else "the encoder's q(z|x) as the proposal, ")
+        parts = [f"{num_sentences} sentences x {proposal}{options.num_is_samples} importance samples each",
                  f"latent usage of the same sentences (active units: the first "
                  f"{min(num_sentences, USAGE_AU_SENTENCES)})"]
         if model.prior.is_ebm:
@@ -210,10 +211,13 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
         reconstruction = reconstruct(model, loaded.vocab, encoded.sentences, seed=options.seed,
                                      truncated=encoded.truncated).summary()
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(nll)
+    sampling = None if not model.has_latent else {
+        "ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()),
+        "ess_min": float(res.ess.min()), "log_w_var_mean": float(log_w_var.mean())}
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
         "evaluated_text": source, "trained_on": config.train_split,
-        "prior": config.prior, "latent_dim": model.prior.latent_dim,
+        "model": config.model, "prior": config.prior, "latent_dim": model.prior.latent_dim,
         "chains": {key: getattr(config, key) for key in CHAIN_KEYS},
         "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
         "nll_per_sentence": float(nll.mean()),
@@ -229,24 +233,23 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
                          "0.1 nat; monte_carlo: log mean exp f over reference draws, the cross-check"},
         "prior_chain_bias": bias,
         "samples_from": samples_from(config) if model.has_latent else "the language model itself (no latent)",
-        "importance_sampling": None if not model.has_latent else {
-            "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
-                         "q = 0.5 G + 0.5 N(0, sigma^2 I) (defensive mixture), G = diagonal Gaussian fitted "
-                         "to the sentence's posterior-chain samples",
-            "num_chains": options.num_chains,
-            "posterior_steps": config.posterior_steps if options.posterior_steps is None else options.posterior_steps,
-            "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
-            "proposal_std": "1.2 * chain std + 0.05", "defensive_share": 0.5,
-            "ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()),
-            "ess_min": float(res.ess.min()), "log_w_var_mean": float(log_w_var.mean()),
-            "chain_std_mean": float(res.chain_std.mean()),
-        },
+        "importance_sampling": None if sampling is None else (
+            vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
+                "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
+                             "q = 0.5 G + 0.5 N(0, sigma^2 I) (defensive mixture), G = diagonal Gaussian fitted "
+                             "to the sentence's posterior-chain samples",
+                "num_chains": options.num_chains,
+                "posterior_steps": (config.posterior_steps if options.posterior_steps is None
+                                    else options.posterior_steps),
+                "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
+                "proposal_std": "1.2 * chain std + 0.05", "defensive_share": 0.5,
+                **sampling, "chain_std_mean": float(res.chain_std.mean())}),
         "latent_usage": None if usage is None else {
             "gap": usage["gap"], "nll_posterior": usage["nll_posterior"], "nll_prior": usage["nll_prior"],
             "mutual_information": usage["mutual_information"], "active_units": usage["active_units"],
             "unit_sensitivity": usage["unit_sensitivity"],
             "estimators": {
-                "gap": "mean log p(x|z+) - mean log p(x|z-) per token; z+ one posterior chain (the run's settings), "
+                "gap": f"mean log p(x|z+) - mean log p(x|z-) per token; z+ {posterior_code(config)}, "
                        f"z- {PRIOR_DRAWS} prior draws per sentence",
                 "mutual_information": "E_x[log p(x|z+) - log p(x)] = E_x KL(p(z|x) || p(z)) in nats per sentence, "
                                       "log p(x) the importance-sampled estimate above",
@@ -258,6 +261,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
         "exact_likelihood": not model.has_latent,
         "seed": options.seed,
     }
+    if config.model == "vae":
+        result["vae"] = vae_figures(res, config, result["nll_per_sentence"], result["elbo_per_sentence"])
     if options.fppl_samples == 0:
         result["generation"] = None
         result["generation_skipped"] = "--fppl-samples 0"
@@ -266,6 +271,38 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
                                                   options.temperatures, progress)
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
+
+
+def posterior_code(config) -> str:
+    """Where the latent-usage figures' posterior code z+ comes from, in words."""
+    return "one draw from q(z|x)" if config.model == "vae" else "one posterior chain (the run's settings)"
+
+
+def vae_importance_sampling(options: EvaluationOptions, sampling: dict, res) -> dict:
+    """The VAE's importance-sampling report (textebm/likelihood.py, 3.): q(z|x) alone is the proposal."""
+    return {"estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)], z_s ~ q(z|x), the "
+                         "VAE's encoder, alone (no defensive mixture: the VAE papers' estimator; it is >= the Monte "
+                         "Carlo ELBO of the same draws, sentence by sentence)",
+            "proposal": "q(z|x) = N(mu(x), diag sigma(x)^2), the encoder", "num_samples": options.num_is_samples,
+            "defensive_share": 0.0, **sampling, "q_std_mean": float(res.chain_std.mean())}
+
+
+def vae_figures(res, config, nll_per_sentence: float, elbo_per_sentence: float) -> dict:
+    """The VAE's own figures: KL(q(z|x) || p(z)) per sentence and dimension (closed form, from q's
+    mean and std at each evaluated sentence), dimensions above the free-bits floor, the VAE papers'
+    active units (variance of q's mean across sentences), and how much tighter the IS estimate is
+    than the ELBO."""
+    from textebm.vae import AU_VARIANCE, gaussian_kl, kl_figures, mean_variance_active_units
+
+    kl = kl_figures(gaussian_kl(res.chain_mean, res.chain_std, config.prior_sigma), config.free_bits)
+    return {**kl, "active_units_mean_variance": mean_variance_active_units(res.chain_mean),
+            "active_units_mean_variance_threshold": AU_VARIANCE,
+            "bound_gap_per_sentence": -elbo_per_sentence - nll_per_sentence,
+            "kl_anneal_steps": config.kl_anneal_steps, "ae_pretrain_steps": config.ae_pretrain_steps,
+            "estimators": {
+                "kl_per_sentence": "mean over sentences of KL(q(z|x) || N(0, sigma^2 I)) in closed form, nats",
+                "active_units_mean_variance": f"dimensions with Var_x E_q[z_i] > {AU_VARIANCE} (Burda et al. 2016)",
+                "bound_gap_per_sentence": "-ELBO - NLL: what importance sampling gains over the bound (>= 0)"}}
 
 
 def samples_from(config) -> str:

@@ -37,7 +37,7 @@ from textebm.likelihood import annealed_log_partition
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
 from textebm.runs import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from textebm.vae import free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
+from textebm.vae import RESET_SEED, free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
 
 VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
 
@@ -210,9 +210,10 @@ class VAELearner(Learner):
                 "kl_dims_above_floor": int((batch_kl > cfg.free_bits).sum()), "kl_weight": weight}
 
     def reset_decoder(self) -> None:
-        """Li et al.'s switch: the decoder starts again from fresh weights (`vae.reset_weights`, seeded by
-        the run's seed) and a fresh Adam state; the encoder keeps what pretraining taught it."""
-        reset_weights(self.model.decoder, self.cfg.seed)
+        """Li et al.'s switch: the decoder starts again from fresh random weights (`vae.reset_weights`, a
+        draw of their own, not the initial weights) and a fresh Adam state; the encoder keeps what
+        pretraining taught it."""
+        reset_weights(self.model.decoder, self.cfg.seed + RESET_SEED)
         self.optimizers["generator"].state.clear()
 
     def load_state(self, checkpoint: dict) -> None:

@@ -75,6 +75,9 @@ def kl_weight(step: int, cfg: Config) -> float:
     return 1.0 if cfg.kl_anneal_steps == 0 else min(1.0, after / cfg.kl_anneal_steps)
 
 
+RESET_SEED = 7919  # added to the run's seed for the decoder reset: fresh weights, not a copy of the initial ones
+
+
 def reset_weights(module: nn.Module, seed: int) -> None:
     """Fresh initial weights for every layer of `module`, as its constructor draws them, from a CPU
     generator seeded with `seed` outside the training RNG: the same weights on every process and on

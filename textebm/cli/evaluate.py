@@ -75,14 +75,25 @@ def format_table(r: dict) -> str:
     if isd is None:
         rows.append(("likelihood", "exact (prior=none: a language model without latent)"))
     else:
+        proposal = (("IS: proposal / draws per sentence", f"{isd['proposal']} / {isd['num_samples']}")
+                    if "proposal" in isd else  # a VAE's q(z|x); else a Gaussian fitted to posterior chains
+                    ("IS: chains x steps / draws per sentence",
+                     f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"))
         rows += [
             ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
             ("log Z of the prior (stderr; method)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}; {lz['method']})"),
-            ("IS: chains x steps / draws per sentence",
-             f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"),
+            proposal,
             ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
         ]
-        notes.append(f"estimator: {isd['estimator']}; G's std = {isd['proposal_std']}")
+        notes.append(f"estimator: {isd['estimator']}" + (f"; G's std = {isd['proposal_std']}"
+                                                          if "proposal_std" in isd else ""))
+    vae = r.get("vae")
+    if vae is not None:
+        rows += [("VAE: KL(q(z|x) || p(z)) per sentence (free-bits floor)",
+                  f"{_fmt(vae['kl_per_sentence'])} ({_fmt(vae['free_bits_floor_per_sentence'])}: "
+                  f"{vae['kl_dims_above_floor']} of {r['latent_dim']} dimensions above {vae['free_bits']:g})"),
+                 ("VAE: active units by Var E_q[z] > 0.01", f"{vae['active_units_mean_variance']} / {r['latent_dim']}"),
+                 ("VAE: -ELBO - NLL (what IS gains)", _fmt(vae["bound_gap_per_sentence"]))]
         if "ais" in lz:
             ais, mc = lz["ais"], lz["monte_carlo"]
             rows += [("  AIS: chains x temperatures, ESS, acceptance",

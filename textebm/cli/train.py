@@ -113,7 +113,12 @@ def _train(args: argparse.Namespace, parallel) -> int:
     if train_data.truncated or valid_data.truncated:
         echo(f"truncated to max_length={config.max_length} tokens: {train_data.truncated} training and "
              f"{valid_data.truncated} validation lines")
-    echo(f"model: {config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {model.prior.latent_dim}, "
+    vae = ""
+    if config.model == "vae":
+        pretrain = f" after {config.ae_pretrain_steps} autoencoder steps" if config.ae_pretrain_steps else ""
+        vae = (f"VAE (LSTM encoder q(z|x), free bits {config.free_bits:g} nats per dimension, KL weight annealed "
+               f"over {config.kl_anneal_steps} steps{pretrain}), ")
+    echo(f"model: {vae}{config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {model.prior.latent_dim}, "
          f"prior {config.prior}, {params / 1e6:.2f}M parameters, on {device}; run folder {folder}")
     if parallel.world > 1:
         echo(f"data parallel: {parallel.world} processes, global batch {config.batch_size}")
