@@ -71,6 +71,7 @@ class Config:
     max_epochs: int = 40
     precision: str = "fp32"  # fp32 | bf16 (torch.autocast for chains and updates)
     compile: bool = False  # torch.compile the decoder's log-likelihood (chains and updates)
+    chain_precision: str = "fp32"  # fp32 | bf16 (the posterior chain's vocabulary projection only; CPU and CUDA)
     nonfinite_policy: str = "skip"  # skip | stop
     max_skipped_steps: int = 20  # consecutive non-finite steps before the run stops anyway
     seed: int = 0
@@ -91,6 +92,7 @@ class Config:
             "nonfinite_policy": ("skip", "stop"),
             "posterior_init": ("noise", "encoder"),
             "precision": ("fp32", "bf16"),
+            "chain_precision": ("fp32", "bf16"),
             "posterior_step_schedule": SCHEDULES,
         }
         for key, allowed in choices.items():
@@ -191,7 +193,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 # The inference settings: a trained run can be evaluated, scored or explored with other chains than
 # it trained with (`--set` of evaluate, score, interpolate); nothing else of its config may change.
 CHAIN_KEYS = ("prior_steps", "prior_step_size", "prior_noise", "posterior_steps", "posterior_step_size",
-              "posterior_step_schedule", "posterior_step_size_end", "posterior_noise")
+              "posterior_step_schedule", "posterior_step_size_end", "posterior_noise", "chain_precision")
 
 
 def with_chain_overrides(config: Config, overrides: list[str]) -> Config:

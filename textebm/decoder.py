@@ -3,9 +3,16 @@
 z sets the initial hidden state (through a linear map and tanh) and is concatenated to every
 input embedding, the usual wiring of text VAEs. Sentences are `<s> w1 ... wn </s>`. With
 latent_dim 0 it is a plain RNN language model starting from a zero state.
+
+The likelihood's projection onto the vocabulary (and its softmax) is most of its cost. The
+posterior chain may run that part in bf16 (`projection="bf16"`, config `chain_precision`): the
+chain needs only a gradient direction in z, while the RNN (oneDNN's CPU LSTM has no bf16 kernel),
+the updates and every likelihood that is reported stay fp32.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -36,26 +43,34 @@ class Decoder(nn.Module):
         state = state.view(z.shape[0], -1, self.num_layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
         return (state[0], state[1]) if self.cell == "lstm" else state[0]
 
-    def logits(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
+    def hidden_states(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The RNN's teacher-forced outputs (batch, time, hidden), after dropout: what the projection reads."""
         emb = self.drop(self.embed(inputs))
         rnn_in = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
         hidden, _ = self.rnn(rnn_in, self.initial_state(z))
-        return self.out(self.drop(hidden))
+        return self.drop(hidden)
 
-    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def logits(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
+        return self.out(self.hidden_states(z, inputs))
+
+    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
         """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
 
-        `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored."""
-        logits = self.logits(z, tokens[:, :-1])
+        `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
+        the vocabulary projection and its log-softmax under bf16 autocast (the RNN as it would run
+        anyway); the per-token log-probabilities are summed in fp32."""
+        hidden = self.hidden_states(z, tokens[:, :-1])
         targets = tokens[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                              ignore_index=self.pad_id, reduction="none")
-        return -nll.view(targets.shape).sum(dim=1)
+        with projection_autocast(projection, hidden.device):
+            logits = self.out(hidden)
+            log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
+        nll = F.nll_loss(log_probs, targets.reshape(-1), ignore_index=self.pad_id, reduction="none")
+        return -nll.float().view(targets.shape).sum(dim=1)
 
-    def forward(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) per sentence: the call that data-parallel training wraps."""
-        return self.log_likelihood(z, tokens)
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
+        """log p(x | z) per sentence: the call that data-parallel training wraps (and chains call)."""
+        return self.log_likelihood(z, tokens, projection)
 
     def start_decoding(self, z: torch.Tensor):
         """Constants and state for `step`: z's share of the first layer's input gates is the same at
@@ -93,3 +108,16 @@ class Decoder(nn.Module):
                 new_state.append(h)
             x = h
         return products.logits(x), new_state
+
+
+PROJECTIONS = ("fp32", "bf16")
+
+
+def projection_autocast(projection: str, device: torch.device):
+    """bf16 autocast on the device for `projection="bf16"`; for fp32 no context at all, so that an
+    enclosing autocast (training's `precision=bf16`) still applies."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, not {projection!r}")
+    if projection == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

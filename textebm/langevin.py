@@ -156,13 +156,15 @@ def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
 def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float | Sequence[float],
                     generator: torch.Generator | None = None, trajectory: list | None = None,
                     shard: Shard | None = None, z0: torch.Tensor | None = None,
-                    noise_scale: float = 1.0) -> torch.Tensor:
+                    noise_scale: float = 1.0, projection: str = "fp32") -> torch.Tensor:
     """z ~ p(z | x) by short-run Langevin on log p_alpha(z) + log p_beta(x | z).
 
-    Starts from N(0, sigma^2 I) (the paper's short-run chain) unless `z0` is given."""
+    Starts from N(0, sigma^2 I) (the paper's short-run chain) unless `z0` is given. `projection`
+    is the precision of the likelihood's vocabulary projection in the chain's steps (fp32 or bf16:
+    textebm/decoder.py)."""
 
     def log_joint(z):
-        return prior.log_density(z) + decoder(z, tokens)  # decoder(...) is log p(x | z), maybe compiled
+        return prior.log_density(z) + decoder(z, tokens, projection)  # log p(x | z), maybe compiled
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)
