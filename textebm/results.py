@@ -38,6 +38,12 @@ def figures_of(report: dict, train: dict | None) -> dict:
     if usage is not None:
         out.update(mi=usage["mutual_information"], active_units=usage["active_units"], gap=usage["gap"],
                    latent_dim=report["latent_dim"])
+    reconstruction = report.get("reconstruction")
+    if reconstruction:
+        out.update(bleu=reconstruction["bleu"], baseline_bleu=reconstruction["baseline_bleu"])
+    bias = report.get("prior_chain_bias")
+    if bias:
+        out["prior_chain_bias_f"] = bias["prior_chain_bias_f"]
     generation = report["generation"]
     if generation is not None:
         real_fppl, real_rppl = generation["real_lm_test_ppl"], generation["real_reference"]["reverse_ppl"]
@@ -112,59 +118,85 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(data: dict, figures: dict[str, str]) -> str:
+INTRO = ("Where a model has several seeds: mean ± sample standard deviation over the seeds (the seeds column "
+         "names them). NLL in nats per sentence by importance sampling (the language model's is exact); PPL per "
+         "token; log Z of the EBM prior by annealed importance sampling (standard error, AIS effective sample "
+         "size); ESS: mean effective sample size of the importance weights (of S draws); MI in nats per sentence; "
+         "gap: prior-z minus posterior-z NLL in nats per token; FPPL and RPPL: KenLM 5-grams, with the ratio to "
+         "real text under the same evaluator.")
+
+
+def markdown(data: dict, figures: dict[tuple[str, str], str]) -> str:
     lines = [f"# {data['title']}", "",
-             f"Generated {data['generated']} by `{data['command']}` from the grid `{data['grid']}`. "
-             "Where a model has several seeds: mean ± sample standard deviation over the seeds (their number "
-             "in the seeds column). NLL in nats per sentence by importance sampling (the language model's is "
-             "exact); PPL per token; ESS: mean effective sample size of the importance weights (of S draws); "
-             "MI in nats per sentence; gap: prior-z minus posterior-z NLL in nats per token; FPPL and RPPL: "
-             "KenLM 5-grams, with the ratio to real text under the same evaluator.", ""]
-    by_section = {}
+             f"Generated {data['generated']} by `{data['command']}` from the grid `{data['grid']}`. {INTRO}", ""]
+    sections: dict[tuple[str, str], list[dict]] = {}
     for group in data["groups"]:
-        by_section.setdefault((group["corpus"], group["split"]), []).append(group)
-    for (corpus, split), groups in by_section.items():
+        sections.setdefault((group["corpus"], group["split"]), []).append(group)
+    for (corpus, split), groups in sections.items():
         evaluated = next((g["evaluated_text"] for g in groups if g["evaluated_text"]), split)
         lines += [f"## {corpus}: trained on {groups[0]['train_split']}, evaluated on {evaluated}", ""]
-        rows = []
-        for g in groups:
-            f = g["figures"]
-            log_z = _cell(f.get("log_z"))
-            if f.get("log_z_stderr") and f["log_z_stderr"]["mean"] is not None:
-                log_z += f" (s.e. {f['log_z_stderr']['mean']:.2g}"
-                ess = f.get("log_z_ess") or {}
-                log_z += f", AIS ESS {ess['mean']:.0f})" if ess.get("mean") is not None else ")"
-            ess = _cell(f.get("ess_mean"), 3)
-            if f.get("is_samples"):
-                ess += f" of {_num(f['is_samples']['mean'])}"
-            units = _cell(f.get("active_units"), 3)
-            if f.get("latent_dim"):
-                units += f" of {_num(f['latent_dim']['mean'])}"
-            rows.append([g["label"], _seeds(g), _cell(f.get("steps")), _cell(f.get("minutes"), 3), _cell(f.get("nll")),
-                         _cell(f.get("ppl")), log_z, ess, _cell(f.get("mi"), 3), units, _cell(f.get("gap"), 3)])
-        lines += _table(["model", "seeds", "steps", "minutes", "NLL", "PPL", "log Z", "ESS", "MI", "active units",
-                         "gap"], rows)
-        decodings = list(dict.fromkeys(k.split(" ", 1)[1] for g in groups for k in g["figures"]
-                                       if k.startswith("fppl ") and not k.startswith("fppl ratio ")))
-        for name, title in (("fppl", "FPPL (÷ real text)"), ("rppl", "RPPL (÷ real text)")):
-            if not decodings:
-                break
-            rows = [[g["label"], _seeds(g)] + [_cell(g["figures"].get(f"{name} {d}"), 4,
-                                                     g["figures"].get(f"{name} ratio {d}")) for d in decodings]
-                    for g in groups]
-            real = next((g["figures"][f"real {name}"] for g in groups if f"real {name}" in g["figures"]), None)
-            real_cell = "—" if real is None else _num(real["mean"])  # one text, one number: no spread
-            rows.append(["real text (same evaluator)", ""] + [real_cell] + [""] * (len(decodings) - 1))
-            lines += ["", f"{title}:", ""] + _table(["model", "seeds", *decodings], rows)
+        lines += _likelihood_table(groups) + _checks_table(groups) + _samples_tables(groups)
         if (corpus, split) in figures:
             lines += ["", f"![quality-diversity, {corpus}]({Path(figures[(corpus, split)]).name})"]
         missing = [name for g in groups for name in g["missing"]]
         if missing:
             lines += ["", f"Not yet evaluated: {', '.join(missing)}."]
         lines.append("")
-    lines += ["## Runs", ""]
+    return "\n".join(lines + ["## Runs", ""] + _runs_table(data["runs"])) + "\n"
+
+
+def _likelihood_table(groups: list[dict]) -> list[str]:
     rows = []
-    for run in data["runs"]:
+    for g in groups:
+        f = g["figures"]
+        log_z = _cell(f.get("log_z"))
+        if f.get("log_z_stderr") and f["log_z_stderr"]["mean"] is not None:
+            ais_ess = (f.get("log_z_ess") or {}).get("mean")
+            log_z += f" (s.e. {f['log_z_stderr']['mean']:.2g}" + ("" if ais_ess is None else f", ESS {ais_ess:.0f}")
+            log_z += ")"
+        ess = _cell(f.get("ess_mean"), 3) + (f" of {_num(f['is_samples']['mean'])}" if f.get("is_samples") else "")
+        units = _cell(f.get("active_units"), 3) + (f" of {_num(f['latent_dim']['mean'])}" if f.get("latent_dim")
+                                                   else "")
+        rows.append([g["label"], _seeds(g), _cell(f.get("steps")), _cell(f.get("minutes"), 3), _cell(f.get("nll")),
+                     _cell(f.get("ppl")), log_z, ess, _cell(f.get("mi"), 3), units, _cell(f.get("gap"), 3)])
+    return _table(["model", "seeds", "steps", "minutes", "NLL", "PPL", "log Z", "ESS", "MI", "active units", "gap"],
+                  rows)
+
+
+def _checks_table(groups: list[dict]) -> list[str]:
+    """Is z used (reconstruction against prior samples), and does the prior chain sample the EBM?"""
+    checks = [g for g in groups if "bleu" in g["figures"] or "prior_chain_bias_f" in g["figures"]]
+    if not checks:
+        return []
+    columns = (("bleu", 3), ("baseline_bleu", 3), ("prior_chain_bias_f", 2))
+    rows = [[g["label"], _seeds(g)] + [_cell(g["figures"].get(key), digits) for key, digits in columns]
+            for g in checks]
+    return ["", "Reconstruction BLEU of the sentences from their codes, against greedy decodings of prior samples; "
+                "the prior chain's mean f minus the EBM's (by AIS), in nats:", ""] + _table(
+        ["model", "seeds", "reconstruction BLEU", "prior-sample BLEU", "prior-chain bias of f"], rows)
+
+
+def _samples_tables(groups: list[dict]) -> list[str]:
+    """FPPL and RPPL per decoding of the sweep, with their ratios to real text, and the real-text row."""
+    decodings = list(dict.fromkeys(k.split(" ", 1)[1] for g in groups for k in g["figures"]
+                                   if k.startswith("fppl ") and not k.startswith("fppl ratio ")))
+    if not decodings:
+        return []
+    lines = []
+    for name, title in (("fppl", "FPPL (÷ real text)"), ("rppl", "RPPL (÷ real text)")):
+        rows = [[g["label"], _seeds(g)] + [_cell(g["figures"].get(f"{name} {d}"), 4,
+                                                 g["figures"].get(f"{name} ratio {d}")) for d in decodings]
+                for g in groups]
+        real = next((g["figures"][f"real {name}"] for g in groups if f"real {name}" in g["figures"]), None)
+        real_cell = "—" if real is None else _num(real["mean"])  # one text, one number: no spread
+        rows.append(["real text (same evaluator)", ""] + [real_cell] + [""] * (len(decodings) - 1))
+        lines += ["", f"{title}:", ""] + _table(["model", "seeds", *decodings], rows)
+    return lines
+
+
+def _runs_table(runs: list[dict]) -> list[str]:
+    rows = []
+    for run in runs:
         budget = " / ".join(x for x in (f"{run['max_minutes']:g} min" if run["max_minutes"] else "",
                                         f"{run['max_steps']} steps" if run["max_steps"] else "") if x)
         train = run["train"]
@@ -173,9 +205,8 @@ def markdown(data: dict, figures: dict[str, str]) -> str:
                              for split, options in run["evaluate"].items())
         rows.append([run["name"], run["label"], run["corpus"], run["train_split"], run["preset"],
                      " ".join(f"`{s}`" for s in run["set"]), str(run["seed"]), budget, done, evaluate])
-    lines += _table(["run", "model", "corpus", "trained on", "preset", "--set", "seed", "budget", "trained",
-                     "evaluate"], rows)
-    return "\n".join(lines) + "\n"
+    return _table(["run", "model", "corpus", "trained on", "preset", "--set", "seed", "budget", "trained", "evaluate"],
+                  rows)
 
 
 def _seeds(group: dict) -> str:
