@@ -199,6 +199,7 @@ def test_a_tiny_vae_run_trains_and_records_its_elbo(vae_run):
     assert sum(r["nll_token"] for r in train[-5:]) < sum(r["nll_token"] for r in train[:5]) - 5 * 0.5
     final = _records(vae_run, "final")[-1]
     assert final["valid_kl"] > 0 and final["valid_elbo"] < 0 and "valid_active_units" in final
+    assert (vae_run / "learning_curves.png").stat().st_size > 10_000  # with the KL panel
 
 
 def test_a_resumed_vae_run_continues_as_an_uninterrupted_one(cli, tmp_path, vae_corpus, tiny_overrides):

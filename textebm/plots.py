@@ -27,7 +27,8 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
     from textebm.runs import load_config
 
     records = read_metrics(folder)
-    prior = load_config(folder).prior
+    config = load_config(folder)
+    prior = config.prior
     train = [r for r in records if r.get("kind") == "train"]
     valid = [r for r in records if r.get("kind") in ("valid", "epoch", "final")]
     if not train:
@@ -63,7 +64,17 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
                       transform=ax_usage.transAxes)
     ax_usage.set(xlabel="step", title="is z used? (validation; AU = active units)")
     gap = [r for r in train if "energy_gap" in r]
-    if gap:
+    kl = [r for r in train if "kl" in r]
+    if kl:  # the VAE: its KL term against the free-bits floor, and the KL weight
+        ax_gap.plot([r["step"] for r in kl], [r["kl"] for r in kl], lw=0.8, label="KL(q || p) per sentence")
+        ax_gap.plot([r["step"] for r in kl], [r["kl_floored"] for r in kl], lw=0.8, label="free-bits KL term")
+        ax_gap.axhline(config.free_bits * config.latent_dim, color="grey", lw=0.5, ls="--", label="whole floor")
+        ax_weight = ax_gap.twinx()
+        ax_weight.plot([r["step"] for r in kl], [r["kl_weight"] for r in kl], color="C3", lw=0.8)
+        ax_weight.set(ylabel="KL weight (red)", ylim=(0, 1.05))
+        ax_gap.legend(fontsize=8)
+        ax_gap.set(xlabel="step", ylabel="nats", title="the VAE's KL term")
+    elif gap:
         ax_gap.plot([r["step"] for r in gap], [r["energy_gap"] for r in gap], lw=0.8, label="f(z+) - f(z-)")
         ax_gap.axhline(0.0, color="grey", lw=0.5)
         bias = [r for r in valid if "valid_prior_chain_bias_f" in r]
@@ -73,7 +84,8 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
         ax_gap.legend(fontsize=8)
     else:
         ax_gap.text(0.5, 0.5, f"prior={prior}: no energy", ha="center", va="center", transform=ax_gap.transAxes)
-    ax_gap.set(xlabel="step", ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
+    if not kl:
+        ax_gap.set(xlabel="step", ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
     fig.suptitle(title or Path(folder).name)
     return _save(fig, Path(out) if out else Path(folder) / "learning_curves.png")
 
