@@ -293,3 +293,32 @@ def test_serve_a_vae_run(vae_run):
         assert len(generated.json()["sentences"]) == 2
         rebuilt = http.post("/reconstruct", json={"sentences": ["the company said"]})
         assert rebuilt.status_code == 200, rebuilt.text
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_vae_as_one(tmp_path, data_dir):
+    """Under torchrun the free-bits floor is decided on the global batch's KL: 2 processes give the
+    records of 1 (a floor that some dimensions pass and others do not)."""
+    import os
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join((data_dir / "ptb" / "valid.txt").read_text().splitlines(keepends=True)[:200]))
+    sets = ["model=vae", "kl_anneal_steps=2", "free_bits=0.014", "embedding_dim=16", "hidden_dim=32", "latent_dim=8",
+            "dropout=0", "batch_size=8", "log_every=1", "checkpoint_every=2"]
+    common = ["-m", "textebm", "train", "--corpus", str(corpus), "--preset", "cpu",
+              *[arg for item in sets for arg in ("--set", item)], "--max-steps", "6", "--no-progress", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launchers = {"one": [sys.executable],
+                 "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+    for name, launcher in launchers.items():
+        done = subprocess.run([*launcher, *common, "--out", str(tmp_path / name)], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 7))
+    assert {r["kl_dims_above_floor"] for r in one} - {0, 8}, "the floor should split the dimensions"
+    for a, b in zip(one, two):
+        for key in ("nll_token", "kl", "kl_floored", "kl_dims_above_floor"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
