@@ -129,6 +129,15 @@ def test_the_kl_weight_anneals_from_zero_to_one_after_pretraining():
     assert kl_weight(0, cfg) == 1.0
 
 
+def test_the_collapse_warning_of_a_vae_names_its_own_remedies():
+    from textebm.train import collapse_warning
+
+    vae, ebm = resolve_config("cpu", "ptb", ["model=vae"]), resolve_config("cpu", "ptb")
+    message = collapse_warning([0.001, 0.002, 0.001], vae)
+    assert "free_bits" in message and "ae_pretrain_steps" in message and "posterior_step_size" not in message
+    assert "posterior_step_size" in collapse_warning([0.001, 0.002, 0.001], ebm)
+
+
 def test_pretraining_resets_the_decoder_at_the_switch(tiny_vae):
     """The first update after ae_pretrain_steps starts from fresh decoder weights and a fresh Adam state
     (so it moves each weight by at most lr from the fresh draw); the encoder keeps its pretrained weights."""
