@@ -8,6 +8,7 @@ library reports to a `Progress`; the command decides whether it shows.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -38,8 +39,17 @@ class Progress:
         """A tqdm bar (elapsed, time left, rate); disabled, it counts silently."""
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not self.enabled,
-                    dynamic_ncols=True, leave=True)
+        sizeless = _sizeless_terminal()  # tqdm draws nothing in 0 x 0: give it a size
+        return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not self.enabled, leave=True,
+                    dynamic_ncols=not sizeless, ncols=100 if sizeless else None, nrows=24 if sizeless else None)
+
+
+def _sizeless_terminal() -> bool:
+    """Whether stderr is a pseudo-terminal that reports 0 columns (`script`, some containers)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns == 0
+    except (OSError, ValueError, AttributeError):  # not a terminal, or no file descriptor (captured)
+        return False
 
 
 QUIET = Progress(False)
