@@ -59,8 +59,8 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def build_model(overrides: list[str], vocab_size: int, seed: int = 0):
-    """An untrained LatentEBMTextModel from the `default` preset plus `overrides`, weights fixed by `seed`.
+def build_model(overrides: list[str], vocab_size: int, seed: int = 0, preset: str = "default"):
+    """An untrained LatentEBMTextModel from `preset` plus `overrides`, weights fixed by `seed`.
 
     Its end-of-sentence id is -1, a token the decoder can never produce, so every sampled sentence
     runs to the full length and both sides of a sampling ratio do the same work."""
@@ -69,6 +69,6 @@ def build_model(overrides: list[str], vocab_size: int, seed: int = 0):
     from textebm.config import resolve_config
     from textebm.model import LatentEBMTextModel
 
-    cfg = resolve_config("default", "ptb", list(overrides))
+    cfg = resolve_config(preset, "ptb", list(overrides))
     torch.manual_seed(seed)
     return LatentEBMTextModel(cfg, vocab_size, pad_id=0, bos_id=1, eos_id=-1), cfg

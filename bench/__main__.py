@@ -3,6 +3,7 @@
     python -m bench                                   # everything, median of 5
     python -m bench --only sampling,training --repeats 3
     python -m bench --only training --set posterior_steps=10   # measure a training variant
+    python -m bench --only step_profile --threads 1           # where a cpu-preset step's time goes
     python -m bench --quick --repeats 1 --out /tmp/b           # smoke run with tiny sizes
     python -m bench --only precision --checkpoint RUN         # reduced-precision decoding, with its quality cost
 
@@ -27,7 +28,7 @@ import torch
 from bench import Row
 from textebm.io import atomic_write_text
 
-BENCHMARKS = ("training", "sampling", "precision", "eval_ppl", "server")
+BENCHMARKS = ("training", "step_profile", "sampling", "precision", "eval_ppl", "server")
 
 
 def machine() -> dict:
@@ -121,6 +122,9 @@ def run_one(name: str, args) -> list[Row]:
     if name == "training":
         from bench import training
         return training.run(args.quick, args.repeats, args.overrides)
+    if name == "step_profile":
+        from bench import step_profile
+        return step_profile.run(args.quick, args.repeats, args.overrides)
     if name == "eval_ppl":
         from bench import eval_ppl
         return eval_ppl.run(args.quick, args.repeats)

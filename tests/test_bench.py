@@ -100,3 +100,32 @@ def test_quick_server_rows_stand_against_the_decoding_floor(tmp_path, trained_ru
         assert row["reference"] > 0 and row["candidate"] > 0 and row["ratio"] > 0, row
         assert "trained run" in row["note"]
     assert all(isinstance(r["met"], bool) for r in rows[:2]) and "p95" in rows[0]["note"]
+
+
+def test_quick_step_profile_splits_a_step_into_its_parts(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "step_profile", "--repeats", "1", "--threads", "1",
+         "--set", "posterior_steps=3", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "latest.json").read_text())["rows"]
+    assert {r["benchmark"] for r in rows} == {"step_profile"}
+    cases = [r["case"].split(",")[0] for r in rows]
+    assert cases == ["Learner.step (K1=3", "posterior chain (K1=3)", "one chain step (forward and backward to z)",
+                     "of which the RNN (forward and backward to z)",
+                     "of which the vocabulary projection and log-softmax (forward and backward)",
+                     "the same projection under bf16 autocast", "generator update (forward", "prior chain (K0=3)",
+                     "energy update", "lever: one chain step with chain_precision=bf16",
+                     "lever: Learner.step with chain_precision=bf16", "Learner.step (K1=3"]
+    assert all(r["unit"] == "ms" and r["reference"] > 0 and r["candidate"] > 0 for r in rows)
+    for r in rows:  # each ratio is the figures' own: a cost over its reference, or a speed-up
+        cost = r["ratio_kind"] == "cost factor"
+        expected = r["candidate"] / r["reference"] if cost else r["reference"] / r["candidate"]
+        assert abs(r["ratio"] - expected) < 1e-9 * expected, r
+    lm_rows = [r for r in rows if "over the LM step" in r["case"]]
+    assert [r["target"] for r in lm_rows] == ["<= 2x"] * 2 and all(r["met"] == (r["ratio"] <= 2) for r in lm_rows)
+    assert lm_rows[1]["candidate"] == rows[10]["candidate"]  # the bf16 step is the lever's candidate
+    assert all("% of the latent step" in r["note"] for r in rows[1:3] + rows[6:9])
+    assert all("% of one chain step" in r["note"] for r in rows[3:5])

@@ -60,8 +60,11 @@ class Decoder(nn.Module):
         `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
         the vocabulary projection and its log-softmax under bf16 autocast (the RNN as it would run
         anyway); the per-token log-probabilities are summed in fp32."""
-        hidden = self.hidden_states(z, tokens[:, :-1])
-        targets = tokens[:, 1:]
+        return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection)
+
+    def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32"):
+        """The likelihood's second half, from the RNN's outputs: project onto the vocabulary, log-softmax,
+        sum each sentence's target log-probabilities (padding ignored). Shape (batch,)."""
         with projection_autocast(projection, hidden.device):
             logits = self.out(hidden)
             log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
