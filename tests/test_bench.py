@@ -1,4 +1,5 @@
-"""The benchmark suite runs end to end (tiny sizes) and its references compute what the library computes.
+"""The benchmark suite runs end to end (tiny sizes) and its references compute what the library computes;
+bench.time_to_quality trains, keeps and evaluates its marks, and skips them when they are done.
 
 No timing assertions: these machines are too noisy for them; the suite reports ratios instead.
 """
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench import build_model
@@ -129,3 +131,56 @@ def test_quick_step_profile_splits_a_step_into_its_parts(tmp_path):
     assert lm_rows[1]["candidate"] == rows[10]["candidate"]  # the bf16 step is the lever's candidate
     assert all("% of the latent step" in r["note"] for r in rows[1:3] + rows[6:9])
     assert all("% of one chain step" in r["note"] for r in rows[3:5])
+
+
+TTQ_SETS = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16", "prior_steps=3",
+            "batch_size=16", "max_length=30", "valid_batches=1", "checkpoint_every=1000", "num_log_samples=1"]
+TTQ_EVAL = ["max_sentences=8", "num_chains=2", "num_is_samples=4", "ais_chains=10", "ais_steps=20",
+            "partition_samples=50", "fppl_samples=10"]
+
+
+@pytest.mark.slow
+def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path, ptb_train_lines, ptb_valid_lines):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
+    (corpus / "valid.txt").write_text("\n".join(ptb_valid_lines[:20]) + "\n", encoding="utf-8")
+    out = tmp_path / "ttq"
+    command = [sys.executable, "-m", "bench.time_to_quality", "--minutes", "0.01", "0.02", "--variants",
+               "k2:posterior_steps=2", "--out", str(out), "--jobs", "2", "--corpus", str(corpus)]
+    command += [arg for item in TTQ_SETS for arg in ("--set", item)]
+    command += [arg for item in TTQ_EVAL for arg in ("--eval", item)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["variant"], r["minutes"]) for r in rows] == [("lm", 0.01), ("lm", 0.02), ("k2", 0.01), ("k2", 0.02)]
+    assert all(r["nll_per_sentence"] > 0 and r["fppl"] > 0 and r["rppl"] > 0 for r in rows)
+    assert [r["exact"] for r in rows] == [True, True, False, False] and rows[2]["gap"] is not None
+    assert rows[1]["step"] > rows[0]["step"] and rows[3]["step"] > rows[2]["step"]  # each mark continues the last
+    assert [r["nll_over_lm"] for r in rows[:2]] == [0.0, 0.0]
+    config = json.loads((out / "marks" / "k2-0.02min" / "config.json").read_text())
+    assert config["posterior_steps"] == 2 and config["hidden_dim"] == 32
+    assert (out / "nll_per_minute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "results.md").read_text().count("\n| k2 (`posterior_steps=2`) |") == 2
+    assert not (out / "runs").exists() or not any((out / "runs").iterdir())  # every segment became a mark
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "marks").glob("*/*") if p.suffix in (".pt", ".json")}
+
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "train to" not in second.stdout and "evaluate" not in second.stdout.split("Quality per")[0]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained or evaluated again
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+
+def test_time_to_quality_refuses_bad_input_before_training(tmp_path, capsys):
+    from bench.time_to_quality import main
+
+    for extra, message in ((["--variants", "nosuch"], "unknown variant 'nosuch'"),
+                           (["--variants", "k:posterior_steps=-1"], "posterior_steps must not be negative"),
+                           (["--eval", "bogus=1"], "--eval 'bogus=1'"),
+                           (["--minutes", "10", "5"], "--minutes must be positive and increasing")):
+        assert main(["--out", str(tmp_path / "ttq"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "ttq").exists()
