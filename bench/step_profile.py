@@ -87,7 +87,7 @@ def parts(learner: Learner, batches: list[torch.Tensor]) -> dict:
 
     scale = 1.0 / tokens.shape[0]
     return {
-        "posterior chain": in_eval(lambda: model.posterior_sample(tokens)),
+        "posterior chain": in_eval(lambda: model.posterior_sample(tokens, amortized=True)),  # as Learner.step
         "one chain step": in_eval(chain_step(cfg)),
         "one chain step, bf16": in_eval(chain_step(bf16)),
         "RNN half": in_eval(rnn_half),
@@ -129,10 +129,11 @@ def run(quick: bool, repeats: int, overrides: list[str] = ()) -> list[Row]:
                    "cost factor", f"<= {LM_FACTOR_TARGET:g}x", factor <= LM_FACTOR_TARGET,
                    f"LM step {_ms(lm_ms)} ms, latent step {_ms(ms[name])} ms")
 
-    chain = f"K1={cfg.posterior_steps}"
+    chain = (f"encoder + {cfg.refine_steps} refine steps" if cfg.posterior_init == "encoder"
+             else f"K1={cfg.posterior_steps}")
     return [
         against_lm("latent step", f"Learner.step ({chain}, K0={cfg.prior_steps}, fp32)"),
-        part("posterior chain", f"posterior chain ({chain})"),
+        part("posterior chain", f"posterior chain ({chain}, as the step runs it)"),
         part("one chain step", "one chain step (forward and backward to z)"),
         part("RNN half", "of which the RNN (forward and backward to z)", chain_step_ms, "one chain step"),
         part("projection half", "of which the vocabulary projection and log-softmax (forward and backward)",

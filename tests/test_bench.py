@@ -115,7 +115,7 @@ def test_quick_step_profile_splits_a_step_into_its_parts(tmp_path):
     rows = json.loads((out / "latest.json").read_text())["rows"]
     assert {r["benchmark"] for r in rows} == {"step_profile"}
     cases = [r["case"].split(",")[0] for r in rows]
-    assert cases == ["Learner.step (K1=3", "posterior chain (K1=3)", "one chain step (forward and backward to z)",
+    assert cases == ["Learner.step (K1=3", "posterior chain (K1=3", "one chain step (forward and backward to z)",
                      "of which the RNN (forward and backward to z)",
                      "of which the vocabulary projection and log-softmax (forward and backward)",
                      "the same projection under bf16 autocast", "generator update (forward", "prior chain (K0=3)",
