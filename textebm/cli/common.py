@@ -14,7 +14,7 @@ def add_chain_argument(parser) -> None:
                         help="run the Langevin chains with other settings than the run trained with, e.g. "
                              "--set posterior_noise=1 (chain keys only: prior_steps, prior_step_size, prior_noise, "
                              "posterior_steps, posterior_step_size, posterior_step_schedule, "
-                             "posterior_step_size_end, posterior_noise; repeatable)")
+                             "posterior_step_size_end, posterior_noise, chain_precision; repeatable)")
 
 
 def read_sentences(path: str) -> list[str]:
