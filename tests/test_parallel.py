@@ -22,9 +22,50 @@ def test_shards_cover_a_batch_once():
     assert Parallel(1, 2).shard(7) == Shard(3, 7, 7)
 
 
+# A fresh interpreter: the default group is started after textebm.parallel is imported, as in training,
+# then wrapped by DDP, which imports torch.distributed.nn lazily.
+_RELEASE = """
+import json, os, torch, torch.distributed as dist
+from textebm import parallel
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
+    return [name for name in names if "gloo" in name]
+
+def train():  # the DDP module ends with its function, as the training's does before shutdown
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+    model(torch.ones(2, 4)).sum().backward()
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+train()
+before = gloo_threads()
+parallel.shutdown()
+print(json.dumps({"before": before, "after": gloo_threads()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
+def test_shutdown_releases_gloo_after_ddp():
+    """destroy_process_group ends gloo's threads and connections: they are not left to interpreter exit."""
+    result = subprocess.run([sys.executable, "-c", _RELEASE], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    threads = json.loads(result.stdout.splitlines()[-1])
+    assert threads["before"], "no gloo threads while the group was up: nothing to check"
+    assert threads["after"] == []
+
+
 def _train_records(folder: Path) -> list[dict]:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if '"train"' in line]
+
+
+def _launch_report(result: subprocess.CompletedProcess, logs: Path) -> str:
+    """All that torchrun and every rank printed, so that a failing rank's own error is in the message."""
+    parts = [f"torchrun exit status {result.returncode}", "torchrun stderr:", result.stderr]
+    for log in sorted(logs.rglob("*.log")):
+        parts += [f"{log.relative_to(logs)}:", log.read_text(errors="replace")]
+    return "\n".join(parts)
 
 
 @pytest.mark.slow
@@ -41,11 +82,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "textebm", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
+    logs = tmp_path / "rank-logs"  # each rank's own stdout and stderr, whole, for a failure to name its cause
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "textebm", *common,
+                          "--log-dir", str(logs), "--tee", "3", "-m", "textebm", *common,
                           "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.returncode == 0, _launch_report(ddp, logs)
     assert "data parallel: 2 processes, global batch 8" in ddp.stdout + ddp.stderr
     one, two = _train_records(tmp_path / "one"), _train_records(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# Imported before any process group exists, on purpose: its functions take `group=group.WORLD` as a
+# default argument, evaluated at import. DDP imports it lazily, after init_process_group, and those
+# defaults then hold the default group for good: destroy_process_group cannot release gloo, whose
+# threads live on to process exit, where they abort it now and then ("terminate called without an
+# active exception", SIGABRT; torchrun then stops the other rank with SIGTERM).
+import torch.distributed.nn  # noqa: F401
+
 from textebm.langevin import Shard
 
 
@@ -90,5 +97,6 @@ def wrap(module: torch.nn.Module, parallel: Parallel, device: torch.device) -> t
 
 
 def shutdown() -> None:
+    """Leave the process group; with nothing else holding it, gloo's threads and connections end here."""
     if dist.is_initialized():
         dist.destroy_process_group()
