@@ -35,7 +35,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from textebm.errors import UserError
-from textebm.io import atomic_write_bytes, atomic_write_text
+from textebm.io import atomic_write_bytes, atomic_write_text, read_json
 
 LM = "lm"
 VARIANTS = {  # name -> `--set` overrides of the cpu preset
@@ -108,14 +108,6 @@ def evaluate_flags(options: dict) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 class Study:

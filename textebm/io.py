@@ -6,6 +6,7 @@ A reader (or a resumed run after SIGKILL) sees either the old file or the new on
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -39,6 +40,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from a file, or None when the file is missing, unreadable or holds no object
+    (the markers and ledgers of long jobs: a half-written or absent one means "not done")."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def remove_stale_temp_files(folder: Path) -> None:

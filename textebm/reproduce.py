@@ -37,7 +37,7 @@ from pathlib import Path
 
 from textebm.errors import UserError
 from textebm.grid import Evaluation, Grid, RunSpec
-from textebm.io import atomic_write_text
+from textebm.io import atomic_write_text, read_json
 
 TRAIN_MARKER = "reproduce-train.json"
 BUDGET = "reproduce-budget.json"
@@ -48,14 +48,6 @@ MIN_MINUTES = 1e-3  # what a resumed run whose budget is spent gets: it stops at
 
 def evaluation_marker(split: str) -> str:
     return f"reproduce-evaluate-{split}.json"
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def write_json(path: Path, data: dict) -> None:
