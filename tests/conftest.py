@@ -82,6 +82,16 @@ def small_corpus(tmp_path_factory, ptb_train_lines) -> Path:
     return path
 
 
+@pytest.fixture
+def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
+    """A corpus folder of 300 PTB training lines (train.txt) and 40 held-out lines (test.txt)."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
+    (folder / "test.txt").write_text("\n".join(ptb_valid_lines[:40]) + "\n", encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_overrides() -> list[str]:
     return list(TINY_OVERRIDES)

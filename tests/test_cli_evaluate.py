@@ -43,15 +43,6 @@ def _make_run(folder, corpus, lines, prior="ebm"):
     return folder
 
 
-@pytest.fixture
-def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    (folder / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
-    (folder / "test.txt").write_text("\n".join(ptb_valid_lines[:40]) + "\n", encoding="utf-8")
-    return folder
-
-
 FAST = ["--max-sentences", "12", "--num-chains", "3", "--num-is-samples", "8", "--partition-samples", "500",
         "--ais-chains", "50", "--ais-steps", "40", "--threads", "1", "--device", "cpu"]
 

@@ -21,15 +21,6 @@ EVALUATE = ('{ split = "test", max_sentences = 5, num_chains = 2, num_is_samples
             'ais_chains = 20, ais_steps = 40, fppl_samples = 20, temperatures = [1.0] }')
 
 
-@pytest.fixture
-def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    (folder / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
-    (folder / "test.txt").write_text("\n".join(ptb_valid_lines[:40]) + "\n", encoding="utf-8")
-    return folder
-
-
 def _grid(tmp_path, corpus_folder, tiny_overrides, runs: str, extra_set=()) -> str:
     overrides = ", ".join(f'"{s}"' for s in [*tiny_overrides, *extra_set])
     path = tmp_path / "grid.toml"
