@@ -35,7 +35,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from textebm.errors import UserError
-from textebm.io import atomic_write_bytes, atomic_write_text, read_json
+from textebm.io import atomic_write_text, read_json
+from textebm.plots import save_figure
 
 LM = "lm"
 VARIANTS = {  # name -> `--set` overrides of the cpu preset
@@ -262,7 +263,6 @@ def markdown(rows: list[dict], command: str, options: dict) -> str:
 
 def plot(rows: list[dict], out: Path) -> Path:
     """NLL per sentence against training minutes, one curve per variant (the LM dashed in black)."""
-    import io
 
     import matplotlib
 
@@ -281,12 +281,7 @@ def plot(rows: list[dict], out: Path) -> Path:
            title="quality per CPU-minute")
     if ax.get_lines():
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(out, buffer.getvalue())
-    return out
+    return save_figure(fig, out)
 
 
 def parse_args(argv=None):

@@ -87,10 +87,11 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
     if not kl:
         ax_gap.set(xlabel="step", ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
     fig.suptitle(title or Path(folder).name)
-    return _save(fig, Path(out) if out else Path(folder) / "learning_curves.png")
+    return save_figure(fig, Path(out) if out else Path(folder) / "learning_curves.png")
 
 
-def _save(fig, out: Path) -> Path:
+def save_figure(fig, out: Path) -> Path:
+    """Lay out, render to PNG and write atomically; the figure is closed."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -137,4 +138,4 @@ def plot_quality_diversity(runs: list[tuple[str, dict]], out: Path, title: str |
     ax.set(xlabel="reverse perplexity (lower: more diverse, covers the real text)",
            ylabel="forward perplexity (lower: more fluent)", title=title or "quality-diversity (KenLM 5-grams)")
     ax.legend(fontsize=8)
-    return _save(fig, Path(out))
+    return save_figure(fig, Path(out))
