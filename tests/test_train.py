@@ -9,7 +9,8 @@ from textebm.batches import encode_lines, pad
 from textebm.config import resolve_config
 from textebm.errors import UserError
 from textebm.runs import build_model, create_run, load_checkpoint
-from textebm.train import train, truncate_metrics, validate
+from textebm.train import train, validate
+from textebm.training_log import truncate_metrics
 from textebm.vocab import build_vocab
 
 QUIET = dict(progress=False, echo=lambda text: None)

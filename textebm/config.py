@@ -82,6 +82,7 @@ class Config:
     checkpoint_every: int = 200  # steps; a kill loses at most this many
     valid_batches: int = 0  # 0: the whole validation split
     num_log_samples: int = 5
+    tensorboard: bool = True  # TensorBoard events in RUN/tensorboard/ when the tensorboard package is installed
 
     def validate(self) -> Config:
         choices = {

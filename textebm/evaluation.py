@@ -24,6 +24,11 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
                   "one end-of-sentence per sentence")
 
 
+# The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
+# whenever a change to the estimators changes what an evaluation reports.
+EVALUATOR_VERSION = 2
+
+
 @dataclass
 class EvaluationOptions:
     """What `textebm evaluate` takes (its flags, same names); every default is the command's."""

@@ -10,8 +10,10 @@ checked in full before anything starts (`textebm reproduce`).
     corpus = "ptb"                   # ptb, snli, yahoo, or a path (relative to the grid file)
     train_split = "train"            # e.g. "valid" for Yahoo without its train split
     set = ["prior=ebm"]              # `textebm train --set` overrides
-    max_minutes = 30                 # wall-clock budget of training (resumed runs count time already spent)
+    max_cpu_minutes = 30             # training CPU-time budget (steps only, counted over resumes; one thread)
+    max_minutes = 30                 # and/or wall-clock (resumed runs count time already spent)
     max_steps = 5000                 # and/or a step budget
+    keep_at = [5, 10, 20]            # CPU minutes at which the run is copied to RUN/marks/cpu-<M>min/
     seeds = [0, 1]                   # one run per seed, named ptb-ebm-seed0, ...; or `seed = 0`
     evaluate = [{ split = "test", max_sentences = 300, num_chains = 16 }]   # `textebm evaluate` options
 
@@ -33,8 +35,8 @@ import tomllib
 from textebm.corpora import KNOWN
 from textebm.errors import UserError
 
-RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_steps", "seed", "seeds",
-            "evaluate"}
+RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
+            "keep_at", "seed", "seeds", "evaluate"}
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs: not the grid's
 
@@ -66,6 +68,8 @@ class RunSpec:
     max_minutes: float | None
     max_steps: int | None
     evaluations: tuple[Evaluation, ...]
+    max_cpu_minutes: float | None = None
+    keep_at: tuple[float, ...] = ()
 
     @property
     def corpus_name(self) -> str:
@@ -79,7 +83,8 @@ class RunSpec:
     def group(self) -> tuple:
         """What the run is, but for its name and seed: runs of one group are seeds of one setting."""
         return (self.label, self.corpus, self.train_split, self.preset, self.overrides, self.max_minutes,
-                self.max_steps, tuple((e.split, json.dumps(e.options, sort_keys=True)) for e in self.evaluations))
+                self.max_steps, self.max_cpu_minutes,
+                tuple((e.split, json.dumps(e.options, sort_keys=True)) for e in self.evaluations))
 
 
 @dataclass(frozen=True)
@@ -151,11 +156,16 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
     if any(s.split("=", 1)[0].strip() in ("seed", "train_split") for s in overrides):
         fail("give the seed and the training split as `seed`/`seeds` and `train_split`, not in `set`")
     max_minutes, max_steps = entry.get("max_minutes"), entry.get("max_steps")
-    if max_minutes is None and max_steps is None:
-        fail("give a budget: `max_minutes` and/or `max_steps`")
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
-                                    or not max_minutes > 0):
-        fail(f"`max_minutes` must be a positive number, not {max_minutes!r}")
+    max_cpu_minutes = entry.get("max_cpu_minutes")
+    if max_minutes is None and max_steps is None and max_cpu_minutes is None:
+        fail("give a budget: `max_cpu_minutes`, `max_minutes` and/or `max_steps`")
+    for key, value in (("max_minutes", max_minutes), ("max_cpu_minutes", max_cpu_minutes)):
+        if value is not None and not _is_positive_number(value):
+            fail(f"`{key}` must be a positive number, not {value!r}")
+    keep_at = entry.get("keep_at", [])
+    if not isinstance(keep_at, list) or not all(_is_positive_number(m) for m in keep_at) \
+            or len(set(keep_at)) != len(keep_at):
+        fail(f"`keep_at` must be a list of distinct positive CPU minutes, not {keep_at!r}")
     if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
         fail(f"`max_steps` must be a positive integer, not {max_steps!r}")
     if "seed" in entry and "seeds" in entry:
@@ -182,7 +192,9 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
         spec = RunSpec(name=entry["name"] if "seeds" not in entry else f"{entry['name']}-seed{seed}", label=label,
                        corpus=corpus, train_split=train_split, preset=preset, overrides=tuple(overrides), seed=seed,
                        max_minutes=None if max_minutes is None else float(max_minutes), max_steps=max_steps,
-                       evaluations=evaluations)
+                       evaluations=evaluations,
+                       max_cpu_minutes=None if max_cpu_minutes is None else float(max_cpu_minutes),
+                       keep_at=tuple(sorted(float(m) for m in keep_at)))
         try:
             resolve_config(preset, corpus, spec.config_overrides())
         except UserError as err:
@@ -193,6 +205,10 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_positive_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
 def _table_list(value, key: str, fail) -> list[dict]:

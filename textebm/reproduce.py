@@ -15,9 +15,12 @@ each in its own session, so that a stop request reaches it exactly once (as SIGT
 saves a checkpoint and exits). A training process keeps its run's lock even when the driver is
 killed, so a second driver never trains the same folder at once.
 
-The wall-clock budget (`max_minutes`) is the run's total: a resumed run gets the budget less the
-time already spent, where an interrupted segment counts from its start to the last checkpoint it
-wrote (the time after that checkpoint was lost with the process, and is spent again).
+The CPU-time budget (`max_cpu_minutes`) is counted by training itself, over every resume (the
+checkpoint carries it): a run resumed with the same budget goes on to the same total number of
+steps whatever the load. The wall-clock budget (`max_minutes`) is the run's total too: a resumed run
+gets the budget less the time already spent, where an interrupted segment counts from its start to
+the last checkpoint it wrote (the time after that checkpoint was lost with the process, and is spent
+again). `--train-only` trains and leaves the evaluations for a later call.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def budget_of(spec: RunSpec) -> dict:
-    return {"max_minutes": spec.max_minutes, "max_steps": spec.max_steps}
+    budget = {"max_minutes": spec.max_minutes, "max_steps": spec.max_steps}
+    if spec.max_cpu_minutes is not None or spec.keep_at:  # (markers written before CPU budgets stay valid)
+        budget.update(max_cpu_minutes=spec.max_cpu_minutes, keep_at=list(spec.keep_at))
+    return budget
 
 
 # ---- the budget ledger ------------------------------------------------------------------------
@@ -114,6 +120,27 @@ def checkpoint_step(folder: Path) -> int:
     return int(load_checkpoint(folder)["step"])
 
 
+def checkpoint_clock(folder: Path) -> tuple[int, dict]:
+    """The checkpoint's step and its clocks (textebm.training_log.Clock.state; empty for older runs)."""
+    from textebm.runs import load_checkpoint
+
+    checkpoint = load_checkpoint(folder)
+    return int(checkpoint["step"]), dict(checkpoint.get("extra", {}).get("clock", {}))
+
+
+def code_commit() -> str | None:
+    """The git commit of the code that runs (with '+' when the work tree differs), or None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+" if dirty else "")
+
+
 def check_config(spec: RunSpec, folder: Path) -> None:
     """A run folder that exists must hold this very run (else the grid changed under it)."""
     from textebm.config import resolve_config
@@ -142,8 +169,13 @@ def train_state(spec: RunSpec, folder: Path) -> TrainState:
 
 
 def evaluation_done(folder: Path, evaluation: Evaluation, step: int | None) -> bool:
+    """Its marker names these options, this checkpoint's step and today's evaluator: an evaluation made
+    by an older estimator (textebm.evaluation.EVALUATOR_VERSION) is done again."""
+    from textebm.evaluation import EVALUATOR_VERSION
+
     marker = read_json(folder / evaluation_marker(evaluation.split))
     return (marker is not None and marker.get("options") == evaluation.options and marker.get("step") == step
+            and marker.get("evaluator", 1) == EVALUATOR_VERSION
             and (folder / f"evaluation-{evaluation.split}.json").is_file())
 
 
@@ -199,6 +231,8 @@ def _describe(spec: RunSpec) -> str:
     parts = [spec.corpus_name, f"trained on {spec.train_split}", f"preset {spec.preset}"]
     parts += [f"--set {s}" for s in spec.overrides]
     parts.append(f"seed {spec.seed}")
+    if spec.max_cpu_minutes is not None:
+        parts.append(f"{spec.max_cpu_minutes:g} CPU min")
     if spec.max_minutes is not None:
         parts.append(f"{spec.max_minutes:g} min")
     if spec.max_steps is not None:
@@ -303,10 +337,11 @@ class Reproduction:
     """Runs a grid's plan: one worker thread per job, each driving one run's processes in turn."""
 
     def __init__(self, grid: Grid, out: Path, jobs: int = 1, data_dir: str | None = None, device: str = "auto",
-                 echo=print):
+                 echo=print, train_only: bool = False):
         if jobs < 1:
             raise UserError(f"--jobs must be at least 1, not {jobs}")
         self.grid, self.out, self.jobs, self.data_dir, self.device = grid, Path(out), jobs, data_dir, device
+        self.train_only = train_only
         self._echo, self._echo_lock = echo, threading.Lock()
         self.stop = threading.Event()
         self.children: dict[int, str] = {}  # pid -> run name
@@ -360,7 +395,7 @@ class Reproduction:
                 state = self._train(spec, folder, state, lock)
                 if state is None:
                     return
-            for evaluation in spec.evaluations:
+            for evaluation in () if self.train_only else spec.evaluations:
                 if self.stop.is_set():
                     return
                 if not evaluation_done(folder, evaluation, state.step):
@@ -396,6 +431,10 @@ class Reproduction:
                 command += ["--set", item]
         if spec.max_steps is not None:
             command += ["--max-steps", str(spec.max_steps)]
+        if spec.max_cpu_minutes is not None:  # counted by training over every resume: passed whole
+            command += ["--max-cpu-minutes", f"{spec.max_cpu_minutes:g}"]
+        if spec.keep_at:
+            command += ["--keep-at", ",".join(f"{m:g}" for m in spec.keep_at)]
         if given is not None:
             command += ["--max-minutes", f"{given:.4f}"]
         self.echo(f"{spec.name}: train, " + (f"resumed from step {state.step}" if resume else "started") +
@@ -406,9 +445,10 @@ class Reproduction:
             self._ended(spec, "train", status)
             return None
         spent = _close_segment(folder)
-        step = checkpoint_step(folder)
+        step, clock = checkpoint_clock(folder)
         marker = {"budget": budget_of(spec), "step": step, "stopped_by": _stopped_by(folder),
                   "train_minutes": round(spent / 60, 3),
+                  "train_cpu_minutes": round(clock.get("cpu_seconds", 0.0) / 60, 3), "commit": code_commit(),
                   "segments": len(read_json(folder / BUDGET)["segments"]),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(folder / TRAIN_MARKER, marker)
@@ -422,7 +462,9 @@ class Reproduction:
                    "split": evaluation.split, **evaluation.options}
         self.echo(f"{spec.name}: evaluate {evaluation.split} ({_options_text(evaluation)})")
         started = time.time()
-        marker = {"options": evaluation.options, "step": step}
+        from textebm.evaluation import EVALUATOR_VERSION
+
+        marker = {"options": evaluation.options, "step": step, "evaluator": EVALUATOR_VERSION, "commit": code_commit()}
         process = multiprocessing.get_context("spawn").Process(
             target=_evaluation_job, args=(options, marker, str(self._log(spec, f"evaluate-{evaluation.split}"))))
         process.start()
@@ -509,12 +551,13 @@ def write_grid_results(grid: Grid, out: Path, command: str) -> list[Path]:
 
 
 def reproduce(grid: Grid, out: Path, jobs: int = 1, data_dir: str | None = None, device: str = "auto",
-              command: str = "textebm reproduce", echo=print) -> str:
-    """Train and evaluate what is not done, then write the results; returns done | failed | interrupted."""
+              command: str = "textebm reproduce", echo=print, train_only: bool = False) -> str:
+    """Train and evaluate what is not done (`train_only`: train only), then write the results; returns
+    done | failed | interrupted."""
     out = Path(out)
     steps = plan(grid, out)  # checks every run folder against the grid before anything starts
     echo(format_plan(grid, out, steps, jobs))
-    status = Reproduction(grid, out, jobs, data_dir, device, echo).run()
+    status = Reproduction(grid, out, jobs, data_dir, device, echo, train_only).run()
     if status != "interrupted":
         for path in write_grid_results(grid, out, command):
             echo(f"wrote {path}")

@@ -36,7 +36,8 @@ from textebm.langevin import Shard, gaussian_noise
 from textebm.likelihood import annealed_log_partition
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
-from textebm.runs import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textebm.runs import create_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textebm.training_log import Clock, TrainingLog
 from textebm.vae import RESET_SEED, free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
 
 VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
@@ -304,7 +305,7 @@ def energy_gap_warning(gaps: list[float], cfg: Config) -> str | None:
 @dataclass
 class TrainResult:
     step: int
-    stopped_by: str  # "max_steps" | "max_minutes" | "max_epochs" | "interrupt"
+    stopped_by: str  # "max_steps" | "max_minutes" | "max_cpu_minutes" | "max_epochs" | "interrupt"
     last_validation: dict = field(default_factory=dict)
 
 
@@ -333,192 +334,258 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-class Logger:
-    """Appends metrics to RUN/metrics.jsonl and messages to RUN/train.log (and the terminal)."""
+@dataclass
+class Budget:
+    """When training stops, and where it keeps copies of itself on the way.
 
-    def __init__(self, folder: Path, echo, enabled: bool = True):
-        self.folder, self.echo, self.enabled = Path(folder), echo, enabled
+    `max_minutes` is wall-clock time of this process (a user's option); `max_cpu_minutes` is the run's
+    training CPU time, counted over every resume (`Clock.cpu_seconds`: steps only, no validation), the
+    budget that gives the same number of steps under any machine load. `keep_at` are CPU minutes at
+    which the run is copied to RUN/marks/cpu-<M>min/ (a complete run folder, for curves of quality
+    against training time from one run)."""
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    max_cpu_minutes: float | None = None
+    keep_at: tuple[float, ...] = ()
 
-    def metrics(self, record: dict) -> None:
-        if not self.enabled:
+    def exhausted(self, clock: Clock, started: float) -> str | None:
+        if self.max_cpu_minutes is not None and clock.cpu_seconds >= 60 * self.max_cpu_minutes:
+            return "max_cpu_minutes"
+        if self.max_minutes is not None and time.monotonic() - started > 60 * self.max_minutes:
+            return "max_minutes"
+        return None
+
+
+def mark_folder(folder: Path, cpu_minutes: float) -> Path:
+    return Path(folder) / "marks" / f"cpu-{cpu_minutes:g}min"
+
+
+class _Validation:
+    """Validation as training runs it: the record, the console lines, samples, and the two warnings
+    (the decoder ignores z; the energy gap runs away), each given once."""
+
+    def __init__(self, model, valid_split: EncodedSplit, cfg: Config, device, vocab, log: TrainingLog,
+                 parallel: Parallel):
+        self.model, self.split, self.cfg, self.device, self.vocab = model, valid_split, cfg, device, vocab
+        self.log, self.parallel = log, parallel
+        self.last, self.at = {}, -1
+        self.gaps, self.energy_gaps, self.gap_since = [], [], []
+        self.warned_collapse = self.warned_gap = False
+
+    def describe(self) -> str:
+        """What a validation computes (it takes minutes on a CPU: the console says so before it starts)."""
+        cfg, sentences = self.cfg, len(self.split.sentences)
+        if cfg.valid_batches:
+            sentences = min(sentences, cfg.valid_batches * cfg.batch_size)
+        what = f"NLL with posterior and prior codes on {sentences} sentences"
+        if self.model.has_latent:
+            what += f", mutual information, active units ({VALID_AU_SENTENCES} sentences)"
+        if self.model.prior.is_ebm:
+            what += f", log Z by AIS ({VALID_AIS_CHAINS} chains x {VALID_AIS_STEPS} steps) and the prior chain's bias"
+        return what
+
+    def run(self, kind: str, step: int, per_epoch: int) -> None:
+        self.at = step
+        if self.parallel.is_main:
+            self._report(kind, step, per_epoch)
+        self.parallel.barrier()
+
+    def _report(self, kind: str, step: int, per_epoch: int) -> None:
+        model, cfg, log = self.model, self.cfg, self.log
+        if kind == "final":
+            log.message(f"step {step} final: validating: {self.describe()} ...")
+        try:
+            record = validate(model, self.split, cfg, self.device)
+        except NonFiniteError as err:
+            log.message(f"step {step} {kind}: validation skipped: {err}")
             return
-        with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.gap_since:  # the training steps' mean energy gap since the last validation
+            record["train_energy_gap"] = sum(self.gap_since) / len(self.gap_since)
+            self.gap_since.clear()
+        self.last = record
+        log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **record})
+        log.message(validation_line(record, step, kind, model, cfg))
+        samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
+                                 generator=torch.Generator(device=self.device).manual_seed(VALIDATION_SEED))
+        for row in samples.tolist():
+            log.message(f"  sample: {self.vocab.decode(row)}")
+        self.gaps.append(record["valid_gap"])
+        warning = None if self.warned_collapse or not model.has_latent else collapse_warning(self.gaps, cfg)
+        if warning:
+            self.warned_collapse = True
+            log.message(warning)
+        if "train_energy_gap" in record:
+            self.energy_gaps.append(record["train_energy_gap"])
+            warning = None if self.warned_gap else energy_gap_warning(self.energy_gaps, cfg)
+            if warning:
+                self.warned_gap = True
+                log.message(warning)
 
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        self.echo(text)
+
+def validation_line(record: dict, step: int, kind: str, model, cfg: Config) -> str:
+    line = (f"step {step} {kind}: valid NLL/token posterior {record['valid_nll_posterior']:.3f} "
+            f"prior {record['valid_nll_prior']:.3f}")
+    if model.has_latent:
+        line += (f" gap {record['valid_gap']:.3f}; MI {record['valid_mutual_information']:.2f} nats, "
+                 f"active units {record['valid_active_units']}/{model.prior.latent_dim}")
+    if "valid_kl" in record:
+        line += (f"; KL {record['valid_kl']:.2f} nats ({record['valid_kl_dims_above_floor']} "
+                 f"dimensions above the {cfg.free_bits:g} floor), ELBO {record['valid_elbo']:.2f}")
+    if "valid_prior_chain_bias_f" in record:
+        line += (f"; prior chain mean f {record['valid_prior_chain_mean_f']:.2f} vs exact "
+                 f"{record['valid_exact_mean_f']:.2f} "
+                 f"(bias {record['valid_prior_chain_bias_f']:+.2f}), log Z {record['valid_log_z']:.2f}")
+    return line
 
 
-def truncate_metrics(folder: Path, step: int) -> None:
-    """On resume, forget records written after the checkpoint: they will be written again."""
-    path = Path(folder) / "metrics.jsonl"
-    if path.is_file():
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except ValueError:  # a line cut short by a kill
-                continue
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+def train_record(step: int, per_epoch: int, metrics: dict, nll: float, num_tokens: int, rows: int,
+                 seconds: float, energy_gap: float | None) -> dict:
+    """One training step's record: NLL per token and sentence, speed, gradient norms, the energy gap."""
+    record = {"step": step, "epoch": step / per_epoch, "kind": "train", "nll_token": nll / num_tokens,
+              "nll_sentence": nll / rows, "tokens_per_s": num_tokens / seconds, **metrics}
+    if energy_gap is not None:
+        record["energy_gap"] = energy_gap / rows
+    if "kl" in record:  # the VAE: its ELBO per sentence
+        record["elbo"] = -record["nll_sentence"] - record["kl"]
+    return record
+
+
+def progress_postfix(record: dict, last_valid: dict, has_latent: bool) -> dict:
+    """The progress bar's figures: this step's NLL, energy gap (or the VAE's KL) and speed, and the last
+    validation's latent-usage figures."""
+    postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
+               "tok_s": f"{record['tokens_per_s']:.0f}"}
+    if "kl" in record:
+        postfix.update(kl=f"{record['kl']:.2f}", w=f"{record['kl_weight']:.2f}")
+        del postfix["f_gap"]
+    if has_latent and "valid_gap" in last_valid:
+        postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}", mi=f"{last_valid['valid_mutual_information']:.1f}",
+                       au=last_valid["valid_active_units"])
+    if "valid_prior_chain_bias_f" in last_valid:
+        postfix["bias"] = f"{last_valid['valid_prior_chain_bias_f']:+.2f}"
+    return postfix
 
 
 def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, valid_split: EncodedSplit,
           folder: Path, vocab, device, max_steps: int | None = None, max_minutes: float | None = None,
-          resume: bool = False, progress: bool = True, echo=print, parallel: Parallel = Parallel()) -> TrainResult:
-    """Train until max_steps / max_minutes / max_epochs, checkpointing every `checkpoint_every` steps.
+          resume: bool = False, progress: bool = True, echo=print, parallel: Parallel = Parallel(),
+          max_cpu_minutes: float | None = None, keep_at: tuple[float, ...] = ()) -> TrainResult:
+    """Train until max_steps / max_minutes / max_cpu_minutes / max_epochs (`Budget`), checkpointing every
+    `checkpoint_every` steps and at each `keep_at` mark.
 
     Under torchrun every process calls this; only the main process writes files."""
     from tqdm.auto import tqdm
 
-    folder, device = Path(folder), torch.device(device)
-    main = parallel.is_main
-    log = Logger(folder, echo if main else (lambda text: None), enabled=main)
+    folder, device, main = Path(folder), torch.device(device), parallel.is_main
+    budget = Budget(max_steps, max_minutes, max_cpu_minutes, tuple(sorted(keep_at)))
     learner = make_learner(model, cfg, device, parallel)
-    step = 0
+    step, clock = 0, Clock()
     if resume:
         checkpoint = load_checkpoint(folder, device)
         learner.load_state(checkpoint)
         step = int(checkpoint["step"])
+        clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
         if main:
-            truncate_metrics(folder, step)
             remove_stale_temp_files(folder)
-        log.message(f"resumed from step {step}")
+    log = TrainingLog(folder, echo if main else (lambda text: None), clock, enabled=main,
+                      resumed_at=step if resume else None, tensorboard=cfg.tensorboard)
+    if resume:
+        log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
+    if log.tensorboard_folder and not resume:
+        log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
 
     lengths = [len(s) for s in train_split.sentences]
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
     if max_steps is not None:
         total = max_steps if total is None else min(total, max_steps)
-    if total is None and max_minutes is None:
-        raise UserError("training has no end: give --max-steps, --max-minutes or a positive max_epochs")
+    if total is None and max_minutes is None and max_cpu_minutes is None:
+        raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
+                        "max_epochs")
     total = total if total is not None else 10**12
     stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
-    started, skipped_in_a_row, last_valid, validated_at = time.monotonic(), 0, {}, -1
-    gaps, warned_collapse = [], False
-    energy_gaps, gap_since_validation, warned_gap = [], [], False
-    epoch, batches = -1, []
+    marks = [m for m in budget.keep_at if not mark_folder(folder, m).is_dir()]
+    validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
+    started, skipped_in_a_row, epoch, batches = time.monotonic(), 0, -1, []
 
-    def checkpoint_now():
+    def checkpoint_now(into: Path = folder):
         state = learner.state()  # a collective call under torchrun: every process takes part
         if main:
-            save_checkpoint(folder, model, learner.optimizers, step,
-                            {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"]})
+            save_checkpoint(into, model, learner.optimizers, step,
+                            {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state()})
 
-    def run_validation(kind: str):
-        nonlocal last_valid, validated_at, warned_collapse, warned_gap
-        validated_at = step
-        if main:
-            try:
-                last_valid = validate(model, valid_split, cfg, device)
-            except NonFiniteError as err:
-                log.message(f"step {step} {kind}: validation skipped: {err}")
-                parallel.barrier()
-                return
-            if gap_since_validation:  # the training steps' mean energy gap since the last validation
-                last_valid["train_energy_gap"] = sum(gap_since_validation) / len(gap_since_validation)
-                gap_since_validation.clear()
-            log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **last_valid})
-            samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
-                                     generator=torch.Generator(device=device).manual_seed(VALIDATION_SEED))
-            line = (f"step {step} {kind}: valid NLL/token posterior {last_valid['valid_nll_posterior']:.3f} "
-                    f"prior {last_valid['valid_nll_prior']:.3f}")
-            if model.has_latent:
-                line += (f" gap {last_valid['valid_gap']:.3f}; MI {last_valid['valid_mutual_information']:.2f} nats, "
-                         f"active units {last_valid['valid_active_units']}/{model.prior.latent_dim}")
-            if "valid_kl" in last_valid:
-                line += (f"; KL {last_valid['valid_kl']:.2f} nats ({last_valid['valid_kl_dims_above_floor']} "
-                         f"dimensions above the {cfg.free_bits:g} floor), ELBO {last_valid['valid_elbo']:.2f}")
-            if "valid_prior_chain_bias_f" in last_valid:
-                line += (f"; prior chain mean f {last_valid['valid_prior_chain_mean_f']:.2f} vs exact "
-                         f"{last_valid['valid_exact_mean_f']:.2f} "
-                         f"(bias {last_valid['valid_prior_chain_bias_f']:+.2f}), log Z {last_valid['valid_log_z']:.2f}")
-            log.message(line)
-            for row in samples.tolist():
-                log.message(f"  sample: {vocab.decode(row)}")
-            gaps.append(last_valid["valid_gap"])
-            warning = None if warned_collapse or not model.has_latent else collapse_warning(gaps, cfg)
-            if warning:
-                warned_collapse = True
-                log.message(warning)
-            if "train_energy_gap" in last_valid:
-                energy_gaps.append(last_valid["train_energy_gap"])
-                warning = None if warned_gap else energy_gap_warning(energy_gaps, cfg)
-                if warning:
-                    warned_gap = True
-                    log.message(warning)
+    def keep_mark(cpu_minutes: float):
+        checkpoint_now()
+        if main:  # a complete run folder: config, vocabulary, checkpoint, and when it was taken
+            mark = mark_folder(folder, cpu_minutes)
+            create_run(mark, cfg, vocab)
+            checkpoint_now(mark)
+            atomic_write_text(mark / "mark.json", json.dumps({"cpu_minutes": cpu_minutes, "step": step,
+                                                              **clock.stamp()}, indent=2) + "\n")
+            log.message(f"step {step}: kept at {cpu_minutes:g} CPU minutes in {mark}")
         parallel.barrier()
 
     bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
                unit="step", dynamic_ncols=True)
     with _StopRequest() as stop:
         while step < total:
-            out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
-            if parallel.any(stop.requested or out_of_time, device):
-                stopped_by = "max_minutes" if out_of_time and not stop.requested else "interrupt"
+            out_of_budget = budget.exhausted(clock, started)
+            if parallel.any(stop.requested or out_of_budget is not None, device):
+                stopped_by = "interrupt" if stop.requested or out_of_budget is None else out_of_budget
                 break
-            if step // per_epoch != epoch:
-                epoch = step // per_epoch
-                batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-            index = batches[step % per_epoch]
-            shard = parallel.shard(len(index))
-            tokens = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id).to(device)
-            tic = time.perf_counter()
-            try:
-                metrics = learner.step(tokens, shard)
-                skipped_in_a_row = 0
-            except NonFiniteError as err:
+            with clock.training():
+                if step // per_epoch != epoch:
+                    epoch = step // per_epoch
+                    batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+                index = batches[step % per_epoch]
+                shard = parallel.shard(len(index))
+                tokens = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id).to(device)
+                tic = time.perf_counter()
+                try:
+                    metrics, failure = learner.step(tokens, shard), None
+                except NonFiniteError as err:
+                    metrics, failure = None, str(err)
+                seconds = time.perf_counter() - tic
+            if failure is not None:
                 skipped_in_a_row += 1
-                log.message(f"step {step + 1}: {err}; step skipped ({skipped_in_a_row} in a row)")
-                log.metrics({"step": step + 1, "kind": "skipped", "reason": str(err)})
+                log.message(f"step {step + 1}: {failure}; step skipped ({skipped_in_a_row} in a row)")
+                log.metrics({"step": step + 1, "kind": "skipped", "reason": failure})
                 if cfg.nonfinite_policy == "stop" or skipped_in_a_row >= cfg.max_skipped_steps:
                     checkpoint_now()
-                    raise UserError(f"training stopped at step {step + 1}: {err} (non-finite numbers, "
+                    raise UserError(f"training stopped at step {step + 1}: {failure} (non-finite numbers, "
                                     f"{skipped_in_a_row} step(s) in a row); try smaller step sizes or "
                                     "learning rates") from None
                 step += 1
                 continue
-            seconds = time.perf_counter() - tic
+            step, skipped_in_a_row = step + 1, 0
             if metrics.pop("decoder_reset", False):
-                log.message(f"step {step + 1}: autoencoder pretraining done ({cfg.ae_pretrain_steps} steps): "
+                log.message(f"step {step}: autoencoder pretraining done ({cfg.ae_pretrain_steps} steps): "
                             "decoder reset, the ELBO with free bits from here")
             num_tokens = int((tokens[:, 1:] != model.pad_id).sum())
             nll, num_tokens, gap = parallel.sum([metrics.pop("nll_sum"), num_tokens,
                                                  metrics.pop("energy_gap_sum", 0.0)], device)
-            step += 1
+            record = train_record(step, per_epoch, metrics, nll, num_tokens, len(index), seconds,
+                                  gap if learner.energy is not None else None)
+            if "energy_gap" in record:
+                validation.gap_since.append(record["energy_gap"])
             bar.update(1)
-            record = {"step": step, "epoch": step / per_epoch, "kind": "train", "nll_token": nll / num_tokens,
-                      "nll_sentence": nll / len(index), "tokens_per_s": num_tokens / seconds, **metrics}
-            if learner.energy is not None:
-                record["energy_gap"] = gap / len(index)
-                gap_since_validation.append(record["energy_gap"])
-            postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
-                       "tok_s": f"{record['tokens_per_s']:.0f}"}
-            if "kl" in record:  # the VAE: its ELBO per sentence and the KL term's weight
-                record["elbo"] = -record["nll_sentence"] - record["kl"]
-                postfix.update(kl=f"{record['kl']:.2f}", w=f"{record['kl_weight']:.2f}")
-                del postfix["f_gap"]
-            if model.has_latent and "valid_gap" in last_valid:  # the last validation's latent-usage figures
-                postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}",
-                               mi=f"{last_valid['valid_mutual_information']:.1f}", au=last_valid["valid_active_units"])
-            if "valid_prior_chain_bias_f" in last_valid:
-                postfix["bias"] = f"{last_valid['valid_prior_chain_bias_f']:+.2f}"
-            bar.set_postfix(postfix, refresh=False)
+            bar.set_postfix(progress_postfix(record, validation.last, model.has_latent), refresh=False)
             if step % cfg.log_every == 0 or step == 1:
                 log.metrics(record)
             if step % per_epoch == 0:
-                run_validation("epoch")
+                validation.run("epoch", step, per_epoch)
             elif cfg.valid_every and step % cfg.valid_every == 0:
-                run_validation("valid")
-            if step % cfg.checkpoint_every == 0:
+                validation.run("valid", step, per_epoch)
+            if marks and parallel.any(clock.cpu_seconds >= 60 * marks[0], device):
+                keep_mark(marks.pop(0))
+            elif step % cfg.checkpoint_every == 0:
                 checkpoint_now()
     bar.close()
-    if stopped_by != "interrupt" and validated_at != step:
-        run_validation("final")
+    if stopped_by != "interrupt" and validation.at != step:
+        validation.run("final", step, per_epoch)
     checkpoint_now()
-    log.message(f"stopped at step {step} ({stopped_by}); checkpoint saved in {folder}")
-    return TrainResult(step, stopped_by, last_valid)
+    if main:
+        log.message(f"stopped at step {step} ({stopped_by}) after {clock.cpu_seconds / 60:.1f} CPU minutes of "
+                    f"training, {clock.elapsed / 60:.1f} minutes in all; checkpoint saved in {folder}")
+    log.close()
+    return TrainResult(step, stopped_by, validation.last)

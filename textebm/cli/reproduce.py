@@ -17,6 +17,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("grid", metavar="GRID", help="grid file, or the name of a shipped grid (results)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the runs and the results")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="processes at a time (default 1)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (or resume) every run, leave the evaluations for a later call")
     p.add_argument("--dry-run", action="store_true", help="list what is done and what would run; start nothing")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     command = shlex.join(["textebm", "reproduce", args.grid, "--out", args.out, "--jobs", str(args.jobs)])
     status = reproduce(grid, out, args.jobs, args.data_dir, args.device, command,
-                       echo=lambda text: print(text, flush=True))
+                       echo=lambda text: print(text, flush=True), train_only=args.train_only)
     if status == "interrupted":
         print(f"interrupted: run `{command}` again to resume", file=sys.stderr)
         return 130

@@ -24,12 +24,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--vocab-size", type=int, help="vocabulary size (config key vocab_size)")
     p.add_argument("--train-split", help="train on another split, for development (e.g. valid); saved in the config")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of wall-clock time (this process)")
+    p.add_argument("--max-cpu-minutes", type=float,
+                   help="stop after this many minutes of training CPU time, counted over every resume (steps "
+                        "only, validation not counted; with --threads 1 the same number of steps under any load)")
+    p.add_argument("--keep-at", type=_minutes_list, default=(), metavar="M1,M2,...",
+                   help="copy the run to RUN/marks/cpu-<M>min/ when its training CPU time reaches each of these "
+                        "minutes (complete run folders that evaluate, sample and serve like the run)")
     p.add_argument("--seed", type=int, help="random seed (config key seed)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(p)
     p.set_defaults(run=run)
+
+
+def _minutes_list(text: str) -> tuple[float, ...]:
+    try:
+        minutes = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected minutes separated by commas, e.g. 5,10,20, not {text!r}") from None
+    if not minutes or any(not m > 0 for m in minutes):
+        raise argparse.ArgumentTypeError(f"expected positive minutes separated by commas, not {text!r}")
+    return minutes
 
 
 def _config_overrides(args: argparse.Namespace) -> list[str]:
@@ -63,12 +79,15 @@ def _train(args: argparse.Namespace, parallel) -> int:
     from textebm.plots import plot_learning_curves
     from textebm.runs import build_model, create_run, is_run, load_config
     from textebm.train import check_precision, train
+    from textebm.training_log import add_figure
     from textebm.vocab import build_vocab, load_vocab
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError("--max-steps must be at least 1")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UserError("--max-minutes must be positive")
+    if args.max_cpu_minutes is not None and not args.max_cpu_minutes > 0:
+        raise UserError("--max-cpu-minutes must be positive")
     echo = tqdm.write if parallel.is_main else (lambda text: None)
     device = local_device(resolve_device(args.device, args.threads))
     name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
@@ -90,8 +109,9 @@ def _train(args: argparse.Namespace, parallel) -> int:
             preset, preset_note = device_preset(args.corpus, device.type == "cuda")
         config = resolve_config(preset, args.corpus, _config_overrides(args))
     check_precision(config, device)
-    if not config.max_epochs and args.max_steps is None and args.max_minutes is None:
-        raise UserError("training has no end: give --max-steps, --max-minutes or a positive max_epochs")
+    if not config.max_epochs and args.max_steps is None and args.max_minutes is None and args.max_cpu_minutes is None:
+        raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
+                        "max_epochs")
     corpus = open_corpus(args.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
     if not args.resume:
@@ -123,9 +143,12 @@ def _train(args: argparse.Namespace, parallel) -> int:
     if parallel.world > 1:
         echo(f"data parallel: {parallel.world} processes, global batch {config.batch_size}")
     result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
-                   args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel)
+                   args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel,
+                   max_cpu_minutes=args.max_cpu_minutes, keep_at=args.keep_at)
     if parallel.is_main:
-        echo(f"learning curves: {plot_learning_curves(folder)}")
+        png = plot_learning_curves(folder)
+        echo(f"learning curves: {png}" + (" (and in TensorBoard)" if add_figure(folder, "learning_curves", png,
+                                                                            result.step) else ""))
     if result.stopped_by == "interrupt":
         echo(f"interrupted: resume with  textebm train --corpus {args.corpus} --out {folder} --resume")
         return 130

@@ -1,0 +1,187 @@
+"""Where training's numbers go: one logger, several sinks, and the clocks every record carries.
+
+    RUN/metrics.jsonl        one JSON object per logged step or validation (always)
+    RUN/train.log            the messages, timestamped; they are also printed
+    RUN/tensorboard/         TensorBoard event files of the same scalars (when `tensorboard` is
+                             installed: `pip install 'textebm[tensorboard]'`)
+
+Every record carries three clocks, each counted over the whole run (a resumed run continues them
+from its checkpoint): `time` (seconds since the epoch, when it was written), `elapsed` (wall-clock
+seconds of the run so far, validation included) and `cpu_seconds` (the process CPU seconds of
+training work: the steps, without validation and checkpoints; with one torch thread these are
+compute seconds, the same under any machine load, so budgets and curves against CPU minutes compare
+across runs). `process_cpu_seconds` counts every CPU second of the process (validation included).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from textebm.io import atomic_write_text
+
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+
+
+class Clock:
+    """The run's wall-clock and CPU seconds, continued across resumes; `training()` counts training work."""
+
+    def __init__(self, elapsed: float = 0.0, cpu_seconds: float = 0.0, process_cpu_seconds: float = 0.0):
+        self._wall0 = time.monotonic() - elapsed
+        self._process0 = time.process_time() - process_cpu_seconds
+        self.cpu_seconds = cpu_seconds
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._wall0
+
+    @property
+    def process_cpu_seconds(self) -> float:
+        return time.process_time() - self._process0
+
+    def training(self) -> _TrainingWork:
+        return _TrainingWork(self)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps, so that a resumed run's clocks go on from here."""
+        return {"elapsed": self.elapsed, "cpu_seconds": self.cpu_seconds,
+                "process_cpu_seconds": self.process_cpu_seconds}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> Clock:
+        state = state or {}
+        return cls(float(state.get("elapsed", 0.0)), float(state.get("cpu_seconds", 0.0)),
+                   float(state.get("process_cpu_seconds", 0.0)))
+
+    def stamp(self) -> dict:
+        return {"time": round(time.time(), 3), "elapsed": round(self.elapsed, 3),
+                "cpu_seconds": round(self.cpu_seconds, 3), "process_cpu_seconds": round(self.process_cpu_seconds, 3)}
+
+
+class _TrainingWork:
+    def __init__(self, clock: Clock):
+        self.clock = clock
+
+    def __enter__(self):
+        self.start = time.process_time()
+
+    def __exit__(self, *exc):
+        self.clock.cpu_seconds += time.process_time() - self.start
+
+
+class JsonLinesSink:
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / METRICS
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def figure(self, tag: str, png: Path, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink:
+    """Every numeric field of a record as the scalar `<kind>/<field>` at its step (kind: train, valid,
+    epoch, final). On resume, events at or after the checkpoint's step are dropped (`purge_step`), as
+    metrics.jsonl drops its records: they are written again."""
+
+    def __init__(self, folder: Path, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.folder = Path(folder) / TENSORBOARD
+        self.writer = SummaryWriter(str(self.folder), purge_step=purge_step)
+
+    def write(self, record: dict) -> None:
+        kind, step = record.get("kind", "train"), int(record["step"])
+        for key, value in record.items():
+            if key not in ("step", "kind", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{kind}/{key}", value, step, walltime=record.get("time"))
+        self.writer.flush()
+
+    def figure(self, tag: str, png: Path, step: int) -> None:
+        import matplotlib.image
+
+        self.writer.add_image(tag, matplotlib.image.imread(png)[..., :3], step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TrainingLog:
+    """Records go to every sink (JSON lines; TensorBoard when installed), messages to RUN/train.log and
+    the console. Only the main process of a data-parallel run writes (`enabled`)."""
+
+    def __init__(self, folder: Path, echo, clock: Clock, enabled: bool = True, resumed_at: int | None = None,
+                 tensorboard: bool = True):
+        self.folder, self.echo, self.clock, self.enabled = Path(folder), echo, clock, enabled
+        self.sinks = []
+        if enabled:
+            if resumed_at is not None:
+                truncate_metrics(self.folder, resumed_at)
+            self.sinks.append(JsonLinesSink(self.folder))
+            if tensorboard and tensorboard_available():
+                self.sinks.append(TensorBoardSink(self.folder, None if resumed_at is None else resumed_at + 1))
+
+    @property
+    def tensorboard_folder(self) -> Path | None:
+        return next((sink.folder for sink in self.sinks if isinstance(sink, TensorBoardSink)), None)
+
+    def metrics(self, record: dict) -> None:
+        record = {**record, **self.clock.stamp()}
+        for sink in self.sinks:
+            sink.write(record)
+
+    def figure(self, tag: str, png: Path, step: int) -> None:
+        for sink in self.sinks:
+            sink.figure(tag, png, step)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        self.echo(text)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def add_figure(folder: Path, tag: str, png: Path, step: int) -> bool:
+    """A finished figure (the learning curves) into the run's TensorBoard events, when they are kept."""
+    folder = Path(folder)
+    if not (folder / TENSORBOARD).is_dir() or not tensorboard_available():
+        return False
+    sink = TensorBoardSink(folder, purge_step=None)
+    sink.figure(tag, png, step)
+    sink.close()
+    return True
+
+
+def truncate_metrics(folder: Path, step: int) -> None:
+    """On resume, forget records written after the checkpoint: they will be written again."""
+    path = Path(folder) / METRICS
+    if path.is_file():
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
