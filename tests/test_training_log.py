@@ -1,0 +1,127 @@
+"""Training's budgets and logs: CPU-time budgets counted over resumes, kept marks, the clocks of
+every record, TensorBoard events holding the scalars of metrics.jsonl."""
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from textebm.batches import encode_lines
+from textebm.config import resolve_config
+from textebm.runs import build_model, create_run, load_checkpoint, load_run
+from textebm.train import mark_folder, train
+from textebm.training_log import Clock, TrainingLog
+from textebm.vocab import build_vocab
+
+QUIET = dict(progress=False, echo=lambda text: None)
+WORDS = "the a cat dog sat ran on under mat log red big small".split()
+TINY = ["embedding_dim=8", "hidden_dim=16", "latent_dim=4", "energy_hidden=8", "prior_steps=2", "posterior_steps=2",
+        "batch_size=4", "dropout=0.0", "log_every=1", "checkpoint_every=1000", "valid_every=0", "num_log_samples=1",
+        "valid_batches=1", "max_length=12"]
+
+
+def _lines(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(WORDS[i] for i in torch.randint(len(WORDS), (int(torch.randint(3, 9, (1,), generator=g)),),
+                                                     generator=g).tolist()) for _ in range(n)]
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """A tiny model on a synthetic corpus, and validation made cheap; `run(...)` trains it in tmp_path."""
+    import textebm.train
+
+    monkeypatch.setattr(textebm.train, "VALID_AIS_CHAINS", 8)
+    monkeypatch.setattr(textebm.train, "VALID_AIS_STEPS", 4)
+    monkeypatch.setattr(textebm.train, "VALID_AU_SENTENCES", 4)
+    cfg = resolve_config("cpu", "ptb", TINY)
+    train_lines, valid_lines = _lines(40, 0), _lines(8, 1)
+    vocab = build_vocab(train_lines, cfg.tokenizer, cfg.vocab_size, cfg.min_freq, cfg.lowercase)
+    data = encode_lines(train_lines, vocab, cfg.max_length), encode_lines(valid_lines, vocab, cfg.max_length)
+    create_run(tmp_path, cfg, vocab)
+
+    def run(resume=False, **budget):
+        torch.manual_seed(0)
+        model = build_model(cfg, vocab)
+        return train(model, cfg, *data, tmp_path, vocab, "cpu", resume=resume, **QUIET, **budget)
+
+    return tmp_path, run
+
+
+@pytest.fixture
+def cpu_second_per_step(monkeypatch):
+    """A process clock that advances one second per reading: each training step (read on entry and
+    exit) counts exactly 1 CPU second, so CPU budgets give exact step counts."""
+    ticks = itertools.count()
+    monkeypatch.setattr("textebm.training_log.time.process_time", lambda: float(next(ticks)))
+
+
+def _records(folder, kind=None):
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r for r in records if kind is None or r["kind"] == kind]
+
+
+def test_cpu_budget_counts_training_steps_over_resumes_and_keeps_marks(tiny_run, cpu_second_per_step):
+    folder, run = tiny_run
+    result = run(max_cpu_minutes=5 / 60, keep_at=(2 / 60,))
+    assert (result.step, result.stopped_by) == (5, "max_cpu_minutes")
+    mark = mark_folder(folder, 2 / 60)
+    assert json.loads((mark / "mark.json").read_text())["step"] == 2
+    assert load_run(mark).step == 2  # a complete run folder: config, vocabulary, checkpoint
+    assert load_checkpoint(folder)["extra"]["clock"]["cpu_seconds"] == pytest.approx(5.0)
+    # resumed with a larger budget: it goes on from 5 CPU seconds, not from 0
+    result = run(resume=True, max_cpu_minutes=8 / 60)
+    assert (result.step, result.stopped_by) == (8, "max_cpu_minutes")
+    train_records = _records(folder, "train")
+    assert [r["step"] for r in train_records] == list(range(1, 9))
+    assert [r["cpu_seconds"] for r in train_records] == [float(s) for s in range(1, 9)]
+
+
+def test_every_record_carries_the_three_clocks(tiny_run):
+    folder, run = tiny_run
+    run(max_steps=3)
+    records = _records(folder)
+    assert {"train", "final"} <= {r["kind"] for r in records}
+    for r in records:
+        assert r["time"] > 1.7e9 and r["elapsed"] > 0 and r["process_cpu_seconds"] >= r["cpu_seconds"] > 0
+    steps = _records(folder, "train")
+    assert all(a["elapsed"] <= b["elapsed"] and a["cpu_seconds"] < b["cpu_seconds"] for a, b in zip(steps, steps[1:]))
+
+
+def test_tensorboard_events_hold_the_scalars_of_metrics_jsonl(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder, run = tiny_run
+    run(max_steps=4)
+    run(resume=True, max_steps=6)  # resumed from step 4: nothing after it is written twice
+    events = EventAccumulator(str(folder / "tensorboard")).Reload()
+    expected = {}
+    for r in _records(folder):
+        for key, value in r.items():
+            if key not in ("step", "kind", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected.setdefault(f"{r['kind']}/{key}", []).append((r["step"], value))
+    assert set(events.Tags()["scalars"]) == set(expected)
+    for tag, points in expected.items():
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in logged] == [s for s, _ in points], tag
+        assert [v for _, v in logged] == pytest.approx([v for _, v in points], rel=1e-5), tag
+
+
+def test_clock_state_round_trips_and_counts_only_training_work(cpu_second_per_step):
+    clock = Clock.from_state({"elapsed": 10.0, "cpu_seconds": 3.0, "process_cpu_seconds": 4.0})
+    with clock.training():
+        pass
+    outside = clock.process_cpu_seconds  # work outside training() (a validation) moves the process clock only
+    assert clock.cpu_seconds == 4.0 and outside > 4.0
+    state = clock.state()
+    assert state["elapsed"] >= 10.0 and state["process_cpu_seconds"] > state["cpu_seconds"]
+    assert Clock.from_state(state).cpu_seconds == 4.0
+
+
+def test_a_log_without_tensorboard_writes_json_lines_only(tmp_path):
+    log = TrainingLog(tmp_path, lambda text: None, Clock(), tensorboard=False)
+    log.metrics({"step": 1, "kind": "train", "nll_token": 2.5})
+    log.close()
+    assert not (tmp_path / "tensorboard").exists()
+    assert _records(tmp_path)[0]["nll_token"] == 2.5
