@@ -139,6 +139,8 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
         '[[runs]]\nname = "a"\nmax_steps = 2\n[[runs]]\nname = "a"\nmax_steps = 3\n': "used twice",
         '[[runs]]\nname = "a b"\nmax_steps = 2\n': "name",
         '[[runs]]\nname = "a"\nmax_steps = 2\nseed = 1\nseeds = [2]\n': "not both",
+        '[[runs]]\nname = "a"\nmax_cpu_minutes = 0\n': "max_cpu_minutes",
+        '[[runs]]\nname = "a"\nmax_cpu_minutes = 1\nkeep_at = [0.5, -1]\n': "keep_at",
     }
     for runs, fragment in cases.items():
         grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
@@ -151,7 +153,37 @@ def test_the_results_grid_is_shipped_and_valid():
     names = [r.name for r in grid.runs]
     assert names[:5] == ["ptb-ebm-seed0", "ptb-ebm-seed1", "ptb-gaussian-seed0", "ptb-gaussian-seed1", "ptb-none"]
     ptb = [r for r in grid.runs if r.corpus == "ptb"]
-    assert all(r.max_minutes == 30 and r.preset == "cpu" for r in ptb)
+    assert all(r.max_cpu_minutes == 30 and r.keep_at == (5, 10, 20) and r.preset == "cpu" for r in ptb)
+    assert all(r.max_minutes is None for r in grid.runs)  # CPU time only: the same steps under any load
     assert {r.train_split for r in grid.runs if r.corpus == "snli"} == {"test"}
     assert {r.train_split for r in grid.runs if r.corpus == "yahoo"} == {"valid"}
-    assert all(r.max_minutes == 15 for r in grid.runs if r.corpus != "ptb")
+    assert all(r.max_cpu_minutes == 15 for r in grid.runs if r.corpus != "ptb")
+
+
+def test_a_cpu_budget_with_marks_trains_only_and_an_older_evaluator_is_redone(cli, tmp_path, corpus_folder,
+                                                                             tiny_overrides):
+    from textebm.evaluation import EVALUATOR_VERSION
+    from textebm.reproduce import evaluation_marker
+
+    runs = (f'[[runs]]\nname = "cpu"\nmax_cpu_minutes = 0.02\nkeep_at = [0.01]\nevaluate = [{EVALUATE}]\n')
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
+    out = tmp_path / "out"
+    folder = out / "runs" / "cpu"
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--device", "cpu", "--train-only")
+    assert status == 0, stdout + err
+    marker = json.loads((folder / TRAIN_MARKER).read_text())
+    assert marker["stopped_by"] == "max_cpu_minutes" and marker["train_cpu_minutes"] >= 0.02
+    assert marker["budget"]["max_cpu_minutes"] == 0.02 and marker["budget"]["keep_at"] == [0.01]
+    assert "commit" in marker
+    assert json.loads((folder / "marks" / "cpu-0.01min" / "mark.json").read_text())["cpu_seconds"] >= 0.6
+    assert not (folder / "evaluation-test.json").exists()  # --train-only
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--device", "cpu")
+    assert status == 0, stdout + err
+    written = json.loads((folder / evaluation_marker("test")).read_text())
+    assert written["evaluator"] == EVALUATOR_VERSION and written["step"] == marker["step"]
+    assert "0 of 1 evaluations" not in cli("reproduce", grid, "--out", out, "--dry-run")[1]
+    fresh = cli("reproduce", grid, "--out", tmp_path / "fresh", "--dry-run")[1]
+    assert "0.02 CPU min" in fresh and "training CPU time left:" in fresh
+    (folder / evaluation_marker("test")).write_text(json.dumps({**written, "evaluator": EVALUATOR_VERSION - 1}))
+    stdout = cli("reproduce", grid, "--out", out, "--dry-run")[1]
+    assert "done: 1 of 1 trainings, 0 of 1 evaluations" in stdout  # made by an older estimator: to do again

@@ -125,3 +125,16 @@ def test_a_log_without_tensorboard_writes_json_lines_only(tmp_path):
     log.close()
     assert not (tmp_path / "tensorboard").exists()
     assert _records(tmp_path)[0]["nll_token"] == 2.5
+
+
+def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(tiny_run, cli):
+    folder, run = tiny_run
+    run(max_steps=3)
+    status, out, _ = cli("plot", str(folder), "--x", "cpu-minutes", "--out", str(folder / "cpu.png"))
+    assert status == 0 and (folder / "cpu.png").read_bytes()[:4] == b"\x89PNG"
+    records = _records(folder)  # as a run trained before the clocks wrote them
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "elapsed"}) + "\n"
+                                                  for r in records), encoding="utf-8")
+    status, _, err = cli("plot", str(folder), "--x", "minutes")
+    assert status == 2 and "no elapsed" in err and "Traceback" not in err
+    assert cli("plot", str(folder))[0] == 0  # against steps it still plots

@@ -18,7 +18,13 @@ def read_metrics(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_learning_curves(folder: Path, out: Path | None = None, title: str | None = None) -> Path:
+X_AXES = {"step": ("step", None), "minutes": ("minutes (wall-clock, validation included)", "elapsed"),
+          "cpu-minutes": ("training CPU minutes", "cpu_seconds")}
+
+
+def plot_learning_curves(folder: Path, out: Path | None = None, title: str | None = None, x: str = "step") -> Path:
+    """Training and validation NLL, latent usage and the energy gap (or the VAE's KL) against `x`:
+    steps, wall-clock minutes or training CPU minutes (the clocks of every record, textebm.training_log)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,21 +39,29 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
     valid = [r for r in records if r.get("kind") in ("valid", "epoch", "final")]
     if not train:
         raise UserError(f"{folder}/metrics.jsonl has no training records yet")
+    if x not in X_AXES:
+        raise UserError(f"x must be one of {', '.join(X_AXES)}, not {x!r}")
+    xlabel, clock = X_AXES[x]
+    if clock and any(clock not in r for r in train + valid):
+        raise UserError(f"{folder}'s records carry no {clock} (a run trained before 2026-12-03): plot against steps")
+
+    def at(r):
+        return r["step"] if clock is None else r[clock] / 60
     fig, (ax_nll, ax_usage, ax_gap) = plt.subplots(1, 3, figsize=(16, 4))
     latent = prior != "none"  # a language model's validation NLL is exact: one curve
-    ax_nll.plot([r["step"] for r in train], [r["nll_token"] for r in train], lw=0.8, alpha=0.6,
+    ax_nll.plot([at(r) for r in train], [r["nll_token"] for r in train], lw=0.8, alpha=0.6,
                 label="train (posterior z)" if latent else "train")
     if valid:
-        steps = [r["step"] for r in valid]
+        steps = [at(r) for r in valid]
         ax_nll.plot(steps, [r["valid_nll_posterior"] for r in valid], "o-",
                     label="valid, posterior z" if latent else "valid")
         if latent:
             ax_nll.plot(steps, [r["valid_nll_prior"] for r in valid], "s--", label="valid, prior z")
-    ax_nll.set(xlabel="step", ylabel="NLL per token (nats)", title="negative log-likelihood")
+    ax_nll.set(xlabel=xlabel, ylabel="NLL per token (nats)", title="negative log-likelihood")
     ax_nll.legend()
     usage = [r for r in valid if "valid_gap" in r]
     if latent and usage:
-        steps = [r["step"] for r in usage]
+        steps = [at(r) for r in usage]
         ax_usage.plot(steps, [r["valid_gap"] for r in usage], "o-", color="C0", label="gap (nats/token)")
         ax_usage.axhline(0.0, color="grey", lw=0.5)
         ax_usage.set_ylabel("prior-z NLL - posterior-z NLL (nats/token)")
@@ -55,37 +69,37 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
         ax_mi.plot(steps, [r["valid_mutual_information"] for r in usage], "s--", color="C1", label="MI (nats)")
         ax_mi.set_ylabel("mutual information (nats/sentence)")
         for r in usage:
-            ax_usage.annotate(f"{r['valid_active_units']} AU", (r["step"], r["valid_gap"]), fontsize=7,
+            ax_usage.annotate(f"{r['valid_active_units']} AU", (at(r), r["valid_gap"]), fontsize=7,
                               textcoords="offset points", xytext=(0, 6), ha="center")
         lines = ax_usage.get_lines()[:1] + ax_mi.get_lines()
         ax_usage.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
     else:
         ax_usage.text(0.5, 0.5, "no latent" if not latent else "no validation yet", ha="center", va="center",
                       transform=ax_usage.transAxes)
-    ax_usage.set(xlabel="step", title="is z used? (validation; AU = active units)")
+    ax_usage.set(xlabel=xlabel, title="is z used? (validation; AU = active units)")
     gap = [r for r in train if "energy_gap" in r]
     kl = [r for r in train if "kl" in r]
     if kl:  # the VAE: its KL term against the free-bits floor, and the KL weight
-        ax_gap.plot([r["step"] for r in kl], [r["kl"] for r in kl], lw=0.8, label="KL(q || p) per sentence")
-        ax_gap.plot([r["step"] for r in kl], [r["kl_floored"] for r in kl], lw=0.8, label="free-bits KL term")
+        ax_gap.plot([at(r) for r in kl], [r["kl"] for r in kl], lw=0.8, label="KL(q || p) per sentence")
+        ax_gap.plot([at(r) for r in kl], [r["kl_floored"] for r in kl], lw=0.8, label="free-bits KL term")
         ax_gap.axhline(config.free_bits * config.latent_dim, color="grey", lw=0.5, ls="--", label="whole floor")
         ax_weight = ax_gap.twinx()
-        ax_weight.plot([r["step"] for r in kl], [r["kl_weight"] for r in kl], color="C3", lw=0.8)
+        ax_weight.plot([at(r) for r in kl], [r["kl_weight"] for r in kl], color="C3", lw=0.8)
         ax_weight.set(ylabel="KL weight (red)", ylim=(0, 1.05))
         ax_gap.legend(fontsize=8)
-        ax_gap.set(xlabel="step", ylabel="nats", title="the VAE's KL term")
+        ax_gap.set(xlabel=xlabel, ylabel="nats", title="the VAE's KL term")
     elif gap:
-        ax_gap.plot([r["step"] for r in gap], [r["energy_gap"] for r in gap], lw=0.8, label="f(z+) - f(z-)")
+        ax_gap.plot([at(r) for r in gap], [r["energy_gap"] for r in gap], lw=0.8, label="f(z+) - f(z-)")
         ax_gap.axhline(0.0, color="grey", lw=0.5)
         bias = [r for r in valid if "valid_prior_chain_bias_f" in r]
         if bias:  # mean f of the prior chain's samples minus that of an exact sampler (AIS)
-            ax_gap.plot([r["step"] for r in bias], [r["valid_prior_chain_bias_f"] for r in bias], "o-", color="C3",
+            ax_gap.plot([at(r) for r in bias], [r["valid_prior_chain_bias_f"] for r in bias], "o-", color="C3",
                         label="prior chain bias: mean f(chain) - mean f(exact)")
         ax_gap.legend(fontsize=8)
     else:
         ax_gap.text(0.5, 0.5, f"prior={prior}: no energy", ha="center", va="center", transform=ax_gap.transAxes)
     if not kl:
-        ax_gap.set(xlabel="step", ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
+        ax_gap.set(xlabel=xlabel, ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
     fig.suptitle(title or Path(folder).name)
     return save_figure(fig, Path(out) if out else Path(folder) / "learning_curves.png")
 

@@ -112,12 +112,7 @@ class TrainState:
     step: int | None = None  # done: the final step; resume: the checkpoint's
     spent_minutes: float = 0.0
     marker: dict | None = None
-
-
-def checkpoint_step(folder: Path) -> int:
-    from textebm.runs import load_checkpoint
-
-    return int(load_checkpoint(folder)["step"])
+    cpu_minutes: float = 0.0  # resume: training CPU time so far (the checkpoint's clock)
 
 
 def checkpoint_clock(folder: Path) -> tuple[int, dict]:
@@ -164,7 +159,8 @@ def train_state(spec: RunSpec, folder: Path) -> TrainState:
     if marker is not None and marker.get("budget") == budget_of(spec):
         return TrainState("done", marker["step"], marker["train_minutes"], marker)
     if (folder / CHECKPOINT).is_file():
-        return TrainState("resume", checkpoint_step(folder), spent_seconds(folder) / 60)
+        step, clock = checkpoint_clock(folder)
+        return TrainState("resume", step, spent_seconds(folder) / 60, cpu_minutes=clock.get("cpu_seconds", 0.0) / 60)
     return TrainState("start")
 
 
@@ -225,6 +221,7 @@ class Step:
     status: str  # done | start | resume | to do | busy
     detail: str
     minutes_left: float | None = None  # of a wall-clock budget, for a training to start or resume
+    cpu_minutes_left: float | None = None  # of a CPU-time budget, likewise
 
 
 def _describe(spec: RunSpec) -> str:
@@ -258,10 +255,14 @@ def plan(grid: Grid, out: Path) -> list[Step]:
         elif state.action == "resume":
             left = "" if spec.max_minutes is None else f", {max(0.0, spec.max_minutes - state.spent_minutes):.1f} " \
                                                       f"of {spec.max_minutes:g} min left"
+            cpu_left = None if spec.max_cpu_minutes is None else max(0.0, spec.max_cpu_minutes - state.cpu_minutes)
+            if cpu_left is not None:
+                left += f", {cpu_left:.1f} of {spec.max_cpu_minutes:g} CPU min left"
             steps.append(Step(spec, "train", "resume", f"from step {state.step}{left} ({_describe(spec)})",
-                              None if spec.max_minutes is None else max(0.0, spec.max_minutes - state.spent_minutes)))
+                              None if spec.max_minutes is None else max(0.0, spec.max_minutes - state.spent_minutes),
+                              cpu_left))
         else:
-            steps.append(Step(spec, "train", "start", _describe(spec), spec.max_minutes))
+            steps.append(Step(spec, "train", "start", _describe(spec), spec.max_minutes, spec.max_cpu_minutes))
         for evaluation in spec.evaluations:
             done = state.action == "done" and evaluation_done(folder, evaluation, state.step)
             steps.append(Step(spec, f"evaluate {evaluation.split}", "done" if done else "to do",
@@ -290,6 +291,10 @@ def format_plan(grid: Grid, out: Path, steps: list[Step], jobs: int) -> str:
         if minutes:
             lines.append(f"training budget left: {minutes:.0f} core-minutes (about {minutes / jobs:.0f} min at "
                          f"--jobs {jobs}), besides steps-only budgets and the evaluations")
+        cpu = sum(s.cpu_minutes_left for s in trains if s.cpu_minutes_left and not s.minutes_left)
+        if cpu:
+            lines.append(f"training CPU time left: {cpu:.0f} core-minutes (at least {cpu / jobs:.0f} min at --jobs "
+                         f"{jobs}), besides validations, steps-only budgets and the evaluations")
     else:
         busy = sum(s.status == "busy" for s in trains)
         lines.append("everything is done: nothing to start" if not busy else f"{busy} runs busy elsewhere")

@@ -9,6 +9,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plot a run's learning curves to a PNG")
     p.add_argument("run_folder", metavar="RUN")
     p.add_argument("--out", help="PNG path (default: RUN/learning_curves.png)")
+    p.add_argument("--x", choices=["step", "minutes", "cpu-minutes"], default="step",
+                   help="the horizontal axis: steps, wall-clock minutes (validation included) or training CPU "
+                        "minutes (steps only) (default: step)")
     p.set_defaults(run=run)
 
 
@@ -17,5 +20,5 @@ def run(args: argparse.Namespace) -> int:
     from textebm.runs import load_config
 
     load_config(args.run_folder)  # a clear error when RUN is not a run
-    print(plot_learning_curves(args.run_folder, args.out))
+    print(plot_learning_curves(args.run_folder, args.out, x=args.x))
     return 0
