@@ -153,7 +153,8 @@ def test_the_results_grid_is_shipped_and_valid():
     names = [r.name for r in grid.runs]
     assert names[:5] == ["ptb-ebm-seed0", "ptb-ebm-seed1", "ptb-gaussian-seed0", "ptb-gaussian-seed1", "ptb-none"]
     ptb = [r for r in grid.runs if r.corpus == "ptb"]
-    assert all(r.max_cpu_minutes == 30 and r.keep_at == (5, 10, 20) and r.preset == "cpu" for r in ptb)
+    assert all(r.max_cpu_minutes == 30 and r.keep_at == (5, 10, 20, 30) and r.preset == "cpu" for r in ptb)
+    assert all(r.mark_evaluation.split == "valid" for r in ptb)
     assert all(r.max_minutes is None for r in grid.runs)  # CPU time only: the same steps under any load
     assert {r.train_split for r in grid.runs if r.corpus == "snli"} == {"test"}
     assert {r.train_split for r in grid.runs if r.corpus == "yahoo"} == {"valid"}
@@ -187,3 +188,28 @@ def test_a_cpu_budget_with_marks_trains_only_and_an_older_evaluator_is_redone(cl
     (folder / evaluation_marker("test")).write_text(json.dumps({**written, "evaluator": EVALUATOR_VERSION - 1}))
     stdout = cli("reproduce", grid, "--out", out, "--dry-run")[1]
     assert "done: 1 of 1 trainings, 0 of 1 evaluations" in stdout  # made by an older estimator: to do again
+
+
+def test_marks_are_evaluated_into_time_to_quality_curves(cli, tmp_path, corpus_folder, tiny_overrides):
+    marks_evaluation = EVALUATE.replace(", fppl_samples = 20", "")
+    runs = ('[[runs]]\nname = "ttq"\nlabel = "tiny EBM"\nmax_cpu_minutes = 0.03\nkeep_at = [0.01, 0.03]\n'
+            f'evaluate_marks = {marks_evaluation}\n')
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
+    out = tmp_path / "out"
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--device", "cpu")
+    assert status == 0, stdout + err
+    marks = out / "runs" / "ttq" / "marks"
+    assert sorted(p.name for p in marks.iterdir()) == ["cpu-0.01min", "cpu-0.03min"]
+    results = json.loads((out / "results.json").read_text())
+    curve = results["time_to_quality"]
+    assert [r["cpu_minutes"] for r in curve] == [0.01, 0.03]
+    for row, mark in zip(curve, sorted(marks.iterdir())):
+        report = json.loads((mark / "evaluation-test.json").read_text())
+        assert row["nll"]["mean"] == pytest.approx(report["nll_per_sentence"])
+        assert row["steps"]["mean"] == json.loads((mark / "mark.json").read_text())["step"]
+    assert curve[0]["steps"]["mean"] < curve[1]["steps"]["mean"]
+    page = (out / "results.md").read_text()
+    assert "quality against training CPU time" in page and "time_to_quality-corpus.png" in page
+    assert (out / "time_to_quality-corpus.png").read_bytes()[:4] == b"\x89PNG"
+    stdout = cli("reproduce", grid, "--out", out, "--dry-run")[1]
+    assert "2 of 2 marks evaluated" in stdout and "everything is done" in stdout

@@ -75,6 +75,9 @@ def test_cpu_budget_counts_training_steps_over_resumes_and_keeps_marks(tiny_run,
     assert (result.step, result.stopped_by) == (8, "max_cpu_minutes")
     train_records = _records(folder, "train")
     assert [r["step"] for r in train_records] == list(range(1, 9))
+    # a mark added once the time is spent is kept at the end, at the run's last step
+    result = run(resume=True, max_cpu_minutes=8 / 60, keep_at=(2 / 60, 8 / 60))
+    assert result.step == 8 and load_run(mark_folder(folder, 8 / 60)).step == 8
     assert [r["cpu_seconds"] for r in train_records] == [float(s) for s in range(1, 9)]
 
 

@@ -13,7 +13,8 @@ checked in full before anything starts (`textebm reproduce`).
     max_cpu_minutes = 30             # training CPU-time budget (steps only, counted over resumes; one thread)
     max_minutes = 30                 # and/or wall-clock (resumed runs count time already spent)
     max_steps = 5000                 # and/or a step budget
-    keep_at = [5, 10, 20]            # CPU minutes at which the run is copied to RUN/marks/cpu-<M>min/
+    keep_at = [5, 10, 20, 30]        # CPU minutes at which the run is copied to RUN/marks/cpu-<M>min/
+    evaluate_marks = { split = "valid", max_sentences = 200 }   # each mark's evaluation (time to quality)
     seeds = [0, 1]                   # one run per seed, named ptb-ebm-seed0, ...; or `seed = 0`
     evaluate = [{ split = "test", max_sentences = 300, num_chains = 16 }]   # `textebm evaluate` options
 
@@ -36,7 +37,7 @@ from textebm.corpora import KNOWN
 from textebm.errors import UserError
 
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
-            "keep_at", "seed", "seeds", "evaluate"}
+            "keep_at", "evaluate_marks", "seed", "seeds", "evaluate"}
 NAME = re.compile(r"[A-Za-z0-9._-]+")
 PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs: not the grid's
 
@@ -70,6 +71,7 @@ class RunSpec:
     evaluations: tuple[Evaluation, ...]
     max_cpu_minutes: float | None = None
     keep_at: tuple[float, ...] = ()
+    mark_evaluation: Evaluation | None = None  # how each kept mark is evaluated (the time-to-quality curve)
 
     @property
     def corpus_name(self) -> str:
@@ -83,8 +85,9 @@ class RunSpec:
     def group(self) -> tuple:
         """What the run is, but for its name and seed: runs of one group are seeds of one setting."""
         return (self.label, self.corpus, self.train_split, self.preset, self.overrides, self.max_minutes,
-                self.max_steps, self.max_cpu_minutes,
-                tuple((e.split, json.dumps(e.options, sort_keys=True)) for e in self.evaluations))
+                self.max_steps, self.max_cpu_minutes, self.keep_at,
+                tuple((e.split, json.dumps(e.options, sort_keys=True))
+                      for e in (*self.evaluations, *([self.mark_evaluation] if self.mark_evaluation else []))))
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,13 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
     if not isinstance(train_split, str):
         fail("`train_split` must be a string")
     evaluations = tuple(_evaluation(e, fail) for e in _table_list(entry.get("evaluate", []), "evaluate", fail))
+    mark_evaluation = entry.get("evaluate_marks")
+    if mark_evaluation is not None:
+        if not isinstance(mark_evaluation, dict):
+            fail("`evaluate_marks` must be a table of `textebm evaluate` options")
+        if not keep_at:
+            fail("`evaluate_marks` needs marks to evaluate: give `keep_at`")
+        mark_evaluation = _evaluation(mark_evaluation, fail)
     splits = [e.split for e in evaluations]
     if len(set(splits)) != len(splits):
         fail("two evaluations of one split (RUN/evaluation-<split>.json holds one)")
@@ -194,7 +204,7 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
                        max_minutes=None if max_minutes is None else float(max_minutes), max_steps=max_steps,
                        evaluations=evaluations,
                        max_cpu_minutes=None if max_cpu_minutes is None else float(max_cpu_minutes),
-                       keep_at=tuple(sorted(float(m) for m in keep_at)))
+                       keep_at=tuple(sorted(float(m) for m in keep_at)), mark_evaluation=mark_evaluation)
         try:
             resolve_config(preset, corpus, spec.config_overrides())
         except UserError as err:

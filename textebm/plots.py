@@ -153,3 +153,24 @@ def plot_quality_diversity(runs: list[tuple[str, dict]], out: Path, title: str |
            ylabel="forward perplexity (lower: more fluent)", title=title or "quality-diversity (KenLM 5-grams)")
     ax.legend(fontsize=8)
     return save_figure(fig, Path(out))
+
+
+def plot_time_to_quality(rows: list[dict], out: Path, title: str) -> Path:
+    """NLL per sentence against training CPU minutes, one curve per model (mean over seeds, the spread as
+    error bars); exact likelihoods (the language model) dashed. `rows`: `textebm.results.time_to_quality`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for color, label in enumerate(dict.fromkeys(r["label"] for r in rows)):
+        points = [r for r in rows if r["label"] == label and r["nll"]["mean"] is not None]
+        if points:
+            ax.errorbar([r["cpu_minutes"] for r in points], [r["nll"]["mean"] for r in points],
+                        yerr=[r["nll"]["sd"] or 0.0 for r in points], marker="o", capsize=3, color=f"C{color}",
+                        ls="--" if all(r["exact"] for r in points) else "-", label=label)
+    ax.set(xlabel="training CPU minutes (one thread, steps only)", ylabel="NLL per sentence (nats)", title=title)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    return save_figure(fig, out)

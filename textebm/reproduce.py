@@ -175,6 +175,27 @@ def evaluation_done(folder: Path, evaluation: Evaluation, step: int | None) -> b
             and (folder / f"evaluation-{evaluation.split}.json").is_file())
 
 
+def kept_marks(spec: RunSpec, folder: Path) -> list[tuple[float, Path, dict]]:
+    """The run's kept marks (textebm train --keep-at): (CPU minutes, folder, mark.json), in order."""
+    from textebm.train import mark_folder
+
+    found = []
+    for minutes in spec.keep_at:
+        mark = mark_folder(folder, minutes)
+        record = read_json(mark / "mark.json")
+        if record is not None:
+            found.append((minutes, mark, record))
+    return found
+
+
+def marks_to_evaluate(spec: RunSpec, folder: Path) -> list[tuple[Path, int]]:
+    """The kept marks whose evaluation (the grid's `evaluate_marks`) is not done: (folder, step)."""
+    if spec.mark_evaluation is None:
+        return []
+    return [(mark, record["step"]) for _, mark, record in kept_marks(spec, folder)
+            if not evaluation_done(mark, spec.mark_evaluation, record["step"])]
+
+
 # ---- one process per run at a time --------------------------------------------------------------
 
 class RunLock:
@@ -267,6 +288,13 @@ def plan(grid: Grid, out: Path) -> list[Step]:
             done = state.action == "done" and evaluation_done(folder, evaluation, state.step)
             steps.append(Step(spec, f"evaluate {evaluation.split}", "done" if done else "to do",
                               _options_text(evaluation)))
+        if spec.mark_evaluation is not None:
+            kept = len(kept_marks(spec, folder))
+            left = len(marks_to_evaluate(spec, folder))
+            done = state.action == "done" and kept == len(spec.keep_at) and not left
+            steps.append(Step(spec, "evaluate marks", "done" if done else "to do",
+                              f"{kept - left} of {len(spec.keep_at)} marks evaluated "
+                              f"({_options_text(spec.mark_evaluation)})"))
     return steps
 
 
@@ -405,6 +433,10 @@ class Reproduction:
                     return
                 if not evaluation_done(folder, evaluation, state.step):
                     self._evaluate(spec, folder, evaluation, state.step)
+            for mark, step in [] if self.train_only else marks_to_evaluate(spec, folder):
+                if self.stop.is_set():
+                    return
+                self._evaluate(spec, mark, spec.mark_evaluation, step, what=f"evaluate-{mark.name}")
         except UserError as err:
             self.failures.append(spec.name)
             self.echo(f"{spec.name}: {err}")
@@ -460,18 +492,21 @@ class Reproduction:
         self.echo(f"{spec.name}: trained, {step} steps in {spent / 60:.1f} min ({marker['stopped_by']})")
         return TrainState("done", step, spent / 60, marker)
 
-    def _evaluate(self, spec: RunSpec, folder: Path, evaluation: Evaluation, step: int) -> None:
+    def _evaluate(self, spec: RunSpec, folder: Path, evaluation: Evaluation, step: int,
+                  what: str | None = None) -> None:
+        """One evaluation of the run (or of one of its marks: `folder`) in a process of its own."""
         import multiprocessing
 
+        what = what or f"evaluate-{evaluation.split}"
         options = {"checkpoint": str(folder), "data_dir": self.data_dir, "device": self.device, "threads": 1,
                    "split": evaluation.split, **evaluation.options}
-        self.echo(f"{spec.name}: evaluate {evaluation.split} ({_options_text(evaluation)})")
+        self.echo(f"{spec.name}: {what.replace('-', ' ', 1)} ({_options_text(evaluation)})")
         started = time.time()
         from textebm.evaluation import EVALUATOR_VERSION
 
         marker = {"options": evaluation.options, "step": step, "evaluator": EVALUATOR_VERSION, "commit": code_commit()}
         process = multiprocessing.get_context("spawn").Process(
-            target=_evaluation_job, args=(options, marker, str(self._log(spec, f"evaluate-{evaluation.split}"))))
+            target=_evaluation_job, args=(options, marker, str(self._log(spec, what))))
         process.start()
         self._started(process.pid, spec)
         try:
@@ -479,9 +514,10 @@ class Reproduction:
         finally:
             self.children.pop(process.pid, None)
         if process.exitcode != 0:
-            self._ended(spec, f"evaluate-{evaluation.split}", process.exitcode)
+            self._ended(spec, what, process.exitcode)
         else:
-            self.echo(f"{spec.name}: evaluated {evaluation.split} in {(time.time() - started) / 60:.1f} min")
+            self.echo(f"{spec.name}: {what.replace('evaluate-', 'evaluated ', 1)} in "
+                      f"{(time.time() - started) / 60:.1f} min")
 
     def _child(self, spec: RunSpec, command: list[str], log: Path, lock_fd: int, on_start) -> int:
         env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
@@ -541,6 +577,23 @@ def gather(grid: Grid, out: Path) -> list[tuple[RunSpec, dict | None, dict]]:
     return gathered
 
 
+def gather_marks(grid: Grid, out: Path) -> list[dict]:
+    """Every kept mark evaluated as its run's `evaluate_marks` says: run, group label, corpus, seed, CPU
+    minutes, step and the report (the points of the time-to-quality curves)."""
+    from textebm.evaluation import load_evaluation
+
+    points = []
+    for spec in grid.runs:
+        if spec.mark_evaluation is None:
+            continue
+        for minutes, mark, record in kept_marks(spec, run_folder(out, spec)):
+            if evaluation_done(mark, spec.mark_evaluation, record["step"]):
+                points.append({"run": spec.name, "label": spec.label, "corpus": spec.corpus_name, "seed": spec.seed,
+                               "cpu_minutes": minutes, "step": record["step"],
+                               "report": load_evaluation(mark, spec.mark_evaluation.split)})
+    return points
+
+
 def write_grid_results(grid: Grid, out: Path, command: str) -> list[Path]:
     from textebm.results import results_data, write_results
 
@@ -552,7 +605,7 @@ def write_grid_results(grid: Grid, out: Path, command: str) -> list[Path]:
         for split, report in reports.items():
             if report is not None:
                 curves.setdefault((spec.corpus_name, split), []).append((label, report))
-    return write_results(out, results_data(grid, gathered, command), curves)
+    return write_results(out, results_data(grid, gathered, command), curves, gather_marks(grid, out))
 
 
 def reproduce(grid: Grid, out: Path, jobs: int = 1, data_dir: str | None = None, device: str = "auto",

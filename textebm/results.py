@@ -26,6 +26,7 @@ def figures_of(report: dict, train: dict | None) -> dict:
            "ppl": report["perplexity"]}
     if train is not None:
         out["minutes"] = train.get("train_minutes")
+        out["cpu_minutes"] = train.get("train_cpu_minutes")
     if report["prior"] == "ebm":  # a Gaussian prior's log Z is exactly 0
         out["log_z"] = report["log_partition"]["log_z"]
         out["log_z_stderr"] = report["log_partition"].get("stderr")
@@ -74,6 +75,7 @@ def results_data(grid: Grid, gathered: list[tuple[RunSpec, dict | None, dict]], 
         runs.append({"name": spec.name, "label": spec.label, "corpus": spec.corpus_name,
                      "train_split": spec.train_split, "preset": spec.preset, "set": list(spec.overrides),
                      "seed": spec.seed, "max_minutes": spec.max_minutes, "max_steps": spec.max_steps,
+                     "max_cpu_minutes": spec.max_cpu_minutes, "keep_at": list(spec.keep_at),
                      "evaluate": {e.split: e.options for e in spec.evaluations}, "train": train,
                      "evaluations": evaluations})
         groups.setdefault(spec.group(), []).append(runs[-1])
@@ -91,6 +93,27 @@ def results_data(grid: Grid, gathered: list[tuple[RunSpec, dict | None, dict]], 
                 "figures": {k: _spread([m["evaluations"][split]["figures"].get(k) for m in done]) for k in keys}})
     return {"title": grid.title, "grid": str(grid.path), "command": command,
             "generated": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "groups": group_list}
+
+
+def time_to_quality(points: list[dict]) -> list[dict]:
+    """The kept marks' evaluations as curves: per corpus and group label, at each CPU minute, the NLL per
+    sentence (mean and spread over seeds), its ESS and the latent's gap."""
+    curves: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for point in points:
+        curves.setdefault((point["corpus"], point["label"]), {}).setdefault(point["cpu_minutes"], []).append(point)
+    rows = []
+    for (corpus, label), marks in curves.items():
+        for minutes, members in sorted(marks.items()):
+            reports = [m["report"] for m in members]
+            sampling = [r["importance_sampling"] for r in reports]
+            rows.append({"corpus": corpus, "label": label, "cpu_minutes": minutes,
+                         "seeds": [m["seed"] for m in members], "steps": _spread([m["step"] for m in members]),
+                         "nll": _spread([r["nll_per_sentence"] for r in reports]),
+                         "exact": all(r["exact_likelihood"] for r in reports),
+                         "ess_mean": _spread([s["ess_mean"] if s else None for s in sampling]),
+                         "gap": _spread([(r["latent_usage"] or {}).get("gap") for r in reports]),
+                         "evaluated_text": reports[0]["evaluated_text"]})
+    return rows
 
 
 # ---- markdown ----------------------------------------------------------------------------------
@@ -127,6 +150,7 @@ INTRO = ("Where a model has several seeds: mean ± sample standard deviation ove
 
 
 def markdown(data: dict, figures: dict[tuple[str, str], str]) -> str:
+    """The results page: per corpus and split its tables and figure; the time-to-quality curves; the runs."""
     lines = [f"# {data['title']}", "",
              f"Generated {data['generated']} by `{data['command']}` from the grid `{data['grid']}`. {INTRO}", ""]
     sections: dict[tuple[str, str], list[dict]] = {}
@@ -142,7 +166,26 @@ def markdown(data: dict, figures: dict[tuple[str, str], str]) -> str:
         if missing:
             lines += ["", f"Not yet evaluated: {', '.join(missing)}."]
         lines.append("")
+    lines += _time_to_quality_section(data.get("time_to_quality", []), data.get("time_to_quality_figures", {}))
     return "\n".join(lines + ["## Runs", ""] + _runs_table(data["runs"])) + "\n"
+
+
+def _time_to_quality_section(rows: list[dict], figures: dict[str, str]) -> list[str]:
+    lines = []
+    for corpus in dict.fromkeys(r["corpus"] for r in rows):
+        mine = [r for r in rows if r["corpus"] == corpus]
+        lines += [f"## {corpus}: quality against training CPU time", "",
+                  f"Each run as it was after M minutes of training CPU time (one thread, steps only), evaluated on "
+                  f"{mine[0]['evaluated_text']}: NLL per sentence (exact for the language model, importance-sampled "
+                  f"for latent models, with the mean ESS of the draws), and the gap in nats per token.", ""]
+        lines += _table(["model", "seeds", "CPU min", "steps", "NLL", "ESS", "gap"],
+                        [[r["label"], ", ".join(map(str, r["seeds"])), _num(r["cpu_minutes"]), _cell(r["steps"]),
+                          _cell(r["nll"]) + (" (exact)" if r["exact"] else ""), _cell(r["ess_mean"], 3),
+                          _cell(r["gap"], 3)] for r in mine])
+        if corpus in figures:
+            lines += ["", f"![time to quality, {corpus}]({Path(figures[corpus]).name})"]
+        lines.append("")
+    return lines
 
 
 def _likelihood_table(groups: list[dict]) -> list[str]:
@@ -157,10 +200,11 @@ def _likelihood_table(groups: list[dict]) -> list[str]:
         ess = _cell(f.get("ess_mean"), 3) + (f" of {_num(f['is_samples']['mean'])}" if f.get("is_samples") else "")
         units = _cell(f.get("active_units"), 3) + (f" of {_num(f['latent_dim']['mean'])}" if f.get("latent_dim")
                                                    else "")
-        rows.append([g["label"], _seeds(g), _cell(f.get("steps")), _cell(f.get("minutes"), 3), _cell(f.get("nll")),
+        rows.append([g["label"], _seeds(g), _cell(f.get("steps")), _cell(f.get("cpu_minutes"), 3),
+                     _cell(f.get("minutes"), 3), _cell(f.get("nll")),
                      _cell(f.get("ppl")), log_z, ess, _cell(f.get("mi"), 3), units, _cell(f.get("gap"), 3)])
-    return _table(["model", "seeds", "steps", "minutes", "NLL", "PPL", "log Z", "ESS", "MI", "active units", "gap"],
-                  rows)
+    return _table(["model", "seeds", "steps", "CPU min", "minutes", "NLL", "PPL", "log Z", "ESS", "MI", "active units",
+                   "gap"], rows)
 
 
 def _checks_table(groups: list[dict]) -> list[str]:
@@ -197,7 +241,8 @@ def _samples_tables(groups: list[dict]) -> list[str]:
 def _runs_table(runs: list[dict]) -> list[str]:
     rows = []
     for run in runs:
-        budget = " / ".join(x for x in (f"{run['max_minutes']:g} min" if run["max_minutes"] else "",
+        budget = " / ".join(x for x in (f"{run['max_cpu_minutes']:g} CPU min" if run.get("max_cpu_minutes") else "",
+                                        f"{run['max_minutes']:g} min" if run["max_minutes"] else "",
                                         f"{run['max_steps']} steps" if run["max_steps"] else "") if x)
         train = run["train"]
         done = "—" if train is None else f"{train['step']} steps, {train['train_minutes']:.1f} min"
@@ -213,10 +258,12 @@ def _seeds(group: dict) -> str:
     return ", ".join(map(str, group["seeds"])) or "—"
 
 
-def write_results(out: Path, data: dict, reports: dict[tuple[str, str], list[tuple[str, dict]]]) -> list[Path]:
-    """OUT/results.json, OUT/results.md and OUT/quality_diversity-<corpus>-<split>.png (one curve per
-    evaluated run with a decoding sweep; `reports` by (corpus, split): (label, report) pairs)."""
-    from textebm.plots import plot_quality_diversity
+def write_results(out: Path, data: dict, reports: dict[tuple[str, str], list[tuple[str, dict]]],
+                  marks: list[dict] = ()) -> list[Path]:
+    """OUT/results.json, OUT/results.md, OUT/quality_diversity-<corpus>-<split>.png (one curve per
+    evaluated run with a decoding sweep; `reports` by (corpus, split): (label, report) pairs) and
+    OUT/time_to_quality-<corpus>.png (from the evaluated marks, `reproduce.gather_marks`)."""
+    from textebm.plots import plot_quality_diversity, plot_time_to_quality
 
     out = Path(out)
     figures = {}
@@ -226,8 +273,15 @@ def write_results(out: Path, data: dict, reports: dict[tuple[str, str], list[tup
             path = out / f"quality_diversity-{corpus}-{split}.png"
             title = f"{corpus} ({split}): quality-diversity"
             figures[(corpus, split)] = str(plot_quality_diversity(pairs, path, title))
-    data = {**data, "figures": {f"{c} {s}": p for (c, s), p in figures.items()}}
+    curves = time_to_quality(list(marks))
+    ttq_figures = {}
+    for corpus in dict.fromkeys(r["corpus"] for r in curves):
+        rows = [r for r in curves if r["corpus"] == corpus]
+        path = out / f"time_to_quality-{corpus}.png"
+        ttq_figures[corpus] = str(plot_time_to_quality(rows, path, f"{corpus}: time to quality"))
+    data = {**data, "figures": {f"{c} {s}": p for (c, s), p in figures.items()}, "time_to_quality": curves,
+            "time_to_quality_figures": ttq_figures}
     atomic_write_text(out / "results.json", json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "results.md", markdown(data, figures))
-    return [out / "results.json", out / "results.md", *map(Path, figures.values())]
+    return [out / "results.json", out / "results.md", *map(Path, figures.values()), *map(Path, ttq_figures.values())]
 

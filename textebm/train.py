@@ -583,6 +583,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     bar.close()
     if stopped_by != "interrupt" and validation.at != step:
         validation.run("final", step, per_epoch)
+    for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop: a
+        keep_mark(minutes)  # mark added to a run that has spent its time (a grid's keep_at grew)
     checkpoint_now()
     if main:
         log.message(f"stopped at step {step} ({stopped_by}) after {clock.cpu_seconds / 60:.1f} CPU minutes of "
