@@ -153,24 +153,24 @@ def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [(r["variant"], r["minutes"]) for r in rows] == [("lm", 0.01), ("lm", 0.02), ("k2", 0.01), ("k2", 0.02)]
-    assert all(r["nll_per_sentence"] > 0 and r["fppl"] > 0 and r["rppl"] > 0 for r in rows)
-    assert [r["exact"] for r in rows] == [True, True, False, False] and rows[2]["gap"] is not None
-    assert rows[1]["step"] > rows[0]["step"] and rows[3]["step"] > rows[2]["step"]  # each mark continues the last
-    assert [r["nll_over_lm"] for r in rows[:2]] == [0.0, 0.0]
-    config = json.loads((out / "marks" / "k2-0.02min" / "config.json").read_text())
+    rows = json.loads((out / "results.json").read_text())["time_to_quality"]
+    assert [(r["label"], r["cpu_minutes"]) for r in rows] == [
+        ("plain LM (prior=none)", 0.01), ("plain LM (prior=none)", 0.02),
+        ("k2 (posterior_steps=2)", 0.01), ("k2 (posterior_steps=2)", 0.02)]
+    assert all(r["nll"]["mean"] > 0 for r in rows)
+    assert [r["exact"] for r in rows] == [True, True, False, False] and rows[2]["gap"]["mean"] is not None
+    assert rows[1]["steps"]["mean"] > rows[0]["steps"]["mean"] and rows[3]["steps"]["mean"] > rows[2]["steps"]["mean"]
+    config = json.loads((out / "runs" / "k2" / "marks" / "cpu-0.02min" / "config.json").read_text())
     assert config["posterior_steps"] == 2 and config["hidden_dim"] == 32
-    assert (out / "nll_per_minute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "results.md").read_text().count("\n| k2 (`posterior_steps=2`) |") == 2
-    assert not (out / "runs").exists() or not any((out / "runs").iterdir())  # every segment became a mark
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "marks").glob("*/*") if p.suffix in (".pt", ".json")}
+    assert (out / "time_to_quality-corpus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "results.md").read_text().count("\n| k2 (posterior_steps=2) |") == 2
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/marks/*/*") if p.suffix in (".pt", ".json")}
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "train to" not in second.stdout and "evaluate" not in second.stdout.split("Quality per")[0]
+    assert "train," not in second.stdout and ": evaluate" not in second.stdout, second.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained or evaluated again
-    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    assert json.loads((out / "results.json").read_text())["time_to_quality"] == rows
 
 
 def test_time_to_quality_refuses_bad_input_before_training(tmp_path, capsys):
