@@ -356,6 +356,43 @@ class Budget:
         return None
 
 
+class EpochOrder:
+    """The batches of step s: epoch s // per_epoch's order (a pure function of seed and epoch), cached."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.per_epoch = math.ceil(len(lengths) / batch_size)
+        self.epoch, self.batches = -1, []
+
+    def batch(self, step: int) -> list[int]:
+        if step // self.per_epoch != self.epoch:
+            self.epoch = step // self.per_epoch
+            self.batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch)
+        return self.batches[step % self.per_epoch]
+
+
+class _Skips:
+    """A step whose numbers went non-finite is skipped and logged; `nonfinite_policy=stop`, or
+    `max_skipped_steps` in a row, saves a checkpoint and stops the run."""
+
+    def __init__(self, cfg: Config, log: TrainingLog, checkpoint):
+        self.cfg, self.log, self.checkpoint, self.in_a_row = cfg, log, checkpoint, 0
+
+    def count(self, failure: str | None, step: int) -> bool:
+        """True when step `step` failed (and was skipped)."""
+        if failure is None:
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.log.message(f"step {step}: {failure}; step skipped ({self.in_a_row} in a row)")
+        self.log.metrics({"step": step, "kind": "skipped", "reason": failure})
+        if self.cfg.nonfinite_policy == "stop" or self.in_a_row >= self.cfg.max_skipped_steps:
+            self.checkpoint()
+            raise UserError(f"training stopped at step {step}: {failure} (non-finite numbers, {self.in_a_row} "
+                            "step(s) in a row); try smaller step sizes or learning rates")
+        return True
+
+
 def mark_folder(folder: Path, cpu_minutes: float) -> Path:
     return Path(folder) / "marks" / f"cpu-{cpu_minutes:g}min"
 
@@ -494,8 +531,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     if log.tensorboard_folder and not resume:
         log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
 
-    lengths = [len(s) for s in train_split.sentences]
-    per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+    order = EpochOrder([len(s) for s in train_split.sentences], cfg.batch_size, cfg.seed)
+    per_epoch = order.per_epoch
     total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
     if max_steps is not None:
         total = max_steps if total is None else min(total, max_steps)
@@ -506,7 +543,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
     marks = [m for m in budget.keep_at if not mark_folder(folder, m).is_dir()]
     validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
-    started, skipped_in_a_row, epoch, batches = time.monotonic(), 0, -1, []
+    started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
 
     def checkpoint_now(into: Path = folder):
         state = learner.state()  # a collective call under torchrun: every process takes part
@@ -534,10 +571,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 stopped_by = "interrupt" if stop.requested or out_of_budget is None else out_of_budget
                 break
             with clock.training():
-                if step // per_epoch != epoch:
-                    epoch = step // per_epoch
-                    batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-                index = batches[step % per_epoch]
+                index = order.batch(step)
                 shard = parallel.shard(len(index))
                 tokens = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id).to(device)
                 tic = time.perf_counter()
@@ -546,18 +580,10 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 except NonFiniteError as err:
                     metrics, failure = None, str(err)
                 seconds = time.perf_counter() - tic
-            if failure is not None:
-                skipped_in_a_row += 1
-                log.message(f"step {step + 1}: {failure}; step skipped ({skipped_in_a_row} in a row)")
-                log.metrics({"step": step + 1, "kind": "skipped", "reason": failure})
-                if cfg.nonfinite_policy == "stop" or skipped_in_a_row >= cfg.max_skipped_steps:
-                    checkpoint_now()
-                    raise UserError(f"training stopped at step {step + 1}: {failure} (non-finite numbers, "
-                                    f"{skipped_in_a_row} step(s) in a row); try smaller step sizes or "
-                                    "learning rates") from None
-                step += 1
+            skipped = skips.count(failure, step + 1)  # logged; stops the run (saved at `step`) when the policy says
+            step += 1
+            if skipped:
                 continue
-            step, skipped_in_a_row = step + 1, 0
             if metrics.pop("decoder_reset", False):
                 log.message(f"step {step}: autoencoder pretraining done ({cfg.ae_pretrain_steps} steps): "
                             "decoder reset, the ELBO with free bits from here")
