@@ -1,7 +1,9 @@
-"""`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams.
+"""`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams, and
+on request wKL and the neural reverse perplexity of the later papers (textebm/protocol_metrics.py).
 
-Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples`, prints a table or
-one JSON object. The protocol is documented in docs/fppl-rppl.md.
+Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples` (and
+`protocol_metrics`), prints a table or one JSON object. The protocols are documented in
+docs/fppl-rppl.md.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def add_parser(subparsers) -> None:
         help="forward/reverse perplexity of samples under KenLM n-gram models",
         description="Forward perplexity (samples under an LM of the real training text) and reverse "
         "perplexity (real test text under an LM of the samples), with KenLM modified Kneser-Ney "
-        "n-grams, plus sample statistics (length, unique/copied share, distinct-n, self-BLEU).",
+        "n-grams, plus sample statistics (length, unique/copied share, distinct-n, self-BLEU); with --wkl and "
+        "--neural-rppl also DGMVAE's word-frequency KL and reverse perplexity under a neural LM.",
     )
     p.add_argument("--samples", required=True, metavar="FILE", help="generated sentences, one per line")
     p.add_argument("--corpus", choices=CORPORA, help="real corpus: DATA_DIR/<corpus>/{train,test}.txt")
