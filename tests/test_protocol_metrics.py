@@ -102,3 +102,9 @@ def test_too_few_sentences_for_the_neural_rppl(texts):
     good, train, test = texts
     with pytest.raises(UserError, match="needs 192 generated sentences .* there are 100"):
         protocol_metrics(good[:100], train, test, _options())
+
+
+def test_only_empty_generated_sentences_is_a_user_error(texts):
+    _, train, test = texts
+    with pytest.raises(UserError, match="wKL: the generated text has no words"):
+        protocol_metrics([""] * 10, train, test, _options(neural_rppl=False, synthetic_train=10))

@@ -127,9 +127,13 @@ def protocol_metrics(synthetic: list[str], train_lines: list[str], test_lines: l
         "matches_protocol_sizes": options.matches_protocol and len(train_part) == options.synthetic_train,
     }}
     if options.wkl:
+        from lm_eval.errors import EvalError
         from lm_eval.word_kl import word_kl
 
-        figures = word_kl(train_part, train_lines).as_dict()
+        try:
+            figures = word_kl(train_part, train_lines).as_dict()
+        except EvalError as err:  # e.g. only empty generated sentences
+            raise UserError(str(err)) from None
         out["wkl"] = {"value": figures.pop("kl"), "sentences": len(train_part), **figures,
                       "definition": "sum over words seen in both of q(w) ln(q(w)/p(w)), q the generated text's word "
                                     "frequencies, p the real training text's; generated words unseen in training "

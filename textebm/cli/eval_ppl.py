@@ -17,6 +17,7 @@ from textebm.devices import add_device_argument
 from textebm.errors import UserError
 from textebm.evaluation import import_lm_eval
 from textebm.io import json_safe
+from textebm.progress import add_progress_argument
 
 CORPORA = ("ptb", "snli", "yahoo")
 
@@ -50,6 +51,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_protocol_arguments(p, generates=False)
     add_device_argument(p)
+    add_progress_argument(p)
     p.set_defaults(run=run)
 
 
@@ -117,6 +119,11 @@ def run(args) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UserError("--max-tokens must be at least 1")
     protocol = protocol_options(args).check()
+    device = None
+    if protocol.neural_rppl:
+        from textebm.devices import resolve_device
+
+        device = resolve_device(args.device, args.threads)
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
     try:
         train, test = resolve_files(args)
@@ -130,11 +137,11 @@ def run(args) -> int:
     except lm_eval.EvalError as err:
         raise UserError(str(err)) from None
     if texts is not None:
-        from textebm.devices import resolve_device
+        from textebm.progress import Progress
         from textebm.protocol_metrics import protocol_metrics
 
-        device = resolve_device(args.device, args.threads) if protocol.neural_rppl else None
-        result.update(protocol_metrics(*texts, protocol, device, args.corpus or "samples"))
+        result.update(protocol_metrics(*texts, protocol, device, args.corpus or "samples",
+                                       Progress.auto(args.progress)))
     if args.json:
         sys.stdout.write(json.dumps(json_safe(result), allow_nan=False) + "\n")
     else:
