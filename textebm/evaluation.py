@@ -368,15 +368,16 @@ def protocol_section(loaded, train_lines: list[str], held_out: list[str], protoc
     options = SamplingOptions(temperature=protocol.temperature)
     model, n, batch = loaded.model, protocol.needed, 256
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    sentences: list[str] = []
+    started, sentences = time.perf_counter(), []
     with progress.bar("generating for wKL / neural rPPL", n, "sentence") as bar:
         for start in range(0, n, batch):  # as sampling.generate_ids does, with a progress bar
             ids = model.generate(min(batch, n - start), options.max_length, False, options.temperature,
                                  generator=generator)
             sentences += [loaded.vocab.decode(row) for row in ids.tolist()]
             bar.update(min(batch, n - start))
+    seconds = round(time.perf_counter() - started, 2)
     out = protocol_metrics(sentences, train_lines, held_out, protocol, model.device, loaded.config.corpus, progress)
     out["protocol"]["generated"] = {"n": n, "seed": seed, "temperature": protocol.temperature,
                                     "max_length": options.max_length, "samples_from": samples_from(loaded.config),
-                                    "empty_sentences": sum(1 for s in sentences if not s.split())}
+                                    "empty_sentences": sum(1 for s in sentences if not s.split()), "seconds": seconds}
     return out
