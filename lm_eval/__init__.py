@@ -1,4 +1,4 @@
-"""KenLM-based evaluation of generated text: forward/reverse perplexity and sample statistics.
+"""KenLM-based evaluation of generated text: forward/reverse perplexity, sample statistics, wKL.
 
 A top-level package of the textebm project (`textebm eval-ppl` is its command line). The name
 collides with EleutherAI's lm-evaluation-harness, which also installs `lm_eval`; `__textebm__`
@@ -26,6 +26,7 @@ _EXPORTS = {
     "lm_eval.perplexity": ["Perplexity", "perplexity"],
     "lm_eval.sample_stats": ["distinct_n", "sample_stats", "self_bleu"],
     "lm_eval.text": ["Sentences", "normalize_lines", "read_sentences"],
+    "lm_eval.word_kl": ["WordKL", "word_counts", "word_kl"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -255,3 +255,52 @@ def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, sma
     assert proc.stderr == ""
     assert parse_json(proc.stdout)["num_samples"] == 3
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# --- wKL and the neural reverse perplexity (textebm/protocol_metrics.py) --------------------------
+
+TINY_REVERSE_LM = ["--synthetic-train", "60", "--synthetic-valid", "20", "--rppl-epochs", "2", "--threads", "1",
+                   "--device", "cpu", "--self-bleu-size", "5", "--rppl-set", "embedding_dim=8",
+                   "--rppl-set", "hidden_dim=16", "--rppl-set", "batch_size=16"]
+
+
+def test_wkl_and_neural_rppl_in_json_and_table(eval_ppl, real_args, small_real, ptb_train_lines, tmp_path,
+                                               monkeypatch):
+    from lm_eval import word_kl
+
+    # torch makes its compile-cache folder in the temporary folder when an optimizer is created: torch's
+    # cache, not a file of eval-ppl's (whose reverse-LM run folder must be gone, as the fixture checks)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torchinductor"))
+
+    lines = ptb_train_lines[1500:1590]  # 90 real lines as samples: 60 train the reverse LM, 20 validate it
+    samples = write(tmp_path / "s.txt", "\n".join(lines) + "\n")
+    status, out, err = eval_ppl("--samples", samples, *real_args, "--wkl", "--neural-rppl", *TINY_REVERSE_LM, "--json")
+    assert status == 0, err
+    r = parse_json(out)
+    assert REQUIRED_KEYS <= set(r) and r["num_samples"] == 90  # KenLM's numbers use every sample
+    train = small_real[0].read_text(encoding="utf-8").splitlines()
+    assert r["wkl"]["sentences"] == 60 and r["wkl"]["value"] == pytest.approx(word_kl(lines[:60], train).kl)
+    rppl = r["neural_reverse_ppl"]
+    assert rppl["train_sentences"] == 60 and rppl["valid_sentences"] == 20 and rppl["steps"] == 2 * 4
+    assert rppl["ppl"] > 1 and rppl["test_sentences"] == 300 and rppl["lm"]["hidden_dim"] == 16
+    assert r["protocol"]["matches_protocol_sizes"] is False
+    status, out, err = eval_ppl("--samples", samples, *real_args, "--wkl", "--neural-rppl", *TINY_REVERSE_LM)
+    assert status == 0, err
+    assert "wKL vs real train (60 sentences" in out and "neural rPPL (real test | LSTM LM of 60 + 20" in out
+    assert "(DGMVAE's: 40000 + 3000)" in out
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--neural-rppl"], "needs 43000 sentences"),
+    (["--neural-rppl", "--synthetic-train", "2", "--synthetic-valid", "2"], "needs 4 sentences"),
+    (["--wkl", "--synthetic-train", "0"], "--synthetic-train must be at least 1"),
+    (["--neural-rppl", "--rppl-steps", "0"], "--rppl-steps must be at least 1"),
+    (["--neural-rppl", "--rppl-set", "prior=ebm"], "--rppl-set prior"),
+    (["--neural-rppl", "--rppl-set", "hidden_dim=0"], "hidden_dim must be at least 1"),
+    (["--neural-rppl", "--synthetic-train", "1", "--synthetic-valid", "1", "--threads", "0"], "--threads"),
+])
+def test_protocol_bad_input(eval_ppl, one_line_error, real_args, tmp_path, args, fragment):
+    samples = write(tmp_path / "s.txt", "a b c\nd e f\n")
+    status, out, err = eval_ppl("--samples", samples, *real_args, *args)
+    one_line_error(status, err, "eval-ppl", fragment)
+    assert out == ""

@@ -191,3 +191,40 @@ def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, ptb
 def test_bad_counts(invoke, tmp_path, corpus_folder, ptb_train_lines, flag, value):
     run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)
+
+
+# --- wKL and the neural reverse perplexity of generated sentences ------------------------------------
+
+PROTOCOL = ["--wkl", "--neural-rppl", "--synthetic-train", "48", "--synthetic-valid", "16", "--rppl-epochs", "1",
+            "--rppl-set", "embedding_dim=8", "--rppl-set", "hidden_dim=16", "--rppl-set", "batch_size=16"]
+
+
+def test_wkl_and_neural_rppl_of_generated_sentences(invoke, tmp_path, corpus_folder, ptb_train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0", *PROTOCOL,
+                              "--synthetic-temperature", "0.8", "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    generated = report["protocol"]["generated"]
+    assert generated["n"] == 64 and generated["temperature"] == 0.8 and generated["seed"] == 0
+    assert report["wkl"]["sentences"] == 48 and report["wkl"]["generated_tokens"] > 0
+    rppl = report["neural_reverse_ppl"]
+    assert rppl["train_sentences"] == 48 and rppl["valid_sentences"] == 16 and rppl["steps"] == 3
+    assert rppl["test_sentences"] == 40 and rppl["ppl"] > 1  # the corpus's 40 held-out lines
+    assert report == json.loads((run / "evaluation-test.json").read_text())
+    status, table, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0", *PROTOCOL)
+    assert status == 0, err
+    assert "wKL vs real train (48 sentences" in table and "neural rPPL (real test | LSTM LM of 48 + 16" in table
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--neural-rppl", "--synthetic-valid", "0"], "--synthetic-valid must be at least 1"),
+    (["--wkl", "--synthetic-temperature", "0"], "--synthetic-temperature"),
+    (["--neural-rppl", "--rppl-minutes", "0"], "--rppl-minutes"),
+    (["--neural-rppl", "--rppl-preset", "nope"], "unknown preset"),
+])
+def test_protocol_bad_options(invoke, tmp_path, corpus_folder, ptb_train_lines, one_line_error, args, fragment):
+    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+    status, out, err = invoke("--checkpoint", run, *FAST, *args)
+    one_line_error(status, err, "evaluate", fragment)
+    assert out == ""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from textebm.errors import UserError
 from textebm.progress import QUIET, Progress
+from textebm.protocol_metrics import ProtocolOptions
 
 TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 USAGE_AU_SENTENCES = 256
@@ -51,6 +52,7 @@ class EvaluationOptions:
     precision: str = "fp32"
     device: str = "auto"
     threads: int | None = None
+    protocol: ProtocolOptions = field(default_factory=ProtocolOptions)  # wKL, neural rPPL (protocol_section)
 
     def check(self) -> EvaluationOptions:
         for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
@@ -63,6 +65,7 @@ class EvaluationOptions:
             raise UserError(f"--temperatures must be positive numbers, not {' '.join(map(str, self.temperatures))}")
         if self.max_sentences is not None and self.max_sentences < 1:
             raise UserError(f"--max-sentences must be at least 1, not {self.max_sentences}")
+        self.protocol.check()
         return self
 
 
@@ -274,6 +277,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
     else:
         result["generation"] = generation_metrics(loaded, train_lines, held_out, options.fppl_samples, options.seed,
                                                   options.temperatures, progress)
+    if options.protocol.wanted:
+        result.update(protocol_section(loaded, train_lines, held_out, options.protocol, options.seed, progress))
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
 
@@ -352,3 +357,32 @@ def load_evaluation(folder: Path, split: str) -> dict:
     if generation is not None and "decodings" not in generation:
         raise UserError(f"{path} was written before decoding sweeps: rerun textebm evaluate on {folder}")
     return evaluation
+
+
+def protocol_section(loaded, train_lines: list[str], held_out: list[str], protocol: ProtocolOptions, seed: int,
+                     progress: Progress = QUIET) -> dict:
+    """wKL and/or the neural reverse perplexity (textebm/protocol_metrics.py) of sentences the run
+    generates for them: `protocol.needed` sentences by ancestral sampling at `protocol.temperature`
+    (up to 40 tokens), the stream `textebm sample --seed SEED` gives; wKL against the lines the run
+    trained on, the reverse LM scored on the held-out lines."""
+    import torch
+
+    from textebm.protocol_metrics import protocol_metrics
+    from textebm.sampling import SamplingOptions
+
+    options = SamplingOptions(temperature=protocol.temperature)
+    model, n, batch = loaded.model, protocol.needed, 256
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    started, sentences = time.perf_counter(), []
+    with progress.bar("generating for wKL / neural rPPL", n, "sentence") as bar:
+        for start in range(0, n, batch):  # as sampling.generate_ids does, with a progress bar
+            ids = model.generate(min(batch, n - start), options.max_length, False, options.temperature,
+                                 generator=generator)
+            sentences += [loaded.vocab.decode(row) for row in ids.tolist()]
+            bar.update(min(batch, n - start))
+    seconds = round(time.perf_counter() - started, 2)
+    out = protocol_metrics(sentences, train_lines, held_out, protocol, model.device, loaded.config.corpus, progress)
+    out["protocol"]["generated"] = {"n": n, "seed": seed, "temperature": protocol.temperature,
+                                    "max_length": options.max_length, "samples_from": samples_from(loaded.config),
+                                    "empty_sentences": sum(1 for s in sentences if not s.split()), "seconds": seconds}
+    return out

@@ -43,3 +43,73 @@ def load_latent_run(folder: str, device_name: str, threads: int | None, command:
         raise UserError(f"textebm {command}: {folder} was trained with prior=none (a language model "
                         "without a latent), so it has no latent space to explore")
     return loaded
+
+
+def add_protocol_arguments(parser, generates: bool) -> None:
+    """The options of wKL and the neural reverse perplexity (textebm/protocol_metrics.py), shared by
+    `eval-ppl` (a samples file) and `evaluate` (which generates the sentences: `generates`)."""
+    from textebm.protocol_metrics import PROTOCOL_EPOCHS, PROTOCOL_TRAIN, PROTOCOL_VALID
+
+    group = parser.add_argument_group(
+        "the later papers' metrics (DGMVAE's protocol; docs/fppl-rppl.md)",
+        "wKL and the reverse perplexity under a neural LM trained on generated sentences, as Shi et al. 2020, "
+        "Pang & Wu 2021 and Yu et al. 2022 report them; not comparable with the KenLM RPPL")
+    source = "generated" if generates else "the samples file's first"
+    group.add_argument("--wkl", action="store_true",
+                       help=f"word-frequency KL of {source} --synthetic-train sentences against the real training text")
+    group.add_argument("--neural-rppl", action="store_true",
+                       help="reverse perplexity: the real test text under the toolkit's plain LSTM LM (prior=none) "
+                            "trained on --synthetic-train generated sentences, validated on --synthetic-valid more")
+    group.add_argument("--synthetic-train", type=int, default=PROTOCOL_TRAIN, metavar="N",
+                       help=f"generated sentences the reverse LM trains on and wKL reads (default {PROTOCOL_TRAIN})")
+    group.add_argument("--synthetic-valid", type=int, default=PROTOCOL_VALID, metavar="N",
+                       help=f"the next generated sentences: the reverse LM's validation set (default {PROTOCOL_VALID})")
+    if generates:
+        group.add_argument("--synthetic-temperature", type=float, default=1.0, metavar="T",
+                           help="sampling temperature of the generated sentences (default 1: the model's own law)")
+    group.add_argument("--rppl-epochs", type=int, default=PROTOCOL_EPOCHS, metavar="E",
+                       help=f"epochs of the reverse LM; the best by validation is kept (default {PROTOCOL_EPOCHS})")
+    group.add_argument("--rppl-steps", type=int, metavar="N", help="stop the reverse LM after N steps")
+    group.add_argument("--rppl-minutes", type=float, metavar="M",
+                       help="stop the reverse LM's training after M minutes (wall clock)")
+    group.add_argument("--rppl-preset", metavar="NAME",
+                       help="config preset of the reverse LM (default: as textebm train picks, cpu on a CPU)")
+    group.add_argument("--rppl-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="reverse LM config, e.g. --rppl-set hidden_dim=512 (repeatable)")
+    group.add_argument("--rppl-out", metavar="DIR", help="keep the reverse LM's run folder here (default: removed)")
+
+
+def protocol_options(args):
+    """The ProtocolOptions of `add_protocol_arguments`' flags."""
+    from textebm.protocol_metrics import ProtocolOptions
+
+    return ProtocolOptions(wkl=args.wkl, neural_rppl=args.neural_rppl, synthetic_train=args.synthetic_train,
+                           synthetic_valid=args.synthetic_valid,
+                           temperature=getattr(args, "synthetic_temperature", 1.0), epochs=args.rppl_epochs,
+                           max_steps=args.rppl_steps, max_minutes=args.rppl_minutes, preset=args.rppl_preset,
+                           overrides=list(args.rppl_set), keep=args.rppl_out)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
+
+
+def protocol_rows(result: dict) -> list[tuple[str, str]]:
+    """Table rows of wKL and the neural reverse perplexity, when the result has them."""
+    rows = []
+    if "wkl" in result:
+        w = result["wkl"]
+        rows.append((f"wKL vs real train ({w['sentences']} sentences; unseen words skipped)",
+                     f"{w['value']:.4f} ({w['skipped_share']:.2%} of tokens skipped)"))
+    if "neural_reverse_ppl" in result:
+        r, lm = result["neural_reverse_ppl"], result["neural_reverse_ppl"]["lm"]
+        rows += [
+            (f"neural rPPL (real test | LSTM LM of {r['train_sentences']} + {r['valid_sentences']} generated)",
+             f"{_fmt(r['ppl'])} (valid {_fmt(r['valid_ppl'])})"),
+            ("  reverse LM", f"{lm['cell']} {lm['embedding_dim']}/{lm['hidden_dim']}, {lm['parameters'] / 1e6:.2f}M "
+                             f"parameters, epoch {r['chosen_epoch']:.3g} of {r['epochs_trained']:.3g} "
+                             f"({r['stopped_by']}), {r['seconds']:.0f} s"),
+        ]
+    if "protocol" in result and not result["protocol"]["matches_protocol_sizes"]:
+        rows.append(("  generated sentences", f"{result['protocol']['synthetic_sentences']} (DGMVAE's: 40000 + 3000)"))
+    return rows

@@ -1,7 +1,9 @@
-"""`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams.
+"""`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams, and
+on request wKL and the neural reverse perplexity of the later papers (textebm/protocol_metrics.py).
 
-Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples`, prints a table or
-one JSON object. The protocol is documented in docs/fppl-rppl.md.
+Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples` (and
+`protocol_metrics`), prints a table or one JSON object. The protocols are documented in
+docs/fppl-rppl.md.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+from textebm.cli.common import add_protocol_arguments, protocol_options, protocol_rows
+from textebm.devices import add_device_argument
 from textebm.errors import UserError
 from textebm.evaluation import import_lm_eval
 from textebm.io import json_safe
+from textebm.progress import add_progress_argument
 
 CORPORA = ("ptb", "snli", "yahoo")
 
@@ -23,7 +28,8 @@ def add_parser(subparsers) -> None:
         help="forward/reverse perplexity of samples under KenLM n-gram models",
         description="Forward perplexity (samples under an LM of the real training text) and reverse "
         "perplexity (real test text under an LM of the samples), with KenLM modified Kneser-Ney "
-        "n-grams, plus sample statistics (length, unique/copied share, distinct-n, self-BLEU).",
+        "n-grams, plus sample statistics (length, unique/copied share, distinct-n, self-BLEU); with --wkl and "
+        "--neural-rppl also DGMVAE's word-frequency KL and reverse perplexity under a neural LM.",
     )
     p.add_argument("--samples", required=True, metavar="FILE", help="generated sentences, one per line")
     p.add_argument("--corpus", choices=CORPORA, help="real corpus: DATA_DIR/<corpus>/{train,test}.txt")
@@ -43,6 +49,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="longest line accepted, in tokens (default 10000)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    add_protocol_arguments(p, generates=False)
+    add_device_argument(p)
+    add_progress_argument(p)
     p.set_defaults(run=run)
 
 
@@ -88,6 +97,7 @@ def format_table(r: dict) -> str:
         (f"self-BLEU ({r['self_bleu_subsample']['size']} sentences, seed "
          f"{r['self_bleu_subsample']['seed']})", _fmt(r["self_bleu"])),
     ]
+    rows += protocol_rows(r)
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     if r["discount_fallback"]:
@@ -108,19 +118,43 @@ def run(args) -> int:
         raise UserError("--self-bleu-size must be 0 or more")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UserError("--max-tokens must be at least 1")
+    protocol = protocol_options(args).check()
+    device = None
+    if protocol.neural_rppl:
+        from textebm.devices import resolve_device
+
+        device = resolve_device(args.device, args.threads)
+    max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
     try:
         train, test = resolve_files(args)
+        texts = protocol_texts(lm_eval, protocol, args.samples, train, test, max_tokens)  # bad input fails early
         result = lm_eval.evaluate_samples(
             args.samples, train, test, order=args.order, count_eos=args.count_eos,
             add_train_vocab=args.train_vocab, memory=args.memory,
             self_bleu_size=SELF_BLEU_SIZE if args.self_bleu_size is None else args.self_bleu_size,
-            seed=SELF_BLEU_SEED if args.seed is None else args.seed,
-            max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+            seed=SELF_BLEU_SEED if args.seed is None else args.seed, max_tokens=max_tokens,
         )
     except lm_eval.EvalError as err:
         raise UserError(str(err)) from None
+    if texts is not None:
+        from textebm.progress import Progress
+        from textebm.protocol_metrics import protocol_metrics
+
+        result.update(protocol_metrics(*texts, protocol, device, args.corpus or "samples",
+                                       Progress.auto(args.progress)))
     if args.json:
         sys.stdout.write(json.dumps(json_safe(result), allow_nan=False) + "\n")
     else:
         print(format_table(result))
     return 0
+
+
+def protocol_texts(lm_eval, protocol, samples, train, test, max_tokens: int):
+    """The samples, real training and real test sentences for wKL / the neural rPPL (None when not
+    asked), read and counted before the KenLM work starts."""
+    if not protocol.wanted:
+        return None
+    sentences = lm_eval.read_sentences(samples, "samples", max_tokens=max_tokens).sentences
+    protocol.check_count(len(sentences), f"sentences in {samples}")
+    return (sentences, lm_eval.read_sentences(train, "training", max_tokens=max_tokens).sentences,
+            lm_eval.read_sentences(test, "test", max_tokens=max_tokens).sentences)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument
+from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows
 from textebm.devices import add_device_argument, add_precision_argument
 from textebm.evaluation import TEMPERATURES, EvaluationOptions
 from textebm.progress import add_progress_argument
@@ -52,6 +52,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_progress_argument(p)
+    add_protocol_arguments(p, generates=True)
     add_chain_argument(p)
     add_precision_argument(p)
     add_device_argument(p)
@@ -139,6 +140,7 @@ def format_table(r: dict) -> str:
         rows.append(("quality-diversity figure", r["figure"]))
     else:
         rows.append(("FPPL / RPPL", f"skipped: {r['generation_skipped']}"))
+    rows += protocol_rows(r)
     rows.append(("seconds", _fmt(r["seconds"])))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows] + notes
@@ -149,7 +151,8 @@ def format_table(r: dict) -> str:
 def options_from(args: argparse.Namespace) -> EvaluationOptions:
     from dataclasses import fields
 
-    return EvaluationOptions(**{f.name: getattr(args, f.name) for f in fields(EvaluationOptions)})
+    flags = {f.name: getattr(args, f.name) for f in fields(EvaluationOptions) if f.name != "protocol"}
+    return EvaluationOptions(**flags, protocol=protocol_options(args))
 
 
 def run(args: argparse.Namespace) -> int:
