@@ -8,6 +8,12 @@ The likelihood's projection onto the vocabulary (and its softmax) is most of its
 posterior chain may run that part in bf16 (`projection="bf16"`, config `chain_precision`): the
 chain needs only a gradient direction in z, while the RNN (oneDNN's CPU LSTM has no bf16 kernel),
 the updates and every likelihood that is reported stay fp32.
+
+The RNN module itself is always in training mode (`train` below): cuDNN computes an RNN's backward
+pass only in training mode, and the chains take gradients through it with the model in eval mode.
+What eval mode must switch off, the dropout between stacked layers, is switched off by setting the
+RNN's dropout to 0; a one-layer RNN has none, and in training mode it computes what it computes in
+eval mode.
 """
 
 from __future__ import annotations
@@ -24,15 +30,24 @@ class Decoder(nn.Module):
                  num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0, pad_id: int = 0):
         super().__init__()
         self.cell, self.num_layers, self.hidden_dim, self.pad_id = cell, num_layers, hidden_dim, pad_id
+        self.layer_dropout = dropout if num_layers > 1 else 0.0  # between stacked layers, in training only
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         states = 2 if cell == "lstm" else 1  # (h, c) for an LSTM
         self.state_size = states * num_layers * hidden_dim
         self.z_to_state = nn.Linear(latent_dim, self.state_size) if latent_dim else None
         rnn = nn.LSTM if cell == "lstm" else nn.GRU
         self.rnn = rnn(embedding_dim + latent_dim, hidden_dim, num_layers=num_layers, batch_first=True,
-                       dropout=dropout if num_layers > 1 else 0.0)
+                       dropout=self.layer_dropout)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, vocab_size)
+
+    def train(self, mode: bool = True) -> Decoder:
+        """Dropout on (`mode`) or off, as for any module; the RNN stays in training mode either way (cuDNN
+        takes an RNN's backward pass only there), its dropout between layers set to 0 in eval mode."""
+        super().train(mode)
+        self.rnn.training = True
+        self.rnn.dropout = self.layer_dropout if mode else 0.0
+        return self
 
     def initial_state(self, z: torch.Tensor):
         """The RNN state at t=0, as nn.LSTM/nn.GRU expect it: (layers, batch, hidden)."""

@@ -1,0 +1,147 @@
+"""What a CUDA run needs, checked on a CPU: every path that takes gradients through an RNN finds it in
+training mode (cuDNN refuses an RNN's backward pass in eval mode), with dropout still off in the
+chains. A global hook on every RNN module records each forward that runs with gradients enabled
+while the module is in eval mode; the commands and endpoints below must leave that record empty.
+(On a CPU the forward runs either way: the hook is what turns cuDNN's refusal into a test.)"""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+from torch import nn
+
+from textebm.runs import load_run
+
+MODEL = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16", "prior_steps=3",
+         "posterior_steps=2", "batch_size=8", "max_length=30", "num_log_samples=1", "valid_batches=1",
+         "log_every=1", "checkpoint_every=10", "valid_every=2"]
+SENTENCES = ["the company said it expects to report a loss", "stocks fell sharply in heavy trading yesterday"]
+
+
+class RNNGuard:
+    """Counts RNN forwards with gradients enabled and records those in eval mode, with where they ran."""
+
+    def __init__(self):
+        self.grad_forwards, self.violations = 0, []
+
+    def __call__(self, module, args):
+        if isinstance(module, nn.RNNBase) and torch.is_grad_enabled():
+            self.grad_forwards += 1
+            if not module.training:
+                frames = [f for f in traceback.extract_stack(limit=20)[:-1] if "/torch/" not in f.filename]
+                self.violations.append(" <- ".join(f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})"
+                                                   for f in reversed(frames[-6:])))
+
+    def check(self, what: str) -> None:
+        assert self.grad_forwards > 0, f"{what}: no RNN forward with gradients enabled: nothing was checked"
+        assert not self.violations, (f"{what}: {len(self.violations)} RNN forward(s) with gradients enabled in "
+                                     f"eval mode (cuDNN refuses their backward), first at {self.violations[0]}")
+
+
+@pytest.fixture
+def rnn_guard():
+    guard = RNNGuard()
+    handle = nn.modules.module.register_module_forward_pre_hook(guard)
+    try:
+        yield guard
+    finally:
+        handle.remove()
+
+
+def _sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture
+def guarded_train(corpus_folder, tmp_path, cli):
+    """Train a tiny run under a fresh guard (validation every 2 steps): returns (run folder, guard)."""
+
+    def train(*extra: str, steps: int = 3):
+        guard = RNNGuard()
+        folder = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        handle = nn.modules.module.register_module_forward_pre_hook(guard)
+        try:
+            status, _, err = cli("train", "--corpus", corpus_folder, "--out", folder, "--preset", "cpu",
+                                 *_sets([*MODEL, *extra]), "--max-steps", steps, "--device", "cpu", "--threads", "1",
+                                 "--no-progress", "--seed", "0")
+        finally:
+            handle.remove()
+        assert status == 0, err
+        return folder, guard
+
+    return train
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["num_layers=2", "dropout=0.3", "energy_warm_steps=1"],  # dropout between layers: off in the chains
+    ["posterior_init=encoder", "refine_steps=1"],
+    ["model=vae"],
+], ids=["ebm", "two-layers-dropout-warm", "encoder", "vae"])
+def test_training_and_validation_take_rnn_gradients_in_training_mode(guarded_train, extra):
+    _, guard = guarded_train(*extra)
+    guard.check("train + validate")
+
+
+@pytest.fixture
+def two_layer_run(guarded_train):
+    """A tiny run whose decoder has two layers with dropout between them."""
+    return guarded_train("num_layers=2", "dropout=0.3", steps=2)[0]
+
+
+def test_evaluate_takes_rnn_gradients_in_training_mode(two_layer_run, corpus_folder, cli, rnn_guard):
+    status, _, err = cli("evaluate", "--checkpoint", two_layer_run, "--data-dir", corpus_folder.parent,
+                         "--max-sentences", "4", "--num-chains", "2", "--num-is-samples", "4",
+                         "--partition-samples", "50", "--ais-chains", "10", "--ais-steps", "5", "--fppl-samples", "0",
+                         "--no-progress", "--device", "cpu", "--threads", "1", "--json")
+    assert status == 0, err
+    rnn_guard.check("evaluate")
+
+
+@pytest.mark.parametrize("command", ["score", "reconstruct", "interpolate"])
+def test_latent_commands_take_rnn_gradients_in_training_mode(command, two_layer_run, tmp_path, cli, rnn_guard):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    extra = {"score": ["--num-chains", "2", lines], "reconstruct": ["--input", lines],
+             "interpolate": ["--from", SENTENCES[0], "--to", SENTENCES[1], "--points", "3"]}[command]
+    status, _, err = cli(command, "--checkpoint", two_layer_run, "--device", "cpu", "--threads", "1", *extra)
+    assert status == 0, err
+    rnn_guard.check(command)
+
+
+def test_server_latent_endpoints_take_rnn_gradients_in_training_mode(two_layer_run, rnn_guard):
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+
+    with TestClient(create_app(two_layer_run, max_n=4, max_length=30)) as client:
+        for path, body in (("/reconstruct", {"sentences": SENTENCES, "seed": 1}),
+                           ("/interpolate", {"from": SENTENCES[0], "to": SENTENCES[1], "points": 3, "seed": 1}),
+                           ("/score", {"sentences": SENTENCES, "num_chains": 2, "seed": 1})):
+            response = client.post(path, json=body)
+            assert response.status_code == 200, (path, response.text)
+    rnn_guard.check("/reconstruct, /interpolate, /score")
+
+
+def test_chains_see_no_dropout_and_updates_do(two_layer_run):
+    """The decoder's RNN stays in training mode in eval, yet its dropout between layers is off there:
+    a chain's log-likelihood with gradients enabled is deterministic and equals the no-grad one."""
+    model = load_run(two_layer_run, "cpu").model
+    decoder = model.decoder
+    assert decoder.rnn.num_layers == 2 and decoder.layer_dropout == pytest.approx(0.3)
+    tokens = torch.tensor([[model.bos_id, 5, 6, 7, model.eos_id]])
+    z = torch.randn(1, model.prior.latent_dim, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    assert decoder.rnn.training and decoder.rnn.dropout == 0.0
+    with torch.no_grad():
+        exact = decoder(z, tokens)
+    with torch.enable_grad():
+        first, second = decoder(z.requires_grad_(True), tokens), decoder(z, tokens)
+    assert torch.equal(first.detach(), exact) and torch.equal(second.detach(), exact)
+    model.train()
+    assert decoder.rnn.training and decoder.rnn.dropout == pytest.approx(0.3)
+    torch.manual_seed(1)
+    dropped = [decoder(z, tokens).detach() for _ in range(3)]
+    assert any(not torch.equal(d, exact) for d in dropped)  # dropout is on for the updates
