@@ -145,3 +145,74 @@ def test_chains_see_no_dropout_and_updates_do(two_layer_run):
     torch.manual_seed(1)
     dropped = [decoder(z, tokens).detach() for _ in range(3)]
     assert any(not torch.equal(d, exact) for d in dropped)  # dropout is on for the updates
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def _learner(overrides, device, vocab_size=50):
+    from textebm.config import resolve_config
+    from textebm.runs import build_model
+    from textebm.train import make_learner
+    from textebm.vocab import WordVocab
+
+    cfg = resolve_config("cpu", "ptb", [*MODEL, *overrides])
+    vocab = WordVocab.build([" ".join(f"w{i}" for i in range(vocab_size))])
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab).to(device)
+    tokens = torch.randint(4, len(vocab), (cfg.batch_size, 9), generator=torch.Generator().manual_seed(1))
+    tokens[:, 0], tokens[:, -1] = vocab.bos_id, vocab.eos_id
+    return make_learner(model, cfg, device), tokens.to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_training_runs_the_rnn_in_fp32_and_the_projection_and_energy_in_bf16(device):
+    """precision=bf16: autocast is off at the RNN (cuDNN's autocast would run it in fp16), its outputs
+    fp32; the vocabulary projection and the energy's MLP compute in bf16; the step's figures are finite."""
+    learner, tokens = _learner(["precision=bf16"], device)
+    model, seen = learner.model, {}
+
+    def record(name):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            seen.setdefault(name, set()).add((out.dtype, torch.is_autocast_enabled(out.device.type)))
+        return hook
+
+    modules = {"rnn": model.decoder.rnn, "projection": model.decoder.out, "energy": model.prior.f[0]}
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items()]
+    try:
+        metrics = learner.step(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen["rnn"] == {(torch.float32, False)}
+    assert seen["projection"] == {(torch.bfloat16, True)}
+    assert seen["energy"] == {(torch.bfloat16, True)}
+    assert all(torch.isfinite(torch.tensor(float(value))) for value in metrics.values())
+
+
+@pytest.fixture
+def fp32_settings():
+    """PyTorch's TF32 switches as they were, restored after the test."""
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def test_tf32_is_on_by_default_on_cuda_off_by_flag_and_untouched_on_cpu(fp32_settings, monkeypatch):
+    import argparse
+
+    from textebm.devices import add_device_argument, resolve_device, set_tf32, tf32_enabled
+
+    parser = argparse.ArgumentParser()
+    add_device_argument(parser)
+    assert parser.parse_args([]).tf32 is True and parser.parse_args(["--no-tf32"]).tf32 is False
+    set_tf32(False)
+    assert resolve_device("cpu").type == "cpu" and not tf32_enabled()  # a CPU run changes nothing
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve as on a CUDA host
+    assert resolve_device("cuda").type == "cuda" and tf32_enabled()
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    resolve_device("auto", tf32=False)
+    assert not tf32_enabled() and not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32

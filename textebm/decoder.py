@@ -59,11 +59,13 @@ class Decoder(nn.Module):
         return (state[0], state[1]) if self.cell == "lstm" else state[0]
 
     def hidden_states(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """The RNN's teacher-forced outputs (batch, time, hidden), after dropout: what the projection reads."""
-        emb = self.drop(self.embed(inputs))
-        rnn_in = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
-        hidden, _ = self.rnn(rnn_in, self.initial_state(z))
-        return self.drop(hidden)
+        """The RNN's teacher-forced outputs (batch, time, hidden), after dropout: what the projection reads.
+        Always fp32, outside any autocast (`rnn_precision`)."""
+        with rnn_precision(inputs.device):
+            emb = self.drop(self.embed(inputs))
+            rnn_in = torch.cat([emb, z.float().unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
+            hidden, _ = self.rnn(rnn_in, self.initial_state(z.float()))
+            return self.drop(hidden)
 
     def logits(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
@@ -129,6 +131,14 @@ class Decoder(nn.Module):
 
 
 PROJECTIONS = ("fp32", "bf16")
+
+
+def rnn_precision(device: torch.device):
+    """Autocast switched off: the RNN runs in fp32 under training's `precision=bf16`. Autocast would
+    run cuDNN's RNN in fp16 whatever dtype it was given (and without a loss scale small gradients
+    underflow there), and oneDNN's CPU LSTM has no bf16 kernel on most CPUs. The vocabulary
+    projection after it and the energy's MLP take the enclosing autocast's bf16."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def projection_autocast(projection: str, device: torch.device):

@@ -52,11 +52,6 @@ def make_optimizers(model: LatentEBMTextModel, cfg: Config) -> dict[str, torch.o
     return optimizers
 
 
-def check_precision(cfg: Config, device: torch.device) -> None:
-    if cfg.precision == "bf16" and torch.device(device).type != "cuda":
-        raise UserError("precision=bf16 is for CUDA devices (oneDNN's CPU LSTM has no bf16 kernels here)")
-
-
 class Learner:
     """A model with its optimizers, its chain-noise generator and (under torchrun) its DDP wrappers."""
 
@@ -66,7 +61,6 @@ class Learner:
         self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         if cfg.compile:  # in place, so that the chains (which call model.decoder) use it too
             model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
-        check_precision(cfg, self.device)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.decoder = wrap(model.decoder, parallel, self.device)
         self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None

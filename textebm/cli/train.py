@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
     from textebm.parallel import local_device
     from textebm.plots import plot_learning_curves
     from textebm.runs import build_model, create_run, is_run, load_config
-    from textebm.train import check_precision, train
+    from textebm.train import train
     from textebm.vocab import build_vocab, load_vocab
 
     if args.max_steps is not None and args.max_steps < 1:
@@ -70,7 +70,7 @@ def _train(args: argparse.Namespace, parallel) -> int:
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UserError("--max-minutes must be positive")
     echo = tqdm.write if parallel.is_main else (lambda text: None)
-    device = local_device(resolve_device(args.device, args.threads))
+    device = local_device(resolve_device(args.device, args.threads, args.tf32))
     name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
     folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -89,7 +89,6 @@ def _train(args: argparse.Namespace, parallel) -> int:
         if preset is None:
             preset, preset_note = device_preset(args.corpus, device.type == "cuda")
         config = resolve_config(preset, args.corpus, _config_overrides(args))
-    check_precision(config, device)
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes or a positive max_epochs")
     corpus = open_corpus(args.corpus, args.data_dir)
