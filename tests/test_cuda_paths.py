@@ -216,3 +216,36 @@ def test_tf32_is_on_by_default_on_cuda_off_by_flag_and_untouched_on_cpu(fp32_set
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     resolve_device("auto", tf32=False)
     assert not tf32_enabled() and not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts reads of a tensor's value into Python (.item(), .tolist(), bool(), float(), int()): on a GPU
+    each waits for the device. Adam's step counters, CPU tensors by design, are left out."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__"}
+
+    def __init__(self, ignored: set[int]):
+        super().__init__()
+        self.ignored, self.reads = ignored, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS and args and id(args[0]) not in self.ignored:
+            frames = [f for f in traceback.extract_stack(limit=8)[:-1] if "/torch/" not in f.filename]
+            self.reads.append(f"{name} at {frames[-1].name}:{frames[-1].lineno}" if frames else name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("extra, syncs", [([], 1), (["posterior_init=encoder", "refine_steps=1"], 1),
+                                          (["energy_warm_steps=1"], 2), (["model=vae"], 1), (["prior=none"], 1)],
+                         ids=["ebm", "encoder", "warm", "vae", "lm"])
+def test_a_training_step_reads_the_device_once(extra, syncs):
+    """Chains, losses and gradient norms are checked and read together: one host sync per step (two when
+    the warm chain must read the updated decoder)."""
+    learner, tokens = _learner(extra, "cpu")
+    learner.step(tokens)  # Adam's state exists from here on
+    steps = {id(state["step"]) for opt in learner.optimizers.values() for state in opt.state.values()}
+    with HostReads(steps) as mode:
+        metrics = learner.step(tokens)
+    assert len(mode.reads) == syncs, mode.reads
+    assert metrics["gen_grad_norm"] > 0 and isinstance(metrics["nll_sum"], float)
