@@ -249,3 +249,51 @@ def test_a_training_step_reads_the_device_once(extra, syncs):
         metrics = learner.step(tokens)
     assert len(mode.reads) == syncs, mode.reads
     assert metrics["gen_grad_norm"] > 0 and isinstance(metrics["nll_sum"], float)
+
+
+def _three_steps(learner, tokens) -> list[dict]:
+    return [learner.step(tokens[:, : tokens.shape[1] - i].contiguous()) for i in (0, 2, 0)]  # two shapes
+
+
+@pytest.mark.slow
+def test_compile_true_trains_three_steps_like_eager_without_graph_breaks(monkeypatch):
+    """compile=true on a CPU, through dynamo and AOT autograd (the `aot_eager` backend: inductor's C++
+    code generation takes minutes on a 2-core CPU; the GPU acceptance script runs inductor): both
+    functions compile, for two sentence lengths, with no graph break, and give eager's figures."""
+    import functools
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import textebm.compiling
+
+    eager = _three_steps(*_learner([], "cpu"))
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(textebm.compiling.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    learner, tokens = _learner(["compile=true"], "cpu")
+    compiled = _three_steps(learner, tokens)
+    assert learner.model.decoder.project.is_compiled and learner.model.prior.gradient_pass.is_compiled
+    assert not counters["graph_break"] and counters["frames"]["ok"] >= 2
+    for a, b in zip(eager, compiled):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def test_compile_true_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    import textebm.compiling
+
+    def cannot_compile(fn, **kwargs):
+        def fail(*args):
+            raise torch._dynamo.exc.TorchDynamoException("no C++ compiler found")
+        return fail
+
+    eager = _three_steps(*_learner([], "cpu"))
+    monkeypatch.setattr(textebm.compiling.torch, "compile", cannot_compile)
+    learner, tokens = _learner(["compile=true"], "cpu")
+    with pytest.warns(RuntimeWarning, match=r"runs eagerly: torch.compile failed \(no C\+\+ compiler") as seen:
+        fallen_back = _three_steps(learner, tokens)
+    assert len(seen) == 2  # once per function, not once per call
+    assert not learner.model.decoder.project.is_compiled and not learner.model.prior.gradient_pass.is_compiled
+    assert fallen_back == eager

@@ -40,6 +40,7 @@ class Decoder(nn.Module):
                        dropout=self.layer_dropout)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, vocab_size)
+        self.project = projected_log_likelihood  # compiled in place by `compile=true` (textebm/compiling.py)
 
     def train(self, mode: bool = True) -> Decoder:
         """Dropout on (`mode`) or off, as for any module; the RNN stays in training mode either way (cuDNN
@@ -71,26 +72,32 @@ class Decoder(nn.Module):
         """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
         return self.out(self.hidden_states(z, inputs))
 
-    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
+    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
+                       param_grads: bool = True) -> torch.Tensor:
         """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
 
         `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
         the vocabulary projection and its log-softmax under bf16 autocast (the RNN as it would run
-        anyway); the per-token log-probabilities are summed in fp32."""
-        return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection)
+        anyway); the per-token log-probabilities are summed in fp32. `param_grads=False` (the chains,
+        which need a gradient in z only) hands the projection its weights detached: the same numbers,
+        and a compiled backward pass (`compile=true`) then computes no weight gradient."""
+        return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection,
+                                          param_grads)
 
-    def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32"):
+    def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32",
+                              param_grads: bool = True):
         """The likelihood's second half, from the RNN's outputs: project onto the vocabulary, log-softmax,
         sum each sentence's target log-probabilities (padding ignored). Shape (batch,)."""
+        weight, bias = self.out.weight, self.out.bias
+        if not param_grads:
+            weight, bias = weight.detach(), bias.detach()
         with projection_autocast(projection, hidden.device):
-            logits = self.out(hidden)
-            log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
-        nll = F.nll_loss(log_probs, targets.reshape(-1), ignore_index=self.pad_id, reduction="none")
-        return -nll.float().view(targets.shape).sum(dim=1)
+            return self.project(hidden, weight, bias, targets, self.pad_id)
 
-    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
+                param_grads: bool = True) -> torch.Tensor:
         """log p(x | z) per sentence: the call that data-parallel training wraps (and chains call)."""
-        return self.log_likelihood(z, tokens, projection)
+        return self.log_likelihood(z, tokens, projection, param_grads)
 
     def start_decoding(self, z: torch.Tensor):
         """Constants and state for `step`: z's share of the first layer's input gates is the same at
@@ -128,6 +135,16 @@ class Decoder(nn.Module):
                 new_state.append(h)
             x = h
         return products.logits(x), new_state
+
+
+def projected_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                             pad_id: int) -> torch.Tensor:
+    """sum_t log softmax(W h_t + b)[x_t] per sentence, padding ignored, summed in fp32: shape (batch,).
+    Most of a likelihood's cost (the vocabulary is large), and what `compile=true` compiles."""
+    logits = F.linear(hidden, weight, bias)
+    log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
+    nll = F.nll_loss(log_probs, targets.reshape(-1), ignore_index=pad_id, reduction="none")
+    return -nll.float().view(targets.shape).sum(dim=1)
 
 
 PROJECTIONS = ("fp32", "bf16")

@@ -190,7 +190,7 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
     textebm/decoder.py)."""
 
     def log_joint(z):
-        return prior.log_density(z) + decoder(z, tokens, projection)  # log p(x | z), maybe compiled
+        return prior.log_density(z) + decoder(z, tokens, projection, param_grads=False)  # a gradient in z only
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from textebm.batches import EncodedSplit, epoch_batches, pad
+from textebm.compiling import compile_model
 from textebm.config import Config
 from textebm.diagnostics import latent_usage, prior_chain_bias
 from textebm.errors import NonFiniteError, UserError
@@ -59,8 +60,8 @@ class Learner:
         self.model, self.cfg, self.device, self.parallel = model, cfg, torch.device(device), parallel
         self.optimizers = make_optimizers(model, cfg)
         self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        if cfg.compile:  # in place, so that the chains (which call model.decoder) use it too
-            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
+        if cfg.compile:  # in place, so that the chains (which call model.decoder and model.prior) use it too
+            compile_model(model)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.decoder = wrap(model.decoder, parallel, self.device)
         self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None
