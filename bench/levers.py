@@ -53,8 +53,8 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
     spec = spec_for(quick, device)
     batches = batches_on(spec, device)
     chosen = {name: value for name, value in SETTINGS.items() if on_cuda or not value[2]}
-    steps = {name: with_tf32(learner(spec, [*overrides, *extra], device).step, tf32, device)
-             for name, (extra, tf32, _) in chosen.items()}
+    learners = {name: learner(spec, [*overrides, *extra], device) for name, (extra, _, _) in chosen.items()}
+    steps = {name: with_tf32(learners[name].step, chosen[name][1], device) for name in chosen}
     seconds = interleave({name: fed(step, batches) for name, step in steps.items()}, repeats,
                          0 if quick else 1, device)  # the warm-up round compiles (compile=true)
     ms = {name: 1000 * median(values) for name, values in seconds.items()}
@@ -81,6 +81,10 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
                                  f"latent step {latent:.1f} ms"))
             continue
         baseline = "fp32 (TF32 off)" if on_cuda else "fp32"
+        if name == "compile=true":  # compiled, or fallen back to eager (textebm/compiling.py)?
+            model = learners[name].model
+            baseline = (("compiled" if model.decoder.project.is_compiled else "FELL BACK TO EAGER (see the warning)")
+                        + "; " + baseline)
         rows.append(Row("levers", f"Learner.step with {name} over fp32, {shape}", "ms", fp32, ms[name],
                         fp32 / ms[name], "speed-up", note=f"{baseline} {fp32:.1f} ms -> {ms[name]:.1f} ms",
                         samples={"fp32": seconds["fp32"], name: seconds[name]}))

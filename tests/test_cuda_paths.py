@@ -7,6 +7,7 @@ while the module is in eval mode; the commands and endpoints below must leave th
 from __future__ import annotations
 
 import traceback
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ MODEL = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16"
          "posterior_steps=2", "batch_size=8", "max_length=30", "num_log_samples=1", "valid_batches=1",
          "log_every=1", "checkpoint_every=10", "valid_every=2"]
 SENTENCES = ["the company said it expects to report a loss", "stocks fell sharply in heavy trading yesterday"]
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 class RNNGuard:
@@ -58,13 +61,13 @@ def _sets(items):
 def guarded_train(corpus_folder, tmp_path, cli):
     """Train a tiny run under a fresh guard (validation every 2 steps): returns (run folder, guard)."""
 
-    def train(*extra: str, steps: int = 3):
+    def train(*extra: str, steps: int = 3, device: str = "cpu"):
         guard = RNNGuard()
         folder = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
         handle = nn.modules.module.register_module_forward_pre_hook(guard)
         try:
             status, _, err = cli("train", "--corpus", corpus_folder, "--out", folder, "--preset", "cpu",
-                                 *_sets([*MODEL, *extra]), "--max-steps", steps, "--device", "cpu", "--threads", "1",
+                                 *_sets([*MODEL, *extra]), "--max-steps", steps, "--device", device, "--threads", "1",
                                  "--no-progress", "--seed", "0")
         finally:
             handle.remove()
@@ -74,49 +77,57 @@ def guarded_train(corpus_folder, tmp_path, cli):
     return train
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("extra", [
     [],
     ["num_layers=2", "dropout=0.3", "energy_warm_steps=1"],  # dropout between layers: off in the chains
     ["posterior_init=encoder", "refine_steps=1"],
     ["model=vae"],
-], ids=["ebm", "two-layers-dropout-warm", "encoder", "vae"])
-def test_training_and_validation_take_rnn_gradients_in_training_mode(guarded_train, extra):
-    _, guard = guarded_train(*extra)
+    ["precision=bf16"],
+], ids=["ebm", "two-layers-dropout-warm", "encoder", "vae", "bf16"])
+def test_training_and_validation_take_rnn_gradients_in_training_mode(guarded_train, extra, device):
+    _, guard = guarded_train(*extra, device=device)
     guard.check("train + validate")
 
 
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
 @pytest.fixture
-def two_layer_run(guarded_train):
-    """A tiny run whose decoder has two layers with dropout between them."""
-    return guarded_train("num_layers=2", "dropout=0.3", steps=2)[0]
+def two_layer_run(guarded_train, device):
+    """A tiny run whose decoder has two layers with dropout between them, trained on `device`."""
+    return guarded_train("num_layers=2", "dropout=0.3", steps=2, device=device)[0]
 
 
-def test_evaluate_takes_rnn_gradients_in_training_mode(two_layer_run, corpus_folder, cli, rnn_guard):
+def test_evaluate_takes_rnn_gradients_in_training_mode(two_layer_run, corpus_folder, cli, rnn_guard, device):
     status, _, err = cli("evaluate", "--checkpoint", two_layer_run, "--data-dir", corpus_folder.parent,
                          "--max-sentences", "4", "--num-chains", "2", "--num-is-samples", "4",
                          "--partition-samples", "50", "--ais-chains", "10", "--ais-steps", "5", "--fppl-samples", "0",
-                         "--no-progress", "--device", "cpu", "--threads", "1", "--json")
+                         "--no-progress", "--device", device, "--threads", "1", "--json")
     assert status == 0, err
     rnn_guard.check("evaluate")
 
 
 @pytest.mark.parametrize("command", ["score", "reconstruct", "interpolate"])
-def test_latent_commands_take_rnn_gradients_in_training_mode(command, two_layer_run, tmp_path, cli, rnn_guard):
+def test_latent_commands_take_rnn_gradients_in_training_mode(command, two_layer_run, tmp_path, cli, rnn_guard,
+                                                            device):
     lines = tmp_path / "lines.txt"
     lines.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     extra = {"score": ["--num-chains", "2", lines], "reconstruct": ["--input", lines],
              "interpolate": ["--from", SENTENCES[0], "--to", SENTENCES[1], "--points", "3"]}[command]
-    status, _, err = cli(command, "--checkpoint", two_layer_run, "--device", "cpu", "--threads", "1", *extra)
+    status, _, err = cli(command, "--checkpoint", two_layer_run, "--device", device, "--threads", "1", *extra)
     assert status == 0, err
     rnn_guard.check(command)
 
 
-def test_server_latent_endpoints_take_rnn_gradients_in_training_mode(two_layer_run, rnn_guard):
+def test_server_latent_endpoints_take_rnn_gradients_in_training_mode(two_layer_run, rnn_guard, device):
     from fastapi.testclient import TestClient
 
     from server.app import create_app
 
-    with TestClient(create_app(two_layer_run, max_n=4, max_length=30)) as client:
+    with TestClient(create_app(two_layer_run, max_n=4, max_length=30, device=device)) as client:
         for path, body in (("/reconstruct", {"sentences": SENTENCES, "seed": 1}),
                            ("/interpolate", {"from": SENTENCES[0], "to": SENTENCES[1], "points": 3, "seed": 1}),
                            ("/score", {"sentences": SENTENCES, "num_chains": 2, "seed": 1})):
@@ -125,30 +136,28 @@ def test_server_latent_endpoints_take_rnn_gradients_in_training_mode(two_layer_r
     rnn_guard.check("/reconstruct, /interpolate, /score")
 
 
-def test_chains_see_no_dropout_and_updates_do(two_layer_run):
+def test_chains_see_no_dropout_and_updates_do(two_layer_run, device):
     """The decoder's RNN stays in training mode in eval, yet its dropout between layers is off there:
     a chain's log-likelihood with gradients enabled is deterministic and equals the no-grad one."""
-    model = load_run(two_layer_run, "cpu").model
+    model = load_run(two_layer_run, device).model
     decoder = model.decoder
     assert decoder.rnn.num_layers == 2 and decoder.layer_dropout == pytest.approx(0.3)
-    tokens = torch.tensor([[model.bos_id, 5, 6, 7, model.eos_id]])
-    z = torch.randn(1, model.prior.latent_dim, generator=torch.Generator().manual_seed(0))
+    tokens = torch.tensor([[model.bos_id, 5, 6, 7, model.eos_id]], device=device)
+    z = torch.randn(1, model.prior.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
     model.eval()
     assert decoder.rnn.training and decoder.rnn.dropout == 0.0
     with torch.no_grad():
         exact = decoder(z, tokens)
     with torch.enable_grad():
         first, second = decoder(z.requires_grad_(True), tokens), decoder(z, tokens)
-    assert torch.equal(first.detach(), exact) and torch.equal(second.detach(), exact)
+        (grad,) = torch.autograd.grad(first.sum(), z)  # cuDNN: a backward pass in eval mode
+    assert torch.allclose(first.detach(), exact, rtol=1e-5) and torch.equal(first.detach(), second.detach())
+    assert torch.isfinite(grad).all()
     model.train()
     assert decoder.rnn.training and decoder.rnn.dropout == pytest.approx(0.3)
     torch.manual_seed(1)
     dropped = [decoder(z, tokens).detach() for _ in range(3)]
     assert any(not torch.equal(d, exact) for d in dropped)  # dropout is on for the updates
-
-
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 def _learner(overrides, device, vocab_size=50):
@@ -179,10 +188,18 @@ def test_bf16_training_runs_the_rnn_in_fp32_and_the_projection_and_energy_in_bf1
             seen.setdefault(name, set()).add((out.dtype, torch.is_autocast_enabled(out.device.type)))
         return hook
 
-    modules = {"rnn": model.decoder.rnn, "projection": model.decoder.out, "energy": model.prior.f[0]}
+    class Projections(torch.overrides.TorchFunctionMode):  # the projection is F.linear on the out layer's weight
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.nn.functional.linear and args[1].data_ptr() == model.decoder.out.weight.data_ptr():
+                seen.setdefault("projection", set()).add((out.dtype, torch.is_autocast_enabled(out.device.type)))
+            return out
+
+    modules = {"rnn": model.decoder.rnn, "energy": model.prior.f[0]}
     handles = [module.register_forward_hook(record(name)) for name, module in modules.items()]
     try:
-        metrics = learner.step(tokens)
+        with Projections():
+            metrics = learner.step(tokens)
     finally:
         for handle in handles:
             handle.remove()
@@ -236,18 +253,29 @@ class HostReads(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("extra, syncs", [([], 1), (["posterior_init=encoder", "refine_steps=1"], 1),
                                           (["energy_warm_steps=1"], 2), (["model=vae"], 1), (["prior=none"], 1)],
                          ids=["ebm", "encoder", "warm", "vae", "lm"])
-def test_a_training_step_reads_the_device_once(extra, syncs):
+def test_a_training_step_reads_the_device_once(extra, syncs, device):
     """Chains, losses and gradient norms are checked and read together: one host sync per step (two when
-    the warm chain must read the updated decoder)."""
-    learner, tokens = _learner(extra, "cpu")
+    the warm chain must read the updated decoder). On CUDA, PyTorch's own sync detector counts too."""
+    learner, tokens = _learner(extra, device)
     learner.step(tokens)  # Adam's state exists from here on
     steps = {id(state["step"]) for opt in learner.optimizers.values() for state in opt.state.values()}
-    with HostReads(steps) as mode:
-        metrics = learner.step(tokens)
+    with HostReads(steps) as mode, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            metrics = learner.step(tokens)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
     assert len(mode.reads) == syncs, mode.reads
+    if device == "cuda":
+        synced = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        assert len(synced) == syncs, synced
     assert metrics["gen_grad_norm"] > 0 and isinstance(metrics["nll_sum"], float)
 
 
