@@ -13,7 +13,7 @@ The stages, in order of what a first GPU run must show: the environment; `texteb
 ptb` at the paper preset (`ptb`) with validation, then `--resume`; `sample` (fp32, bf16, same seed
 twice; int8 refused in one line on CUDA); `chain`, `interpolate`, `score`, `reconstruct`, a small
 `evaluate`; `serve` with /generate and /score; the benchmark rows (`python -m bench --only
-step_profile,levers`); data parallelism; the CUDA tests (`pytest -m cuda`).
+step_profile,levers`); data parallelism; the CUDA tests (`pytest -m "cuda and not slow"`).
 
 Data parallelism on one card: NCCL refuses two processes on one GPU, so the two-process run uses
 gloo on CUDA tensors (`TEXTEBM_DIST_BACKEND=gloo`: both processes share the card) and is held
@@ -378,7 +378,7 @@ def data_parallel(plan: Plan, tk: Toolkit, report: Report) -> str:
 def cuda_tests(plan: Plan, tk: Toolkit, report: Report) -> str:
     if not plan.cuda:
         raise Skip("dry mode: the CUDA tests skip without a GPU (and this may be the test suite itself)")
-    result = tk.subprocess([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+    result = tk.subprocess([sys.executable, "-m", "pytest", "-m", "cuda and not slow", "-q", "-p", "no:cacheprovider",
                             "tests/test_cuda_paths.py", "tests/test_bench.py"],
                            env={"TEXTEBM_DATA_DIR": str(plan.data_dir)})
     summary = (result.stdout.strip().splitlines() or ["no output"])[-1]

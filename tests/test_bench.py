@@ -219,6 +219,7 @@ def test_bench_refuses_cuda_without_a_gpu_in_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no CUDA GPU" in proc.stderr
 
 
+@pytest.mark.slow  # compiles the step (the acceptance run's benchmark stage measures these rows anyway)
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_quick_levers_on_cuda_measure_every_row(tmp_path):
