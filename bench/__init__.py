@@ -36,22 +36,35 @@ class Row:
         return asdict(self)
 
 
-def timed(fn: Callable[[], object]) -> float:
+def synchronize(device=None) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously); nothing to wait for on a CPU."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device=None) -> float:
+    """Seconds of one call of `fn`, the device's queued work included (synchronised before and after)."""
+    synchronize(device)
     tic = time.perf_counter()
     fn()
+    synchronize(device)
     return time.perf_counter() - tic
 
 
-def interleave(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleave(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+               device=None) -> dict[str, list[float]]:
     """Seconds per call of each function, run in turn (a, b, a, b, ...) `repeats` times after
-    `warmup` untimed rounds, so that a burst of load from a neighbour hits every contender alike."""
+    `warmup` untimed rounds, so that a burst of load from a neighbour hits every contender alike.
+    On CUDA every timing waits for the device (`timed`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     seconds: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            seconds[name].append(timed(fn))
+            seconds[name].append(timed(fn, device))
     return seconds
 
 
@@ -59,7 +72,7 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def build_model(overrides: list[str], vocab_size: int, seed: int = 0, preset: str = "default"):
+def build_model(overrides: list[str], vocab_size: int, seed: int = 0, preset: str = "default", device="cpu"):
     """An untrained LatentEBMTextModel from `preset` plus `overrides`, weights fixed by `seed`.
 
     Its end-of-sentence id is -1, a token the decoder can never produce, so every sampled sentence
@@ -71,4 +84,4 @@ def build_model(overrides: list[str], vocab_size: int, seed: int = 0, preset: st
 
     cfg = resolve_config(preset, "ptb", list(overrides))
     torch.manual_seed(seed)
-    return LatentEBMTextModel(cfg, vocab_size, pad_id=0, bos_id=1, eos_id=-1), cfg
+    return LatentEBMTextModel(cfg, vocab_size, pad_id=0, bos_id=1, eos_id=-1).to(device), cfg

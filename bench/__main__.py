@@ -6,6 +6,7 @@
     python -m bench --only step_profile --threads 1           # where a cpu-preset step's time goes
     python -m bench --quick --repeats 1 --out /tmp/b           # smoke run with tiny sizes
     python -m bench --only precision --checkpoint RUN         # reduced-precision decoding, with its quality cost
+    python -m bench --only step_profile,levers --device cuda  # a step on the GPU: TF32, bf16, compile, memory
 
 Every figure is a ratio against a plain reference measured in the same run (bench/reference.py),
 reference and candidate interleaved; see bench/__init__.py for why.
@@ -28,7 +29,8 @@ import torch
 from bench import Row
 from textebm.io import atomic_write_text
 
-BENCHMARKS = ("training", "step_profile", "sampling", "precision", "eval_ppl", "server")
+BENCHMARKS = ("training", "step_profile", "levers", "sampling", "precision", "eval_ppl", "server")
+ON_DEVICE = ("step_profile", "levers")  # the benchmarks that `--device` moves; the others measure the CPU
 
 
 def machine() -> dict:
@@ -77,7 +79,8 @@ def markdown(rows: list[Row], info: dict, args) -> str:
         "",
         f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']} "
         f"({info['machine']['torch_threads']} threads), "
-        f"load average at start {info['machine']['load_average_at_start']}.",
+        f"load average at start {info['machine']['load_average_at_start']}; GPU: {info['machine']['cuda'] or 'none'}"
+        f" ({', '.join(ON_DEVICE)} on {info['device']}).",
         "",
         "| benchmark | case | unit | reference | candidate | ratio | target | status | note |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -100,6 +103,9 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the training candidate (repeatable), as in `textebm train --set`")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--device", default="cpu",
+                   help=f"cpu, cuda, cuda:N or auto: where {' and '.join(ON_DEVICE)} run (the other benchmarks "
+                        "measure the CPU); on CUDA every timing waits for the device")
     p.add_argument("--checkpoint", metavar="RUN",
                    help="a trained run: the quality rows of `precision`, and the model the `server` rows serve")
     args = p.parse_args(argv)
@@ -124,7 +130,10 @@ def run_one(name: str, args) -> list[Row]:
         return training.run(args.quick, args.repeats, args.overrides)
     if name == "step_profile":
         from bench import step_profile
-        return step_profile.run(args.quick, args.repeats, args.overrides)
+        return step_profile.run(args.quick, args.repeats, args.overrides, args.device)
+    if name == "levers":
+        from bench import levers
+        return levers.run(args.quick, args.repeats, args.overrides, args.device)
     if name == "eval_ppl":
         from bench import eval_ppl
         return eval_ppl.run(args.quick, args.repeats)
@@ -136,8 +145,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from textebm.devices import resolve_device
+    from textebm.errors import UserError
+
+    try:
+        args.device = str(resolve_device(args.device))
+    except UserError as err:
+        print(f"python -m bench: error: {err}", file=sys.stderr)
+        return 2
     info = {"started": time.time(), "machine": machine(), "repeats": args.repeats, "quick": args.quick,
-            "overrides": args.overrides, "only": args.only}
+            "overrides": args.overrides, "only": args.only, "device": args.device}
     rows: list[Row] = []
     failed = False
     for name in [b for b in BENCHMARKS if b in args.only]:

@@ -1,5 +1,7 @@
-"""Where a latent training step's time goes (issue 17): one `Learner.step` of the `cpu` preset split
-into its parts, each against the plain language model's step (prior=none) of the same run.
+"""Where a latent training step's time goes (issue 17): one `Learner.step` split into its parts, each
+against the plain language model's step (prior=none) of the same run: the `cpu` preset on a CPU,
+the paper's `ptb` preset (LSTM 512/1024, batch 64) with `--device cuda` (TF32 on, as the commands
+run it there; every timing waits for the GPU).
 
 The parts, each timed on its own and interleaved with the others (bench/__init__.py):
 - the whole step, and the LM step (the library's `Learner.step` with prior=none) it is held against
@@ -24,10 +26,20 @@ from bench import Row, build_model, interleave, median
 from bench.training import token_batches
 from textebm.train import Learner
 
-FULL = dict(vocab=10_002, batch=32, words=23, pool=4, sizes=[])  # the cpu preset on PTB's 10,002 words
-QUICK = dict(vocab=300, batch=4, words=5, pool=2,
+FULL = dict(vocab=10_002, batch=32, words=23, pool=4, sizes=[], preset="cpu")  # the cpu preset, PTB's 10,002 words
+CUDA = dict(vocab=10_002, batch=64, words=23, pool=4, sizes=[], preset="ptb")  # the paper's sizes, on a GPU
+QUICK = dict(vocab=300, batch=4, words=5, pool=2, preset="cpu",
              sizes=["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16", "batch_size=4",
                     "posterior_steps=2", "prior_steps=3"])
+
+
+def spec_for(quick: bool, device: torch.device) -> dict:
+    """Tiny sizes for a smoke run; else the cpu preset on a CPU, the ptb preset on CUDA."""
+    return QUICK if quick else CUDA if device.type == "cuda" else FULL
+
+
+def batches_on(spec: dict, device: torch.device) -> list[torch.Tensor]:
+    return [batch.to(device) for batch in token_batches(spec, spec["vocab"])]
 LM_FACTOR_TARGET = 2.0
 
 
@@ -41,10 +53,11 @@ def fed(step, batches: list[torch.Tensor]):
     return lambda: step(next(pool))
 
 
-def _learner(spec: dict, extra: list[str]) -> Learner:
-    model, cfg = build_model(spec["sizes"] + extra, spec["vocab"], preset="cpu")
+def learner(spec: dict, extra: list[str], device: torch.device) -> Learner:
+    """A learner of the spec's preset and sizes plus `extra`, weights from seed 0 whatever `extra` says."""
+    model, cfg = build_model(spec["sizes"] + extra, spec["vocab"], preset=spec["preset"], device=device)
     model.eos_id = 2  # the batches end sentences with id 2
-    return Learner(model, cfg, "cpu")
+    return Learner(model, cfg, device)
 
 
 def parts(learner: Learner, batches: list[torch.Tensor]) -> dict:
@@ -54,9 +67,10 @@ def parts(learner: Learner, batches: list[torch.Tensor]) -> dict:
     decoder, tokens = model.decoder, batches[0]
     model.eval()
     z0 = model.prior.sigma * torch.randn(tokens.shape[0], cfg.latent_dim, generator=torch.Generator().manual_seed(2))
+    z0 = z0.to(tokens.device)
     with torch.no_grad():
         hidden0 = decoder.hidden_states(z0, tokens[:, :-1])
-    upstream = torch.randn(hidden0.shape, generator=torch.Generator().manual_seed(3))
+    upstream = torch.randn(hidden0.shape, generator=torch.Generator().manual_seed(3)).to(tokens.device)
     z_pos, z_neg = model.posterior_sample(tokens), model.prior_sample(tokens.shape[0])
     bf16 = dataclasses.replace(cfg, chain_precision="bf16")
 
@@ -99,20 +113,26 @@ def parts(learner: Learner, batches: list[torch.Tensor]) -> dict:
     }
 
 
-def run(quick: bool, repeats: int, overrides: list[str] = ()) -> list[Row]:
-    spec = QUICK if quick else FULL
+def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu") -> list[Row]:
+    device = torch.device(device)
+    if device.type == "cuda":
+        from textebm.devices import set_tf32
+
+        set_tf32(True)  # as `textebm train` runs on CUDA
+    spec = spec_for(quick, device)
     overrides = [item for item in overrides if not item.startswith("chain_precision=")]
-    batches = token_batches(spec, spec["vocab"])
-    lm, latent = _learner(spec, ["prior=none"]), _learner(spec, list(overrides))
-    latent_bf16 = _learner(spec, [*overrides, "chain_precision=bf16"])  # the same weights (same seed)
+    batches = batches_on(spec, device)
+    lm, latent = learner(spec, ["prior=none"], device), learner(spec, list(overrides), device)
+    latent_bf16 = learner(spec, [*overrides, "chain_precision=bf16"], device)  # the same weights (same seed)
     contenders = {"LM step": fed(lm.step, batches), "latent step": fed(latent.step, batches),
                   "latent step, bf16": fed(latent_bf16.step, batches)}
-    contenders.update(parts(_learner(spec, list(overrides)), batches))
-    ms = {name: 1000 * median(values) for name, values in interleave(contenders, repeats, 0 if quick else 1).items()}
+    contenders.update(parts(learner(spec, list(overrides), device), batches))
+    seconds = interleave(contenders, repeats, 0 if quick else 1, device)
+    ms = {name: 1000 * median(values) for name, values in seconds.items()}
 
     cfg = latent.cfg
     settings = f" --set {' '.join(overrides)}" if overrides else ""
-    shape = f"batch {spec['batch']} x {spec['words'] + 1} tokens, cpu preset{settings}"
+    shape = f"batch {spec['batch']} x {spec['words'] + 1} tokens, {spec['preset']} preset on {device.type}{settings}"
     lm_ms, step_ms, chain_step_ms = ms["LM step"], ms["latent step"], ms["one chain step"]
 
     def part(name: str, what: str, of: float = step_ms, whole: str = "the latent step") -> Row:

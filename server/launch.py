@@ -49,7 +49,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be in 0..65535, not {args.port}")
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key must not be empty")
-    device = resolve_device(args.device, args.threads)
+    device = resolve_device(args.device, args.threads, args.tf32)
     create_app(args.checkpoint, max_n=args.max_n, max_length=args.max_length, max_prior_steps=args.max_prior_steps,
                queue_size=args.queue_size, max_batch_sentences=args.max_batch)  # limits checked before the load
     loaded = load_run(args.checkpoint, device, precision=args.precision)  # once; damage is a UserError here

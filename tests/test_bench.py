@@ -184,3 +184,58 @@ def test_time_to_quality_refuses_bad_input_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "ttq").exists()
+
+
+def _levers(tmp_path, device: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "levers", "--repeats", "1",
+                           "--threads", "1", "--device", device, "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    rows = json.loads((out / "latest.json").read_text())["rows"] if proc.returncode == 0 else []
+    return proc, rows
+
+
+def test_quick_levers_run_on_a_cpu_and_name_their_cuda_only_rows(tmp_path):
+    proc, rows = _levers(tmp_path, "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = {r["case"].split(",")[0]: r for r in rows if r["candidate"] is not None}
+    assert set(measured) == {"Learner.step with precision=bf16 over fp32", "Learner.step with chain_precision=bf16 "
+                             "over fp32", "latent step over the LM step (prior=none)"}
+    for r in measured.values():
+        cost = r["ratio_kind"] == "cost factor"
+        expected = r["candidate"] / r["reference"] if cost else r["reference"] / r["candidate"]
+        assert r["reference"] > 0 and abs(r["ratio"] - expected) < 1e-9 * expected, r
+    cuda_only = [r["case"].split(",")[0] for r in rows if r["candidate"] is None]
+    assert cuda_only == ["Learner.step with TF32 over fp32", "Learner.step with compile=true over fp32",
+                         "peak memory of a step with each setting"]
+    assert all(r["note"].startswith("CUDA only") for r in rows if r["candidate"] is None)
+
+
+def test_bench_refuses_cuda_without_a_gpu_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal cannot happen")
+    proc, _ = _levers(tmp_path, "cuda")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no CUDA GPU" in proc.stderr
+
+
+@pytest.mark.slow  # compiles the step (the acceptance run's benchmark stage measures these rows anyway)
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_quick_levers_on_cuda_measure_every_row(tmp_path):
+    proc, rows = _levers(tmp_path, "cuda")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all(r["candidate"] and r["candidate"] > 0 and r["reference"] > 0 for r in rows), rows
+    assert sum(r["unit"] == "MiB" for r in rows) == 6
+
+
+def test_every_timing_on_cuda_waits_for_the_device(monkeypatch):
+    """CUDA runs asynchronously: a timing that does not synchronise measures the launches only."""
+    from bench import interleave
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(str(device)))
+    interleave({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=1, device="cpu")
+    assert calls == []
+    interleave({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=1, device="cuda:0")
+    assert calls == ["cuda:0"] * 12  # before and after each of the 6 timed calls

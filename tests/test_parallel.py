@@ -1,5 +1,7 @@
 """Data-parallel training: 2 processes under torchrun (gloo, CPU) give the results of 1 process at
-equal global batch, and only rank 0 writes the run's files."""
+equal global batch, and only rank 0 writes the run's files; the launch order (the group's backend
+from --device, a group and DDP with one process too, rank 0 deciding about the run folder), and an
+error in one process ending the launch promptly, with the group released."""
 
 import json
 import os
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from textebm.errors import UserError
 from textebm.langevin import Shard
 from textebm.parallel import Parallel
 
@@ -20,6 +23,24 @@ def test_shards_cover_a_batch_once():
         assert rows == list(range(8))
         assert all(s.total == 8 for s in shards)
     assert Parallel(1, 2).shard(7) == Shard(3, 7, 7)
+
+
+def test_the_backend_follows_the_device_not_the_host(monkeypatch):
+    import torch
+
+    from textebm.parallel import backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
+    monkeypatch.delenv("TEXTEBM_DIST_BACKEND", raising=False)
+    assert backend(torch.device("cpu")) == "gloo" and backend(torch.device("cuda", 0)) == "nccl"
+    monkeypatch.setenv("TEXTEBM_DIST_BACKEND", "gloo")  # two processes sharing one GPU
+    assert backend(torch.device("cuda", 0)) == "gloo"
+    monkeypatch.setenv("TEXTEBM_DIST_BACKEND", "nccl")
+    with pytest.raises(UserError, match="needs --device cuda"):
+        backend(torch.device("cpu"))
+    monkeypatch.setenv("TEXTEBM_DIST_BACKEND", "mpi")
+    with pytest.raises(UserError, match="gloo or nccl"):
+        backend(torch.device("cpu"))
 
 
 # A fresh interpreter: the default group is started after textebm.parallel is imported, as in training,
@@ -59,6 +80,68 @@ def test_shutdown_releases_gloo_after_ddp():
     assert threads["after"] == []
 
 
+# torchrun's environment for one process, set by hand; `textebm train` then fails at its first checkpoint.
+_ONE_PROCESS_ERROR = """
+import gc, json, os, socket, sys, time
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                  MASTER_PORT=str(sock.getsockname()[1]))
+sock.close()
+import torch.distributed as dist
+import textebm.parallel, textebm.train
+from torch.nn.parallel import DistributedDataParallel
+from textebm.cli import main
+from textebm.errors import UserError
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
+    return [name for name in names if "gloo" in name]
+
+during = {}
+def ddp_objects():
+    return sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+
+def fail(*args, **kwargs):
+    during.update(group=dist.is_initialized(), threads=gloo_threads(), ddp=ddp_objects())
+    raise UserError("cannot write the checkpoint (injected)")
+
+leave = textebm.parallel.shutdown
+def shutdown():  # what still holds the group when it is left
+    during["ddp_at_shutdown"] = ddp_objects()
+    leave()
+
+textebm.train.save_checkpoint = fail
+textebm.parallel.shutdown = shutdown
+status = main(sys.argv[1:])
+deadline = time.monotonic() + 10  # gloo's threads end asynchronously after the group is destroyed
+while gloo_threads() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"status": status, "during": during, "after": gloo_threads()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from /proc (Linux)")
+def test_one_process_under_torchrun_has_a_group_and_ddp_and_an_error_releases_them(tmp_path, small_corpus,
+                                                                                   tiny_overrides):
+    """With one process, torchrun's environment still starts a (gloo) group and DDP wrappers, so a
+    one-GPU launch exercises them; an error raised deep in training (its traceback holding the
+    wrappers) releases the wrappers before the group is left, and ends with exit status 2 and the
+    group's threads gone."""
+    argv = ["train", "--corpus", str(small_corpus), "--preset", "cpu", "--out", str(tmp_path / "run"),
+            *[arg for item in tiny_overrides for arg in ("--set", item)], "--set", "checkpoint_every=2",
+            "--max-steps", "3", "--device", "cpu", "--threads", "1", "--no-progress"]
+    result = subprocess.run([sys.executable, "-c", _ONE_PROCESS_ERROR, *argv], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", "TEXTEBM_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert "data parallel: 1 process, global batch 16" in result.stdout + result.stderr
+    assert report["during"]["group"] and report["during"]["threads"] and report["during"]["ddp"] == 2
+    assert report["during"]["ddp_at_shutdown"] == 0  # the traceback's frames no longer hold the wrappers
+    assert report["status"] == 2 and "cannot write the checkpoint (injected)" in result.stderr
+    assert report["after"] == []
+
+
 def _train_records(folder: Path) -> list[dict]:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if '"train"' in line]
@@ -70,6 +153,44 @@ def _launch_report(result: subprocess.CompletedProcess, logs: Path) -> str:
     for log in sorted(logs.rglob("*.log")):
         parts += [f"{log.relative_to(logs)}:", log.read_text(errors="replace")]
     return "\n".join(parts)
+
+
+# `textebm train` under torchrun with a fault injected by TEXTEBM_TEST_FAULT:
+# late_check - every rank but 0 asks whether the run folder holds a run only once rank 0 has created it
+#              (the race a lagging rank can lose; ranks must follow rank 0's answer, not ask themselves);
+# checkpoint - rank 0 cannot write its first checkpoint (an error in one rank only).
+_FAULTY_TRAIN = """
+import os, sys, time
+import textebm.runs, textebm.train
+from textebm.cli import main
+from textebm.errors import UserError
+
+fault, rank = os.environ["TEXTEBM_TEST_FAULT"], int(os.environ["RANK"])
+if fault == "late_check" and rank != 0:
+    real = textebm.runs.is_run
+    def late(folder):
+        deadline = time.monotonic() + 60
+        while not real(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return real(folder)
+    textebm.runs.is_run = late
+if fault == "checkpoint":
+    def fail(*args, **kwargs):
+        raise UserError("cannot write the checkpoint (injected)")
+    textebm.train.save_checkpoint = fail
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _torchrun(tmp_path: Path, fault: str, argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    script = tmp_path / "faulty_train.py"
+    script.write_text(_FAULTY_TRAIN)
+    logs = tmp_path / f"rank-logs-{fault}"  # each rank's own stdout and stderr, for a failure to name its cause
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "--log-dir", str(logs), "--tee", "3", str(script), *argv],
+                            capture_output=True, text=True, env={**env, "TEXTEBM_TEST_FAULT": fault}, timeout=300)
+    result.logs = logs
+    return result
 
 
 @pytest.mark.slow
@@ -86,12 +207,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "textebm", *common, "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
-    logs = tmp_path / "rank-logs"  # each rank's own stdout and stderr, whole, for a failure to name its cause
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "--log-dir", str(logs), "--tee", "3", "-m", "textebm", *common,
-                          "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert ddp.returncode == 0, _launch_report(ddp, logs)
+    ddp = _torchrun(tmp_path, "late_check", [*common, "--out", str(tmp_path / "two")], env)
+    assert ddp.returncode == 0, _launch_report(ddp, ddp.logs)
     assert "data parallel: 2 processes, global batch 8" in ddp.stdout + ddp.stderr
     one, two = _train_records(tmp_path / "one"), _train_records(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
@@ -102,3 +219,20 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("stopped at step 4") == 1
     assert (tmp_path / "two" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_an_error_in_one_process_ends_the_launch(tmp_path, small_corpus, tiny_overrides):
+    """Rank 0 fails at its first checkpoint while rank 1 goes on into the next step's collective: the
+    launch ends (within the subprocess timeout, not NCCL/gloo's ten minutes), rank 0 with its one-line
+    error and exit status 2, no abort."""
+    argv = ["train", "--corpus", str(small_corpus), "--preset", "cpu", "--out", str(tmp_path / "run"),
+            *[arg for item in tiny_overrides for arg in ("--set", item)], "--set", "checkpoint_every=2",
+            "--max-steps", "6", "--device", "cpu", "--threads", "1", "--no-progress"]
+    result = _torchrun(tmp_path, "checkpoint", argv, {**os.environ, "OMP_NUM_THREADS": "1", "TEXTEBM_OFFLINE": "1"})
+    report = _launch_report(result, result.logs)
+    assert result.returncode != 0, report
+    rank0 = "".join(log.read_text(errors="replace") for log in result.logs.rglob("*.log") if "/0/" in str(log))
+    assert "textebm train: error: cannot write the checkpoint (injected)" in rank0, report
+    assert "Traceback" not in rank0 and "terminate called" not in rank0, report
+    assert "Signal 6" not in result.stderr and "SIGABRT" not in result.stderr, report

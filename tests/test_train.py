@@ -263,11 +263,11 @@ def test_the_energy_learns_from_warmed_codes_and_the_decoder_from_the_cold_ones(
     cfg, vocab, model, train_data, valid_data = small_setup("energy_warm_steps=2", "energy_warm_step_size=0.3")
     learner = Learner(model, cfg, "cpu")
     seen = {}
-    for name in ("generator_update", "energy_update"):
+    for name in ("generator_backward", "energy_backward"):
         method = getattr(learner, name)
         monkeypatch.setattr(learner, name, lambda *args, _m=method, _n=name: (seen.setdefault(_n, args), _m(*args))[1])
     learner.step(pad(train_data.sentences[:16], model.pad_id))
-    cold, warm = seen["generator_update"][1], seen["energy_update"][0]
+    cold, warm = seen["generator_backward"][2], seen["energy_backward"][1]  # (checks, tokens, z+), (checks, z+)
     moved = (warm - cold).norm(dim=-1)
     # two noise-1 steps of 0.3 in 4 dimensions: about 0.3 * sqrt(2 * 4) = 0.85 apart
     assert 0.4 < moved.mean().item() < 1.5, moved

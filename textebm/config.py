@@ -70,7 +70,7 @@ class Config:
     adam_beta1: float = 0.5
     max_epochs: int = 40
     precision: str = "fp32"  # fp32 | bf16 (torch.autocast for chains and updates)
-    compile: bool = False  # torch.compile the decoder's log-likelihood (chains and updates)
+    compile: bool = False  # torch.compile the vocabulary projection and the energy's gradient pass (eager fallback)
     chain_precision: str = "fp32"  # fp32 | bf16 (the posterior chain's vocabulary projection only; CPU and CUDA)
     nonfinite_policy: str = "skip"  # skip | stop
     max_skipped_steps: int = 20  # consecutive non-finite steps before the run stops anyway

@@ -7,8 +7,13 @@ from textebm.errors import UserError
 
 
 def add_device_argument(parser) -> None:
+    import argparse
+
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="CUDA: fp32 matrix products and cuDNN's RNN on TF32 tensor cores (default on; "
+                             "--no-tf32 for full fp32); no effect on a CPU")
 
 
 PRECISIONS = ("fp32", "bf16", "int8")  # of decoding's matrix products (textebm/precision.py)
@@ -20,7 +25,25 @@ def add_precision_argument(parser) -> None:
                              "or int8 (dynamic quantization, CPU only); chains and likelihoods stay fp32")
 
 
-def resolve_device(name: str, threads: int | None = None):
+def set_tf32(enabled: bool) -> None:
+    """TF32 (a 10-bit mantissa on tensor cores, fp32 range) for fp32 matrix products and cuDNN's RNN and
+    convolutions, or full fp32 for both. TF32 is a CUDA setting: CPU products are untouched. (PyTorch's
+    older switches, set together: its newer per-backend ones must not be mixed with them, and parts of
+    PyTorch still read the older ones.)"""
+    import torch
+
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_enabled() -> bool:
+    import torch
+
+    return torch.get_float32_matmul_precision() != "highest" and torch.backends.cudnn.allow_tf32
+
+
+def resolve_device(name: str, threads: int | None = None, tf32: bool = True):
+    """The torch device `name` stands for; on CUDA, TF32 on or off as `tf32` says (`set_tf32`)."""
     import torch
 
     if threads is not None:
@@ -29,11 +52,14 @@ def resolve_device(name: str, threads: int | None = None):
         torch.set_num_threads(threads)
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    if device.type == "cuda":
+        set_tf32(tf32)
     return device

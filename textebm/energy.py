@@ -19,6 +19,21 @@ def gelu_derivative(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
+def mlp_value_and_grad(z: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor]):
+    """(f(z), grad_z f(z)) of the GELU MLP with these layers' weights, forward then backward written out.
+    A chain runs it once per step; `compile=true` compiles it (textebm/compiling.py)."""
+    pre_activations, h = [], z
+    for weight, bias in zip(weights[:-1], biases[:-1]):
+        a = F.linear(h, weight, bias)
+        pre_activations.append(a)
+        h = F.gelu(a)
+    f = F.linear(h, weights[-1], biases[-1]).squeeze(-1)
+    g = weights[-1].expand(z.shape[0], -1)  # df/dh of the last hidden layer
+    for weight, a in zip(reversed(weights[:-1]), reversed(pre_activations)):
+        g = (g * gelu_derivative(a)) @ weight
+    return f, g
+
+
 class EnergyPrior(nn.Module):
     def __init__(self, latent_dim: int, hidden: int = 200, layers: int = 2, sigma: float = 1.0, kind: str = "ebm"):
         super().__init__()
@@ -30,6 +45,7 @@ class EnergyPrior(nn.Module):
                 blocks += [nn.Linear(width, hidden), nn.GELU()]
                 width = hidden
             self.f = nn.Sequential(*blocks, nn.Linear(width, 1))
+        self.gradient_pass = mlp_value_and_grad  # compiled in place by `compile=true` (textebm/compiling.py)
 
     @property
     def is_ebm(self) -> bool:
@@ -53,16 +69,7 @@ class EnergyPrior(nn.Module):
         if self.f is None:
             return z.new_zeros(z.shape[0]), torch.zeros_like(z)
         layers = [m for m in self.f if isinstance(m, nn.Linear)]
-        pre_activations, h = [], z
-        for layer in layers[:-1]:
-            a = F.linear(h, layer.weight, layer.bias)
-            pre_activations.append(a)
-            h = F.gelu(a)
-        f = F.linear(h, layers[-1].weight, layers[-1].bias).squeeze(-1)
-        g = layers[-1].weight.expand(z.shape[0], -1)  # df/dh of the last hidden layer
-        for layer, a in zip(reversed(layers[:-1]), reversed(pre_activations)):
-            g = (g * gelu_derivative(a)) @ layer.weight
-        return f, g
+        return self.gradient_pass(z, [layer.weight for layer in layers], [layer.bias for layer in layers])
 
     def grad_log_density(self, z: torch.Tensor) -> torch.Tensor:
         """grad_z log p_alpha(z) = grad f(z) - z / sigma^2, shape z.shape, without autograd."""

@@ -53,6 +53,7 @@ class EvaluationOptions:
     device: str = "auto"
     threads: int | None = None
     protocol: ProtocolOptions = field(default_factory=ProtocolOptions)  # wKL, neural rPPL (protocol_section)
+    tf32: bool = True  # CUDA: TF32 matrix products (textebm.devices.set_tf32)
 
     def check(self) -> EvaluationOptions:
         for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
@@ -181,7 +182,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
 
     options.check()
     started = time.perf_counter()
-    device = resolve_device(options.device, options.threads)
+    device = resolve_device(options.device, options.threads, options.tf32)
     loaded = load_run(options.checkpoint, device, options.chain, options.precision)
     config = loaded.config
     corpus = open_corpus(config.corpus, options.data_dir)

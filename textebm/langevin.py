@@ -15,11 +15,17 @@ z only (the parameters' .grad is never touched).
 
 Noise can be drawn for a whole global batch and sliced to this process's rows (`Shard`): then an
 example's chain sees the same noise however the batch is split across data-parallel processes.
+
+A chain checks once, at its end, that it stayed finite (one host sync); inside `deferred_checks`
+it hands that flag to its caller instead, who checks it together with its own (a training step
+makes one such check for its chains and updates together).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +59,21 @@ class Shard:
     total: int
 
 
+_DEFERRED: ContextVar[list | None] = ContextVar("textebm_deferred_chain_checks", default=None)
+
+
+@contextmanager
+def deferred_checks() -> Iterator[list[torch.Tensor]]:
+    """Chains run inside raise no NonFiniteError themselves: each appends to the yielded list a boolean
+    tensor on its device, True when it stayed finite, and the caller checks them (no host sync here)."""
+    flags: list[torch.Tensor] = []
+    token = _DEFERRED.set(flags)
+    try:
+        yield flags
+    finally:
+        _DEFERRED.reset(token)
+
+
 def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator | RowStreams | None = None,
                    shard: Shard | None = None) -> torch.Tensor:
     if isinstance(generator, RowStreams):
@@ -72,7 +93,7 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
     (at 0 no noise is drawn). The gradient is taken by autograd, or by `grad_log_density` when
     given (then log_density is never called). If `trajectory` is a list, the chain's states
     (z_0 ... z_K, detached) are appended to it. Raises NonFiniteError when the chain leaves the
-    finite numbers."""
+    finite numbers (inside `deferred_checks`, hands its flag over instead)."""
     sizes = [step_size] * steps if isinstance(step_size, (int, float)) else list(step_size)
     if len(sizes) != steps:
         raise ValueError(f"{len(sizes)} step sizes for {steps} steps")
@@ -96,7 +117,12 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
                 z = z + (noise_scale * size) * gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
             if trajectory is not None:
                 trajectory.append(z)
-    if not bool(finite & torch.isfinite(z).all()):
+    finite = finite & torch.isfinite(z).all()
+    deferred = _DEFERRED.get()
+    if deferred is not None:
+        deferred.append(finite)
+        return z
+    if not bool(finite):
         first, last = (sizes[0], sizes[-1]) if sizes else (0, 0)
         raise NonFiniteError(f"Langevin chain met a non-finite z or log density ({steps} steps of size "
                              f"{first:g}..{last:g}, noise scale {noise_scale:g})")
@@ -164,7 +190,7 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
     textebm/decoder.py)."""
 
     def log_joint(z):
-        return prior.log_density(z) + decoder(z, tokens, projection)  # log p(x | z), maybe compiled
+        return prior.log_density(z) + decoder(z, tokens, projection, param_grads=False)  # a gradient in z only
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)

@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 
 from textebm.batches import EncodedSplit, epoch_batches, pad
+from textebm.compiling import compile_model
 from textebm.config import Config
 from textebm.diagnostics import latent_usage, prior_chain_bias
 from textebm.errors import NonFiniteError, UserError
 from textebm.io import atomic_write_text, remove_stale_temp_files
-from textebm.langevin import Shard, gaussian_noise
+from textebm.langevin import Shard, deferred_checks, gaussian_noise
 from textebm.likelihood import annealed_log_partition
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
@@ -53,11 +54,6 @@ def make_optimizers(model: LatentEBMTextModel, cfg: Config) -> dict[str, torch.o
     return optimizers
 
 
-def check_precision(cfg: Config, device: torch.device) -> None:
-    if cfg.precision == "bf16" and torch.device(device).type != "cuda":
-        raise UserError("precision=bf16 is for CUDA devices (oneDNN's CPU LSTM has no bf16 kernels here)")
-
-
 class Learner:
     """A model with its optimizers, its chain-noise generator and (under torchrun) its DDP wrappers."""
 
@@ -65,9 +61,8 @@ class Learner:
         self.model, self.cfg, self.device, self.parallel = model, cfg, torch.device(device), parallel
         self.optimizers = make_optimizers(model, cfg)
         self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        if cfg.compile:  # in place, so that the chains (which call model.decoder) use it too
-            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
-        check_precision(cfg, self.device)
+        if cfg.compile:  # in place, so that the chains (which call model.decoder and model.prior) use it too
+            compile_model(model)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
         self.decoder = wrap(model.decoder, parallel, self.device)
         self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None
@@ -81,38 +76,50 @@ class Learner:
             return self._step(tokens, shard)
 
     def _step(self, tokens: torch.Tensor, shard: Shard | None) -> dict:
+        """The chains run and every loss is backpropagated before any update: the decisions on finite
+        numbers and the step's figures then cost one host sync (`_apply`). Nothing reads what an
+        earlier update changed, so this computes what updating in Alg. 1's order computes; except the
+        warm chain (`energy_warm_steps`), which reads the updated decoder: the decoder's update, and a
+        second sync, come before it then."""
         model, cfg = self.model, self.cfg
         shard = shard or Shard(0, tokens.shape[0], tokens.shape[0])
         scale = self.parallel.world / shard.total  # DDP averages over processes: this makes it a mean over rows
+        checks, figures, names = [], {}, []
         model.eval()  # chains see the model without dropout
-        z_pos = self._chain(lambda: model.posterior_sample(tokens, generator=self.chain_rng, shard=shard,
-                                                           amortized=True), "posterior chain")
-        metrics = {}
+        z_pos = self._chain(checks, "posterior chain", lambda: model.posterior_sample(
+            tokens, generator=self.chain_rng, shard=shard, amortized=True))
         if self.encoder is not None:
             guess_error = 0.5 * (self.encoder(tokens) - z_pos).pow(2).sum()
-            metrics["encoder_grad_norm"] = self._update(guess_error * scale, "encoder", cfg.generator_clip)
-        metrics.update(self.generator_update(tokens, z_pos, scale))
-        if self.energy is not None:
+            norms = self._backward(checks, guess_error * scale, ("encoder",), cfg.generator_clip)
+            figures["encoder_grad_norm"] = norms[0]
+            names.append("encoder")
+        figures.update(self.generator_backward(checks, tokens, z_pos, scale))
+        names.append("generator")
+        if self.energy is None:
+            return self._apply(checks, figures, names)
+        metrics = {}
+        if cfg.energy_warm_steps:
+            metrics = self._apply(checks, figures, names)
+            checks, figures, names = [], {}, []
             model.eval()
-            if cfg.energy_warm_steps:
-                z_pos = self._chain(lambda: model.warm_posterior(tokens, z_pos, cfg.energy_warm_steps,
-                                                                 cfg.energy_warm_step_size, self.chain_rng, shard),
-                                    "warm posterior chain")
-            z_neg = self._chain(lambda: model.prior_sample(tokens.shape[0], generator=self.chain_rng, shard=shard),
-                                "prior chain")
-            metrics.update(self.energy_update(z_pos, z_neg, scale))
-        return metrics
+            z_pos = self._chain(checks, "warm posterior chain", lambda: model.warm_posterior(
+                tokens, z_pos, cfg.energy_warm_steps, cfg.energy_warm_step_size, self.chain_rng, shard))
+        model.eval()
+        z_neg = self._chain(checks, "prior chain",
+                            lambda: model.prior_sample(tokens.shape[0], generator=self.chain_rng, shard=shard))
+        figures.update(self.energy_backward(checks, z_pos, z_neg, scale))
+        return {**metrics, **self._apply(checks, figures, [*names, "energy"])}
 
-    def generator_update(self, tokens: torch.Tensor, z_pos: torch.Tensor, scale: float) -> dict:
-        """One Adam step of the decoder on -log p_beta(x | z+), summed over rows and scaled to a mean."""
+    def generator_backward(self, checks: list, tokens: torch.Tensor, z_pos: torch.Tensor, scale: float) -> dict:
+        """The decoder's gradient of -log p_beta(x | z+), summed over rows and scaled to a mean (dropout on)."""
         self.model.train()
         log_lik = self.decoder(z_pos, tokens)
-        norm = self._update(-log_lik.sum() * scale, "generator", self.cfg.generator_clip)
-        return {"gen_grad_norm": norm, "nll_sum": -log_lik.sum().item()}
+        norm = self._backward(checks, -log_lik.sum() * scale, ("generator",), self.cfg.generator_clip)[0]
+        return {"gen_grad_norm": norm, "nll_sum": -log_lik.detach().sum()}
 
-    def energy_update(self, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
-        """One Adam step of f on -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes,
-        lower it where the prior chain wanders (the maximum-likelihood gradient of the prior). With
+    def energy_backward(self, checks: list, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
+        """f's gradient of -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes, lower it
+        where the prior chain wanders (the maximum-likelihood gradient of the prior). With
         `energy_penalty` lambda > 0, lambda * (f(z+)^2 + f(z-)^2) is added, as energy-based models of
         images do: it keeps f near 0 at both kinds of codes and so bounds how sharp f can become."""
         f = self.energy(torch.cat([z_pos, z_neg]))  # one call: DDP wants one forward per backward
@@ -120,40 +127,55 @@ class Learner:
         loss = -gap
         if self.cfg.energy_penalty:
             loss = loss + self.cfg.energy_penalty * f.pow(2).sum()
-        norm = self._update(loss * scale, "energy", self.cfg.energy_clip)
-        return {"ebm_grad_norm": norm, "energy_gap_sum": gap.item()}
+        norm = self._backward(checks, loss * scale, ("energy",), self.cfg.energy_clip)[0]
+        return {"ebm_grad_norm": norm, "energy_gap_sum": gap.detach()}
 
-    def _chain(self, run, what: str) -> torch.Tensor:
-        try:
-            z, ok = run(), True
-        except NonFiniteError:
-            z, ok = None, False
-        if not self.parallel.agree(ok, self.device):
-            raise NonFiniteError(f"{what} produced non-finite z")
+    def generator_update(self, tokens: torch.Tensor, z_pos: torch.Tensor, scale: float) -> dict:
+        """One Adam step of the decoder on its own (`generator_backward`, its check, the step)."""
+        checks = []
+        return self._apply(checks, self.generator_backward(checks, tokens, z_pos, scale), ["generator"])
+
+    def energy_update(self, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
+        """One Adam step of f on its own (`energy_backward`, its check, the step)."""
+        checks = []
+        return self._apply(checks, self.energy_backward(checks, z_pos, z_neg, scale), ["energy"])
+
+    def _chain(self, checks: list, what: str, run) -> torch.Tensor:
+        """z from the chain `run`, its finite-check added to `checks` (not made here)."""
+        with deferred_checks() as flags:
+            z = run()
+        if flags:
+            checks.append((f"{what} produced non-finite z", torch.stack(flags).all()))
         return z
 
-    def _update(self, loss: torch.Tensor, name: str, clip: float) -> float:
-        return self._update_together(loss, (name,), clip)[0]
-
-    def _update_together(self, loss: torch.Tensor, names: tuple[str, ...], clip: float) -> list[float]:
-        """One backward pass of `loss`, then one Adam step of each named optimizer, each clipped to
-        `clip` on its own: their gradient norms."""
+    def _backward(self, checks: list, loss: torch.Tensor, names: tuple[str, ...], clip: float) -> list[torch.Tensor]:
+        """One backward pass of `loss` into the named optimizers' parameters, each clipped to `clip` on its
+        own: their gradient norms (on the device). Whether the loss and the norms are finite goes to `checks`."""
         what = " and ".join(names)
-        if not self.parallel.agree(bool(torch.isfinite(loss)), self.device):
-            raise NonFiniteError(f"{what} loss is not finite")
         optimizers = [self.optimizers[name] for name in names]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms = [torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
                  for optimizer in optimizers]
-        if not self.parallel.agree(all(bool(torch.isfinite(norm)) for norm in norms), self.device):
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteError(f"{what} gradient is not finite")
-        for optimizer in optimizers:
-            optimizer.step()
-        return [norm.item() for norm in norms]
+        checks.append((f"{what} loss is not finite", torch.isfinite(loss.detach())))
+        checks.append((f"{what} gradient is not finite", torch.stack([torch.isfinite(n) for n in norms]).all()))
+        return norms
+
+    def _apply(self, checks: list, figures: dict, names: list[str]) -> dict:
+        """The one host sync: every check, agreed by all processes, and the figures come back together.
+        A failed check raises NonFiniteError (the first in the order they were made) with no update
+        made; otherwise one Adam step of each named optimizer. Returns the figures as numbers."""
+        flags = self.parallel.all_min(torch.stack([flag.reshape(()) for _, flag in checks]).float())
+        values = torch.cat([flags, torch.stack([value.reshape(()).float() for value in figures.values()])]).tolist()
+        failed = [message for (message, _), ok in zip(checks, values) if not ok]
+        if failed:
+            for name in names:
+                self.optimizers[name].zero_grad(set_to_none=True)
+            raise NonFiniteError(failed[0])
+        for name in names:
+            self.optimizers[name].step()
+        return dict(zip(figures, values[len(checks):]))
 
     def state(self) -> dict:
         """What a checkpoint needs beyond weights: optimizer states and every RNG (all processes')."""
@@ -200,15 +222,19 @@ class VAELearner(Learner):
         z = mean + std * gaussian_noise(tokens.shape[0], mean.shape[1], self.device, self.chain_rng, shard)
         log_lik = self.decoder(z, tokens)
         kl_rows = gaussian_kl(mean, std, model.prior.sigma)
-        batch_kl = torch.tensor(self.parallel.sum(kl_rows.detach().sum(0).tolist(), self.device),
-                                device=self.device) / shard.total  # the global batch's mean KL_i
+        # the global batch's mean KL_i, summed over processes in fp64 on the device
+        batch_kl = self.parallel.all_sum(kl_rows.detach().sum(0).double()).float() / shard.total
         loss = -log_lik.sum() * scale
         if weight > 0:  # (a KL weight of 0 leaves the KL out: q's variance may shrink freely while pretraining)
             loss = loss + weight * free_bits(kl_rows.sum(0) * scale, cfg.free_bits, batch_kl)
-        gen_norm, enc_norm = self._update_together(loss, ("generator", "encoder"), cfg.generator_clip)
-        return {**metrics, "gen_grad_norm": gen_norm, "encoder_grad_norm": enc_norm, "nll_sum": -log_lik.sum().item(),
-                "kl": float(batch_kl.sum()), "kl_floored": float(batch_kl.clamp(min=cfg.free_bits).sum()),
-                "kl_dims_above_floor": int((batch_kl > cfg.free_bits).sum()), "kl_weight": weight}
+        checks, names = [], ["generator", "encoder"]
+        gen_norm, enc_norm = self._backward(checks, loss, tuple(names), cfg.generator_clip)
+        figures = self._apply(checks, {
+            "gen_grad_norm": gen_norm, "encoder_grad_norm": enc_norm, "nll_sum": -log_lik.detach().sum(),
+            "kl": batch_kl.sum(), "kl_floored": batch_kl.clamp(min=cfg.free_bits).sum(),
+            "kl_dims_above_floor": (batch_kl > cfg.free_bits).sum()}, names)
+        figures["kl_dims_above_floor"] = int(figures["kl_dims_above_floor"])
+        return {**metrics, **figures, "kl_weight": weight}
 
     def reset_decoder(self) -> None:
         """Li et al.'s switch: the decoder starts again from fresh random weights (`vae.reset_weights`, a

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from textebm.config import Config
+from textebm.decoder import rnn_precision
 from textebm.langevin import Shard, gaussian_noise
 from textebm.model import LatentEBMTextModel
 
@@ -42,12 +43,14 @@ class GaussianEncoder(nn.Module):
         self.to_gaussian = nn.Linear(hidden_dim, 2 * latent_dim)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, log sigma^2), each (batch, latent), for padded `tokens` (batch, time)."""
-        hidden, _ = self.rnn(self.embed(tokens))
-        last = (tokens != self.pad_id).sum(dim=1).clamp(min=1) - 1
-        state = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
-        mu, log_var = self.to_gaussian(state).chunk(2, dim=-1)
-        return mu, log_var
+        """(mu, log sigma^2), each (batch, latent), for padded `tokens` (batch, time); fp32 under any
+        autocast, as the decoder's RNN (`rnn_precision`)."""
+        with rnn_precision(tokens.device):
+            hidden, _ = self.rnn(self.embed(tokens))
+            last = (tokens != self.pad_id).sum(dim=1).clamp(min=1) - 1
+            state = hidden[torch.arange(tokens.shape[0], device=tokens.device), last]
+            mu, log_var = self.to_gaussian(state).chunk(2, dim=-1)
+            return mu, log_var
 
 
 def gaussian_kl(mu: torch.Tensor, std: torch.Tensor, prior_sigma: float) -> torch.Tensor:

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--step-size must be a positive number, not {args.step_size}")
     if args.plot and Path(args.plot).suffix.lower() != ".png":
         raise UserError(f"--plot must name a .png file, not {args.plot!r}")
-    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain")
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain", tf32=args.tf32)
     result = run_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
                         args.greedy, args.max_length)
     if args.plot:

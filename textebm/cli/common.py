@@ -33,12 +33,13 @@ def read_sentences(path: str) -> list[str]:
         return [line.strip() for line in handle if line.strip()]
 
 
-def load_latent_run(folder: str, device_name: str, threads: int | None, command: str, chain: list[str] = ()):
+def load_latent_run(folder: str, device_name: str, threads: int | None, command: str, chain: list[str] = (),
+                    tf32: bool = True):
     """A run for a command about its latent space; a run trained with prior=none has none."""
     from textebm.devices import resolve_device
     from textebm.runs import load_run
 
-    loaded = load_run(folder, resolve_device(device_name, threads), chain)
+    loaded = load_run(folder, resolve_device(device_name, threads, tf32), chain)
     if not loaded.model.has_latent:
         raise UserError(f"textebm {command}: {folder} was trained with prior=none (a language model "
                         "without a latent), so it has no latent space to explore")

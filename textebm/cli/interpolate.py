@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--chains must be at least 1, not {args.chains}")
     if args.max_length < 1:
         raise UserError(f"--max-length must be at least 1, not {args.max_length}")
-    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate", args.chain)
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate", args.chain, args.tf32)
     path = interpolate(loaded.model, loaded.vocab, args.source.strip(), args.target.strip(), args.points,
                        args.chains, args.seed, args.max_length)
     if args.json:

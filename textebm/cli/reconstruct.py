@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     lines = read_sentences(args.input) if args.input else None  # input errors before the (slower) model load
-    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "reconstruct", args.chain)
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "reconstruct", args.chain, args.tf32)
     if lines is None:
         split = args.split or "test"
         corpus = open_corpus(loaded.config.corpus, args.data_dir)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads), precision=args.precision)
+    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), precision=args.precision)
     sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size)
     text = "".join(s + "\n" for s in sentences)
     if args.out:

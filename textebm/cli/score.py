@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
     files = [args.file] if args.file else list(args.auroc)
     texts = [read_sentences(f) for f in files]  # input errors before the (slower) model load
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads), args.chain)
+    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), args.chain)
 
     started = time.perf_counter()
     progress = Progress.auto(args.progress)

@@ -58,16 +58,31 @@ def _config_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textebm.parallel import from_environment, shutdown
+    """Under torchrun: the process's own device first, then the process group (its backend from that
+    device), then training; on any exit the group is left with no DDP wrapper still held."""
+    import gc
 
-    parallel = from_environment()
+    from textebm.errors import UserError
+    from textebm.parallel import local_device, shutdown, start
+
+    device = local_device(resolve_device(args.device, args.threads, args.tf32))
+    parallel = start(device)
     try:
-        return _train(args, parallel)
+        return _train(args, parallel, device)
+    except (UserError, KeyboardInterrupt) as err:
+        # Reported in one line without their tracebacks, whose frames (and the closures they run) hold
+        # the learner's DDP wrappers and through them the process group: dropped before the group is left.
+        while err is not None:
+            err.__traceback__ = None
+            err = err.__cause__ or err.__context__
+        raise
     finally:
-        shutdown()
+        if parallel.distributed:
+            gc.collect()  # the wrappers' reference cycles
+            shutdown()
 
 
-def _train(args: argparse.Namespace, parallel) -> int:
+def _train(args: argparse.Namespace, parallel, device) -> int:
     import torch
     from tqdm.auto import tqdm
 
@@ -75,10 +90,9 @@ def _train(args: argparse.Namespace, parallel) -> int:
     from textebm.config import device_preset, resolve_config
     from textebm.corpora import open_corpus, training_splits
     from textebm.errors import UserError
-    from textebm.parallel import local_device
     from textebm.plots import plot_learning_curves
     from textebm.runs import build_model, create_run, is_run, load_config
-    from textebm.train import check_precision, train
+    from textebm.train import train
     from textebm.training_log import add_figure
     from textebm.vocab import build_vocab, load_vocab
 
@@ -89,7 +103,6 @@ def _train(args: argparse.Namespace, parallel) -> int:
     if args.max_cpu_minutes is not None and not args.max_cpu_minutes > 0:
         raise UserError("--max-cpu-minutes must be positive")
     echo = tqdm.write if parallel.is_main else (lambda text: None)
-    device = local_device(resolve_device(args.device, args.threads))
     name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
     folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -102,23 +115,30 @@ def _train(args: argparse.Namespace, parallel) -> int:
         config = load_config(folder)
         vocab = load_vocab(folder)
     else:
-        if is_run(folder):
+        if parallel.broadcast(is_run(folder) if parallel.is_main else None):  # rank 0 decides, before it creates it
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         preset = args.preset
         if preset is None:
             preset, preset_note = device_preset(args.corpus, device.type == "cuda")
         config = resolve_config(preset, args.corpus, _config_overrides(args))
-    check_precision(config, device)
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None and args.max_cpu_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
                         "max_epochs")
     corpus = open_corpus(args.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
-    if not args.resume:
-        if parallel.is_main:  # one process builds and saves the vocabulary; the others read it
-            create_run(folder, config, build_vocab(train_lines, config.tokenizer, config.vocab_size,
-                                                   config.min_freq, config.lowercase))
-        parallel.barrier()
+    if not args.resume:  # one process builds and saves the vocabulary; the others wait for it, then read it
+        failure = None
+        if parallel.is_main:
+            try:
+                create_run(folder, config, build_vocab(train_lines, config.tokenizer, config.vocab_size,
+                                                       config.min_freq, config.lowercase))
+            except (UserError, OSError) as err:
+                failure = err
+        reason = parallel.broadcast(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if reason is not None:
+            raise UserError(f"rank 0 could not create the run folder: {reason}")
         vocab = load_vocab(folder)
     train_data = encode_lines(train_lines, vocab, config.max_length)
     valid_data = encode_lines(valid_lines, vocab, config.max_length)
@@ -140,8 +160,9 @@ def _train(args: argparse.Namespace, parallel) -> int:
                f"over {config.kl_anneal_steps} steps{pretrain}), ")
     echo(f"model: {vae}{config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {model.prior.latent_dim}, "
          f"prior {config.prior}, {params / 1e6:.2f}M parameters, on {device}; run folder {folder}")
-    if parallel.world > 1:
-        echo(f"data parallel: {parallel.world} processes, global batch {config.batch_size}")
+    if parallel.distributed:
+        echo(f"data parallel: {parallel.world} process{'es' if parallel.world > 1 else ''}, "
+             f"global batch {config.batch_size}")
     result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
                    args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel,
                    max_cpu_minutes=args.max_cpu_minutes, keep_at=args.keep_at)
