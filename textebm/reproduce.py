@@ -387,6 +387,7 @@ class Reproduction:
         self.children: dict[int, str] = {}  # pid -> run name
         self.failures: list[str] = []
         self.busy: list[str] = []
+        self._futures: list = []
 
     def echo(self, text: str) -> None:
         with self._echo_lock:
@@ -400,7 +401,7 @@ class Reproduction:
         previous = signal.signal(signal.SIGTERM, stop_request)
         pool = ThreadPoolExecutor(self.jobs)
         try:
-            futures = [pool.submit(self._run_one, spec) for spec in self.grid.runs]
+            self._futures = futures = [pool.submit(self._run_one, spec) for spec in self.grid.runs]
             for future in futures:
                 while not future.done():  # a timed wait: the main thread stays responsive to signals
                     time.sleep(0.2)
@@ -419,6 +420,16 @@ class Reproduction:
             signal.signal(signal.SIGTERM, previous)
         pool.shutdown(wait=True)
         return "failed" if self.failures or self.busy else "done"
+
+    def halt(self) -> None:
+        """Stop every process (each saves) and wait until the workers have ended: called from a signal
+        handler of the main thread while `run` waits there (a Slurm job about to be requeued)."""
+        from concurrent.futures import wait
+
+        self.stop.set()
+        for pid in list(self.children):
+            _signal(pid, signal.SIGTERM)
+        wait(self._futures)
 
     def _run_one(self, spec: RunSpec) -> None:
         if self.stop.is_set():
