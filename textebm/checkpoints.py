@@ -105,7 +105,7 @@ def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(path, framework="pt", device="cpu") as weights:
             metadata = weights.metadata() or {}
-            tensors = {name: weights.get_tensor(name) for name in weights.keys()}  # noqa: SIM118 - not a dict
+            tensors = {name: weights.get_tensor(name) for name in weights.keys()}
     except (SafetensorError, OSError) as err:
         raise UserError(f"{path} is corrupt or truncated ({_first_line(err)})") from None
     if metadata.get("format") != str(FORMAT) or not metadata.get("step", "").isdigit():
