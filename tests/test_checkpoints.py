@@ -292,6 +292,22 @@ def test_a_run_of_the_older_format_resumes_as_it_would_have(cli, run_copy, tmp_p
     assert not (legacy / LEGACY).exists() and load_checkpoint(legacy)["step"] == 22
 
 
+def test_reproduce_counts_a_segment_up_to_the_last_save_of_either_format(saved_run):
+    """`textebm reproduce`'s budget ledger closes an interrupted segment at the time of the run's last
+    save: the training state's mtime (written last), or the older format's one file."""
+    from textebm.reproduce import BUDGET, spent_seconds
+
+    folder = saved_run[0]
+    started = 1_000_000.0
+    (folder / BUDGET).write_text(json.dumps({"spent_seconds": 0.0, "segments": [{"started": started}]}))
+    os.utime(folder / TRAINING_STATE, (started + 30, started + 30))
+    os.utime(folder / WEIGHTS, (started + 99, started + 99))
+    assert spent_seconds(folder) == pytest.approx(30)
+    to_format_1(folder)
+    os.utime(folder / LEGACY, (started + 50, started + 50))
+    assert spent_seconds(folder) == pytest.approx(50)
+
+
 # --- RNG states across devices --------------------------------------------------------------------
 
 CUDA_PHILOX_STATE = torch.tensor([1234, 0], dtype=torch.int64).view(torch.uint8)  # seed, offset: 16 bytes
