@@ -24,7 +24,7 @@ from pathlib import Path
 
 from textebm.errors import UserError
 from textebm.grid import Grid, load_grid
-from textebm.reproduce import Reproduction, RunLock, plan
+from textebm.reproduce import Reproduction, plan
 
 # Slurm options a grid gets unless its [slurm] table or --slurm says otherwise: one task, one CPU,
 # an hour, and the warning 2 minutes before the limit (time to save and requeue).
@@ -114,18 +114,15 @@ def slurm_executor(folder: Path, options: dict):
 
 def submit_grid(grid: Grid, out: Path, executor, data_dir: str | None = None, device: str = "auto",
                 train_only: bool = False, echo=print) -> list:
-    """One job per run with something left to do (and not held by another process now): the jobs."""
-    wanted = {"train"} if train_only else None
+    """One job per run with something left to do and not held by another process now (`plan` says
+    which; it also checks every run folder against the grid before anything starts): (name, job) pairs."""
     todo = []
-    for step in plan(grid, out):  # (also checks every run folder against the grid before anything starts)
-        if step.status in ("start", "resume", "to do") and (wanted is None or step.what in wanted):
+    for step in plan(grid, out):
+        if step.status in ("start", "resume", "to do") and not (train_only and step.what != "train"):
             if step.run not in todo:
                 todo.append(step.run)
     jobs = []
     for spec in todo:
-        if RunLock(out, spec.name).held_elsewhere():
-            echo(f"{spec.name}: another process works on this run now: not submitted")
-            continue
         job = executor.submit(GridRunJob(str(Path(grid.path).resolve()), str(Path(out).resolve()), spec.name,
                                          data_dir, device, train_only))
         echo(f"{spec.name}: submitted as job {job.job_id}")
