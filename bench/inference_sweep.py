@@ -25,6 +25,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from textebm.checkpoints import has_checkpoint
 from textebm.io import atomic_write_text
 
 SCHEDULE = ["posterior_step_size=0.8", "posterior_step_schedule=geometric", "posterior_step_size_end=0.05"]
@@ -58,7 +59,7 @@ def run_variant(name: str, overrides: list[str], args, env: dict) -> dict:
         return json.loads(result_path.read_text())
     textebm = [str(Path(sys.executable).parent / "textebm")]
     sets = [x for item in [*args.base, *overrides] for x in ("--set", item)]
-    if not (folder / "checkpoint.pt").is_file():
+    if not has_checkpoint(folder):
         if folder.exists():  # a variant killed before its first checkpoint: start it again
             shutil.rmtree(folder)
         subprocess.run([*textebm, "train", "--corpus", "ptb", "--preset", "cpu", "--threads", "1", "--no-progress",

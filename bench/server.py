@@ -33,8 +33,9 @@ def make_run(folder: Path, quick: bool) -> Path:
     import torch
 
     from bench.eval_ppl import data_dir
+    from textebm.checkpoints import save_checkpoint
     from textebm.config import resolve_config
-    from textebm.runs import build_model, create_run, save_checkpoint
+    from textebm.runs import build_model, create_run
     from textebm.train import make_optimizers
     from textebm.vocab import WordVocab
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -28,6 +28,7 @@ from server.batcher import Batcher, QueueFull
 from server.errors import ApiError, queue_full
 from server.latent import add_latent_routes
 from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
+from server.metrics import CONTENT_TYPE, MetricsMiddleware, ServerMetrics
 from server.schemas import (
     MAX_CHAINS,
     MAX_SENTENCE_CHARS,
@@ -100,7 +101,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
             app.state.startup_error = err
             raise
         app.state.run = run
-        app.state.batcher = Batcher(run.model, queue_size, max_batch_sentences, coalesce)
+        app.state.batcher = Batcher(run.model, queue_size, max_batch_sentences, coalesce, on_batch=metrics.batch)
+        metrics.watch(app.state.batcher)
         app.state.batcher.start()
         try:
             yield
@@ -116,6 +118,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                                      "/openapi.json.")
     app.state.startup_error = None
     app.state.limits = limits
+    app.state.metrics = metrics = ServerMetrics()
     served_limits = {**limits, "max_chains": MAX_CHAINS, "max_sentence_chars": MAX_SENTENCE_CHARS}
 
     app.add_middleware(SecurityHeadersMiddleware)
@@ -124,7 +127,8 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # outermost: before anything reads
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # before anything reads the body
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the body limit's 413 too
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
@@ -205,6 +209,14 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                     prior_steps=run.config.prior_steps, device=str(run.model.device),
                     precision=run.model.decoding_precision, limits=served_limits,
                     auth=api_key is not None, config=run.config.to_dict())
+
+    @app.get("/metrics", response_class=Response, dependencies=dependencies,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                        **({401: {"model": ErrorResponse}} if api_key else {})})
+    async def metrics_endpoint() -> Response:
+        """Counters for Prometheus: requests and their durations per endpoint and status code, sentences
+        generated, batch sizes, queue depth (server/metrics.py)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:

@@ -45,8 +45,10 @@ class Result:
 class Batcher:
     """Queue + worker. `submit` is called from request handlers; `run` is the worker task."""
 
-    def __init__(self, model, queue_size: int, max_batch_sentences: int, coalesce: bool = True):
+    def __init__(self, model, queue_size: int, max_batch_sentences: int, coalesce: bool = True,
+                 on_batch=None):
         self.model = model
+        self.on_batch = on_batch  # called with (requests, sentences, seconds) after each decoded batch
         self.queue: asyncio.Queue[Job] = asyncio.Queue()  # bounded by `submit`, held jobs included
         self.queue_size = queue_size
         self.max_batch_sentences = max_batch_sentences
@@ -133,6 +135,8 @@ class Batcher:
             self.batches += 1
             self.requests += len(batch)
             sentences = sum(job.n for job in batch)
+            if self.on_batch is not None:
+                self.on_batch(len(batch), sentences, self.last_compute_s)
             for job, ids in zip(batch, outcome):
                 if not job.future.done():
                     job.future.set_result(Result(ids, len(batch), sentences,

@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or X-API-Key: KEY)")
+    p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every endpoint "
+                        "but /health, / and the schema (so /metrics too)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable; default: CORS off)")
     p.add_argument("--max-n", type=int, default=64, help="most sentences per request (default 64)")

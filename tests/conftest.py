@@ -132,6 +132,30 @@ def latent_model(tiny_config, ptb_train_lines):
     return make
 
 
+@pytest.fixture
+def saved_run(tmp_path, tiny_config, ptb_train_lines):
+    """A run folder saved at step 7 by `save_checkpoint`, after one real Adam step of the generator:
+    (folder, model, optimizers, vocab)."""
+    from textebm.checkpoints import save_checkpoint
+    from textebm.runs import build_model, create_run
+    from textebm.train import make_optimizers
+    from textebm.vocab import WordVocab
+
+    vocab = WordVocab.build(ptb_train_lines[:200])
+    torch.manual_seed(0)
+    model = build_model(tiny_config, vocab)
+    optimizers = make_optimizers(model, tiny_config)
+    # one real optimizer step, so that the optimizer state is not empty
+    tokens = torch.tensor([[1, 5, 2], [1, 6, 2]])
+    loss = -model.decoder.log_likelihood(torch.randn(2, tiny_config.latent_dim), tokens).mean()
+    loss.backward()
+    optimizers["generator"].step()
+    folder = tmp_path / "run"
+    create_run(folder, tiny_config, vocab)
+    save_checkpoint(folder, model, optimizers, 7)
+    return folder, model, optimizers, vocab
+
+
 @pytest.fixture(scope="session")
 def train_args(small_corpus):
     """`textebm train` arguments for a tiny run on the small corpus (add --out and --max-steps)."""
@@ -162,7 +186,7 @@ def trained_run(tmp_path_factory, train_args) -> Path:
         else:
             os.environ["TEXTEBM_OFFLINE"] = previous
     assert status == 0, "the session's tiny training run failed"
-    for name in ("config.json", "vocab.json", "checkpoint.pt", "metrics.jsonl"):
+    for name in ("config.json", "vocab.json", "model.safetensors", "training_state.pt", "metrics.jsonl"):
         assert (folder / name).is_file(), f"tiny run has no {name}"
     return folder
 

@@ -37,7 +37,7 @@ def train_tiny_run(folder: Path) -> Path:
                  "--set", "embedding_dim=16", "--set", "hidden_dim=32", "--set", "latent_dim=8",
                  "--set", "posterior_steps=3", "--set", "prior_steps=5", "--max-steps", "20", "--no-progress"])
     assert code == 0, f"training the tiny run failed with exit status {code}"
-    assert (folder / "checkpoint.pt").is_file()
+    assert (folder / "model.safetensors").is_file()
     return folder
 
 

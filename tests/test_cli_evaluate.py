@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from textebm.checkpoints import save_checkpoint
 from textebm.config import Config
-from textebm.runs import build_model, create_run, save_checkpoint
+from textebm.runs import build_model, create_run
 from textebm.vocab import WordVocab
 
 

@@ -63,7 +63,7 @@ def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train
 def test_bad_options(cli, one_line_error, tmp_path, train_args, extra, fragment):
     args = train_args("--out", tmp_path / "run", *extra)
     one_line_error(*cli(*args)[::2], "train", fragment)
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_device_cuda_without_gpu(cli, one_line_error, tmp_path, train_args, monkeypatch):
@@ -100,9 +100,10 @@ def test_resume_rejects_new_config(cli, one_line_error, run_copy, small_corpus):
 
 
 def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_copy, train_args):
-    before = (run_copy / "checkpoint.pt").read_bytes()
+    files = ("model.safetensors", "training_state.pt")
+    before = [(run_copy / name).read_bytes() for name in files]
     one_line_error(*cli(*train_args("--out", run_copy, "--max-steps", "1"))[::2], "train", "--resume")
-    assert (run_copy / "checkpoint.pt").read_bytes() == before
+    assert [(run_copy / name).read_bytes() for name in files] == before
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -129,10 +130,10 @@ def test_sample_from_a_folder_that_is_not_a_run(cli, one_line_error, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 def test_sample_from_a_damaged_checkpoint(cli, one_line_error, run_copy, damage):
-    path = run_copy / "checkpoint.pt"
+    path = run_copy / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3] if damage == "truncated" else bytes(b ^ 0x5A for b in data))
-    one_line_error(*cli("sample", "--checkpoint", run_copy)[::2], "sample", "checkpoint.pt")
+    one_line_error(*cli("sample", "--checkpoint", run_copy)[::2], "sample", "model.safetensors")
 
 
 def test_sample_device_cuda_without_gpu(cli, one_line_error, trained_run, monkeypatch):
@@ -161,19 +162,26 @@ def test_subprocess_missing_corpus(textebm_exe, subprocess_env, one_line_error, 
     assert proc.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["sample", "resume"])
 def test_subprocess_code_running_checkpoint_is_refused(textebm_exe, subprocess_env, one_line_error, run_copy,
-                                                      tmp_path):
+                                                      tmp_path, small_corpus, command):
+    """The pickled files: a resume's training state, and the one file of the older format."""
     marker = tmp_path / "pwned"
-    torch.save({"format": 1, "step": 1, "model": RunsCode(f"touch {shlex.quote(str(marker))}")},
-               run_copy / "checkpoint.pt")
-    proc = _run(textebm_exe, subprocess_env, "sample", "--checkpoint", run_copy, "-n", "2", "--device", "cpu")
-    one_line_error(proc.returncode, proc.stderr, "sample", "checkpoint.pt")
-    assert not marker.exists(), "sampling from the crafted checkpoint ran its code"
-    assert proc.stdout == ""
+    name = "training_state.pt" if command == "resume" else "checkpoint.pt"
+    if command == "sample":
+        for new in ("model.safetensors", "training_state.pt"):
+            (run_copy / new).unlink()
+    torch.save({"format": 1, "step": 1, "model": RunsCode(f"touch {shlex.quote(str(marker))}")}, run_copy / name)
+    args = (["sample", "--checkpoint", run_copy, "-n", "2"] if command == "sample" else
+            ["train", "--corpus", small_corpus, "--out", run_copy, "--resume", "--max-steps", "30"])
+    proc = _run(textebm_exe, subprocess_env, *args, "--device", "cpu")
+    one_line_error(proc.returncode, proc.stderr, args[0], name)
+    assert not marker.exists(), "loading the crafted checkpoint ran its code"
+    assert proc.stdout == "" or command == "resume"
 
 
 def test_subprocess_truncated_checkpoint(textebm_exe, subprocess_env, one_line_error, run_copy):
-    path = run_copy / "checkpoint.pt"
+    path = run_copy / "model.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
     proc = _run(textebm_exe, subprocess_env, "sample", "--checkpoint", run_copy, "--device", "cpu")
     one_line_error(proc.returncode, proc.stderr, "sample", "corrupt or truncated")
@@ -233,7 +241,7 @@ def test_train_writes_a_complete_run(trained_run):
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 21))
     assert any(r["kind"] in ("final", "epoch", "valid") for r in records)
-    assert torch.load(trained_run / "checkpoint.pt", weights_only=True)["step"] == 20
+    assert torch.load(trained_run / "training_state.pt", weights_only=True)["step"] == 20
     assert (trained_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "sample:" in (trained_run / "train.log").read_text(encoding="utf-8")
 
@@ -274,12 +282,13 @@ def test_resume_after_sigkill_gives_the_same_next_losses(textebm_exe, subprocess
     proc = _start(textebm_exe, subprocess_env,
                   train_args("--out", killed, "--max-steps", "100000", "--seed", "3", overrides=every))
     try:
-        _wait_for(lambda: (killed / "checkpoint.pt").is_file() and max(_train_records(killed), default=0) >= 6, proc)
+        _wait_for(lambda: (killed / "training_state.pt").is_file() and max(_train_records(killed), default=0) >= 6,
+                  proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    step = torch.load(killed / "training_state.pt", weights_only=True)["step"]
     assert step >= 5 and step % 5 == 0
 
     status, out, err = cli("train", "--corpus", small_corpus, "--out", killed, "--resume", "--max-steps", step + 2,
@@ -315,7 +324,7 @@ def test_ctrl_c_saves_and_exits_130(textebm_exe, subprocess_env, train_args, tmp
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert "--resume" in out
-    saved = torch.load(folder / "checkpoint.pt", weights_only=True)["step"]
+    saved = torch.load(folder / "training_state.pt", weights_only=True)["step"]
     assert saved >= seen
     assert saved == max(_train_records(folder))
 

@@ -218,7 +218,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # rank 0 alone writes: one stop line in the log, one checkpoint
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("stopped at step 4") == 1
-    assert (tmp_path / "two" / "checkpoint.pt").is_file()
+    assert (tmp_path / "two" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow

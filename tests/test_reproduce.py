@@ -79,7 +79,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             ledger = json.loads((folder / BUDGET).read_text()) if (folder / BUDGET).is_file() else None
-            if ledger and "pid" in ledger["segments"][-1] and (folder / "checkpoint.pt").is_file():
+            if ledger and "pid" in ledger["segments"][-1] and (folder / "training_state.pt").is_file():
                 break
             time.sleep(0.02)
         else:
@@ -128,7 +128,7 @@ def test_a_stop_request_saves_the_training_and_exits_130(tmp_path, corpus_folder
     assert driver.returncode == 130, stdout
     assert "stopped (saved; the same command resumes it)" in stdout and "again to resume" in stdout
     assert re.search(r"stopped at step \d+ \(interrupt\)", (folder / "train.log").read_text())
-    assert (folder / "checkpoint.pt").is_file() and not (folder / TRAIN_MARKER).exists()
+    assert (folder / "training_state.pt").is_file() and not (folder / TRAIN_MARKER).exists()
 
 
 def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overrides, one_line_error):

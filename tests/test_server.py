@@ -318,7 +318,7 @@ def test_damaged_checkpoint_fails_at_start_up_not_per_request(tmp_path, tiny_run
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_run, broken)
-    (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (broken / "model.safetensors").write_bytes(b"not a checkpoint")
     app = create_app(broken)
     with pytest.raises(RuntimeError, match="start"):
         with live_server(app, startup_timeout=30):

@@ -71,7 +71,7 @@ def test_bad_run_folders_exit_2_with_one_line(cli_run, tmp_path, damage):
         folder.mkdir()
     elif damage == "corrupt":
         shutil.copytree(cli_run, folder)
-        (folder / "checkpoint.pt").write_bytes(b"\0" * 10)
+        (folder / "model.safetensors").write_bytes(b"\0" * 10)
     result = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(folder), "--port", "0",
                              "--device", "cpu"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=90)
     assert result.returncode == 2, result.stderr

@@ -2,7 +2,7 @@
 (2xx, fitting the response schema), invalid ones get 4xx, and nothing ever gets a 5xx.
 
 Bounded: per operation (/generate, the latent-space /reconstruct, /interpolate and /score, /health,
-/info), 30 examples each of schema-conforming and schema-violating requests. (schemathesis'
+/info, /metrics), 30 examples each of schema-conforming and schema-violating requests. (schemathesis'
 `from_fixture` pytest integration fails under pytest 9, so the strategies are driven by
 Hypothesis directly.)"""
 
@@ -16,7 +16,8 @@ from server_fixtures import live_server, train_tiny_run
 
 from server.app import create_app
 
-OPERATIONS = ["POST /generate", "POST /reconstruct", "POST /interpolate", "POST /score", "GET /health", "GET /info"]
+OPERATIONS = ["POST /generate", "POST /reconstruct", "POST /interpolate", "POST /score", "GET /health", "GET /info",
+              "GET /metrics"]
 
 
 @pytest.fixture(scope="module")

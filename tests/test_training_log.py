@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from textebm.batches import encode_lines
+from textebm.checkpoints import load_checkpoint
 from textebm.config import resolve_config
-from textebm.runs import build_model, create_run, load_checkpoint, load_run
+from textebm.runs import build_model, create_run, load_run
 from textebm.train import mark_folder, train
 from textebm.training_log import Clock, TrainingLog
 from textebm.vocab import build_vocab

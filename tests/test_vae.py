@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from textebm.batches import encode_lines, pad
+from textebm.checkpoints import load_checkpoint
 from textebm.config import resolve_config
 from textebm.langevin import gaussian_noise
 from textebm.likelihood import importance_sampled_log_likelihood
-from textebm.runs import build_model, load_checkpoint, load_run
+from textebm.runs import build_model, load_run
 from textebm.train import VAELearner, make_learner
 from textebm.vae import RESET_SEED, VAETextModel, free_bits, gaussian_kl, kl_weight, posterior_kl, reset_weights
 from textebm.vocab import WordVocab

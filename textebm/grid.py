@@ -18,6 +18,10 @@ checked in full before anything starts (`textebm reproduce`).
     seeds = [0, 1]                   # one run per seed, named ptb-ebm-seed0, ...; or `seed = 0`
     evaluate = [{ split = "test", max_sentences = 300, num_chains = 16 }]   # `textebm evaluate` options
 
+    [slurm]                          # submitit's Slurm options for `--executor slurm` (docs/reproduce.md)
+    partition = "gpu"
+    time = 120                       # minutes per job; a job warned of its limit saves and is requeued
+
 Runs that differ only in their seed form one group: the results give their mean and spread.
 Grids shipped with textebm (textebm/grids/*.toml) can be named without a path.
 """
@@ -95,6 +99,7 @@ class Grid:
     path: Path
     title: str
     runs: tuple[RunSpec, ...]
+    slurm: dict = dataclasses.field(default_factory=dict)  # submitit.SlurmExecutor parameters
 
 
 def shipped_grids() -> list[str]:
@@ -117,9 +122,11 @@ def load_grid(name: str) -> Grid:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UserError(f"{path}: not a readable TOML grid ({err})") from None
-    unknown = sorted(set(data) - {"title", "defaults", "runs"})
+    unknown = sorted(set(data) - {"title", "defaults", "runs", "slurm"})
     if unknown:
-        raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)} (known: title, defaults, runs)")
+        raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)} (known: title, defaults, runs, slurm)")
+    if not isinstance(data.get("slurm", {}), dict):
+        raise UserError(f"{path}: [slurm] must be a table of Slurm options (e.g. partition = \"gpu\", time = 120)")
     defaults = data.get("defaults", {})
     entries = data.get("runs", [])
     if not isinstance(defaults, dict) or not isinstance(entries, list) or not entries:
@@ -133,7 +140,7 @@ def load_grid(name: str) -> Grid:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"{path}: run name(s) used twice: {', '.join(twice)}")
-    return Grid(path, str(data.get("title", path.stem)), tuple(runs))
+    return Grid(path, str(data.get("title", path.stem)), tuple(runs), dict(data.get("slurm", {})))
 
 
 def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:

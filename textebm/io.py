@@ -18,8 +18,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
+def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """`path`'s new content, whole and on disk, under a temporary name beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -28,9 +28,37 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    path = Path(path)
+    tmp = _write_temporary(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
+    """Several files that belong together (a checkpoint's weights and training state): every one is
+    written whole before the first is renamed into place, then they are renamed in the order given.
+    A process killed while writing leaves all the old files; a kill between two renames leaves the
+    first files new and the later ones old, which their writer must let its reader recover from
+    (textebm.checkpoints keeps the weights it replaces until its last rename)."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            written.append((_write_temporary(Path(path), lambda handle, data=data: handle.write(data)), Path(path)))
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -44,9 +44,16 @@ from textebm.io import atomic_write_text, read_json
 
 TRAIN_MARKER = "reproduce-train.json"
 BUDGET = "reproduce-budget.json"
-CHECKPOINT = "checkpoint.pt"  # textebm.runs.CHECKPOINT (not imported: planning needs no torch)
+# textebm.checkpoints' TRAINING_STATE (written last at every save) and LEGACY (older runs' one file);
+# not imported: planning needs no torch
+CHECKPOINT_FILES = ("training_state.pt", "checkpoint.pt")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # besides --threads 1: native libraries' pools
 MIN_MINUTES = 1e-3  # what a resumed run whose budget is spent gets: it stops at once, validates and saves
+
+
+def checkpoint_file(folder: Path) -> Path | None:
+    """The file of the run's last checkpoint (its mtime is when it was saved), None before the first."""
+    return next((folder / name for name in CHECKPOINT_FILES if (folder / name).is_file()), None)
 
 
 def evaluation_marker(split: str) -> str:
@@ -76,8 +83,8 @@ def _closed_ledger(folder: Path) -> dict:
     segments = ledger["segments"]
     if segments and segments[-1].get("counted_seconds") is None:
         started = segments[-1]["started"]
-        checkpoint = folder / CHECKPOINT
-        saved = checkpoint.stat().st_mtime if checkpoint.is_file() else 0.0
+        checkpoint = checkpoint_file(folder)
+        saved = checkpoint.stat().st_mtime if checkpoint is not None else 0.0
         counted = max(0.0, saved - started)  # 0 when the segment never saved: its time was lost
         segments[-1] = {**segments[-1], "counted_seconds": counted}
         ledger["spent_seconds"] += counted
@@ -117,7 +124,7 @@ class TrainState:
 
 def checkpoint_clock(folder: Path) -> tuple[int, dict]:
     """The checkpoint's step and its clocks (textebm.training_log.Clock.state; empty for older runs)."""
-    from textebm.runs import load_checkpoint
+    from textebm.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(folder)
     return int(checkpoint["step"]), dict(checkpoint.get("extra", {}).get("clock", {}))
@@ -158,7 +165,7 @@ def train_state(spec: RunSpec, folder: Path) -> TrainState:
     marker = read_json(folder / TRAIN_MARKER)
     if marker is not None and marker.get("budget") == budget_of(spec):
         return TrainState("done", marker["step"], marker["train_minutes"], marker)
-    if (folder / CHECKPOINT).is_file():
+    if checkpoint_file(folder) is not None:
         step, clock = checkpoint_clock(folder)
         return TrainState("resume", step, spent_seconds(folder) / 60, cpu_minutes=clock.get("cpu_seconds", 0.0) / 60)
     return TrainState("start")
@@ -380,6 +387,7 @@ class Reproduction:
         self.children: dict[int, str] = {}  # pid -> run name
         self.failures: list[str] = []
         self.busy: list[str] = []
+        self._futures: list = []
 
     def echo(self, text: str) -> None:
         with self._echo_lock:
@@ -393,7 +401,7 @@ class Reproduction:
         previous = signal.signal(signal.SIGTERM, stop_request)
         pool = ThreadPoolExecutor(self.jobs)
         try:
-            futures = [pool.submit(self._run_one, spec) for spec in self.grid.runs]
+            self._futures = futures = [pool.submit(self._run_one, spec) for spec in self.grid.runs]
             for future in futures:
                 while not future.done():  # a timed wait: the main thread stays responsive to signals
                     time.sleep(0.2)
@@ -412,6 +420,16 @@ class Reproduction:
             signal.signal(signal.SIGTERM, previous)
         pool.shutdown(wait=True)
         return "failed" if self.failures or self.busy else "done"
+
+    def halt(self) -> None:
+        """Stop every process (each saves) and wait until the workers have ended: called from a signal
+        handler of the main thread while `run` waits there (a Slurm job about to be requeued)."""
+        from concurrent.futures import wait
+
+        self.stop.set()
+        for pid in list(self.children):
+            _signal(pid, signal.SIGTERM)
+        wait(self._futures)
 
     def _run_one(self, spec: RunSpec) -> None:
         if self.stop.is_set():

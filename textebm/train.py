@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from textebm.batches import EncodedSplit, epoch_batches, pad
+from textebm.checkpoints import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from textebm.compiling import compile_model
 from textebm.config import Config
 from textebm.diagnostics import latent_usage, prior_chain_bias
@@ -37,7 +38,7 @@ from textebm.langevin import Shard, deferred_checks, gaussian_noise
 from textebm.likelihood import annealed_log_partition
 from textebm.model import LatentEBMTextModel
 from textebm.parallel import Parallel, wrap
-from textebm.runs import create_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from textebm.runs import create_run
 from textebm.training_log import Clock, TrainingLog
 from textebm.vae import RESET_SEED, free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
 
@@ -182,14 +183,14 @@ class Learner:
         return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
                 "chain_rng": self.chain_rng.get_state(), "rng_ranks": self.parallel.gather(rng_state())}
 
-    def load_state(self, checkpoint: dict) -> None:
+    def load_state(self, checkpoint: dict) -> list[str]:
+        """The checkpoint's state (loaded on the CPU: load_state_dict places it); returns the lines that
+        say what could not be restored as saved (textebm.checkpoints.restore_rng)."""
         self.model.load_state_dict(checkpoint["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint["optimizers"][name])
-        extra = checkpoint.get("extra", {})
-        self.chain_rng.set_state(extra["chain_rng"].cpu() if "chain_rng" in extra else self.chain_rng.get_state())
-        ranks = extra.get("rng_ranks", [checkpoint["rng"]])
-        set_rng_state(ranks[self.parallel.rank] if len(ranks) == self.parallel.world else checkpoint["rng"])
+        return restore_rng(checkpoint, self.chain_rng, self.parallel.rank, self.parallel.world,
+                           self.cfg.seed + int(checkpoint["step"]))
 
 
 class VAELearner(Learner):
@@ -243,9 +244,9 @@ class VAELearner(Learner):
         reset_weights(self.model.decoder, self.cfg.seed + RESET_SEED)
         self.optimizers["generator"].state.clear()
 
-    def load_state(self, checkpoint: dict) -> None:
-        super().load_state(checkpoint)
+    def load_state(self, checkpoint: dict) -> list[str]:
         self.updates = int(checkpoint["step"])
+        return super().load_state(checkpoint)
 
 
 def make_learner(model: LatentEBMTextModel, cfg: Config, device, parallel: Parallel = Parallel()) -> Learner:
@@ -544,8 +545,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     learner = make_learner(model, cfg, device, parallel)
     step, clock = 0, Clock()
     if resume:
-        checkpoint = load_checkpoint(folder, device)
-        learner.load_state(checkpoint)
+        checkpoint = load_checkpoint(folder)
+        notes = learner.load_state(checkpoint)
         step = int(checkpoint["step"])
         clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
         if main:
@@ -554,6 +555,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                       resumed_at=step if resume else None, tensorboard=cfg.tensorboard)
     if resume:
         log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
+        for note in notes:
+            log.message(note)
     if log.tensorboard_folder and not resume:
         log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
 

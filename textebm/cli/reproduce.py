@@ -22,6 +22,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what is done and what would run; start nothing")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: --jobs processes on this machine (default); slurm: one Slurm job per run that has "
+                        "something left to do, through submitit (requeued jobs resume from their checkpoints)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Slurm option for --executor slurm (submitit's names: partition, time in minutes, "
+                        "gpus_per_node, cpus_per_task, mem, account, qos, ...; over the grid's [slurm] table)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="--executor slurm: submit and return (run the command again later to gather the results)")
     p.set_defaults(run=run)
 
 
@@ -42,9 +50,32 @@ def run(args: argparse.Namespace) -> int:
         print(format_plan(grid, out, plan(grid, out), args.jobs))
         return 0
     command = shlex.join(["textebm", "reproduce", args.grid, "--out", args.out, "--jobs", str(args.jobs)])
+    if args.executor == "slurm":
+        return _on_slurm(args, grid, out, command)
     status = reproduce(grid, out, args.jobs, args.data_dir, args.device, command,
                        echo=lambda text: print(text, flush=True), train_only=args.train_only)
     if status == "interrupted":
         print(f"interrupted: run `{command}` again to resume", file=sys.stderr)
         return 130
+    return 0 if status == "done" else 1
+
+
+def _on_slurm(args, grid, out, command: str) -> int:
+    from textebm.cluster import slurm_executor, slurm_options, submit_grid, wait_for
+    from textebm.reproduce import format_plan, plan, write_grid_results
+
+    executor = slurm_executor(out / "slurm", slurm_options(grid.slurm, args.slurm))
+    echo = lambda text: print(text, flush=True)  # noqa: E731
+    echo(format_plan(grid, out, plan(grid, out), args.jobs))
+    jobs = submit_grid(grid, out, executor, args.data_dir, args.device, args.train_only, echo)
+    if args.no_wait:
+        echo(f"{len(jobs)} jobs submitted; when they have ended, `{command}` gathers the results")
+        return 0
+    try:
+        status = wait_for(jobs, echo)
+    except KeyboardInterrupt:
+        echo(f"the jobs go on running on the cluster; when they have ended, `{command}` gathers the results")
+        return 130
+    for path in write_grid_results(grid, out, command):
+        echo(f"wrote {path}")
     return 0 if status == "done" else 1
