@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
+from textebm.closed_form import closed_form_model
 from textebm.config import Config
+from textebm.diagnostics import posterior_information
 from textebm.energy import EnergyPrior
+from textebm.laplace import LaplaceProposal, log_joint_grad, negative_hessian
 from textebm.likelihood import (
     annealed_log_partition,
     evaluate_sentences,
@@ -180,3 +183,71 @@ def test_ais_is_right_where_plain_monte_carlo_misses_a_sharp_tilt_far_from_the_o
 def test_partition_function_of_the_gaussian_prior_is_exact():
     report, ais = partition_function(EnergyPrior(4, kind="gaussian"))
     assert report["log_z"] == 0.0 and ais is None and "exact" in report["method"]
+
+
+def _defaults():
+    from textebm.evaluation import EvaluationOptions
+
+    options = EvaluationOptions(checkpoint="")
+    return options.num_chains, options.num_is_samples
+
+
+def test_the_default_estimator_meets_the_closed_form_where_the_old_proposal_did_not():
+    """d = 32, a correlated posterior (std 0.05 along its narrowest direction), an EBM tilt with exact log Z,
+    through evaluate's own call with evaluate's defaults."""
+    model = closed_form_model()
+    exact = model.exact_log_px()
+    num_chains, num_samples = _defaults()
+    report, _ = partition_function(model.prior, num_chains=500, steps=500, monte_carlo_samples=10_000,
+                                   generator=torch.Generator().manual_seed(0))
+    assert abs(report["log_z"] - model.exact_log_z()) < 0.05
+    res = evaluate_sentences(model, model.sentences(), 0, report["log_z"], num_chains, num_samples,
+                             torch.Generator().manual_seed(1))
+    error = (res.log_px.double() - exact).abs().mean()
+    assert error <= 0.1, error
+    assert res.ess.mean() >= 0.3 * num_samples
+    assert abs((res.log_px - res.tenth()).mean()) < 0.2  # the convergence check agrees (mean over sentences)
+    old = evaluate_sentences(model, model.sentences(), 0, report["log_z"], 16, num_samples,
+                             torch.Generator().manual_seed(1), proposal="chains")
+    assert (old.log_px.double() - exact).mean() < -1.0 and old.ess.mean() < 5  # the check can fail
+
+
+def test_the_hessian_by_differences_is_the_closed_form_posterior_precision():
+    model = closed_form_model(latent_dim=8, sentences=3)
+    tokens = model.tokens()
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    precision, grad = negative_hessian(model, tokens, z)
+    w = model.decoder.weight
+    exact = model.prior.precision * torch.eye(8) + w.T @ w / model.decoder.noise**2
+    torch.testing.assert_close(precision, exact.expand(3, -1, -1), rtol=1e-3, atol=2e-2)
+    torch.testing.assert_close(grad, log_joint_grad(model, tokens, z), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("nu", [3.0, math.inf])
+def test_the_laplace_proposal_is_a_normalised_density_of_its_own_draws(nu):
+    g = torch.Generator().manual_seed(0)
+    vectors, _ = torch.linalg.qr(torch.randn(2, 3, 3, generator=g))
+    proposal = LaplaceProposal(torch.randn(2, 3, generator=g), vectors, torch.tensor([[1.0, 4.0, 9.0]] * 2), nu)
+    z = proposal.sample(4000, g)
+    covariance = vectors @ torch.diag_embed(1 / proposal.precisions) @ vectors.transpose(1, 2)
+    if math.isinf(nu):
+        exact = torch.distributions.MultivariateNormal(proposal.mean.unsqueeze(1), covariance.unsqueeze(1))
+        torch.testing.assert_close(proposal.log_density(z), exact.log_prob(z), rtol=1e-4, atol=1e-4)
+    else:  # a t's scale matrix times nu / (nu - 2) is its covariance (nu = 3: 3 x)
+        sample_cov = torch.stack([torch.cov(z[i].T) for i in range(2)])
+        assert torch.allclose(sample_cov.diagonal(dim1=1, dim2=2) / (3 * covariance.diagonal(dim1=1, dim2=2)),
+                              torch.ones(2, 3), atol=0.35)
+    # normalised: E_q[p / q] = 1 for p a fixed Gaussian, by importance sampling from q itself
+    target = torch.distributions.MultivariateNormal(proposal.mean.unsqueeze(1), covariance.unsqueeze(1))
+    ratio = (target.log_prob(z) - proposal.log_density(z)).exp().mean(1)
+    assert torch.allclose(ratio, torch.ones(2), atol=0.05), ratio
+
+
+def test_mutual_information_from_the_weights_is_within_ten_percent_of_the_closed_form():
+    model = closed_form_model(sentences=8)
+    num_chains, num_samples = _defaults()
+    res = evaluate_sentences(model, model.sentences(), 0, model.exact_log_z(), num_chains, num_samples,
+                             torch.Generator().manual_seed(2))
+    estimate = posterior_information(res).double()
+    exact = model.exact_mutual_information()
+    assert ((estimate - exact).abs() <= 0.1 * exact).all(), (estimate, exact)
