@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from textebm.bdmc import bdmc, model_samples
 from textebm.closed_form import closed_form_model
 from textebm.config import Config
 from textebm.diagnostics import posterior_information
@@ -251,3 +252,15 @@ def test_mutual_information_from_the_weights_is_within_ten_percent_of_the_closed
     estimate = posterior_information(res).double()
     exact = model.exact_mutual_information()
     assert ((estimate - exact).abs() <= 0.1 * exact).all(), (estimate, exact)
+
+
+def test_bdmc_sandwiches_the_exact_log_likelihood_of_sentences_sampled_from_the_model():
+    model = _tiny_model("gaussian")
+    g = torch.Generator().manual_seed(0)
+    tokens, codes = model_samples(model, 6, max_length=8, generator=g)
+    exact, _ = _exact(model, tokens)
+    sandwich = bdmc(model, tokens, codes, 0.0, steps=300, num_chains=4, generator=g)
+    assert (sandwich.lower <= exact + 0.05).all() and (exact <= sandwich.upper + 0.05).all(), (sandwich, exact)
+    assert sandwich.gap.mean() < 0.3
+    estimate = importance_sampled_log_likelihood(model, tokens, 0.0, num_samples=200, generator=g).log_px
+    assert ((estimate - exact).abs() < 0.1).all()

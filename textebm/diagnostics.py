@@ -127,11 +127,13 @@ class LatentUsage:
 
 def latent_usage_batch(model, tokens: torch.Tensor, z_post: torch.Tensor, num_prior: int,
                        generator: torch.Generator | None = None, sensitivity: bool = True,
-                       log_px: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor | None]:
+                       log_px: torch.Tensor | None = None, rate: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The per-sentence pieces `LatentUsage.add` takes, for one batch with posterior codes z_post (B, d).
 
-    log p(x) is `log_px` when given, else logmeanexp over the `num_prior` prior draws."""
+    The rate is `rate` when given (`posterior_information`, from importance sampling), else the rough
+    one-code figure log p(x | z+) - log p(x), log p(x) being `log_px` when given, else logmeanexp over
+    the `num_prior` prior draws."""
     b = tokens.shape[0]
     decoder = model.decoder
     log_post = log_likelihood_rows(decoder, z_post, tokens)
@@ -140,19 +142,21 @@ def latent_usage_batch(model, tokens: torch.Tensor, z_post: torch.Tensor, num_pr
         return log_post, log_post, zeros, None
     z_prior = model.prior_sample(b * num_prior, generator=generator)
     log_prior = log_likelihood_rows(decoder, z_prior, tokens.repeat(num_prior, 1)).view(num_prior, b)
-    if log_px is None:
-        log_px = torch.logsumexp(log_prior.double(), 0) - math.log(num_prior)
-    rate = information_rate(log_post.unsqueeze(1), log_px)
+    if rate is None:
+        if log_px is None:
+            log_px = torch.logsumexp(log_prior.double(), 0) - math.log(num_prior)
+        rate = information_rate(log_post.unsqueeze(1), log_px)
     sens = unit_sensitivity(decoder, tokens, z_post, z_prior[:b]) if sensitivity else None
     return log_post, log_prior.mean(0), rate, sens
 
 
 def latent_usage(model, sentences: list[list[int]], pad_id: int, num_prior: int = PRIOR_DRAWS, batch_size: int = 32,
                  generator: torch.Generator | None = None, au_sentences: int = 64,
-                 log_px: torch.Tensor | None = None) -> dict:
+                 log_px: torch.Tensor | None = None, rate: torch.Tensor | None = None) -> dict:
     """Gap, mutual information and active units over id lists (in order, `batch_size` at a time), each
     sentence's posterior code from one chain of the model's own settings. `log_px` (one per sentence)
-    replaces the prior-draw estimate of log p(x); per-unit sensitivity uses the first `au_sentences`."""
+    replaces the prior-draw estimate of log p(x), `rate` (one per sentence, `posterior_information`) the
+    whole rough rate; per-unit sensitivity uses the first `au_sentences`."""
     from textebm.batches import pad
 
     usage = LatentUsage()
@@ -161,7 +165,8 @@ def latent_usage(model, sentences: list[list[int]], pad_id: int, num_prior: int 
         z_post = model.posterior_sample(tokens, generator=generator)
         parts = latent_usage_batch(model, tokens, z_post, num_prior, generator,
                                    sensitivity=usage.sensitivity_sentences < au_sentences,
-                                   log_px=None if log_px is None else log_px[start:start + batch_size])
+                                   log_px=None if log_px is None else log_px[start:start + batch_size],
+                                   rate=None if rate is None else rate[start:start + batch_size])
         usage.add(int((tokens[:, 1:] != pad_id).sum()), *parts)
     return usage.summary()
 
