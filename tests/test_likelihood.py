@@ -74,8 +74,9 @@ def _exact(model, tokens):
     return torch.tensor(out), log_z
 
 
-@pytest.mark.parametrize("prior, defensive", [("ebm", 0.5), ("gaussian", 0.5), ("ebm", 0.0)])
-def test_importance_sampling_matches_quadrature_in_one_dimension(prior, defensive):
+@pytest.mark.parametrize("prior, proposal, defensive", [("ebm", "laplace", 0.5), ("gaussian", "laplace", 0.5),
+                                                       ("ebm", "chains", 0.5), ("ebm", "chains", 0.0)])
+def test_importance_sampling_matches_quadrature_in_one_dimension(prior, proposal, defensive):
     model = _tiny_model(prior)
     tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 3, 2, 0, 0, 0], [1, 9, 9, 4, 11, 2]])
     exact, exact_log_z = _exact(model, tokens)
@@ -83,7 +84,7 @@ def test_importance_sampling_matches_quadrature_in_one_dimension(prior, defensiv
     log_z, se = log_partition(model.prior, 100_000, generator=g)
     assert abs(log_z - exact_log_z) < 4 * se + 1e-3  # + quadrature error (float32 grid)
     res = importance_sampled_log_likelihood(model, tokens, log_z, num_chains=16, num_samples=2000, generator=g,
-                                            defensive=defensive)
+                                            defensive=defensive, proposal=proposal)
     assert torch.allclose(res.log_px, exact, atol=0.05), (res.log_px, exact)
     # ELBO-style bound: the mean log weight lies below log p(x) (Jensen), and the ESS is in [1, S].
     assert (res.log_w.mean(1) < exact).all()

@@ -74,6 +74,7 @@ class LaplaceProposal:
     vectors: torch.Tensor
     precisions: torch.Tensor
     nu: float
+    heavy_share: float = 1.0  # the Student-t's share of a mixture with the Gaussian of the same scale matrix
 
     @property
     def std(self) -> torch.Tensor:
@@ -88,7 +89,8 @@ class LaplaceProposal:
         if math.isfinite(self.nu):  # chi^2_nu as a sum of nu squared normals (integer nu): seeded like the rest
             chi2 = torch.randn(b, n, int(self.nu), device=self.mean.device, generator=generator,
                                dtype=self.mean.dtype).pow(2).sum(-1, keepdim=True)
-            scaled = scaled * (self.nu / chi2).sqrt()
+            heavy = torch.rand(b, n, 1, device=self.mean.device, generator=generator) < self.heavy_share
+            scaled = torch.where(heavy, scaled * (self.nu / chi2).sqrt(), scaled)
         return self.mean.unsqueeze(1) + scaled
 
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
@@ -97,15 +99,19 @@ class LaplaceProposal:
         whitened = (z - self.mean.unsqueeze(1)) @ self.vectors * self.precisions.sqrt().unsqueeze(1)
         distance = whitened.pow(2).sum(-1)
         half_log_det = 0.5 * self.precisions.log().sum(-1, keepdim=True)
-        if not math.isfinite(self.nu):
-            return half_log_det - 0.5 * distance - 0.5 * d * math.log(2 * math.pi)
+        gaussian = half_log_det - 0.5 * distance - 0.5 * d * math.log(2 * math.pi)
+        if not math.isfinite(self.nu) or self.heavy_share == 0:
+            return gaussian
         nu = self.nu
         const = math.lgamma((nu + d) / 2) - math.lgamma(nu / 2) - 0.5 * d * (math.log(nu) + LOG_PI)
-        return const + half_log_det - 0.5 * (nu + d) * torch.log1p(distance / nu)
+        student = const + half_log_det - 0.5 * (nu + d) * torch.log1p(distance / nu)
+        if self.heavy_share == 1:
+            return student
+        return torch.logaddexp(student + math.log(self.heavy_share), gaussian + math.log1p(-self.heavy_share))
 
 
 def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
-                     max_rows: int = 512) -> LaplaceProposal:
+                     heavy_share: float = 1.0, max_rows: int = 512) -> LaplaceProposal:
     """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
     if newton_steps < 1:
         raise ValueError(f"newton_steps must be at least 1, not {newton_steps}")
@@ -126,7 +132,7 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
                            max_rows).view(b, -1)
         scores = torch.nan_to_num(scores, nan=-math.inf)
         z = candidates[torch.arange(b, device=z.device), scores.argmax(1)]
-    return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu)
+    return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share)
 
 
 def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
