@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from textebm.bdmc import bdmc, model_samples
-from textebm.closed_form import closed_form_model
+from textebm.closed_form import NarrowBump, closed_form_model
 from textebm.config import Config
 from textebm.diagnostics import posterior_information
 from textebm.energy import EnergyPrior
@@ -265,3 +265,23 @@ def test_bdmc_sandwiches_the_exact_log_likelihood_of_sentences_sampled_from_the_
     assert sandwich.gap.mean() < 0.3
     estimate = importance_sampled_log_likelihood(model, tokens, 0.0, num_samples=200, generator=g).log_px
     assert ((estimate - exact).abs() < 0.1).all()
+
+
+def test_ais_cannot_see_a_narrow_mode_holding_most_of_the_mass_and_its_checks_do_not_warn():
+    """The limit stated in docs/evaluate-command.md: a bump of width 0.1 at distance 2 holding 90% of the
+    prior's mass. AIS's chains never find it, so log Z reads log(1 / 10) = 2.3 nats low, while the ESS is
+    high and the half schedule agrees: no self-check of AIS can see mass that no chain visited."""
+    mu = torch.zeros(8)
+    mu[0] = 2.0
+    prior = NarrowBump.with_share(mu, 0.1, 0.9)
+    exact = prior.exact_log_z()
+    assert exact == pytest.approx(math.log(10), abs=1e-9)
+    report, ais = partition_function(prior, num_chains=500, steps=300, monte_carlo_samples=20_000,
+                                     generator=torch.Generator().manual_seed(0))
+    assert exact - report["log_z"] > 1.5  # blind
+    assert report["ais"]["converged"] and report["ais"]["ess"] > 250  # and the checks say all is well
+    # a mild bump (width 1, the reference's own scale) is found: the limit is the narrow one
+    mild = NarrowBump.with_share(mu, 1.0, 0.9)
+    seen, _ = partition_function(mild, num_chains=500, steps=300, monte_carlo_samples=20_000,
+                                 generator=torch.Generator().manual_seed(0))
+    assert abs(seen["log_z"] - mild.exact_log_z()) < 0.1

@@ -150,3 +150,33 @@ def closed_form_model(latent_dim: int = 32, sentences: int = 16, noise: float = 
         config = Config(latent_dim=d, embedding_dim=4, hidden_dim=4, energy_hidden=4, dropout=0.0,
                         posterior_steps=20, posterior_step_size=0.05, posterior_noise=0.1)
     return ClosedFormModel(config, prior, decoder).eval()
+
+
+class NarrowBump(EnergyPrior):
+    """f(z) = log(1 + c exp(-|z - mu|^2 / (2 tau^2))): the reference N(0, sigma^2 I) plus a narrow bump at mu.
+    Z = 1 + c k with k = (tau^2 / (tau^2 + sigma^2))^(d/2) exp(-|mu|^2 / (2 (tau^2 + sigma^2))), so the bump
+    holds the share c k / (1 + c k) of the prior's mass; `with_share` picks c for a given share."""
+
+    def __init__(self, mu: torch.Tensor, tau: float, c: float, sigma: float = 1.0):
+        super().__init__(mu.numel(), sigma=sigma, kind="ebm")
+        self.mu, self.tau, self.log_c = mu, tau, math.log(c)
+
+    @classmethod
+    def with_share(cls, mu: torch.Tensor, tau: float, share: float, sigma: float = 1.0) -> NarrowBump:
+        return cls(mu, tau, share / (1 - share) / cls._overlap(mu, tau, sigma), sigma)
+
+    @staticmethod
+    def _overlap(mu: torch.Tensor, tau: float, sigma: float) -> float:
+        t2, s2 = tau**2, sigma**2
+        return (t2 / (t2 + s2)) ** (mu.numel() / 2) * math.exp(-float(mu @ mu) / (2 * (t2 + s2)))
+
+    def exact_log_z(self) -> float:
+        return math.log1p(math.exp(self.log_c) * self._overlap(self.mu, self.tau, self.sigma))
+
+    def energy(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.softplus(self.log_c - (z - self.mu.to(z)).pow(2).sum(-1) / (2 * self.tau**2))
+
+    def energy_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inner = self.log_c - (z - self.mu.to(z)).pow(2).sum(-1) / (2 * self.tau**2)
+        grad = -torch.sigmoid(inner).unsqueeze(-1) * (z - self.mu.to(z)) / self.tau**2
+        return torch.nn.functional.softplus(inner), grad

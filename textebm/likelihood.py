@@ -14,29 +14,32 @@ p_alpha(z) = exp(f(z)) N(z; 0, sigma^2 I) / Z_alpha. Two Monte Carlo estimates m
    while its delta-method error bar, se(log Z) = std(w) / (sqrt(N) mean(w)), cannot see what it
    missed. AIS is checked against itself: the same estimate on half the schedule must agree
    within `CONVERGED_NATS`.
-2. `importance_sampled_log_likelihood`: for each sentence, `num_chains` short-run posterior chains
-   (the model's own `posterior_sample`) give samples whose per-dimension mean m and std s define
-   a diagonal Gaussian G = N(m, diag(s_q^2)), s_q = inflate * s + floor (default 1.2 s + 0.05):
-   short-run chains under-disperse, and the floor keeps G valid when chains collapse. The
-   proposal is the defensive mixture (Hesterberg 1995)
-       q(z | x) = (1 - rho) G(z) + rho N(z; 0, sigma^2 I),   rho = 0.5 by default,
-   whose reference component bounds every weight by p(x | z) exp(f(z)) / (rho Z): a poor fit
-   (few chains, chains that barely left their start) costs efficiency, never an unbounded
-   weight. With S draws z_s ~ q,
+2. `importance_sampled_log_likelihood`: for each sentence a proposal q(z | x) and S draws z_s ~ q,
 
        log w_s = log p_beta(x | z_s) + f(z_s) - |z_s|^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2)
                  - log Z_alpha - log q(z_s | x)
        log p(x) ≈ logmeanexp_s(log w_s)
 
    which is an unbiased estimate of p(x) for any q (given Z), so a stochastic lower bound on
-   log p(x) in expectation (Jensen); mean_s log w_s is an ELBO-style bound below it.
-   The effective sample size (sum w)^2 / sum w^2 is returned as the per-sentence diagnostic.
+   log p(x) in expectation (Jensen); mean_s log w_s is an ELBO-style bound below it. The effective
+   sample size (sum w)^2 / sum w^2 and the estimate from the first tenth of the draws
+   (`ISResult.tenth`) say how far to trust it. The proposal (`proposal=`):
+   - "laplace" (the default): a Student-t at the mode of log p(x, z) with the inverse of its
+     negative Hessian as scale (`textebm.laplace`): it has the posterior's width and correlations.
+     On the closed-form model (`textebm.closed_form`, d = 32) it is within 0.1 nat with ESS about
+     half the draws, where the proposal below was 2 to 200 nats low with ESS 1-2.
+   - "chains" (evaluator version 2's, kept for comparison): `num_chains` tempered posterior chains
+     give a diagonal Gaussian G = N(m, diag((inflate s + floor)^2)) from their mean and std, mixed
+     with the reference, q = (1 - rho) G + rho N(0, sigma^2 I) (Hesterberg 1995). Tempered chains
+     end near the mode, so G is several times narrower than the posterior and ignores its
+     correlations; the defensive half bounds the weights but wastes half the draws.
+   Because E[log Z^] <= log Z (Jensen again, for AIS), subtracting an estimated log Z biases
+   log p(x) upward: the two errors have opposite signs, and the NLL is not guaranteed conservative.
 3. A model with its own q(z | x) (the VAE baseline, `model.variational_posterior`) is its own
    proposal, used alone (rho = 0), as the VAE papers estimate log p(x) (Burda et al. 2016): no
    chains to fit, and then, sample by sample, logmeanexp_s log w_s >= mean_s log w_s, the
    Monte Carlo ELBO of the same draws, so the estimate can be checked against the bound the model
-   trained on. (The mixture above guards a Gaussian fitted to a few short-run chains, which can
-   collapse; q was trained to cover its posterior, and the ESS says when it does not.)
+   trained on. (q was trained to cover its posterior, and the ESS says when it does not.)
 """
 
 from __future__ import annotations
