@@ -246,9 +246,9 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
         "importance_sampling": None if sampling is None else (
             vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
                 "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
-                             "q = multivariate Student-t (nu = 5) at the mode of log p(x, z) with scale the inverse "
-                             "of its negative Hessian (Laplace approximation; the mode found from the best end of "
-                             "the tempered posterior chains, then a Newton step)",
+                             "q = 0.7 N(m, S) + 0.3 Student-t(m, S, nu = 5): the Laplace approximation at the mode m "
+                             "of log p(x, z), S the inverse of its negative Hessian (the mode found from the best "
+                             "end of the tempered posterior chains, then a Newton step)",
                 "proposal": "laplace", "num_chains": options.num_chains,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),

