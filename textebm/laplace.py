@@ -33,7 +33,7 @@ import torch
 LOG_PI = math.log(math.pi)
 MIN_PRECISION = 0.25  # the floor of the proposal's precision, in units of 1 / sigma^2
 DIFFERENCE_STEP = 1e-2  # the central-difference step of the Hessian, in units of z
-STEP_LENGTHS = (1.0, 0.5, 0.25, 0.0)  # the Newton step's line search
+STEP_LENGTHS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)  # the Newton step's line search
 
 
 def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
@@ -77,7 +77,8 @@ class LaplaceProposal:
     vectors: torch.Tensor
     precisions: torch.Tensor
     nu: float
-    heavy_share: float = 1.0  # the Student-t's share of a mixture with the Gaussian of the same scale matrix
+    heavy_share: float = 1.0  # the Student-t's share of a mixture with the Gaussian
+    heavy_scale: float = 1.0  # the Student-t's scale matrix is heavy_scale^2 times the Gaussian's
 
     @property
     def std(self) -> torch.Tensor:
@@ -93,7 +94,7 @@ class LaplaceProposal:
             chi2 = torch.randn(b, n, int(self.nu), device=self.mean.device, generator=generator,
                                dtype=self.mean.dtype).pow(2).sum(-1, keepdim=True)
             heavy = torch.rand(b, n, 1, device=self.mean.device, generator=generator) < self.heavy_share
-            scaled = torch.where(heavy, scaled * (self.nu / chi2).sqrt(), scaled)
+            scaled = torch.where(heavy, scaled * (self.nu / chi2).sqrt() * self.heavy_scale, scaled)
         return self.mean.unsqueeze(1) + scaled
 
     def log_density(self, z: torch.Tensor) -> torch.Tensor:
@@ -107,14 +108,15 @@ class LaplaceProposal:
             return gaussian
         nu = self.nu
         const = math.lgamma((nu + d) / 2) - math.lgamma(nu / 2) - 0.5 * d * (math.log(nu) + LOG_PI)
-        student = const + half_log_det - 0.5 * (nu + d) * torch.log1p(distance / nu)
+        student = (const + half_log_det - d * math.log(self.heavy_scale)
+                   - 0.5 * (nu + d) * torch.log1p(distance / (nu * self.heavy_scale**2)))
         if self.heavy_share == 1:
             return student
         return torch.logaddexp(student + math.log(self.heavy_share), gaussian + math.log1p(-self.heavy_share))
 
 
 def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
-                     heavy_share: float = 0.3, max_rows: int = 512) -> LaplaceProposal:
+                     heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = 512) -> LaplaceProposal:
     """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
     if newton_steps < 1:
         raise ValueError(f"newton_steps must be at least 1, not {newton_steps}")
@@ -126,7 +128,7 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
     for _ in range(newton_steps):
         precision, grad = negative_hessian(model, tokens, z, max_rows)
         values, vectors = torch.linalg.eigh(precision.double())
-        values = values.clamp_min(floor)
+        values = values.abs().clamp_min(floor)  # saddle-free: uphill along a direction of negative curvature too
         direction = ((grad.double().unsqueeze(1) @ vectors).squeeze(1) / values).unsqueeze(1) @ vectors.transpose(1, 2)
         direction = direction.squeeze(1).to(z.dtype)
         lengths = torch.tensor(STEP_LENGTHS, dtype=z.dtype, device=z.device)
@@ -135,7 +137,7 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
                            max_rows).view(b, -1)
         scores = torch.nan_to_num(scores, nan=-math.inf)
         z = candidates[torch.arange(b, device=z.device), scores.argmax(1)]
-    return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share)
+    return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share, heavy_scale)
 
 
 def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = 512) -> torch.Tensor:

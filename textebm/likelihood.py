@@ -238,7 +238,8 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                                       inflate: float = 1.2, floor: float = 0.05,
                                       defensive: float = 0.5, max_rows: int = 512,
                                       posterior_steps: int | None = None, proposal: str = "laplace",
-                                      newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3) -> ISResult:
+                                      newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3,
+                                      heavy_scale: float = 1.0) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. `proposal="laplace"` (the default): the Student-t Laplace approximation at
     the mode found from the best of `num_chains` tempered chains (`textebm.laplace`; `newton_steps`,
@@ -278,7 +279,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                            for start in range(0, b, group)])
         if proposal == "laplace":
             fitted = laplace_proposal(model, tokens, best_chain_end(model, tokens, codes, max_rows), newton_steps,
-                                      nu, heavy_share, max_rows)
+                                      nu, heavy_share, heavy_scale, max_rows)
             with torch.no_grad():
                 z = fitted.sample(num_samples, generator)
                 log_q = fitted.log_density(z)
