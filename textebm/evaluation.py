@@ -147,7 +147,8 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
     """How much work an evaluation is, said before it starts."""
     if model.has_latent:
         steps = config.posterior_steps if options.posterior_steps is None else options.posterior_steps
-        proposal = (f"{options.num_chains} posterior chains x {steps} steps, " if config.model != "vae"
+        proposal = (f"a Laplace proposal from {options.num_chains} tempered chain(s) x {steps} steps, "
+                    if config.model != "vae"
                     else "the encoder's q(z|x) as the proposal, ")
         parts = [f"{num_sentences} sentences x {proposal}{options.num_is_samples} importance samples each",
                  f"latent usage of the same sentences (active units: the first "
