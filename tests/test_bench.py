@@ -184,3 +184,13 @@ def test_time_to_quality_refuses_bad_input_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "ttq").exists()
+
+
+def test_quick_likelihood_rows_time_both_estimators_and_hold_the_new_one_to_the_closed_form():
+    from bench import likelihood
+
+    timing, closed = likelihood.run(quick=True, repeats=1)
+    assert timing.benchmark == "likelihood" and timing.unit == "sentences/s"
+    assert timing.reference > 0 and timing.candidate > 0 and "floor" in timing.note
+    assert closed.unit.startswith("nats") and closed.met is True  # |error| <= 0.1 nat and ESS >= 30% of draws
+    assert closed.candidate < closed.reference
