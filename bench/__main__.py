@@ -29,7 +29,7 @@ import torch
 from bench import Row
 from textebm.io import atomic_write_text
 
-BENCHMARKS = ("training", "step_profile", "levers", "sampling", "precision", "eval_ppl", "server")
+BENCHMARKS = ("training", "step_profile", "levers", "sampling", "precision", "eval_ppl", "likelihood", "server")
 ON_DEVICE = ("step_profile", "levers")  # the benchmarks that `--device` moves; the others measure the CPU
 
 
@@ -137,6 +137,9 @@ def run_one(name: str, args) -> list[Row]:
     if name == "eval_ppl":
         from bench import eval_ppl
         return eval_ppl.run(args.quick, args.repeats)
+    if name == "likelihood":
+        from bench import likelihood
+        return likelihood.run(args.quick, args.repeats)
     from bench import server
     return server.run(args.quick, args.repeats, args.checkpoint)
 

@@ -7,7 +7,6 @@ Every test runs with TEXTEBM_OFFLINE=1, so a missing corpus can never start a do
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from textebm.energy import EnergyPrior
+from textebm.closed_form import QuadraticTilt
 
 # A model small enough that a training step takes milliseconds on one CPU core.
 TINY_OVERRIDES = [
@@ -276,29 +275,6 @@ def scratch_tmp(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
-
-
-class QuadraticTilt(EnergyPrior):
-    """f(z) = a.z - b |z|^2 / 2, so exp(f) N(0, sigma^2 I) is the Gaussian N(a / p, I / p) with
-    p = 1 / sigma^2 + b, and log Z = -(d/2) log(sigma^2 p) + |a|^2 / (2 p) in closed form."""
-
-    def __init__(self, a: torch.Tensor, b: float, sigma: float = 1.0):
-        super().__init__(a.numel(), sigma=sigma, kind="ebm")
-        self.a, self.b = a, b
-
-    @property
-    def precision(self) -> float:
-        return 1 / self.sigma**2 + self.b
-
-    def exact_log_z(self) -> float:
-        return -0.5 * self.a.numel() * math.log(self.sigma**2 * self.precision) + float(self.a @ self.a) / (
-            2 * self.precision)
-
-    def energy(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.a - 0.5 * self.b * z.pow(2).sum(-1)
-
-    def energy_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.energy(z), self.a - self.b * z
 
 
 @pytest.fixture(scope="session")

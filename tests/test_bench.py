@@ -239,3 +239,13 @@ def test_every_timing_on_cuda_waits_for_the_device(monkeypatch):
     assert calls == []
     interleave({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=1, device="cuda:0")
     assert calls == ["cuda:0"] * 12  # before and after each of the 6 timed calls
+
+
+def test_quick_likelihood_rows_time_both_estimators_and_hold_the_new_one_to_the_closed_form():
+    from bench import likelihood
+
+    timing, closed = likelihood.run(quick=True, repeats=1)
+    assert timing.benchmark == "likelihood" and timing.unit == "sentences/s"
+    assert timing.reference > 0 and timing.candidate > 0 and "floor" in timing.note
+    assert closed.unit.startswith("nats") and closed.met is True  # |error| <= 0.1 nat and ESS >= 30% of draws
+    assert closed.candidate < closed.reference

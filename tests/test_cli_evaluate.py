@@ -59,6 +59,12 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
         assert key in report, key
     assert report["num_sentences"] == 12 and report["step"] == 7 and report["split"] == "test"
     assert report["importance_sampling"]["num_chains"] == 3 and report["importance_sampling"]["num_samples"] == 8
+    trust = report["importance_sampling"]  # the convergence check: the estimate from the first 8 // 10 = 1 draw
+    assert trust["tenth_draws"] == 1 and 0 < trust["ess_share_mean"] <= 1
+    assert trust["nll_change_from_tenth"] == pytest.approx(
+        report["nll_per_sentence"] - trust["nll_per_sentence_tenth_draws"])
+    moved = abs(trust["nll_change_from_tenth"]) > 0.2
+    assert any("not converged" in w for w in report["warnings"]) is moved
     log_z = report["log_partition"]
     assert log_z["method"] == "annealed importance sampling" and log_z["stderr"] > 0
     assert log_z["ais"]["num_chains"] == 50 and log_z["ais"]["steps"] == 40
@@ -104,8 +110,8 @@ def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_pa
     assert status == 0, err
     assert out.endswith("\n") and out.count("\n") == 1 and isinstance(json.loads(out), dict)
     # the work, said beforehand; then a bar per stage with its rate and time left
-    assert ("evaluate: log Z by AIS (50 chains x 40 + 20 temperatures) and 500 plain draws; 12 sentences x 3 "
-            "posterior chains x 3 steps, 8 importance") in err
+    assert ("evaluate: log Z by AIS (50 chains x 40 + 20 temperatures) and 500 plain draws; 12 sentences x "
+            "a Laplace proposal from 3 tempered chain(s) x 3 steps, 8 importance") in err
     assert "2 decodings x 10 sentences" in err
     assert "importance sampling: 100%" in err and "decoding sweep: 100%" in err and "sentence/s" in err
     # stderr is not a terminal here: without --progress nothing is shown

@@ -10,6 +10,7 @@ from textebm.diagnostics import (
     LatentUsage,
     information_rate,
     latent_usage_batch,
+    posterior_information,
     prior_chain_bias,
     unit_sensitivity,
 )
@@ -86,3 +87,20 @@ def test_the_prior_chain_bias_is_none_for_the_gaussian_prior(latent_model):
     model, _ = latent_model(1.0)
     model.prior.f = None
     assert prior_chain_bias(model, 10) is None
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "ebm"])
+def test_the_mutual_information_of_a_decoder_that_ignores_z_is_near_zero_at_the_defaults(latent_model, prior):
+    from textebm.evaluation import EvaluationOptions
+    from textebm.likelihood import importance_sampled_log_likelihood, partition_function
+
+    model, tokens = latent_model(0.0, 16)
+    if prior == "gaussian":
+        model.prior.f = None
+    options = EvaluationOptions(checkpoint="")
+    report, _ = partition_function(model.prior, 200, 200, 1000, torch.Generator().manual_seed(0))
+    res = importance_sampled_log_likelihood(model, tokens, report["log_z"], options.num_chains,
+                                            options.num_is_samples, torch.Generator().manual_seed(1))
+    information = posterior_information(res)
+    assert information.abs().max() <= 0.5, information
+    assert information.abs().mean() < 0.1

@@ -14,29 +14,32 @@ p_alpha(z) = exp(f(z)) N(z; 0, sigma^2 I) / Z_alpha. Two Monte Carlo estimates m
    while its delta-method error bar, se(log Z) = std(w) / (sqrt(N) mean(w)), cannot see what it
    missed. AIS is checked against itself: the same estimate on half the schedule must agree
    within `CONVERGED_NATS`.
-2. `importance_sampled_log_likelihood`: for each sentence, `num_chains` short-run posterior chains
-   (the model's own `posterior_sample`) give samples whose per-dimension mean m and std s define
-   a diagonal Gaussian G = N(m, diag(s_q^2)), s_q = inflate * s + floor (default 1.2 s + 0.05):
-   short-run chains under-disperse, and the floor keeps G valid when chains collapse. The
-   proposal is the defensive mixture (Hesterberg 1995)
-       q(z | x) = (1 - rho) G(z) + rho N(z; 0, sigma^2 I),   rho = 0.5 by default,
-   whose reference component bounds every weight by p(x | z) exp(f(z)) / (rho Z): a poor fit
-   (few chains, chains that barely left their start) costs efficiency, never an unbounded
-   weight. With S draws z_s ~ q,
+2. `importance_sampled_log_likelihood`: for each sentence a proposal q(z | x) and S draws z_s ~ q,
 
        log w_s = log p_beta(x | z_s) + f(z_s) - |z_s|^2 / (2 sigma^2) - (d/2) log(2 pi sigma^2)
                  - log Z_alpha - log q(z_s | x)
        log p(x) ≈ logmeanexp_s(log w_s)
 
    which is an unbiased estimate of p(x) for any q (given Z), so a stochastic lower bound on
-   log p(x) in expectation (Jensen); mean_s log w_s is an ELBO-style bound below it.
-   The effective sample size (sum w)^2 / sum w^2 is returned as the per-sentence diagnostic.
+   log p(x) in expectation (Jensen); mean_s log w_s is an ELBO-style bound below it. The effective
+   sample size (sum w)^2 / sum w^2 and the estimate from the first tenth of the draws
+   (`ISResult.tenth`) say how far to trust it. The proposal (`proposal=`):
+   - "laplace" (the default): a Gaussian / Student-t mixture at the mode of log p(x, z) with the
+     inverse of its negative Hessian as scale (`textebm.laplace`): it has the posterior's width and
+     correlations. On the closed-form model (`textebm.closed_form`, d = 32) it is within 0.05 nat
+     with ESS near 88% of the draws, where the proposal below was 2 to 200 nats low with ESS 1-2.
+   - "chains" (evaluator version 2's, kept for comparison): `num_chains` tempered posterior chains
+     give a diagonal Gaussian G = N(m, diag((inflate s + floor)^2)) from their mean and std, mixed
+     with the reference, q = (1 - rho) G + rho N(0, sigma^2 I) (Hesterberg 1995). Tempered chains
+     end near the mode, so G is several times narrower than the posterior and ignores its
+     correlations; the defensive half bounds the weights but wastes half the draws.
+   Because E[log Z^] <= log Z (Jensen again, for AIS), subtracting an estimated log Z biases
+   log p(x) upward: the two errors have opposite signs, and the NLL is not guaranteed conservative.
 3. A model with its own q(z | x) (the VAE baseline, `model.variational_posterior`) is its own
    proposal, used alone (rho = 0), as the VAE papers estimate log p(x) (Burda et al. 2016): no
    chains to fit, and then, sample by sample, logmeanexp_s log w_s >= mean_s log w_s, the
    Monte Carlo ELBO of the same draws, so the estimate can be checked against the bound the model
-   trained on. (The mixture above guards a Gaussian fitted to a few short-run chains, which can
-   collapse; q was trained to cover its posterior, and the ESS says when it does not.)
+   trained on. (q was trained to cover its posterior, and the ESS says when it does not.)
 """
 
 from __future__ import annotations
@@ -194,9 +197,18 @@ class ISResult:
     log_px: torch.Tensor  # (B,) log p(x) estimate, nats
     ess: torch.Tensor  # (B,) effective sample size of the importance weights, in [1, S]
     log_w: torch.Tensor  # (B, S) log importance weights
-    chain_mean: torch.Tensor  # (B, d) mean of the posterior-chain samples (also G's mean); q's mean for a VAE
-    chain_std: torch.Tensor  # (B, d) their std (correction 1), before widening; q's std for a VAE
+    chain_mean: torch.Tensor  # (B, d) the proposal's location (the Laplace mode; chains' mean; q's mean)
+    chain_std: torch.Tensor  # (B, d) its marginal scale (Laplace: of the scale matrix; chains: raw std; q's std)
     num_chains: int  # 0: the proposal was the model's q(z | x)
+    log_lik: torch.Tensor | None = None  # (B, S) log p(x | z_s) at the draws (the mutual information's)
+
+    def tenth(self) -> torch.Tensor:
+        """log p^(x) from the first tenth of the draws (at least one): the convergence check's estimate."""
+        s = max(1, self.log_w.shape[1] // 10)
+        return (torch.logsumexp(self.log_w[:, :s].double(), 1) - math.log(s)).float()
+
+
+PROPOSALS = ("laplace", "chains")
 
 
 def fit_proposal(codes: torch.Tensor, inflate: float = 1.2,
@@ -207,21 +219,44 @@ def fit_proposal(codes: torch.Tensor, inflate: float = 1.2,
     return mean, inflate * raw + floor, raw
 
 
-def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float, num_chains: int = 16,
+def _diagonal_mixture(mean, std, sigma, defensive, num_samples, generator):
+    """Draws (B, S, d) and log q from (1 - rho) N(mean, diag std^2) + rho N(0, sigma^2 I) (rho = 0: q alone)."""
+    b, d = mean.shape
+    mean_s, std_s = mean.unsqueeze(1), std.unsqueeze(1)
+    eps = torch.randn(b, num_samples, d, device=mean.device, generator=generator)
+    from_reference = torch.rand(b, num_samples, 1, device=mean.device, generator=generator) < defensive
+    z = torch.where(from_reference, sigma * eps, mean_s + std_s * eps)
+    log_q = diag_gaussian_log_density(z, mean_s, std_s)
+    if defensive > 0:
+        log_ref = diag_gaussian_log_density(z, torch.zeros_like(mean_s), torch.full_like(std_s, sigma))
+        log_q = torch.logaddexp(log_q + math.log1p(-defensive), log_ref + math.log(defensive))
+    return z, log_q
+
+
+def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float, num_chains: int = 1,
                                       num_samples: int = 100, generator: torch.Generator | None = None,
                                       inflate: float = 1.2, floor: float = 0.05,
                                       defensive: float = 0.5, max_rows: int = 512,
-                                      posterior_steps: int | None = None) -> ISResult:
+                                      posterior_steps: int | None = None, proposal: str = "laplace",
+                                      newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3,
+                                      heavy_scale: float = 1.0) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
-    the module docstring. Work is batched over sentences x chains and sentences x draws, in chunks
-    of at most `max_rows` decoder rows (memory: rows x length x vocabulary logits). `posterior_steps`
-    overrides the run's K1 for the proposal's chains (longer chains: a closer proposal, same estimator).
-    A model with its own q(z | x) is the proposal itself: the chain, widening and mixture settings do
-    not apply to it (module docstring, 3.)."""
+    the module docstring. `proposal="laplace"` (the default): the Student-t Laplace approximation at
+    the mode found from the best of `num_chains` tempered chains (`textebm.laplace`; `newton_steps`,
+    `nu`); `"chains"`: the diagonal Gaussian fitted to `num_chains` chains, widened (`inflate`,
+    `floor`) and mixed with the prior's reference (`defensive`), the estimator of evaluator version 2.
+    Work is batched over sentences x chains and sentences x draws, in chunks of at most `max_rows`
+    decoder rows (memory: rows x length x vocabulary logits). `posterior_steps` overrides the run's
+    K1 for the chains. A model with its own q(z | x) is the proposal itself: the chain, Laplace and
+    mixture settings do not apply to it (module docstring, 3.)."""
+    from textebm.laplace import best_chain_end, laplace_proposal
+
     if num_chains < 1 or num_samples < 1:
         raise ValueError("num_chains and num_samples must be at least 1")
     if not 0.0 <= defensive < 1.0:
         raise ValueError(f"defensive must be in [0, 1), not {defensive}")
+    if proposal not in PROPOSALS:
+        raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}, not {proposal!r}")
     b, d = tokens.shape[0], model.prior.latent_dim
     device = model.device
     if d == 0:  # a language model (prior=none): log p(x) is exact, one "sample" of weight 1
@@ -229,30 +264,31 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
             log_px = torch.cat([model.decoder.log_likelihood(torch.zeros(len(rows), 0, device=device), rows)
                                 for rows in tokens.split(max_rows)])
         empty = log_px.new_zeros(b, 0)
-        return ISResult(log_px, torch.ones_like(log_px), log_px.unsqueeze(1), empty, empty, 1)
+        return ISResult(log_px, torch.ones_like(log_px), log_px.unsqueeze(1), empty, empty, 1, log_px.unsqueeze(1))
+    sigma = model.prior.sigma
     with torch.no_grad():
         variational = model.variational_posterior(tokens)
     if variational is not None:  # the model's own q(z | x), alone (module docstring, 3.)
-        (mean, std), defensive, num_chains = variational, 0.0, 0
+        (mean, std), num_chains = variational, 0
+        with torch.no_grad():
+            z, log_q = _diagonal_mixture(mean, std, sigma, 0.0, num_samples, generator)
         raw = std
     else:  # posterior chains: each sentence repeated num_chains times, whole sentence groups per chunk
         group = max(1, max_rows // num_chains)
         codes = torch.cat([model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator)
                            for start in range(0, b, group)])
-        with torch.no_grad():
-            mean, std, raw = fit_proposal(codes, inflate, floor)
-    with torch.no_grad():
-        mean_s, std_s = mean.unsqueeze(1), std.unsqueeze(1)
-        sigma = model.prior.sigma
-        eps = torch.randn(b, num_samples, d, device=device, generator=generator)
-        from_reference = torch.rand(b, num_samples, 1, device=device, generator=generator) < defensive
-        z = torch.where(from_reference, sigma * eps, mean_s + std_s * eps)
-        log_g = diag_gaussian_log_density(z, mean_s, std_s)
-        if defensive > 0:
-            log_ref = diag_gaussian_log_density(z, torch.zeros_like(mean_s), torch.full_like(std_s, sigma))
-            log_q = torch.logaddexp(log_g + math.log1p(-defensive), log_ref + math.log(defensive))
+        if proposal == "laplace":
+            fitted = laplace_proposal(model, tokens, best_chain_end(model, tokens, codes, max_rows), newton_steps,
+                                      nu, heavy_share, heavy_scale, max_rows)
+            with torch.no_grad():
+                z = fitted.sample(num_samples, generator)
+                log_q = fitted.log_density(z)
+            mean, raw = fitted.mean, fitted.std
         else:
-            log_q = log_g
+            with torch.no_grad():
+                mean, std, raw = fit_proposal(codes, inflate, floor)
+                z, log_q = _diagonal_mixture(mean, std, sigma, defensive, num_samples, generator)
+    with torch.no_grad():
         log_prior = prior_log_density(model.prior, z, log_z)
         flat_z = z.reshape(b * num_samples, d)
         flat_idx = torch.arange(b, device=tokens.device).repeat_interleave(num_samples)
@@ -263,7 +299,8 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         log_w = (log_lik + log_prior - log_q).double()
         log_px = torch.logsumexp(log_w, 1) - math.log(num_samples)
         ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
-    return ISResult(log_px.float(), ess.float(), log_w.float(), mean, raw, num_chains)
+    return ISResult(log_px.float(), ess.float(), log_w.float(), mean, raw, num_chains, log_lik.float())
+
 
 def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: float, num_chains: int,
                        num_samples: int, generator: torch.Generator | None = None, chunk: int = 32,
@@ -285,5 +322,5 @@ def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: fl
     inverse[torch.tensor(order)] = torch.arange(len(order))
     inverse = inverse.to(model.device)
     tensors = {name: torch.cat([getattr(p, name) for p in parts])[inverse]
-               for name in ("log_px", "ess", "log_w", "chain_mean", "chain_std")}
+               for name in ("log_px", "ess", "log_w", "chain_mean", "chain_std", "log_lik")}
     return ISResult(**tensors, num_chains=parts[0].num_chains)

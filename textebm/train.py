@@ -490,7 +490,8 @@ def validation_line(record: dict, step: int, kind: str, model, cfg: Config) -> s
     line = (f"step {step} {kind}: valid NLL/token posterior {record['valid_nll_posterior']:.3f} "
             f"prior {record['valid_nll_prior']:.3f}")
     if model.has_latent:
-        line += (f" gap {record['valid_gap']:.3f}; MI {record['valid_mutual_information']:.2f} nats, "
+        line += (f" gap {record['valid_gap']:.3f}; rough MI {record['valid_mutual_information']:.2f} nats "
+                 "(one code, log p(x) from 4 prior draws; evaluate's is sound), "
                  f"active units {record['valid_active_units']}/{model.prior.latent_dim}")
     if "valid_kl" in record:
         line += (f"; KL {record['valid_kl']:.2f} nats ({record['valid_kl_dims_above_floor']} "

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="NLL/perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples",
         description="Evaluate a trained run on a held-out split: per-sentence NLL and per-word perplexity "
-        "by importance sampling (Gaussian proposals fitted to short-run posterior chains; the EBM prior's "
+        "by importance sampling (a Student-t Laplace proposal at each posterior mode; the EBM prior's "
         "log Z by annealed importance sampling), the prior chain's bias against an exact sampler, "
         "KL to the prior, mutual information, active units, and FPPL/RPPL of "
         "generated sentences under KenLM 5-grams. Writes RUN/evaluation-<split>.json.")
@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-sentences", type=int, metavar="N",
                    help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")
     p.add_argument("--num-chains", type=int, default=DEFAULTS.num_chains, metavar="C",
-                   help=f"posterior chains per sentence (default {DEFAULTS.num_chains})")
+                   help="tempered posterior chains per sentence; the best end starts the Laplace proposal's mode "
+                        f"search (default {DEFAULTS.num_chains})")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, default=DEFAULTS.num_is_samples, metavar="S",
@@ -77,17 +78,19 @@ def format_table(r: dict) -> str:
         rows.append(("likelihood", "exact (prior=none: a language model without latent)"))
     else:
         proposal = (("IS: proposal / draws per sentence", f"{isd['proposal']} / {isd['num_samples']}")
-                    if "proposal" in isd else  # a VAE's q(z|x); else a Gaussian fitted to posterior chains
-                    ("IS: chains x steps / draws per sentence",
+                    if "num_chains" not in isd else  # a VAE's q(z|x); else the Laplace proposal from chains
+                    ("IS: Laplace proposal from chains x steps / draws per sentence",
                      f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"))
         rows += [
             ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
             ("log Z of the prior (stderr; method)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}; {lz['method']})"),
             proposal,
-            ("IS: effective sample size mean / min", f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f}"),
+            ("IS: effective sample size mean / min (mean share)",
+             f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f} ({isd['ess_share_mean']:.0%})"),
+            (f"IS: NLL per sentence from the first {isd['tenth_draws']} draws (change)",
+             f"{_fmt(isd['nll_per_sentence_tenth_draws'])} ({isd['nll_change_from_tenth']:+.3f})"),
         ]
-        notes.append(f"estimator: {isd['estimator']}" + (f"; G's std = {isd['proposal_std']}"
-                                                          if "proposal_std" in isd else ""))
+        notes.append(f"estimator: {isd['estimator']}")
     vae = r.get("vae")
     if vae is not None:
         rows += [("VAE: KL(q(z|x) || p(z)) per sentence (free-bits floor)",
@@ -113,6 +116,7 @@ def format_table(r: dict) -> str:
         rows.append(("prior chain mean |z| / exact mean |z|",
                      f"{bias['prior_chain_mean_norm']:.2f} / {bias['exact_mean_norm']:.2f}"))
     notes.append(f"samples: {r['samples_from']}")
+    notes += [f"WARNING: {warning}" for warning in r.get("warnings", [])]
     usage = r["latent_usage"]
     if usage is not None:
         rows += [
