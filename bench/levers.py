@@ -1,7 +1,8 @@
 """What each speed setting buys a training step on one device: `Learner.step` in full fp32 against
 itself with TF32, with `precision=bf16` (autocast: the projection and the energy in bf16, the RNN
 fp32), with `chain_precision=bf16` (the posterior chain's projection only) and with `compile=true`;
-the latent step against the plain LM step (prior=none); and the peak GPU memory of each.
+the latent step against the plain LM step (prior=none); and the peak GPU memory of a step with each
+(above the resident weights and optimizer states).
 
 On CUDA at the paper's `ptb` preset (LSTM 512/1024, batch 64 x 24 tokens, K1=20, K0=60); on a CPU
 at the `cpu` preset, where the TF32, compile and memory rows say that they are for CUDA (a CPU has
@@ -39,12 +40,14 @@ def with_tf32(step, enabled: bool, device: torch.device):
 
 
 def peak_mib(step, batch: torch.Tensor, device: torch.device) -> float:
-    """The most GPU memory one call of `step` holds at once, in MiB."""
+    """The most GPU memory one call of `step` holds at once beyond what was allocated before it (the
+    contenders' weights and Adam states, resident throughout), in MiB: activations and workspaces."""
     torch.cuda.synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     step(batch)
     torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    return (torch.cuda.max_memory_allocated(device) - resident) / 2**20
 
 
 def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu") -> list[Row]:
@@ -95,5 +98,6 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
             break
         rows.append(Row("levers", f"peak memory of a step with {name}, {shape}", "MiB", memory["fp32"],
                         memory[name], memory[name] / memory["fp32"], "cost factor",
-                        note=f"torch.cuda.max_memory_allocated over one step: {memory[name]:,.0f} MiB"))
+                        note=f"torch.cuda.max_memory_allocated over one step, above the resident weights and "
+                             f"optimizer states: {memory[name]:,.0f} MiB"))
     return rows

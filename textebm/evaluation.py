@@ -53,7 +53,6 @@ class EvaluationOptions:
     device: str = "auto"
     threads: int | None = None
     protocol: ProtocolOptions = field(default_factory=ProtocolOptions)  # wKL, neural rPPL (protocol_section)
-    tf32: bool = True  # CUDA: TF32 matrix products (textebm.devices.set_tf32)
 
     def check(self) -> EvaluationOptions:
         for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
@@ -168,8 +167,9 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
     return "evaluate: " + "; ".join(parts)
 
 
-def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
-    """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure)."""
+def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True) -> dict:
+    """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure). `tf32`: on CUDA,
+    TF32 matrix products (`textebm.devices.set_tf32`), a setting of the machine rather than of the report."""
     import torch
 
     from textebm.batches import encode_lines
@@ -190,7 +190,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
 
     options.check()
     started = time.perf_counter()
-    device = resolve_device(options.device, options.threads, options.tf32)
+    device = resolve_device(options.device, options.threads, tf32)
     loaded = load_run(options.checkpoint, device, options.chain, options.precision)
     config = loaded.config
     corpus = open_corpus(config.corpus, options.data_dir)
@@ -382,13 +382,13 @@ def evaluation_path(folder: Path, split: str) -> Path:
     return Path(folder) / f"evaluation-{split}.json"
 
 
-def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET) -> dict:
+def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True) -> dict:
     """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
     (RUN/evaluation-<split>.json, atomically). Returns the report as written."""
     from textebm.io import atomic_write_text, json_safe
     from textebm.plots import plot_quality_diversity
 
-    result = evaluate(options, progress)
+    result = evaluate(options, progress, tf32)
     folder = Path(options.checkpoint)
     if result["generation"] is not None:
         figure = folder / f"quality_diversity-{options.split}.png"

@@ -43,7 +43,7 @@ from textebm.errors import UserError
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
             "keep_at", "evaluate_marks", "seed", "seeds", "evaluate"}
 NAME = re.compile(r"[A-Za-z0-9._-]+")
-PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads", "tf32")  # where and how an evaluation runs: not the grid's
+PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs: not the grid's
 NOT_IN_GRIDS = ("protocol",)  # the later papers' protocol (wKL, neural rPPL): `textebm evaluate` only, for now
 
 

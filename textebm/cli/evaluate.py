@@ -165,6 +165,6 @@ def run(args: argparse.Namespace) -> int:
     from textebm.evaluation import evaluate_run
     from textebm.progress import Progress
 
-    result = evaluate_run(options_from(args), Progress.auto(args.progress))
+    result = evaluate_run(options_from(args), Progress.auto(args.progress), args.tf32)
     print(json.dumps(result, allow_nan=False) if args.json else format_table(result))
     return 0
