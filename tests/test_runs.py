@@ -26,8 +26,8 @@ from textebm.vocab import WordVocab
 
 
 @pytest.fixture
-def saved_run(tmp_path, tiny_config, ptb_train_lines):
-    vocab = WordVocab.build(ptb_train_lines[:200])
+def saved_run(tmp_path, tiny_config, train_lines):
+    vocab = WordVocab.build(train_lines[:200])
     torch.manual_seed(0)
     model = build_model(tiny_config, vocab)
     optimizers = make_optimizers(model, tiny_config)
