@@ -6,9 +6,11 @@ from __future__ import annotations
 from textebm.errors import UserError
 
 
-def add_device_argument(parser) -> None:
+def add_device_argument(parser, threads: int | None = None) -> None:
+    """--device and --threads; `threads` is the command's own default thread count (None: torch's choice)."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    default = str(threads) if threads else "torch's choice"
+    parser.add_argument("--threads", type=int, default=threads, help=f"CPU threads for torch (default: {default})")
 
 
 PRECISIONS = ("fp32", "bf16", "int8")  # of decoding's matrix products (textebm/precision.py)
