@@ -32,10 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-coalesce", action="store_true", help="decode each request alone (no batching)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_precision_argument(p)
-    add_device_argument(p)
     # One torch thread by default: a server decodes small batches step by step, and two threads
     # on a busy 2-core machine measured 10-20x slower than one (docs/server.md). --threads N overrides.
-    p.set_defaults(threads=1)
+    add_device_argument(p, threads=1)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
 """Shared fixtures for the core-library tests.
 
-Corpora are read only through $TEXTEBM_DATA_DIR (CI sets it to ../shared/data). When it is unset
-the tests that need a corpus fail with a clear message: they are never skipped silently.
-Every test runs with TEXTEBM_OFFLINE=1, so a missing corpus can never start a download.
+The tests read the synthetic corpus of tests/synthetic_corpus.py, so the suite runs on a fresh clone
+without any downloaded corpus; `data_folder` lays it out as a corpora folder (PTB complete, Yahoo
+without train, ...) for the tests of each case. Only the tests of the real PTB, Yahoo and SNLI files
+take `real_data_dir`: $TEXTEBM_DATA_DIR (CI sets it, so they run on every submission); unset, they
+are skipped with that reason. Every test runs with TEXTEBM_OFFLINE=1, so nothing can start a download.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ TINY_OVERRIDES = [
     "max_length=30", "num_log_samples=1", "valid_batches=2", "log_every=1",
     "checkpoint_every=10", "valid_every=0",
 ]
-SMALL_CORPUS_LINES = 400  # first lines of PTB train, written to a temporary text file
+SMALL_CORPUS_LINES = 400  # first lines of the synthetic train split, written to a temporary text file
+FETCH_HINT = "textebm data --fetch ptb --data-dir DIR"
 
 
 def _set_args(overrides: list[str]) -> list[str]:
@@ -49,45 +52,80 @@ def _offline(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The shared corpora, from $TEXTEBM_DATA_DIR only; fail (not skip) when it is unset."""
+def real_data_dir() -> Path:
+    """The real corpora, from $TEXTEBM_DATA_DIR: PTB must be there, Yahoo and SNLI may be (any splits).
+
+    Unset, the tests of the real files are skipped, saying why; every other test reads the synthetic
+    corpus. CI sets it. Set but without PTB, the tests fail: the folder was named to be tested."""
     value = os.environ.get("TEXTEBM_DATA_DIR")
     if not value:
-        pytest.fail("TEXTEBM_DATA_DIR is not set: point it at the corpora folder (CI uses ../shared/data)",
-                    pytrace=False)
+        pytest.skip("needs the real corpora: TEXTEBM_DATA_DIR is not set (CI sets it; fill a folder with "
+                    f"`{FETCH_HINT}`)")
     folder = Path(value)
     if not (folder / "ptb" / "train.txt").is_file():
-        pytest.fail(f"TEXTEBM_DATA_DIR={value} has no ptb/train.txt", pytrace=False)
+        pytest.fail(f"TEXTEBM_DATA_DIR={value} has no ptb/train.txt: `{FETCH_HINT}` fetches it", pytrace=False)
     return folder
 
 
 @pytest.fixture(scope="session")
-def ptb_train_lines(data_dir) -> list[str]:
-    with open(data_dir / "ptb" / "train.txt", encoding="utf-8") as handle:
-        return [next(handle).rstrip("\n") for _ in range(2000)]
+def synthetic_splits() -> dict[str, list[str]]:
+    """The synthetic corpus's splits (PTB-shaped lines: ` word word `)."""
+    from synthetic_corpus import synthetic_splits
+
+    return synthetic_splits()
 
 
 @pytest.fixture(scope="session")
-def ptb_valid_lines(data_dir) -> list[str]:
-    with open(data_dir / "ptb" / "valid.txt", encoding="utf-8") as handle:
-        return [next(handle).rstrip("\n") for _ in range(200)]
+def train_lines(synthetic_splits) -> list[str]:
+    return synthetic_splits["train"]
 
 
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory, ptb_train_lines) -> Path:
-    """A user text file (one sentence per line): the first 400 lines of PTB train."""
+def valid_lines(synthetic_splits) -> list[str]:
+    return synthetic_splits["valid"]
+
+
+@pytest.fixture(scope="session")
+def test_lines(synthetic_splits) -> list[str]:
+    return synthetic_splits["test"]
+
+
+@pytest.fixture(scope="session")
+def short_lines(valid_lines) -> list[str]:
+    """Validation lines that fit the tiny runs' max_length (30 tokens): none is truncated."""
+    return [line for line in valid_lines if len(line.split()) <= 30]
+
+
+@pytest.fixture
+def data_folder(tmp_path, synthetic_splits):
+    """`make(ptb="train valid test", yahoo="valid test", ...)`: a corpora folder (as $TEXTEBM_DATA_DIR
+    or --data-dir) holding, for each corpus named, the synthetic corpus's splits named."""
+    from synthetic_corpus import write_corpus
+
+    def make(**layout: str) -> Path:
+        root = tmp_path / "data"
+        for corpus, splits in layout.items():
+            write_corpus(root / corpus, {split: synthetic_splits[split] for split in splits.split()})
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, train_lines) -> Path:
+    """A user text file (one sentence per line): the first 400 lines of the synthetic train split."""
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text("\n".join(ptb_train_lines[:SMALL_CORPUS_LINES]) + "\n", encoding="utf-8")
+    path.write_text("\n".join(train_lines[:SMALL_CORPUS_LINES]) + "\n", encoding="utf-8")
     return path
 
 
 @pytest.fixture
-def corpus_folder(tmp_path, ptb_train_lines, ptb_valid_lines):
-    """A corpus folder of 300 PTB training lines (train.txt) and 40 held-out lines (test.txt)."""
+def corpus_folder(tmp_path, train_lines, valid_lines):
+    """A corpus folder of 300 synthetic training lines (train.txt) and 40 held-out lines (test.txt)."""
     folder = tmp_path / "corpus"
     folder.mkdir()
-    (folder / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
-    (folder / "test.txt").write_text("\n".join(ptb_valid_lines[:40]) + "\n", encoding="utf-8")
+    (folder / "train.txt").write_text("\n".join(train_lines[:300]) + "\n", encoding="utf-8")
+    (folder / "test.txt").write_text("\n".join(valid_lines[:40]) + "\n", encoding="utf-8")
     return folder
 
 
@@ -104,8 +142,8 @@ def tiny_config():
 
 
 @pytest.fixture
-def latent_model(tiny_config, ptb_train_lines):
-    """`make(z_scale, sentences)`: a small untrained model (latent 8) and a padded batch of PTB
+def latent_model(tiny_config, train_lines):
+    """`make(z_scale, sentences)`: a small untrained model (latent 8) and a padded batch of synthetic
     sentences. The decoder's z weights are multiplied by `z_scale`: 5 makes the output a strong
     function of z (p(z | x) much narrower than the prior; the output layer is scaled up too),
     0 cuts every path from z to the output (a decoder that ignores z)."""
@@ -116,7 +154,7 @@ def latent_model(tiny_config, ptb_train_lines):
     def make(z_scale: float, sentences: int = 32):
         config = tiny_config
         config.latent_dim = 8
-        vocab = WordVocab.build(ptb_train_lines[:500])
+        vocab = WordVocab.build(train_lines[:500])
         torch.manual_seed(0)
         model = build_model(config, vocab).eval()
         emb = config.embedding_dim
@@ -125,14 +163,14 @@ def latent_model(tiny_config, ptb_train_lines):
             model.decoder.rnn.weight_ih_l0[:, emb:].mul_(z_scale)
             if z_scale > 1:
                 model.decoder.out.weight.mul_(z_scale)
-        tokens = pad(encode_lines(ptb_train_lines[:sentences], vocab, 30).sentences, vocab.pad_id)
+        tokens = pad(encode_lines(train_lines[:sentences], vocab, 30).sentences, vocab.pad_id)
         return model, tokens
 
     return make
 
 
 @pytest.fixture
-def saved_run(tmp_path, tiny_config, ptb_train_lines):
+def saved_run(tmp_path, tiny_config, train_lines):
     """A run folder saved at step 7 by `save_checkpoint`, after one real Adam step of the generator:
     (folder, model, optimizers, vocab)."""
     from textebm.checkpoints import save_checkpoint
@@ -140,7 +178,7 @@ def saved_run(tmp_path, tiny_config, ptb_train_lines):
     from textebm.train import make_optimizers
     from textebm.vocab import WordVocab
 
-    vocab = WordVocab.build(ptb_train_lines[:200])
+    vocab = WordVocab.build(train_lines[:200])
     torch.manual_seed(0)
     model = build_model(tiny_config, vocab)
     optimizers = make_optimizers(model, tiny_config)

@@ -48,11 +48,11 @@ def test_auroc_rejects_empty_and_non_finite():
         auroc([1.0], [math.nan])
 
 
-def test_score_lines_shapes_order_and_per_token(trained_run, ptb_valid_lines):
+def test_score_lines_shapes_order_and_per_token(trained_run, short_lines):
     from textebm.runs import load_run
 
     loaded = load_run(trained_run)
-    lines = ptb_valid_lines[:6]
+    lines = short_lines[:6]
     scores = score_lines(loaded.model, loaded.vocab, lines, num_chains=2, seed=1, batch_size=4)
     assert len(scores.total) == len(scores.per_token) == len(scores.tokens) == 6
     for line, n, total, per_token in zip(lines, scores.tokens, scores.total, scores.per_token):
@@ -62,7 +62,7 @@ def test_score_lines_shapes_order_and_per_token(trained_run, ptb_valid_lines):
     assert again.total == scores.total  # same seed, same scores
 
 
-def test_neg_log_joint_averages_the_chains(trained_run, ptb_valid_lines):
+def test_neg_log_joint_averages_the_chains(trained_run, short_lines):
     """With one chain per sentence repeated by hand, the mean matches the batched chains' mean."""
     import torch
 
@@ -71,7 +71,7 @@ def test_neg_log_joint_averages_the_chains(trained_run, ptb_valid_lines):
 
     loaded = load_run(trained_run)
     model = loaded.model
-    tokens = pad(encode_lines(ptb_valid_lines[:3], loaded.vocab, 30).sentences, model.pad_id)
+    tokens = pad(encode_lines(short_lines[:3], loaded.vocab, 30).sentences, model.pad_id)
     batched = neg_log_joint(model, tokens, 3, torch.Generator().manual_seed(0))
     z = model.posterior_sample(tokens.repeat_interleave(3, dim=0), generator=torch.Generator().manual_seed(0))
     manual = -model.log_joint(tokens.repeat_interleave(3, dim=0), z).view(3, 3).mean(dim=1)

@@ -140,11 +140,11 @@ TTQ_EVAL = ["max_sentences=8", "num_chains=2", "num_is_samples=4", "ais_chains=1
 
 
 @pytest.mark.slow
-def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path, ptb_train_lines, ptb_valid_lines):
+def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path, train_lines, valid_lines):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "train.txt").write_text("\n".join(ptb_train_lines[:300]) + "\n", encoding="utf-8")
-    (corpus / "valid.txt").write_text("\n".join(ptb_valid_lines[:20]) + "\n", encoding="utf-8")
+    (corpus / "train.txt").write_text("\n".join(train_lines[:300]) + "\n", encoding="utf-8")
+    (corpus / "valid.txt").write_text("\n".join(valid_lines[:20]) + "\n", encoding="utf-8")
     out = tmp_path / "ttq"
     command = [sys.executable, "-m", "bench.time_to_quality", "--minutes", "0.01", "0.02", "--variants",
                "k2:posterior_steps=2", "--out", str(out), "--jobs", "2", "--corpus", str(corpus)]

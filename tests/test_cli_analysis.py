@@ -164,14 +164,14 @@ def test_interpolate_empty_sentence_exits_2(analysis, trained_run, one_line_erro
 
 # ---- score -------------------------------------------------------------------------------------
 
-def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, tmp_path, ptb_valid_lines):
+def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, tmp_path, short_lines):
     text = tmp_path / "in.txt"
-    text.write_text("\n".join(ptb_valid_lines[:5]) + "\n", encoding="utf-8")
+    text.write_text("\n".join(short_lines[:5]) + "\n", encoding="utf-8")
     status, out, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--seed", "4")
     assert status == 0, err
     rows = [line.split("\t") for line in out.splitlines()]
     assert len(rows) == 5
-    assert [r[3] for r in rows] == [line.strip() for line in ptb_valid_lines[:5]]
+    assert [r[3] for r in rows] == [line.strip() for line in short_lines[:5]]
     assert all(float(r[0]) == pytest.approx(float(r[1]) / int(r[2]), rel=1e-3) for r in rows)
     _, again, _ = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--seed", "4")
     assert again == out
@@ -180,9 +180,9 @@ def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, 
     assert status == 0 and len(json.loads(out_file.read_text())) == 5
 
 
-def test_score_progress_on_stderr_when_asked(analysis, trained_run, tmp_path, ptb_valid_lines):
+def test_score_progress_on_stderr_when_asked(analysis, trained_run, tmp_path, short_lines):
     text = tmp_path / "in.txt"
-    text.write_text("\n".join(ptb_valid_lines[:5]) + "\n", encoding="utf-8")
+    text.write_text("\n".join(short_lines[:5]) + "\n", encoding="utf-8")
     status, out, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "2", "--progress")
     assert status == 0, err
     assert len(out.splitlines()) == 5  # stdout: the scores only

@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+
+from textebm import corpora
 
 
-def _mirror(tmp_path, data_dir, damage: str | None = None):
-    """A folder laid out like the PTB mirror (ptb.train.txt, ...), from the shared corpus."""
+def _mirror(tmp_path, synthetic_splits, monkeypatch, damage: str | None = None):
+    """A folder laid out like the PTB mirror (ptb.train.txt, ...) holding the synthetic corpus, whose
+    checksums stand in for PTB's own."""
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for split in ("train", "valid", "test"):
-        shutil.copy(data_dir / "ptb" / f"{split}.txt", mirror / f"ptb.{split}.txt")
+    for split in corpora.SPLITS:
+        path = mirror / f"ptb.{split}.txt"
+        path.write_text("\n".join(synthetic_splits[split]) + "\n", encoding="utf-8")
+        monkeypatch.setitem(corpora.PTB_SHA256, split, hashlib.sha256(path.read_bytes()).hexdigest())
     if damage:
         with open(mirror / f"ptb.{damage}.txt", "a", encoding="utf-8") as handle:
             handle.write(" one more line \n")
     return mirror
 
 
-def test_table_reports_present_splits_and_checksums(cli, data_dir, tmp_path):
-    status, out, err = cli("data", "--data-dir", data_dir, "--json")
+def test_table_reports_present_splits_substitutes_and_checksums(cli, data_folder, tmp_path):
+    folder = data_folder(ptb="train valid test", yahoo="valid test", snli="test")
+    status, out, err = cli("data", "--data-dir", folder, "--json")
     assert status == 0, err
     report = json.loads(out)
     assert set(report) == {"ptb", "snli", "yahoo"}
-    assert all(report["ptb"]["splits"][s]["sha256_ok"] is True for s in ("train", "valid", "test"))
+    assert all(report["ptb"]["splits"][s]["sha256_ok"] is False for s in corpora.SPLITS)  # not Mikolov's files
     assert report["yahoo"]["splits"]["train"]["path"] is None and "valid" in report["yahoo"]["substitute"]
-    # a file that is present but not the standard one
+    assert [s for s, entry in report["snli"]["splits"].items() if entry["path"]] == ["test"]
+    status, out, err = cli("data", "--data-dir", folder)
+    assert status == 0, err
+    assert "yahoo: without train: train on valid" in out and "snli: without train: train on test" in out
+    assert "ptb:" not in out  # a complete corpus needs no substitute
+    # a file that is present but not the standard one, next to missing ones
     folder = tmp_path / "d" / "ptb"
     folder.mkdir(parents=True)
     (folder / "valid.txt").write_text("a b c\n", encoding="utf-8")
@@ -35,18 +46,33 @@ def test_table_reports_present_splits_and_checksums(cli, data_dir, tmp_path):
     assert "missing" in ptb_row and "sha256 DIFFERS" in ptb_row
 
 
-def test_fetch_ptb_from_a_local_mirror(cli, data_dir, tmp_path):
+def test_real_corpora_match_their_checksums(cli, real_data_dir):
+    """Every split of the real corpora that is present and has a standard checksum matches it."""
+    status, out, err = cli("data", "--data-dir", real_data_dir, "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert all(report["ptb"]["splits"][s]["sha256_ok"] is True for s in corpora.SPLITS)
+    for name, entry in report.items():
+        for split, state in entry["splits"].items():
+            assert state["sha256_ok"] is not False, f"{name} {split}: {state['path']} is not the standard file"
+
+
+def test_fetch_ptb_from_a_local_mirror(cli, synthetic_splits, tmp_path, monkeypatch):
     target = tmp_path / "data"
-    status, out, err = cli("data", "--data-dir", target, "--fetch", "ptb", "--source", _mirror(tmp_path, data_dir))
+    mirror = _mirror(tmp_path, synthetic_splits, monkeypatch)
+    status, out, err = cli("data", "--data-dir", target, "--fetch", "ptb", "--source", mirror)
     assert status == 0, err
     assert sorted(p.name for p in (target / "ptb").iterdir()) == ["test.txt", "train.txt", "valid.txt"]
-    assert (target / "ptb" / "train.txt").read_bytes() == (data_dir / "ptb" / "train.txt").read_bytes()
-    assert "ok (4.9 MiB, sha256 match)" in out
+    assert (target / "ptb" / "train.txt").read_bytes() == (mirror / "ptb.train.txt").read_bytes()
+    assert out.startswith(f"ptb: train, valid, test in {target / 'ptb'}\n")
+    mib = (mirror / "ptb.train.txt").stat().st_size / 2**20
+    assert f"ok ({mib:.1f} MiB, sha256 match)" in out
 
 
-def test_failed_fetch_is_one_line_and_leaves_no_partial_file(cli, data_dir, tmp_path, one_line_error):
+def test_failed_fetch_is_one_line_and_leaves_no_partial_file(cli, synthetic_splits, tmp_path, monkeypatch,
+                                                             one_line_error):
     target = tmp_path / "data"
-    mirror = _mirror(tmp_path, data_dir, damage="valid")
+    mirror = _mirror(tmp_path, synthetic_splits, monkeypatch, damage="valid")
     one_line_error(*cli("data", "--data-dir", target, "--fetch", "ptb", "--source", mirror)[::2], "data",
                    "sha256")
     assert list((target / "ptb").iterdir()) == []  # neither the good train file nor a partial one
@@ -55,7 +81,18 @@ def test_failed_fetch_is_one_line_and_leaves_no_partial_file(cli, data_dir, tmp_
     assert list((target / "ptb").iterdir()) == []
 
 
+def test_fetch_yahoo_says_what_is_missing(cli, data_folder, tmp_path, one_line_error):
+    one_line_error(*cli("data", "--data-dir", tmp_path / "none", "--fetch", "yahoo")[::2], "data",
+                   "Yahoo not found", "cannot be downloaded", "train.txt, valid.txt, test.txt")
+    partial = data_folder(yahoo="valid test")
+    one_line_error(*cli("data", "--data-dir", partial, "--fetch", "yahoo")[::2], "data",
+                   "has valid, test but no train", "cannot be downloaded", "--train-split valid")
+    complete = data_folder(yahoo="train valid test")
+    status, out, err = cli("data", "--data-dir", complete, "--fetch", "yahoo")
+    assert status == 0, err
+    assert out.startswith(f"yahoo: train, valid, test in {complete / 'yahoo'}\n")
+
+
 def test_bad_requests(cli, tmp_path, one_line_error):
     one_line_error(*cli("data", "--data-dir", tmp_path, "--fetch", "wiki")[::2], "data", "unknown corpus")
-    one_line_error(*cli("data", "--data-dir", tmp_path, "--fetch", "yahoo")[::2], "data", "cannot be downloaded")
     one_line_error(*cli("data", "--data-dir", tmp_path, "--source", tmp_path)[::2], "data", "--fetch")

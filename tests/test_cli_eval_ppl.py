@@ -33,13 +33,13 @@ def eval_ppl(cli, monkeypatch, scratch_tmp, lm_cache):
 
 
 @pytest.fixture(scope="session")
-def small_real(tmp_path_factory, ptb_train_lines, data_dir) -> tuple[Path, Path]:
-    """A small real train (2,000 PTB train lines) and test (300 PTB valid lines) pair: fast to estimate."""
+def small_real(tmp_path_factory, train_lines, test_lines) -> tuple[Path, Path]:
+    """A small "real" train (2,000 synthetic train lines) and test (300 synthetic test lines) pair:
+    fast to estimate."""
     folder = tmp_path_factory.mktemp("real")
     train, test = folder / "train.txt", folder / "test.txt"
-    train.write_text("\n".join(ptb_train_lines) + "\n", encoding="utf-8")
-    valid = (data_dir / "ptb" / "valid.txt").read_text(encoding="utf-8").splitlines()
-    test.write_text("\n".join(valid[:300]) + "\n", encoding="utf-8")
+    train.write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+    test.write_text("\n".join(test_lines[:300]) + "\n", encoding="utf-8")
     return train, test
 
 
@@ -66,9 +66,8 @@ def parse_json(out: str) -> dict:
 
 # --- results -----------------------------------------------------------------------------------
 
-def test_json_has_the_required_keys(eval_ppl, real_args, data_dir, tmp_path):
-    valid = (data_dir / "ptb" / "valid.txt").read_text(encoding="utf-8").splitlines()
-    samples = write(tmp_path / "samples.txt", "\n".join(valid[1000:1200]) + "\n\n\n")
+def test_json_has_the_required_keys(eval_ppl, real_args, test_lines, tmp_path):
+    samples = write(tmp_path / "samples.txt", "\n".join(test_lines[1000:1200]) + "\n\n\n")
     status, out, err = eval_ppl("--samples", samples, *real_args, "--json")
     assert status == 0, err
     assert err == ""  # lmplz/build_binary/kenlm chatter stays out of the terminal
@@ -92,9 +91,9 @@ def test_json_has_the_required_keys(eval_ppl, real_args, data_dir, tmp_path):
     assert r["copied_share"] == 0.0 and r["unique_share"] == 1.0
 
 
-def test_ptb_corpus_count_eos_reproduces_kn5(eval_ppl, data_dir):
-    status, out, err = eval_ppl("--samples", data_dir / "ptb" / "test.txt", "--corpus", "ptb",
-                                "--data-dir", data_dir, "--count-eos", "--json", "--self-bleu-size", "20")
+def test_ptb_corpus_count_eos_reproduces_kn5(eval_ppl, real_data_dir):
+    status, out, err = eval_ppl("--samples", real_data_dir / "ptb" / "test.txt", "--corpus", "ptb",
+                                "--data-dir", real_data_dir, "--count-eos", "--json", "--self-bleu-size", "20")
     assert status == 0, err
     r = parse_json(out)
     assert abs(r["forward_ppl"] - 141.2) < 0.5  # Mikolov et al.'s KN5 (see test_lm_eval_kenlm.py)
@@ -103,7 +102,8 @@ def test_ptb_corpus_count_eos_reproduces_kn5(eval_ppl, data_dir):
     assert r["copied_share"] < 0.05  # PTB test sentences rarely occur in train
 
 
-def test_corpus_resolution_from_env(eval_ppl, data_dir, monkeypatch, tmp_path):
+def test_corpus_resolution_from_env(eval_ppl, data_folder, monkeypatch, tmp_path):
+    data_dir = data_folder(ptb="train valid test")
     monkeypatch.setenv("TEXTEBM_DATA_DIR", str(data_dir))
     samples = write(tmp_path / "s.txt", "the company said\nthe market fell sharply\n")
     status, out, err = eval_ppl("--samples", samples, "--corpus", "ptb", "--json", "--order", "3")
@@ -183,9 +183,9 @@ def test_corpus_without_test_split(eval_ppl, one_line_error, tmp_path, small_rea
                    "--test FILE")
 
 
-def test_corpus_without_train_split_suggests_train(eval_ppl, one_line_error, data_dir, tmp_path):
+def test_corpus_without_train_split_suggests_train(eval_ppl, one_line_error, data_folder, tmp_path):
     samples = write(tmp_path / "s.txt", "a b c\n")
-    status, _, err = eval_ppl("--samples", samples, "--corpus", "yahoo", "--data-dir", data_dir)
+    status, _, err = eval_ppl("--samples", samples, "--corpus", "yahoo", "--data-dir", data_folder(yahoo="valid test"))
     one_line_error(status, err, "eval-ppl", "no train split", "yahoo/train.txt", "--train FILE")
 
 
@@ -264,7 +264,7 @@ TINY_REVERSE_LM = ["--synthetic-train", "60", "--synthetic-valid", "20", "--rppl
                    "--rppl-set", "hidden_dim=16", "--rppl-set", "batch_size=16"]
 
 
-def test_wkl_and_neural_rppl_in_json_and_table(eval_ppl, real_args, small_real, ptb_train_lines, tmp_path,
+def test_wkl_and_neural_rppl_in_json_and_table(eval_ppl, real_args, small_real, train_lines, tmp_path,
                                                monkeypatch):
     from lm_eval import word_kl
 
@@ -272,7 +272,7 @@ def test_wkl_and_neural_rppl_in_json_and_table(eval_ppl, real_args, small_real, 
     # cache, not a file of eval-ppl's (whose reverse-LM run folder must be gone, as the fixture checks)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torchinductor"))
 
-    lines = ptb_train_lines[1500:1590]  # 90 real lines as samples: 60 train the reverse LM, 20 validate it
+    lines = train_lines[1500:1590]  # 90 real lines as samples: 60 train the reverse LM, 20 validate it
     samples = write(tmp_path / "s.txt", "\n".join(lines) + "\n")
     status, out, err = eval_ppl("--samples", samples, *real_args, "--wkl", "--neural-rppl", *TINY_REVERSE_LM, "--json")
     assert status == 0, err

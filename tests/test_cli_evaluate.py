@@ -48,8 +48,8 @@ FAST = ["--max-sentences", "12", "--num-chains", "3", "--num-is-samples", "8", "
         "--ais-chains", "50", "--ais-steps", "40", "--threads", "1", "--device", "cpu"]
 
 
-def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "30", "--json")
     assert status == 0, err
     report = json.loads(out)
@@ -103,8 +103,8 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     assert report["figure"] == str(figure) and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     args = ("--checkpoint", run, *FAST, "--fppl-samples", "10", "--temperatures", "1", "--json")
     status, out, err = invoke(*args, "--progress")
     assert status == 0, err
@@ -119,11 +119,11 @@ def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_pa
     assert status == 0 and err == "" and out.count("\n") == 1
 
 
-def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folder, ptb_train_lines, cli,
+def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folder, train_lines, cli,
                                                   one_line_error):
     runs = []
     for name, prior in (("ebm", "ebm"), ("gauss", "gaussian")):
-        run = _make_run(tmp_path / name, corpus_folder, ptb_train_lines[:300], prior=prior)
+        run = _make_run(tmp_path / name, corpus_folder, train_lines[:300], prior=prior)
         status, _, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "20", "--temperatures", "0.7", "1")
         assert status == 0, err
         runs.append(run)
@@ -135,8 +135,8 @@ def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folde
     one_line_error(*cli("compare", *runs, "--labels", "a", "--out", out)[::2], "compare", "--labels")
 
 
-def test_chain_settings_can_change_for_evaluation_only(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_chain_settings_can_change_for_evaluation_only(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     saved = (run / "config.json").read_text()
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0", "--json",
                               "--set", "posterior_noise=0", "--set", "posterior_step_size=0.5")
@@ -148,8 +148,8 @@ def test_chain_settings_can_change_for_evaluation_only(invoke, tmp_path, corpus_
     _one_line(*invoke("--checkpoint", run, *FAST, "--set", "posterior_noise=-1")[::2], "posterior_noise")
 
 
-def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300], prior="gaussian")
+def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="gaussian")
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
     assert status == 0, err
     assert "NLL per sentence" in out and "skipped: --fppl-samples 0" in out and "estimator:" in out
@@ -158,8 +158,8 @@ def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, cor
     assert report["prior_chain_bias"] is None and "exactly from the Gaussian prior" in report["samples_from"]
 
 
-def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300], prior="none")
+def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="none")
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
     assert status == 0, err
     assert "exact (prior=none" in out and "IS:" not in out
@@ -181,22 +181,22 @@ def test_not_a_run(invoke, tmp_path):
     _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
 
 
-def test_missing_split(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_missing_split(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, "--split", "valid", *FAST)[::2], "no valid split")
     assert not (run / "evaluation-valid.json").exists()
 
 
-def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, ptb_train_lines):
-    run = _make_run(tmp_path / "run", small_corpus, ptb_train_lines[:300])
+def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, train_lines):
+    run = _make_run(tmp_path / "run", small_corpus, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split")
 
 
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
                                          ("--temperatures", "0")])
-def test_bad_counts(invoke, tmp_path, corpus_folder, ptb_train_lines, flag, value):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_bad_counts(invoke, tmp_path, corpus_folder, train_lines, flag, value):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)
 
 
@@ -206,8 +206,8 @@ PROTOCOL = ["--wkl", "--neural-rppl", "--synthetic-train", "48", "--synthetic-va
             "--rppl-set", "embedding_dim=8", "--rppl-set", "hidden_dim=16", "--rppl-set", "batch_size=16"]
 
 
-def test_wkl_and_neural_rppl_of_generated_sentences(invoke, tmp_path, corpus_folder, ptb_train_lines):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_wkl_and_neural_rppl_of_generated_sentences(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0", *PROTOCOL,
                               "--synthetic-temperature", "0.8", "--json")
     assert status == 0, err
@@ -230,8 +230,8 @@ def test_wkl_and_neural_rppl_of_generated_sentences(invoke, tmp_path, corpus_fol
     (["--neural-rppl", "--rppl-minutes", "0"], "--rppl-minutes"),
     (["--neural-rppl", "--rppl-preset", "nope"], "unknown preset"),
 ])
-def test_protocol_bad_options(invoke, tmp_path, corpus_folder, ptb_train_lines, one_line_error, args, fragment):
-    run = _make_run(tmp_path / "run", corpus_folder, ptb_train_lines[:300])
+def test_protocol_bad_options(invoke, tmp_path, corpus_folder, train_lines, one_line_error, args, fragment):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     status, out, err = invoke("--checkpoint", run, *FAST, *args)
     one_line_error(status, err, "evaluate", fragment)
     assert out == ""

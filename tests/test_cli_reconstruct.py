@@ -10,20 +10,20 @@ import pytest
 
 
 @pytest.fixture
-def sentences_file(tmp_path, ptb_valid_lines):
+def sentences_file(tmp_path, short_lines):
     path = tmp_path / "in.txt"
-    path.write_text("\n".join(ptb_valid_lines[:6]) + "\n\n", encoding="utf-8")  # a blank line, skipped
+    path.write_text("\n".join(short_lines[:6]) + "\n\n", encoding="utf-8")  # a blank line, skipped
     return path
 
 
-def test_json_is_one_object_with_every_sentence(cli, trained_run, sentences_file, ptb_valid_lines):
+def test_json_is_one_object_with_every_sentence(cli, trained_run, sentences_file, short_lines):
     status, out, err = cli("reconstruct", "--checkpoint", trained_run, "--input", sentences_file, "--json",
                            "--seed", "3", "--device", "cpu")
     assert status == 0, err
     report = json.loads(out)  # the whole of stdout
     assert report["source"] == str(sentences_file) and report["step"] == 20
     assert report["num_sentences"] == 6 and len(report["sentences"]) == 6
-    for row, line in zip(report["sentences"], ptb_valid_lines[:6]):  # the input through the run's vocabulary
+    for row, line in zip(report["sentences"], short_lines[:6]):  # the input through the run's vocabulary
         seen = row["input"].split()
         assert len(seen) == len(line.split())
         assert all(a == b for a, b in zip(seen, line.split()) if a != "<unk>")
@@ -48,8 +48,9 @@ def test_text_output_says_how_the_two_compare(cli, trained_run, sentences_file):
     assert "from prior samples" in out.splitlines()[-1]
 
 
-def test_a_split_of_the_runs_corpus(cli, trained_run, tmp_path, data_dir):
+def test_a_split_of_the_runs_corpus(cli, trained_run, tmp_path, data_folder):
     """A run whose config names PTB reads its held-out split from the data folder."""
+    data_dir = data_folder(ptb="train valid test")
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     config = json.loads((run / "config.json").read_text())

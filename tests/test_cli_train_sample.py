@@ -35,10 +35,10 @@ def test_bad_corpus_files(cli, one_line_error, tmp_path, train_args, content, fr
     one_line_error(*cli(*args)[::2], "train", fragment)
 
 
-def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train_args, ptb_train_lines):
+def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train_args, train_lines):
     corpus = tmp_path / "corpus.txt"
     long_line = " ".join(["word"] * 5000)
-    short = [line for line in ptb_train_lines if len(line.split()) <= 30][:60]
+    short = [line for line in train_lines if len(line.split()) <= 30][:60]
     corpus.write_text("\n".join([long_line, *short]) + "\n", encoding="utf-8")
     args = train_args("--out", tmp_path / "run", "--max-steps", "2")
     args[args.index("--corpus") + 1] = str(corpus)
@@ -73,7 +73,8 @@ def test_device_cuda_without_gpu(cli, one_line_error, tmp_path, train_args, monk
     one_line_error(*cli(*args)[::2], "train", "no CUDA GPU")
 
 
-def test_missing_split_suggests_train_split(cli, one_line_error, tmp_path, data_dir, tiny_overrides):
+def test_missing_split_suggests_train_split(cli, one_line_error, tmp_path, data_folder):
+    data_dir = data_folder(yahoo="valid test")
     args = ["train", "--corpus", "yahoo", "--data-dir", data_dir, "--out", tmp_path / "run", "--max-steps", "1",
             "--device", "cpu", "--no-progress"]
     one_line_error(*cli(*args)[::2], "train", "no train split", "--train-split valid")
@@ -97,6 +98,15 @@ def test_resume_rejects_new_config(cli, one_line_error, run_copy, small_corpus):
     args = ["train", "--corpus", small_corpus, "--out", run_copy, "--resume", "--set", "latent_dim=3",
             "--device", "cpu", "--no-progress"]
     one_line_error(*cli(*args)[::2], "train", "--resume")
+
+
+def test_resume_reads_the_corpus_from_the_run_and_refuses_another(cli, one_line_error, run_copy, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("a b c\nd e f\n", encoding="utf-8")
+    args = ["train", "--out", run_copy, "--resume", "--device", "cpu", "--no-progress"]
+    one_line_error(*cli(*args, "--corpus", other)[::2], "train", f"--corpus {other} is not the corpus", "drop --corpus")
+    one_line_error(*cli(*args, "--corpus", "ptb")[::2], "train", "--corpus ptb is not the corpus")
+    one_line_error(*cli("train", "--out", tmp_path / "new", "--device", "cpu")[::2], "train", "--corpus is required")
 
 
 def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_copy, train_args):
@@ -291,7 +301,7 @@ def test_resume_after_sigkill_gives_the_same_next_losses(textebm_exe, subprocess
     step = torch.load(killed / "training_state.pt", weights_only=True)["step"]
     assert step >= 5 and step % 5 == 0
 
-    status, out, err = cli("train", "--corpus", small_corpus, "--out", killed, "--resume", "--max-steps", step + 2,
+    status, out, err = cli("train", "--out", killed, "--resume", "--max-steps", step + 2,  # the corpus: the run's
                            "--device", "cpu", "--threads", "1", "--no-progress")
     assert status == 0, err
     assert f"resumed from step {step}" in out
@@ -323,7 +333,7 @@ def test_ctrl_c_saves_and_exits_130(textebm_exe, subprocess_env, train_args, tmp
             proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert "--resume" in out
+    assert f"textebm train --resume --out {folder}" in out
     saved = torch.load(folder / "training_state.pt", weights_only=True)["step"]
     assert saved >= seen
     assert saved == max(_train_records(folder))

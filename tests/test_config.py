@@ -39,6 +39,21 @@ def test_defaults_match_the_spec():
     assert (c.energy_hidden, c.energy_layers, c.prior) == (200, 2, "ebm")
 
 
+@pytest.mark.parametrize("corpus", ["snli", "yahoo"])
+def test_a_size_preset_keeps_the_corpus_data_settings(corpus):
+    """On a CPU (`cpu`) or at the default sizes, a corpus keeps its own max_length, vocabulary and casing."""
+    own = resolve_config(None, corpus)
+    for preset in ("cpu", "default"):
+        config = resolve_config(preset, corpus)
+        assert (config.max_length, config.vocab_size, config.lowercase) == (own.max_length, own.vocab_size,
+                                                                            own.lowercase)
+        assert config.preset == preset
+    assert own.max_length != Config.max_length  # the corpus's preset does set them
+    cpu = resolve_config("cpu", corpus)
+    assert (cpu.hidden_dim, cpu.posterior_steps) == (load_preset("cpu")["hidden_dim"], 10)  # its sizes: cpu's
+    assert resolve_config("cpu", corpus, ["max_length=7"]).max_length == 7  # --set still wins
+
+
 def test_cpu_preset_is_smaller_than_default():
     cpu, default = resolve_config("cpu", "ptb"), resolve_config("default", "ptb")
     assert cpu.hidden_dim < default.hidden_dim and cpu.embedding_dim < default.embedding_dim

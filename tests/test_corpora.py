@@ -22,52 +22,78 @@ from textebm.corpora import (
 )
 from textebm.errors import UserError
 
-# --- local corpora ---------------------------------------------------------------------------
+# --- local corpora: the synthetic corpus laid out as each case needs ---------------------------
 
-def test_ptb_from_data_dir(data_dir):
-    corpus = open_corpus("ptb", str(data_dir))
+def test_a_complete_corpus_is_read_from_the_data_folder(data_folder, synthetic_splits):
+    corpus = open_corpus("ptb", str(data_folder(ptb="train valid test")))
     assert set(corpus.files) == {"train", "valid", "test"}
-    valid = corpus.lines("valid")
-    assert len(valid) == 3370  # Mikolov's PTB valid split, blank lines dropped
-    assert "<unk>" in " ".join(valid[:50])
+    assert corpus.lines("valid") == synthetic_splits["valid"]
 
 
-def test_data_dir_comes_from_the_environment(data_dir, monkeypatch):
-    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(data_dir))
-    assert corpora.data_dir() == data_dir
+def test_data_dir_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(tmp_path))
+    assert corpora.data_dir() == tmp_path
     assert corpora.data_dir("elsewhere") == Path("elsewhere")
     monkeypatch.delenv("TEXTEBM_DATA_DIR")
     assert corpora.data_dir() == Path("data")
 
 
-def test_training_splits_use_valid(data_dir):
-    corpus = open_corpus("ptb", str(data_dir))
+def test_training_splits_use_valid(data_folder, synthetic_splits):
+    corpus = open_corpus("ptb", str(data_folder(ptb="train valid test")))
     train, valid, source = training_splits(corpus)
-    assert len(train) == 42068 and len(valid) == 3370 and source == "valid"
+    assert (train, valid, source) == (synthetic_splits["train"], synthetic_splits["valid"], "valid")
 
 
-def test_missing_train_split_suggests_train_split(data_dir):
-    corpus = open_corpus("yahoo", str(data_dir))
+def test_missing_train_split_suggests_train_split(data_folder, synthetic_splits):
+    corpus = open_corpus("yahoo", str(data_folder(yahoo="valid test")))
     assert not corpus.has("train")
     with pytest.raises(UserError, match="no train split.*--train-split valid"):
         training_splits(corpus)
     train, valid, source = training_splits(corpus, "valid")
-    assert source == "test" and len(train) > 1000 and len(valid) > 1000
+    assert (train, valid, source) == (synthetic_splits["valid"], synthetic_splits["test"], "test")
 
 
-def test_evaluation_splits_of_the_substitute_training_splits(data_dir):
-    """Yahoo trains on valid and is evaluated on test; SNLI (test only) on the lines held out of test."""
-    yahoo = open_corpus("yahoo", str(data_dir))
+def test_evaluation_splits_of_the_substitute_training_splits(data_folder):
+    """Without train, Yahoo trains on valid and is evaluated on test; SNLI (test only) on the lines held
+    out of test; a complete corpus on its test split."""
+    folder = str(data_folder(yahoo="valid test", snli="test", ptb="train valid test"))
+    yahoo = open_corpus("yahoo", folder)
     train, held_out, source = evaluation_splits(yahoo, "valid", "test")
     assert train == yahoo.lines("valid") and held_out == yahoo.lines("test") and source == "test"
     with pytest.raises(UserError, match="trained on the valid split.*--split test"):
         evaluation_splits(yahoo, "valid", "valid")
-    snli = open_corpus("snli", str(data_dir))
+    snli = open_corpus("snli", folder)
     train, held_out, source = evaluation_splits(snli, "test", "test")
     assert train + held_out == snli.lines("test") and "held out" in source
     assert len(held_out) == len(snli.lines("test")) // 20
-    ptb = open_corpus("ptb", str(data_dir))
+    ptb = open_corpus("ptb", folder)
     assert evaluation_splits(ptb, "train", "test")[1] == ptb.lines("test")
+
+
+# --- the real corpora ($TEXTEBM_DATA_DIR) --------------------------------------------------------
+
+def test_real_ptb_has_mikolovs_splits(real_data_dir):
+    corpus = open_corpus("ptb", str(real_data_dir))
+    train, valid, source = training_splits(corpus)
+    assert len(train) == 42068 and len(valid) == 3370 and source == "valid"  # blank lines dropped
+    assert len(corpus.lines("test")) == 3761
+    assert "<unk>" in " ".join(valid[:50])
+
+
+@pytest.mark.parametrize("name", ["yahoo", "snli"])
+def test_real_corpus_trains_on_what_is_present(real_data_dir, name):
+    """Whatever splits of Yahoo or SNLI the folder holds, training finds its lines: train when present,
+    else (as `textebm data` suggests) the first split present, validating on another or a held-out tail."""
+    if not (real_data_dir / name).is_dir():
+        pytest.skip(f"TEXTEBM_DATA_DIR has no {name}/ folder")
+    corpus = open_corpus(name, str(real_data_dir))
+    train_split = "train" if corpus.has("train") else next(iter(corpus.files))
+    train, valid, source = training_splits(corpus, train_split)
+    assert len(train) > 1000 and len(valid) > 100
+    if source in corpus.files:
+        assert source != train_split and valid == corpus.lines(source)
+    else:
+        assert "held out" in source and train + valid == corpus.lines(train_split)
 
 
 def test_gzip_split_and_blank_lines(tmp_path):

@@ -1,8 +1,9 @@
 """lm_eval with the real KenLM tools: estimation, the fallback, caching, and the PTB reference.
 
-Nothing here is skipped: without lmplz/build_binary (./setup.sh installs them) these tests fail.
-The PTB-train 5-gram is estimated once per session into a temporary LM cache (the tools are still
-found in the real tool cache); tests/test_cli_eval_ppl.py shares that cache folder.
+Without lmplz/build_binary (./setup.sh installs them) these tests fail. The 5-grams of the synthetic
+corpus's train split and (with $TEXTEBM_DATA_DIR) of PTB train are estimated once per session into a
+temporary LM cache (the tools are still found in the real tool cache); tests/test_cli_eval_ppl.py
+shares that cache folder.
 """
 
 from __future__ import annotations
@@ -34,14 +35,33 @@ KN5_TOLERANCE = 0.5
 
 
 @pytest.fixture(scope="session")
-def ptb_lm(lm_cache, data_dir):
-    train = data_dir / "ptb" / "train.txt"
+def ptb_lm(lm_cache, real_data_dir):
+    train = real_data_dir / "ptb" / "train.txt"
     return real_data_lm(train, order=5, cache_dir=lm_cache)
 
 
 @pytest.fixture(scope="session")
-def ptb_test(data_dir) -> list[str]:
-    return read_sentences(data_dir / "ptb" / "test.txt", "test").sentences
+def ptb_test(real_data_dir) -> list[str]:
+    return read_sentences(real_data_dir / "ptb" / "test.txt", "test").sentences
+
+
+@pytest.fixture(scope="session")
+def train_file(tmp_path_factory, train_lines) -> Path:
+    """The synthetic train split as a file (what `real_data_lm` estimates from)."""
+    path = tmp_path_factory.mktemp("synthetic") / "train.txt"
+    path.write_text("\n".join(train_lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def train_lm(lm_cache, train_file):
+    return real_data_lm(train_file, order=5, cache_dir=lm_cache)
+
+
+@pytest.fixture(scope="session")
+def test_text(test_lines) -> list[str]:
+    """The synthetic test split, normalised (1,600 sentences)."""
+    return normalize_lines(test_lines).sentences
 
 
 # --- the tools ---------------------------------------------------------------------------------
@@ -105,9 +125,9 @@ def test_repeated_sentences_need_and_report_the_fallback(tmp_path, scratch_tmp):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.klm", "scratch"]
 
 
-def test_varied_text_needs_no_fallback(tmp_path, ptb_train_lines):
-    lm = train_ngram_lm([" ".join(s.split()) for s in ptb_train_lines], tmp_path / "m.klm", order=5)
-    assert lm.discount_fallback is False and lm.num_sentences == len(ptb_train_lines)
+def test_varied_text_needs_no_fallback(tmp_path, train_lines):
+    lm = train_ngram_lm([" ".join(s.split()) for s in train_lines], tmp_path / "m.klm", order=5)
+    assert lm.discount_fallback is False and lm.num_sentences == len(train_lines)
 
 
 def test_estimation_failure_is_one_line_and_cleans_up(tmp_path, scratch_tmp):
@@ -133,19 +153,19 @@ def test_specials_in_text_are_ordinary_words(tmp_path):
     assert score.num_oov == 0 and score.num_words == 4
 
 
-def test_bigram_agrees_with_nltk_kneser_ney(tmp_path, ptb_train_lines, data_dir):
+def test_bigram_agrees_with_nltk_kneser_ney(tmp_path, train_lines, valid_lines):
     """Independent cross-check: nltk's interpolated Kneser-Ney (one discount, 0.75) against
     KenLM's modified Kneser-Ney (three discounts estimated from count-of-counts). The models
     differ only in their discounts, so per-token log-probabilities must be strongly correlated
-    and the perplexities close (2% apart here; 5% allowed). nltk's default discount (0.1) is far
+    and the perplexities close (5% allowed). nltk's default discount (0.1) is far
     off both, which shows that the agreement is not automatic."""
     import numpy as np
     from nltk.lm import KneserNeyInterpolated
     from nltk.lm.preprocessing import padded_everygram_pipeline
 
-    train = [" ".join(s.split()) for s in ptb_train_lines[:400]]
+    train = [" ".join(s.split()) for s in train_lines[:400]]
     vocab = {w for s in train for w in s.split(" ")}
-    valid = read_sentences(data_dir / "ptb" / "valid.txt").sentences
+    valid = normalize_lines(valid_lines).sentences
     test = [s for s in valid if set(s.split(" ")) <= vocab][:30]
     assert len(test) >= 20
     model = train_ngram_lm(train, tmp_path / "m.klm", order=2).load()
@@ -197,48 +217,48 @@ def test_ptb_default_convention_drops_eos(ptb_lm, ptb_test):
     assert no_eos.ppl == pytest.approx(160.43, abs=0.5)
 
 
-def test_forward_ppl_api_accepts_lm_path_or_model(ptb_lm, ptb_test):
-    a = lm_eval.forward_ppl(ptb_test[:50], ptb_lm)
-    b = lm_eval.forward_ppl(ptb_test[:50], ptb_lm.path)
-    c = lm_eval.forward_ppl(ptb_test[:50], ptb_lm.load())
+def test_forward_ppl_api_accepts_lm_path_or_model(train_lm, test_text):
+    a = lm_eval.forward_ppl(test_text[:50], train_lm)
+    b = lm_eval.forward_ppl(test_text[:50], train_lm.path)
+    c = lm_eval.forward_ppl(test_text[:50], train_lm.load())
     assert a == b == c
 
 
-def test_real_data_lm_is_cached_by_content_and_order(ptb_lm, data_dir, tmp_path, lm_cache):
+def test_real_data_lm_is_cached_by_content_and_order(train_lm, train_file, tmp_path, lm_cache):
     cache = lm_cache
-    again = real_data_lm(data_dir / "ptb" / "train.txt", order=5, cache_dir=cache)
-    assert again.cached is True and again.path == ptb_lm.path
-    key = cache_key(text_sha256(read_sentences(data_dir / "ptb" / "train.txt").sentences), 5)
-    assert Path(ptb_lm.path).name == key + ".klm" and (cache / (key + ".json")).is_file()
+    again = real_data_lm(train_file, order=5, cache_dir=cache)
+    assert again.cached is True and again.path == train_lm.path
+    key = cache_key(text_sha256(read_sentences(train_file).sentences), 5)
+    assert Path(train_lm.path).name == key + ".klm" and (cache / (key + ".json")).is_file()
     assert not [p for p in cache.iterdir() if p.name.endswith(".partial")]
     # a different file (or order) is a different model
     small = tmp_path / "train.txt"
     small.write_text("the cat sat\nthe dog ran\na cat ran\n" * 5, encoding="utf-8")
     other = real_data_lm(small, order=3, cache_dir=tmp_path / "c")
-    assert other.cached is False and Path(other.path).name != Path(ptb_lm.path).name
+    assert other.cached is False and Path(other.path).name != Path(train_lm.path).name
     assert real_data_lm(small, order=3, cache_dir=tmp_path / "c").cached is True
     small.write_text("the cat sat\n" * 5 + "a dog\n", encoding="utf-8")
     assert real_data_lm(small, order=3, cache_dir=tmp_path / "c").cached is False
 
 
-def test_reverse_ppl_with_and_without_training_vocabulary(ptb_test, tmp_path, scratch_tmp):
-    samples = ptb_test[:300]
-    vocab = sorted({w for s in ptb_test for w in s.split(" ")})
-    with_vocab = lm_eval.reverse_ppl(samples, ptb_test, vocab, order=5)
-    without = lm_eval.reverse_ppl(samples, ptb_test, None, order=5)
+def test_reverse_ppl_with_and_without_training_vocabulary(test_text, tmp_path, scratch_tmp):
+    samples = test_text[:300]
+    vocab = sorted({w for s in test_text for w in s.split(" ")})
+    with_vocab = lm_eval.reverse_ppl(samples, test_text, vocab, order=5)
+    without = lm_eval.reverse_ppl(samples, test_text, None, order=5)
     assert with_vocab.test.oov_rate == 0.0 and with_vocab.vocab_lines == len(vocab)
     assert without.test.oov_rate > 0.1 and without.vocab_lines == 0
     assert with_vocab.samples.oov_rate == 0.0
     assert list(scratch_tmp.iterdir()) == []
 
 
-def test_reverse_ppl_penalises_mode_collapse(ptb_test, data_dir):
+def test_reverse_ppl_penalises_mode_collapse(test_text, train_file):
     """A collapsed sample set covers the test text worse than a varied one of the same size."""
-    vocab = read_sentences(data_dir / "ptb" / "train.txt").sentences
+    vocab = read_sentences(train_file).sentences
     vocab = sorted({w for s in vocab for w in s.split(" ")})
-    varied = ptb_test[:500]
-    collapsed = [ptb_test[i % 5] for i in range(500)]
-    test = ptb_test[1000:1500]
+    varied = test_text[:500]
+    collapsed = [test_text[i % 5] for i in range(500)]
+    test = test_text[1000:1500]
     r_varied = lm_eval.reverse_ppl(varied, test, vocab)
     r_collapsed = lm_eval.reverse_ppl(collapsed, test, vocab)
     assert r_collapsed.ppl > 2 * r_varied.ppl
@@ -267,16 +287,16 @@ def test_real_data_lm_is_keyed_by_the_normalised_text_not_the_file(tmp_path):
     assert len(list(cache.glob("*.klm"))) == 1
 
 
-def test_sample_sets_share_one_load_of_the_real_lm(ptb_test, data_dir, monkeypatch):
+def test_sample_sets_share_one_load_of_the_real_lm(test_text, train_file, monkeypatch):
     import lm_eval.evaluate as evaluate_module
     import lm_eval.ngram as ngram
 
     loads = []
     real_load = ngram.load_model
     monkeypatch.setattr(ngram, "load_model", lambda path: loads.append(str(path)) or real_load(path))
-    train = read_sentences(data_dir / "ptb" / "train.txt", "training")
-    test = normalize_lines(ptb_test[:500])
-    sets = {"a": normalize_lines(ptb_test[500:800]), "b": normalize_lines([ptb_test[i % 3] for i in range(300)])}
+    train = read_sentences(train_file, "training")
+    test = normalize_lines(test_text[:500])
+    sets = {"a": normalize_lines(test_text[500:800]), "b": normalize_lines([test_text[i % 3] for i in range(300)])}
     out = evaluate_module.evaluate_sample_sets(sets, train, test, self_bleu_size=20)
     real_lm_loads = [p for p in loads if p == out["real"]["path"]]
     assert len(real_lm_loads) == 1  # one load for both sets and the test text

@@ -194,10 +194,9 @@ def _torchrun(tmp_path: Path, fault: str, argv: list[str], env: dict) -> subproc
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(tmp_path):
+def test_two_gloo_processes_match_one_process(tmp_path, valid_lines):
     corpus = tmp_path / "corpus.txt"
-    data_dir = Path(os.environ["TEXTEBM_DATA_DIR"])
-    corpus.write_text("".join((data_dir / "ptb" / "valid.txt").read_text().splitlines(keepends=True)[:200]))
+    corpus.write_text("\n".join(valid_lines[:200]) + "\n")
     common = ["train", "--corpus", str(corpus), "--preset", "cpu",
               "--set", "embedding_dim=16", "--set", "hidden_dim=32",
               "--set", "latent_dim=8", "--set", "posterior_steps=3", "--set", "prior_steps=5", "--set", "dropout=0",

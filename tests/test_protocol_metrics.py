@@ -23,9 +23,9 @@ def _options(**changes) -> ProtocolOptions:
 
 
 @pytest.fixture(scope="module")
-def texts(ptb_train_lines, ptb_valid_lines):
+def texts(train_lines, valid_lines):
     """Real text standing in for good samples, the real training text and a real test text."""
-    return ptb_train_lines[1000:1200], ptb_train_lines[:1000], ptb_valid_lines[:40]
+    return train_lines[1000:1200], train_lines[:1000], valid_lines[:40]
 
 
 def test_diverse_samples_beat_a_collapsed_generator(texts):

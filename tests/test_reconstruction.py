@@ -14,19 +14,19 @@ from textebm.vocab import WordVocab
 
 
 @pytest.fixture
-def vocab(ptb_train_lines):
-    return WordVocab.build(ptb_train_lines[:500])  # the vocabulary `latent_model` builds its models with
+def vocab(train_lines):
+    return WordVocab.build(train_lines[:500])  # the vocabulary `latent_model` builds its models with
 
 
 @pytest.fixture
-def memorising(latent_model, vocab, ptb_train_lines):
+def memorising(latent_model, vocab, train_lines):
     """A z-driven model: the decoder fit (teacher forcing, 150 Adam steps, about a second) to
-    reproduce 8 short PTB sentences, each from its own random code, so that p(x | z) names the
+    reproduce 8 short synthetic sentences, each from its own random code, so that p(x | z) names the
     sentence and its posterior sits near that code. Its posterior chain runs 10 steps (the `cpu`
     preset's K1), enough to find the code from noise. Returns (model, encoded sentences)."""
     model, _ = latent_model(1.0)
     assert len(vocab) == model.decoder.out.out_features
-    lines = [line for line in ptb_train_lines[:500] if 4 <= len(line.split()) <= 10][:8]
+    lines = [line for line in train_lines[:500] if 4 <= len(line.split()) <= 10][:8]
     sentences = encode_lines(lines, vocab, 30).sentences
     tokens = pad(sentences, model.pad_id)
     codes = torch.randn(len(lines), model.prior.latent_dim, generator=torch.Generator().manual_seed(0))
@@ -70,11 +70,12 @@ def test_a_decoder_that_ignores_z_scores_exactly_its_prior_sample_baseline(memor
     assert summary["num_sentences"] == 8 and summary["bleu_above_baseline"] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_same_seed_same_result_and_references_through_the_vocabulary(latent_model, vocab):
+def test_same_seed_same_result_and_references_through_the_vocabulary(latent_model, vocab, train_lines):
     model, _ = latent_model(5.0)
-    lines = ["the company said xyzzy-not-a-word it expects", "stocks fell"]
+    known = train_lines[0].split()[:3]  # words of the vocabulary
+    lines = [" ".join([*known, "xyzzy-not-a-word", *known]), " ".join(known[:2])]
     first = reconstruct_lines(model, vocab, lines, seed=4)
-    assert first.inputs == ["the company said <unk> it expects", "stocks fell"]
+    assert first.inputs == [" ".join([*known, "<unk>", *known]), " ".join(known[:2])]
     again = reconstruct_lines(model, vocab, lines, seed=4)
     assert (again.outputs, again.baseline, again.bleu) == (first.outputs, first.baseline, first.bleu)
     assert first.truncated == 0 and reconstruct_lines(model, vocab, ["a " * 40], seed=4).truncated == 1

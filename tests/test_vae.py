@@ -23,15 +23,15 @@ VAE = ["model=vae", "kl_anneal_steps=0", "free_bits=0"]  # the plain ELBO unless
 
 
 @pytest.fixture
-def tiny_vae(tiny_overrides, ptb_train_lines):
-    """`make(*overrides)`: an untrained tiny VAE (latent 4, no dropout) and a padded batch of 16 PTB sentences."""
+def tiny_vae(tiny_overrides, train_lines):
+    """`make(*overrides)`: an untrained tiny VAE (latent 4, no dropout) and a padded batch of 16 synthetic sentences."""
 
     def make(*overrides: str):
         config = resolve_config("cpu", "ptb", [*tiny_overrides, *VAE, *overrides])
-        vocab = WordVocab.build(ptb_train_lines[:300])
+        vocab = WordVocab.build(train_lines[:300])
         torch.manual_seed(0)
         model = build_model(config, vocab)
-        tokens = pad(encode_lines(ptb_train_lines[:16], vocab, config.max_length).sentences, vocab.pad_id)
+        tokens = pad(encode_lines(train_lines[:16], vocab, config.max_length).sentences, vocab.pad_id)
         return model, tokens
 
     return make
@@ -165,10 +165,10 @@ def test_pretraining_resets_the_decoder_at_the_switch(tiny_vae):
 
 
 @pytest.fixture(scope="module")
-def vae_corpus(tmp_path_factory, ptb_train_lines, ptb_valid_lines):
+def vae_corpus(tmp_path_factory, train_lines, valid_lines):
     folder = tmp_path_factory.mktemp("vae-corpus")
-    for split, lines in (("train", ptb_train_lines[:300]), ("valid", ptb_valid_lines[:40]),
-                         ("test", ptb_valid_lines[40:80])):
+    for split, lines in (("train", train_lines[:300]), ("valid", valid_lines[:40]),
+                         ("test", valid_lines[40:80])):
         (folder / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
@@ -306,7 +306,7 @@ def test_serve_a_vae_run(vae_run):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_the_vae_as_one(tmp_path, data_dir):
+def test_two_gloo_processes_train_the_vae_as_one(tmp_path, valid_lines):
     """Under torchrun the free-bits floor is decided on the global batch's KL: 2 processes give the
     records of 1 (a floor that some dimensions pass and others do not)."""
     import os
@@ -314,7 +314,7 @@ def test_two_gloo_processes_train_the_vae_as_one(tmp_path, data_dir):
     import sys
 
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join((data_dir / "ptb" / "valid.txt").read_text().splitlines(keepends=True)[:200]))
+    corpus.write_text("\n".join(valid_lines[:200]) + "\n")
     sets = ["model=vae", "kl_anneal_steps=2", "free_bits=0.014", "embedding_dim=16", "hidden_dim=32", "latent_dim=8",
             "dropout=0", "batch_size=8", "log_every=1", "checkpoint_every=2"]
     common = ["-m", "textebm", "train", "--corpus", str(corpus), "--preset", "cpu",

@@ -49,9 +49,9 @@ def test_unknown_word_spellings_map_to_unk_and_decode_back(spelling):
     assert vocab.encode("<unk> _UNK <UNK>") == [vocab.unk_id] * 3
 
 
-def test_ptb_vocab_decodes_unk_as_ptb_does(ptb_train_lines):
-    vocab = WordVocab.build(ptb_train_lines[:500])
-    line = next(text for text in ptb_train_lines[:500] if "<unk>" in text)
+def test_ptb_shaped_vocab_decodes_unk_as_ptb_does(train_lines):
+    vocab = WordVocab.build(train_lines[:500])
+    line = next(text for text in train_lines[:500] if "<unk>" in text)
     assert vocab.decode(vocab.encode(line)) == " ".join(line.split())
 
 
@@ -84,8 +84,8 @@ def test_load_vocab_errors(tmp_path):
         load_vocab(tmp_path)
 
 
-def test_sentencepiece_trains_saves_and_loads(tmp_path, ptb_train_lines):
-    lines = ptb_train_lines[:300]
+def test_sentencepiece_trains_saves_and_loads(tmp_path, train_lines):
+    lines = train_lines[:300]
     vocab = build_vocab(lines, "sentencepiece", 200, 1, False)
     assert isinstance(vocab, SentencePieceVocab)
     assert (vocab.pad_id, vocab.bos_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2, 3)
@@ -101,9 +101,9 @@ def test_sentencepiece_trains_saves_and_loads(tmp_path, ptb_train_lines):
     assert loaded.encode(sentence) == ids and loaded.decode(ids) == sentence
 
 
-def test_sentencepiece_keeps_the_corpus_unknown_word(ptb_train_lines):
+def test_sentencepiece_keeps_the_corpus_unknown_word(train_lines):
     """PTB spells unknown words `<unk>`; a SentencePiece vocabulary trained on PTB must give them
     back as `<unk>` (evaluation compares samples with PTB text), not as SentencePiece's ' ⁇ '."""
-    vocab = build_vocab(ptb_train_lines[:300], "sentencepiece", 200, 1, False)
+    vocab = build_vocab(train_lines[:300], "sentencepiece", 200, 1, False)
     sentence = "the <unk> company said"
     assert vocab.decode(vocab.encode(sentence)) == sentence

@@ -219,11 +219,13 @@ def device_preset(corpus: str, on_cuda: bool) -> tuple[str, str]:
 
 
 def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -> Config:
-    """Defaults, then the preset (the corpus's own when none is named), then `--set` overrides; keys
-    that neither sets take the model's defaults (MODEL_DEFAULTS) before the general ones."""
-    if preset is None:
-        preset = corpus if corpus in preset_names() else "default"
+    """Defaults, then the corpus's own preset, then the named preset over it (so a size preset such as
+    `cpu` keeps the corpus's max_length, vocabulary and lowercasing), then `--set` overrides; keys that
+    none sets take the model's defaults (MODEL_DEFAULTS) before the general ones."""
+    own = corpus if corpus in preset_names() else "default"
+    preset = own if preset is None else preset
     values: dict[str, Any] = {"corpus": corpus}
+    values.update(load_preset(own))
     values.update(load_preset(preset))
     values["corpus"], values["preset"] = corpus, preset
     for item in overrides:

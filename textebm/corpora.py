@@ -265,9 +265,19 @@ def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None,
 
 
 def fetch_yahoo(folder: Path) -> None:
-    raise UserError(
-        f"Yahoo not found in {folder}: it cannot be downloaded; put the Yang et al. (2017) files there "
-        "as train.txt, valid.txt, test.txt (one document per line, `_UNK` for unknown words)")
+    """Yahoo cannot be downloaded: when a split is missing, say which, and what to do instead."""
+    present = [split for split in SPLITS if split_file(folder, split)]
+    missing = [split for split in SPLITS if split not in present]
+    if not missing:
+        return
+    files = ", ".join(f"{split}.txt" for split in missing)
+    where = "the Yang et al. (2017) files (data/README.md says where they are published)"
+    if not present:
+        raise UserError(f"Yahoo not found in {folder}: it cannot be downloaded; put {where} there as {files} "
+                        "(one document per line, `_UNK` for unknown words)")
+    without = " (train on another split: --train-split valid)" if "train" in missing and "valid" in present else ""
+    raise UserError(f"Yahoo in {folder} has {', '.join(present)} but no {', '.join(missing)}, which cannot be "
+                    f"downloaded: put {where} there as {files}{without}")
 
 
 def training_splits(corpus: Corpus, train_split: str = "train") -> tuple[list[str], list[str], str]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 from textebm.errors import UserError
 
 
-def add_device_argument(parser) -> None:
+def add_device_argument(parser, threads: int | None = None) -> None:
+    """--device, --threads and --tf32; `threads` is the command's own default thread count (None: torch's choice)."""
     import argparse
 
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    default = str(threads) if threads else "torch's choice"
+    parser.add_argument("--threads", type=int, default=threads, help=f"CPU threads for torch (default: {default})")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="CUDA: fp32 matrix products and cuDNN's RNN on TF32 tensor cores (default on; "
                              "--no-tf32 for full fp32); no effect on a CPU")

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if args.fetch not in KNOWN:
             raise UserError(f"unknown corpus {args.fetch!r}; known: {', '.join(KNOWN)}")
         folder = fetch(args.fetch, args.data_dir, args.source, progress=sys.stderr.isatty())
-        print(f"fetched {args.fetch} into {folder}")
+        present = [split for split, entry in split_status(args.fetch, args.data_dir).items() if entry["path"]]
+        print(f"{args.fetch}: {', '.join(present)} in {folder}")
     report = {name: {"folder": str(data_dir(args.data_dir) / name), "splits": split_status(name, args.data_dir),
                      "substitute": SUBSTITUTES[name] or None} for name in KNOWN}
     if args.json:

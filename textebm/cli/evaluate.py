@@ -20,10 +20,11 @@ DEFAULTS = EvaluationOptions(checkpoint="")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="NLL/perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples",
-        description="Evaluate a trained run on a held-out split: per-sentence NLL and per-word perplexity "
-        "by importance sampling (a Student-t Laplace proposal at each posterior mode; the EBM prior's "
-        "log Z by annealed importance sampling), the prior chain's bias against an exact sampler, "
-        "KL to the prior, mutual information, active units, and FPPL/RPPL of "
+        description="Evaluate a trained run on a held-out split: per-sentence NLL and per-token perplexity "
+        "(tokens: words and </s>) by importance sampling (a Laplace proposal at each posterior mode, Gaussian "
+        "and Student-t; the EBM prior's log Z by annealed importance sampling), how far to trust it (ESS, the "
+        "estimate from a tenth of the draws), the prior chain's bias against an exact sampler, mutual "
+        "information and active units (and, for a VAE run, KL(q||p)), reconstruction BLEU, and FPPL/RPPL of "
         "generated sentences under KenLM 5-grams. Writes RUN/evaluation-<split>.json.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")

@@ -7,10 +7,10 @@ def add_parser(subparsers) -> None:
     from server.launch import add_arguments, serve
 
     p = subparsers.add_parser("serve", help="serve sentences over HTTP (POST /generate, playground at /)",
-                              description="Serve a trained run over HTTP: POST /generate, /reconstruct, /interpolate, "
-                                          "/score; GET /health, GET /info, GET /metrics (Prometheus text "
-                                          "format, behind --api-key like /info); the playground at /, the API "
-                                          "documentation at /docs, the OpenAPI schema at /openapi.json. Uses 1 "
-                                          "torch thread unless --threads is given.")
+                              description="Serve a trained run over HTTP: POST /generate, the latent endpoints "
+                                          "POST /reconstruct, /interpolate and /score, GET /health, GET /info, "
+                                          "GET /metrics (Prometheus text format), the playground at /, the API "
+                                          "documentation at /docs, the OpenAPI schema at /openapi.json. --api-key "
+                                          "guards every endpoint but /health, the playground and the documentation.")
     add_arguments(p)
     p.set_defaults(run=serve)

@@ -12,7 +12,8 @@ from textebm.devices import add_device_argument, resolve_device
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a corpus",
                               description="Train by maximum likelihood with short-run Langevin chains.")
-    p.add_argument("--corpus", required=True, help="ptb, snli, yahoo, or a path to a text file / folder")
+    p.add_argument("--corpus", help="ptb, snli, yahoo, or a path to a text file / folder (with --resume: the "
+                                    "run's own, from its config)")
     p.add_argument("--data-dir",
                    help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--out", help="run folder (default: runs/<corpus>-<time>)")
@@ -32,7 +33,8 @@ def add_parser(subparsers) -> None:
                    help="copy the run to RUN/marks/cpu-<M>min/ when its training CPU time reaches each of these "
                         "minutes (complete run folders that evaluate, sample and serve like the run)")
     p.add_argument("--seed", type=int, help="random seed (config key seed)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its saved config and corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(p)
     p.set_defaults(run=run)
@@ -55,6 +57,11 @@ def _config_overrides(args: argparse.Namespace) -> list[str]:
         if value is not None:
             extra.append(f"{key}={value}")
     return [*args.overrides, *extra]
+
+
+def _same_corpus(given: str, saved: str) -> bool:
+    """`--corpus` names the saved corpus: the same name, or the same file or folder however spelled."""
+    return given == saved or (Path(given).exists() and Path(given).resolve() == Path(saved).resolve())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,8 +110,6 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     if args.max_cpu_minutes is not None and not args.max_cpu_minutes > 0:
         raise UserError("--max-cpu-minutes must be positive")
     echo = tqdm.write if parallel.is_main else (lambda text: None)
-    name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
-    folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
     preset_note = None
     if args.resume:
@@ -112,9 +117,18 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
             raise UserError("--resume needs --out RUN (the run folder to continue)")
         if _config_overrides(args) or args.preset:
             raise UserError("--resume continues with the run's saved config; drop --preset/--set and config flags")
+        folder = Path(args.out)
         config = load_config(folder)
         vocab = load_vocab(folder)
+        if args.corpus is not None and not _same_corpus(args.corpus, config.corpus):
+            raise UserError(f"--corpus {args.corpus} is not the corpus of the run in {folder} ({config.corpus}): "
+                            "--resume continues on the run's own corpus; drop --corpus")
     else:
+        if args.corpus is None:
+            raise UserError("--corpus is required (ptb, snli, yahoo, or a path to text); only --resume reads it "
+                            "from the run")
+        name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
+        folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         if parallel.broadcast(is_run(folder) if parallel.is_main else None):  # rank 0 decides, before it creates it
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         preset = args.preset
@@ -124,7 +138,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None and args.max_cpu_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
                         "max_epochs")
-    corpus = open_corpus(args.corpus, args.data_dir)
+    corpus = open_corpus(config.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
     if not args.resume:  # one process builds and saves the vocabulary; the others wait for it, then read it
         failure = None
@@ -171,6 +185,6 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
         echo(f"learning curves: {png}" + (" (and in TensorBoard)" if add_figure(folder, "learning_curves", png,
                                                                             result.step) else ""))
     if result.stopped_by == "interrupt":
-        echo(f"interrupted: resume with  textebm train --corpus {args.corpus} --out {folder} --resume")
+        echo(f"interrupted: resume with  textebm train --resume --out {folder}")
         return 130
     return 0
