@@ -25,9 +25,15 @@ def _acceptance(tmp_path: Path, data_dir: Path, *extra: str) -> tuple[subprocess
     return result, report
 
 
+@pytest.fixture
+def ptb_folder(data_folder) -> Path:
+    """A corpora folder whose ptb/ is the synthetic corpus (the script reads PTB from a folder)."""
+    return data_folder(ptb="train valid test")
+
+
 @pytest.mark.slow
-def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, data_dir):
-    result, report = _acceptance(tmp_path, data_dir)
+def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, ptb_folder):
+    result, report = _acceptance(tmp_path, ptb_folder)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     status = {stage["name"]: stage["status"] for stage in report["stages"]}
     assert list(status) == ["environment", "train (ptb data, validation)", "train --resume", "sample",
@@ -41,8 +47,8 @@ def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, data_dir):
     assert any("training step" in key for key in report["figures"])
 
 
-def test_a_run_cut_short_by_its_budget_still_reports_what_passed(tmp_path, data_dir):
-    result, report = _acceptance(tmp_path, data_dir, "--budget-s", "0.5")
+def test_a_run_cut_short_by_its_budget_still_reports_what_passed(tmp_path, ptb_folder):
+    result, report = _acceptance(tmp_path, ptb_folder, "--budget-s", "0.5")
     assert result.returncode == 0, result.stderr[-3000:]
     stages = report["stages"]
     assert stages[0]["name"] == "environment" and stages[0]["status"] == "passed"  # started within the budget
