@@ -61,7 +61,7 @@ def test_step_cap_and_kept_run_folder(texts, tmp_path):
     result = protocol_metrics(good, train, test, _options(wkl=False, max_steps=13, keep=str(folder)), "cpu")
     rppl = result["neural_reverse_ppl"]
     assert rppl["steps"] == 13 and rppl["stopped_by"] == "max_steps" and rppl["run_folder"] == str(folder)
-    assert (folder / "checkpoint.pt").is_file() and (folder / "config.json").is_file()
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     assert '"prior": "none"' in (folder / "config.json").read_text()
 
 
