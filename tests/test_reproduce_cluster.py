@@ -13,21 +13,19 @@ from pathlib import Path
 
 import pytest
 import submitit
+from test_reproduce import EVALUATE
+from test_reproduce import _grid as _local_grid
 
 from textebm.cluster import slurm_options, submit_grid, wait_for
 from textebm.grid import load_grid
 from textebm.reproduce import BUDGET, TRAIN_MARKER, checkpoint_file, evaluation_marker
 
-EVALUATE = ('{ split = "test", max_sentences = 5, num_chains = 2, num_is_samples = 4, partition_samples = 200, '
-            'ais_chains = 20, ais_steps = 40, fppl_samples = 20, temperatures = [1.0] }')
+SLURM = '[slurm]\npartition = "cpu"\ntime = 30\n'
 
 
 def _grid(tmp_path, corpus_folder, tiny_overrides, runs: str, extra_set=()) -> Path:
-    overrides = ", ".join(f'"{s}"' for s in [*tiny_overrides, *extra_set])
-    path = tmp_path / "grid.toml"
-    path.write_text(f'title = "tiny"\n[defaults]\npreset = "cpu"\ncorpus = "{corpus_folder}"\nset = [{overrides}]\n'
-                    + runs + '[slurm]\npartition = "cpu"\ntime = 30\n', encoding="utf-8")
-    return path
+    """The tiny grid of tests/test_reproduce.py with a [slurm] table."""
+    return Path(_local_grid(tmp_path, corpus_folder, tiny_overrides, runs + SLURM, extra_set))
 
 
 def _executor(out: Path):
