@@ -19,7 +19,6 @@ from textebm.likelihood import (
     importance_sampled_log_likelihood,
     log_partition,
     partition_function,
-    sigmoid_schedule,
 )
 from textebm.model import LatentEBMTextModel
 
@@ -140,14 +139,6 @@ def test_a_model_without_latent_is_a_language_model_with_exact_likelihood():
     ids = model.generate(4, max_length=6, generator=torch.Generator().manual_seed(0))
     assert ids.shape[0] == 4 and 1 <= ids.shape[1] <= 6
 
-
-def test_sigmoid_schedule_rises_from_zero_to_one():
-    betas = sigmoid_schedule(50)
-    assert betas[0] == 0.0 and betas[-1] == 1.0 and len(betas) == 51
-    assert bool((betas[1:] > betas[:-1]).all())
-    # dense at both ends: the first and last increments are smaller than the middle one
-    steps = betas[1:] - betas[:-1]
-    assert steps[0] < steps[25] and steps[-1] < steps[25]
 
 
 def test_ais_and_monte_carlo_agree_with_the_closed_form_on_a_mild_tilt(quadratic_tilt):

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm.annealing import sigmoid_schedule
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -81,13 +83,6 @@ def log_partition(prior, num_samples: int, batch_size: int = 10_000,
 
 CONVERGED_NATS = 0.1  # AIS on the full and on half the schedule agree within this: converged
 STEP_ADAPTATION = 0.1  # per step, log step size += this * (acceptance rate - target)
-
-
-def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> torch.Tensor:
-    """Inverse temperatures beta_0 = 0 < ... < beta_steps = 1, dense at both ends (Grosse et al. 2015):
-    a logistic curve over [-sharpness, sharpness], rescaled to [0, 1]."""
-    s = torch.sigmoid(sharpness * torch.linspace(-1.0, 1.0, steps + 1, dtype=torch.float64))
-    return (s - s[0]) / (s[-1] - s[0])
 
 
 @dataclass
