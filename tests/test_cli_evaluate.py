@@ -33,14 +33,19 @@ def invoke(capsys):
     return run
 
 
-def _make_run(folder, corpus, lines, prior="ebm"):
-    """A tiny untrained run on `corpus` (written directly: no training needed to evaluate)."""
+def _make_run(folder, corpus, lines, prior="ebm", ends_at_once=False):
+    """A tiny untrained run on `corpus` (written directly: no training needed to evaluate); `ends_at_once`:
+    its decoder puts nearly all mass on `</s>`, so greedy decoding gives only empty sentences."""
     torch.manual_seed(0)
     config = Config(corpus=str(corpus), embedding_dim=8, hidden_dim=16, latent_dim=3, energy_hidden=8,
                     dropout=0.0, prior=prior, posterior_steps=3, prior_steps=3, max_length=30)
     vocab = WordVocab.build(lines)
     create_run(folder, config, vocab)
-    save_checkpoint(folder, build_model(config, vocab), {}, step=7)
+    model = build_model(config, vocab)
+    if ends_at_once:
+        with torch.no_grad():
+            model.decoder.out.bias[vocab.eos_id] = 8.0
+    save_checkpoint(folder, model, {}, step=7)
     return folder
 
 
@@ -156,6 +161,19 @@ def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, cor
     report = json.loads((run / "evaluation-test.json").read_text())
     assert report["log_partition"]["log_z"] == 0.0 and "exact" in report["log_partition"]["method"]
     assert report["prior_chain_bias"] is None and "exactly from the Gaussian prior" in report["samples_from"]
+
+
+def test_a_decoding_whose_sentences_are_all_empty_gets_a_row_and_a_warning_not_an_exit(invoke, tmp_path,
+                                                                                      corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="gaussian", ends_at_once=True)
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "20", "--temperatures", "3")
+    assert status == 0, err
+    report = json.loads((run / "evaluation-test.json").read_text())
+    greedy, hot = report["generation"]["decodings"]
+    assert greedy["forward_ppl"] is None and greedy["num_samples"] == 0 and "empty" in greedy["note"]
+    assert hot["forward_ppl"] > 0 and hot["num_samples"] > 0  # at temperature 3 some sentences have words
+    assert any(w.startswith("greedy: all 20 sentences were empty") for w in report["warnings"])
+    assert "greedy" in out and "n/a" in out
 
 
 def test_a_language_model_run_reports_its_exact_likelihood(invoke, tmp_path, corpus_folder, train_lines):

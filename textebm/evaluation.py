@@ -98,6 +98,9 @@ def decodings(temperatures) -> list:
         (f"temperature {t:g}", SamplingOptions(temperature=t)) for t in temperatures]
 
 
+EMPTY_SET_FIGURES = ("forward_ppl", "reverse_ppl", "unique_share", "distinct_1", "distinct_2", "self_bleu")
+
+
 def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int,
                        temperatures=TEMPERATURES, progress: Progress = QUIET) -> dict:
     """FPPL/RPPL and sample statistics of `n` sentences from the run per decoding (greedy and each
@@ -121,18 +124,25 @@ def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n:
             bar.update(n)
     real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
     sets["real"] = lm_eval.normalize_lines(real, "real")
-    progress.note(f"KenLM: {len(sets)} sets of samples against the 5-gram of {len(train_lines)} training lines")
+    # A decoding whose every sentence is empty (a model that ends each sentence at once) has no perplexity;
+    # it gets a row that says so rather than costing the whole evaluation.
+    empty = {name for name, samples in sets.items() if not samples.sentences and name != "real"}
+    scored = {name: samples for name, samples in sets.items() if name not in empty}
+    progress.note(f"KenLM: {len(scored)} sets of samples against the 5-gram of {len(train_lines)} training lines")
     try:
-        out = lm_eval.evaluate_sample_sets(sets, lm_eval.normalize_lines(train_lines, "training"),
+        out = lm_eval.evaluate_sample_sets(scored, lm_eval.normalize_lines(train_lines, "training"),
                                            lm_eval.normalize_lines(test_lines, "test"))
     except lm_eval.EvalError as err:
         raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
     reference = out["sets"].pop("real")
     rows = []
     for name, options in sweep:
+        figures = out["sets"][name] if name not in empty else {
+            **dict.fromkeys(EMPTY_SET_FIGURES), "num_samples": 0, "blank_lines": n,
+            "note": f"all {n} sentences were empty: no perplexity"}
         rows.append({"decoding": name, "greedy": options.greedy,
                      "temperature": None if options.greedy else options.temperature,
-                     **out["sets"][name], "examples": examples[name]})
+                     **figures, "examples": examples[name]})
     return {
         "real_lm_test_ppl": out["real"]["test_ppl"],
         "real_lm": {key: out["real"][key] for key in ("path", "cached", "num_sentences", "discount_fallback")},
@@ -288,6 +298,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     else:
         result["generation"] = generation_metrics(loaded, train_lines, held_out, options.fppl_samples, options.seed,
                                                   options.temperatures, progress)
+        result["warnings"] += [f"{row['decoding']}: {row['note']}" for row in result["generation"]["decodings"]
+                               if row.get("note")]
     if options.protocol.wanted:
         result.update(protocol_section(loaded, train_lines, held_out, options.protocol, options.seed, progress))
     result["seconds"] = round(time.perf_counter() - started, 2)

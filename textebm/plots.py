@@ -132,7 +132,7 @@ def plot_quality_diversity(runs: list[tuple[str, dict]], out: Path, title: str |
         gen = evaluation.get("generation")
         if not gen:
             raise UserError(f"{label}: its evaluation has no generated samples (evaluated with --fppl-samples 0)")
-        rows = gen["decodings"]
+        rows = [r for r in gen["decodings"] if r["forward_ppl"] is not None]  # an all-empty decoding has none
         sampled = sorted((r for r in rows if not r["greedy"]), key=lambda r: r["temperature"])
         ax.plot([r["reverse_ppl"] for r in sampled], [r["forward_ppl"] for r in sampled], "o-", color=f"C{color}",
                 label=label)
