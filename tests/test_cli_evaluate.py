@@ -195,6 +195,18 @@ def _one_line(status, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    status, out, err = invoke("--checkpoint", run, *FAST, "--anneal-steps", "5", "--fppl-samples", "0", "--progress")
+    assert status == 0, err
+    assert "AIS from the Laplace Gaussian: chains x temperatures per sentence  8 x 5" in out
+    assert "8 AIS chains x 5 temperatures each" in err
+    report = json.loads((run / "evaluation-test.json").read_text())
+    isd = report["importance_sampling"]
+    assert isd["anneal_steps"] == 5 and "annealed importance sampling chains" in isd["estimator"]
+    assert 1 <= isd["ess_mean"] <= 8 and report["latent_usage"]["mutual_information"] is not None
+
+
 def test_not_a_run(invoke, tmp_path):
     _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
 
@@ -212,7 +224,7 @@ def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, tra
 
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
-                                         ("--temperatures", "0")])
+                                         ("--temperatures", "0"), ("--anneal-steps", "-1")])
 def test_bad_counts(invoke, tmp_path, corpus_folder, train_lines, flag, value):
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)

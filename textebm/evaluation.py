@@ -40,7 +40,8 @@ class EvaluationOptions:
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
     num_chains: int = 1  # tempered posterior chains whose best end starts the Laplace proposal's mode search
     posterior_steps: int | None = None  # None: the run's K1
-    num_is_samples: int = 100
+    num_is_samples: int = 100  # importance samples per sentence; with anneal_steps, AIS chains per sentence
+    anneal_steps: int = 0  # > 0: each draw annealed from the Laplace Gaussian to p(z|x) through this many temperatures
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -59,6 +60,8 @@ class EvaluationOptions:
                           ("chunk", 1), ("ais_chains", 2), ("ais_steps", 2)):
             if getattr(self, name) < low:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
+        if self.anneal_steps < 0:
+            raise UserError(f"--anneal-steps must not be negative, not {self.anneal_steps}")
         if self.posterior_steps is not None and self.posterior_steps < 0:
             raise UserError(f"--posterior-steps must not be negative, not {self.posterior_steps}")
         if not all(math.isfinite(t) and t > 0 for t in self.temperatures):
@@ -163,7 +166,10 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
         proposal = (f"a Laplace proposal from {options.num_chains} tempered chain(s) x {steps} steps, "
                     if config.model != "vae"
                     else "the encoder's q(z|x) as the proposal, ")
-        parts = [f"{num_sentences} sentences x {proposal}{options.num_is_samples} importance samples each",
+        annealed = options.anneal_steps and config.model != "vae"
+        draws = (f"{options.num_is_samples} AIS chains x {options.anneal_steps} temperatures each" if annealed
+                 else f"{options.num_is_samples} importance samples each")
+        parts = [f"{num_sentences} sentences x {proposal}{draws}",
                  f"latent usage of the same sentences (active units: the first "
                  f"{min(num_sentences, USAGE_AU_SENTENCES)})"]
         if model.prior.is_ebm:
@@ -224,6 +230,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                       "sentence") as bar:
         res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
                                  options.num_is_samples, generator, chunk=options.chunk,
+                                 anneal_steps=options.anneal_steps,
                                  progress=lambda done, total: bar.update(done - bar.n),
                                  posterior_steps=options.posterior_steps)
     nll = -res.log_px.double()
@@ -260,11 +267,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         "samples_from": samples_from(config) if model.has_latent else "the language model itself (no latent)",
         "importance_sampling": None if sampling is None else (
             vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
-                "estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; "
-                             "q = 0.7 N(m, S) + 0.3 Student-t(m, S, nu = 5): the Laplace approximation at the mode m "
-                             "of log p(x, z), S the inverse of its negative Hessian (the mode found from the best "
-                             "end of the tempered posterior chains, then a Newton step)",
-                "proposal": "laplace", "num_chains": options.num_chains,
+                "estimator": ANNEALED_ESTIMATOR if options.anneal_steps else LAPLACE_ESTIMATOR,
+                "proposal": "laplace", "anneal_steps": options.anneal_steps, "num_chains": options.num_chains,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),
                 "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
@@ -306,6 +310,15 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     return result
 
 
+LAPLACE_ESTIMATOR = (
+    "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; q = 0.7 N(m, S) + "
+    "0.3 Student-t(m, S, nu = 5): the Laplace approximation at the mode m of log p(x, z), S the inverse of its "
+    "negative Hessian (the mode found from the best end of the tempered posterior chains, then a Newton step)")
+ANNEALED_ESTIMATOR = (
+    "log p(x) = logmeanexp_s w_s over annealed importance sampling chains (textebm/annealing.py): each starts "
+    "from the Laplace Gaussian N(m, S) (m the mode of log p(x, z), S the inverse of its negative Hessian) and "
+    "walks to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m, S) is "
+    "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
 ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the draws ...
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
 

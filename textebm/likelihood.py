@@ -234,7 +234,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                                       defensive: float = 0.5, max_rows: int = 512,
                                       posterior_steps: int | None = None, proposal: str = "laplace",
                                       newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3,
-                                      heavy_scale: float = 1.0) -> ISResult:
+                                      heavy_scale: float = 1.0, anneal_steps: int = 0) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. `proposal="laplace"` (the default): the Student-t Laplace approximation at
     the mode found from the best of `num_chains` tempered chains (`textebm.laplace`; `newton_steps`,
@@ -243,7 +243,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     Work is batched over sentences x chains and sentences x draws, in chunks of at most `max_rows`
     decoder rows (memory: rows x length x vocabulary logits). `posterior_steps` overrides the run's
     K1 for the chains. A model with its own q(z | x) is the proposal itself: the chain, Laplace and
-    mixture settings do not apply to it (module docstring, 3.)."""
+    mixture settings do not apply to it (module docstring, 3.). `anneal_steps` > 0 (Laplace only): each
+    of the `num_samples` draws is an AIS chain from the Laplace Gaussian to p(z | x) through that many
+    temperatures (`textebm.annealing`); the weights are then the chains' (module docstring, 2.)."""
     from textebm.laplace import best_chain_end, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
@@ -275,6 +277,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         if proposal == "laplace":
             fitted = laplace_proposal(model, tokens, best_chain_end(model, tokens, codes, max_rows), newton_steps,
                                       nu, heavy_share, heavy_scale, max_rows)
+            if anneal_steps > 0:
+                return _annealed(model, tokens, fitted, log_z, num_samples, anneal_steps, generator, max_rows,
+                                 num_chains)
             with torch.no_grad():
                 z = fitted.sample(num_samples, generator)
                 log_q = fitted.log_density(z)
@@ -295,6 +300,22 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         log_px = torch.logsumexp(log_w, 1) - math.log(num_samples)
         ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
     return ISResult(log_px.float(), ess.float(), log_w.float(), mean, raw, num_chains, log_lik.float())
+
+
+def _annealed(model, tokens, fitted, log_z: float, num_chains: int, steps: int, generator, max_rows: int,
+              tempered_chains: int) -> ISResult:
+    """The AIS estimate from the Laplace Gaussian `fitted` (a `LaplaceProposal`, its mode found from
+    `tempered_chains` chains) as an `ISResult`: each AIS chain's weight is an importance weight on the
+    chain's whole path, its final state a weighted draw from p(z | x)."""
+    from textebm.annealing import GaussianReference, annealed_log_likelihood
+
+    b = tokens.shape[0]
+    log_px, chains = annealed_log_likelihood(model, tokens, GaussianReference.laplace(fitted), log_z, num_chains,
+                                             steps, generator=generator, max_rows=max_rows)
+    log_w = chains.log_w.view(b, num_chains) - log_z
+    ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
+    return ISResult(log_px, ess.float(), log_w.float(), fitted.mean, fitted.std, tempered_chains,
+                    chains.log_lik.view(b, num_chains).float())
 
 
 def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: float, num_chains: int,

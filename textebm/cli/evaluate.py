@@ -37,7 +37,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, default=DEFAULTS.num_is_samples, metavar="S",
-                   help=f"importance samples per sentence (default {DEFAULTS.num_is_samples})")
+                   help="importance samples per sentence; with --anneal-steps, AIS chains per sentence "
+                        f"(default {DEFAULTS.num_is_samples})")
+    p.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, metavar="T",
+                   help="anneal each sample from the Laplace Gaussian to the posterior through T temperatures "
+                        "(annealed importance sampling; 0: plain importance sampling; "
+                        f"default {DEFAULTS.anneal_steps})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
     p.add_argument("--ais-steps", type=int, default=DEFAULTS.ais_steps, metavar="T",
@@ -81,7 +86,10 @@ def format_table(r: dict) -> str:
         proposal = (("IS: proposal / draws per sentence", f"{isd['proposal']} / {isd['num_samples']}")
                     if "num_chains" not in isd else  # a VAE's q(z|x); else the Laplace proposal from chains
                     ("IS: Laplace proposal from chains x steps / draws per sentence",
-                     f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}"))
+                     f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}")
+                    if not isd.get("anneal_steps") else
+                    ("AIS from the Laplace Gaussian: chains x temperatures per sentence",
+                     f"{isd['num_samples']} x {isd['anneal_steps']}"))
         rows += [
             ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
             ("log Z of the prior (stderr; method)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}; {lz['method']})"),
