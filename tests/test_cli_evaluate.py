@@ -116,7 +116,7 @@ def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_pa
     assert out.endswith("\n") and out.count("\n") == 1 and isinstance(json.loads(out), dict)
     # the work, said beforehand; then a bar per stage with its rate and time left
     assert ("evaluate: log Z by AIS (50 chains x 40 + 20 temperatures) and 500 plain draws; 12 sentences x "
-            "a Laplace proposal from 3 tempered chain(s) x 3 steps, 8 importance") in err
+            "a Laplace proposal from 3 tempered chain(s) x 3 steps, 8 AIS chains x 20 temperatures each") in err
     assert "2 decodings x 10 sentences" in err
     assert "importance sampling: 100%" in err and "decoding sweep: 100%" in err and "sentence/s" in err
     # stderr is not a terminal here: without --progress nothing is shown
@@ -200,7 +200,7 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     status, out, err = invoke("--checkpoint", run, *FAST, "--anneal-steps", "5", "--fppl-samples", "0", "--progress")
     assert status == 0, err
     assert "AIS from the Laplace Gaussian: chains x temperatures per sentence  8 x 5" in out
-    assert "8 AIS chains x 5 temperatures each" in err
+    assert "8 AIS chains x 5 temperatures each" in err  # --num-is-samples 8 of FAST
     report = json.loads((run / "evaluation-test.json").read_text())
     isd = report["importance_sampling"]
     assert isd["anneal_steps"] == 5 and "annealed importance sampling chains" in isd["estimator"]

@@ -97,10 +97,11 @@ def test_the_mutual_information_of_a_decoder_that_ignores_z_is_near_zero_at_the_
     model, tokens = latent_model(0.0, 16)
     if prior == "gaussian":
         model.prior.f = None
-    options = EvaluationOptions(checkpoint="")
+    options = EvaluationOptions(checkpoint="").check()
     report, _ = partition_function(model.prior, 200, 200, 1000, torch.Generator().manual_seed(0))
     res = importance_sampled_log_likelihood(model, tokens, report["log_z"], options.num_chains,
-                                            options.num_is_samples, torch.Generator().manual_seed(1))
+                                            options.num_is_samples, torch.Generator().manual_seed(1),
+                                            anneal_steps=options.anneal_steps)
     information = posterior_information(res)
     assert information.abs().max() <= 0.5, information
     assert information.abs().mean() < 0.1

@@ -181,8 +181,8 @@ def test_partition_function_of_the_gaussian_prior_is_exact():
 def _defaults():
     from textebm.evaluation import EvaluationOptions
 
-    options = EvaluationOptions(checkpoint="")
-    return options.num_chains, options.num_is_samples
+    options = EvaluationOptions(checkpoint="").check()
+    return options.num_chains, options.num_is_samples, options.anneal_steps
 
 
 def test_the_default_estimator_meets_the_closed_form_where_the_old_proposal_did_not():
@@ -190,17 +190,19 @@ def test_the_default_estimator_meets_the_closed_form_where_the_old_proposal_did_
     through evaluate's own call with evaluate's defaults."""
     model = closed_form_model()
     exact = model.exact_log_px()
-    num_chains, num_samples = _defaults()
+    num_chains, num_samples, anneal_steps = _defaults()
+    assert anneal_steps > 0  # the default is per-sentence AIS from the Laplace Gaussian
     report, _ = partition_function(model.prior, num_chains=500, steps=500, monte_carlo_samples=10_000,
                                    generator=torch.Generator().manual_seed(0))
     assert abs(report["log_z"] - model.exact_log_z()) < 0.05
-    res = evaluate_sentences(model, model.sentences(), 0, report["log_z"], num_chains, num_samples,
-                             torch.Generator().manual_seed(1))
-    error = (res.log_px.double() - exact).abs().mean()
-    assert error <= 0.1, error
-    assert res.ess.mean() >= 0.3 * num_samples
-    assert abs((res.log_px - res.tenth()).mean()) < 0.2  # the convergence check agrees (mean over sentences)
-    old = evaluate_sentences(model, model.sentences(), 0, report["log_z"], 16, num_samples,
+    for steps, draws in ((anneal_steps, num_samples), (0, 100)):  # the default; plain importance sampling
+        res = evaluate_sentences(model, model.sentences(), 0, report["log_z"], num_chains, draws,
+                                 torch.Generator().manual_seed(1), anneal_steps=steps)
+        error = (res.log_px.double() - exact).abs().mean()
+        assert error <= 0.1, (steps, error)
+        assert res.ess.mean() >= 0.3 * draws
+        assert abs((res.log_px - res.tenth()).mean()) < 0.2  # the convergence check agrees (mean over sentences)
+    old = evaluate_sentences(model, model.sentences(), 0, report["log_z"], 16, 100,
                              torch.Generator().manual_seed(1), proposal="chains")
     assert (old.log_px.double() - exact).mean() < -1.0 and old.ess.mean() < 5  # the check can fail
 
@@ -252,9 +254,9 @@ def test_the_laplace_proposal_is_a_normalised_density_of_its_own_draws(nu, heavy
 
 def test_mutual_information_from_the_weights_is_within_ten_percent_of_the_closed_form():
     model = closed_form_model(sentences=8)
-    num_chains, num_samples = _defaults()
+    num_chains, num_samples, anneal_steps = _defaults()
     res = evaluate_sentences(model, model.sentences(), 0, model.exact_log_z(), num_chains, num_samples,
-                             torch.Generator().manual_seed(2))
+                             torch.Generator().manual_seed(2), anneal_steps=anneal_steps)
     estimate = posterior_information(res).double()
     exact = model.exact_mutual_information()
     assert ((estimate - exact).abs() <= 0.1 * exact).all(), (estimate, exact)

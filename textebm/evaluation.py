@@ -27,7 +27,9 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 3
+EVALUATOR_VERSION = 4
+AIS_CHAINS = 8  # the default draws per sentence with --anneal-steps > 0 ...
+IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal)
 
 
 @dataclass
@@ -40,8 +42,8 @@ class EvaluationOptions:
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
     num_chains: int = 1  # tempered posterior chains whose best end starts the Laplace proposal's mode search
     posterior_steps: int | None = None  # None: the run's K1
-    num_is_samples: int = 100  # importance samples per sentence; with anneal_steps, AIS chains per sentence
-    anneal_steps: int = 0  # > 0: each draw annealed from the Laplace Gaussian to p(z|x) through this many temperatures
+    num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
+    anneal_steps: int = 20  # each draw annealed from the Laplace Gaussian to p(z|x) through this many temperatures
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -56,6 +58,9 @@ class EvaluationOptions:
     protocol: ProtocolOptions = field(default_factory=ProtocolOptions)  # wKL, neural rPPL (protocol_section)
 
     def check(self) -> EvaluationOptions:
+        """Validate, and resolve the number of draws (AIS_CHAINS when annealing, else IS_DRAWS)."""
+        if self.num_is_samples is None:
+            self.num_is_samples = AIS_CHAINS if self.anneal_steps else IS_DRAWS
         for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
                           ("chunk", 1), ("ais_chains", 2), ("ais_steps", 2)):
             if getattr(self, name) < low:

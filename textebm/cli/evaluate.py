@@ -11,7 +11,7 @@ import argparse
 
 from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows
 from textebm.devices import add_device_argument, add_precision_argument
-from textebm.evaluation import TEMPERATURES, EvaluationOptions
+from textebm.evaluation import AIS_CHAINS, IS_DRAWS, TEMPERATURES, EvaluationOptions
 from textebm.progress import add_progress_argument
 
 DEFAULTS = EvaluationOptions(checkpoint="")
@@ -21,11 +21,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="NLL/perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples",
         description="Evaluate a trained run on a held-out split: per-sentence NLL and per-token perplexity "
-        "(tokens: words and </s>) by importance sampling (a Laplace proposal at each posterior mode, Gaussian "
-        "and Student-t; the EBM prior's log Z by annealed importance sampling), how far to trust it (ESS, the "
-        "estimate from a tenth of the draws), the prior chain's bias against an exact sampler, mutual "
-        "information and active units (and, for a VAE run, KL(q||p)), reconstruction BLEU, and FPPL/RPPL of "
-        "generated sentences under KenLM 5-grams. Writes RUN/evaluation-<split>.json.")
+        "(tokens: words and </s>) by annealed importance sampling per sentence from a Laplace approximation at "
+        "its posterior mode (or plain importance sampling from it; the EBM prior's log Z by annealed importance "
+        "sampling), how far to trust it (ESS, the estimate from a tenth of the draws), the prior chain's bias "
+        "against an exact sampler, mutual information and active units (and, for a VAE run, KL(q||p)), "
+        "reconstruction BLEU, and FPPL/RPPL of generated sentences under KenLM 5-grams. Writes "
+        "RUN/evaluation-<split>.json.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
@@ -36,12 +37,12 @@ def add_parser(subparsers) -> None:
                         f"search (default {DEFAULTS.num_chains})")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
-    p.add_argument("--num-is-samples", type=int, default=DEFAULTS.num_is_samples, metavar="S",
-                   help="importance samples per sentence; with --anneal-steps, AIS chains per sentence "
-                        f"(default {DEFAULTS.num_is_samples})")
+    p.add_argument("--num-is-samples", type=int, metavar="S",
+                   help=f"draws per sentence: AIS chains (default {AIS_CHAINS}), or with --anneal-steps 0 importance "
+                        f"samples (default {IS_DRAWS})")
     p.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, metavar="T",
-                   help="anneal each sample from the Laplace Gaussian to the posterior through T temperatures "
-                        "(annealed importance sampling; 0: plain importance sampling; "
+                   help="anneal each draw from the Laplace Gaussian to the posterior through T temperatures "
+                        "(annealed importance sampling; 0: plain importance sampling from the Laplace proposal; "
                         f"default {DEFAULTS.anneal_steps})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
