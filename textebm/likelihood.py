@@ -23,7 +23,9 @@ p_alpha(z) = exp(f(z)) N(z; 0, sigma^2 I) / Z_alpha. Two Monte Carlo estimates m
    which is an unbiased estimate of p(x) for any q (given Z), so a stochastic lower bound on
    log p(x) in expectation (Jensen); mean_s log w_s is an ELBO-style bound below it. The effective
    sample size (sum w)^2 / sum w^2 and the estimate from the first tenth of the draws
-   (`ISResult.tenth`) say how far to trust it. The proposal (`proposal=`):
+   (`ISResult.tenth`) say how far to trust it. With `anneal_steps` > 0 (`evaluate`'s default) each
+   draw is an AIS chain from the Laplace Gaussian to p(z | x) (`textebm.annealing`), w_s its weight
+   on the whole path: the same formula, a far better proposal. The proposal (`proposal=`):
    - "laplace" (the default): a Gaussian / Student-t mixture at the mode of log p(x, z) with the
      inverse of its negative Hessian as scale (`textebm.laplace`): it has the posterior's width and
      correlations. On the closed-form model (`textebm.closed_form`, d = 32) it is within 0.05 nat
