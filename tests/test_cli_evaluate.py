@@ -207,6 +207,18 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     assert 1 <= isd["ess_mean"] <= 8 and report["latent_usage"]["mutual_information"] is not None
 
 
+def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
+    from textebm.evaluation import trust
+    from textebm.likelihood import ISResult
+
+    log_w = torch.tensor([[-30.0] + [-10.0] * 9, [-30.0] + [-12.0] * 9])  # one poor first draw, nine good
+    log_px = torch.logsumexp(log_w.double(), 1) - __import__("math").log(10)
+    res = ISResult(log_px.float(), torch.full((2,), 9.0), log_w, torch.zeros(2, 1), torch.ones(2, 1), 1)
+    plain, annealed = trust(res, 10)["warnings"], trust(res, 10, annealed=True)["warnings"]
+    assert len(plain) == 1 and "not converged" in plain[0] and plain[0].endswith("raise --num-is-samples")
+    assert "raise --anneal-steps" in annealed[0]
+
+
 def test_not_a_run(invoke, tmp_path):
     _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import torch
 
-LOG_2PI = math.log(2 * math.pi)
 TARGET_ACCEPTANCE = 0.65
 STEP_ADAPTATION = 0.1  # per temperature, log step size += this * (the group's acceptance rate - target)
 

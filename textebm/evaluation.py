@@ -250,7 +250,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         progress.note(f"reconstruction: {len(encoded.sentences)} sentences, greedy from their codes")
         reconstruction = reconstruct(model, loaded.vocab, encoded.sentences, seed=options.seed,
                                      truncated=encoded.truncated).summary()
-    sampling = None if not model.has_latent else trust(res, options.num_is_samples)
+    annealed = bool(options.anneal_steps) and config.model != "vae"
+    sampling = None if not model.has_latent else trust(res, options.num_is_samples, annealed)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
         "evaluated_text": source, "trained_on": config.train_split,
@@ -328,11 +329,13 @@ ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the d
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
 
 
-def trust(res, num_samples: int) -> dict:
+def trust(res, num_samples: int, annealed: bool = False) -> dict:
     """How far to trust the importance-sampled NLL: the weights' effective sample size per sentence,
     the estimate from the first tenth of the draws next to the full one, and `warnings` (empty when
     neither check fires). With the tenth's estimate below the full one by more than MOVES_WARN_NATS
-    (log-mean-exp of fewer draws errs low), more draws would move the NLL further."""
+    (log-mean-exp of fewer draws errs low), more draws would move the NLL further. `annealed`: the draws
+    are AIS chains, whose downward bias falls with more temperatures rather than more chains (and whose
+    ESS can be high while the estimate is still low: docs/evaluate-command.md), so the advice names both."""
     import torch
 
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(res.ess)
@@ -340,12 +343,13 @@ def trust(res, num_samples: int) -> dict:
     nll, nll_tenth = -float(res.log_px.double().mean()), -float(res.tenth().double().mean())
     ess_share = float(res.ess.mean()) / num_samples
     warnings = []
+    remedy = "raise --anneal-steps (and --num-is-samples)" if annealed else "raise --num-is-samples"
     if ess_share < ESS_WARN_SHARE:
         warnings.append(f"mean ESS {float(res.ess.mean()):.1f} is {ess_share:.0%} of {num_samples} draws "
-                        f"(below {ESS_WARN_SHARE:.0%}): the NLL may be too high; raise --num-is-samples")
+                        f"(below {ESS_WARN_SHARE:.0%}): the NLL may be too high; {remedy}")
     if abs(nll_tenth - nll) > MOVES_WARN_NATS:
         warnings.append(f"the NLL moved {nll_tenth - nll:+.2f} nats per sentence from {tenth} to {num_samples} draws "
-                        f"(more than {MOVES_WARN_NATS:g}): not converged; raise --num-is-samples")
+                        f"(more than {MOVES_WARN_NATS:g}): not converged; {remedy}")
     return {"ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()), "ess_min": float(res.ess.min()),
             "ess_share_mean": ess_share, "log_w_var_mean": float(log_w_var.mean()),
             "nll_per_sentence_tenth_draws": nll_tenth, "tenth_draws": tenth,
