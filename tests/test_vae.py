@@ -5,6 +5,7 @@ proposal, the bound), `sample`, `reconstruct` and the server."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -244,6 +245,7 @@ def test_evaluate_a_vae_run_with_q_as_the_proposal(cli, vae_run, vae_corpus):
     assert vae["kl_per_sentence"] == pytest.approx(float(kl.sum(1).mean()), rel=1e-4)
     assert vae["kl_per_sentence"] == pytest.approx(sum(vae["kl_per_dimension"]), abs=1e-3)
     assert vae["kl_per_sentence"] > 0 and len(vae["kl_per_dimension"]) == 4
+    assert -0.1 <= vae["mutual_information_aggregate"] <= math.log(12) + 0.1  # He et al.'s, over 12 sentences
     assert report["latent_usage"]["active_units"] >= 0 and "q(z|x)" in report["latent_usage"]["estimators"]["gap"]
     assert report["reconstruction"]["inference"] == "the encoder's mean of q(z|x)"
     status, text, err = cli("evaluate", "--checkpoint", vae_run, "--max-sentences", "4", "--num-is-samples", "5",
@@ -332,3 +334,17 @@ def test_two_gloo_processes_train_the_vae_as_one(tmp_path, valid_lines):
     for a, b in zip(one, two):
         for key in ("nll_token", "kl", "kl_floored", "kl_dims_above_floor"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+
+
+def test_the_aggregate_posterior_information_meets_its_closed_form_and_its_bounds():
+    """He et al. 2019's I_q(x; z): 0 when q ignores x, log N when the posteriors do not overlap, and
+    (d/2) log((s^2 + t^2) / t^2) when the means are N(0, s^2 I) and every std is t (q(z) is then
+    N(0, (s^2 + t^2) I) as N grows)."""
+    from textebm.vae import aggregate_posterior_information
+
+    g = torch.Generator().manual_seed(0)
+    assert abs(aggregate_posterior_information(torch.zeros(500, 4), torch.ones(500, 4), g)) < 0.05
+    apart = aggregate_posterior_information(100 * torch.randn(500, 4, generator=g), torch.full((500, 4), 0.01), g)
+    assert abs(apart - math.log(500)) < 0.05
+    mu = torch.randn(3000, 2, generator=g)
+    assert aggregate_posterior_information(mu, torch.full((3000, 2), 0.5), g) == pytest.approx(math.log(5), abs=0.05)

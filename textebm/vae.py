@@ -22,6 +22,7 @@ The model answers the calls the toolkit makes of any model (`posterior_sample`, 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -164,4 +165,24 @@ def mean_variance_active_units(means: torch.Tensor) -> int:
     if means.shape[0] < 2:
         return 0
     return int((means.double().var(0, correction=1) > AU_VARIANCE).sum())
+
+
+def aggregate_posterior_information(mu: torch.Tensor, std: torch.Tensor,
+                                    generator: torch.Generator | None = None) -> float:
+    """The mutual information the VAE papers report (He et al. 2019): I_q(x; z) under the encoder's
+    joint q(x, z) = p_data(x) q(z|x) over the given sentences, E_x[-H(q(z|x))] - E_{q(z)}[-log q(z)],
+    with the aggregate posterior q(z) = mean_j q(z|x_j) over the same sentences and one draw z_i ~
+    q(z|x_i) per sentence. It lies in [0, log N] for N sentences: 0 when q ignores x, log N when the
+    sentences' posteriors do not overlap. A different quantity from the model's own
+    E_x KL(p(z|x) || p(z)) (`diagnostics.posterior_information`), so the two are reported apart.
+    mu, std: (N, d) q's means and standard deviations."""
+    n, d = mu.shape
+    mu, std = mu.double(), std.double()
+    z = mu + std * torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    log_norm = -std.log().sum(-1) - 0.5 * d * math.log(2 * math.pi)  # (N,) of each q(z|x_j)
+    log_aggregate = torch.cat([  # log q(z_i) = logmeanexp_j log q(z_i|x_j), in row blocks: (N,)
+        torch.logsumexp(log_norm - 0.5 * ((block.unsqueeze(1) - mu) / std).pow(2).sum(-1), 1) - math.log(n)
+        for block in z.split(256)])
+    neg_entropy = (log_norm - 0.5 * d).mean()  # E_x E_q(z|x) log q(z|x), in closed form
+    return float(neg_entropy - log_aggregate.mean())
 

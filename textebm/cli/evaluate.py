@@ -107,6 +107,7 @@ def format_table(r: dict) -> str:
                   f"{_fmt(vae['kl_per_sentence'])} ({_fmt(vae['free_bits_floor_per_sentence'])}: "
                   f"{vae['kl_dims_above_floor']} of {r['latent_dim']} dimensions above {vae['free_bits']:g})"),
                  ("VAE: active units by Var E_q[z] > 0.01", f"{vae['active_units_mean_variance']} / {r['latent_dim']}"),
+                 ("VAE: MI of the aggregate posterior (He et al. 2019)", _fmt(vae["mutual_information_aggregate"])),
                  ("VAE: -ELBO - NLL (what IS gains)", _fmt(vae["bound_gap_per_sentence"]))]
         if "ais" in lz:
             ais, mc = lz["ais"], lz["monte_carlo"]
