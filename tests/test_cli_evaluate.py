@@ -205,10 +205,15 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     isd = report["importance_sampling"]
     assert isd["anneal_steps"] == 5 and "annealed importance sampling chains" in isd["estimator"]
     assert 1 <= isd["ess_mean"] <= 8 and report["latent_usage"]["mutual_information"] is not None
+    check = isd["half_schedule"]  # AIS's convergence check: the first 12 sentences again on 2 temperatures
+    assert check["sentences"] == 12 and check["anneal_steps"] == 2
+    assert check["nll_per_sentence_full"] == pytest.approx(report["nll_per_sentence"], rel=1e-6)
+    moved = abs(check["nll_change_from_half"]) > 0.2
+    assert any("from 2 to 5 temperatures" in w for w in report["warnings"]) is moved
 
 
 def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
-    from textebm.evaluation import trust
+    from textebm.evaluation import HalfSchedule, trust
     from textebm.likelihood import ISResult
 
     log_w = torch.tensor([[-30.0] + [-10.0] * 9, [-30.0] + [-12.0] * 9])  # one poor first draw, nine good
@@ -217,6 +222,12 @@ def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
     plain, annealed = trust(res, 10)["warnings"], trust(res, 10, annealed=True)["warnings"]
     assert len(plain) == 1 and "not converged" in plain[0] and plain[0].endswith("raise --num-is-samples")
     assert "raise --anneal-steps" in annealed[0]
+    half = HalfSchedule(sentences=2, steps=10, full_steps=20, nll_full=40.0, nll_half=41.0)
+    moved = trust(res, 10, annealed=True, half=half)
+    assert moved["half_schedule"]["nll_change_from_half"] == -1.0
+    assert any("from 10 to 20 temperatures" in w for w in moved["warnings"])
+    steady = trust(res, 10, annealed=True, half=HalfSchedule(2, 10, 20, 40.0, 40.1))
+    assert not any("temperatures" in w for w in steady["warnings"])
 
 
 def test_not_a_run(invoke, tmp_path):

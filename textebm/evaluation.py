@@ -238,6 +238,17 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                                  anneal_steps=options.anneal_steps,
                                  progress=lambda done, total: bar.update(done - bar.n),
                                  posterior_steps=options.posterior_steps)
+    annealed = bool(options.anneal_steps) and config.model != "vae"
+    half = None
+    if annealed:  # AIS's ESS cannot tell a short schedule: the same AIS on half the temperatures can
+        n = min(len(encoded.sentences), HALF_SCHEDULE_SENTENCES)
+        progress.note(f"convergence check: AIS on half the temperatures, first {n} sentences")
+        shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
+                                     options.num_is_samples, generator, chunk=options.chunk,
+                                     anneal_steps=max(1, options.anneal_steps // 2),
+                                     posterior_steps=options.posterior_steps)
+        half = HalfSchedule(n, max(1, options.anneal_steps // 2), options.anneal_steps,
+                            -float(res.log_px[:n].double().mean()), -float(shorter.log_px.double().mean()))
     nll = -res.log_px.double()
     usage = None
     if model.has_latent:
@@ -250,8 +261,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         progress.note(f"reconstruction: {len(encoded.sentences)} sentences, greedy from their codes")
         reconstruction = reconstruct(model, loaded.vocab, encoded.sentences, seed=options.seed,
                                      truncated=encoded.truncated).summary()
-    annealed = bool(options.anneal_steps) and config.model != "vae"
-    sampling = None if not model.has_latent else trust(res, options.num_is_samples, annealed)
+    sampling = None if not model.has_latent else trust(res, options.num_is_samples, annealed, half)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
         "evaluated_text": source, "trained_on": config.train_split,
@@ -329,13 +339,30 @@ ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the d
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
 
 
-def trust(res, num_samples: int, annealed: bool = False) -> dict:
+HALF_SCHEDULE_SENTENCES = 32  # AIS's convergence check runs on at most this many sentences
+
+
+@dataclass
+class HalfSchedule:
+    """AIS's convergence check: the mean NLL of the first `sentences` by the full schedule (`full_steps`
+    temperatures) and by `steps`, half as many."""
+
+    sentences: int
+    steps: int
+    full_steps: int
+    nll_full: float
+    nll_half: float
+
+
+def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | None = None) -> dict:
     """How far to trust the importance-sampled NLL: the weights' effective sample size per sentence,
     the estimate from the first tenth of the draws next to the full one, and `warnings` (empty when
     neither check fires). With the tenth's estimate below the full one by more than MOVES_WARN_NATS
     (log-mean-exp of fewer draws errs low), more draws would move the NLL further. `annealed`: the draws
     are AIS chains, whose downward bias falls with more temperatures rather than more chains (and whose
-    ESS can be high while the estimate is still low: docs/evaluate-command.md), so the advice names both."""
+    ESS can be high while the estimate is still low: docs/evaluate-command.md), so the advice names both;
+    `half`: their convergence check, warned about when half the temperatures move the NLL by more than
+    MOVES_WARN_NATS."""
     import torch
 
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(res.ess)
@@ -350,10 +377,20 @@ def trust(res, num_samples: int, annealed: bool = False) -> dict:
     if abs(nll_tenth - nll) > MOVES_WARN_NATS:
         warnings.append(f"the NLL moved {nll_tenth - nll:+.2f} nats per sentence from {tenth} to {num_samples} draws "
                         f"(more than {MOVES_WARN_NATS:g}): not converged; {remedy}")
+    schedule = {}
+    if half is not None:
+        change = half.nll_full - half.nll_half
+        schedule = {"half_schedule": {"sentences": half.sentences, "anneal_steps": half.steps,
+                                      "nll_per_sentence_full": half.nll_full, "nll_per_sentence_half": half.nll_half,
+                                      "nll_change_from_half": change}}
+        if abs(change) > MOVES_WARN_NATS:
+            warnings.append(f"the NLL of the first {half.sentences} sentences moved {change:+.2f} nats per sentence "
+                            f"from {half.steps} to {half.full_steps} temperatures (more than {MOVES_WARN_NATS:g}): "
+                            "not converged; raise --anneal-steps")
     return {"ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()), "ess_min": float(res.ess.min()),
             "ess_share_mean": ess_share, "log_w_var_mean": float(log_w_var.mean()),
             "nll_per_sentence_tenth_draws": nll_tenth, "tenth_draws": tenth,
-            "nll_change_from_tenth": nll - nll_tenth, "warnings": warnings}
+            "nll_change_from_tenth": nll - nll_tenth, **schedule, "warnings": warnings}
 
 
 def partition_warnings(partition: dict) -> list[str]:
