@@ -76,6 +76,10 @@ class EvaluationOptions:
         self.protocol.check()
         return self
 
+    def annealed(self, config) -> bool:
+        """Whether the draws are AIS chains: --anneal-steps > 0 for a model without its own q(z|x)."""
+        return bool(self.anneal_steps) and config.model != "vae"
+
 
 def import_lm_eval():
     """Import lm_eval and make sure it is this project's package, not a namesake."""
@@ -171,8 +175,8 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
         proposal = (f"a Laplace proposal from {options.num_chains} tempered chain(s) x {steps} steps, "
                     if config.model != "vae"
                     else "the encoder's q(z|x) as the proposal, ")
-        annealed = options.anneal_steps and config.model != "vae"
-        draws = (f"{options.num_is_samples} AIS chains x {options.anneal_steps} temperatures each" if annealed
+        draws = (f"{options.num_is_samples} AIS chains x {options.anneal_steps} temperatures each"
+                 if options.annealed(config)
                  else f"{options.num_is_samples} importance samples each")
         parts = [f"{num_sentences} sentences x {proposal}{draws}",
                  f"latent usage of the same sentences (active units: the first "
@@ -238,16 +242,16 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                                  anneal_steps=options.anneal_steps,
                                  progress=lambda done, total: bar.update(done - bar.n),
                                  posterior_steps=options.posterior_steps)
-    annealed = bool(options.anneal_steps) and config.model != "vae"
+    annealed = options.annealed(config)
     half = None
     if annealed:  # AIS's ESS cannot tell a short schedule: the same AIS on half the temperatures can
         n = min(len(encoded.sentences), HALF_SCHEDULE_SENTENCES)
         progress.note(f"convergence check: AIS on half the temperatures, first {n} sentences")
+        steps = max(1, options.anneal_steps // 2)
         shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
-                                     options.num_is_samples, generator, chunk=options.chunk,
-                                     anneal_steps=max(1, options.anneal_steps // 2),
+                                     options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
                                      posterior_steps=options.posterior_steps)
-        half = HalfSchedule(n, max(1, options.anneal_steps // 2), options.anneal_steps,
+        half = HalfSchedule(n, steps, options.anneal_steps,
                             -float(res.log_px[:n].double().mean()), -float(shorter.log_px.double().mean()))
     nll = -res.log_px.double()
     usage = None
