@@ -9,10 +9,13 @@ class BodyLimitMiddleware:
     """Answers 413 for a body over `max_bytes`, by Content-Length or by counting a streamed body.
 
     The body is read here, up to the limit, and replayed to the app: nothing downstream ever holds
-    more than `max_bytes` of a request."""
+    more than `max_bytes` of a request. An oversized body is read to its end and dropped before the
+    413 goes out, up to `drain_bytes`: a server that closes on unread data makes the kernel reset the
+    connection, and a client still sending then gets the reset instead of the 413. Past `drain_bytes`
+    the 413 goes out at once (a client sending that much is told as best the connection allows)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, drain_bytes: int = 1 << 20):
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, drain_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -25,7 +28,7 @@ class BodyLimitMiddleware:
             except ValueError:
                 return await _reply(send, 400, "Content-Length: not a number")
             if declared > self.max_bytes:
-                return await self._too_large(send)
+                return await self._too_large(receive, send, drain=declared <= self.drain_bytes)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -34,7 +37,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._too_large(send)
+                return await self._too_large(receive, send, drain=message.get("more_body", False), read=size)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -49,7 +52,13 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send):
+    async def _too_large(self, receive, send, drain: bool, read: int = 0):
+        while drain and read <= self.drain_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            read += len(message.get("body", b""))
+            drain = message.get("more_body", False)
         await _reply(send, 413, f"body: larger than the limit of {self.max_bytes} bytes")
 
 
