@@ -15,7 +15,7 @@ import time
 import pytest
 
 from textebm.grid import load_grid
-from textebm.reproduce import BUDGET, MIN_MINUTES, TRAIN_MARKER
+from textebm.reproduce import BUDGET, MIN_MINUTES, TRAIN_MARKER, code_commit
 
 EVALUATE = ('{ split = "test", max_sentences = 5, num_chains = 2, num_is_samples = 4, partition_samples = 200, '
             'ais_chains = 20, ais_steps = 40, fppl_samples = 20, temperatures = [1.0] }')
@@ -105,6 +105,7 @@ def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
     assert second["given_minutes"] == pytest.approx(max(MIN_MINUTES, 0.1 - first["counted_seconds"] / 60), abs=1e-4)
     marker = json.loads((folder / TRAIN_MARKER).read_text())
     assert marker["step"] == final[0] and marker["stopped_by"] == "max_minutes" and marker["segments"] == 2
+    assert marker["segment_commits"] == [first["commit"], second["commit"]] == [code_commit()] * 2
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == sorted(set(steps)) and steps[-1] == final[0]  # no step trained twice across the kill

@@ -94,7 +94,7 @@ def _closed_ledger(folder: Path) -> dict:
 def _open_segment(folder: Path, given_minutes: float | None, resumed_from: int | None) -> None:
     ledger = _closed_ledger(folder)
     ledger["segments"].append({"started": time.time(), "given_minutes": given_minutes, "resumed_from": resumed_from,
-                               "counted_seconds": None})
+                               "counted_seconds": None, "commit": code_commit()})
     write_json(folder / BUDGET, ledger)
 
 
@@ -501,10 +501,12 @@ class Reproduction:
             return None
         spent = _close_segment(folder)
         step, clock = checkpoint_clock(folder)
+        segments = read_json(folder / BUDGET)["segments"]
         marker = {"budget": budget_of(spec), "step": step, "stopped_by": _stopped_by(folder),
                   "train_minutes": round(spent / 60, 3),
                   "train_cpu_minutes": round(clock.get("cpu_seconds", 0.0) / 60, 3), "commit": code_commit(),
-                  "segments": len(read_json(folder / BUDGET)["segments"]),
+                  "segment_commits": [segment.get("commit") for segment in segments],  # None: kept since 2026-12-03
+                  "segments": len(segments),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(folder / TRAIN_MARKER, marker)
         self.echo(f"{spec.name}: trained, {step} steps in {spent / 60:.1f} min ({marker['stopped_by']})")
