@@ -247,7 +247,7 @@ def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, tra
 
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
-                                         ("--temperatures", "0"), ("--anneal-steps", "-1")])
+                                         ("--temperatures", "0"), ("--anneal-steps", "-1"), ("--max-rows", "0")])
 def test_bad_counts(invoke, tmp_path, corpus_folder, train_lines, flag, value):
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)

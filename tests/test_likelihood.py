@@ -14,7 +14,9 @@ from textebm.diagnostics import posterior_information
 from textebm.energy import EnergyPrior
 from textebm.laplace import LaplaceProposal, log_joint_grad, negative_hessian
 from textebm.likelihood import (
+    MAX_ROWS,
     annealed_log_partition,
+    chunk_rows,
     evaluate_sentences,
     importance_sampled_log_likelihood,
     log_partition,
@@ -108,6 +110,30 @@ def test_evaluate_sentences_returns_results_in_input_order():
     assert res.log_px.shape == (7,) and res.chain_mean.shape == (7, 1)
     # Longer sentences of the same word are less probable: the order must follow the input's lengths.
     assert torch.argsort(-res.log_px).tolist() == sorted(range(7), key=lambda i: lengths[i])
+
+
+def test_chunks_keep_their_logits_within_the_budget():
+    assert chunk_rows(40, 10_002) == MAX_ROWS  # PTB: 512 rows are 0.8 GiB of logits
+    assert chunk_rows(200, 20_000) == 67  # Yahoo: 67 rows are 1 GiB; 512 would be 8 GiB
+    assert chunk_rows(200, 20_000, budget=10) == 1
+
+
+@pytest.mark.parametrize("anneal_steps", [0, 3])
+def test_no_decoder_call_decodes_more_rows_than_max_rows(monkeypatch, anneal_steps):
+    model = _tiny_model("ebm")
+    seen = []
+    decode = model.decoder.log_likelihood  # what forward calls too
+
+    def counting(z, tokens, *args, **kwargs):
+        seen.append(tokens.shape[0])
+        return decode(z, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "log_likelihood", counting)
+    sentences = [[1, *([5] * n), 2] for n in (3, 1, 4, 2)]
+    res = evaluate_sentences(model, sentences, 0, 0.0, num_chains=2, num_samples=6,
+                             generator=torch.Generator().manual_seed(0), anneal_steps=anneal_steps, max_rows=5)
+    assert torch.isfinite(res.log_px).all() and seen and max(seen) <= 5
+    assert sum(seen) >= 4 * 6  # every sentence's draws were decoded
 
 
 def test_gaussian_prior_samples_are_exact_draws_without_a_chain():

@@ -50,6 +50,7 @@ class EvaluationOptions:
     fppl_samples: int = 1000  # 0: no decoding sweep
     temperatures: list[float] = field(default_factory=lambda: list(TEMPERATURES))
     chunk: int = 32
+    max_rows: int | None = None  # decoder rows decoded together; None: likelihood.chunk_rows (logits within 1 GiB)
     seed: int = 0
     chain: list[str] = field(default_factory=list)  # `key=value` chain settings for evaluation only
     precision: str = "fp32"
@@ -69,6 +70,8 @@ class EvaluationOptions:
             raise UserError(f"--anneal-steps must not be negative, not {self.anneal_steps}")
         if self.posterior_steps is not None and self.posterior_steps < 0:
             raise UserError(f"--posterior-steps must not be negative, not {self.posterior_steps}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise UserError(f"--max-rows must be at least 1, not {self.max_rows}")
         if not all(math.isfinite(t) and t > 0 for t in self.temperatures):
             raise UserError(f"--temperatures must be positive numbers, not {' '.join(map(str, self.temperatures))}")
         if self.max_sentences is not None and self.max_sentences < 1:
@@ -239,7 +242,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                       "sentence") as bar:
         res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
                                  options.num_is_samples, generator, chunk=options.chunk,
-                                 anneal_steps=options.anneal_steps,
+                                 anneal_steps=options.anneal_steps, max_rows=options.max_rows,
                                  progress=lambda done, total: bar.update(done - bar.n),
                                  posterior_steps=options.posterior_steps)
     annealed = options.annealed(config)
@@ -250,6 +253,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         steps = max(1, options.anneal_steps // 2)
         shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
                                      options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
+                                     max_rows=options.max_rows,
                                      posterior_steps=options.posterior_steps)
         half = HalfSchedule(n, steps, options.anneal_steps,
                             -float(res.log_px[:n].double().mean()), -float(shorter.log_px.double().mean()))
