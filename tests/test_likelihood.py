@@ -10,13 +10,12 @@ import torch
 from textebm.bdmc import bdmc, model_samples
 from textebm.closed_form import NarrowBump, closed_form_model
 from textebm.config import Config
+from textebm.decoder import MAX_ROWS, Decoder, chunk_rows
 from textebm.diagnostics import posterior_information
 from textebm.energy import EnergyPrior
 from textebm.laplace import LaplaceProposal, log_joint_grad, negative_hessian
 from textebm.likelihood import (
-    MAX_ROWS,
     annealed_log_partition,
-    chunk_rows,
     evaluate_sentences,
     importance_sampled_log_likelihood,
     log_partition,
@@ -116,6 +115,7 @@ def test_chunks_keep_their_logits_within_the_budget():
     assert chunk_rows(40, 10_002) == MAX_ROWS  # PTB: 512 rows are 0.8 GiB of logits
     assert chunk_rows(200, 20_000) == 67  # Yahoo: 67 rows are 1 GiB; 512 would be 8 GiB
     assert chunk_rows(200, 20_000, budget=10) == 1
+    assert Decoder(20_000, 8, 16, 1).rows_per_chunk(200) == 67  # what likelihood and diagnostics ask
 
 
 @pytest.mark.parametrize("anneal_steps", [0, 3])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from textebm.config import Config
+from textebm.decoder import MAX_ROWS
 from textebm.energy import EnergyPrior
 from textebm.model import LatentEBMTextModel
 
@@ -69,6 +70,10 @@ class LinearGaussianDecoder(nn.Module):
     def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
                 param_grads: bool = True) -> torch.Tensor:
         return self.log_likelihood(z, tokens, projection, param_grads)
+
+    def rows_per_chunk(self, length: int) -> int:
+        """No vocabulary logits to bound: the decoder's most."""
+        return MAX_ROWS
 
 
 class ClosedFormModel(LatentEBMTextModel):

@@ -42,6 +42,10 @@ class Decoder(nn.Module):
         self.out = nn.Linear(hidden_dim, vocab_size)
         self.project = projected_log_likelihood  # compiled in place by `compile=true` (textebm/compiling.py)
 
+    def rows_per_chunk(self, length: int) -> int:
+        """How many rows of `length` tokens to score at once (`chunk_rows`: logits within 1 GiB)."""
+        return chunk_rows(length, self.out.out_features)
+
     def train(self, mode: bool = True) -> Decoder:
         """Dropout on (`mode`) or off, as for any module; the RNN stays in training mode either way (cuDNN
         takes an RNN's backward pass only there), its dropout between layers set to 0 in eval mode."""
@@ -148,6 +152,17 @@ def projected_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: t
 
 
 PROJECTIONS = ("fp32", "bf16")
+
+MAX_ROWS = 512  # decoder rows (sentence x draw pairs) decoded together, at most ...
+LOGITS_PER_CHUNK = 2**28  # ... and few enough that their vocabulary logits stay within this many (1 GiB in fp32)
+
+
+def chunk_rows(length: int, vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
+    """Decoder rows per chunk for sentences of `length` tokens: MAX_ROWS, or fewer where a chunk's
+    logits (rows x length x vocabulary, with their log-softmax and gradient as large again) would pass
+    `budget` elements. Yahoo's 200 tokens over 20,000 words fit 67 rows, where 512 would hold 8 GB of
+    logits; PTB's 40 tokens over 10,000 words keep 512."""
+    return max(1, min(MAX_ROWS, budget // max(1, length * vocab_size)))
 
 
 def rnn_precision(device: torch.device):

@@ -43,15 +43,18 @@ BIAS_NATS = 1.0  # the prior chain is flagged when its mean f is this far from t
 BIAS_STDERRS = 3.0  # ... and that difference this many standard errors from 0
 
 
-def log_likelihood_rows(decoder, z: torch.Tensor, tokens: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
-    """log p(x | z) for matching rows of z and tokens, in chunks of `max_rows` (memory: rows x length x vocab)."""
+def log_likelihood_rows(decoder, z: torch.Tensor, tokens: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
+    """log p(x | z) for matching rows of z and tokens, in chunks of `max_rows` (memory: rows x length x vocab;
+    default `Decoder.rows_per_chunk`)."""
+    if max_rows is None:
+        max_rows = decoder.rows_per_chunk(tokens.shape[1])
     with torch.no_grad():
         return torch.cat([decoder.log_likelihood(z[s:s + max_rows], tokens[s:s + max_rows])
                           for s in range(0, z.shape[0], max_rows)])
 
 
 def unit_sensitivity(decoder, tokens: torch.Tensor, z_post: torch.Tensor, z_prior: torch.Tensor,
-                     max_rows: int = 512) -> torch.Tensor:
+                     max_rows: int | None = None) -> torch.Tensor:
     """Per sentence and unit, log p(x | z+) - log p(x | z+ with unit i taken from z-): shape (B, d)."""
     b, d = z_post.shape
     swapped = z_post.unsqueeze(1).repeat(1, d, 1)  # (B, d, d): row i has unit i swapped

@@ -50,7 +50,7 @@ class EvaluationOptions:
     fppl_samples: int = 1000  # 0: no decoding sweep
     temperatures: list[float] = field(default_factory=lambda: list(TEMPERATURES))
     chunk: int = 32
-    max_rows: int | None = None  # decoder rows decoded together; None: likelihood.chunk_rows (logits within 1 GiB)
+    max_rows: int | None = None  # decoder rows decoded together; None: Decoder.rows_per_chunk (logits within 1 GiB)
     seed: int = 0
     chain: list[str] = field(default_factory=list)  # `key=value` chain settings for evaluation only
     precision: str = "fp32"

@@ -54,16 +54,6 @@ import torch
 from textebm.annealing import sigmoid_schedule
 
 LOG_2PI = math.log(2 * math.pi)
-MAX_ROWS = 512  # decoder rows (sentence x draw pairs) decoded together, at most ...
-LOGITS_PER_CHUNK = 2**28  # ... and few enough that their vocabulary logits stay within this many (1 GiB in fp32)
-
-
-def chunk_rows(length: int, vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
-    """Decoder rows per chunk for sentences of `length` tokens: MAX_ROWS, or fewer where a chunk's
-    logits (rows x length x vocabulary, with their log-softmax and gradient as large again) would pass
-    `budget` elements. Yahoo's 200 tokens over 20,000 words fit 67 rows, where 512 would hold 8 GB of
-    logits; PTB's 40 tokens over 10,000 words keep 512."""
-    return max(1, min(MAX_ROWS, budget // max(1, length * vocab_size)))
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -253,7 +243,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     `nu`); `"chains"`: the diagonal Gaussian fitted to `num_chains` chains, widened (`inflate`,
     `floor`) and mixed with the prior's reference (`defensive`), the estimator of evaluator version 2.
     Work is batched over sentences x chains and sentences x draws, in chunks of at most `max_rows`
-    decoder rows (memory: rows x length x vocabulary logits; default `chunk_rows`). `posterior_steps`
+    decoder rows (memory: rows x length x vocabulary logits; default `Decoder.rows_per_chunk`). `posterior_steps`
     overrides the run's K1 for the chains. A model with its own q(z | x) is the proposal itself: the chain, Laplace and
     mixture settings do not apply to it (module docstring, 3.). `anneal_steps` > 0 (Laplace only): each
     of the `num_samples` draws is an AIS chain from the Laplace Gaussian to p(z | x) through that many
@@ -269,7 +259,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     b, d = tokens.shape[0], model.prior.latent_dim
     device = model.device
     if max_rows is None:
-        max_rows = chunk_rows(tokens.shape[1], model.decoder.out.out_features)
+        max_rows = model.decoder.rows_per_chunk(tokens.shape[1])
     if d == 0:  # a language model (prior=none): log p(x) is exact, one "sample" of weight 1
         with torch.no_grad():
             log_px = torch.cat([model.decoder.log_likelihood(torch.zeros(len(rows), 0, device=device), rows)
