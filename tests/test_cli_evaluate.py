@@ -245,6 +245,44 @@ def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, tra
     _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split")
 
 
+def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_numbers(invoke, tmp_path, corpus_folder,
+                                                                                  train_lines, monkeypatch):
+    import textebm.likelihood as likelihood
+
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    args = ["--checkpoint", run, *FAST, "--chunk", "4", "--fppl-samples", "0", "--json"]
+    status, out, err = invoke(*args)
+    assert status == 0, err
+    whole = json.loads(out)
+    partial = run / "evaluation-test.partial.pt"
+    assert not partial.exists()  # a finished evaluation leaves nothing to resume
+
+    chunks = []
+    real = likelihood.importance_sampled_log_likelihood
+
+    def stopping_at_the_third_chunk(*a, **k):
+        chunks.append(1)
+        if len(chunks) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", stopping_at_the_third_chunk)
+    status, _, err = invoke(*args)
+    assert status == 130 and partial.is_file(), err  # Ctrl-C after log Z and two chunks of the three
+    chunks.clear()
+    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood",
+                        lambda *a, **k: chunks.append(1) or real(*a, **k))
+    status, out, err = invoke(*args, "--progress")
+    assert status == 0, err
+    assert "resuming an interrupted evaluation" in err and "2 chunk(s) of importance sampling" in err
+    assert len(chunks) == 1 + 3  # the one chunk left, then the half-schedule check's 12 sentences in 3 chunks
+    resumed = json.loads(out)
+    for key in ("nll_per_sentence", "elbo_per_sentence", "log_partition", "importance_sampling", "latent_usage",
+                "prior_chain_bias"):
+        assert resumed[key] == whole[key], key
+    assert not partial.exists()
+
+
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
                                          ("--temperatures", "0"), ("--anneal-steps", "-1"), ("--max-rows", "0")])

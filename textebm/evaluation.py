@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from textebm.errors import UserError
@@ -195,9 +195,12 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
     return "evaluate: " + "; ".join(parts)
 
 
-def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True) -> dict:
+def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True,
+             resumable: bool = False) -> dict:
     """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure). `tf32`: on CUDA,
-    TF32 matrix products (`textebm.devices.set_tf32`), a setting of the machine rather than of the report."""
+    TF32 matrix products (`textebm.devices.set_tf32`), a setting of the machine rather than of the report.
+    `resumable`: keep the finished stages in RUN/evaluation-<split>.partial.pt and start from them
+    (`textebm.partial_evaluation`)."""
     import torch
 
     from textebm.batches import encode_lines
@@ -213,6 +216,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         prior_chain_bias,
     )
     from textebm.likelihood import evaluate_sentences, partition_function
+    from textebm.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
     from textebm.reconstruction import reconstruct
     from textebm.runs import load_run
 
@@ -231,12 +235,24 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     progress.note(work_summary(options, model, config, len(encoded.sentences), len(train_lines)))
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    if model.prior.is_ebm:
-        progress.note("log Z by annealed importance sampling")
-    partition, ais = partition_function(model.prior, options.ais_chains, options.ais_steps,
-                                        options.partition_samples, generator)
+    key = {"options": {k: v for k, v in asdict(options).items() if k != "threads"}, "step": loaded.step,
+           "evaluator": EVALUATOR_VERSION}
+    partial = PartialEvaluation(partial_path(options.checkpoint, options.split) if resumable else None, key)
+    if partial.restore(generator):
+        progress.note(f"resuming an interrupted evaluation ({partial.path.name}): {partial.summary()}")
+    if "log_z" in partial.stages:
+        partition, bias = partial.stages["log_z"]["partition"], partial.stages["log_z"]["bias"]
+    else:
+        if model.prior.is_ebm:
+            progress.note("log Z by annealed importance sampling")
+        partition, ais = partition_function(model.prior, options.ais_chains, options.ais_steps,
+                                            options.partition_samples, generator)
+        bias = prior_chain_bias(model, options.ais_chains, ais, generator=generator)
+        partial.save("log_z", {"partition": partition, "bias": bias}, generator)
     log_z = partition["log_z"]
-    bias = prior_chain_bias(model, options.ais_chains, ais, generator=generator)
+
+    def saving(stage: str):
+        return lambda parts: partial.save(stage, parts_to_data(parts), generator)
 
     with progress.bar("importance sampling" if model.has_latent else "likelihood", len(encoded.sentences),
                       "sentence") as bar:
@@ -244,7 +260,9 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                                  options.num_is_samples, generator, chunk=options.chunk,
                                  anneal_steps=options.anneal_steps, max_rows=options.max_rows,
                                  progress=lambda done, total: bar.update(done - bar.n),
-                                 posterior_steps=options.posterior_steps)
+                                 posterior_steps=options.posterior_steps,
+                                 done=parts_from_data(partial.stages.get("importance_sampling"), device),
+                                 on_chunk=saving("importance_sampling"))
     annealed = options.annealed(config)
     half = None
     if annealed:  # AIS's ESS cannot tell a short schedule: the same AIS on half the temperatures can
@@ -253,8 +271,9 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         steps = max(1, options.anneal_steps // 2)
         shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
                                      options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
-                                     max_rows=options.max_rows,
-                                     posterior_steps=options.posterior_steps)
+                                     max_rows=options.max_rows, posterior_steps=options.posterior_steps,
+                                     done=parts_from_data(partial.stages.get("half_schedule"), device),
+                                     on_chunk=saving("half_schedule"))
         half = HalfSchedule(n, steps, options.anneal_steps,
                             -float(res.log_px[:n].double().mean()), -float(shorter.log_px.double().mean()))
     nll = -res.log_px.double()
@@ -480,15 +499,17 @@ def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: b
     """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
     (RUN/evaluation-<split>.json, atomically). Returns the report as written."""
     from textebm.io import atomic_write_text, json_safe
+    from textebm.partial_evaluation import partial_path
     from textebm.plots import plot_quality_diversity
 
-    result = evaluate(options, progress, tf32)
+    result = evaluate(options, progress, tf32, resumable=True)
     folder = Path(options.checkpoint)
     if result["generation"] is not None:
         figure = folder / f"quality_diversity-{options.split}.png"
         result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
     result = json_safe(result)
     atomic_write_text(evaluation_path(folder, options.split), json.dumps(result, indent=2, allow_nan=False) + "\n")
+    partial_path(folder, options.split).unlink(missing_ok=True)  # done: nothing left to resume
     return result
 
 

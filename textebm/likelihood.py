@@ -324,18 +324,25 @@ def _annealed(model, tokens, fitted, log_z: float, num_chains: int, steps: int, 
 
 def evaluate_sentences(model, sentences: list[list[int]], pad_id: int, log_z: float, num_chains: int,
                        num_samples: int, generator: torch.Generator | None = None, chunk: int = 32,
-                       progress=None, **kwargs) -> ISResult:
+                       progress=None, done: list[ISResult] | None = None, on_chunk=None, **kwargs) -> ISResult:
     """`importance_sampled_log_likelihood` over many id lists, in chunks of `chunk` sentences of similar
-    length (sorted, so little padding is decoded); results come back in the input order."""
+    length (sorted, so little padding is decoded); results come back in the input order. `done`: the
+    results of the first chunks from an interrupted call with the same arguments (the generator in the
+    state it had after them): they are kept, not computed again. `on_chunk(parts)` is called after
+    each chunk with every chunk's result so far (what a caller saves to resume from)."""
     from textebm.batches import pad
 
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
-    parts = []
-    for start in range(0, len(order), chunk):
+    parts = list(done or [])
+    for number, start in enumerate(range(0, len(order), chunk)):
+        if number < len(parts):
+            continue
         idx = order[start:start + chunk]
         tokens = pad([sentences[i] for i in idx], pad_id).to(model.device)
         parts.append(importance_sampled_log_likelihood(model, tokens, log_z, num_chains, num_samples,
                                                        generator, **kwargs))
+        if on_chunk is not None:
+            on_chunk(parts)
         if progress is not None:
             progress(min(start + chunk, len(order)), len(order))
     inverse = torch.empty(len(order), dtype=torch.long)
