@@ -235,8 +235,9 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     progress.note(work_summary(options, model, config, len(encoded.sentences), len(train_lines)))
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    key = {"options": {k: v for k, v in asdict(options).items() if k != "threads"}, "step": loaded.step,
-           "evaluator": EVALUATOR_VERSION}
+    key = {"options": {**{k: v for k, v in asdict(options).items() if k != "threads"},
+                       "checkpoint": str(Path(options.checkpoint).resolve())},
+           "step": loaded.step, "evaluator": EVALUATOR_VERSION}  # what must match for a saved stage to be reused
     partial = PartialEvaluation(partial_path(options.checkpoint, options.split) if resumable else None, key)
     if partial.restore(generator):
         progress.note(f"resuming an interrupted evaluation ({partial.path.name}): {partial.summary()}")
