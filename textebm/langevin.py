@@ -132,7 +132,7 @@ def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: fl
 DensityAndGradient = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
-def mala_step(density_and_grad: DensityAndGradient, z: torch.Tensor, state: tuple, step_size: float,
+def mala_step(density_and_grad: DensityAndGradient, z: torch.Tensor, state: tuple, step_size: float | torch.Tensor,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, tuple, torch.Tensor]:
     """One Metropolis-adjusted Langevin step per row: the Langevin proposal
     z' = z + (s^2 / 2) grad log pi(z) + s eps, accepted with probability

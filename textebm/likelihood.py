@@ -132,14 +132,17 @@ def annealed_log_partition(prior, num_chains: int = 1000, steps: int = 2000, ste
         return AnnealedEstimate(0.0, 0.0, float(num_chains), 1.0, 0, z, log_w, torch.zeros_like(log_w))
     betas = sigmoid_schedule(steps).tolist()
     f, grad_f = prior.energy_and_grad(z)
-    accepted = 0.0
+    # The step size and the acceptance count stay on the device: no host sync per temperature.
+    step = torch.tensor(step_size, dtype=torch.float64, device=device)
+    accepted = torch.zeros((), dtype=torch.float64, device=device)
     for previous, beta in zip(betas[:-1], betas[1:]):
         log_w += (beta - previous) * f.double()  # the weight's increment uses f(z_{t-1})
         state = (beta * f - z.pow(2).sum(-1) / (2 * prior.sigma**2), beta * grad_f - z / prior.sigma**2, f, grad_f)
-        z, (_, _, f, grad_f), accept = mala_step(tempered_prior(prior, beta), z, state, step_size, generator)
-        rate = float(accept.float().mean())
+        z, (_, _, f, grad_f), accept = mala_step(tempered_prior(prior, beta), z, state, step, generator)
+        rate = accept.double().mean()
         accepted += rate
-        step_size *= math.exp(STEP_ADAPTATION * (rate - target_acceptance))
+        step = step * torch.exp(STEP_ADAPTATION * (rate - target_acceptance))
+    accepted = float(accepted)
     log_z = torch.logsumexp(log_w, 0) - math.log(num_chains)
     w = torch.exp(log_w - log_w.max())
     stderr = w.std() / (math.sqrt(num_chains) * w.mean())
