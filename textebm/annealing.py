@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm.decoder import MAX_ROWS
+
 TARGET_ACCEPTANCE = 0.65
 STEP_ADAPTATION = 0.1  # per temperature, log step size += this * (the group's acceptance rate - target)
 
@@ -110,7 +112,7 @@ class AnnealedChains:
 
 
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
-           step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = 512,
+           step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
            group: int = 1) -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
@@ -151,7 +153,7 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
 def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference, log_z: float,
                             num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None,
-                            max_rows: int = 512) -> tuple[torch.Tensor, AnnealedChains]:
+                            max_rows: int = MAX_ROWS) -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from textebm.annealing import GaussianReference, anneal, sigmoid_schedule
+from textebm.decoder import MAX_ROWS
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Sandwich:
 
 def bdmc(model, tokens: torch.Tensor, codes: torch.Tensor, log_z: float, steps: int = 500, num_chains: int = 1,
          step_size: float = 0.5, generator: torch.Generator | None = None, reference: GaussianReference | None = None,
-         max_rows: int = 512) -> Sandwich:
+         max_rows: int = MAX_ROWS) -> Sandwich:
     """The sandwich of the module docstring for sentences `tokens` (B, T) whose exact posterior samples
     are `codes` (B, d): `num_chains` forward chains per sentence from the reference and `num_chains`
     reverse chains, all from the sentence's code (each one alone is an unbiased estimate of 1 / (Z p(x)),

@@ -30,13 +30,15 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm.decoder import MAX_ROWS
+
 LOG_PI = math.log(math.pi)
 MIN_PRECISION = 0.25  # the floor of the proposal's precision, in units of 1 / sigma^2
 DIFFERENCE_STEP = 1e-2  # the central-difference step of the Hessian, in units of z
 STEP_LENGTHS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)  # the Newton step's line search
 
 
-def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
+def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
     """log p(x | z) + log p_alpha(z) up to log Z, per row (no gradient), in chunks of `max_rows`."""
     with torch.no_grad():
         return torch.cat([model.prior.log_density(z[s:s + max_rows])
@@ -44,7 +46,7 @@ def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = 512)
                           for s in range(0, z.shape[0], max_rows)])
 
 
-def log_joint_grad(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
+def log_joint_grad(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
     """grad_z [log p(x | z) + log p_alpha(z)] per row, in chunks of `max_rows`."""
     parts = []
     with torch.enable_grad():
@@ -55,7 +57,7 @@ def log_joint_grad(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int =
     return torch.cat(parts)
 
 
-def negative_hessian(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = 512,
+def negative_hessian(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS,
                      step: float = DIFFERENCE_STEP) -> tuple[torch.Tensor, torch.Tensor]:
     """(-Hessian (B, d, d), gradient (B, d)) of log p(x, z) at z (B, d): central differences of the
     gradient along each axis, symmetrised; the gradient at z is their mean (exact for a quadratic)."""
@@ -116,7 +118,7 @@ class LaplaceProposal:
 
 
 def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
-                     heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = 512) -> LaplaceProposal:
+                     heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = MAX_ROWS) -> LaplaceProposal:
     """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
     if newton_steps < 1:
         raise ValueError(f"newton_steps must be at least 1, not {newton_steps}")
@@ -140,7 +142,7 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
     return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share, heavy_scale)
 
 
-def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
+def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
     """Per sentence, the chain end (codes (B, C, d)) with the highest log p(x, z): (B, d)."""
     b, c, d = codes.shape
     scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows).view(b, c)
