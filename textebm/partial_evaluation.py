@@ -50,7 +50,7 @@ class PartialEvaluation:
         return True
 
     def summary(self) -> str:
-        """What is done, in words: 'log Z, 3 chunks of importance sampling'."""
+        """What is done, in words: 'log Z, 3 chunk(s) of importance sampling'."""
         names = {"log_z": "log Z", "importance_sampling": "importance sampling", "half_schedule": "half schedule"}
         return ", ".join(names.get(name, name) if not isinstance(value, list) else
                          f"{len(value)} chunk(s) of {names.get(name, name)}"
@@ -65,7 +65,6 @@ class PartialEvaluation:
         buffer = io.BytesIO()
         torch.save({"key": self.key, "stages": self.stages}, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
-
 
 
 def parts_to_data(parts) -> list[dict]:
