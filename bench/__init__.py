@@ -80,7 +80,7 @@ def build_model(overrides: list[str], vocab_size: int, seed: int = 0, preset: st
     import torch
 
     from textebm.config import resolve_config
-    from textebm.model import LatentEBMTextModel
+    from textebm.model.latent_ebm import LatentEBMTextModel
 
     cfg = resolve_config(preset, "ptb", list(overrides))
     torch.manual_seed(seed)

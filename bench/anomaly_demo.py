@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from textebm.anomaly import auroc, score_lines
+from textebm.evaluation.anomaly import auroc, score_lines
 from textebm.io import atomic_write_text
-from textebm.runs import load_run
+from textebm.model.runs import load_run
 
 _PUNCT = re.compile(r"^[^\w<>]+$")
 _NUMBER = re.compile(r"^\d[\d.,:/-]*$")

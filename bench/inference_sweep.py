@@ -25,8 +25,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from textebm.checkpoints import has_checkpoint
 from textebm.io import atomic_write_text
+from textebm.model.checkpoints import has_checkpoint
 
 SCHEDULE = ["posterior_step_size=0.8", "posterior_step_schedule=geometric", "posterior_step_size_end=0.05"]
 

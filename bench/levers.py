@@ -84,7 +84,7 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
                                  f"latent step {latent:.1f} ms"))
             continue
         baseline = "fp32 (TF32 off)" if on_cuda else "fp32"
-        if name == "compile=true":  # compiled, or fallen back to eager (textebm/compiling.py)?
+        if name == "compile=true":  # compiled, or fallen back to eager (textebm/training/compiling.py)?
             model = learners[name].model
             baseline = (("compiled" if model.decoder.project.is_compiled else "FELL BACK TO EAGER (see the warning)")
                         + "; " + baseline)

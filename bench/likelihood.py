@@ -2,7 +2,7 @@
 the Laplace Gaussian, `EvaluationOptions`' chains and temperatures) against evaluator version 2's (16
 chains, diagonal Gaussian, defensive mixture, 100 draws), and against the floor of plain importance
 sampling with 100 draws (their likelihoods alone); then the two estimators' error against the
-closed-form model (textebm/closed_form.py).
+closed-form model (textebm/inference/closed_form.py).
 
 Target (issue 24): the new default costs no more CPU per sentence than the old one (speed-up >= 1),
 and on the closed-form model its mean |error| is <= 0.1 nat per sentence with mean ESS >= 30% of draws.
@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 
 from bench import Row, build_model, interleave, median
-from textebm.closed_form import closed_form_model
-from textebm.evaluation import EvaluationOptions
-from textebm.likelihood import evaluate_sentences, importance_sampled_log_likelihood
+from textebm.evaluation.held_out import EvaluationOptions
+from textebm.inference.closed_form import closed_form_model
+from textebm.inference.likelihood import evaluate_sentences, importance_sampled_log_likelihood
 
 FULL = dict(vocab=10_000, sizes=["embedding_dim=128", "hidden_dim=256", "latent_dim=32", "posterior_steps=10",
                                  "dropout=0.0"], sentences=8, length=22)

@@ -12,8 +12,8 @@ import torch
 
 from bench import Row, build_model, interleave, median
 from bench.sampling import FULL, QUICK, matrix_products
-from textebm.decoding import decode
-from textebm.precision import decoding_products
+from textebm.generation.decoding import decode
+from textebm.generation.precision import decoding_products
 
 SPEED_TARGET, QUALITY_TOLERANCE, FLOOR_SHARE, TARGET_BATCH = 1.5, 0.02, 0.9, 32
 QUALITY_SAMPLES = 2000
@@ -56,9 +56,9 @@ def quality_rows(checkpoint: str | None, samples: int = QUALITY_SAMPLES) -> list
         return [Row("precision", "quality: FPPL and distinct-2 per precision vs fp32", target="within 2%",
                     note="not measured: needs --checkpoint RUN (a trained run)")]
     import lm_eval
-    from textebm.corpora import open_corpus
-    from textebm.runs import load_run
-    from textebm.sampling import SamplingOptions, generate_text
+    from textebm.data.corpora import open_corpus
+    from textebm.generation.sampling import SamplingOptions, generate_text
+    from textebm.model.runs import load_run
 
     loaded = load_run(checkpoint)
     corpus = open_corpus(loaded.config.corpus)

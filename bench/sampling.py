@@ -1,4 +1,4 @@
-"""Sampling throughput: sentences/s of `textebm.decoding.decode` against per-token `nn.LSTM` sampling.
+"""Sampling throughput: sentences/s of `textebm.generation.decoding.decode` against per-token `nn.LSTM` sampling.
 
 Target (issue 5): at least 5x the reference's sentences/s at batch 32, 40 tokens, with the LSTM
 256/512, vocabulary 10k, latent 32. The whole `model.generate` (the 60-step prior chain, then
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench import Row, build_model, interleave, median
 from bench import reference as ref
-from textebm.decoding import decode
+from textebm.generation.decoding import decode
 
 FULL = dict(vocab=10_000, sizes=["embedding_dim=256", "hidden_dim=512", "latent_dim=32", "prior_steps=60"],
             length=40, batches=(1, 32, 256), generate_batch=32)

@@ -33,11 +33,11 @@ def make_run(folder: Path, quick: bool) -> Path:
     import torch
 
     from bench.eval_ppl import data_dir
-    from textebm.checkpoints import save_checkpoint
     from textebm.config import resolve_config
-    from textebm.runs import build_model, create_run
-    from textebm.train import make_optimizers
-    from textebm.vocab import WordVocab
+    from textebm.data.vocab import WordVocab
+    from textebm.model.checkpoints import save_checkpoint
+    from textebm.model.runs import build_model, create_run
+    from textebm.training.train import make_optimizers
 
     train = data_dir() / "ptb" / "train.txt"
     lines = train.read_text(encoding="utf-8").splitlines() if train.is_file() else ["a b c"]
@@ -65,7 +65,7 @@ def floor_seconds(run: Path, batches: list[int], repeats: int) -> dict[int, floa
     """Median seconds of `model.generate(n, max_length=40)` per batch size n, one thread, fresh seeds."""
     import torch
 
-    from textebm.runs import load_run
+    from textebm.model.runs import load_run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

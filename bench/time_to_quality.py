@@ -5,7 +5,7 @@ sentences; NLL against training CPU minutes, one curve per variant.
     python -m bench.time_to_quality --minutes 5 10 20 30 --variants default bf16 amortized k5-geometric \\
         --out ~/textebm-runs/ttq --jobs 2
 
-The study is an experiment grid (textebm.grid): one run per variant with `max_cpu_minutes` the last
+The study is an experiment grid (textebm.experiments.grid): one run per variant with `max_cpu_minutes` the last
 mark, `keep_at` the marks and `evaluate_marks` the evaluation, written to OUT/grid.toml and run by
 `textebm reproduce` (OUT/runs/NAME/marks/cpu-<M>min/ are the marks). It resumes and skips what is done
 as reproduce does; OUT/results.md holds the table and OUT/time_to_quality-<corpus>.png the figure. The
@@ -67,7 +67,7 @@ def parse_variant(text: str) -> Variant:
 def evaluation_options(items: list[str]) -> dict:
     """`key=value` options of textebm evaluate over EVALUATION, as a grid's evaluation table takes them
     (chain settings as `set`)."""
-    from textebm.evaluation import EvaluationOptions
+    from textebm.evaluation.held_out import EvaluationOptions
 
     kinds = {f.name: f.type for f in fields(EvaluationOptions)}
     options = dict(EVALUATION)
@@ -138,8 +138,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from textebm.grid import load_grid
-    from textebm.reproduce import reproduce
+    from textebm.experiments.grid import load_grid
+    from textebm.experiments.reproduce import reproduce
 
     args = parse_args(argv)
     try:

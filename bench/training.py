@@ -1,4 +1,4 @@
-"""Training cost: one full learning iteration of `textebm.train.Learner.step` against plain references.
+"""Training cost: one full learning iteration of `textebm.training.train.Learner.step` against plain references.
 
 Two references, run interleaved with the candidate in the same process:
 - the plain short-run chain iteration of bench/reference.py (K1=20 posterior steps, two Adam steps,
@@ -17,7 +17,7 @@ import itertools
 
 import torch
 
-import textebm.train as library
+import textebm.training.train as library
 from bench import Row, build_model, interleave, median
 from bench import reference as ref
 
@@ -44,7 +44,7 @@ def token_batches(spec: dict, vocab: int) -> list[torch.Tensor]:
 
 
 def candidate_step(model, cfg):
-    """The library's learning iteration (`textebm.train.Learner.step`) as a function of a token batch."""
+    """The library's learning iteration (`textebm.training.train.Learner.step`) as a function of a token batch."""
     return library.Learner(model, cfg, model.device).step
 
 

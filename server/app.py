@@ -41,8 +41,8 @@ from server.schemas import (
 )
 from textebm import __version__
 from textebm.errors import NonFiniteError, UserError
-from textebm.runs import load_config
-from textebm.sampling import SamplingOptions
+from textebm.generation.sampling import SamplingOptions
+from textebm.model.runs import load_config
 
 STATIC = Path(__file__).parent / "static"
 BLANK = "must hold a word (it is blank)"
@@ -76,7 +76,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
     """The app for one run folder. The folder's config is checked now (a wrong path fails here, not
     at the first request); the checkpoint is loaded once, at start-up (lifespan).
 
-    `preloaded` (a `textebm.runs.LoadedRun` of this folder) skips that load: `textebm serve` loads
+    `preloaded` (a `textebm.model.runs.LoadedRun` of this folder) skips that load: `textebm serve` loads
     the run before starting uvicorn, so a damaged checkpoint is a one-line error, not a traceback."""
     run_folder = Path(run_folder)
     load_config(run_folder)  # UserError for a folder that is not a run
@@ -92,7 +92,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from textebm.runs import load_run
+        from textebm.model.runs import load_run
 
         try:
             run = (preloaded if preloaded is not None

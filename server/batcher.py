@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from textebm.sampling import Request, SamplingOptions, batch_key, generate_for_requests
+from textebm.generation.sampling import Request, SamplingOptions, batch_key, generate_for_requests
 
 
 class QueueFull(Exception):

@@ -23,8 +23,9 @@ from server.schemas import (
     ScoreResponse,
     latent_request_models,
 )
-from textebm import anomaly, interpolation, reconstruction
 from textebm.errors import NonFiniteError, UserError
+from textebm.evaluation import anomaly
+from textebm.generation import interpolation, reconstruction
 
 
 def reconstruct_job(run, sentences: list[str], chains: int, seed: int) -> dict:

@@ -43,7 +43,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from textebm.errors import UserError
-    from textebm.runs import load_run
+    from textebm.model.runs import load_run
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, not {args.port}")

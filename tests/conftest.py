@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from textebm.closed_form import QuadraticTilt
+from textebm.inference.closed_form import QuadraticTilt
 
 # A model small enough that a training step takes milliseconds on one CPU core.
 TINY_OVERRIDES = [
@@ -147,9 +147,9 @@ def latent_model(tiny_config, train_lines):
     sentences. The decoder's z weights are multiplied by `z_scale`: 5 makes the output a strong
     function of z (p(z | x) much narrower than the prior; the output layer is scaled up too),
     0 cuts every path from z to the output (a decoder that ignores z)."""
-    from textebm.batches import encode_lines, pad
-    from textebm.runs import build_model
-    from textebm.vocab import WordVocab
+    from textebm.data.batches import encode_lines, pad
+    from textebm.data.vocab import WordVocab
+    from textebm.model.runs import build_model
 
     def make(z_scale: float, sentences: int = 32):
         config = tiny_config
@@ -173,10 +173,10 @@ def latent_model(tiny_config, train_lines):
 def saved_run(tmp_path, tiny_config, train_lines):
     """A run folder saved at step 7 by `save_checkpoint`, after one real Adam step of the generator:
     (folder, model, optimizers, vocab)."""
-    from textebm.checkpoints import save_checkpoint
-    from textebm.runs import build_model, create_run
-    from textebm.train import make_optimizers
-    from textebm.vocab import WordVocab
+    from textebm.data.vocab import WordVocab
+    from textebm.model.checkpoints import save_checkpoint
+    from textebm.model.runs import build_model, create_run
+    from textebm.training.train import make_optimizers
 
     vocab = WordVocab.build(train_lines[:200])
     torch.manual_seed(0)

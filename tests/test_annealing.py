@@ -1,4 +1,4 @@
-"""Per-sentence annealed importance sampling (textebm/annealing.py), held against the closed-form model."""
+"""Per-sentence annealed importance sampling (textebm/inference/annealing.py), held against the closed-form model."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from textebm.annealing import GaussianReference, annealed_log_likelihood, sigmoid_schedule
-from textebm.bdmc import bdmc
-from textebm.closed_form import closed_form_model
+from textebm.inference.annealing import GaussianReference, annealed_log_likelihood, sigmoid_schedule
+from textebm.inference.bdmc import bdmc
+from textebm.inference.closed_form import closed_form_model
 
 
 def test_sigmoid_schedule_rises_from_zero_to_one():

@@ -1,4 +1,4 @@
-"""textebm.anomaly: the AUROC (Mann-Whitney, ties half) and the per-sentence anomaly scores."""
+"""textebm.evaluation.anomaly: the AUROC (Mann-Whitney, ties half) and the per-sentence anomaly scores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from textebm.anomaly import auroc, neg_log_joint, score_lines
+from textebm.evaluation.anomaly import auroc, neg_log_joint, score_lines
 
 
 def brute_force_auroc(normal, anomalous) -> float:
@@ -49,7 +49,7 @@ def test_auroc_rejects_empty_and_non_finite():
 
 
 def test_score_lines_shapes_order_and_per_token(trained_run, short_lines):
-    from textebm.runs import load_run
+    from textebm.model.runs import load_run
 
     loaded = load_run(trained_run)
     lines = short_lines[:6]
@@ -66,8 +66,8 @@ def test_neg_log_joint_averages_the_chains(trained_run, short_lines):
     """With one chain per sentence repeated by hand, the mean matches the batched chains' mean."""
     import torch
 
-    from textebm.batches import encode_lines, pad
-    from textebm.runs import load_run
+    from textebm.data.batches import encode_lines, pad
+    from textebm.model.runs import load_run
 
     loaded = load_run(trained_run)
     model = loaded.model

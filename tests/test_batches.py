@@ -2,8 +2,8 @@
 
 import torch
 
-from textebm.batches import encode_lines, epoch_batches, pad
-from textebm.vocab import WordVocab
+from textebm.data.batches import encode_lines, epoch_batches, pad
+from textebm.data.vocab import WordVocab
 
 
 def test_encode_lines_truncates_and_counts():

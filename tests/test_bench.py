@@ -15,7 +15,7 @@ import torch
 
 from bench import build_model
 from bench import reference as ref
-from textebm.decoding import decode
+from textebm.generation.decoding import decode
 
 ROOT = Path(__file__).resolve().parents[1]
 

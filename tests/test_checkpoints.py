@@ -15,7 +15,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 
 import textebm.io
-from textebm.checkpoints import (
+from textebm.data.vocab import load_vocab
+from textebm.errors import UserError
+from textebm.model.checkpoints import (
     LEGACY,
     PREVIOUS_WEIGHTS,
     TRAINING_STATE,
@@ -26,16 +28,14 @@ from textebm.checkpoints import (
     rng_state,
     save_checkpoint,
 )
-from textebm.errors import UserError
-from textebm.runs import build_model, load_config, load_run
-from textebm.train import make_learner
-from textebm.vocab import load_vocab
+from textebm.model.runs import build_model, load_config, load_run
+from textebm.training.train import make_learner
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def save_format_1(folder, weights, optimizers, step, rng, extra):
-    """A checkpoint as textebm wrote it before safetensors (textebm/runs.py at commit 72f527c): one
+    """A checkpoint as textebm wrote it before safetensors (textebm/model/runs.py at commit 72f527c): one
     torch.save of the weights, the optimizer and RNG states and the step, as `checkpoint.pt`."""
     torch.save({"format": 1, "step": step, "model": weights, "optimizers": optimizers, "rng": rng,
                 "extra": extra}, folder / LEGACY)
@@ -295,7 +295,7 @@ def test_a_run_of_the_older_format_resumes_as_it_would_have(cli, run_copy, tmp_p
 def test_reproduce_counts_a_segment_up_to_the_last_save_of_either_format(saved_run):
     """`textebm reproduce`'s budget ledger closes an interrupted segment at the time of the run's last
     save: the training state's mtime (written last), or the older format's one file."""
-    from textebm.reproduce import BUDGET, spent_seconds
+    from textebm.experiments.reproduce import BUDGET, spent_seconds
 
     folder = saved_run[0]
     started = 1_000_000.0

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from textebm.interpolation import sentence_codes
+from textebm.generation.interpolation import sentence_codes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAINED = [
@@ -76,8 +76,8 @@ def test_chain_prints_the_chosen_steps_and_writes_a_png(analysis, trained_run, t
 def test_chain_json_has_a_profile_per_step_and_step_0_decodes_the_initial_z(analysis, trained_run):
     import torch
 
-    from textebm.decoding import decode
-    from textebm.runs import load_run
+    from textebm.generation.decoding import decode
+    from textebm.model.runs import load_run
 
     status, out, _ = analysis("chain", "--checkpoint", trained_run, "--steps", "0", "--chains", "3",
                               "--max-length", "10", "--seed", "7", "--json", "--device", "cpu")
@@ -137,8 +137,8 @@ def test_score_works_on_a_language_model_run(analysis, language_model_run, tmp_p
 def test_interpolate_endpoints_decode_the_posterior_codes(analysis, memorised_run):
     import torch
 
-    from textebm.decoding import decode
-    from textebm.runs import load_run
+    from textebm.generation.decoding import decode
+    from textebm.model.runs import load_run
 
     status, out, err = analysis("interpolate", "--checkpoint", memorised_run, "--from", TRAINED[0],
                                 "--to", TRAINED[1], "--points", "5", "--seed", "3", "--json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from textebm import corpora
+from textebm.data import corpora
 
 
 def _mirror(tmp_path, synthetic_splits, monkeypatch, damage: str | None = None):

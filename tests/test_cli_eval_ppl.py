@@ -257,7 +257,7 @@ def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, sma
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-# --- wKL and the neural reverse perplexity (textebm/protocol_metrics.py) --------------------------
+# --- wKL and the neural reverse perplexity (textebm/evaluation/protocol_metrics.py) --------------------------
 
 TINY_REVERSE_LM = ["--synthetic-train", "60", "--synthetic-valid", "20", "--rppl-epochs", "2", "--threads", "1",
                    "--device", "cpu", "--self-bleu-size", "5", "--rppl-set", "embedding_dim=8",

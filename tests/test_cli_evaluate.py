@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from textebm.checkpoints import save_checkpoint
 from textebm.config import Config
-from textebm.runs import build_model, create_run
-from textebm.vocab import WordVocab
+from textebm.data.vocab import WordVocab
+from textebm.model.checkpoints import save_checkpoint
+from textebm.model.runs import build_model, create_run
 
 
 def _main(argv):
@@ -213,8 +213,8 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
 
 
 def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
-    from textebm.evaluation import HalfSchedule, trust
-    from textebm.likelihood import ISResult
+    from textebm.evaluation.held_out import HalfSchedule, trust
+    from textebm.inference.likelihood import ISResult
 
     log_w = torch.tensor([[-30.0] + [-10.0] * 9, [-30.0] + [-12.0] * 9])  # one poor first draw, nine good
     log_px = torch.logsumexp(log_w.double(), 1) - __import__("math").log(10)
@@ -247,7 +247,7 @@ def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, tra
 
 def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_numbers(invoke, tmp_path, corpus_folder,
                                                                                   train_lines, monkeypatch):
-    import textebm.likelihood as likelihood
+    import textebm.inference.likelihood as likelihood
 
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     args = ["--checkpoint", run, *FAST, "--chunk", "4", "--fppl-samples", "0", "--json"]

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from textebm.model import LatentEBMTextModel
+from textebm.model.latent_ebm import LatentEBMTextModel
 
 # --- bad input: in-process (fast) ---------------------------------------------------------------
 

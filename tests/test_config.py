@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from textebm.config import Config, device_preset, load_preset, parse_override, preset_names, resolve_config
+from textebm.config import (
+    Config,
+    device_preset,
+    load_preset,
+    parse_override,
+    preset_names,
+    resolve_config,
+    step_schedule,
+)
 from textebm.errors import UserError
 
 
@@ -133,3 +141,12 @@ def test_the_preset_follows_the_device_when_none_is_named():
     assert resolve_config("cpu", "ptb").preset == "cpu"
     with pytest.raises(UserError, match="--preset"):
         parse_override("preset=ptb")
+
+
+def test_step_schedule_shapes():
+    assert step_schedule(0.5, 0.05, 3, "constant") == [0.5, 0.5, 0.5]
+    assert step_schedule(0.8, 0.2, 4, "linear") == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert step_schedule(0.8, 0.05, 5, "geometric") == pytest.approx([0.8, 0.4, 0.2, 0.1, 0.05])
+    assert step_schedule(0.8, 0.05, 1, "geometric") == [0.8] and step_schedule(0.8, 0.05, 0, "linear") == []
+    with pytest.raises(ValueError):
+        step_schedule(0.8, 0.05, 3, "cosine")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from textebm import corpora
-from textebm.corpora import (
+from textebm.data import corpora
+from textebm.data.corpora import (
     arae_snli_sentences,
     evaluation_splits,
     fetch_ptb,

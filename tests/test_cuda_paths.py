@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from textebm.runs import load_run
+from textebm.model.runs import load_run
 
 MODEL = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16", "prior_steps=3",
          "posterior_steps=2", "batch_size=8", "max_length=30", "num_log_samples=1", "valid_batches=1",
@@ -161,9 +161,9 @@ def test_chains_see_no_dropout_and_updates_do(two_layer_run, device):
 
 def _learner(overrides, device, vocab_size=50):
     from textebm.config import resolve_config
-    from textebm.runs import build_model
-    from textebm.train import make_learner
-    from textebm.vocab import WordVocab
+    from textebm.data.vocab import WordVocab
+    from textebm.model.runs import build_model
+    from textebm.training.train import make_learner
 
     cfg = resolve_config("cpu", "ptb", [*MODEL, *overrides])
     vocab = WordVocab.build([" ".join(f"w{i}" for i in range(vocab_size))])
@@ -282,12 +282,13 @@ def test_compile_true_trains_three_steps_like_eager_without_graph_breaks(monkeyp
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    import textebm.compiling
+    import textebm.training.compiling
 
     eager = _three_steps(*_learner([], "cpu"))
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setattr(textebm.compiling.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(textebm.training.compiling.torch, "compile",
+                        functools.partial(torch.compile, backend="aot_eager"))
     learner, tokens = _learner(["compile=true"], "cpu")
     compiled = _three_steps(learner, tokens)
     assert learner.model.decoder.project.is_compiled and learner.model.prior.gradient_pass.is_compiled
@@ -299,7 +300,7 @@ def test_compile_true_trains_three_steps_like_eager_without_graph_breaks(monkeyp
 
 
 def test_compile_true_falls_back_to_eager_when_compiling_fails(monkeypatch):
-    import textebm.compiling
+    import textebm.training.compiling
 
     def cannot_compile(fn, **kwargs):
         def fail(*args):
@@ -307,7 +308,7 @@ def test_compile_true_falls_back_to_eager_when_compiling_fails(monkeypatch):
         return fail
 
     eager = _three_steps(*_learner([], "cpu"))
-    monkeypatch.setattr(textebm.compiling.torch, "compile", cannot_compile)
+    monkeypatch.setattr(textebm.training.compiling.torch, "compile", cannot_compile)
     learner, tokens = _learner(["compile=true"], "cpu")
     with pytest.warns(RuntimeWarning, match=r"runs eagerly: torch.compile failed \(no C\+\+ compiler") as seen:
         fallen_back = _three_steps(learner, tokens)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from textebm.decoder import Decoder, projection_autocast
-from textebm.precision import StepProducts
+from textebm.generation.precision import StepProducts
+from textebm.model.decoder import Decoder, projection_autocast
 
 
 @pytest.mark.parametrize("cell,layers", [("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)])
@@ -103,7 +103,7 @@ def test_bf16_chain_codes_stay_close_to_the_fp32_chain(latent_model):
 
 
 def test_the_generator_update_stays_fp32_under_a_bf16_chain(latent_model):
-    from textebm.train import Learner
+    from textebm.training.train import Learner
 
     model, tokens = latent_model(5.0, sentences=16)
     model.config = dataclasses.replace(model.config, chain_precision="bf16")

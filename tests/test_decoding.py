@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from textebm.decoder import Decoder
-from textebm.decoding import choose_tokens, decode, filter_logits
+from textebm.generation.decoding import choose_tokens, decode, filter_logits
+from textebm.model.decoder import Decoder
 
 NEG_INF = float("-inf")
 

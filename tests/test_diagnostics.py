@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textebm.diagnostics import (
+from textebm.inference.diagnostics import (
     AU_THRESHOLD,
     LatentUsage,
     information_rate,
@@ -91,8 +91,8 @@ def test_the_prior_chain_bias_is_none_for_the_gaussian_prior(latent_model):
 
 @pytest.mark.parametrize("prior", ["gaussian", "ebm"])
 def test_the_mutual_information_of_a_decoder_that_ignores_z_is_near_zero_at_the_defaults(latent_model, prior):
-    from textebm.evaluation import EvaluationOptions
-    from textebm.likelihood import importance_sampled_log_likelihood, partition_function
+    from textebm.evaluation.held_out import EvaluationOptions
+    from textebm.inference.likelihood import importance_sampled_log_likelihood, partition_function
 
     model, tokens = latent_model(0.0, 16)
     if prior == "gaussian":

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from textebm import train as training
 from textebm.config import resolve_config
-from textebm.energy import EnergyPrior
-from textebm.langevin import prior_chain
-from textebm.model import LatentEBMTextModel
+from textebm.model.energy import EnergyPrior
+from textebm.model.langevin import prior_chain
+from textebm.model.latent_ebm import LatentEBMTextModel
+from textebm.training import train as training
 
 MODES = torch.tensor([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]])
 

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from textebm.energy import EnergyPrior
+from textebm.config import step_schedule
 from textebm.errors import NonFiniteError
-from textebm.langevin import langevin, mala_step, posterior_chain, prior_chain, step_schedule, tempered_prior
+from textebm.model.energy import EnergyPrior
+from textebm.model.langevin import langevin, mala_step, posterior_chain, prior_chain, tempered_prior
 
 
 @pytest.fixture
@@ -146,15 +147,6 @@ def test_noise_scale_zero_is_deterministic_gradient_ascent(z_sensitive_model):
     noisy = [posterior_chain(model.prior, model.decoder, tokens, 6, 0.4, torch.Generator().manual_seed(seed),
                              z0=z0, noise_scale=0.1) for seed in (1, 2)]
     assert not torch.equal(noisy[0], noisy[1])
-
-
-def test_step_schedule_shapes():
-    assert step_schedule(0.5, 0.05, 3, "constant") == [0.5, 0.5, 0.5]
-    assert step_schedule(0.8, 0.2, 4, "linear") == pytest.approx([0.8, 0.6, 0.4, 0.2])
-    assert step_schedule(0.8, 0.05, 5, "geometric") == pytest.approx([0.8, 0.4, 0.2, 0.1, 0.05])
-    assert step_schedule(0.8, 0.05, 1, "geometric") == [0.8] and step_schedule(0.8, 0.05, 0, "linear") == []
-    with pytest.raises(ValueError):
-        step_schedule(0.8, 0.05, 3, "cosine")
 
 
 def test_schedule_is_applied_step_by_step():

@@ -7,21 +7,21 @@ import math
 import pytest
 import torch
 
-from textebm.bdmc import bdmc, model_samples
-from textebm.closed_form import NarrowBump, closed_form_model
 from textebm.config import Config
-from textebm.decoder import MAX_ROWS, Decoder, chunk_rows
-from textebm.diagnostics import posterior_information
-from textebm.energy import EnergyPrior
-from textebm.laplace import LaplaceProposal, log_joint_grad, negative_hessian
-from textebm.likelihood import (
+from textebm.inference.bdmc import bdmc, model_samples
+from textebm.inference.closed_form import NarrowBump, closed_form_model
+from textebm.inference.diagnostics import posterior_information
+from textebm.inference.laplace import LaplaceProposal, log_joint_grad, negative_hessian
+from textebm.inference.likelihood import (
     annealed_log_partition,
     evaluate_sentences,
     importance_sampled_log_likelihood,
     log_partition,
     partition_function,
 )
-from textebm.model import LatentEBMTextModel
+from textebm.model.decoder import MAX_ROWS, Decoder, chunk_rows
+from textebm.model.energy import EnergyPrior
+from textebm.model.latent_ebm import LatentEBMTextModel
 
 
 def test_log_partition_of_a_linear_energy_is_exact_within_its_stderr():
@@ -205,7 +205,7 @@ def test_partition_function_of_the_gaussian_prior_is_exact():
 
 
 def _defaults():
-    from textebm.evaluation import EvaluationOptions
+    from textebm.evaluation.held_out import EvaluationOptions
 
     options = EvaluationOptions(checkpoint="").check()
     return options.num_chains, options.num_is_samples, options.anneal_steps

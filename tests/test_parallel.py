@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from textebm.errors import UserError
-from textebm.langevin import Shard
-from textebm.parallel import Parallel
+from textebm.model.langevin import Shard
+from textebm.training.parallel import Parallel
 
 
 def test_shards_cover_a_batch_once():
@@ -28,7 +28,7 @@ def test_shards_cover_a_batch_once():
 def test_the_backend_follows_the_device_not_the_host(monkeypatch):
     import torch
 
-    from textebm.parallel import backend
+    from textebm.training.parallel import backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host
     monkeypatch.delenv("TEXTEBM_DIST_BACKEND", raising=False)
@@ -43,11 +43,11 @@ def test_the_backend_follows_the_device_not_the_host(monkeypatch):
         backend(torch.device("cpu"))
 
 
-# A fresh interpreter: the default group is started after textebm.parallel is imported, as in training,
+# A fresh interpreter: the default group is started after textebm.training.parallel is imported, as in training,
 # then wrapped by DDP, which imports torch.distributed.nn lazily.
 _RELEASE = """
 import json, os, torch, torch.distributed as dist
-from textebm import parallel
+from textebm.training import parallel
 
 def gloo_threads():
     names = (open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
@@ -89,7 +89,7 @@ os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0
                   MASTER_PORT=str(sock.getsockname()[1]))
 sock.close()
 import torch.distributed as dist
-import textebm.parallel, textebm.train
+import textebm.training.parallel, textebm.training.train
 from torch.nn.parallel import DistributedDataParallel
 from textebm.cli import main
 from textebm.errors import UserError
@@ -106,13 +106,13 @@ def fail(*args, **kwargs):
     during.update(group=dist.is_initialized(), threads=gloo_threads(), ddp=ddp_objects())
     raise UserError("cannot write the checkpoint (injected)")
 
-leave = textebm.parallel.shutdown
+leave = textebm.training.parallel.shutdown
 def shutdown():  # what still holds the group when it is left
     during["ddp_at_shutdown"] = ddp_objects()
     leave()
 
-textebm.train.save_checkpoint = fail
-textebm.parallel.shutdown = shutdown
+textebm.training.train.save_checkpoint = fail
+textebm.training.parallel.shutdown = shutdown
 status = main(sys.argv[1:])
 deadline = time.monotonic() + 10  # gloo's threads end asynchronously after the group is destroyed
 while gloo_threads() and time.monotonic() < deadline:
@@ -161,23 +161,23 @@ def _launch_report(result: subprocess.CompletedProcess, logs: Path) -> str:
 # checkpoint - rank 0 cannot write its first checkpoint (an error in one rank only).
 _FAULTY_TRAIN = """
 import os, sys, time
-import textebm.runs, textebm.train
+import textebm.model.runs, textebm.training.train
 from textebm.cli import main
 from textebm.errors import UserError
 
 fault, rank = os.environ["TEXTEBM_TEST_FAULT"], int(os.environ["RANK"])
 if fault == "late_check" and rank != 0:
-    real = textebm.runs.is_run
+    real = textebm.model.runs.is_run
     def late(folder):
         deadline = time.monotonic() + 60
         while not real(folder) and time.monotonic() < deadline:
             time.sleep(0.05)
         return real(folder)
-    textebm.runs.is_run = late
+    textebm.model.runs.is_run = late
 if fault == "checkpoint":
     def fail(*args, **kwargs):
         raise UserError("cannot write the checkpoint (injected)")
-    textebm.train.save_checkpoint = fail
+    textebm.training.train.save_checkpoint = fail
 sys.exit(main(sys.argv[1:]))
 """
 

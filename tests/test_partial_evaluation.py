@@ -2,8 +2,8 @@
 
 import torch
 
-from textebm.likelihood import ISResult
-from textebm.partial_evaluation import PartialEvaluation, parts_from_data, parts_to_data
+from textebm.evaluation.partial_evaluation import PartialEvaluation, parts_from_data, parts_to_data
+from textebm.inference.likelihood import ISResult
 
 
 def _part(b: int = 3) -> ISResult:

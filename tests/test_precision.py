@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from textebm.decoder import Decoder
-from textebm.decoding import decode
 from textebm.errors import UserError
-from textebm.precision import StepProducts, decoding_products
+from textebm.generation.decoding import decode
+from textebm.generation.precision import StepProducts, decoding_products
+from textebm.model.decoder import Decoder
 
 
 @pytest.mark.parametrize("cell, layers", [("lstm", 1), ("lstm", 2), ("gru", 2)])
@@ -32,7 +32,7 @@ def test_step_products_match_fp32_closely(cell, layers):
 
 
 def test_greedy_decoding_mostly_agrees_across_precisions(trained_run):
-    from textebm.runs import load_run
+    from textebm.model.runs import load_run
 
     loaded = load_run(trained_run)
     z = torch.randn(64, loaded.config.latent_dim, generator=torch.Generator().manual_seed(0))

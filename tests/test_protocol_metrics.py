@@ -1,4 +1,4 @@
-"""wKL and the neural reverse perplexity of generated sentences (textebm/protocol_metrics.py), on tiny
+"""wKL and the neural reverse perplexity of generated sentences (textebm/evaluation/protocol_metrics.py), on tiny
 corpora with a tiny LSTM LM trained for a few steps."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from lm_eval import word_kl
 from textebm.errors import UserError
-from textebm.protocol_metrics import ProtocolOptions, protocol_metrics, score_lines
+from textebm.evaluation.protocol_metrics import ProtocolOptions, protocol_metrics, score_lines
 
 TINY_LM = ["embedding_dim=16", "hidden_dim=32", "batch_size=16", "dropout=0.0", "generator_lr=0.01"]
 
@@ -66,10 +66,10 @@ def test_step_cap_and_kept_run_folder(texts, tmp_path):
 
 
 def test_batching_does_not_change_the_test_score(texts, monkeypatch):
-    from textebm import protocol_metrics as module
     from textebm.config import resolve_config
-    from textebm.runs import build_model
-    from textebm.vocab import WordVocab
+    from textebm.data.vocab import WordVocab
+    from textebm.evaluation import protocol_metrics as module
+    from textebm.model.runs import build_model
 
     _, train, test = texts
     vocab = WordVocab.build(train + test)

@@ -1,4 +1,4 @@
-"""textebm.reconstruction: a decoder whose z carries the sentence reconstructs it (BLEU 100, every
+"""textebm.generation.reconstruction: a decoder whose z carries the sentence reconstructs it (BLEU 100, every
 sentence exact, far above the prior-sample baseline); the same decoder with its paths from z cut
 scores exactly its baseline. The models are the conftest's small latent models (`latent_model`)."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textebm.batches import encode_lines, pad
-from textebm.decoding import decode
-from textebm.reconstruction import bleu, exact_share, reconstruct, reconstruct_lines
-from textebm.vocab import WordVocab
+from textebm.data.batches import encode_lines, pad
+from textebm.data.vocab import WordVocab
+from textebm.generation.decoding import decode
+from textebm.generation.reconstruction import bleu, exact_share, reconstruct, reconstruct_lines
 
 
 @pytest.fixture

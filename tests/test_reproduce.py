@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from textebm.grid import load_grid
-from textebm.reproduce import BUDGET, MIN_MINUTES, TRAIN_MARKER, code_commit
+from textebm.experiments.grid import load_grid
+from textebm.experiments.reproduce import BUDGET, MIN_MINUTES, TRAIN_MARKER, code_commit
 
 EVALUATE = ('{ split = "test", max_sentences = 5, num_chains = 2, num_is_samples = 4, partition_samples = 200, '
             'ais_chains = 20, ais_steps = 40, fppl_samples = 20, temperatures = [1.0] }')
@@ -164,8 +164,8 @@ def test_the_results_grid_is_shipped_and_valid():
 
 def test_a_cpu_budget_with_marks_trains_only_and_an_older_evaluator_is_redone(cli, tmp_path, corpus_folder,
                                                                              tiny_overrides):
-    from textebm.evaluation import EVALUATOR_VERSION
-    from textebm.reproduce import evaluation_marker
+    from textebm.evaluation.held_out import EVALUATOR_VERSION
+    from textebm.experiments.reproduce import evaluation_marker
 
     runs = (f'[[runs]]\nname = "cpu"\nmax_cpu_minutes = 0.02\nkeep_at = [0.01]\nevaluate = [{EVALUATE}]\n')
     grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)

@@ -16,9 +16,9 @@ import submitit
 from test_reproduce import EVALUATE
 from test_reproduce import _grid as _local_grid
 
-from textebm.cluster import slurm_options, submit_grid, wait_for
-from textebm.grid import load_grid
-from textebm.reproduce import BUDGET, TRAIN_MARKER, checkpoint_file, evaluation_marker
+from textebm.experiments.cluster import slurm_options, submit_grid, wait_for
+from textebm.experiments.grid import load_grid
+from textebm.experiments.reproduce import BUDGET, TRAIN_MARKER, checkpoint_file, evaluation_marker
 
 SLURM = '[slurm]\npartition = "cpu"\ntime = 30\n'
 
@@ -100,7 +100,7 @@ def test_without_slurm_the_slurm_executor_says_so_in_one_line(cli, tmp_path, cor
 
 
 def test_a_wrong_slurm_option_is_one_line(cli, tmp_path, corpus_folder, tiny_overrides, one_line_error, monkeypatch):
-    monkeypatch.setattr("textebm.cluster.shutil.which", lambda name: f"/usr/bin/{name}")  # as on a login node
+    monkeypatch.setattr("textebm.experiments.cluster.shutil.which", lambda name: f"/usr/bin/{name}")  # a login node
     grid_file = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 2\n')
     status, stdout, err = cli("reproduce", str(grid_file), "--out", tmp_path / "out", "--executor", "slurm",
                               "--slurm", "colour=red")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from textebm.errors import UserError
+from textebm.generation.sampling import SamplingOptions, generate_text
 from textebm.io import atomic_write, atomic_write_text
-from textebm.runs import is_run, load_config, load_run
-from textebm.sampling import SamplingOptions, generate_text
+from textebm.model.runs import is_run, load_config, load_run
 
 
 def test_checkpoint_round_trip_weights_and_samples(saved_run):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from textebm.config import Config
-from textebm.model import LatentEBMTextModel
-from textebm.sampling import Request, SamplingOptions, batch_key, generate_for_requests, generate_ids
+from textebm.generation.sampling import Request, SamplingOptions, batch_key, generate_for_requests, generate_ids
+from textebm.model.latent_ebm import LatentEBMTextModel
 
 
 def _cut(rows, eos):

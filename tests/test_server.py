@@ -12,8 +12,8 @@ from server_fixtures import client, live_server, train_tiny_run
 from server import batcher
 from server.app import create_app
 from textebm.errors import UserError
-from textebm.runs import load_run
-from textebm.sampling import Request, SamplingOptions, generate_for_requests, generate_text
+from textebm.generation.sampling import Request, SamplingOptions, generate_for_requests, generate_text
+from textebm.model.runs import load_run
 
 
 @pytest.fixture(scope="session")

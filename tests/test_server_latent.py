@@ -12,8 +12,9 @@ import pytest
 from server_fixtures import client, live_server, train_tiny_run, write_corpus
 
 from server.app import create_app
-from textebm import anomaly, interpolation, reconstruction
-from textebm.runs import load_run
+from textebm.evaluation import anomaly
+from textebm.generation import interpolation, reconstruction
+from textebm.model.runs import load_run
 
 SENTENCES = ["the cat saw a dog", "a big red car ran quickly", "the old man liked the river"]
 

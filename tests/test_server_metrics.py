@@ -9,10 +9,10 @@ from server_fixtures import WORDS, client, live_server
 
 import server.batcher
 from server.app import create_app
-from textebm.checkpoints import save_checkpoint
 from textebm.config import Config
-from textebm.runs import build_model, create_run
-from textebm.vocab import WordVocab
+from textebm.data.vocab import WordVocab
+from textebm.model.checkpoints import save_checkpoint
+from textebm.model.runs import build_model, create_run
 
 KEY = "sesame"
 

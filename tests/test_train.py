@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from textebm.batches import encode_lines, pad
-from textebm.checkpoints import load_checkpoint
 from textebm.config import resolve_config
+from textebm.data.batches import encode_lines, pad
+from textebm.data.vocab import build_vocab
 from textebm.errors import UserError
-from textebm.runs import build_model, create_run
-from textebm.train import train, validate
-from textebm.training_log import truncate_metrics
-from textebm.vocab import build_vocab
+from textebm.model.checkpoints import load_checkpoint
+from textebm.model.runs import build_model, create_run
+from textebm.training.train import train, validate
+from textebm.training.training_log import truncate_metrics
 
 QUIET = dict(progress=False, echo=lambda text: None)
 
@@ -183,7 +183,7 @@ def test_truncate_metrics_survives_a_line_cut_by_a_kill(tmp_path):
 
 
 def test_collapse_warning_fires_only_on_a_lasting_small_gap():
-    from textebm.train import COLLAPSE_GAP, collapse_warning
+    from textebm.training.train import COLLAPSE_GAP, collapse_warning
 
     cfg = resolve_config("cpu", "ptb", [])
     small = COLLAPSE_GAP / 4
@@ -221,7 +221,7 @@ def test_collapse_warning_on_a_collapsed_run_and_not_on_a_healthy_one(tmp_path, 
 
 
 def test_energy_gap_warning_fires_only_on_a_lasting_climb():
-    from textebm.train import GAP_GROWTH_NATS, energy_gap_warning
+    from textebm.training.train import GAP_GROWTH_NATS, energy_gap_warning
 
     cfg = resolve_config("cpu", "ptb", [])
     assert energy_gap_warning([1.0, 2.0, 3.0], cfg) is None  # too early to tell
@@ -243,7 +243,7 @@ def test_validation_holds_the_prior_chain_against_an_exact_sampler(small_setup):
 
 
 def _energy_after_steps(small_setup, *overrides, steps=15):
-    from textebm.train import Learner
+    from textebm.training.train import Learner
 
     cfg, vocab, model, train_data, valid_data = small_setup("energy_lr=1e-2", *overrides)
     learner = Learner(model, cfg, "cpu")
@@ -260,7 +260,7 @@ def test_the_energy_penalty_keeps_f_near_zero(small_setup):
 
 
 def test_the_energy_learns_from_warmed_codes_and_the_decoder_from_the_cold_ones(small_setup, monkeypatch):
-    from textebm.train import Learner
+    from textebm.training.train import Learner
 
     cfg, vocab, model, train_data, valid_data = small_setup("energy_warm_steps=2", "energy_warm_step_size=0.3")
     learner = Learner(model, cfg, "cpu")

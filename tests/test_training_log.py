@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from textebm.batches import encode_lines
-from textebm.checkpoints import load_checkpoint
 from textebm.config import resolve_config
-from textebm.runs import build_model, create_run, load_run
-from textebm.train import mark_folder, train
-from textebm.training_log import Clock, TrainingLog
-from textebm.vocab import build_vocab
+from textebm.data.batches import encode_lines
+from textebm.data.vocab import build_vocab
+from textebm.model.checkpoints import load_checkpoint
+from textebm.model.runs import build_model, create_run, load_run
+from textebm.training.train import mark_folder, train
+from textebm.training.training_log import Clock, TrainingLog
 
 QUIET = dict(progress=False, echo=lambda text: None)
 WORDS = "the a cat dog sat ran on under mat log red big small".split()
@@ -31,11 +31,11 @@ def _lines(n, seed):
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
     """A tiny model on a synthetic corpus, and validation made cheap; `run(...)` trains it in tmp_path."""
-    import textebm.train
+    import textebm.training.train
 
-    monkeypatch.setattr(textebm.train, "VALID_AIS_CHAINS", 8)
-    monkeypatch.setattr(textebm.train, "VALID_AIS_STEPS", 4)
-    monkeypatch.setattr(textebm.train, "VALID_AU_SENTENCES", 4)
+    monkeypatch.setattr(textebm.training.train, "VALID_AIS_CHAINS", 8)
+    monkeypatch.setattr(textebm.training.train, "VALID_AIS_STEPS", 4)
+    monkeypatch.setattr(textebm.training.train, "VALID_AU_SENTENCES", 4)
     cfg = resolve_config("cpu", "ptb", TINY)
     train_lines, valid_lines = _lines(40, 0), _lines(8, 1)
     vocab = build_vocab(train_lines, cfg.tokenizer, cfg.vocab_size, cfg.min_freq, cfg.lowercase)
@@ -55,7 +55,7 @@ def cpu_second_per_step(monkeypatch):
     """A process clock that advances one second per reading: each training step (read on entry and
     exit) counts exactly 1 CPU second, so CPU budgets give exact step counts."""
     ticks = itertools.count()
-    monkeypatch.setattr("textebm.training_log.time.process_time", lambda: float(next(ticks)))
+    monkeypatch.setattr("textebm.training.training_log.time.process_time", lambda: float(next(ticks)))
 
 
 def _records(folder, kind=None):

@@ -1,4 +1,4 @@
-"""The VAE baseline (textebm/vae.py): its ELBO, free bits, KL annealing and the decoder reset of
+"""The VAE baseline (textebm/model/vae.py): its ELBO, free bits, KL annealing and the decoder reset of
 autoencoder pretraining; a tiny run through `train` (checkpoint, resume), `evaluate` (q as the
 proposal, the bound), `sample`, `reconstruct` and the server."""
 
@@ -10,15 +10,15 @@ import math
 import pytest
 import torch
 
-from textebm.batches import encode_lines, pad
-from textebm.checkpoints import load_checkpoint
 from textebm.config import resolve_config
-from textebm.langevin import gaussian_noise
-from textebm.likelihood import importance_sampled_log_likelihood
-from textebm.runs import build_model, load_run
-from textebm.train import VAELearner, make_learner
-from textebm.vae import RESET_SEED, VAETextModel, free_bits, gaussian_kl, kl_weight, posterior_kl, reset_weights
-from textebm.vocab import WordVocab
+from textebm.data.batches import encode_lines, pad
+from textebm.data.vocab import WordVocab
+from textebm.inference.likelihood import importance_sampled_log_likelihood
+from textebm.model.checkpoints import load_checkpoint
+from textebm.model.langevin import gaussian_noise
+from textebm.model.runs import build_model, load_run
+from textebm.model.vae import RESET_SEED, VAETextModel, free_bits, gaussian_kl, kl_weight, posterior_kl, reset_weights
+from textebm.training.train import VAELearner, make_learner
 
 VAE = ["model=vae", "kl_anneal_steps=0", "free_bits=0"]  # the plain ELBO unless a test says otherwise
 
@@ -132,7 +132,7 @@ def test_the_kl_weight_anneals_from_zero_to_one_after_pretraining():
 
 
 def test_the_collapse_warning_of_a_vae_names_its_own_remedies():
-    from textebm.train import collapse_warning
+    from textebm.training.train import collapse_warning
 
     vae, ebm = resolve_config("cpu", "ptb", ["model=vae"]), resolve_config("cpu", "ptb")
     message = collapse_warning([0.001, 0.002, 0.001], vae)
@@ -340,7 +340,7 @@ def test_the_aggregate_posterior_information_meets_its_closed_form_and_its_bound
     """He et al. 2019's I_q(x; z): 0 when q ignores x, log N when the posteriors do not overlap, and
     (d/2) log((s^2 + t^2) / t^2) when the means are N(0, s^2 I) and every std is t (q(z) is then
     N(0, (s^2 + t^2) I) as N grows)."""
-    from textebm.vae import aggregate_posterior_information
+    from textebm.model.vae import aggregate_posterior_information
 
     g = torch.Generator().manual_seed(0)
     assert abs(aggregate_posterior_information(torch.zeros(500, 4), torch.ones(500, 4), g)) < 0.05

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from textebm.data.vocab import SPECIALS, SentencePieceVocab, WordVocab, build_vocab, load_vocab, tokenize
 from textebm.errors import UserError
-from textebm.vocab import SPECIALS, SentencePieceVocab, WordVocab, build_vocab, load_vocab, tokenize
 
 
 def test_word_vocab_round_trip():

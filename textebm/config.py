@@ -15,12 +15,25 @@ from typing import Any
 import tomllib
 
 from textebm.errors import UserError
-from textebm.langevin import SCHEDULES, step_schedule
+
+SCHEDULES = ("constant", "linear", "geometric")
+
+
+def step_schedule(start: float, end: float, steps: int, shape: str = "constant") -> list[float]:
+    """Per-step sizes s_1 ... s_K: `start` throughout (constant), or from `start` to `end` evenly
+    (linear) or by a constant ratio (geometric)."""
+    if shape not in SCHEDULES:
+        raise ValueError(f"step schedule must be one of {', '.join(SCHEDULES)}, not {shape!r}")
+    if shape == "constant" or steps < 2:
+        return [start] * steps
+    if shape == "linear":
+        return [start + (end - start) * k / (steps - 1) for k in range(steps)]
+    return [start * (end / start) ** (k / (steps - 1)) for k in range(steps)]
 
 
 @dataclass
 class Config:
-    # the model: the latent EBM prior learned with Langevin chains, or the VAE baseline (textebm/vae.py)
+    # the model: the latent EBM prior learned with Langevin chains, or the VAE baseline (textebm/model/vae.py)
     model: str = "latent_ebm"  # latent_ebm | vae (an LSTM encoder q(z|x), the ELBO; its prior defaults to gaussian)
     # data
     corpus: str = "ptb"
@@ -42,7 +55,7 @@ class Config:
     prior_sigma: float = 1.0
     energy_hidden: int = 200
     energy_layers: int = 2
-    # short-run Langevin (textebm/langevin.py; the text settings are measured in docs/inference.md)
+    # short-run Langevin (textebm/model/langevin.py; the text settings are measured in docs/inference.md)
     prior_steps: int = 60
     prior_step_size: float = 0.4
     prior_noise: float = 1.0  # noise scale c of the prior chain (1: plain Langevin)

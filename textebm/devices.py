@@ -18,7 +18,7 @@ def add_device_argument(parser, threads: int | None = None) -> None:
                              "--no-tf32 for full fp32); no effect on a CPU")
 
 
-PRECISIONS = ("fp32", "bf16", "int8")  # of decoding's matrix products (textebm/precision.py)
+PRECISIONS = ("fp32", "bf16", "int8")  # of decoding's matrix products (textebm/generation/precision.py)
 
 
 def add_precision_argument(parser) -> None:

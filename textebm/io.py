@@ -49,7 +49,7 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
     written whole before the first is renamed into place, then they are renamed in the order given.
     A process killed while writing leaves all the old files; a kill between two renames leaves the
     first files new and the later ones old, which their writer must let its reader recover from
-    (textebm.checkpoints keeps the weights it replaces until its last rename)."""
+    (textebm.model.checkpoints keeps the weights it replaces until its last rename)."""
     written: list[tuple[Path, Path]] = []
     try:
         for path, data in files:

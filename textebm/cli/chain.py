@@ -48,8 +48,8 @@ def run_chains(model, vocab, steps: list[int], chains: int, step_size: float | N
     its own density: the chain then wanders within N(0, sigma^2 I)."""
     import torch
 
-    from textebm.decoding import decode
-    from textebm.langevin import prior_chain
+    from textebm.generation.decoding import decode
+    from textebm.model.langevin import prior_chain
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
     size = model.config.prior_step_size if step_size is None else step_size

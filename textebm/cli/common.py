@@ -22,7 +22,7 @@ def read_sentences(path: str) -> list[str]:
     import gzip
     from pathlib import Path
 
-    from textebm.corpora import check_text_file
+    from textebm.data.corpora import check_text_file
 
     file = Path(path)
     if not file.is_file():
@@ -37,7 +37,7 @@ def load_latent_run(folder: str, device_name: str, threads: int | None, command:
                     tf32: bool = True):
     """A run for a command about its latent space; a run trained with prior=none has none."""
     from textebm.devices import resolve_device
-    from textebm.runs import load_run
+    from textebm.model.runs import load_run
 
     loaded = load_run(folder, resolve_device(device_name, threads, tf32), chain)
     if not loaded.model.has_latent:
@@ -47,9 +47,9 @@ def load_latent_run(folder: str, device_name: str, threads: int | None, command:
 
 
 def add_protocol_arguments(parser, generates: bool) -> None:
-    """The options of wKL and the neural reverse perplexity (textebm/protocol_metrics.py), shared by
+    """The options of wKL and the neural reverse perplexity (textebm/evaluation/protocol_metrics.py), shared by
     `eval-ppl` (a samples file) and `evaluate` (which generates the sentences: `generates`)."""
-    from textebm.protocol_metrics import PROTOCOL_EPOCHS, PROTOCOL_TRAIN, PROTOCOL_VALID
+    from textebm.evaluation.protocol_metrics import PROTOCOL_EPOCHS, PROTOCOL_TRAIN, PROTOCOL_VALID
 
     group = parser.add_argument_group(
         "the later papers' metrics (DGMVAE's protocol; docs/fppl-rppl.md)",
@@ -82,7 +82,7 @@ def add_protocol_arguments(parser, generates: bool) -> None:
 
 def protocol_options(args):
     """The ProtocolOptions of `add_protocol_arguments`' flags."""
-    from textebm.protocol_metrics import ProtocolOptions
+    from textebm.evaluation.protocol_metrics import ProtocolOptions
 
     return ProtocolOptions(wkl=args.wkl, neural_rppl=args.neural_rppl, synthetic_train=args.synthetic_train,
                            synthetic_valid=args.synthetic_valid,

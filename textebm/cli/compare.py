@@ -25,8 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from textebm.errors import UserError
-    from textebm.evaluation import load_evaluation
-    from textebm.plots import plot_quality_diversity
+    from textebm.evaluation.held_out import load_evaluation
+    from textebm.evaluation.plots import plot_quality_diversity
 
     labels = args.labels or [Path(run).name for run in args.runs]
     if len(labels) != len(args.runs):

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from textebm.corpora import KNOWN, SPLITS, data_dir, fetch, split_status
+    from textebm.data.corpora import KNOWN, SPLITS, data_dir, fetch, split_status
     from textebm.errors import UserError
 
     if args.source and not args.fetch:

@@ -1,5 +1,5 @@
 """`textebm eval-ppl`: forward and reverse perplexity of generated sentences with KenLM 5-grams, and
-on request wKL and the neural reverse perplexity of the later papers (textebm/protocol_metrics.py).
+on request wKL and the neural reverse perplexity of the later papers (textebm/evaluation/protocol_metrics.py).
 
 Thin: resolves the real train/test files, calls `lm_eval.evaluate_samples` (and
 `protocol_metrics`), prints a table or one JSON object. The protocols are documented in
@@ -15,7 +15,7 @@ from pathlib import Path
 from textebm.cli.common import add_protocol_arguments, protocol_options, protocol_rows
 from textebm.devices import add_device_argument
 from textebm.errors import UserError
-from textebm.evaluation import import_lm_eval
+from textebm.evaluation.held_out import import_lm_eval
 from textebm.io import json_safe
 from textebm.progress import add_progress_argument
 
@@ -137,8 +137,8 @@ def run(args) -> int:
     except lm_eval.EvalError as err:
         raise UserError(str(err)) from None
     if texts is not None:
+        from textebm.evaluation.protocol_metrics import protocol_metrics
         from textebm.progress import Progress
-        from textebm.protocol_metrics import protocol_metrics
 
         result.update(protocol_metrics(*texts, protocol, device, args.corpus or "samples",
                                        Progress.auto(args.progress)))

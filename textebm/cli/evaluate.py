@@ -1,6 +1,6 @@
 """`textebm evaluate`: NLL and perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples.
 
-Thin: parses, calls textebm.evaluation (which `textebm reproduce` calls alike), prints a table or
+Thin: parses, calls textebm.evaluation.held_out (which `textebm reproduce` calls alike), prints a table or
 one JSON object; the library writes the same JSON to RUN/evaluation-<split>.json. Progress goes to
 stderr (textebm.progress). The estimators are described in docs/evaluate-command.md.
 """
@@ -11,7 +11,7 @@ import argparse
 
 from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows
 from textebm.devices import add_device_argument, add_precision_argument
-from textebm.evaluation import AIS_CHAINS, IS_DRAWS, TEMPERATURES, EvaluationOptions
+from textebm.evaluation.held_out import AIS_CHAINS, IS_DRAWS, TEMPERATURES, EvaluationOptions
 from textebm.progress import add_progress_argument
 
 DEFAULTS = EvaluationOptions(checkpoint="")
@@ -176,7 +176,7 @@ def options_from(args: argparse.Namespace) -> EvaluationOptions:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from textebm.evaluation import evaluate_run
+    from textebm.evaluation.held_out import evaluate_run
     from textebm.progress import Progress
 
     result = evaluate_run(options_from(args), Progress.auto(args.progress), args.tf32)

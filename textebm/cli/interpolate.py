@@ -1,5 +1,5 @@
 """`textebm interpolate`: sentences decoded (greedy) along the straight line between the codes of
-two sentences (textebm.interpolation; each code the mean of `--chains` posterior samples)."""
+two sentences (textebm.generation.interpolation; each code the mean of `--chains` posterior samples)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
-    from textebm.interpolation import interpolate
+    from textebm.generation.interpolation import interpolate
 
     for flag, text in (("--from", args.source), ("--to", args.target)):
         if not text.strip():

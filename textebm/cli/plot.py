@@ -16,8 +16,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textebm.plots import plot_learning_curves
-    from textebm.runs import load_config
+    from textebm.evaluation.plots import plot_learning_curves
+    from textebm.model.runs import load_config
 
     load_config(args.run_folder)  # a clear error when RUN is not a run
     print(plot_learning_curves(args.run_folder, args.out, x=args.x))

@@ -1,6 +1,6 @@
 """`textebm reconstruct`: each sentence's code by the model's own inference, decoded back greedily;
 corpus BLEU and exact-match share of the copies, against the same for prior samples
-(textebm.reconstruction)."""
+(textebm.generation.reconstruction)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from textebm.cli.common import load_latent_run, read_sentences
-    from textebm.corpora import evaluation_splits, open_corpus
-    from textebm.reconstruction import reconstruct_lines
+    from textebm.data.corpora import evaluation_splits, open_corpus
+    from textebm.generation.reconstruction import reconstruct_lines
 
     _check_args(args)
     lines = read_sentences(args.input) if args.input else None  # input errors before the (slower) model load

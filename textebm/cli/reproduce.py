@@ -1,5 +1,5 @@
 """`textebm reproduce GRID --out DIR`: train and evaluate every run of an experiment grid, resuming
-what was interrupted and skipping what is done, then write the results (textebm.reproduce)."""
+what was interrupted and skipping what is done, then write the results (textebm.experiments.reproduce)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from textebm.errors import UserError
-    from textebm.grid import load_grid
-    from textebm.reproduce import format_plan, plan, reproduce
+    from textebm.experiments.grid import load_grid
+    from textebm.experiments.reproduce import format_plan, plan, reproduce
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, not {args.jobs}")
@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _on_slurm(args, grid, out, command: str) -> int:
-    from textebm.cluster import slurm_executor, slurm_options, submit_grid, wait_for
-    from textebm.reproduce import format_plan, plan, write_grid_results
+    from textebm.experiments.cluster import slurm_executor, slurm_options, submit_grid, wait_for
+    from textebm.experiments.reproduce import format_plan, plan, write_grid_results
 
     executor = slurm_executor(out / "slurm", slurm_options(grid.slurm, args.slurm))
     echo = lambda text: print(text, flush=True)  # noqa: E731

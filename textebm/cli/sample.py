@@ -29,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from textebm.errors import UserError
+    from textebm.generation.sampling import SamplingOptions, generate_text
     from textebm.io import atomic_write_text
-    from textebm.runs import load_run
-    from textebm.sampling import SamplingOptions, generate_text
+    from textebm.model.runs import load_run
 
     if args.n < 1:
         raise UserError(f"-n must be at least 1, not {args.n}")

@@ -1,5 +1,5 @@
 """`textebm score`: an anomaly score per sentence (-log p(x, z) at posterior samples), or the AUROC
-that separates a normal file from an anomalous one. See textebm.anomaly for what the score means."""
+that separates a normal file from an anomalous one. See textebm.evaluation.anomaly for what the score means."""
 
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from textebm.anomaly import auroc, score_lines
     from textebm.devices import resolve_device
     from textebm.errors import UserError
+    from textebm.evaluation.anomaly import auroc, score_lines
     from textebm.io import atomic_write_text
+    from textebm.model.runs import load_run
     from textebm.progress import Progress
-    from textebm.runs import load_run
 
     if (args.file is None) == (args.auroc is None):
         raise UserError("give either FILE or --auroc NORMAL ANOMALOUS (exactly one)")

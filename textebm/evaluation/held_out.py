@@ -1,0 +1,558 @@
+"""One evaluation of a trained run on a held-out split, as `textebm evaluate` and `textebm reproduce`
+both run it: NLL and perplexity by importance sampling, latent usage, the decoding sweep with
+FPPL/RPPL, the quality-diversity figure, and the JSON report in the run folder.
+
+The estimators are described in textebm/inference/likelihood.py, textebm/inference/diagnostics.py and
+docs/evaluate-command.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from textebm.errors import UserError
+from textebm.evaluation.protocol_metrics import ProtocolOptions
+from textebm.progress import QUIET, Progress
+
+TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
+USAGE_AU_SENTENCES = 256
+PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); tokens = words after encoding "
+                  "with the run's vocabulary (unknown words as <unk>, lines cut to the run's max_length) plus "
+                  "one end-of-sentence per sentence")
+
+
+# The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
+# whenever a change to the estimators changes what an evaluation reports.
+EVALUATOR_VERSION = 4
+AIS_CHAINS = 8  # the default draws per sentence with --anneal-steps > 0 ...
+IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal)
+
+
+@dataclass
+class EvaluationOptions:
+    """What `textebm evaluate` takes (its flags, same names); every default is the command's."""
+
+    checkpoint: str
+    split: str = "test"
+    data_dir: str | None = None
+    max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
+    num_chains: int = 1  # tempered posterior chains whose best end starts the Laplace proposal's mode search
+    posterior_steps: int | None = None  # None: the run's K1
+    num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
+    anneal_steps: int = 20  # each draw annealed from the Laplace Gaussian to p(z|x) through this many temperatures
+    partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
+    ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
+    ais_steps: int = 2000  # ... and temperatures (checked against half as many)
+    fppl_samples: int = 1000  # 0: no decoding sweep
+    temperatures: list[float] = field(default_factory=lambda: list(TEMPERATURES))
+    chunk: int = 32
+    max_rows: int | None = None  # decoder rows decoded together; None: Decoder.rows_per_chunk (logits within 1 GiB)
+    seed: int = 0
+    chain: list[str] = field(default_factory=list)  # `key=value` chain settings for evaluation only
+    precision: str = "fp32"
+    device: str = "auto"
+    threads: int | None = None
+    protocol: ProtocolOptions = field(default_factory=ProtocolOptions)  # wKL, neural rPPL (protocol_section)
+
+    def check(self) -> EvaluationOptions:
+        """Validate, and resolve the number of draws (AIS_CHAINS when annealing, else IS_DRAWS)."""
+        if self.num_is_samples is None:
+            self.num_is_samples = AIS_CHAINS if self.anneal_steps else IS_DRAWS
+        for name, low in (("num_chains", 1), ("num_is_samples", 1), ("partition_samples", 2), ("fppl_samples", 0),
+                          ("chunk", 1), ("ais_chains", 2), ("ais_steps", 2)):
+            if getattr(self, name) < low:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
+        if self.anneal_steps < 0:
+            raise UserError(f"--anneal-steps must not be negative, not {self.anneal_steps}")
+        if self.posterior_steps is not None and self.posterior_steps < 0:
+            raise UserError(f"--posterior-steps must not be negative, not {self.posterior_steps}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise UserError(f"--max-rows must be at least 1, not {self.max_rows}")
+        if not all(math.isfinite(t) and t > 0 for t in self.temperatures):
+            raise UserError(f"--temperatures must be positive numbers, not {' '.join(map(str, self.temperatures))}")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise UserError(f"--max-sentences must be at least 1, not {self.max_sentences}")
+        self.protocol.check()
+        return self
+
+    def annealed(self, config) -> bool:
+        """Whether the draws are AIS chains: --anneal-steps > 0 for a model without its own q(z|x)."""
+        return bool(self.anneal_steps) and config.model != "vae"
+
+
+def import_lm_eval():
+    """Import lm_eval and make sure it is this project's package, not a namesake."""
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise UserError(f"cannot import lm_eval ({err}); reinstall textebm with ./setup.sh") from None
+    if not getattr(lm_eval, "__textebm__", False):
+        if getattr(lm_eval, "__file__", None) is None:  # a namespace package: no __init__.py ran
+            where = ", ".join(str(p) for p in getattr(lm_eval, "__path__", []))
+            raise UserError(
+                f"`lm_eval` was imported as a bare namespace package from {where}, not textebm's "
+                "package; reinstall textebm (./setup.sh, or pip install -e .)"
+            )
+        where = lm_eval.__file__
+        raise UserError(
+            f"`lm_eval` resolves to another package ({where}), e.g. EleutherAI's "
+            "lm-evaluation-harness; it and textebm cannot share one environment: use a separate venv"
+        )
+    return lm_eval
+
+
+def decodings(temperatures) -> list:
+    """The decoding sweep: greedy, then ancestral sampling at each temperature (`textebm sample`'s code)."""
+    from textebm.generation.sampling import SamplingOptions
+
+    return [("greedy", SamplingOptions(greedy=True))] + [
+        (f"temperature {t:g}", SamplingOptions(temperature=t)) for t in temperatures]
+
+
+EMPTY_SET_FIGURES = ("forward_ppl", "reverse_ppl", "unique_share", "distinct_1", "distinct_2", "self_bleu")
+
+
+def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int,
+                       temperatures=TEMPERATURES, progress: Progress = QUIET) -> dict:
+    """FPPL/RPPL and sample statistics of `n` sentences from the run per decoding (greedy and each
+    temperature), all against one load of the real-data LM (lm_eval, KenLM 5-grams, estimated on the
+    lines the run trained on and cached by their content; the reverse LMs are scored on the held-out
+    lines). The reference row of real text with this evaluator (compare models to it, not to other
+    evaluators' numbers): FPPL of the held-out text (`real_lm_test_ppl`), and RPPL and sample
+    statistics of `n` random training lines (`real_reference`; their FPPL would be in-sample)."""
+    import random
+
+    from textebm.generation.sampling import generate_text
+
+    lm_eval = import_lm_eval()
+    sweep = decodings(temperatures)
+    sets, examples = {}, {}
+    with progress.bar("decoding sweep", len(sweep) * n, "sentence") as bar:
+        for name, options in sweep:
+            sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
+            sets[name] = lm_eval.normalize_lines(sentences, "samples")
+            examples[name] = sentences[:5]
+            bar.update(n)
+    real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
+    sets["real"] = lm_eval.normalize_lines(real, "real")
+    # A decoding whose every sentence is empty (a model that ends each sentence at once) has no perplexity;
+    # it gets a row that says so rather than costing the whole evaluation.
+    empty = {name for name, samples in sets.items() if not samples.sentences and name != "real"}
+    scored = {name: samples for name, samples in sets.items() if name not in empty}
+    progress.note(f"KenLM: {len(scored)} sets of samples against the 5-gram of {len(train_lines)} training lines")
+    try:
+        out = lm_eval.evaluate_sample_sets(scored, lm_eval.normalize_lines(train_lines, "training"),
+                                           lm_eval.normalize_lines(test_lines, "test"))
+    except lm_eval.EvalError as err:
+        raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
+    reference = out["sets"].pop("real")
+    rows = []
+    for name, options in sweep:
+        figures = out["sets"][name] if name not in empty else {
+            **dict.fromkeys(EMPTY_SET_FIGURES), "num_samples": 0, "blank_lines": n,
+            "note": f"all {n} sentences were empty: no perplexity"}
+        rows.append({"decoding": name, "greedy": options.greedy,
+                     "temperature": None if options.greedy else options.temperature,
+                     **figures, "examples": examples[name]})
+    return {
+        "real_lm_test_ppl": out["real"]["test_ppl"],
+        "real_lm": {key: out["real"][key] for key in ("path", "cached", "num_sentences", "discount_fallback")},
+        "real_reference": {"sentences": f"{len(real)} random lines of the training text (seed {seed})",
+                           **{key: reference[key] for key in ("num_samples", "reverse_ppl", "unique_share",
+                                                                "distinct_1", "distinct_2", "self_bleu")}},
+        "n": n, "seed": seed, "max_length": sweep[0][1].max_length, "prior_steps": loaded.config.prior_steps,
+        "precision": loaded.model.decoding_precision,
+        "order": out["order"], "count_eos": out["count_eos"],
+        "decodings": rows,
+    }
+
+
+def work_summary(options: EvaluationOptions, model, config, num_sentences: int, num_train_lines: int) -> str:
+    """How much work an evaluation is, said before it starts."""
+    if model.has_latent:
+        steps = config.posterior_steps if options.posterior_steps is None else options.posterior_steps
+        proposal = (f"a Laplace proposal from {options.num_chains} tempered chain(s) x {steps} steps, "
+                    if config.model != "vae"
+                    else "the encoder's q(z|x) as the proposal, ")
+        draws = (f"{options.num_is_samples} AIS chains x {options.anneal_steps} temperatures each"
+                 if options.annealed(config)
+                 else f"{options.num_is_samples} importance samples each")
+        parts = [f"{num_sentences} sentences x {proposal}{draws}",
+                 f"latent usage of the same sentences (active units: the first "
+                 f"{min(num_sentences, USAGE_AU_SENTENCES)})"]
+        if model.prior.is_ebm:
+            parts.insert(0, f"log Z by AIS ({options.ais_chains} chains x {options.ais_steps} + "
+                            f"{options.ais_steps // 2} temperatures) and {options.partition_samples} plain draws")
+    else:
+        parts = [f"{num_sentences} sentences, exact likelihood (no latent)"]
+    if options.fppl_samples:
+        parts.append(f"FPPL/RPPL: {len(options.temperatures) + 1} decodings x {options.fppl_samples} sentences, "
+                     f"KenLM 5-grams of {num_train_lines} training lines")
+    return "evaluate: " + "; ".join(parts)
+
+
+def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True,
+             resumable: bool = False) -> dict:
+    """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure). `tf32`: on CUDA,
+    TF32 matrix products (`textebm.devices.set_tf32`), a setting of the machine rather than of the report.
+    `resumable`: keep the finished stages in RUN/evaluation-<split>.partial.pt and start from them
+    (`textebm.evaluation.partial_evaluation`)."""
+    import torch
+
+    from textebm.config import CHAIN_KEYS
+    from textebm.data.batches import encode_lines
+    from textebm.data.corpora import evaluation_splits, open_corpus
+    from textebm.devices import resolve_device
+    from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
+    from textebm.generation.reconstruction import reconstruct
+    from textebm.inference.diagnostics import (
+        AU_STDERRS,
+        AU_THRESHOLD,
+        PRIOR_DRAWS,
+        latent_usage,
+        posterior_information,
+        prior_chain_bias,
+    )
+    from textebm.inference.likelihood import evaluate_sentences, partition_function
+    from textebm.model.runs import load_run
+
+    options.check()
+    started = time.perf_counter()
+    device = resolve_device(options.device, options.threads, tf32)
+    loaded = load_run(options.checkpoint, device, options.chain, options.precision)
+    config = loaded.config
+    corpus = open_corpus(config.corpus, options.data_dir)
+    train_lines, held_out, source = evaluation_splits(corpus, config.train_split, options.split)
+    lines = held_out if options.max_sentences is None else held_out[:options.max_sentences]  # for the NLL only
+    encoded = encode_lines(lines, loaded.vocab, config.max_length)
+    # The sentences actually scored, and their predicted tokens (after any --max-sentences cut).
+    num_tokens = sum(len(s) - 1 for s in encoded.sentences)
+    model = loaded.model
+    progress.note(work_summary(options, model, config, len(encoded.sentences), len(train_lines)))
+
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    key = {"options": {**{k: v for k, v in asdict(options).items() if k != "threads"},
+                       "checkpoint": str(Path(options.checkpoint).resolve())},
+           "step": loaded.step, "evaluator": EVALUATOR_VERSION}  # what must match for a saved stage to be reused
+    partial = PartialEvaluation(partial_path(options.checkpoint, options.split) if resumable else None, key)
+    if partial.restore(generator):
+        progress.note(f"resuming an interrupted evaluation ({partial.path.name}): {partial.summary()}")
+    if "log_z" in partial.stages:
+        partition, bias = partial.stages["log_z"]["partition"], partial.stages["log_z"]["bias"]
+    else:
+        if model.prior.is_ebm:
+            progress.note("log Z by annealed importance sampling")
+        partition, ais = partition_function(model.prior, options.ais_chains, options.ais_steps,
+                                            options.partition_samples, generator)
+        bias = prior_chain_bias(model, options.ais_chains, ais, generator=generator)
+        partial.save("log_z", {"partition": partition, "bias": bias}, generator)
+    log_z = partition["log_z"]
+
+    def saving(stage: str):
+        return lambda parts: partial.save(stage, parts_to_data(parts), generator)
+
+    with progress.bar("importance sampling" if model.has_latent else "likelihood", len(encoded.sentences),
+                      "sentence") as bar:
+        res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
+                                 options.num_is_samples, generator, chunk=options.chunk,
+                                 anneal_steps=options.anneal_steps, max_rows=options.max_rows,
+                                 progress=lambda done, total: bar.update(done - bar.n),
+                                 posterior_steps=options.posterior_steps,
+                                 done=parts_from_data(partial.stages.get("importance_sampling"), device),
+                                 on_chunk=saving("importance_sampling"))
+    annealed = options.annealed(config)
+    half = None
+    if annealed:  # AIS's ESS cannot tell a short schedule: the same AIS on half the temperatures can
+        n = min(len(encoded.sentences), HALF_SCHEDULE_SENTENCES)
+        progress.note(f"convergence check: AIS on half the temperatures, first {n} sentences")
+        steps = max(1, options.anneal_steps // 2)
+        shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
+                                     options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
+                                     max_rows=options.max_rows, posterior_steps=options.posterior_steps,
+                                     done=parts_from_data(partial.stages.get("half_schedule"), device),
+                                     on_chunk=saving("half_schedule"))
+        half = HalfSchedule(n, steps, options.anneal_steps,
+                            -float(res.log_px[:n].double().mean()), -float(shorter.log_px.double().mean()))
+    nll = -res.log_px.double()
+    usage = None
+    if model.has_latent:
+        progress.note(f"latent usage: {len(encoded.sentences)} sentences")
+        usage = latent_usage(model, encoded.sentences, loaded.vocab.pad_id, batch_size=options.chunk,
+                             generator=generator, au_sentences=USAGE_AU_SENTENCES, log_px=res.log_px,
+                             rate=posterior_information(res))
+    reconstruction = None
+    if model.has_latent:
+        progress.note(f"reconstruction: {len(encoded.sentences)} sentences, greedy from their codes")
+        reconstruction = reconstruct(model, loaded.vocab, encoded.sentences, seed=options.seed,
+                                     truncated=encoded.truncated).summary()
+    sampling = None if not model.has_latent else trust(res, options.num_is_samples, annealed, half)
+    result = {
+        "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
+        "evaluated_text": source, "trained_on": config.train_split,
+        "model": config.model, "prior": config.prior, "latent_dim": model.prior.latent_dim,
+        "chains": {key: getattr(config, key) for key in CHAIN_KEYS},
+        "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
+        "nll_per_sentence": float(nll.mean()),
+        "nll_per_token": float(nll.sum() / num_tokens),
+        "perplexity": math.exp(float(nll.sum() / num_tokens)),
+        "perplexity_convention": PPL_CONVENTION,
+        "elbo_per_sentence": float(res.log_w.double().mean(1).mean()),
+        "log_partition": partition if not model.prior.is_ebm else {
+            **partition,
+            "estimator": "annealed importance sampling from N(0, sigma^2 I) to exp(f) N(0, sigma^2 I), one MALA step "
+                         "per inverse temperature (sigmoid schedule), log Z = logmeanexp of the chains' log weights; "
+                         "stderr by the delta method; converged: the estimate on half the schedule agrees within "
+                         "0.1 nat; monte_carlo: log mean exp f over reference draws, the cross-check"},
+        "prior_chain_bias": bias,
+        "samples_from": samples_from(config) if model.has_latent else "the language model itself (no latent)",
+        "importance_sampling": None if sampling is None else (
+            vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
+                "estimator": ANNEALED_ESTIMATOR if options.anneal_steps else LAPLACE_ESTIMATOR,
+                "proposal": "laplace", "anneal_steps": options.anneal_steps, "num_chains": options.num_chains,
+                "posterior_steps": (config.posterior_steps if options.posterior_steps is None
+                                    else options.posterior_steps),
+                "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
+                **sampling, "proposal_std_mean": float(res.chain_std.mean())}),
+        "latent_usage": None if usage is None else {
+            "gap": usage["gap"], "nll_posterior": usage["nll_posterior"], "nll_prior": usage["nll_prior"],
+            "mutual_information": usage["mutual_information"], "active_units": usage["active_units"],
+            "unit_sensitivity": usage["unit_sensitivity"],
+            "estimators": {
+                "gap": f"mean log p(x|z+) - mean log p(x|z-) per token; z+ {posterior_code(config)}, "
+                       f"z- {PRIOR_DRAWS} prior draws per sentence",
+                "mutual_information": "E_x KL(p(z|x) || p(z)) = E_x[E_{z~p(z|x)} log p(x|z) - log p(x)] in nats per "
+                                      "sentence: the posterior expectation under the importance weights above "
+                                      "(self-normalised), log p(x) their estimate",
+                "active_units": f"units whose swap for a prior draw costs > {AU_THRESHOLD} nats/sentence and > "
+                                f"{AU_STDERRS:g} standard errors (first {USAGE_AU_SENTENCES} sentences)",
+                "note": "gap and active units are exactly 0 for a decoder that ignores z; the mutual information is "
+                        "then minus the log of the mean importance ratio, a few hundredths of a nat "
+                        "(textebm/inference/diagnostics.py)"},
+        },
+        "reconstruction": reconstruction,
+        "exact_likelihood": not model.has_latent,
+        "seed": options.seed,
+    }
+    result["warnings"] = (sampling["warnings"] if sampling else []) + partition_warnings(partition)
+    if config.model == "vae":
+        result["vae"] = vae_figures(res, config, result["nll_per_sentence"], result["elbo_per_sentence"])
+    if options.fppl_samples == 0:
+        result["generation"] = None
+        result["generation_skipped"] = "--fppl-samples 0"
+    else:
+        result["generation"] = generation_metrics(loaded, train_lines, held_out, options.fppl_samples, options.seed,
+                                                  options.temperatures, progress)
+        result["warnings"] += [f"{row['decoding']}: {row['note']}" for row in result["generation"]["decodings"]
+                               if row.get("note")]
+    if options.protocol.wanted:
+        result.update(protocol_section(loaded, train_lines, held_out, options.protocol, options.seed, progress))
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+LAPLACE_ESTIMATOR = (
+    "log p(x) = logmeanexp_s [log p(x|z_s) + log p_alpha(z_s) - log q(z_s|x)], z_s ~ q; q = 0.7 N(m, S) + "
+    "0.3 Student-t(m, S, nu = 5): the Laplace approximation at the mode m of log p(x, z), S the inverse of its "
+    "negative Hessian (the mode found from the best end of the tempered posterior chains, then a Newton step)")
+ANNEALED_ESTIMATOR = (
+    "log p(x) = logmeanexp_s w_s over annealed importance sampling chains (textebm.inference.annealing): each starts "
+    "from the Laplace Gaussian N(m, S) (m the mode of log p(x, z), S the inverse of its negative Hessian) and "
+    "walks to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m, S) is "
+    "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
+ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the draws ...
+MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
+
+
+HALF_SCHEDULE_SENTENCES = 32  # AIS's convergence check runs on at most this many sentences
+
+
+@dataclass
+class HalfSchedule:
+    """AIS's convergence check: the mean NLL of the first `sentences` by the full schedule (`full_steps`
+    temperatures) and by `steps`, half as many."""
+
+    sentences: int
+    steps: int
+    full_steps: int
+    nll_full: float
+    nll_half: float
+
+
+def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | None = None) -> dict:
+    """How far to trust the importance-sampled NLL: the weights' effective sample size per sentence,
+    the estimate from the first tenth of the draws next to the full one, and `warnings` (empty when
+    neither check fires). With the tenth's estimate below the full one by more than MOVES_WARN_NATS
+    (log-mean-exp of fewer draws errs low), more draws would move the NLL further. `annealed`: the draws
+    are AIS chains, whose downward bias falls with more temperatures rather than more chains (and whose
+    ESS can be high while the estimate is still low: docs/evaluate-command.md), so the advice names both;
+    `half`: their convergence check, warned about when half the temperatures move the NLL by more than
+    MOVES_WARN_NATS."""
+    import torch
+
+    log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(res.ess)
+    tenth = max(1, num_samples // 10)
+    nll, nll_tenth = -float(res.log_px.double().mean()), -float(res.tenth().double().mean())
+    ess_share = float(res.ess.mean()) / num_samples
+    warnings = []
+    remedy = "raise --anneal-steps (and --num-is-samples)" if annealed else "raise --num-is-samples"
+    if ess_share < ESS_WARN_SHARE:
+        warnings.append(f"mean ESS {float(res.ess.mean()):.1f} is {ess_share:.0%} of {num_samples} draws "
+                        f"(below {ESS_WARN_SHARE:.0%}): the NLL may be too high; {remedy}")
+    if abs(nll_tenth - nll) > MOVES_WARN_NATS:
+        warnings.append(f"the NLL moved {nll_tenth - nll:+.2f} nats per sentence from {tenth} to {num_samples} draws "
+                        f"(more than {MOVES_WARN_NATS:g}): not converged; {remedy}")
+    schedule = {}
+    if half is not None:
+        change = half.nll_full - half.nll_half
+        schedule = {"half_schedule": {"sentences": half.sentences, "anneal_steps": half.steps,
+                                      "nll_per_sentence_full": half.nll_full, "nll_per_sentence_half": half.nll_half,
+                                      "nll_change_from_half": change}}
+        if abs(change) > MOVES_WARN_NATS:
+            warnings.append(f"the NLL of the first {half.sentences} sentences moved {change:+.2f} nats per sentence "
+                            f"from {half.steps} to {half.full_steps} temperatures (more than {MOVES_WARN_NATS:g}): "
+                            "not converged; raise --anneal-steps")
+    return {"ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()), "ess_min": float(res.ess.min()),
+            "ess_share_mean": ess_share, "log_w_var_mean": float(log_w_var.mean()),
+            "nll_per_sentence_tenth_draws": nll_tenth, "tenth_draws": tenth,
+            "nll_change_from_tenth": nll - nll_tenth, **schedule, "warnings": warnings}
+
+
+def partition_warnings(partition: dict) -> list[str]:
+    """AIS's own checks of log Z, as warnings. (They cannot see a narrow mode that no chain found:
+    docs/evaluate-command.md.)"""
+    ais = partition.get("ais")
+    if ais is None:
+        return []
+    warnings = []
+    if not ais["converged"]:
+        warnings.append(f"log Z: AIS on half the schedule differs by {ais['half_schedule_difference']:+.3f} nats: "
+                        "raise --ais-steps")
+    if ais["ess"] < ESS_WARN_SHARE * ais["num_chains"]:
+        warnings.append(f"log Z: AIS's ESS {ais['ess']:.0f} of {ais['num_chains']} chains: raise --ais-steps")
+    return warnings
+
+
+def posterior_code(config) -> str:
+    """Where the latent-usage figures' posterior code z+ comes from, in words."""
+    return "one draw from q(z|x)" if config.model == "vae" else "one posterior chain (the run's settings)"
+
+
+def vae_importance_sampling(options: EvaluationOptions, sampling: dict, res) -> dict:
+    """The VAE's importance-sampling report (textebm/inference/likelihood.py, 3.): q(z|x) alone is the proposal."""
+    return {"estimator": "log p(x) = logmeanexp_s [log p(x|z_s) + log p(z_s) - log q(z_s|x)], z_s ~ q(z|x), the "
+                         "VAE's encoder, alone (no defensive mixture: the VAE papers' estimator; it is >= the Monte "
+                         "Carlo ELBO of the same draws, sentence by sentence)",
+            "proposal": "q(z|x) = N(mu(x), diag sigma(x)^2), the encoder", "num_samples": options.num_is_samples,
+            "defensive_share": 0.0, **sampling, "q_std_mean": float(res.chain_std.mean())}
+
+
+def vae_figures(res, config, nll_per_sentence: float, elbo_per_sentence: float) -> dict:
+    """The VAE's own figures: KL(q(z|x) || p(z)) per sentence and dimension (closed form, from q's
+    mean and std at each evaluated sentence), dimensions above the free-bits floor, the VAE papers'
+    active units (variance of q's mean across sentences), and how much tighter the IS estimate is
+    than the ELBO."""
+    import torch
+
+    from textebm.model.vae import (
+        AU_VARIANCE,
+        aggregate_posterior_information,
+        gaussian_kl,
+        kl_figures,
+        mean_variance_active_units,
+    )
+
+    kl = kl_figures(gaussian_kl(res.chain_mean, res.chain_std, config.prior_sigma), config.free_bits)
+    aggregate_mi = aggregate_posterior_information(res.chain_mean, res.chain_std, torch.Generator(
+        device=res.chain_mean.device).manual_seed(0))
+    return {**kl, "mutual_information_aggregate": aggregate_mi,
+            "active_units_mean_variance": mean_variance_active_units(res.chain_mean),
+            "active_units_mean_variance_threshold": AU_VARIANCE,
+            "bound_gap_per_sentence": -elbo_per_sentence - nll_per_sentence,
+            "kl_anneal_steps": config.kl_anneal_steps, "ae_pretrain_steps": config.ae_pretrain_steps,
+            "estimators": {
+                "kl_per_sentence": "mean over sentences of KL(q(z|x) || N(0, sigma^2 I)) in closed form, nats",
+                "mutual_information_aggregate": "He et al. 2019's I_q(x; z) = E_x[-H(q(z|x))] - E_q(z)[-log q(z)], "
+                                                "q(z) the mean of q(z|x_j) over the evaluated sentences, one draw "
+                                                "each; at most log N (N sentences). The figure the VAE papers "
+                                                "report, not latent_usage.mutual_information (the model's own)",
+                "active_units_mean_variance": f"dimensions with Var_x E_q[z_i] > {AU_VARIANCE} (Burda et al. 2016)",
+                "bound_gap_per_sentence": "-ELBO - NLL: what importance sampling gains over the bound (>= 0)"}}
+
+
+def samples_from(config) -> str:
+    """Which distribution generated sentences come from, said plainly in every report."""
+    if config.prior != "ebm":
+        return "z drawn exactly from the Gaussian prior N(0, sigma^2 I), then decoded"
+    return (f"z from the short-run prior chain ({config.prior_steps} unadjusted Langevin steps of "
+            f"{config.prior_step_size:g}, noise scale {config.prior_noise:g}, from N(0, sigma^2 I)): the chain's own "
+            "law, which prior_chain_bias compares with the EBM's; the NLL is that of the EBM density itself")
+
+
+def evaluation_path(folder: Path, split: str) -> Path:
+    return Path(folder) / f"evaluation-{split}.json"
+
+
+def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True) -> dict:
+    """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
+    (RUN/evaluation-<split>.json, atomically). Returns the report as written."""
+    from textebm.evaluation.partial_evaluation import partial_path
+    from textebm.evaluation.plots import plot_quality_diversity
+    from textebm.io import atomic_write_text, json_safe
+
+    result = evaluate(options, progress, tf32, resumable=True)
+    folder = Path(options.checkpoint)
+    if result["generation"] is not None:
+        figure = folder / f"quality_diversity-{options.split}.png"
+        result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
+    result = json_safe(result)
+    atomic_write_text(evaluation_path(folder, options.split), json.dumps(result, indent=2, allow_nan=False) + "\n")
+    partial_path(folder, options.split).unlink(missing_ok=True)  # done: nothing left to resume
+    return result
+
+
+def load_evaluation(folder: Path, split: str) -> dict:
+    """A run's report as `evaluate_run` wrote it; a clear UserError when it is missing or too old."""
+    path = evaluation_path(folder, split)
+    if not path.is_file():
+        raise UserError(f"{path} not found: run `textebm evaluate --checkpoint {folder} --split {split}` first")
+    try:
+        evaluation = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{path} is not JSON") from None
+    generation = evaluation.get("generation") if isinstance(evaluation, dict) else None
+    if generation is not None and "decodings" not in generation:
+        raise UserError(f"{path} was written before decoding sweeps: rerun textebm evaluate on {folder}")
+    return evaluation
+
+
+def protocol_section(loaded, train_lines: list[str], held_out: list[str], protocol: ProtocolOptions, seed: int,
+                     progress: Progress = QUIET) -> dict:
+    """wKL and/or the neural reverse perplexity (textebm/evaluation/protocol_metrics.py) of sentences the run
+    generates for them: `protocol.needed` sentences by ancestral sampling at `protocol.temperature`
+    (up to 40 tokens), the stream `textebm sample --seed SEED` gives; wKL against the lines the run
+    trained on, the reverse LM scored on the held-out lines."""
+    import torch
+
+    from textebm.evaluation.protocol_metrics import protocol_metrics
+    from textebm.generation.sampling import SamplingOptions
+
+    options = SamplingOptions(temperature=protocol.temperature)
+    model, n, batch = loaded.model, protocol.needed, 256
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    started, sentences = time.perf_counter(), []
+    with progress.bar("generating for wKL / neural rPPL", n, "sentence") as bar:
+        for start in range(0, n, batch):  # as sampling.generate_ids does, with a progress bar
+            ids = model.generate(min(batch, n - start), options.max_length, False, options.temperature,
+                                 generator=generator)
+            sentences += [loaded.vocab.decode(row) for row in ids.tolist()]
+            bar.update(min(batch, n - start))
+    seconds = round(time.perf_counter() - started, 2)
+    out = protocol_metrics(sentences, train_lines, held_out, protocol, model.device, loaded.config.corpus, progress)
+    out["protocol"]["generated"] = {"n": n, "seed": seed, "temperature": protocol.temperature,
+                                    "max_length": options.max_length, "samples_from": samples_from(loaded.config),
+                                    "empty_sentences": sum(1 for s in sentences if not s.split()), "seconds": seconds}
+    return out

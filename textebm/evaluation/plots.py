@@ -1,0 +1,177 @@
+"""Figures as PNG: a run's learning curves (from RUN/metrics.jsonl) and the quality-diversity picture
+of one or several runs' decoding sweeps (from RUN/evaluation-<split>.json)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from textebm.errors import UserError
+from textebm.io import atomic_write_bytes
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{folder} has no metrics.jsonl to plot")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+X_AXES = {"step": ("step", None), "minutes": ("minutes (wall-clock, validation included)", "elapsed"),
+          "cpu-minutes": ("training CPU minutes", "cpu_seconds")}
+
+
+def plot_learning_curves(folder: Path, out: Path | None = None, title: str | None = None, x: str = "step") -> Path:
+    """Training and validation NLL, latent usage and the energy gap (or the VAE's KL) against `x`:
+    steps, wall-clock minutes or training CPU minutes (the clocks of every record, textebm.training.training_log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from textebm.model.runs import load_config
+
+    records = read_metrics(folder)
+    config = load_config(folder)
+    prior = config.prior
+    train = [r for r in records if r.get("kind") == "train"]
+    valid = [r for r in records if r.get("kind") in ("valid", "epoch", "final")]
+    if not train:
+        raise UserError(f"{folder}/metrics.jsonl has no training records yet")
+    if x not in X_AXES:
+        raise UserError(f"x must be one of {', '.join(X_AXES)}, not {x!r}")
+    xlabel, clock = X_AXES[x]
+    if clock and any(clock not in r for r in train + valid):
+        raise UserError(f"{folder}'s records carry no {clock} (a run trained before 2026-12-03): plot against steps")
+
+    def at(r):
+        return r["step"] if clock is None else r[clock] / 60
+    fig, (ax_nll, ax_usage, ax_gap) = plt.subplots(1, 3, figsize=(16, 4))
+    latent = prior != "none"  # a language model's validation NLL is exact: one curve
+    ax_nll.plot([at(r) for r in train], [r["nll_token"] for r in train], lw=0.8, alpha=0.6,
+                label="train (posterior z)" if latent else "train")
+    if valid:
+        steps = [at(r) for r in valid]
+        ax_nll.plot(steps, [r["valid_nll_posterior"] for r in valid], "o-",
+                    label="valid, posterior z" if latent else "valid")
+        if latent:
+            ax_nll.plot(steps, [r["valid_nll_prior"] for r in valid], "s--", label="valid, prior z")
+    ax_nll.set(xlabel=xlabel, ylabel="NLL per token (nats)", title="negative log-likelihood")
+    ax_nll.legend()
+    usage = [r for r in valid if "valid_gap" in r]
+    if latent and usage:
+        steps = [at(r) for r in usage]
+        ax_usage.plot(steps, [r["valid_gap"] for r in usage], "o-", color="C0", label="gap (nats/token)")
+        ax_usage.axhline(0.0, color="grey", lw=0.5)
+        ax_usage.set_ylabel("prior-z NLL - posterior-z NLL (nats/token)")
+        ax_mi = ax_usage.twinx()
+        ax_mi.plot(steps, [r["valid_mutual_information"] for r in usage], "s--", color="C1", label="MI (nats)")
+        ax_mi.set_ylabel("mutual information (nats/sentence)")
+        for r in usage:
+            ax_usage.annotate(f"{r['valid_active_units']} AU", (at(r), r["valid_gap"]), fontsize=7,
+                              textcoords="offset points", xytext=(0, 6), ha="center")
+        lines = ax_usage.get_lines()[:1] + ax_mi.get_lines()
+        ax_usage.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
+    else:
+        ax_usage.text(0.5, 0.5, "no latent" if not latent else "no validation yet", ha="center", va="center",
+                      transform=ax_usage.transAxes)
+    ax_usage.set(xlabel=xlabel, title="is z used? (validation; AU = active units)")
+    gap = [r for r in train if "energy_gap" in r]
+    kl = [r for r in train if "kl" in r]
+    if kl:  # the VAE: its KL term against the free-bits floor, and the KL weight
+        ax_gap.plot([at(r) for r in kl], [r["kl"] for r in kl], lw=0.8, label="KL(q || p) per sentence")
+        ax_gap.plot([at(r) for r in kl], [r["kl_floored"] for r in kl], lw=0.8, label="free-bits KL term")
+        ax_gap.axhline(config.free_bits * config.latent_dim, color="grey", lw=0.5, ls="--", label="whole floor")
+        ax_weight = ax_gap.twinx()
+        ax_weight.plot([at(r) for r in kl], [r["kl_weight"] for r in kl], color="C3", lw=0.8)
+        ax_weight.set(ylabel="KL weight (red)", ylim=(0, 1.05))
+        ax_gap.legend(fontsize=8)
+        ax_gap.set(xlabel=xlabel, ylabel="nats", title="the VAE's KL term")
+    elif gap:
+        ax_gap.plot([at(r) for r in gap], [r["energy_gap"] for r in gap], lw=0.8, label="f(z+) - f(z-)")
+        ax_gap.axhline(0.0, color="grey", lw=0.5)
+        bias = [r for r in valid if "valid_prior_chain_bias_f" in r]
+        if bias:  # mean f of the prior chain's samples minus that of an exact sampler (AIS)
+            ax_gap.plot([at(r) for r in bias], [r["valid_prior_chain_bias_f"] for r in bias], "o-", color="C3",
+                        label="prior chain bias: mean f(chain) - mean f(exact)")
+        ax_gap.legend(fontsize=8)
+    else:
+        ax_gap.text(0.5, 0.5, f"prior={prior}: no energy", ha="center", va="center", transform=ax_gap.transAxes)
+    if not kl:
+        ax_gap.set(xlabel=xlabel, ylabel="nats", title="energy gap (posterior - prior) and prior chain bias")
+    fig.suptitle(title or Path(folder).name)
+    return save_figure(fig, Path(out) if out else Path(folder) / "learning_curves.png")
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Lay out, render to PNG and write atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def plot_quality_diversity(runs: list[tuple[str, dict]], out: Path, title: str | None = None) -> Path:
+    """FPPL (quality: lower is more fluent) against RPPL (diversity and coverage: lower covers more of
+    the real text) for each run's decoding sweep, one curve per run through its temperatures, greedy
+    decoding marked apart, and real text as a point (Caccia et al. 2020: compare generators by such
+    curves, not by one decoding). `runs`: (label, `textebm evaluate` JSON) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    real_points = set()
+    for color, (label, evaluation) in enumerate(runs):
+        gen = evaluation.get("generation")
+        if not gen:
+            raise UserError(f"{label}: its evaluation has no generated samples (evaluated with --fppl-samples 0)")
+        rows = [r for r in gen["decodings"] if r["forward_ppl"] is not None]  # an all-empty decoding has none
+        sampled = sorted((r for r in rows if not r["greedy"]), key=lambda r: r["temperature"])
+        ax.plot([r["reverse_ppl"] for r in sampled], [r["forward_ppl"] for r in sampled], "o-", color=f"C{color}",
+                label=label)
+        for r in sampled:
+            ax.annotate(f"T={r['temperature']:g}", (r["reverse_ppl"], r["forward_ppl"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        for r in rows:
+            if r["greedy"]:
+                ax.plot(r["reverse_ppl"], r["forward_ppl"], "x", color=f"C{color}", ms=9)
+                ax.annotate("greedy", (r["reverse_ppl"], r["forward_ppl"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, -10))
+        real_points.add((gen["real_reference"]["reverse_ppl"], gen["real_lm_test_ppl"]))
+    for i, (rppl, fppl) in enumerate(sorted(real_points)):
+        ax.plot(rppl, fppl, "*", color="black", ms=14, label="real text" if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="reverse perplexity (lower: more diverse, covers the real text)",
+           ylabel="forward perplexity (lower: more fluent)", title=title or "quality-diversity (KenLM 5-grams)")
+    ax.legend(fontsize=8)
+    return save_figure(fig, Path(out))
+
+
+def plot_time_to_quality(rows: list[dict], out: Path, title: str) -> Path:
+    """NLL per sentence against training CPU minutes, one curve per model (mean over seeds, the spread as
+    error bars); exact likelihoods (the language model) dashed.
+    `rows`: `textebm.experiments.results.time_to_quality`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for color, label in enumerate(dict.fromkeys(r["label"] for r in rows)):
+        points = [r for r in rows if r["label"] == label and r["nll"]["mean"] is not None]
+        if points:
+            ax.errorbar([r["cpu_minutes"] for r in points], [r["nll"]["mean"] for r in points],
+                        yerr=[r["nll"]["sd"] or 0.0 for r in points], marker="o", capsize=3, color=f"C{color}",
+                        ls="--" if all(r["exact"] for r in points) else "-", label=label)
+    ax.set(xlabel="training CPU minutes (one thread, steps only)", ylabel="NLL per sentence (nats)", title=title)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    return save_figure(fig, out)

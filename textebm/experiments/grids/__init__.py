@@ -1,0 +1,1 @@
+"""Experiment grids shipped with textebm (`textebm reproduce NAME`); the format is in textebm/experiments/grid.py."""

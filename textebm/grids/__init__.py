@@ -1,1 +1,0 @@
-"""Experiment grids shipped with textebm (`textebm reproduce NAME`); the format is in textebm/grid.py."""

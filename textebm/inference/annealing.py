@@ -1,0 +1,167 @@
+"""Annealed importance sampling of one sentence's posterior (Neal 2001; Wu, Burda, Salakhutdinov &
+Grosse 2017 for decoder-based models): log p(x) from chains that walk from a Gaussian reference q(z)
+to p(z | x) ∝ p(x | z) exp(f(z)) N(z; 0, sigma^2 I).
+
+Each chain works in the reference's whitened coordinates u, z = m + A u with u ~ N(0, I) under q
+(A = sigma I, m = 0 for the prior's reference; the Laplace approximation's mean and the square root of
+its covariance otherwise). With
+
+    l(u) = log p(x | z) + f(z) + log N(z; 0, sigma^2 I) + log |det A| - log N(u; 0, I)
+
+(the log ratio of target to reference, both as densities of u, so that E_{u ~ N(0, I)}[exp l(u)] =
+Z_alpha p(x)), the path is pi_beta(u) ∝ N(u; 0, I) exp(beta l(u)), beta from 0 to 1 on a sigmoid
+schedule. Before each move to beta_t a chain's log weight gathers (beta_t - beta_{t-1}) l(u_{t-1});
+one Metropolis-adjusted Langevin step then leaves pi_{beta_t} invariant. Every chain's exp(weight)
+is an unbiased estimate of Z_alpha p(x), so logmeanexp over chains, minus log Z_alpha, estimates
+log p(x) (a stochastic lower bound, by Jensen). Run backwards from an exact posterior sample, the
+same path gives an unbiased estimate of 1 / (Z_alpha p(x)): the upper half of `textebm.inference.bdmc`.
+
+Why whitened: with the Laplace reference every pi_beta has about the posterior's shape, so one step
+size near 1 suits every coordinate and every temperature; in z the posterior is tens of times
+narrower along some directions than along others. The chains' final states, weighted by their
+weights, are draws from p(z | x) itself (what the mutual information needs).
+
+The step size is shared by a sentence's chains and follows their mean acceptance rate towards 0.65,
+nudged after every temperature. (A chain steered by its own past acceptances no longer has a kernel
+that depends on the present state alone, which AIS's unbiasedness assumes; steered by the group, each
+chain's own share of the steering is 1 / num_chains.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from textebm.model.decoder import MAX_ROWS
+
+TARGET_ACCEPTANCE = 0.65
+STEP_ADAPTATION = 0.1  # per temperature, log step size += this * (the group's acceptance rate - target)
+
+
+def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> torch.Tensor:
+    """Inverse temperatures beta_0 = 0 < ... < beta_steps = 1, dense at both ends (Grosse et al. 2015):
+    a logistic curve over [-sharpness, sharpness], rescaled to [0, 1]."""
+    s = torch.sigmoid(sharpness * torch.linspace(-1.0, 1.0, steps + 1, dtype=torch.float64))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+@dataclass
+class GaussianReference:
+    """q(z) = N(m, A A^T) per sentence: z = mean + u @ matrix^T for u ~ N(0, I); mean (B, d), matrix (B, d, d)."""
+
+    mean: torch.Tensor
+    matrix: torch.Tensor
+
+    @classmethod
+    def prior(cls, sigma: float, b: int, d: int, device=None) -> GaussianReference:
+        """The prior's reference N(0, sigma^2 I), for every one of b sentences."""
+        eye = torch.eye(d, device=device).expand(b, d, d)
+        return cls(torch.zeros(b, d, device=device), sigma * eye)
+
+    @classmethod
+    def laplace(cls, proposal) -> GaussianReference:
+        """The Gaussian of a `textebm.inference.laplace.LaplaceProposal`: covariance V diag(1 / lambda) V^T."""
+        return cls(proposal.mean, proposal.vectors * proposal.precisions.rsqrt().unsqueeze(1))
+
+    @property
+    def log_det(self) -> torch.Tensor:
+        """log |det A| per sentence (B,)."""
+        return torch.linalg.slogdet(self.matrix.double())[1].to(self.mean.dtype)
+
+    def repeat(self, n: int) -> GaussianReference:
+        """Each sentence's reference repeated for n chains (rows sentence-major)."""
+        return GaussianReference(self.mean.repeat_interleave(n, 0), self.matrix.repeat_interleave(n, 0))
+
+    def to_z(self, u: torch.Tensor) -> torch.Tensor:
+        return self.mean + (self.matrix @ u.unsqueeze(-1)).squeeze(-1)
+
+    def to_u(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve(self.matrix, (z - self.mean).unsqueeze(-1)).squeeze(-1)
+
+
+def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReference, log_det: torch.Tensor,
+                        u: torch.Tensor, max_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows."""
+    sigma2, d = model.prior.sigma ** 2, u.shape[1]
+    values, grads, log_liks = [], [], []
+    with torch.enable_grad():
+        for s in range(0, u.shape[0], max_rows):
+            rows = u[s:s + max_rows].detach().requires_grad_(True)
+            z = GaussianReference(reference.mean[s:s + max_rows], reference.matrix[s:s + max_rows]).to_z(rows)
+            log_lik = model.decoder(z, tokens[s:s + max_rows])
+            value = (log_lik + model.prior.energy(z) - z.pow(2).sum(-1) / (2 * sigma2)
+                     - 0.5 * d * math.log(sigma2) + log_det[s:s + max_rows] + 0.5 * rows.pow(2).sum(-1))
+            (grad,) = torch.autograd.grad(value.sum(), rows)
+            values.append(value.detach())
+            grads.append(grad)
+            log_liks.append(log_lik.detach())
+    return torch.cat(values), torch.cat(grads), torch.cat(log_liks)
+
+
+@dataclass
+class AnnealedChains:
+    """Per chain (rows sentence-major): the log weight (float64), final code, log p(x | z) there, and the
+    chain's acceptance rate."""
+
+    log_w: torch.Tensor
+    z: torch.Tensor
+    log_lik: torch.Tensor
+    acceptance: torch.Tensor
+
+
+def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
+           step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
+           group: int = 1) -> AnnealedChains:
+    """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
+    given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
+    the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
+    chains) share their step size."""
+    if u.shape[0] % group:
+        raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
+    log_det = reference.log_det
+    steps = torch.full((u.shape[0] // group, 1), step_size, dtype=u.dtype, device=u.device)
+    log_w = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
+    accepted = torch.zeros(u.shape[0], device=u.device)
+    ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows)
+    for previous, beta in zip(betas[:-1], betas[1:]):
+        log_w += (beta - previous) * ell.double()
+        grad = beta * grad_ell - u
+        step = steps.repeat_interleave(group, 0)
+        half = 0.5 * step.pow(2)
+        noise = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=generator)
+        proposal = u + half * grad + step * noise
+        new_ell, new_grad_ell, new_log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, proposal,
+                                                                 max_rows)
+        new_grad = beta * new_grad_ell - proposal
+        forward = (proposal - u - half * grad).pow(2).sum(-1)
+        backward = (u - proposal - half * new_grad).pow(2).sum(-1)
+        log_ratio = (beta * (new_ell - ell) - 0.5 * (proposal.pow(2).sum(-1) - u.pow(2).sum(-1))
+                     + (forward - backward) / (2 * step.squeeze(1).pow(2)))
+        accept = torch.log(torch.rand(u.shape[0], device=u.device, generator=generator)) < log_ratio  # NaN: refused
+        rows = accept.unsqueeze(1)
+        u = torch.where(rows, proposal, u)
+        ell, log_lik = torch.where(accept, new_ell, ell), torch.where(accept, new_log_lik, log_lik)
+        grad_ell = torch.where(rows, new_grad_ell, grad_ell)
+        accepted += accept.float()
+        rate = accept.to(u.dtype).view(-1, group).mean(1, keepdim=True)
+        steps = steps * torch.exp(STEP_ADAPTATION * (rate - TARGET_ACCEPTANCE))
+    return AnnealedChains(log_w, reference.to_z(u), log_lik, accepted / max(1, len(betas) - 1))
+
+
+def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference, log_z: float,
+                            num_chains: int, steps: int, step_size: float = 1.0,
+                            generator: torch.Generator | None = None,
+                            max_rows: int = MAX_ROWS) -> tuple[torch.Tensor, AnnealedChains]:
+    """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`."""
+    if num_chains < 1 or steps < 1:
+        raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
+    b, d = reference.mean.shape
+    rows = reference.repeat(num_chains)
+    u = torch.randn(b * num_chains, d, device=reference.mean.device, generator=generator,
+                    dtype=reference.mean.dtype)
+    chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, sigmoid_schedule(steps).tolist(),
+                    step_size, generator, max_rows, group=num_chains)
+    log_w = chains.log_w.view(b, num_chains)
+    return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains

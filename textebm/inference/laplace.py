@@ -1,0 +1,150 @@
+"""The importance-sampling proposal for the latent EBM: a Laplace approximation of p(z | x).
+
+p(z | x) ∝ p(x | z) exp(f(z)) N(z; 0, sigma^2 I). The tempered posterior chain (the run's own, noise
+scale well below 1) ends near a mode but its spread is not the posterior's (tenfold too narrow at
+the text defaults), so its samples give a location, not a shape. The shape comes from the curvature
+of log p(x, z) at the mode:
+
+1. start: the best end (highest log p(x, z)) of `num_chains` tempered chains per sentence;
+2. `newton_steps` times: the negative Hessian P of log p(x, z) (d x d, by central differences of
+   the autograd gradient: 2d gradient rows per sentence, one batched call, any device, no double
+   backward through the RNN), then a Newton step z + P^{-1} grad, with the best of the step
+   lengths 1, 1/2, 1/4, 0 (a line search by forward passes only);
+3. the proposal: at the final point, with scale matrix P^{-1} from the last Hessian, a mixture of
+   the Gaussian (share 1 - `heavy_share`, default 0.7) and a multivariate Student-t (nu = 5,
+   share 0.3). The Gaussian is the Laplace approximation itself (on a Gaussian posterior every
+   weight is equal); the Student-t's heavier tails bound each weight by p(x, z) / (0.3 t(z)), so
+   a Hessian that misjudges a direction costs efficiency, not an unbounded weight. On the
+   closed-form model the mixture keeps about 88% of the draws effective, a pure Student-t 49%.
+
+P's eigenvalues are floored at MIN_PRECISION / sigma^2 (a direction where log p(x, z) is flat or
+convex, e.g. far from the mode, gets a proposal at most 1/sqrt(MIN_PRECISION) times the prior's
+width). For the linear-Gaussian model of `textebm.inference.closed_form` the Hessian is exact and constant,
+one Newton step lands on the mode, and the proposal is the posterior up to its Student-t tails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from textebm.model.decoder import MAX_ROWS
+
+LOG_PI = math.log(math.pi)
+MIN_PRECISION = 0.25  # the floor of the proposal's precision, in units of 1 / sigma^2
+DIFFERENCE_STEP = 1e-2  # the central-difference step of the Hessian, in units of z
+STEP_LENGTHS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)  # the Newton step's line search
+
+
+def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
+    """log p(x | z) + log p_alpha(z) up to log Z, per row (no gradient), in chunks of `max_rows`."""
+    with torch.no_grad():
+        return torch.cat([model.prior.log_density(z[s:s + max_rows])
+                          + model.decoder.log_likelihood(z[s:s + max_rows], tokens[s:s + max_rows])
+                          for s in range(0, z.shape[0], max_rows)])
+
+
+def log_joint_grad(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
+    """grad_z [log p(x | z) + log p_alpha(z)] per row, in chunks of `max_rows`."""
+    parts = []
+    with torch.enable_grad():
+        for s in range(0, z.shape[0], max_rows):
+            rows = z[s:s + max_rows].detach().requires_grad_(True)
+            value = model.prior.log_density(rows) + model.decoder(rows, tokens[s:s + max_rows])
+            parts.append(torch.autograd.grad(value.sum(), rows)[0])
+    return torch.cat(parts)
+
+
+def negative_hessian(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS,
+                     step: float = DIFFERENCE_STEP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-Hessian (B, d, d), gradient (B, d)) of log p(x, z) at z (B, d): central differences of the
+    gradient along each axis, symmetrised; the gradient at z is their mean (exact for a quadratic)."""
+    b, d = z.shape
+    shifts = step * torch.eye(d, dtype=z.dtype, device=z.device)
+    points = torch.cat([z.unsqueeze(1) + shifts, z.unsqueeze(1) - shifts], 1)  # (B, 2d, d)
+    grads = log_joint_grad(model, tokens.repeat_interleave(2 * d, 0), points.reshape(-1, d), max_rows)
+    grads = grads.view(b, 2, d, d)  # [sentence, sign, shifted axis j, component i]
+    hessian = (grads[:, 0] - grads[:, 1]) / (2 * step)  # [b, j, i] = d g_i / d z_j
+    return -0.5 * (hessian + hessian.transpose(1, 2)), grads.mean((1, 2))
+
+
+@dataclass
+class LaplaceProposal:
+    """A multivariate Student-t (or, nu = inf, Gaussian) per sentence: location (B, d), and the scale
+    matrix's eigenvectors (B, d, d) and eigenvalues of its inverse, the precision (B, d)."""
+
+    mean: torch.Tensor
+    vectors: torch.Tensor
+    precisions: torch.Tensor
+    nu: float
+    heavy_share: float = 1.0  # the Student-t's share of a mixture with the Gaussian
+    heavy_scale: float = 1.0  # the Student-t's scale matrix is heavy_scale^2 times the Gaussian's
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Marginal standard deviations of the scale matrix (B, d): sqrt(diag(V diag(1/lambda) V^T))."""
+        return (self.vectors.pow(2) / self.precisions.unsqueeze(1)).sum(-1).sqrt()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, n, d) draws."""
+        b, d = self.mean.shape
+        eps = torch.randn(b, n, d, device=self.mean.device, generator=generator, dtype=self.mean.dtype)
+        scaled = (eps * self.precisions.rsqrt().unsqueeze(1)) @ self.vectors.transpose(1, 2)
+        if math.isfinite(self.nu):  # chi^2_nu as a sum of nu squared normals (integer nu): seeded like the rest
+            chi2 = torch.randn(b, n, int(self.nu), device=self.mean.device, generator=generator,
+                               dtype=self.mean.dtype).pow(2).sum(-1, keepdim=True)
+            heavy = torch.rand(b, n, 1, device=self.mean.device, generator=generator) < self.heavy_share
+            scaled = torch.where(heavy, scaled * (self.nu / chi2).sqrt() * self.heavy_scale, scaled)
+        return self.mean.unsqueeze(1) + scaled
+
+    def log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z) for z (B, n, d): shape (B, n)."""
+        d = self.mean.shape[1]
+        whitened = (z - self.mean.unsqueeze(1)) @ self.vectors * self.precisions.sqrt().unsqueeze(1)
+        distance = whitened.pow(2).sum(-1)
+        half_log_det = 0.5 * self.precisions.log().sum(-1, keepdim=True)
+        gaussian = half_log_det - 0.5 * distance - 0.5 * d * math.log(2 * math.pi)
+        if not math.isfinite(self.nu) or self.heavy_share == 0:
+            return gaussian
+        nu = self.nu
+        const = math.lgamma((nu + d) / 2) - math.lgamma(nu / 2) - 0.5 * d * (math.log(nu) + LOG_PI)
+        student = (const + half_log_det - d * math.log(self.heavy_scale)
+                   - 0.5 * (nu + d) * torch.log1p(distance / (nu * self.heavy_scale**2)))
+        if self.heavy_share == 1:
+            return student
+        return torch.logaddexp(student + math.log(self.heavy_share), gaussian + math.log1p(-self.heavy_share))
+
+
+def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
+                     heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = MAX_ROWS) -> LaplaceProposal:
+    """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
+    if newton_steps < 1:
+        raise ValueError(f"newton_steps must be at least 1, not {newton_steps}")
+    if not (nu == math.inf or (nu >= 1 and float(nu).is_integer())):
+        raise ValueError(f"nu must be a positive integer or inf, not {nu}")
+    floor = MIN_PRECISION / model.prior.sigma**2
+    z = start.detach()
+    b, d = z.shape
+    for _ in range(newton_steps):
+        precision, grad = negative_hessian(model, tokens, z, max_rows)
+        values, vectors = torch.linalg.eigh(precision.double())
+        values = values.abs().clamp_min(floor)  # saddle-free: uphill along a direction of negative curvature too
+        direction = ((grad.double().unsqueeze(1) @ vectors).squeeze(1) / values).unsqueeze(1) @ vectors.transpose(1, 2)
+        direction = direction.squeeze(1).to(z.dtype)
+        lengths = torch.tensor(STEP_LENGTHS, dtype=z.dtype, device=z.device)
+        candidates = z.unsqueeze(1) + lengths.view(1, -1, 1) * direction.unsqueeze(1)  # (B, L, d)
+        scores = log_joint(model, tokens.repeat_interleave(len(STEP_LENGTHS), 0), candidates.reshape(-1, d),
+                           max_rows).view(b, -1)
+        scores = torch.nan_to_num(scores, nan=-math.inf)
+        z = candidates[torch.arange(b, device=z.device), scores.argmax(1)]
+    return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share, heavy_scale)
+
+
+def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
+    """Per sentence, the chain end (codes (B, C, d)) with the highest log p(x, z): (B, d)."""
+    b, c, d = codes.shape
+    scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows).view(b, c)
+    scores = torch.nan_to_num(scores, nan=-math.inf)
+    return codes[torch.arange(b, device=codes.device), scores.argmax(1)]

@@ -1,0 +1,183 @@
+"""The generator p(x | z): an LSTM or GRU sentence decoder conditioned on a latent code z.
+
+z sets the initial hidden state (through a linear map and tanh) and is concatenated to every
+input embedding, the usual wiring of text VAEs. Sentences are `<s> w1 ... wn </s>`. With
+latent_dim 0 it is a plain RNN language model starting from a zero state.
+
+The likelihood's projection onto the vocabulary (and its softmax) is most of its cost. The
+posterior chain may run that part in bf16 (`projection="bf16"`, config `chain_precision`): the
+chain needs only a gradient direction in z, while the RNN (oneDNN's CPU LSTM has no bf16 kernel),
+the updates and every likelihood that is reported stay fp32.
+
+The RNN module itself is always in training mode (`train` below): cuDNN computes an RNN's backward
+pass only in training mode, and the chains take gradients through it with the model in eval mode.
+What eval mode must switch off, the dropout between stacked layers, is switched off by setting the
+RNN's dropout to 0; a one-layer RNN has none, and in training mode it computes what it computes in
+eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, latent_dim: int,
+                 num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0, pad_id: int = 0):
+        super().__init__()
+        self.cell, self.num_layers, self.hidden_dim, self.pad_id = cell, num_layers, hidden_dim, pad_id
+        self.layer_dropout = dropout if num_layers > 1 else 0.0  # between stacked layers, in training only
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        states = 2 if cell == "lstm" else 1  # (h, c) for an LSTM
+        self.state_size = states * num_layers * hidden_dim
+        self.z_to_state = nn.Linear(latent_dim, self.state_size) if latent_dim else None
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(embedding_dim + latent_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+                       dropout=self.layer_dropout)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, vocab_size)
+        self.project = projected_log_likelihood  # compiled in place by `compile=true` (textebm/training/compiling.py)
+
+    def rows_per_chunk(self, length: int) -> int:
+        """How many rows of `length` tokens to score at once (`chunk_rows`: logits within 1 GiB)."""
+        return chunk_rows(length, self.out.out_features)
+
+    def train(self, mode: bool = True) -> Decoder:
+        """Dropout on (`mode`) or off, as for any module; the RNN stays in training mode either way (cuDNN
+        takes an RNN's backward pass only there), its dropout between layers set to 0 in eval mode."""
+        super().train(mode)
+        self.rnn.training = True
+        self.rnn.dropout = self.layer_dropout if mode else 0.0
+        return self
+
+    def initial_state(self, z: torch.Tensor):
+        """The RNN state at t=0, as nn.LSTM/nn.GRU expect it: (layers, batch, hidden)."""
+        if self.z_to_state is None:
+            state = z.new_zeros(z.shape[0], self.state_size)
+        else:
+            state = torch.tanh(self.z_to_state(z))
+        state = state.view(z.shape[0], -1, self.num_layers, self.hidden_dim).permute(1, 2, 0, 3).contiguous()
+        return (state[0], state[1]) if self.cell == "lstm" else state[0]
+
+    def hidden_states(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """The RNN's teacher-forced outputs (batch, time, hidden), after dropout: what the projection reads.
+        Always fp32, outside any autocast (`rnn_precision`)."""
+        with rnn_precision(inputs.device):
+            emb = self.drop(self.embed(inputs))
+            rnn_in = torch.cat([emb, z.float().unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
+            hidden, _ = self.rnn(rnn_in, self.initial_state(z.float()))
+            return self.drop(hidden)
+
+    def logits(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
+        return self.out(self.hidden_states(z, inputs))
+
+    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
+                       param_grads: bool = True) -> torch.Tensor:
+        """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
+
+        `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
+        the vocabulary projection and its log-softmax under bf16 autocast (the RNN as it would run
+        anyway); the per-token log-probabilities are summed in fp32. `param_grads=False` (the chains,
+        which need a gradient in z only) hands the projection its weights detached: the same numbers,
+        and a compiled backward pass (`compile=true`) then computes no weight gradient."""
+        return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection,
+                                          param_grads)
+
+    def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32",
+                              param_grads: bool = True):
+        """The likelihood's second half, from the RNN's outputs: project onto the vocabulary, log-softmax,
+        sum each sentence's target log-probabilities (padding ignored). Shape (batch,)."""
+        weight, bias = self.out.weight, self.out.bias
+        if not param_grads:
+            weight, bias = weight.detach(), bias.detach()
+        with projection_autocast(projection, hidden.device):
+            return self.project(hidden, weight, bias, targets, self.pad_id)
+
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
+                param_grads: bool = True) -> torch.Tensor:
+        """log p(x | z) per sentence: the call that data-parallel training wraps (and chains call)."""
+        return self.log_likelihood(z, tokens, projection, param_grads)
+
+    def start_decoding(self, z: torch.Tensor):
+        """Constants and state for `step`: z's share of the first layer's input gates is the same at
+        every time step, so it is computed once per sentence instead of once per token."""
+        emb_dim = self.embed.embedding_dim
+        z_gates = F.linear(z, self.rnn.weight_ih_l0[:, emb_dim:], self.rnn.bias_ih_l0)
+        state = self.initial_state(z)
+        if self.cell == "lstm":
+            return z_gates, list(zip(state[0].unbind(0), state[1].unbind(0)))
+        return z_gates, list(state.unbind(0))
+
+    def step(self, tokens: torch.Tensor, z_gates: torch.Tensor, state: list, products):
+        """One decoding step for a batch, written at the cell level (the nn.LSTM/nn.GRU equations on
+        their own weights, gate order i, f, g, o and r, z, n): next-token logits and the new state.
+
+        `products` computes the step's matrix products (`textebm.generation.precision`: `StepProducts(decoder)`
+        in fp32 from these weights, or bf16 / int8 copies prepared once)."""
+        x = products.token_gates(tokens) + z_gates
+        new_state = []
+        for layer, layer_state in enumerate(state):
+            if layer > 0:
+                x = products.input_gates(layer, x)
+            if self.cell == "lstm":
+                h, c = layer_state
+                i, f, g, o = (x + products.recurrent_gates(layer, h)).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                new_state.append((h, c))
+            else:
+                h = layer_state
+                x_r, x_u, x_n = x.chunk(3, dim=1)
+                h_r, h_u, h_n = products.recurrent_gates(layer, h).chunk(3, dim=1)
+                r, u = torch.sigmoid(x_r + h_r), torch.sigmoid(x_u + h_u)
+                h = (1 - u) * torch.tanh(x_n + r * h_n) + u * h
+                new_state.append(h)
+            x = h
+        return products.logits(x), new_state
+
+
+def projected_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                             pad_id: int) -> torch.Tensor:
+    """sum_t log softmax(W h_t + b)[x_t] per sentence, padding ignored, summed in fp32: shape (batch,).
+    Most of a likelihood's cost (the vocabulary is large), and what `compile=true` compiles."""
+    logits = F.linear(hidden, weight, bias)
+    log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
+    nll = F.nll_loss(log_probs, targets.reshape(-1), ignore_index=pad_id, reduction="none")
+    return -nll.float().view(targets.shape).sum(dim=1)
+
+
+PROJECTIONS = ("fp32", "bf16")
+
+MAX_ROWS = 512  # decoder rows (sentence x draw pairs) decoded together, at most ...
+LOGITS_PER_CHUNK = 2**28  # ... and few enough that their vocabulary logits stay within this many (1 GiB in fp32)
+
+
+def chunk_rows(length: int, vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
+    """Decoder rows per chunk for sentences of `length` tokens: MAX_ROWS, or fewer where a chunk's
+    logits (rows x length x vocabulary, with their log-softmax and gradient as large again) would pass
+    `budget` elements. Yahoo's 200 tokens over 20,000 words fit 67 rows, where 512 would hold 8 GB of
+    logits; PTB's 40 tokens over 10,000 words keep 512."""
+    return max(1, min(MAX_ROWS, budget // max(1, length * vocab_size)))
+
+
+def rnn_precision(device: torch.device):
+    """Autocast switched off: the RNN runs in fp32 under training's `precision=bf16`. Autocast would
+    run cuDNN's RNN in fp16 whatever dtype it was given (and without a loss scale small gradients
+    underflow there), and oneDNN's CPU LSTM has no bf16 kernel on most CPUs. The vocabulary
+    projection after it and the energy's MLP take the enclosing autocast's bf16."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def projection_autocast(projection: str, device: torch.device):
+    """bf16 autocast on the device for `projection="bf16"`; for fp32 no context at all, so that an
+    enclosing autocast (training's `precision=bf16`) still applies."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, not {projection!r}")
+    if projection == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -1,0 +1,649 @@
+"""The learning loop: maximum likelihood with short-run Langevin chains (Pang et al. 2020, Alg. 1).
+
+Per minibatch x (`Learner.step`):
+  1. z+ ~ p(z | x)            posterior chain (K1 steps from noise; or refine steps from an encoder's guess)
+  2. generator step            on  -mean log p_beta(x | z+)
+  3. z- ~ p_alpha(z)           prior chain (K0 steps)
+  4. energy step               on  -(mean f(z+) - mean f(z-)), optionally with a penalty on f^2
+                               and with z+ warmed by a few plain-Langevin steps (`energy_penalty`,
+                               `energy_warm_steps`: an energy that stays in balance, docs/inference.md)
+The VAE baseline (`model=vae`, `VAELearner`) replaces 1-4 by one step of the decoder and its encoder
+together on the ELBO with free bits and an annealed KL weight (textebm/model/vae.py); the loop, its
+records, validation and checkpoints are the same.
+Chains run with dropout off; the updates with dropout on. A non-finite z, energy, loss or gradient
+skips the step (or stops the run, `nonfinite_policy=stop`), and is logged: nothing trains on NaN.
+Under torchrun each process takes a shard of every batch (textebm/training/parallel.py); chain noise is
+drawn per global row, so the result does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from textebm.config import Config
+from textebm.data.batches import EncodedSplit, epoch_batches, pad
+from textebm.errors import NonFiniteError, UserError
+from textebm.inference.diagnostics import latent_usage, prior_chain_bias
+from textebm.inference.likelihood import annealed_log_partition
+from textebm.io import atomic_write_text, remove_stale_temp_files
+from textebm.model.checkpoints import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from textebm.model.langevin import Shard, deferred_checks, gaussian_noise
+from textebm.model.latent_ebm import LatentEBMTextModel
+from textebm.model.runs import create_run
+from textebm.model.vae import RESET_SEED, free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
+from textebm.training.compiling import compile_model
+from textebm.training.parallel import Parallel, wrap
+from textebm.training.training_log import Clock, TrainingLog
+
+VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
+
+
+def make_optimizers(model: LatentEBMTextModel, cfg: Config) -> dict[str, torch.optim.Optimizer]:
+    betas = (cfg.adam_beta1, 0.999)
+    optimizers = {"generator": torch.optim.Adam(model.decoder.parameters(), lr=cfg.generator_lr, betas=betas)}
+    if model.prior.is_ebm:
+        optimizers["energy"] = torch.optim.Adam(model.prior.parameters(), lr=cfg.energy_lr, betas=betas)
+    if model.encoder is not None:
+        optimizers["encoder"] = torch.optim.Adam(model.encoder.parameters(), lr=cfg.generator_lr, betas=betas)
+    return optimizers
+
+
+class Learner:
+    """A model with its optimizers, its chain-noise generator and (under torchrun) its DDP wrappers."""
+
+    def __init__(self, model: LatentEBMTextModel, cfg: Config, device, parallel: Parallel = Parallel()):
+        self.model, self.cfg, self.device, self.parallel = model, cfg, torch.device(device), parallel
+        self.optimizers = make_optimizers(model, cfg)
+        self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        if cfg.compile:  # in place, so that the chains (which call model.decoder and model.prior) use it too
+            compile_model(model)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.decoder = wrap(model.decoder, parallel, self.device)
+        self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None
+        self.encoder = wrap(model.encoder, parallel, self.device) if model.encoder is not None else None
+
+    def step(self, tokens: torch.Tensor, shard: Shard | None = None) -> dict:
+        """One learning iteration on this process's rows `tokens` of a global batch. Returns sums
+        over those rows (nll_sum, energy_gap_sum) and gradient norms. Raises NonFiniteError, on every
+        process alike, before non-finite numbers reach an update."""
+        with self.autocast:
+            return self._step(tokens, shard)
+
+    def _step(self, tokens: torch.Tensor, shard: Shard | None) -> dict:
+        """The chains run and every loss is backpropagated before any update: the decisions on finite
+        numbers and the step's figures then cost one host sync (`_apply`). Nothing reads what an
+        earlier update changed, so this computes what updating in Alg. 1's order computes; except the
+        warm chain (`energy_warm_steps`), which reads the updated decoder: the decoder's update, and a
+        second sync, come before it then."""
+        model, cfg = self.model, self.cfg
+        shard = shard or Shard(0, tokens.shape[0], tokens.shape[0])
+        scale = self.parallel.world / shard.total  # DDP averages over processes: this makes it a mean over rows
+        checks, figures, names = [], {}, []
+        model.eval()  # chains see the model without dropout
+        z_pos = self._chain(checks, "posterior chain", lambda: model.posterior_sample(
+            tokens, generator=self.chain_rng, shard=shard, amortized=True))
+        if self.encoder is not None:
+            guess_error = 0.5 * (self.encoder(tokens) - z_pos).pow(2).sum()
+            norms = self._backward(checks, guess_error * scale, ("encoder",), cfg.generator_clip)
+            figures["encoder_grad_norm"] = norms[0]
+            names.append("encoder")
+        figures.update(self.generator_backward(checks, tokens, z_pos, scale))
+        names.append("generator")
+        if self.energy is None:
+            return self._apply(checks, figures, names)
+        metrics = {}
+        if cfg.energy_warm_steps:
+            metrics = self._apply(checks, figures, names)
+            checks, figures, names = [], {}, []
+            model.eval()
+            z_pos = self._chain(checks, "warm posterior chain", lambda: model.warm_posterior(
+                tokens, z_pos, cfg.energy_warm_steps, cfg.energy_warm_step_size, self.chain_rng, shard))
+        model.eval()
+        z_neg = self._chain(checks, "prior chain",
+                            lambda: model.prior_sample(tokens.shape[0], generator=self.chain_rng, shard=shard))
+        figures.update(self.energy_backward(checks, z_pos, z_neg, scale))
+        return {**metrics, **self._apply(checks, figures, [*names, "energy"])}
+
+    def generator_backward(self, checks: list, tokens: torch.Tensor, z_pos: torch.Tensor, scale: float) -> dict:
+        """The decoder's gradient of -log p_beta(x | z+), summed over rows and scaled to a mean (dropout on)."""
+        self.model.train()
+        log_lik = self.decoder(z_pos, tokens)
+        norm = self._backward(checks, -log_lik.sum() * scale, ("generator",), self.cfg.generator_clip)[0]
+        return {"gen_grad_norm": norm, "nll_sum": -log_lik.detach().sum()}
+
+    def energy_backward(self, checks: list, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
+        """f's gradient of -(mean f(z+) - mean f(z-)): raise f where the posterior puts codes, lower it
+        where the prior chain wanders (the maximum-likelihood gradient of the prior). With
+        `energy_penalty` lambda > 0, lambda * (f(z+)^2 + f(z-)^2) is added, as energy-based models of
+        images do: it keeps f near 0 at both kinds of codes and so bounds how sharp f can become."""
+        f = self.energy(torch.cat([z_pos, z_neg]))  # one call: DDP wants one forward per backward
+        gap = f[: len(z_pos)].sum() - f[len(z_pos):].sum()
+        loss = -gap
+        if self.cfg.energy_penalty:
+            loss = loss + self.cfg.energy_penalty * f.pow(2).sum()
+        norm = self._backward(checks, loss * scale, ("energy",), self.cfg.energy_clip)[0]
+        return {"ebm_grad_norm": norm, "energy_gap_sum": gap.detach()}
+
+    def generator_update(self, tokens: torch.Tensor, z_pos: torch.Tensor, scale: float) -> dict:
+        """One Adam step of the decoder on its own (`generator_backward`, its check, the step)."""
+        checks = []
+        return self._apply(checks, self.generator_backward(checks, tokens, z_pos, scale), ["generator"])
+
+    def energy_update(self, z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float) -> dict:
+        """One Adam step of f on its own (`energy_backward`, its check, the step)."""
+        checks = []
+        return self._apply(checks, self.energy_backward(checks, z_pos, z_neg, scale), ["energy"])
+
+    def _chain(self, checks: list, what: str, run) -> torch.Tensor:
+        """z from the chain `run`, its finite-check added to `checks` (not made here)."""
+        with deferred_checks() as flags:
+            z = run()
+        if flags:
+            checks.append((f"{what} produced non-finite z", torch.stack(flags).all()))
+        return z
+
+    def _backward(self, checks: list, loss: torch.Tensor, names: tuple[str, ...], clip: float) -> list[torch.Tensor]:
+        """One backward pass of `loss` into the named optimizers' parameters, each clipped to `clip` on its
+        own: their gradient norms (on the device). Whether the loss and the norms are finite goes to `checks`."""
+        what = " and ".join(names)
+        optimizers = [self.optimizers[name] for name in names]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms = [torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], clip)
+                 for optimizer in optimizers]
+        checks.append((f"{what} loss is not finite", torch.isfinite(loss.detach())))
+        checks.append((f"{what} gradient is not finite", torch.stack([torch.isfinite(n) for n in norms]).all()))
+        return norms
+
+    def _apply(self, checks: list, figures: dict, names: list[str]) -> dict:
+        """The one host sync: every check, agreed by all processes, and the figures come back together.
+        A failed check raises NonFiniteError (the first in the order they were made) with no update
+        made; otherwise one Adam step of each named optimizer. Returns the figures as numbers."""
+        flags = self.parallel.all_min(torch.stack([flag.reshape(()) for _, flag in checks]).float())
+        values = torch.cat([flags, torch.stack([value.reshape(()).float() for value in figures.values()])]).tolist()
+        failed = [message for (message, _), ok in zip(checks, values) if not ok]
+        if failed:
+            for name in names:
+                self.optimizers[name].zero_grad(set_to_none=True)
+            raise NonFiniteError(failed[0])
+        for name in names:
+            self.optimizers[name].step()
+        return dict(zip(figures, values[len(checks):]))
+
+    def state(self) -> dict:
+        """What a checkpoint needs beyond weights: optimizer states and every RNG (all processes')."""
+        return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+                "chain_rng": self.chain_rng.get_state(), "rng_ranks": self.parallel.gather(rng_state())}
+
+    def load_state(self, checkpoint: dict) -> list[str]:
+        """The checkpoint's state (loaded on the CPU: load_state_dict places it); returns the lines that
+        say what could not be restored as saved (textebm.model.checkpoints.restore_rng)."""
+        self.model.load_state_dict(checkpoint["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(checkpoint["optimizers"][name])
+        return restore_rng(checkpoint, self.chain_rng, self.parallel.rank, self.parallel.world,
+                           self.cfg.seed + int(checkpoint["step"]))
+
+
+class VAELearner(Learner):
+    """The VAE baseline's update (textebm/model/vae.py): one reparameterised draw z ~ q(z | x) per sentence,
+    then one Adam step of the decoder and the encoder together on
+
+        -log p(x | z) + w * sum_i max(free_bits, KL_i),
+
+    w the KL weight of `vae.kl_weight` (0 during autoencoder pretraining, then annealed to 1). The
+    first update after `ae_pretrain_steps` resets the decoder (weights and Adam state) before it
+    runs. The learner counts its updates, restored from the checkpoint's step on resume."""
+
+    def __init__(self, model, cfg: Config, device, parallel: Parallel = Parallel()):
+        super().__init__(model, cfg, device, parallel)
+        self.updates = 0
+
+    def _step(self, tokens: torch.Tensor, shard: Shard | None) -> dict:
+        model, cfg = self.model, self.cfg
+        shard = shard or Shard(0, tokens.shape[0], tokens.shape[0])
+        scale = self.parallel.world / shard.total
+        metrics = {}
+        if cfg.ae_pretrain_steps and self.updates == cfg.ae_pretrain_steps:
+            self.reset_decoder()
+            metrics["decoder_reset"] = True
+        weight = kl_weight(self.updates, cfg)
+        self.updates += 1
+        model.train()
+        mean, log_var = self.encoder(tokens)
+        std = (0.5 * log_var).exp()
+        z = mean + std * gaussian_noise(tokens.shape[0], mean.shape[1], self.device, self.chain_rng, shard)
+        log_lik = self.decoder(z, tokens)
+        kl_rows = gaussian_kl(mean, std, model.prior.sigma)
+        # the global batch's mean KL_i, summed over processes in fp64 on the device
+        batch_kl = self.parallel.all_sum(kl_rows.detach().sum(0).double()).float() / shard.total
+        loss = -log_lik.sum() * scale
+        if weight > 0:  # (a KL weight of 0 leaves the KL out: q's variance may shrink freely while pretraining)
+            loss = loss + weight * free_bits(kl_rows.sum(0) * scale, cfg.free_bits, batch_kl)
+        checks, names = [], ["generator", "encoder"]
+        gen_norm, enc_norm = self._backward(checks, loss, tuple(names), cfg.generator_clip)
+        figures = self._apply(checks, {
+            "gen_grad_norm": gen_norm, "encoder_grad_norm": enc_norm, "nll_sum": -log_lik.detach().sum(),
+            "kl": batch_kl.sum(), "kl_floored": batch_kl.clamp(min=cfg.free_bits).sum(),
+            "kl_dims_above_floor": (batch_kl > cfg.free_bits).sum()}, names)
+        figures["kl_dims_above_floor"] = int(figures["kl_dims_above_floor"])
+        return {**metrics, **figures, "kl_weight": weight}
+
+    def reset_decoder(self) -> None:
+        """Li et al.'s switch: the decoder starts again from fresh random weights (`vae.reset_weights`, a
+        draw of their own, not the initial weights) and a fresh Adam state; the encoder keeps what
+        pretraining taught it."""
+        reset_weights(self.model.decoder, self.cfg.seed + RESET_SEED)
+        self.optimizers["generator"].state.clear()
+
+    def load_state(self, checkpoint: dict) -> list[str]:
+        self.updates = int(checkpoint["step"])
+        return super().load_state(checkpoint)
+
+
+def make_learner(model: LatentEBMTextModel, cfg: Config, device, parallel: Parallel = Parallel()) -> Learner:
+    """The learner of the config's model: Langevin-chain maximum likelihood, or the VAE's ELBO."""
+    return (VAELearner if cfg.model == "vae" else Learner)(model, cfg, device, parallel)
+
+
+VALID_AU_SENTENCES = 64  # validation sentences whose per-unit sensitivity is measured (d decoder passes each)
+VALID_AIS_CHAINS, VALID_AIS_STEPS = 500, 500  # the exact sampler the prior chain is held against (seconds)
+GAP_GROWTH_VALIDATIONS = 4  # the energy gap is taken to run away when it rose over this many validations ...
+GAP_GROWTH_NATS = 3.0  # ... by more than this in all
+COLLAPSE_GAP = 0.02  # nats/token: below this the decoder is taken to ignore z ...
+COLLAPSE_VALIDATIONS = 3  # ... when it stays below for this many validations in a row
+TEXT_CHAIN = Config()  # the measured text defaults of the posterior chain, which the warning suggests
+
+
+def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device) -> dict:
+    """Per-token NLL of the validation split given posterior z and given prior z, and whether z is used.
+
+    The gap between the two NLLs is the posterior-collapse signal: if z from the prior explains the
+    sentences as well as z inferred from them, the decoder ignores z. Mutual information and active
+    units come from `textebm.inference.diagnostics` (they read 0 for a decoder that ignores z)."""
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(VALIDATION_SEED)
+    sentences = split.sentences[: cfg.valid_batches * cfg.batch_size] if cfg.valid_batches else split.sentences
+    figures = latent_usage(model, sentences, model.pad_id, batch_size=cfg.batch_size, generator=generator,
+                           au_sentences=VALID_AU_SENTENCES)
+    record = {"valid_nll_posterior": figures["nll_posterior"], "valid_nll_prior": figures["nll_prior"],
+              "valid_gap": figures["gap"], "valid_mutual_information": figures["mutual_information"],
+              "valid_active_units": figures["active_units"],
+              "valid_ppl_posterior": math.exp(min(figures["nll_posterior"], 50.0)),
+              "valid_tokens": figures["tokens"]}
+    if cfg.model == "vae":  # the ELBO's two terms per sentence (z+ one draw from q: its reconstruction term)
+        kl = kl_figures(posterior_kl(model, sentences, cfg.batch_size), cfg.free_bits)
+        reconstruction = figures["nll_posterior"] * figures["tokens"] / figures["sentences"]
+        record.update({"valid_kl": kl["kl_per_sentence"], "valid_kl_dims_above_floor": kl["kl_dims_above_floor"],
+                       "valid_elbo": -reconstruction - kl["kl_per_sentence"]})
+    if model.prior.is_ebm:  # the prior chain against AIS's exact sampler; AIS's log Z comes with it
+        reference = annealed_log_partition(model.prior, VALID_AIS_CHAINS, VALID_AIS_STEPS, generator=generator)
+        bias = prior_chain_bias(model, VALID_AIS_CHAINS, reference, generator=generator)
+        record.update({"valid_log_z": reference.log_z, "valid_log_z_ess": reference.ess,
+                       **{f"valid_{key}": value for key, value in bias.items() if not isinstance(value, str)}})
+    return record
+
+
+def collapse_warning(gaps: list[float], cfg: Config) -> str | None:
+    """One message when the last COLLAPSE_VALIDATIONS validation gaps all lie below COLLAPSE_GAP."""
+    recent = gaps[-COLLAPSE_VALIDATIONS:]
+    if len(recent) < COLLAPSE_VALIDATIONS or max(recent) >= COLLAPSE_GAP:
+        return None
+    head = (f"warning: the decoder ignores z (posterior collapse): the validation gap between prior-z and "
+            f"posterior-z NLL has stayed below {COLLAPSE_GAP} nats/token for {COLLAPSE_VALIDATIONS} validations "
+            f"({', '.join(f'{g:.3f}' for g in recent)}). ")
+    if cfg.model == "vae":
+        return head + (f"The KL term pulls q(z|x) onto the prior faster than the decoder learns to read z: a "
+                       f"higher free_bits floor (now {cfg.free_bits:g} nats per dimension), a longer kl_anneal_steps "
+                       f"(now {cfg.kl_anneal_steps}) or autoencoder pretraining (ae_pretrain_steps, now "
+                       f"{cfg.ae_pretrain_steps}) keep z in use: docs/training.md")
+    return head + (f"Likely cause: a posterior chain too short or too noisy "
+            f"to find codes that explain the sentence (now {cfg.posterior_steps} steps of "
+            f"{cfg.posterior_step_size:g}, noise scale {cfg.posterior_noise:g}); large, nearly noiseless steps "
+            f"(the default --set posterior_step_size={TEXT_CHAIN.posterior_step_size:g} --set "
+            f"posterior_noise={TEXT_CHAIN.posterior_noise:g}), or more of them (posterior_steps), let z carry "
+            "the sentence: docs/inference.md")
+
+
+def energy_gap_warning(gaps: list[float], cfg: Config) -> str | None:
+    """One message when the mean energy gap f(z+) - f(z-) between validations rose at every one of the
+    last GAP_GROWTH_VALIDATIONS validations and by more than GAP_GROWTH_NATS in all: the energy is
+    sharpening faster than the prior chain follows (docs/inference.md)."""
+    recent = gaps[-GAP_GROWTH_VALIDATIONS:]
+    if len(recent) < GAP_GROWTH_VALIDATIONS or any(b <= a for a, b in zip(recent, recent[1:])):
+        return None
+    if recent[-1] - recent[0] <= GAP_GROWTH_NATS:
+        return None
+    return (f"warning: the energy gap f(z+) - f(z-) keeps growing ({', '.join(f'{g:.2f}' for g in recent)} over the "
+            f"last {GAP_GROWTH_VALIDATIONS} validations): the prior chain ({cfg.prior_steps} steps of "
+            f"{cfg.prior_step_size:g}) no longer reaches where f puts its mass, and the latent tends to carry less "
+            f"from here. Settings that bound it: energy_penalty (now {cfg.energy_penalty:g}), energy_warm_steps "
+            f"(now {cfg.energy_warm_steps}), energy_lr (now {cfg.energy_lr:g}): docs/inference.md")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    stopped_by: str  # "max_steps" | "max_minutes" | "max_cpu_minutes" | "max_epochs" | "interrupt"
+    last_validation: dict = field(default_factory=dict)
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for sig in self.previous:
+                signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self.previous = {}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Budget:
+    """When training stops, and where it keeps copies of itself on the way.
+
+    `max_minutes` is wall-clock time of this process (a user's option); `max_cpu_minutes` is the run's
+    training CPU time, counted over every resume (`Clock.cpu_seconds`: steps only, no validation), the
+    budget that gives the same number of steps under any machine load. `keep_at` are CPU minutes at
+    which the run is copied to RUN/marks/cpu-<M>min/ (a complete run folder, for curves of quality
+    against training time from one run)."""
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    max_cpu_minutes: float | None = None
+    keep_at: tuple[float, ...] = ()
+
+    def exhausted(self, clock: Clock, started: float) -> str | None:
+        if self.max_cpu_minutes is not None and clock.cpu_seconds >= 60 * self.max_cpu_minutes:
+            return "max_cpu_minutes"
+        if self.max_minutes is not None and time.monotonic() - started > 60 * self.max_minutes:
+            return "max_minutes"
+        return None
+
+
+class EpochOrder:
+    """The batches of step s: epoch s // per_epoch's order (a pure function of seed and epoch), cached."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.per_epoch = math.ceil(len(lengths) / batch_size)
+        self.epoch, self.batches = -1, []
+
+    def batch(self, step: int) -> list[int]:
+        if step // self.per_epoch != self.epoch:
+            self.epoch = step // self.per_epoch
+            self.batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch)
+        return self.batches[step % self.per_epoch]
+
+
+class _Skips:
+    """A step whose numbers went non-finite is skipped and logged; `nonfinite_policy=stop`, or
+    `max_skipped_steps` in a row, saves a checkpoint and stops the run."""
+
+    def __init__(self, cfg: Config, log: TrainingLog, checkpoint):
+        self.cfg, self.log, self.checkpoint, self.in_a_row = cfg, log, checkpoint, 0
+
+    def count(self, failure: str | None, step: int) -> bool:
+        """True when step `step` failed (and was skipped)."""
+        if failure is None:
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.log.message(f"step {step}: {failure}; step skipped ({self.in_a_row} in a row)")
+        self.log.metrics({"step": step, "kind": "skipped", "reason": failure})
+        if self.cfg.nonfinite_policy == "stop" or self.in_a_row >= self.cfg.max_skipped_steps:
+            self.checkpoint()
+            raise UserError(f"training stopped at step {step}: {failure} (non-finite numbers, {self.in_a_row} "
+                            "step(s) in a row); try smaller step sizes or learning rates")
+        return True
+
+
+def mark_folder(folder: Path, cpu_minutes: float) -> Path:
+    return Path(folder) / "marks" / f"cpu-{cpu_minutes:g}min"
+
+
+class _Validation:
+    """Validation as training runs it: the record, the console lines, samples, and the two warnings
+    (the decoder ignores z; the energy gap runs away), each given once."""
+
+    def __init__(self, model, valid_split: EncodedSplit, cfg: Config, device, vocab, log: TrainingLog,
+                 parallel: Parallel):
+        self.model, self.split, self.cfg, self.device, self.vocab = model, valid_split, cfg, device, vocab
+        self.log, self.parallel = log, parallel
+        self.last, self.at = {}, -1
+        self.gaps, self.energy_gaps, self.gap_since = [], [], []
+        self.warned_collapse = self.warned_gap = False
+
+    def describe(self) -> str:
+        """What a validation computes (it takes minutes on a CPU: the console says so before it starts)."""
+        cfg, sentences = self.cfg, len(self.split.sentences)
+        if cfg.valid_batches:
+            sentences = min(sentences, cfg.valid_batches * cfg.batch_size)
+        what = f"NLL with posterior and prior codes on {sentences} sentences"
+        if self.model.has_latent:
+            what += f", mutual information, active units ({VALID_AU_SENTENCES} sentences)"
+        if self.model.prior.is_ebm:
+            what += f", log Z by AIS ({VALID_AIS_CHAINS} chains x {VALID_AIS_STEPS} steps) and the prior chain's bias"
+        return what
+
+    def run(self, kind: str, step: int, per_epoch: int) -> None:
+        self.at = step
+        if self.parallel.is_main:
+            self._report(kind, step, per_epoch)
+        self.parallel.barrier()
+
+    def _report(self, kind: str, step: int, per_epoch: int) -> None:
+        model, cfg, log = self.model, self.cfg, self.log
+        if kind == "final":
+            log.message(f"step {step} final: validating: {self.describe()} ...")
+        try:
+            record = validate(model, self.split, cfg, self.device)
+        except NonFiniteError as err:
+            log.message(f"step {step} {kind}: validation skipped: {err}")
+            return
+        if self.gap_since:  # the training steps' mean energy gap since the last validation
+            record["train_energy_gap"] = sum(self.gap_since) / len(self.gap_since)
+            self.gap_since.clear()
+        self.last = record
+        log.metrics({"step": step, "epoch": step / per_epoch, "kind": kind, **record})
+        log.message(validation_line(record, step, kind, model, cfg))
+        samples = model.generate(cfg.num_log_samples, max_length=min(cfg.max_length, 40),
+                                 generator=torch.Generator(device=self.device).manual_seed(VALIDATION_SEED))
+        for row in samples.tolist():
+            log.message(f"  sample: {self.vocab.decode(row)}")
+        self.gaps.append(record["valid_gap"])
+        warning = None if self.warned_collapse or not model.has_latent else collapse_warning(self.gaps, cfg)
+        if warning:
+            self.warned_collapse = True
+            log.message(warning)
+        if "train_energy_gap" in record:
+            self.energy_gaps.append(record["train_energy_gap"])
+            warning = None if self.warned_gap else energy_gap_warning(self.energy_gaps, cfg)
+            if warning:
+                self.warned_gap = True
+                log.message(warning)
+
+
+def validation_line(record: dict, step: int, kind: str, model, cfg: Config) -> str:
+    line = (f"step {step} {kind}: valid NLL/token posterior {record['valid_nll_posterior']:.3f} "
+            f"prior {record['valid_nll_prior']:.3f}")
+    if model.has_latent:
+        line += (f" gap {record['valid_gap']:.3f}; rough MI {record['valid_mutual_information']:.2f} nats "
+                 "(one code, log p(x) from 4 prior draws; evaluate's is sound), "
+                 f"active units {record['valid_active_units']}/{model.prior.latent_dim}")
+    if "valid_kl" in record:
+        line += (f"; KL {record['valid_kl']:.2f} nats ({record['valid_kl_dims_above_floor']} "
+                 f"dimensions above the {cfg.free_bits:g} floor), ELBO {record['valid_elbo']:.2f}")
+    if "valid_prior_chain_bias_f" in record:
+        line += (f"; prior chain mean f {record['valid_prior_chain_mean_f']:.2f} vs exact "
+                 f"{record['valid_exact_mean_f']:.2f} "
+                 f"(bias {record['valid_prior_chain_bias_f']:+.2f}), log Z {record['valid_log_z']:.2f}")
+    return line
+
+
+def train_record(step: int, per_epoch: int, metrics: dict, nll: float, num_tokens: int, rows: int,
+                 seconds: float, energy_gap: float | None) -> dict:
+    """One training step's record: NLL per token and sentence, speed, gradient norms, the energy gap."""
+    record = {"step": step, "epoch": step / per_epoch, "kind": "train", "nll_token": nll / num_tokens,
+              "nll_sentence": nll / rows, "tokens_per_s": num_tokens / seconds, **metrics}
+    if energy_gap is not None:
+        record["energy_gap"] = energy_gap / rows
+    if "kl" in record:  # the VAE: its ELBO per sentence
+        record["elbo"] = -record["nll_sentence"] - record["kl"]
+    return record
+
+
+def progress_postfix(record: dict, last_valid: dict, has_latent: bool) -> dict:
+    """The progress bar's figures: this step's NLL, energy gap (or the VAE's KL) and speed, and the last
+    validation's latent-usage figures."""
+    postfix = {"nll": f"{record['nll_token']:.3f}", "f_gap": f"{record.get('energy_gap', 0.0):.3f}",
+               "tok_s": f"{record['tokens_per_s']:.0f}"}
+    if "kl" in record:
+        postfix.update(kl=f"{record['kl']:.2f}", w=f"{record['kl_weight']:.2f}")
+        del postfix["f_gap"]
+    if has_latent and "valid_gap" in last_valid:
+        postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}", mi=f"{last_valid['valid_mutual_information']:.1f}",
+                       au=last_valid["valid_active_units"])
+    if "valid_prior_chain_bias_f" in last_valid:
+        postfix["bias"] = f"{last_valid['valid_prior_chain_bias_f']:+.2f}"
+    return postfix
+
+
+def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, valid_split: EncodedSplit,
+          folder: Path, vocab, device, max_steps: int | None = None, max_minutes: float | None = None,
+          resume: bool = False, progress: bool = True, echo=print, parallel: Parallel = Parallel(),
+          max_cpu_minutes: float | None = None, keep_at: tuple[float, ...] = ()) -> TrainResult:
+    """Train until max_steps / max_minutes / max_cpu_minutes / max_epochs (`Budget`), checkpointing every
+    `checkpoint_every` steps and at each `keep_at` mark.
+
+    Under torchrun every process calls this; only the main process writes files."""
+    from tqdm.auto import tqdm
+
+    folder, device, main = Path(folder), torch.device(device), parallel.is_main
+    budget = Budget(max_steps, max_minutes, max_cpu_minutes, tuple(sorted(keep_at)))
+    learner = make_learner(model, cfg, device, parallel)
+    step, clock = 0, Clock()
+    if resume:
+        checkpoint = load_checkpoint(folder)
+        notes = learner.load_state(checkpoint)
+        step = int(checkpoint["step"])
+        clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
+        if main:
+            remove_stale_temp_files(folder)
+    log = TrainingLog(folder, echo if main else (lambda text: None), clock, enabled=main,
+                      resumed_at=step if resume else None, tensorboard=cfg.tensorboard)
+    if resume:
+        log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
+        for note in notes:
+            log.message(note)
+    if log.tensorboard_folder and not resume:
+        log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
+
+    order = EpochOrder([len(s) for s in train_split.sentences], cfg.batch_size, cfg.seed)
+    per_epoch = order.per_epoch
+    total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
+    if max_steps is not None:
+        total = max_steps if total is None else min(total, max_steps)
+    if total is None and max_minutes is None and max_cpu_minutes is None:
+        raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
+                        "max_epochs")
+    total = total if total is not None else 10**12
+    stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
+    marks = [m for m in budget.keep_at if not mark_folder(folder, m).is_dir()]
+    validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
+    started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
+
+    def checkpoint_now(into: Path = folder):
+        state = learner.state()  # a collective call under torchrun: every process takes part
+        if main:
+            save_checkpoint(into, model, learner.optimizers, step,
+                            {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state()})
+
+    def keep_mark(cpu_minutes: float):
+        checkpoint_now()
+        if main:  # a complete run folder: config, vocabulary, checkpoint, and when it was taken
+            mark = mark_folder(folder, cpu_minutes)
+            create_run(mark, cfg, vocab)
+            checkpoint_now(mark)
+            atomic_write_text(mark / "mark.json", json.dumps({"cpu_minutes": cpu_minutes, "step": step,
+                                                              **clock.stamp()}, indent=2) + "\n")
+            log.message(f"step {step}: kept at {cpu_minutes:g} CPU minutes in {mark}")
+        parallel.barrier()
+
+    bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
+               unit="step", dynamic_ncols=True)
+    with _StopRequest() as stop:
+        while step < total:
+            out_of_budget = budget.exhausted(clock, started)
+            if parallel.any(stop.requested or out_of_budget is not None, device):
+                stopped_by = "interrupt" if stop.requested or out_of_budget is None else out_of_budget
+                break
+            with clock.training():
+                index = order.batch(step)
+                shard = parallel.shard(len(index))
+                tokens = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id).to(device)
+                tic = time.perf_counter()
+                try:
+                    metrics, failure = learner.step(tokens, shard), None
+                except NonFiniteError as err:
+                    metrics, failure = None, str(err)
+                seconds = time.perf_counter() - tic
+            skipped = skips.count(failure, step + 1)  # logged; stops the run (saved at `step`) when the policy says
+            step += 1
+            if skipped:
+                continue
+            if metrics.pop("decoder_reset", False):
+                log.message(f"step {step}: autoencoder pretraining done ({cfg.ae_pretrain_steps} steps): "
+                            "decoder reset, the ELBO with free bits from here")
+            num_tokens = int((tokens[:, 1:] != model.pad_id).sum())
+            nll, num_tokens, gap = parallel.sum([metrics.pop("nll_sum"), num_tokens,
+                                                 metrics.pop("energy_gap_sum", 0.0)], device)
+            record = train_record(step, per_epoch, metrics, nll, num_tokens, len(index), seconds,
+                                  gap if learner.energy is not None else None)
+            if "energy_gap" in record:
+                validation.gap_since.append(record["energy_gap"])
+            bar.update(1)
+            bar.set_postfix(progress_postfix(record, validation.last, model.has_latent), refresh=False)
+            if step % cfg.log_every == 0 or step == 1:
+                log.metrics(record)
+            if step % per_epoch == 0:
+                validation.run("epoch", step, per_epoch)
+            elif cfg.valid_every and step % cfg.valid_every == 0:
+                validation.run("valid", step, per_epoch)
+            if marks and parallel.any(clock.cpu_seconds >= 60 * marks[0], device):
+                keep_mark(marks.pop(0))
+            elif step % cfg.checkpoint_every == 0:
+                checkpoint_now()
+    bar.close()
+    if stopped_by != "interrupt" and validation.at != step:
+        validation.run("final", step, per_epoch)
+    for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop: a
+        keep_mark(minutes)  # mark added to a run that has spent its time (a grid's keep_at grew)
+    checkpoint_now()
+    if main:
+        log.message(f"stopped at step {step} ({stopped_by}) after {clock.cpu_seconds / 60:.1f} CPU minutes of "
+                    f"training, {clock.elapsed / 60:.1f} minutes in all; checkpoint saved in {folder}")
+    log.close()
+    return TrainResult(step, stopped_by, validation.last)
