@@ -249,3 +249,31 @@ def test_quick_likelihood_rows_time_both_estimators_and_hold_the_new_one_to_the_
     assert timing.reference > 0 and timing.candidate > 0 and "floor" in timing.note
     assert closed.unit.startswith("nats") and closed.met is True  # |error| <= 0.1 nat and ESS >= 30% of draws
     assert closed.candidate < closed.reference
+
+
+def test_bdmc_sandwich_brackets_evaluate_on_the_tiny_run(trained_run, tmp_path, capsys):
+    from bench.bdmc_sandwich import main
+
+    out = tmp_path / "sandwich.json"
+    assert main([str(trained_run), "--sentences", "6", "--temperatures", "30", "--chains", "2", "--estimate", "20x4",
+                 "--ais", "100x100", "--max-length", "12", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["sentences"] == 6 and figures["temperatures"] == 30
+    # stochastic bounds: on this tiny run (z barely used) they nearly meet, so allow float noise across machines
+    assert -0.01 < figures["gap"] < 1.0, figures
+    assert figures["gap"] == pytest.approx(figures["upper"] - figures["lower"])
+    (estimate,) = figures["estimates"]
+    assert estimate["inside"] >= 5 and abs(estimate["below_lower"]) < 0.5, estimate
+    assert f"gap {figures['gap']:.2f}" in capsys.readouterr().out
+
+
+def test_bdmc_sandwich_refuses_bad_input(trained_run, tmp_path, capsys):
+    from bench.bdmc_sandwich import main
+
+    for extra, message in ((["--estimate", "80"], "--estimate '80'"), (["--chains", "0"], "at least 1"),
+                           (["--ais", "10x"], "--ais '10x'")):
+        assert main([str(trained_run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert main([str(tmp_path / "nosuch")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
