@@ -84,6 +84,7 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     assert report["nll_per_sentence"] * 12 / report["num_tokens"] == pytest.approx(
         __import__("math").log(report["perplexity"]), rel=1e-6)
     assert report["elbo_per_sentence"] <= -report["nll_per_sentence"] + 1e-6
+    assert 0 < report["cpu_seconds"] and 0 < report["seconds"]  # the work and the wall clock, both counted
     usage = report["latent_usage"]
     assert 0 <= usage["active_units"] <= 3 and len(usage["unit_sensitivity"]) == 3
     assert usage["gap"] == pytest.approx(usage["nll_prior"] - usage["nll_posterior"])
