@@ -349,3 +349,13 @@ def test_without_preset_a_cpu_run_takes_the_cpu_preset_and_says_so(cli, tmp_path
     assert first.startswith("no CUDA device: preset cpu;") and "--preset default" in first, out
     config = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
     assert config["preset"] == "cpu" and config["batch_size"] == 16  # the cpu preset, then --set
+
+
+@pytest.mark.parametrize("capability, warned", [("AVX2", True), ("AVX512", False)])
+def test_a_bf16_chain_on_a_cpu_without_avx512_is_warned_about(cli, tmp_path, train_args, monkeypatch, capability,
+                                                               warned):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    status, out, err = cli(*train_args("--out", tmp_path / "run", "--max-steps", "1",
+                                       overrides=["chain_precision=bf16"]))
+    assert status == 0, err
+    assert ("chain_precision=bf16 on a CPU without AVX-512" in out + err) is warned

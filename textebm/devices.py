@@ -65,3 +65,11 @@ def resolve_device(name: str, threads: int | None = None, tf32: bool = True):
     if device.type == "cuda":
         set_tf32(tf32)
     return device
+
+
+def bf16_emulated(device) -> bool:
+    """Whether bf16 products on `device` run without bf16 hardware: a CPU whose vector unit torch reports
+    below AVX-512 (AVX2 and older) emulates them, about 8 times slower than fp32 (docs/benchmarks.md)."""
+    import torch
+
+    return device.type == "cpu" and "AVX512" not in torch.backends.cpu.get_cpu_capability()
