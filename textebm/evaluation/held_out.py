@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 4
+EVALUATOR_VERSION = 5
 AIS_CHAINS = 8  # the default draws per sentence with --anneal-steps > 0 ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal)
 
