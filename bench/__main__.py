@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from bench import Row
+from textebm.devices import cpu_description
 from textebm.io import atomic_write_text
 
 BENCHMARKS = ("training", "step_profile", "levers", "sampling", "precision", "eval_ppl", "likelihood", "server")
@@ -35,21 +36,17 @@ ON_DEVICE = ("step_profile", "levers")  # the benchmarks that `--device` moves; 
 
 def machine() -> dict:
     """What ran the figures: they are only comparable on the same machine."""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         load = os.getloadavg()
     except OSError:
         load = None
+    cpu = cpu_description()
     return {
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
+        "cpu": cpu["cpu"] or platform.processor(),
+        "cpu_vector": cpu["vector"],
+        "cpu_bf16": cpu["bf16"],
+        "cpu_amx": cpu["amx"],
+        "cores": cpu["cores"],
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

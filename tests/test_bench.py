@@ -261,7 +261,8 @@ def test_bdmc_sandwich_brackets_evaluate_on_the_tiny_run(trained_run, tmp_path, 
     assert figures["sentences"] == 6 and figures["temperatures"] == 30
     # stochastic bounds: on this tiny run (z barely used) they nearly meet, so allow float noise across machines
     assert -0.01 < figures["gap"] < 1.0, figures
-    assert figures["gap"] == pytest.approx(figures["upper"] - figures["lower"])
+    # (the means are float32: a few ulps of |log p(x)| ~ 85, 8e-6 each, apart from the mean of the gaps)
+    assert figures["gap"] == pytest.approx(figures["upper"] - figures["lower"], abs=1e-4)
     (estimate,) = figures["estimates"]
     assert estimate["inside"] >= 5 and abs(estimate["below_lower"]) < 0.5, estimate
     assert f"gap {figures['gap']:.2f}" in capsys.readouterr().out

@@ -52,6 +52,14 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     page = (out / "results.md").read_text()
     assert "| tiny EBM | 0, 1 |" in page and " ± " in page and "real text (same evaluator)" in page
     assert (out / "quality_diversity-corpus-test.png").read_bytes()[:4] == b"\x89PNG"
+    # the training table: each run's steps and its final validation, from its marker and metrics.jsonl
+    final = [json.loads(line) for line in (out / "runs" / "tiny-seed0" / "metrics.jsonl").read_text().splitlines()
+             if '"valid_gap"' in line][-1]
+    row = next(line for line in page.splitlines() if line.startswith("| tiny-seed0 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "6" and float(cells[6]) == pytest.approx(final["valid_nll_posterior"], rel=1e-3)
+    assert float(cells[8]) == pytest.approx(final["valid_gap"], rel=1e-2, abs=1e-3)
+    assert results["runs"][0]["train"]["machine"]["cores"] == os.cpu_count()
 
     before = _snapshot(out)
     status, stdout, err = cli("reproduce", grid, "--out", out, "--dry-run")
@@ -65,6 +73,13 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     after = _snapshot(out)
     changed = {p for p in after if after[p] != before.get(p)}
     assert changed == {str(out / name) for name in ("results.json", "results.md", "quality_diversity-corpus-test.png")}
+    # --results-only writes the same files from what is done, and starts nothing
+    (out / "results.md").unlink()
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--results-only")
+    assert status == 0, err
+    assert "| tiny EBM | 0, 1 |" in (out / "results.md").read_text()
+    again = _snapshot(out)
+    assert {p for p in again if again[p] != after.get(p)} == changed
 
 
 def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(

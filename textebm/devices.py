@@ -73,3 +73,25 @@ def bf16_emulated(device) -> bool:
     import torch
 
     return device.type == "cpu" and "AVX512" not in torch.backends.cpu.get_cpu_capability()
+
+
+def cpu_description() -> dict:
+    """The CPU that ran a measurement, from /proc/cpuinfo (empty where there is none): its model name, and
+    the vector units that decide a step's speed. CPU-time budgets give equal work only on equal units:
+    the same grid ran at AVX2 on one day and on AVX-512 with AMX on another."""
+    import os
+    from pathlib import Path
+
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not name:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return {"cpu": name or None, "cores": os.cpu_count(), "vector": vector,
+            "bf16": "avx512_bf16" in flags or "amx_bf16" in flags, "amx": "amx_tile" in flags}

@@ -20,6 +20,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--train-only", action="store_true",
                    help="train (or resume) every run, leave the evaluations for a later call")
     p.add_argument("--dry-run", action="store_true", help="list what is done and what would run; start nothing")
+    p.add_argument("--results-only", action="store_true",
+                   help="write DIR/results.json, results.md and the figures from what is done now; start nothing "
+                        "(a grid that runs across sessions, reported half-way)")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--executor", choices=["local", "slurm"], default="local",
@@ -50,6 +53,13 @@ def run(args: argparse.Namespace) -> int:
         print(format_plan(grid, out, plan(grid, out), args.jobs))
         return 0
     command = shlex.join(["textebm", "reproduce", args.grid, "--out", args.out, "--jobs", str(args.jobs)])
+    if args.results_only:
+        from textebm.experiments.reproduce import write_grid_results
+
+        print(format_plan(grid, out, plan(grid, out), args.jobs))
+        for path in write_grid_results(grid, out, command):
+            print(f"wrote {path}")
+        return 0
     if args.executor == "slurm":
         return _on_slurm(args, grid, out, command)
     status = reproduce(grid, out, args.jobs, args.data_dir, args.device, command,

@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from textebm.devices import cpu_description
 from textebm.errors import UserError
 from textebm.experiments.grid import Evaluation, Grid, RunSpec
 from textebm.io import atomic_write_text, read_json
@@ -506,7 +507,7 @@ class Reproduction:
                   "train_minutes": round(spent / 60, 3),
                   "train_cpu_minutes": round(clock.get("cpu_seconds", 0.0) / 60, 3), "commit": code_commit(),
                   "segment_commits": [segment.get("commit") for segment in segments],  # None: kept since 2026-12-03
-                  "segments": len(segments),
+                  "segments": len(segments), "machine": cpu_description(),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_json(folder / TRAIN_MARKER, marker)
         self.echo(f"{spec.name}: trained, {step} steps in {spent / 60:.1f} min ({marker['stopped_by']})")
@@ -580,8 +581,24 @@ def _signal(pid: int, sig: int) -> None:
 
 # ---- the whole command ----------------------------------------------------------------------------
 
+def last_validation(folder: Path) -> dict | None:
+    """The run's last validation record in RUN/metrics.jsonl (its final one, for a finished run)."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    found = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if '"valid_nll_posterior"' in line:
+            try:
+                found = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a killed process
+                continue
+    return found
+
+
 def gather(grid: Grid, out: Path) -> list[tuple[RunSpec, dict | None, dict]]:
-    """Per run: its training marker (None until trained) and its completed evaluation reports by split."""
+    """Per run: its training marker (None until trained; with the run's last validation record added as
+    `validation`) and its completed evaluation reports by split."""
     from textebm.evaluation.held_out import load_evaluation
 
     gathered = []
@@ -590,6 +607,8 @@ def gather(grid: Grid, out: Path) -> list[tuple[RunSpec, dict | None, dict]]:
         marker = read_json(folder / TRAIN_MARKER)
         if marker is not None and marker.get("budget") != budget_of(spec):
             marker = None
+        if marker is not None:
+            marker = {**marker, "validation": last_validation(folder)}
         reports = {e.split: load_evaluation(folder, e.split)
                    if marker is not None and evaluation_done(folder, e, marker["step"]) else None
                    for e in spec.evaluations}

@@ -167,6 +167,7 @@ def markdown(data: dict, figures: dict[tuple[str, str], str]) -> str:
             lines += ["", f"Not yet evaluated: {', '.join(missing)}."]
         lines.append("")
     lines += _time_to_quality_section(data.get("time_to_quality", []), data.get("time_to_quality_figures", {}))
+    lines += _training_section(data["runs"])
     return "\n".join(lines + ["## Runs", ""] + _runs_table(data["runs"])) + "\n"
 
 
@@ -186,6 +187,36 @@ def _time_to_quality_section(rows: list[dict], figures: dict[str, str]) -> list[
             lines += ["", f"![time to quality, {corpus}]({Path(figures[corpus]).name})"]
         lines.append("")
     return lines
+
+
+TRAINING_INTRO = (
+    "Each trained run as its training left it: the commit of its last training segment, the CPU it ran on "
+    "(CPU-time budgets buy equal work only on equal vector units), its steps, training CPU minutes and "
+    "wall minutes (every segment, validations included), and its last validation: NLL per token with "
+    "posterior codes (a reconstruction figure, not a likelihood) and with prior draws, their gap (is z "
+    "used), active units, and for the EBM prior log Z by AIS and the prior chain's bias in mean f against "
+    "an exact sampler. The likelihoods to compare models by are the evaluations' above.")
+
+
+def _training_section(runs: list[dict]) -> list[str]:
+    trained = [r for r in runs if r["train"] is not None]
+    if not trained:
+        return []
+    rows = []
+    for run in trained:
+        train, valid = run["train"], run["train"].get("validation") or {}
+        machine = train.get("machine") or {}
+        unit = machine.get("vector") or "—"
+        if machine.get("amx"):
+            unit += " + AMX"
+        rows.append([run["name"], (train.get("commit") or "—")[:8], unit, str(train["step"]),
+                     _num(train.get("train_cpu_minutes"), 3), _num(train.get("train_minutes"), 3)]
+                    + [_num(valid.get(key), digits) for key, digits in (
+                        ("valid_nll_posterior", 4), ("valid_nll_prior", 4), ("valid_gap", 3),
+                        ("valid_active_units", 3), ("valid_log_z", 4), ("valid_prior_chain_bias_f", 3))])
+    return ["## Training", "", TRAINING_INTRO, ""] + _table(
+        ["run", "commit", "CPU", "steps", "CPU min", "wall min", "valid NLL/token, posterior z", "prior z", "gap",
+         "active units", "log Z", "prior-chain bias of f"], rows) + [""]
 
 
 def _likelihood_table(groups: list[dict]) -> list[str]:
