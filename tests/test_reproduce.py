@@ -49,6 +49,8 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     assert group["figures"]["nll"]["mean"] == pytest.approx(statistics.fmean(nlls))
     assert group["figures"]["nll"]["sd"] == pytest.approx(statistics.stdev(nlls))
     assert nlls[0] != nlls[1]  # different seeds, different models
+    # the plain logmeanexp beside it: never below the jackknife's NLL (Jensen over the leave-one-out means)
+    assert group["figures"]["nll_bound"]["mean"] >= group["figures"]["nll"]["mean"]
     page = (out / "results.md").read_text()
     assert "| tiny EBM | 0, 1 |" in page and " ± " in page and "real text (same evaluator)" in page
     assert (out / "quality_diversity-corpus-test.png").read_bytes()[:4] == b"\x89PNG"
