@@ -6,9 +6,17 @@ import math
 
 import torch
 
-from textebm.inference.annealing import GaussianReference, annealed_log_likelihood, sigmoid_schedule
+from textebm.inference.annealing import (
+    GaussianReference,
+    MixtureReference,
+    RowMixture,
+    _log_ratio_and_grad,
+    annealed_log_likelihood,
+    sigmoid_schedule,
+)
 from textebm.inference.bdmc import bdmc
-from textebm.inference.closed_form import closed_form_model
+from textebm.inference.closed_form import bimodal_closed_form_model, closed_form_model
+from textebm.inference.laplace import laplace_mixture
 
 
 def test_sigmoid_schedule_rises_from_zero_to_one():
@@ -84,3 +92,57 @@ def test_bdmc_from_a_misplaced_reference_sandwiches_the_exact_log_likelihood():
     assert float((sandwich.lower.double() - exact).mean()) < 0.2
     assert float((sandwich.upper.double() - exact).mean()) > -0.2
     assert float(sandwich.gap.abs().mean()) < 0.3, sandwich
+
+
+def _mode_gaussians(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bimodal model's exact posterior per sentence as its two Gaussians: means (B, 2, d), square
+    roots of the covariances (B, 2, d, d), log shares (B, 2)."""
+    w, c, s2 = model.decoder.weight.double(), model.decoder.offset.double(), model.decoder.noise**2
+    y = model.decoder.observations.double()
+    _, prior_means, variances = model.prior.components()
+    d = w.shape[1]
+    means, roots = [], []
+    for j in range(2):
+        covariance = torch.linalg.inv(torch.eye(d, dtype=torch.float64) / variances[j] + w.T @ w / s2)
+        means.append((prior_means[j] / variances[j] + (y - c) @ w / s2) @ covariance)
+        roots.append(torch.linalg.cholesky(covariance).expand(y.shape[0], d, d))
+    shares = torch.log_softmax(model.exact_component_log_px(), 1)
+    return torch.stack(means, 1).float(), torch.stack(roots, 1).float(), shares
+
+
+def test_a_one_component_mixture_has_the_single_gaussians_log_ratio():
+    model = closed_form_model(latent_dim=6, sentences=3)
+    reference = _posterior_reference(model, shift=1.0, widen=1.5)
+    u = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    mixture = MixtureReference(reference.mean.unsqueeze(1), reference.matrix.unsqueeze(1), torch.zeros(3, 1))
+    single = _log_ratio_and_grad(model, model.tokens(), reference, reference.log_det, u, 8)
+    mixed = _log_ratio_and_grad(model, model.tokens(), reference, reference.log_det, u, 8, RowMixture.of(mixture))
+    for a, b in zip(single, mixed):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_ais_from_a_mixture_on_both_modes_reaches_the_mass_that_one_modes_gaussian_misses():
+    """A posterior of two Gaussians (a broad mode and a narrow one `distance` 3 away): chains that start
+    in the broad mode's Gaussian never reach the other, and the estimate falls short by log of the
+    broad mode's share; from the two-component mixture with the exact shares every weight is equal."""
+    model = bimodal_closed_form_model()
+    means, roots, shares = _mode_gaussians(model)
+    exact, g = model.exact_log_px(), torch.Generator().manual_seed(0)
+    broad, _ = annealed_log_likelihood(model, model.tokens(), GaussianReference(means[:, 0], roots[:, 0]),
+                                       model.exact_log_z(), 8, 10, generator=g)
+    assert torch.allclose(broad.double() - exact, shares[:, 0], atol=0.05)
+    mixed, chains = annealed_log_likelihood(model, model.tokens(), MixtureReference(means, roots, shares),
+                                            model.exact_log_z(), 8, 10, generator=g)
+    assert (mixed.double() - exact).abs().max() < 0.01
+    assert float(chains.log_w.view(8, 8).std(1).max()) < 0.01
+
+
+def test_laplace_mixture_finds_each_mode_and_weighs_it_by_its_mass():
+    model = bimodal_closed_form_model()
+    means, _, shares = _mode_gaussians(model)
+    g = torch.Generator().manual_seed(0)
+    codes = means.repeat_interleave(2, 1) + 0.05 * torch.randn(8, 4, 8, generator=g)  # two ends near each mode
+    mixture = laplace_mixture(model, model.tokens(), codes)
+    assert torch.allclose(mixture.means, means.repeat_interleave(2, 1), atol=1e-3)
+    found = torch.logsumexp(mixture.log_weights.view(8, 2, 2), 2)  # each mode's two components together
+    assert torch.allclose(found, shares, atol=0.02), (found.exp(), shares.exp())

@@ -81,9 +81,69 @@ class GaussianReference:
         return torch.linalg.solve(self.matrix, (z - self.mean).unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass
+class MixtureReference:
+    """q(z) = sum_k w_k N(z; m_k, A_k A_k^T) per sentence, K components: means (B, K, d), matrices
+    (B, K, d, d), log_weights (B, K) (normalised).
+
+    AIS from a mixture (module docstring of `anneal`'s caller, `annealed_log_likelihood`): a chain draws
+    its component k ~ w once and runs in k's whitened coordinates; its log ratio is
+    l(z) = log p(x, z) - log q(z) with the whole mixture's q. That is AIS on the pair (k, z) from
+    w_k q_k(z) to p(x, z) r(k | z), r(k | z) = w_k q_k(z) / q(z) the component's responsibility: the
+    pair's target integrates to p(x) and every step, k held fixed, leaves its temperature's law
+    invariant. So the chains' weights estimate Z_alpha p(x) as a single Gaussian's do, and a posterior
+    with several modes gets chains started in each."""
+
+    means: torch.Tensor
+    matrices: torch.Tensor
+    log_weights: torch.Tensor
+
+    def draw(self, num_chains: int, generator: torch.Generator | None = None) -> tuple[GaussianReference, RowMixture]:
+        """Components for `num_chains` chains per sentence (rows sentence-major): each row's own Gaussian,
+        and the mixture's density for each row."""
+        b, k, d = self.means.shape
+        chosen = torch.multinomial(self.log_weights.exp().float(), num_chains, replacement=True, generator=generator)
+        sentence = torch.arange(b, device=chosen.device).repeat_interleave(num_chains)
+        chosen = chosen.reshape(-1)
+        own = GaussianReference(self.means[sentence, chosen], self.matrices[sentence, chosen])
+        return own, RowMixture.of(self).repeat(num_chains)
+
+
+@dataclass
+class RowMixture:
+    """A mixture's log density, row by row (R rows, K components), in the form the log ratio needs:
+    log q(z) + (d/2) log 2 pi = logsumexp_k [offsets_k - |inverses_k (z - means_k)|^2 / 2], with
+    offsets_k = log w_k - log |det A_k|."""
+
+    means: torch.Tensor  # (R, K, d)
+    inverses: torch.Tensor  # (R, K, d, d): A_k^{-1}
+    offsets: torch.Tensor  # (R, K)
+
+    @classmethod
+    def of(cls, mixture: MixtureReference) -> RowMixture:
+        matrices = mixture.matrices.double()
+        log_det = torch.linalg.slogdet(matrices)[1]
+        dtype = mixture.means.dtype
+        return cls(mixture.means, torch.linalg.inv(matrices).to(dtype), (mixture.log_weights - log_det).to(dtype))
+
+    def repeat(self, n: int) -> RowMixture:
+        return RowMixture(*(t.repeat_interleave(n, 0) for t in (self.means, self.inverses, self.offsets)))
+
+    def rows(self, start: int, stop: int) -> RowMixture:
+        return RowMixture(self.means[start:stop], self.inverses[start:stop], self.offsets[start:stop])
+
+    def log_density_plus_constant(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z) + (d/2) log 2 pi per row (R,), differentiable in z (R, d)."""
+        whitened = (self.inverses @ (z.unsqueeze(1) - self.means).unsqueeze(-1)).squeeze(-1)
+        return torch.logsumexp(self.offsets - 0.5 * whitened.pow(2).sum(-1), 1)
+
+
 def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReference, log_det: torch.Tensor,
-                        u: torch.Tensor, max_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows."""
+                        u: torch.Tensor, max_rows: int,
+                        mixture: RowMixture | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows. With a
+    `mixture`, l = log p(x, z) - log q(z) for the mixture's q (`MixtureReference`); without, q is each
+    row's own Gaussian, log q(z) = log N(u; 0, I) - log |det A|."""
     sigma2, d = model.prior.sigma ** 2, u.shape[1]
     values, grads, log_liks = [], [], []
     with torch.enable_grad():
@@ -91,8 +151,11 @@ def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReferenc
             rows = u[s:s + max_rows].detach().requires_grad_(True)
             z = GaussianReference(reference.mean[s:s + max_rows], reference.matrix[s:s + max_rows]).to_z(rows)
             log_lik = model.decoder(z, tokens[s:s + max_rows])
-            value = (log_lik + model.prior.energy(z) - z.pow(2).sum(-1) / (2 * sigma2)
-                     - 0.5 * d * math.log(sigma2) + log_det[s:s + max_rows] + 0.5 * rows.pow(2).sum(-1))
+            value = (log_lik + model.prior.energy(z) - z.pow(2).sum(-1) / (2 * sigma2) - 0.5 * d * math.log(sigma2))
+            if mixture is None:
+                value = value + log_det[s:s + max_rows] + 0.5 * rows.pow(2).sum(-1)
+            else:
+                value = value - mixture.rows(s, s + max_rows).log_density_plus_constant(z)
             (grad,) = torch.autograd.grad(value.sum(), rows)
             values.append(value.detach())
             grads.append(grad)
@@ -113,18 +176,19 @@ class AnnealedChains:
 
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
            step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-           group: int = 1) -> AnnealedChains:
+           group: int = 1, mixture: RowMixture | None = None) -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
     the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
-    chains) share their step size."""
+    chains) share their step size. `mixture`: the rows' mixture reference (`MixtureReference.draw`),
+    each row's `reference` then the component it drew."""
     if u.shape[0] % group:
         raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
     log_det = reference.log_det
     steps = torch.full((u.shape[0] // group, 1), step_size, dtype=u.dtype, device=u.device)
     log_w = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
     accepted = torch.zeros(u.shape[0], device=u.device)
-    ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows)
+    ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture)
     for previous, beta in zip(betas[:-1], betas[1:]):
         log_w += (beta - previous) * ell.double()
         grad = beta * grad_ell - u
@@ -133,7 +197,7 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
         noise = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=generator)
         proposal = u + half * grad + step * noise
         new_ell, new_grad_ell, new_log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, proposal,
-                                                                 max_rows)
+                                                                 max_rows, mixture)
         new_grad = beta * new_grad_ell - proposal
         forward = (proposal - u - half * grad).pow(2).sum(-1)
         backward = (u - proposal - half * new_grad).pow(2).sum(-1)
@@ -150,18 +214,21 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     return AnnealedChains(log_w, reference.to_z(u), log_lik, accepted / max(1, len(betas) - 1))
 
 
-def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference, log_z: float,
-                            num_chains: int, steps: int, step_size: float = 1.0,
+def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference | MixtureReference,
+                            log_z: float, num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None,
                             max_rows: int = MAX_ROWS) -> tuple[torch.Tensor, AnnealedChains]:
-    """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`."""
+    """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
+    (one Gaussian per sentence, or a mixture: `MixtureReference`)."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
-    b, d = reference.mean.shape
-    rows = reference.repeat(num_chains)
-    u = torch.randn(b * num_chains, d, device=reference.mean.device, generator=generator,
-                    dtype=reference.mean.dtype)
+    if isinstance(reference, MixtureReference):
+        rows, mixture = reference.draw(num_chains, generator)
+    else:
+        rows, mixture = reference.repeat(num_chains), None
+    b, d = tokens.shape[0], rows.mean.shape[1]
+    u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, sigmoid_schedule(steps).tolist(),
-                    step_size, generator, max_rows, group=num_chains)
+                    step_size, generator, max_rows, group=num_chains, mixture=mixture)
     log_w = chains.log_w.view(b, num_chains)
     return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains

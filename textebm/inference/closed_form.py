@@ -49,6 +49,13 @@ class QuadraticTilt(EnergyPrior):
     def energy_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.energy(z), self.a.to(z) - self.b * z
 
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The normalised prior as a Gaussian mixture (log weights (J,), means (J, d), isotropic
+        variances (J,)), float64: here the one Gaussian N(a / p, I / p)."""
+        a = self.a.double()
+        return torch.zeros(1, dtype=torch.float64), (a / self.precision).unsqueeze(0), torch.tensor(
+            [1 / self.precision], dtype=torch.float64)
+
 
 class LinearGaussianDecoder(nn.Module):
     """p(x | z) = N(y_x; A z + c, s^2 I), with the decoder's call signature (z, tokens, projection)."""
@@ -79,7 +86,7 @@ class LinearGaussianDecoder(nn.Module):
 class ClosedFormModel(LatentEBMTextModel):
     """The toolkit's model object with the closed-form prior and decoder in place of the MLP and LSTM."""
 
-    def __init__(self, config: Config, prior: QuadraticTilt, decoder: LinearGaussianDecoder):
+    def __init__(self, config: Config, prior: EnergyPrior, decoder: LinearGaussianDecoder):
         super().__init__(config, FIRST_ID + decoder.observations.shape[0], 0, 1, 2)
         self.prior, self.decoder = prior, decoder
         self._device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
@@ -111,12 +118,20 @@ class ClosedFormModel(LatentEBMTextModel):
         return means, covariance
 
     def exact_log_px(self) -> torch.Tensor:
-        """log p(x) of every sentence, float64 (n,)."""
-        a, w, c = self.prior.a.double(), self.decoder.weight.double(), self.decoder.offset.double()
-        p, m = self.prior.precision, w.shape[0]
-        marginal = torch.distributions.MultivariateNormal(
-            w @ a / p + c, w @ w.T / p + self.decoder.noise**2 * torch.eye(m, dtype=torch.float64))
-        return marginal.log_prob(self.decoder.observations.double())
+        """log p(x) of every sentence, float64 (n,): the prior's Gaussian components (`components`) each
+        give a Gaussian marginal of y."""
+        return torch.logsumexp(self.exact_component_log_px(), 1)
+
+    def exact_component_log_px(self) -> torch.Tensor:
+        """log [pi_j p(x | prior component j)] (n, J): softmax over j gives the posterior's share of each
+        component (the modes' masses of a bimodal posterior)."""
+        w, c = self.decoder.weight.double(), self.decoder.offset.double()
+        log_weights, means, variances = self.prior.components()
+        m, y = w.shape[0], self.decoder.observations.double()
+        parts = [log_weights[j] + torch.distributions.MultivariateNormal(
+            means[j] @ w.T + c, variances[j] * w @ w.T + self.decoder.noise**2 * torch.eye(m, dtype=torch.float64)
+        ).log_prob(y) for j in range(len(log_weights))]
+        return torch.stack(parts, 1)
 
     def exact_mutual_information(self) -> torch.Tensor:
         """KL(p(z | x) || p_alpha(z)) of every sentence, float64 (n,)."""
@@ -181,6 +196,15 @@ class NarrowBump(EnergyPrior):
     def exact_log_z(self) -> float:
         return math.log1p(math.exp(self.log_c) * self._overlap(self.mu, self.tau, self.sigma))
 
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The normalised prior as a Gaussian mixture (`QuadraticTilt.components`): the reference
+        N(0, sigma^2 I), and the bump times the reference, N(mu s2 / (t2 + s2), t2 s2 / (t2 + s2) I)."""
+        t2, s2, mu = self.tau**2, self.sigma**2, self.mu.double()
+        bump = self.log_c + math.log(self._overlap(self.mu, self.tau, self.sigma))
+        log_weights = torch.tensor([0.0, bump], dtype=torch.float64) - self.exact_log_z()
+        means = torch.stack([torch.zeros_like(mu), mu * s2 / (t2 + s2)])
+        return log_weights, means, torch.tensor([s2, t2 * s2 / (t2 + s2)], dtype=torch.float64)
+
     def energy(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.softplus(self.log_c - (z - self.mu.to(z)).pow(2).sum(-1) / (2 * self.tau**2))
 
@@ -188,3 +212,24 @@ class NarrowBump(EnergyPrior):
         inner = self.log_c - (z - self.mu.to(z)).pow(2).sum(-1) / (2 * self.tau**2)
         grad = -torch.sigmoid(inner).unsqueeze(-1) * (z - self.mu.to(z)) / self.tau**2
         return torch.nn.functional.softplus(inner), grad
+
+
+def bimodal_closed_form_model(latent_dim: int = 8, sentences: int = 8, share: float = 0.5, distance: float = 3.0,
+                              tau: float = 0.3, seed: int = 0) -> ClosedFormModel:
+    """`closed_form_model`'s decoder (singular values 0.25 to 1: weak, so the posterior keeps the prior's
+    shape) under a `NarrowBump` prior holding `share` of the prior's mass `distance` from the origin:
+    the posterior of a sentence is a mixture of two Gaussians, a broad mode and a narrow one, with
+    log p(x) and each mode's mass known exactly (`exact_component_log_px`). The sentences are drawn
+    from the model itself, each code from the mixture."""
+    g = torch.Generator().manual_seed(seed + 1)
+    base = closed_form_model(latent_dim, sentences, largest=1.0, smallest=0.25, seed=seed)
+    mu = torch.randn(latent_dim, generator=g, dtype=torch.float64)
+    prior = NarrowBump.with_share((distance * mu / mu.norm()).float(), tau, share)
+    log_weights, means, variances = prior.components()
+    which = torch.multinomial(log_weights.exp(), sentences, replacement=True, generator=g)
+    z = means[which] + variances[which].sqrt().unsqueeze(1) * torch.randn(sentences, latent_dim, generator=g,
+                                                                          dtype=torch.float64)
+    weight, offset, noise = base.decoder.weight.double(), base.decoder.offset.double(), base.decoder.noise
+    y = z @ weight.T + offset + noise * torch.randn(sentences, latent_dim, generator=g, dtype=torch.float64)
+    decoder = LinearGaussianDecoder(base.decoder.weight, base.decoder.offset, noise, y.float())
+    return ClosedFormModel(base.config, prior, decoder).eval()

@@ -149,3 +149,20 @@ def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: i
     scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows).view(b, c)
     scores = torch.nan_to_num(scores, nan=-math.inf)
     return codes[torch.arange(b, device=codes.device), scores.argmax(1)]
+
+
+def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_steps: int = 1,
+                    max_rows: int = MAX_ROWS):
+    """A mixture of Laplace Gaussians per sentence, one per chain end (codes (B, C, d)), each weighted by
+    its Laplace evidence log p(x, z*) + (d/2) log 2 pi - (1/2) log det P (the mass a Gaussian of that
+    curvature holds): an `annealing.MixtureReference`. Ends that found the same mode give the same
+    component, each with its share; a posterior with several modes gets one component on each found."""
+    from textebm.inference.annealing import MixtureReference
+
+    b, c, d = codes.shape
+    rows = tokens.repeat_interleave(c, 0)
+    fitted = laplace_proposal(model, rows, codes.reshape(-1, d), newton_steps, max_rows=max_rows)
+    evidence = log_joint(model, rows, fitted.mean, max_rows) - 0.5 * fitted.precisions.log().sum(-1)
+    evidence = torch.nan_to_num(evidence.view(b, c).double(), nan=-math.inf)
+    matrices = fitted.vectors * fitted.precisions.rsqrt().unsqueeze(1)
+    return MixtureReference(fitted.mean.view(b, c, d), matrices.view(b, c, d, d), torch.log_softmax(evidence, 1))
