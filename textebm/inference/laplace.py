@@ -152,17 +152,23 @@ def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: i
 
 
 def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_steps: int = 1,
-                    max_rows: int = MAX_ROWS):
-    """A mixture of Laplace Gaussians per sentence, one per chain end (codes (B, C, d)), each weighted by
-    its Laplace evidence log p(x, z*) + (d/2) log 2 pi - (1/2) log det P (the mass a Gaussian of that
-    curvature holds): an `annealing.MixtureReference`. Ends that found the same mode give the same
-    component, each with its share; a posterior with several modes gets one component on each found."""
+                    max_rows: int = MAX_ROWS, evidence_share: float = 0.5):
+    """A mixture of Laplace Gaussians per sentence, one per chain end (codes (B, C, d)): an
+    `annealing.MixtureReference`. A component's weight is `evidence_share` of its share of the Laplace
+    evidence, log p(x, z*) + (d/2) log 2 pi - (1/2) log det P (the mass a Gaussian of that curvature
+    holds), plus the rest spread evenly: the evidence favours the heavier modes, and the even part
+    bounds every importance weight by C / (1 - evidence_share) times the weight under that component
+    alone, where the evidence misjudges a mode (an end between two modes, a Hessian that is not the
+    mode's). Ends that found the same mode give the same component, each with its share."""
     from textebm.inference.annealing import MixtureReference
 
+    if not 0.0 <= evidence_share < 1.0:
+        raise ValueError(f"evidence_share must be in [0, 1), not {evidence_share}")
     b, c, d = codes.shape
     rows = tokens.repeat_interleave(c, 0)
     fitted = laplace_proposal(model, rows, codes.reshape(-1, d), newton_steps, max_rows=max_rows)
     evidence = log_joint(model, rows, fitted.mean, max_rows) - 0.5 * fitted.precisions.log().sum(-1)
     evidence = torch.nan_to_num(evidence.view(b, c).double(), nan=-math.inf)
+    weights = evidence_share * torch.softmax(evidence, 1) + (1 - evidence_share) / c
     matrices = fitted.vectors * fitted.precisions.rsqrt().unsqueeze(1)
-    return MixtureReference(fitted.mean.view(b, c, d), matrices.view(b, c, d, d), torch.log_softmax(evidence, 1))
+    return MixtureReference(fitted.mean.view(b, c, d), matrices.view(b, c, d, d), weights.log())

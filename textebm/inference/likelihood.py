@@ -57,7 +57,12 @@ from dataclasses import dataclass
 
 import torch
 
-from textebm.inference.annealing import sigmoid_schedule
+from textebm.inference.annealing import (
+    GaussianReference,
+    MixtureReference,
+    annealed_log_likelihood,
+    sigmoid_schedule,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -284,7 +289,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     mixture settings do not apply to it (module docstring, 3.). `anneal_steps` > 0 (Laplace only): each
     of the `num_samples` draws is an AIS chain from the Laplace Gaussian to p(z | x) through that many
     temperatures (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.)."""
-    from textebm.inference.laplace import best_chain_end, laplace_proposal
+    from textebm.inference.laplace import best_chain_end, laplace_mixture, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
         raise ValueError("num_chains and num_samples must be at least 1")
@@ -314,12 +319,17 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         group = max(1, max_rows // num_chains)
         codes = torch.cat([model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator)
                            for start in range(0, b, group)])
+        if proposal == "laplace" and anneal_steps > 0:
+            if num_chains > 1:
+                reference = laplace_mixture(model, tokens, codes, newton_steps, max_rows)
+            else:
+                reference = GaussianReference.laplace(laplace_proposal(model, tokens, codes[:, 0], newton_steps,
+                                                                       max_rows=max_rows))
+            return _annealed(model, tokens, reference, log_z, num_samples, anneal_steps, generator, max_rows,
+                             num_chains)
         if proposal == "laplace":
             fitted = laplace_proposal(model, tokens, best_chain_end(model, tokens, codes, max_rows), newton_steps,
                                       nu, heavy_share, heavy_scale, max_rows)
-            if anneal_steps > 0:
-                return _annealed(model, tokens, fitted, log_z, num_samples, anneal_steps, generator, max_rows,
-                                 num_chains)
             with torch.no_grad():
                 z = fitted.sample(num_samples, generator)
                 log_q = fitted.log_density(z)
@@ -342,20 +352,23 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     return ISResult(log_px.float(), ess.float(), log_w.float(), mean, raw, num_chains, log_lik.float())
 
 
-def _annealed(model, tokens, fitted, log_z: float, num_chains: int, steps: int, generator, max_rows: int,
+def _annealed(model, tokens, reference, log_z: float, num_chains: int, steps: int, generator, max_rows: int,
               tempered_chains: int) -> ISResult:
-    """The AIS estimate from the Laplace Gaussian `fitted` (a `LaplaceProposal`, its mode found from
-    `tempered_chains` chains) as an `ISResult`: each AIS chain's weight is an importance weight on the
-    chain's whole path, its final state a weighted draw from p(z | x)."""
-    from textebm.inference.annealing import GaussianReference, annealed_log_likelihood
-
+    """The AIS estimate from `reference` (the Laplace Gaussian, or the mixture of one per tempered chain
+    end) as an `ISResult`: each AIS chain's weight is an importance weight on the chain's whole path,
+    its final state a weighted draw from p(z | x). The location and scale reported are the (heaviest)
+    component's."""
     b = tokens.shape[0]
-    _, chains = annealed_log_likelihood(model, tokens, GaussianReference.laplace(fitted), log_z, num_chains,
-                                        steps, generator=generator, max_rows=max_rows)
+    _, chains = annealed_log_likelihood(model, tokens, reference, log_z, num_chains, steps, generator=generator,
+                                        max_rows=max_rows)
+    if isinstance(reference, MixtureReference):
+        heaviest = reference.log_weights.argmax(1)
+        rows = torch.arange(b, device=heaviest.device)
+        reference = GaussianReference(reference.means[rows, heaviest], reference.matrices[rows, heaviest])
     log_w = chains.log_w.view(b, num_chains) - log_z
     ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
-    return ISResult(jackknife_log_mean_exp(log_w).float(), ess.float(), log_w.float(), fitted.mean, fitted.std,
-                    tempered_chains,
+    return ISResult(jackknife_log_mean_exp(log_w).float(), ess.float(), log_w.float(), reference.mean,
+                    reference.matrix.pow(2).sum(-1).sqrt(), tempered_chains,
                     chains.log_lik.view(b, num_chains).float())
 
 
