@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-sentences", type=int, metavar="N",
                    help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")
     p.add_argument("--num-chains", type=int, default=DEFAULTS.num_chains, metavar="C",
-                   help="tempered posterior chains per sentence; the best end starts the Laplace proposal's mode "
-                        f"search (default {DEFAULTS.num_chains})")
+                   help="tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace "
+                        f"Gaussians (--anneal-steps 0: the best end's) (default {DEFAULTS.num_chains})")
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, metavar="S",

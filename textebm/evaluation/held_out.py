@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 6
+EVALUATOR_VERSION = 7
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
@@ -41,10 +41,11 @@ class EvaluationOptions:
     split: str = "test"
     data_dir: str | None = None
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
-    num_chains: int = 1  # tempered posterior chains whose best end starts the Laplace proposal's mode search
+    num_chains: int = 4  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
+    # Gaussians (with --anneal-steps 0 the best end's Laplace proposal)
     posterior_steps: int | None = None  # None: the run's K1
     num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
-    anneal_steps: int = 80  # each draw annealed from the Laplace Gaussian to p(z|x) through this many temperatures
+    anneal_steps: int = 60  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -183,7 +184,7 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
     """How much work an evaluation is, said before it starts."""
     if model.has_latent:
         steps = config.posterior_steps if options.posterior_steps is None else options.posterior_steps
-        proposal = (f"a Laplace proposal from {options.num_chains} tempered chain(s) x {steps} steps, "
+        proposal = (f"Laplace Gaussians at {options.num_chains} tempered chain end(s) x {steps} steps, "
                     if config.model != "vae"
                     else "the encoder's q(z|x) as the proposal, ")
         draws = (f"{options.num_is_samples} AIS chains x {options.anneal_steps} temperatures each"
@@ -376,9 +377,10 @@ LAPLACE_ESTIMATOR = (
 ANNEALED_ESTIMATOR = (
     "log p(x) = the jackknife of logmeanexp_s w_s (S L_S - (S-1) mean_i L_(S-1)^(-i): logmeanexp's 1/S bias "
     "removed; nll_per_sentence_bound is plain logmeanexp's) over annealed importance sampling chains "
-    "(textebm.inference.annealing): each starts "
-    "from the Laplace Gaussian N(m, S) (m the mode of log p(x, z), S the inverse of its negative Hessian) and "
-    "walks to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m, S) is "
+    "(textebm.inference.annealing): each draws one component of a mixture of Laplace Gaussians N(m_k, S_k), one "
+    "at each of num_chains tempered chain ends (m_k the mode of log p(x, z) a Newton step finds from the end, S_k "
+    "the inverse of its negative Hessian; weights half by Laplace evidence, half even), and walks from the mixture "
+    "to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m_k, S_k) is "
     "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
 ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the draws ...
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
