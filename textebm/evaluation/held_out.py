@@ -41,11 +41,11 @@ class EvaluationOptions:
     split: str = "test"
     data_dir: str | None = None
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
-    num_chains: int = 4  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
+    num_chains: int = 2  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
     # Gaussians (with --anneal-steps 0 the best end's Laplace proposal)
     posterior_steps: int | None = None  # None: the run's K1
     num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
-    anneal_steps: int = 60  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
+    anneal_steps: int = 80  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
