@@ -1,6 +1,8 @@
 #!/bin/bash
 # Regenerate docs/results.md from a results grid's own output, and keep the grid's small files here.
 #   bash docs/results/refresh.sh [OUT]      (OUT: the grid's --out folder; default ~/textebm-runs/results)
+#   VENV=~/textebm-runs/code-C/.venv bash docs/results/refresh.sh   (judge "done" by the code of the
+#   worktree the grid ran from, e.g. when main's evaluator is newer than the one that evaluated it)
 # 1. `textebm reproduce results --out OUT --results-only` writes OUT/results.md, results.json and the
 #    figures from what is done (starting nothing); the page becomes docs/results.md (its figures in
 #    docs/results/), under the status paragraph of docs/results/status.md.
@@ -12,12 +14,13 @@ set -euo pipefail
 out=${1:-$HOME/textebm-runs/results}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-"$root/.venv/bin/textebm" reproduce results --out "$out" --jobs 2 --results-only > /dev/null
+venv=${VENV:-$root/.venv}
+"$venv/bin/textebm" reproduce results --out "$out" --jobs 2 --results-only > /dev/null
 cp "$out/results.json" "$here/"
 find "$out" -maxdepth 1 -name '*.png' -exec cp {} "$here/" \;
 { cat "$here/status.md"; echo; sed -e '1d' -e 's#](\([A-Za-z0-9_.-]*\.png\))#](results/\1)#' "$out/results.md"; } \
     > "$root/docs/results.md.tmp" && mv "$root/docs/results.md.tmp" "$root/docs/results.md"
-"$root/.venv/bin/python" - "$out" "$here/grid" <<'PY'
+"$venv/bin/python" -P - "$out" "$here/grid" <<'PY'
 import shutil, sys
 from pathlib import Path
 
