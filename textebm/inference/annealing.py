@@ -16,6 +16,9 @@ is an unbiased estimate of Z_alpha p(x), so logmeanexp over chains, minus log Z_
 log p(x) (a stochastic lower bound, by Jensen). Run backwards from an exact posterior sample, the
 same path gives an unbiased estimate of 1 / (Z_alpha p(x)): the upper half of `textebm.inference.bdmc`.
 
+A mixture of such Gaussians (`MixtureReference`, one per mode found) is a reference too: each chain
+runs in the coordinates of the component it drew, with the whole mixture's density in l.
+
 Why whitened: with the Laplace reference every pi_beta has about the posterior's shape, so one step
 size near 1 suits every coordinate and every temperature; in z the posterior is tens of times
 narrower along some directions than along others. The chains' final states, weighted by their
@@ -84,10 +87,9 @@ class GaussianReference:
 @dataclass
 class MixtureReference:
     """q(z) = sum_k w_k N(z; m_k, A_k A_k^T) per sentence, K components: means (B, K, d), matrices
-    (B, K, d, d), log_weights (B, K) (normalised).
+    (B, K, d, d), log_weights (B, K) (normalised): the reference for a posterior with several modes.
 
-    AIS from a mixture (module docstring of `anneal`'s caller, `annealed_log_likelihood`): a chain draws
-    its component k ~ w once and runs in k's whitened coordinates; its log ratio is
+    A chain draws its component k ~ w once and runs in k's whitened coordinates; its log ratio is
     l(z) = log p(x, z) - log q(z) with the whole mixture's q. That is AIS on the pair (k, z) from
     w_k q_k(z) to p(x, z) r(k | z), r(k | z) = w_k q_k(z) / q(z) the component's responsibility: the
     pair's target integrates to p(x) and every step, k held fixed, leaves its temperature's law

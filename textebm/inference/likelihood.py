@@ -31,7 +31,9 @@ p_alpha(z) = exp(f(z)) N(z; 0, sigma^2 I) / Z_alpha. Two Monte Carlo estimates m
    sample size (sum w)^2 / sum w^2 and the estimate from the first tenth of the draws
    (`ISResult.tenth`) say how far to trust it. With `anneal_steps` > 0 (`evaluate`'s default) each
    draw is an AIS chain from the Laplace Gaussian to p(z | x) (`textebm.inference.annealing`), w_s its weight
-   on the whole path: the same formula, a far better proposal. The proposal (`proposal=`):
+   on the whole path: the same formula, a far better proposal; with `num_chains` > 1 the chains start
+   from the mixture of one Laplace Gaussian per tempered chain end (`laplace.laplace_mixture`), which
+   covers posteriors with several modes. The proposal (`proposal=`):
    - "laplace" (the default): a Gaussian / Student-t mixture at the mode of log p(x, z) with the
      inverse of its negative Hessian as scale (`textebm.inference.laplace`): it has the posterior's width and
      correlations. On the closed-form model (`textebm.inference.closed_form`, d = 32) it is within 0.05 nat
