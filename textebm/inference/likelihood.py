@@ -289,8 +289,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     decoder rows (memory: rows x length x vocabulary logits; default `Decoder.rows_per_chunk`). `posterior_steps`
     overrides the run's K1 for the chains. A model with its own q(z | x) is the proposal itself: the chain, Laplace and
     mixture settings do not apply to it (module docstring, 3.). `anneal_steps` > 0 (Laplace only): each
-    of the `num_samples` draws is an AIS chain from the Laplace Gaussian to p(z | x) through that many
-    temperatures (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.)."""
+    of the `num_samples` draws is an AIS chain from the Laplace Gaussian (`num_chains` > 1: the mixture of
+    one per chain end, `laplace.laplace_mixture`) to p(z | x) through that many temperatures
+    (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.)."""
     from textebm.inference.laplace import best_chain_end, laplace_mixture, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
