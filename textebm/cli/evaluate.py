@@ -41,8 +41,9 @@ def add_parser(subparsers) -> None:
                    help=f"draws per sentence: AIS chains (default {AIS_CHAINS}), or with --anneal-steps 0 (and for a "
                         f"VAE, from its q) importance samples (default {IS_DRAWS})")
     p.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, metavar="T",
-                   help="anneal each draw from the Laplace Gaussians (their mixture) to the posterior through T temperatures "
-                        "(annealed importance sampling; 0: plain importance sampling from the Laplace proposal; "
+                   help="anneal each draw from the Laplace Gaussians (their mixture) to the posterior through T "
+                        "temperatures (annealed importance sampling; 0: plain importance sampling from the Laplace "
+                        "proposal; "
                         f"default {DEFAULTS.anneal_steps})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
