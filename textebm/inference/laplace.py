@@ -167,6 +167,7 @@ def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_ste
     b, c, d = codes.shape
     rows = tokens.repeat_interleave(c, 0)
     fitted = laplace_proposal(model, rows, codes.reshape(-1, d), newton_steps, max_rows=max_rows)
+    # (d/2) log 2 pi and log Z are the same for every component: only the shares are needed
     evidence = log_joint(model, rows, fitted.mean, max_rows) - 0.5 * fitted.precisions.log().sum(-1)
     evidence = torch.nan_to_num(evidence.view(b, c).double(), nan=-math.inf)
     weights = evidence_share * torch.softmax(evidence, 1) + (1 - evidence_share) / c
