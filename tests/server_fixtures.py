@@ -35,7 +35,8 @@ def train_tiny_run(folder: Path) -> Path:
     corpus = write_corpus(folder.parent / f"{folder.name}-corpus.txt")
     code = main(["train", "--corpus", str(corpus), "--out", str(folder), "--preset", "cpu",
                  "--set", "embedding_dim=16", "--set", "hidden_dim=32", "--set", "latent_dim=8",
-                 "--set", "posterior_steps=3", "--set", "prior_steps=5", "--max-steps", "20", "--no-progress"])
+                 "--set", "posterior_steps=3", "--set", "posterior_init=noise", "--set", "prior_steps=5",
+                 "--max-steps", "20", "--no-progress"])
     assert code == 0, f"training the tiny run failed with exit status {code}"
     assert (folder / "model.safetensors").is_file()
     return folder

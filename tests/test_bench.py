@@ -105,22 +105,24 @@ def test_quick_server_rows_stand_against_the_decoding_floor(tmp_path, trained_ru
 
 
 def test_quick_step_profile_splits_a_step_into_its_parts(tmp_path):
+    """The cpu preset's step as it runs (the encoder's guess, then refine steps), split into its parts."""
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "step_profile", "--repeats", "1", "--threads", "1",
-         "--set", "posterior_steps=3", "--out", str(out)],
+         "--set", "refine_steps=3", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest.json").read_text())["rows"]
     assert {r["benchmark"] for r in rows} == {"step_profile"}
     cases = [r["case"].split(",")[0] for r in rows]
-    assert cases == ["Learner.step (K1=3", "posterior chain (K1=3", "one chain step (forward and backward to z)",
+    assert cases == ["Learner.step (encoder + 3 refine steps", "posterior chain (encoder + 3 refine steps",
+                     "one chain step (forward and backward to z)",
                      "of which the RNN (forward and backward to z)",
                      "of which the vocabulary projection and log-softmax (forward and backward)",
                      "the same projection under bf16 autocast", "generator update (forward", "prior chain (K0=3)",
                      "energy update", "lever: one chain step with chain_precision=bf16",
-                     "lever: Learner.step with chain_precision=bf16", "Learner.step (K1=3"]
+                     "lever: Learner.step with chain_precision=bf16", "Learner.step (encoder + 3 refine steps"]
     assert all(r["unit"] == "ms" and r["reference"] > 0 and r["candidate"] > 0 for r in rows)
     for r in rows:  # each ratio is the figures' own: a cost over its reference, or a speed-up
         cost = r["ratio_kind"] == "cost factor"

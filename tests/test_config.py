@@ -62,6 +62,19 @@ def test_a_size_preset_keeps_the_corpus_data_settings(corpus):
     assert resolve_config("cpu", corpus, ["max_length=7"]).max_length == 7  # --set still wins
 
 
+def test_the_cpu_presets_amortized_inference_applies_to_the_latent_ebm_only():
+    """The cpu preset infers z from an encoder's guess; the language model (no latent) and the VAE (its
+    own encoder) drop that choice instead of failing on it, unless --set asks for it by name."""
+    assert resolve_config("cpu", "ptb").posterior_init == "encoder"
+    assert resolve_config("cpu", "ptb", ["prior=gaussian"]).posterior_init == "encoder"
+    assert resolve_config("cpu", "ptb", ["posterior_init=noise"]).posterior_init == "noise"
+    for model in (["prior=none"], ["model=vae"]):
+        assert resolve_config("cpu", "ptb", model).posterior_init == "noise"
+        with pytest.raises(UserError, match="posterior_init"):
+            resolve_config("cpu", "ptb", [*model, "posterior_init=encoder"])
+    assert resolve_config("default", "ptb").posterior_init == "noise"  # the paper's chain from noise
+
+
 def test_cpu_preset_is_smaller_than_default():
     cpu, default = resolve_config("cpu", "ptb"), resolve_config("default", "ptb")
     assert cpu.hidden_dim < default.hidden_dim and cpu.embedding_dim < default.embedding_dim

@@ -197,7 +197,7 @@ def _warnings_of_run(tmp_path, lines, valid_lines, overrides):
     overrides = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16", "prior_steps=5",
                  "batch_size=16", "dropout=0.0", "log_every=50", "checkpoint_every=1000", "valid_every=10",
                  "num_log_samples=1", "valid_batches=2", "max_length=30", "vocab_size=500", "generator_lr=3e-3",
-                 *overrides]
+                 "posterior_init=noise", *overrides]
     cfg, vocab, model, train_data, valid_data = _setup(lines[:400], valid_lines, overrides)
     create_run(tmp_path, cfg, vocab)
     messages = []

@@ -166,6 +166,9 @@ class Config:
 MODELS = ("latent_ebm", "vae")
 # Defaults that follow from the model (below a preset's or --set's value): the VAE's prior is Gaussian.
 MODEL_DEFAULTS = {"vae": {"prior": "gaussian"}}
+# A preset's choice of how the latent EBM infers z: dropped, unless --set names it, for a model that has no
+# such inference (prior=none: no latent; model=vae: its own encoder), so one size preset serves every model.
+LATENT_EBM_INFERENCE = ("posterior_init",)
 
 
 def preset_names() -> list[str]:
@@ -234,16 +237,22 @@ def device_preset(corpus: str, on_cuda: bool) -> tuple[str, str]:
 def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -> Config:
     """Defaults, then the corpus's own preset, then the named preset over it (so a size preset such as
     `cpu` keeps the corpus's max_length, vocabulary and lowercasing), then `--set` overrides; keys that
-    none sets take the model's defaults (MODEL_DEFAULTS) before the general ones."""
+    none sets take the model's defaults (MODEL_DEFAULTS) before the general ones, and a preset's
+    LATENT_EBM_INFERENCE keys apply to the latent EBM only."""
     own = corpus if corpus in preset_names() else "default"
     preset = own if preset is None else preset
     values: dict[str, Any] = {"corpus": corpus}
     values.update(load_preset(own))
     values.update(load_preset(preset))
     values["corpus"], values["preset"] = corpus, preset
+    overridden = set()
     for item in overrides:
         key, value = parse_override(item)
         values[key] = value
+        overridden.add(key)
+    if values.get("model", Config.model) == "vae" or values.get("prior", Config.prior) == "none":
+        for key in set(LATENT_EBM_INFERENCE) - overridden:
+            values.pop(key, None)
     for key, value in MODEL_DEFAULTS.get(values.get("model", Config.model), {}).items():
         values.setdefault(key, value)
     return Config.from_dict(values)
