@@ -29,12 +29,13 @@ from textebm.errors import UserError
 from textebm.io import atomic_write_text
 
 LM = "lm"
-VARIANTS = {  # name -> `--set` overrides of the cpu preset
+# name -> `--set` overrides of the cpu preset; "default" is the chain from noise, the preset's until 2026-12-06
+VARIANTS = {
     LM: ["prior=none"],
-    "default": [],
-    "bf16": ["chain_precision=bf16"],
+    "default": ["posterior_init=noise"],
+    "bf16": ["posterior_init=noise", "chain_precision=bf16"],
     "amortized": ["posterior_init=encoder", "refine_steps=2"],
-    "k5-geometric": ["posterior_steps=5", "posterior_step_schedule=geometric"],
+    "k5-geometric": ["posterior_init=noise", "posterior_steps=5", "posterior_step_schedule=geometric"],
 }
 EVALUATION = {"split": "valid", "max_sentences": 200, "temperatures": [1.0]}  # besides evaluate's own defaults
 
