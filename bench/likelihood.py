@@ -25,7 +25,7 @@ DRAWS = 100
 OLD = dict(num_chains=16, proposal="chains", num_samples=DRAWS)  # evaluator version 2's defaults
 _DEFAULTS = EvaluationOptions(checkpoint="").check()
 NEW = dict(num_chains=_DEFAULTS.num_chains, num_samples=_DEFAULTS.num_is_samples,
-           anneal_steps=_DEFAULTS.anneal_steps)  # evaluate's defaults
+           anneal_steps=_DEFAULTS.anneal_steps, curvature_directions=_DEFAULTS.curvature_directions)  # evaluate's
 
 
 def run(quick: bool, repeats: int) -> list[Row]:
@@ -50,9 +50,13 @@ def run(quick: bool, repeats: int) -> list[Row]:
     ref_rate, cand_rate, floor_rate = (n / median(seconds[k]) for k in ("reference", "candidate", "floor"))
     chains, steps = NEW["num_samples"], NEW["anneal_steps"]
     speed_up = cand_rate / ref_rate
+    k = NEW["curvature_directions"]
+    hessians = ("each end's Hessian by differences" if k is None else
+                f"the best end's Hessian by differences, re-measured at each other end along its {k} stiffest "
+                "directions")
     note = (f"reference: evaluator 2 (16 tempered chains, diagonal Gaussian + prior, defensive 0.5, {DRAWS} "
-            f"draws); candidate: evaluate's default ({NEW['num_chains']} tempered chains, each end's Hessian by "
-            f"differences and a Newton step, then {chains} AIS chains x {steps} temperatures from the mixture of "
+            f"draws); candidate: evaluate's default ({NEW['num_chains']} tempered chains, {hessians}, a Newton "
+            f"step each, then {chains} AIS chains x {steps} temperatures from the mixture of "
             f"their Laplace Gaussians); floor ({DRAWS} draws' likelihoods "
             f"alone, plain importance sampling's): {floor_rate:.3g} sentences/s, candidate at "
             f"{cand_rate / floor_rate:.0%} of it")

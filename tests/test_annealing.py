@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from textebm.inference.annealing import (
@@ -16,7 +17,7 @@ from textebm.inference.annealing import (
 )
 from textebm.inference.bdmc import bdmc
 from textebm.inference.closed_form import bimodal_closed_form_model, closed_form_model
-from textebm.inference.laplace import laplace_mixture
+from textebm.inference.laplace import laplace_mixture, remeasured_precision
 
 
 def test_sigmoid_schedule_rises_from_zero_to_one():
@@ -147,3 +148,44 @@ def test_laplace_mixture_finds_each_mode_and_weighs_it_by_its_mass():
     found = mixture.log_weights.exp().float().view(8, 2, 2).sum(2)  # each mode's two components together
     expected = 0.5 * shares.exp() + 0.5 * 2 / 4  # half by the evidence, half evenly over the 4 ends
     assert torch.allclose(found, expected.float(), atol=0.01), (found, expected)
+
+
+def test_remeasuring_the_stiffest_directions_corrects_them_and_keeps_the_rest():
+    """Linear-Gaussian model (constant Hessian P): from P's own eigenvectors with every eigenvalue
+    doubled, the 2 stiffest directions come back exact and the other 4 stay doubled."""
+    model = closed_form_model(latent_dim=6, sentences=3)
+    means, covariance = model._posterior()
+    exact, vectors = torch.linalg.eigh(torch.linalg.inv(covariance))
+    values, _, grad = remeasured_precision(model, model.tokens(), means.float(), vectors.expand(3, 6, 6),
+                                           2 * exact.expand(3, 6), directions=2)
+    expected = torch.cat([2 * exact[:4], exact[4:]]).sort().values
+    assert torch.allclose(values, expected.expand(3, 6), rtol=1e-3), (values, expected)
+    assert float(grad.abs().max()) < 1e-3  # the gradient at the mode
+
+
+def test_laplace_mixture_ends_that_remeasure_the_best_ends_hessian_reach_the_posterior():
+    """Linear-Gaussian model: the best end's Hessian is every end's, so re-measured or not, each end's
+    Newton step lands on the mode and its component has the exact covariance."""
+    model = closed_form_model(latent_dim=6, sentences=3)
+    means, covariance = model._posterior()
+    codes = means.float().unsqueeze(1) + 0.3 * torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(0))
+    mixture = laplace_mixture(model, model.tokens(), codes, directions=2)
+    assert torch.allclose(mixture.means, means.float().unsqueeze(1).expand(3, 4, 6), atol=1e-3)
+    shapes = mixture.matrices @ mixture.matrices.transpose(-1, -2)
+    assert float((shapes - covariance.float()).abs().max()) < 1e-3  # one covariance for every sentence
+
+
+def test_laplace_mixture_with_remeasured_hessians_keeps_a_component_on_each_mode():
+    """Bimodal model (a narrow and a broad mode): ends on the other mode than the best end's start from
+    the wrong curvature, yet re-measured and Newton-stepped they land on their own mode."""
+    model = bimodal_closed_form_model()
+    means, _, _ = _mode_gaussians(model)
+    g = torch.Generator().manual_seed(0)
+    codes = means.repeat_interleave(2, 1) + 0.05 * torch.randn(8, 4, 8, generator=g)
+    mixture = laplace_mixture(model, model.tokens(), codes, directions=4)
+    nearest = (mixture.means.unsqueeze(2) - means.unsqueeze(1)).norm(dim=-1)  # (B, 4 components, 2 modes)
+    assert float(nearest.amin(2).max()) < 0.3  # each component on a mode (the modes are 3 apart)
+    assert (nearest.argmin(2).sum(1) == 2).all()  # two components on each
+    for wrong in (0, -1):
+        with pytest.raises(ValueError, match="directions"):
+            laplace_mixture(model, model.tokens(), codes, directions=wrong)

@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 7
+EVALUATOR_VERSION = 8
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
@@ -41,11 +41,12 @@ class EvaluationOptions:
     split: str = "test"
     data_dir: str | None = None
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
-    num_chains: int = 2  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
+    num_chains: int = 3  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
     # Gaussians (with --anneal-steps 0 the best end's Laplace proposal)
     posterior_steps: int | None = None  # None: the run's K1
     num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
     anneal_steps: int = 80  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
+    curvature_directions: int | None = 8  # ends but the best re-measure its Hessian along k directions; None: own
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -72,6 +73,8 @@ class EvaluationOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
         if self.anneal_steps < 0:
             raise UserError(f"--anneal-steps must not be negative, not {self.anneal_steps}")
+        if self.curvature_directions is not None and self.curvature_directions < 1:
+            raise UserError(f"--curvature-directions must be at least 1, not {self.curvature_directions}")
         if self.posterior_steps is not None and self.posterior_steps < 0:
             raise UserError(f"--posterior-steps must not be negative, not {self.posterior_steps}")
         if self.max_rows is not None and self.max_rows < 1:
@@ -270,6 +273,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
                                  options.num_is_samples, generator, chunk=options.chunk,
                                  anneal_steps=options.anneal_steps, max_rows=options.max_rows,
+                                 curvature_directions=options.curvature_directions,
                                  progress=lambda done, total: bar.update(done - bar.n),
                                  posterior_steps=options.posterior_steps,
                                  done=parts_from_data(partial.stages.get("importance_sampling"), device),
@@ -283,6 +287,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
                                      options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
                                      max_rows=options.max_rows, posterior_steps=options.posterior_steps,
+                                     curvature_directions=options.curvature_directions,
                                      done=parts_from_data(partial.stages.get("half_schedule"), device),
                                      on_chunk=saving("half_schedule"))
         change = shorter.log_px.double() - res.log_px[:n].double()  # per sentence: NLL full minus NLL half
@@ -326,6 +331,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
             vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
                 "estimator": ANNEALED_ESTIMATOR if options.anneal_steps else LAPLACE_ESTIMATOR,
                 "proposal": "laplace", "anneal_steps": options.anneal_steps, "num_chains": options.num_chains,
+                "curvature_directions": options.curvature_directions,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),
                 "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
@@ -379,7 +385,9 @@ ANNEALED_ESTIMATOR = (
     "removed; nll_per_sentence_bound is plain logmeanexp's) over annealed importance sampling chains "
     "(textebm.inference.annealing): each draws one component of a mixture of Laplace Gaussians N(m_k, S_k), one "
     "at each of num_chains tempered chain ends (m_k the mode of log p(x, z) a Newton step finds from the end, S_k "
-    "the inverse of its negative Hessian; weights half by Laplace evidence, half even), and walks from the mixture "
+    "the inverse of its negative Hessian: the best end's by finite differences, every other end's the best's "
+    "re-measured along its curvature_directions stiffest eigenvectors; weights half by Laplace evidence, half "
+    "even), and walks from the mixture "
     "to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m_k, S_k) is "
     "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
 ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the draws ...

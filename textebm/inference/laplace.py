@@ -118,6 +118,43 @@ class LaplaceProposal:
         return torch.logaddexp(student + math.log(self.heavy_share), gaussian + math.log1p(-self.heavy_share))
 
 
+def remeasured_precision(model, tokens: torch.Tensor, z: torch.Tensor, vectors: torch.Tensor, values: torch.Tensor,
+                         directions: int, max_rows: int = MAX_ROWS, step: float = DIFFERENCE_STEP):
+    """Another point's precision from a neighbour's: P = V diag(values) V^T (float64, eigenvalues ascending)
+    re-measured at z (B, d) along its `directions` stiffest eigenvectors, by forward differences of the
+    gradient (directions + 1 gradient rows per row of z); the rest of P (the flatter directions, where the
+    prior's curvature dominates) is kept. Returns (values, vectors, gradient at z) of the symmetrised result."""
+    b, d = z.shape
+    stiff = vectors[:, :, d - directions:]  # (B, d, k)
+    points = torch.cat([z.unsqueeze(1), z.unsqueeze(1) + step * stiff.transpose(1, 2).to(z.dtype)], 1)
+    grads = log_joint_grad(model, tokens.repeat_interleave(directions + 1, 0), points.reshape(-1, d), max_rows)
+    grads = grads.view(b, directions + 1, d)
+    measured = -(grads[:, 1:] - grads[:, :1]).double() / step @ vectors  # (B, k, d): rows (P v_i)^T V
+    inner = torch.diag_embed(values)  # P in V's basis, its last k rows and columns replaced by the measurement
+    inner[:, d - directions:, :] = measured
+    inner[:, :, d - directions:] = measured.transpose(1, 2)
+    block = measured[:, :, d - directions:]
+    inner[:, d - directions:, d - directions:] = 0.5 * (block + block.transpose(1, 2))
+    new_values, new_vectors = torch.linalg.eigh(vectors @ inner @ vectors.transpose(1, 2))
+    floor = MIN_PRECISION / model.prior.sigma**2
+    return new_values.abs().clamp_min(floor), new_vectors, grads[:, 0]
+
+
+def newton_step(model, tokens: torch.Tensor, z: torch.Tensor, grad: torch.Tensor, vectors: torch.Tensor,
+                values: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
+    """z + t P^{-1} grad for each row (P = vectors diag(values) vectors^T, float64), with t the best of
+    STEP_LENGTHS by log p(x, z) (a line search by forward passes only): (B, d)."""
+    b, d = z.shape
+    direction = ((grad.double().unsqueeze(1) @ vectors).squeeze(1) / values).unsqueeze(1) @ vectors.transpose(1, 2)
+    direction = direction.squeeze(1).to(z.dtype)
+    lengths = torch.tensor(STEP_LENGTHS, dtype=z.dtype, device=z.device)
+    candidates = z.unsqueeze(1) + lengths.view(1, -1, 1) * direction.unsqueeze(1)  # (B, L, d)
+    scores = log_joint(model, tokens.repeat_interleave(len(STEP_LENGTHS), 0), candidates.reshape(-1, d),
+                       max_rows).view(b, -1)
+    scores = torch.nan_to_num(scores, nan=-math.inf)
+    return candidates[torch.arange(b, device=z.device), scores.argmax(1)]
+
+
 def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
                      heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = MAX_ROWS) -> LaplaceProposal:
     """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
@@ -127,19 +164,11 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
         raise ValueError(f"nu must be a positive integer or inf, not {nu}")
     floor = MIN_PRECISION / model.prior.sigma**2
     z = start.detach()
-    b, d = z.shape
     for _ in range(newton_steps):
         precision, grad = negative_hessian(model, tokens, z, max_rows)
         values, vectors = torch.linalg.eigh(precision.double())
         values = values.abs().clamp_min(floor)  # saddle-free: uphill along a direction of negative curvature too
-        direction = ((grad.double().unsqueeze(1) @ vectors).squeeze(1) / values).unsqueeze(1) @ vectors.transpose(1, 2)
-        direction = direction.squeeze(1).to(z.dtype)
-        lengths = torch.tensor(STEP_LENGTHS, dtype=z.dtype, device=z.device)
-        candidates = z.unsqueeze(1) + lengths.view(1, -1, 1) * direction.unsqueeze(1)  # (B, L, d)
-        scores = log_joint(model, tokens.repeat_interleave(len(STEP_LENGTHS), 0), candidates.reshape(-1, d),
-                           max_rows).view(b, -1)
-        scores = torch.nan_to_num(scores, nan=-math.inf)
-        z = candidates[torch.arange(b, device=z.device), scores.argmax(1)]
+        z = newton_step(model, tokens, z, grad, vectors, values, max_rows)
     return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share, heavy_scale)
 
 
@@ -152,24 +181,51 @@ def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: i
 
 
 def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_steps: int = 1,
-                    max_rows: int = MAX_ROWS, evidence_share: float = 0.5):
+                    max_rows: int = MAX_ROWS, evidence_share: float = 0.5, directions: int | None = None):
     """A mixture of Laplace Gaussians per sentence, one per chain end (codes (B, C, d)): an
     `annealing.MixtureReference`. A component's weight is `evidence_share` of its share of the Laplace
     evidence, log p(x, z*) + (d/2) log 2 pi - (1/2) log det P (the mass a Gaussian of that curvature
     holds), plus the rest spread evenly: the evidence favours the heavier modes, and the even part
     bounds every importance weight by C / (1 - evidence_share) times the weight under that component
     alone, where the evidence misjudges a mode (an end between two modes, a Hessian that is not the
-    mode's). Ends that found the same mode give the same component, each with its share."""
+    mode's). Ends that found the same mode give the same component, each with its share.
+
+    `directions` (default None: every end its own Hessian, d + 1 gradient rows each): the best end by
+    log p(x, z) gets its own Hessian, and each other end the best end's re-measured along its
+    `directions` stiffest eigenvectors (`remeasured_precision`, directions + 1 rows per Newton step):
+    the modes of one sentence differ in their curvature mostly where the decoder is stiff."""
     from textebm.inference.annealing import MixtureReference
 
     if not 0.0 <= evidence_share < 1.0:
         raise ValueError(f"evidence_share must be in [0, 1), not {evidence_share}")
     b, c, d = codes.shape
-    rows = tokens.repeat_interleave(c, 0)
-    fitted = laplace_proposal(model, rows, codes.reshape(-1, d), newton_steps, max_rows=max_rows)
+    if directions is not None and directions < 1:
+        raise ValueError(f"directions must be at least 1, not {directions}")
+    own = c if directions is None or directions >= d else 1  # all d directions: each end's own Hessian
+    if own < c:  # the best end first
+        scores = torch.nan_to_num(log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows),
+                                  nan=-math.inf).view(b, c)
+        codes = codes.gather(1, scores.argsort(1, descending=True).unsqueeze(-1).expand(b, c, d))
+    fitted = laplace_proposal(model, tokens.repeat_interleave(own, 0), codes[:, :own].reshape(-1, d), newton_steps,
+                              max_rows=max_rows)
+    means = fitted.mean.view(b, own, d)
+    vectors, precisions = fitted.vectors.view(b, own, d, d), fitted.precisions.view(b, own, d)
+    if own < c:
+        rest = c - own
+        rows = tokens.repeat_interleave(rest, 0)
+        best_vectors = vectors[:, 0].double().repeat_interleave(rest, 0)
+        best_values = precisions[:, 0].double().repeat_interleave(rest, 0)
+        z = codes[:, own:].reshape(-1, d).detach()
+        for _ in range(newton_steps):
+            values, others, grad = remeasured_precision(model, rows, z, best_vectors, best_values, directions, max_rows)
+            z = newton_step(model, rows, z, grad, others, values, max_rows)
+        means = torch.cat([means, z.view(b, rest, d)], 1)
+        vectors = torch.cat([vectors, others.to(vectors.dtype).view(b, rest, d, d)], 1)
+        precisions = torch.cat([precisions, values.to(precisions.dtype).view(b, rest, d)], 1)
     # (d/2) log 2 pi and log Z are the same for every component: only the shares are needed
-    evidence = log_joint(model, rows, fitted.mean, max_rows) - 0.5 * fitted.precisions.log().sum(-1)
-    evidence = torch.nan_to_num(evidence.view(b, c).double(), nan=-math.inf)
+    evidence = (log_joint(model, tokens.repeat_interleave(c, 0), means.reshape(-1, d), max_rows).view(b, c)
+                - 0.5 * precisions.log().sum(-1))
+    evidence = torch.nan_to_num(evidence.double(), nan=-math.inf)
     weights = evidence_share * torch.softmax(evidence, 1) + (1 - evidence_share) / c
-    matrices = fitted.vectors * fitted.precisions.rsqrt().unsqueeze(1)
-    return MixtureReference(fitted.mean.view(b, c, d), matrices.view(b, c, d, d), weights.log())
+    matrices = vectors * precisions.rsqrt().unsqueeze(-2)
+    return MixtureReference(means, matrices.contiguous(), weights.log())

@@ -279,7 +279,8 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                                       defensive: float = 0.5, max_rows: int | None = None,
                                       posterior_steps: int | None = None, proposal: str = "laplace",
                                       newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3,
-                                      heavy_scale: float = 1.0, anneal_steps: int = 0) -> ISResult:
+                                      heavy_scale: float = 1.0, anneal_steps: int = 0,
+                                      curvature_directions: int | None = None) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. `proposal="laplace"` (the default): the Student-t Laplace approximation at
     the mode found from the best of `num_chains` tempered chains (`textebm.inference.laplace`; `newton_steps`,
@@ -291,7 +292,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     mixture settings do not apply to it (module docstring, 3.). `anneal_steps` > 0 (Laplace only): each
     of the `num_samples` draws is an AIS chain from the Laplace Gaussian (`num_chains` > 1: the mixture of
     one per chain end, `laplace.laplace_mixture`) to p(z | x) through that many temperatures
-    (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.)."""
+    (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.).
+    `curvature_directions` (the mixture only): None, every end's Hessian its own; k, the best end's
+    re-measured at each other end along its k stiffest directions (`laplace.laplace_mixture`)."""
     from textebm.inference.laplace import best_chain_end, laplace_mixture, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
@@ -324,7 +327,8 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                            for start in range(0, b, group)])
         if proposal == "laplace" and anneal_steps > 0:
             if num_chains > 1:
-                reference = laplace_mixture(model, tokens, codes, newton_steps, max_rows)
+                reference = laplace_mixture(model, tokens, codes, newton_steps, max_rows,
+                                            directions=curvature_directions)
             else:
                 reference = GaussianReference.laplace(laplace_proposal(model, tokens, codes[:, 0], newton_steps,
                                                                        max_rows=max_rows))
