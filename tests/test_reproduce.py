@@ -54,6 +54,10 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     page = (out / "results.md").read_text()
     assert "| tiny EBM | 0, 1 |" in page and " ± " in page and "real text (same evaluator)" in page
     assert (out / "quality_diversity-corpus-test.png").read_bytes()[:4] == b"\x89PNG"
+    # the energy gap over training, one curve per EBM-prior run
+    assert "## corpus: the energy gap over training" in page and "| tiny EBM, seed 1 | " in page
+    assert [c["run"] for c in results["energy_gaps"]] == ["tiny-seed0", "tiny-seed1"]
+    assert (out / "energy_gap-corpus.png").read_bytes()[:4] == b"\x89PNG"
     # the training table: each run's steps and its final validation, from its marker and metrics.jsonl
     final = [json.loads(line) for line in (out / "runs" / "tiny-seed0" / "metrics.jsonl").read_text().splitlines()
              if '"valid_gap"' in line][-1]
@@ -74,7 +78,8 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     assert status == 0, err
     after = _snapshot(out)
     changed = {p for p in after if after[p] != before.get(p)}
-    assert changed == {str(out / name) for name in ("results.json", "results.md", "quality_diversity-corpus-test.png")}
+    assert changed == {str(out / name) for name in ("results.json", "results.md", "quality_diversity-corpus-test.png",
+                                                    "energy_gap-corpus.png")}
     # --results-only writes the same files from what is done, and starts nothing
     (out / "results.md").unlink()
     status, stdout, err = cli("reproduce", grid, "--out", out, "--results-only")

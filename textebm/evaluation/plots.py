@@ -175,3 +175,21 @@ def plot_time_to_quality(rows: list[dict], out: Path, title: str) -> Path:
     if ax.get_lines():
         ax.legend(fontsize=8)
     return save_figure(fig, out)
+
+
+def plot_energy_gap(curves: list[dict], out: Path, title: str) -> Path:
+    """The energy gap f(z+) - f(z-) of training against training CPU minutes, one curve per run (a
+    moving mean over `curves[i]["window"]` logged steps). `curves`: `textebm.experiments.results.energy_gaps`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for color, curve in enumerate(curves):
+        ax.plot(curve["cpu_minutes"], curve["smoothed"], color=f"C{color}", label=curve["label"])
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set(xlabel="training CPU minutes (one thread, steps only)", ylabel="f(z+) - f(z-) (nats)", title=title)
+    if curves:
+        ax.legend(fontsize=8)
+    return save_figure(fig, out)

@@ -633,18 +633,41 @@ def gather_marks(grid: Grid, out: Path) -> list[dict]:
     return points
 
 
+def gather_energy_gaps(grid: Grid, out: Path) -> list[dict]:
+    """Every trained EBM-prior run's label (with its seed where the model has several), corpus, name and
+    training records (metrics.jsonl): the energy-gap curves of the results page."""
+    from textebm.evaluation.plots import read_metrics
+    from textebm.model.runs import load_config
+
+    runs = []
+    for spec, marker, _ in gather(grid, out):
+        folder = run_folder(out, spec)
+        if marker is None:
+            continue
+        config = load_config(folder)
+        if config.model != "latent_ebm" or config.prior != "ebm":
+            continue
+        runs.append({"label": _seeded_label(grid, spec), "corpus": spec.corpus_name, "run": spec.name,
+                     "records": [r for r in read_metrics(folder) if r.get("kind") == "train"]})
+    return runs
+
+
+def _seeded_label(grid: Grid, spec: RunSpec) -> str:
+    seeds = sum(other.group() == spec.group() for other in grid.runs)
+    return spec.label if seeds == 1 else f"{spec.label}, seed {spec.seed}"
+
+
 def write_grid_results(grid: Grid, out: Path, command: str) -> list[Path]:
     from textebm.experiments.results import results_data, write_results
 
     gathered = gather(grid, out)
     curves: dict[tuple[str, str], list] = {}
     for spec, _, reports in gathered:
-        seeds = sum(other.group() == spec.group() for other in grid.runs)
-        label = spec.label if seeds == 1 else f"{spec.label}, seed {spec.seed}"
         for split, report in reports.items():
             if report is not None:
-                curves.setdefault((spec.corpus_name, split), []).append((label, report))
-    return write_results(out, results_data(grid, gathered, command), curves, gather_marks(grid, out))
+                curves.setdefault((spec.corpus_name, split), []).append((_seeded_label(grid, spec), report))
+    return write_results(out, results_data(grid, gathered, command), curves, gather_marks(grid, out),
+                         gather_energy_gaps(grid, out))
 
 
 def reproduce(grid: Grid, out: Path, jobs: int = 1, data_dir: str | None = None, device: str = "auto",

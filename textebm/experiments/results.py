@@ -120,6 +120,32 @@ def time_to_quality(points: list[dict]) -> list[dict]:
 
 # ---- markdown ----------------------------------------------------------------------------------
 
+GAP_WINDOW = 20  # logged training steps in the energy gap's moving mean
+
+
+def energy_gaps(runs: list[dict], window: int = GAP_WINDOW) -> list[dict]:
+    """The energy gap f(z+) - f(z-) over training, per EBM-prior run: `runs` items carry label, corpus,
+    run and its training `records` (metrics.jsonl's train records with energy_gap and cpu_seconds).
+    Each curve: CPU minutes, the gap's trailing moving mean over `window` records, and its mean over each
+    quarter of the training CPU time (does it settle or keep climbing)."""
+    curves = []
+    for run in runs:
+        points = [(r["cpu_seconds"] / 60, r["energy_gap"]) for r in run["records"]
+                  if r.get("kind") == "train" and "energy_gap" in r and "cpu_seconds" in r]
+        if not points:
+            continue
+        minutes = [m for m, _ in points]
+        gaps = [g for _, g in points]
+        smoothed = [statistics.fmean(gaps[max(0, i - window + 1):i + 1]) for i in range(len(gaps))]
+        end = minutes[-1]
+        quarters = [[g for m, g in points if q * end / 4 < m <= (q + 1) * end / 4 or (q == 0 and m == 0)]
+                    for q in range(4)]
+        curves.append({"label": run["label"], "corpus": run["corpus"], "run": run["run"], "window": window,
+                       "cpu_minutes": minutes, "smoothed": smoothed, "cpu_minutes_total": end,
+                       "quarters": [statistics.fmean(q) if q else None for q in quarters]})
+    return curves
+
+
 def _num(x, digits: int = 4) -> str:
     if x is None:
         return "—"
@@ -171,6 +197,7 @@ def markdown(data: dict, figures: dict[tuple[str, str], str]) -> str:
             lines += ["", f"Not yet evaluated: {', '.join(missing)}."]
         lines.append("")
     lines += _time_to_quality_section(data.get("time_to_quality", []), data.get("time_to_quality_figures", {}))
+    lines += _energy_gap_section(data.get("energy_gaps", []), data.get("energy_gap_figures", {}))
     lines += _training_section(data["runs"])
     return "\n".join(lines + ["## Runs", ""] + _runs_table(data["runs"])) + "\n"
 
@@ -189,6 +216,24 @@ def _time_to_quality_section(rows: list[dict], figures: dict[str, str]) -> list[
                           _cell(r["gap"], 3)] for r in mine])
         if corpus in figures:
             lines += ["", f"![time to quality, {corpus}]({Path(figures[corpus]).name})"]
+        lines.append("")
+    return lines
+
+
+def _energy_gap_section(curves: list[dict], figures: dict[str, str]) -> list[str]:
+    lines = []
+    for corpus in dict.fromkeys(c["corpus"] for c in curves):
+        mine = [c for c in curves if c["corpus"] == corpus]
+        lines += [f"## {corpus}: the energy gap over training", "",
+                  "The EBM prior's f(z+) - f(z-) as training logged it (posterior codes minus prior-chain codes, "
+                  "nats), its mean over each quarter of the run's training CPU time: a gap that keeps climbing "
+                  "says the energy sharpens faster than the prior chain follows (docs/inference.md); the figure "
+                  f"shows its moving mean over {mine[0]['window']} logged steps.", ""]
+        lines += _table(["run", "CPU min", "1st quarter", "2nd", "3rd", "4th"],
+                        [[c["label"], _num(c["cpu_minutes_total"], 3), *(_num(q, 3) for q in c["quarters"])]
+                         for c in mine])
+        if corpus in figures:
+            lines += ["", f"![energy gap, {corpus}]({Path(figures[corpus]).name})"]
         lines.append("")
     return lines
 
@@ -294,11 +339,12 @@ def _seeds(group: dict) -> str:
 
 
 def write_results(out: Path, data: dict, reports: dict[tuple[str, str], list[tuple[str, dict]]],
-                  marks: list[dict] = ()) -> list[Path]:
+                  marks: list[dict] = (), gap_runs: list[dict] = ()) -> list[Path]:
     """OUT/results.json, OUT/results.md, OUT/quality_diversity-<corpus>-<split>.png (one curve per
-    evaluated run with a decoding sweep; `reports` by (corpus, split): (label, report) pairs) and
-    OUT/time_to_quality-<corpus>.png (from the evaluated marks, `reproduce.gather_marks`)."""
-    from textebm.evaluation.plots import plot_quality_diversity, plot_time_to_quality
+    evaluated run with a decoding sweep; `reports` by (corpus, split): (label, report) pairs),
+    OUT/time_to_quality-<corpus>.png (from the evaluated marks, `reproduce.gather_marks`) and
+    OUT/energy_gap-<corpus>.png (the EBM-prior runs' training records, `reproduce.gather_energy_gaps`)."""
+    from textebm.evaluation.plots import plot_energy_gap, plot_quality_diversity, plot_time_to_quality
 
     out = Path(out)
     figures = {}
@@ -314,9 +360,18 @@ def write_results(out: Path, data: dict, reports: dict[tuple[str, str], list[tup
         rows = [r for r in curves if r["corpus"] == corpus]
         path = out / f"time_to_quality-{corpus}.png"
         ttq_figures[corpus] = str(plot_time_to_quality(rows, path, f"{corpus}: time to quality"))
+    gaps = energy_gaps(list(gap_runs))
+    gap_figures = {}
+    for corpus in dict.fromkeys(c["corpus"] for c in gaps):
+        path = out / f"energy_gap-{corpus}.png"
+        gap_figures[corpus] = str(plot_energy_gap([c for c in gaps if c["corpus"] == corpus], path,
+                                                  f"{corpus}: energy gap over training"))
     data = {**data, "figures": {f"{c} {s}": p for (c, s), p in figures.items()}, "time_to_quality": curves,
-            "time_to_quality_figures": ttq_figures}
+            "time_to_quality_figures": ttq_figures,
+            "energy_gaps": [{k: v for k, v in c.items() if k not in ("cpu_minutes", "smoothed")} for c in gaps],
+            "energy_gap_figures": gap_figures}
     atomic_write_text(out / "results.json", json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "results.md", markdown(data, figures))
-    return [out / "results.json", out / "results.md", *map(Path, figures.values()), *map(Path, ttq_figures.values())]
+    return [out / "results.json", out / "results.md", *map(Path, figures.values()), *map(Path, ttq_figures.values()),
+            *map(Path, gap_figures.values())]
 

@@ -1,0 +1,30 @@
+"""The results page's pure parts (textebm/experiments/results.py): the energy gap over training."""
+
+import pytest
+
+from textebm.experiments.results import _energy_gap_section, energy_gaps
+
+
+def _records(gaps, seconds_per_step=6.0):
+    return [{"kind": "train", "step": i + 1, "energy_gap": g, "cpu_seconds": (i + 1) * seconds_per_step}
+            for i, g in enumerate(gaps)]
+
+
+def test_energy_gaps_average_each_quarter_of_the_cpu_time_and_smooth_the_curve():
+    climbing = [float(i) for i in range(40)]  # one gap per 6 CPU s: 4 minutes, 10 records a quarter
+    runs = [{"label": "EBM", "corpus": "ptb", "run": "ebm", "records": _records(climbing)},
+            {"label": "LM", "corpus": "ptb", "run": "lm", "records": [{"kind": "train", "step": 1, "cpu_seconds": 6}]}]
+    (curve,) = energy_gaps(runs, window=4)  # the language model logs no energy gap: no curve
+    assert curve["cpu_minutes_total"] == pytest.approx(4.0)
+    assert curve["quarters"] == pytest.approx([4.5, 14.5, 24.5, 34.5])  # means of 0-9, 10-19, 20-29, 30-39
+    assert curve["smoothed"][:4] == pytest.approx([0.0, 0.5, 1.0, 1.5]) and curve["smoothed"][-1] == pytest.approx(37.5)
+    lines = _energy_gap_section([curve], {"ptb": "/x/energy_gap-ptb.png"})
+    assert "## ptb: the energy gap over training" in lines and "![energy gap, ptb](energy_gap-ptb.png)" in lines
+    assert "| EBM | 4 | 4.5 | 14.5 | 24.5 | 34.5 |" in lines
+
+
+def test_a_settled_gap_reads_flat_across_the_quarters():
+    settled = [min(float(i), 10.0) for i in range(80)]
+    (curve,) = energy_gaps([{"label": "EBM", "corpus": "ptb", "run": "ebm", "records": _records(settled)}])
+    assert curve["quarters"][2] == curve["quarters"][3] == pytest.approx(10.0)
+    assert curve["quarters"][0] < curve["quarters"][1] <= curve["quarters"][2]
