@@ -165,7 +165,9 @@ def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path
     config = json.loads((out / "runs" / "k2" / "marks" / "cpu-0.02min" / "config.json").read_text())
     assert config["posterior_steps"] == 2 and config["hidden_dim"] == 32
     assert (out / "time_to_quality-corpus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "results.md").read_text().count("\n| k2 (posterior_steps=2) |") == 2
+    page = (out / "results.md").read_text()
+    assert page.count("\n| k2 (posterior_steps=2) |") == 3  # its two marks, and its energy gap over training
+    assert "## corpus: the energy gap over training" in page
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/marks/*/*") if p.suffix in (".pt", ".json")}
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
