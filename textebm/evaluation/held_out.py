@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 8
+EVALUATOR_VERSION = 7
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
@@ -41,12 +41,12 @@ class EvaluationOptions:
     split: str = "test"
     data_dir: str | None = None
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
-    num_chains: int = 3  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
+    num_chains: int = 2  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
     # Gaussians (with --anneal-steps 0 the best end's Laplace proposal)
     posterior_steps: int | None = None  # None: the run's K1
     num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
     anneal_steps: int = 80  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
-    curvature_directions: int | None = 8  # ends but the best re-measure its Hessian along k directions; None: own
+    curvature_directions: int | None = None  # k: ends but the best re-measure its Hessian along k directions
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -385,8 +385,8 @@ ANNEALED_ESTIMATOR = (
     "removed; nll_per_sentence_bound is plain logmeanexp's) over annealed importance sampling chains "
     "(textebm.inference.annealing): each draws one component of a mixture of Laplace Gaussians N(m_k, S_k), one "
     "at each of num_chains tempered chain ends (m_k the mode of log p(x, z) a Newton step finds from the end, S_k "
-    "the inverse of its negative Hessian: the best end's by finite differences, every other end's the best's "
-    "re-measured along its curvature_directions stiffest eigenvectors; weights half by Laplace evidence, half "
+    "the inverse of its negative Hessian by finite differences, or with curvature_directions k the best end's "
+    "re-measured at the others along its k stiffest eigenvectors; weights half by Laplace evidence, half "
     "even), and walks from the mixture "
     "to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m_k, S_k) is "
     "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
