@@ -125,6 +125,7 @@ def remeasured_precision(model, tokens: torch.Tensor, z: torch.Tensor, vectors: 
     gradient (directions + 1 gradient rows per row of z); the rest of P (the flatter directions, where the
     prior's curvature dominates) is kept. Returns (values, vectors, gradient at z) of the symmetrised result."""
     b, d = z.shape
+    directions = min(directions, d)  # all of them: the Hessian measured afresh
     stiff = vectors[:, :, d - directions:]  # (B, d, k)
     points = torch.cat([z.unsqueeze(1), z.unsqueeze(1) + step * stiff.transpose(1, 2).to(z.dtype)], 1)
     grads = log_joint_grad(model, tokens.repeat_interleave(directions + 1, 0), points.reshape(-1, d), max_rows)
