@@ -150,6 +150,25 @@ def test_checkpoints_every_k_steps_and_at_the_end(tmp_path, small_setup):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_the_weights_are_saved_before_the_final_validation(tmp_path, small_setup, monkeypatch):
+    """A run killed during its (long) final validation keeps its training: the resume only validates."""
+    cfg, vocab, model, train_data, valid_data = small_setup("checkpoint_every=100", "log_every=1")
+    create_run(tmp_path, cfg, vocab)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("textebm.training.train.validate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=3, **QUIET)
+    assert load_checkpoint(tmp_path)["step"] == 3
+    monkeypatch.undo()
+    result = train(model, cfg, train_data, valid_data, tmp_path, vocab, "cpu", max_steps=3, resume=True, **QUIET)
+    assert result.step == 3
+    assert [r["step"] for r in _records(tmp_path, "final")] == [3]
+    assert [r["step"] for r in _records(tmp_path, "train")] == [1, 2, 3]
+
+
 def test_training_needs_an_end(tmp_path, small_setup):
     cfg, vocab, model, train_data, valid_data = small_setup("max_epochs=0")
     create_run(tmp_path, cfg, vocab)

@@ -638,7 +638,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 checkpoint_now()
     bar.close()
     if stopped_by != "interrupt" and validation.at != step:
-        validation.run("final", step, per_epoch)
+        checkpoint_now()  # the final validation can outlast a session (Yahoo: over 20 minutes): the
+        validation.run("final", step, per_epoch)  # weights are saved first, a resume only validates
     for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop: a
         keep_mark(minutes)  # mark added to a run that has spent its time (a grid's keep_at grew)
     checkpoint_now()
