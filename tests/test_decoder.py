@@ -69,6 +69,20 @@ def test_fp32_projection_is_the_plain_cross_entropy_and_bf16_stays_close():
     assert F.cosine_similarity(grads[0], grads[1], dim=1).min() > 0.999  # measured: 1.0000 to four digits
 
 
+@pytest.mark.parametrize("projection", ["fp32", "bf16"])
+def test_the_chains_projection_is_one_matrix_product_not_a_copy_per_sentence(projection):
+    """The chains' likelihood (weights detached) on 3-D hidden states once made matmul take its batched
+    path, copying the vocabulary weight for every sentence: 14x slower under bf16, 1.4x in fp32."""
+    torch.manual_seed(0)
+    decoder = Decoder(vocab_size=300, embedding_dim=8, hidden_dim=16, latent_dim=4)
+    z = torch.randn(5, 4, requires_grad=True)
+    tokens = torch.randint(4, 300, (5, 9))
+    with torch.profiler.profile() as prof:
+        torch.autograd.grad(decoder.log_likelihood(z, tokens, projection, param_grads=False).sum(), z)
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::bmm" not in ops, sorted(ops)
+
+
 def test_an_enclosing_autocast_still_applies_to_the_fp32_projection():
     decoder = Decoder(vocab_size=50, embedding_dim=8, hidden_dim=12, latent_dim=4).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

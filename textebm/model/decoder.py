@@ -145,8 +145,10 @@ def projected_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: t
                              pad_id: int) -> torch.Tensor:
     """sum_t log softmax(W h_t + b)[x_t] per sentence, padding ignored, summed in fp32: shape (batch,).
     Most of a likelihood's cost (the vocabulary is large), and what `compile=true` compiles."""
-    logits = F.linear(hidden, weight, bias)
-    log_probs = logits.reshape(-1, logits.shape[-1]).log_softmax(dim=-1)
+    # On 2-D rows: a 3-D input with a weight that needs no gradient (the chains') makes matmul take
+    # a batched path that copies the weight once per sentence, ten times the cost under bf16 autocast.
+    logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias)
+    log_probs = logits.log_softmax(dim=-1)
     nll = F.nll_loss(log_probs, targets.reshape(-1), ignore_index=pad_id, reduction="none")
     return -nll.float().view(targets.shape).sum(dim=1)
 
