@@ -164,6 +164,9 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
         '[[runs]]\nname = "a"\nmax_steps = 2\nseed = 1\nseeds = [2]\n': "not both",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 0\n': "max_cpu_minutes",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 1\nkeep_at = [0.5, -1]\n': "keep_at",
+        '[[runs]]\nname = "a"\nmax_steps = 2\n[published]\nsource = "p"\nrows = [{ corpus = "ptb", model = "m", '
+        'fppl = -1 }]\n': "positive numbers",
+        '[[runs]]\nname = "a"\nmax_steps = 2\n[published]\nrows = [{ corpus = "ptb", model = "m" }]\n': "source",
     }
     for runs, fragment in cases.items():
         grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
@@ -185,6 +188,8 @@ def test_the_results_grid_is_shipped_and_valid():
     assert {r.train_split for r in grid.runs if r.corpus == "snli"} == {"test"}
     assert {r.train_split for r in grid.runs if r.corpus == "yahoo"} == {"valid"}
     assert all(r.max_cpu_minutes == 15 for r in grid.runs if r.corpus != "ptb")
+    published = grid.published  # the paper's Table 2 beside every corpus
+    assert {r["corpus"] for r in published["rows"]} == set(published["real_fppl"]) == {"ptb", "snli", "yahoo"}
 
 
 def test_a_cpu_budget_with_marks_trains_only_and_an_older_evaluator_is_redone(cli, tmp_path, corpus_folder,

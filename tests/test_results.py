@@ -1,8 +1,9 @@
-"""The results page's pure parts (textebm/experiments/results.py): the energy gap over training."""
+"""The results page's pure parts (textebm/experiments/results.py): the energy gap over training, the
+publication's figures beside the runs."""
 
 import pytest
 
-from textebm.experiments.results import _energy_gap_section, energy_gaps
+from textebm.experiments.results import _energy_gap_section, _published_table, energy_gaps
 
 
 def _records(gaps, seconds_per_step=6.0):
@@ -28,3 +29,23 @@ def test_a_settled_gap_reads_flat_across_the_quarters():
     (curve,) = energy_gaps([{"label": "EBM", "corpus": "ptb", "run": "ebm", "records": _records(settled)}])
     assert curve["quarters"][2] == curve["quarters"][3] == pytest.approx(10.0)
     assert curve["quarters"][0] < curve["quarters"][1] <= curve["quarters"][2]
+
+
+def _spread(x):
+    return {"mean": x, "sd": None}
+
+
+def test_the_publication_sits_beside_the_runs_as_ratios_to_its_own_real_text():
+    groups = [{"label": "EBM", "figures": {"fppl T=1": _spread(970.9), "fppl ratio T=1": _spread(6.053),
+                                           "rppl T=1": _spread(512.3), "rppl ratio T=1": _spread(1.07),
+                                           "nll": _spread(125.6), "real fppl": _spread(160.4)}}]
+    published = {"source": "Paper, Table 2", "real_fppl": {"ptb": 100.36},
+                 "rows": [{"corpus": "ptb", "model": "its EBM", "fppl": 107.45, "rppl": 181.54, "nll": 91.35},
+                          {"corpus": "snli", "model": "its EBM", "fppl": 27.81}]}
+    lines = _published_table(groups, published, "ptb")
+    assert "| EBM | this grid | 970.9 (6.05x) | 512.3 (1.07x) | 125.6 |" in lines
+    assert "| its EBM | Paper, Table 2 | 107.45 (1.07x) | 181.54 | 91.35 |" in lines  # 107.45 / 100.36
+    assert "| real text | this grid | 160.4 |  |  |" in lines
+    assert "| real text | Paper, Table 2 | 100.36 |  |  |" in lines
+    assert sum(line.startswith("| its EBM") for line in lines) == 1  # SNLI's row stays in SNLI's section
+    assert _published_table(groups, published, "yahoo") == [] and _published_table(groups, {}, "ptb") == []

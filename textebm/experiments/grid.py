@@ -22,6 +22,11 @@ checked in full before anything starts (`textebm reproduce`).
     partition = "gpu"
     time = 120                       # minutes per job; a job warned of its limit saves and is requeued
 
+    [published]                      # published figures the results set beside the runs (per corpus)
+    source = "Pang et al. (2020), Table 2"
+    real_fppl = { ptb = 100.36 }     # FPPL of real text under the publication's own LM: its ratios' base
+    rows = [{ corpus = "ptb", model = "latent EBM prior", fppl = 107.45, rppl = 181.54, nll = 91.35 }]
+
 Runs that differ only in their seed form one group: the results give their mean and spread.
 Grids shipped with textebm (textebm/experiments/grids/*.toml) can be named without a path.
 """
@@ -101,6 +106,7 @@ class Grid:
     title: str
     runs: tuple[RunSpec, ...]
     slurm: dict = dataclasses.field(default_factory=dict)  # submitit.SlurmExecutor parameters
+    published: dict = dataclasses.field(default_factory=dict)  # {source, real_fppl, rows}: `_published`
 
 
 def shipped_grids() -> list[str]:
@@ -124,9 +130,10 @@ def load_grid(name: str) -> Grid:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UserError(f"{path}: not a readable TOML grid ({err})") from None
-    unknown = sorted(set(data) - {"title", "defaults", "runs", "slurm"})
+    unknown = sorted(set(data) - {"title", "defaults", "runs", "slurm", "published"})
     if unknown:
-        raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)} (known: title, defaults, runs, slurm)")
+        raise UserError(f"{path}: unknown top-level key(s) {', '.join(unknown)} "
+                        "(known: title, defaults, runs, slurm, published)")
     if not isinstance(data.get("slurm", {}), dict):
         raise UserError(f"{path}: [slurm] must be a table of Slurm options (e.g. partition = \"gpu\", time = 120)")
     defaults = data.get("defaults", {})
@@ -142,7 +149,42 @@ def load_grid(name: str) -> Grid:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UserError(f"{path}: run name(s) used twice: {', '.join(twice)}")
-    return Grid(path, str(data.get("title", path.stem)), tuple(runs), dict(data.get("slurm", {})))
+    return Grid(path, str(data.get("title", path.stem)), tuple(runs), dict(data.get("slurm", {})),
+                _published(path, data.get("published", {})))
+
+
+PUBLISHED_FIGURES = ("fppl", "rppl", "nll")
+
+
+def _published(path: Path, table) -> dict:
+    """The [published] table, checked: a source, each corpus's real-text FPPL under the publication's
+    own LM, and rows of corpus, model and any of fppl, rppl, nll (positive numbers)."""
+    def fail(message: str):
+        raise UserError(f"{path}: [published]: {message}")
+
+    if not isinstance(table, dict):
+        fail("must be a table (source, real_fppl, rows)")
+    if not table:
+        return {}
+    unknown = sorted(set(table) - {"source", "real_fppl", "rows"})
+    if unknown:
+        fail(f"unknown key(s) {', '.join(unknown)} (known: source, real_fppl, rows)")
+    source, real, rows = table.get("source"), table.get("real_fppl", {}), table.get("rows")
+    if not isinstance(source, str) or not source:
+        fail("`source` must name the publication")
+    if not isinstance(real, dict) or not all(_is_positive_number(v) for v in real.values()):
+        fail("`real_fppl` must map corpora to positive numbers, e.g. { ptb = 100.36 }")
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        fail("`rows` must be a list of tables { corpus, model, fppl, rppl, nll }")
+    for row in rows:
+        unknown = sorted(set(row) - {"corpus", "model", *PUBLISHED_FIGURES})
+        if unknown:
+            fail(f"a row's unknown key(s) {', '.join(unknown)} (known: corpus, model, {', '.join(PUBLISHED_FIGURES)})")
+        if not all(isinstance(row.get(k), str) and row[k] for k in ("corpus", "model")):
+            fail(f"every row needs a `corpus` and a `model`, not {row!r}")
+        if not all(_is_positive_number(row[k]) for k in PUBLISHED_FIGURES if k in row):
+            fail(f"{row['model']} ({row['corpus']}): fppl, rppl and nll must be positive numbers")
+    return {"source": source, "real_fppl": dict(real), "rows": [dict(r) for r in rows]}
 
 
 def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:

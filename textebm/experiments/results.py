@@ -94,7 +94,8 @@ def results_data(grid: Grid, gathered: list[tuple[RunSpec, dict | None, dict]], 
                 "seeds": [m["seed"] for m in done], "missing": [m["name"] for m in members if m not in done],
                 "figures": {k: _spread([m["evaluations"][split]["figures"].get(k) for m in done]) for k in keys}})
     return {"title": grid.title, "grid": str(grid.path), "command": command,
-            "generated": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "groups": group_list}
+            "generated": time.strftime("%Y-%m-%d %H:%M"), "runs": runs, "groups": group_list,
+            "published": grid.published}
 
 
 def time_to_quality(points: list[dict]) -> list[dict]:
@@ -190,6 +191,7 @@ def markdown(data: dict, figures: dict[tuple[str, str], str]) -> str:
         evaluated = next((g["evaluated_text"] for g in groups if g["evaluated_text"]), split)
         lines += [f"## {corpus}: trained on {groups[0]['train_split']}, evaluated on {evaluated}", ""]
         lines += _likelihood_table(groups) + _checks_table(groups) + _samples_tables(groups)
+        lines += _published_table(groups, data.get("published") or {}, corpus)
         if (corpus, split) in figures:
             lines += ["", f"![quality-diversity, {corpus}]({Path(figures[(corpus, split)]).name})"]
         missing = [name for g in groups for name in g["missing"]]
@@ -316,6 +318,35 @@ def _samples_tables(groups: list[dict]) -> list[str]:
         rows.append(["real text (same evaluator)", ""] + [real_cell] + [""] * (len(decodings) - 1))
         lines += ["", f"{title}:", ""] + _table(["model", "seeds", *decodings], rows)
     return lines
+
+
+PUBLISHED_DECODING = "T=1"  # ancestral sampling, as the papers sample
+
+
+def _published_table(groups: list[dict], published: dict, corpus: str) -> list[str]:
+    """The corpus's runs beside a publication's figures, FPPL as a ratio to real text under each one's
+    own evaluator (absolute perplexities of different LMs do not compare)."""
+    rows = [r for r in published.get("rows", []) if r["corpus"] == corpus]
+    if not rows:
+        return []
+    key = PUBLISHED_DECODING
+    ours = [[g["label"], "this grid", _cell(g["figures"].get(f"fppl {key}"), 4, g["figures"].get(f"fppl ratio {key}")),
+             _cell(g["figures"].get(f"rppl {key}"), 4, g["figures"].get(f"rppl ratio {key}")),
+             _cell(g["figures"].get("nll"))] for g in groups]
+    real = next((g["figures"]["real fppl"]["mean"] for g in groups if "real fppl" in g["figures"]), None)
+    ours.append(["real text", "this grid", _num(real), "", ""])
+    base = published.get("real_fppl", {}).get(corpus)
+    def as_published(x) -> str:
+        return "—" if x is None else f"{x:g}"
+
+    theirs = [[row["model"], published["source"],
+               as_published(row.get("fppl")) + (f" ({row['fppl'] / base:.2f}x)" if base and row.get("fppl") else ""),
+               as_published(row.get("rppl")), as_published(row.get("nll"))] for row in rows]
+    theirs.append(["real text", published["source"], as_published(base), "", ""])
+    caption = (f"Beside {published['source']}: FPPL and RPPL of samples at {key} (ancestral sampling), with their "
+               "ratios to real text under the same evaluator (the publication's LM is not ours: compare the FPPL "
+               "ratios; it gives no real-text RPPL), NLL in nats per sentence on each one's own test text:")
+    return ["", caption, ""] + _table(["model", "source", f"FPPL {key} (÷ real)", f"RPPL {key}", "NLL"], ours + theirs)
 
 
 def _runs_table(runs: list[dict]) -> list[str]:
