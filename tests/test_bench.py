@@ -282,3 +282,56 @@ def test_bdmc_sandwich_refuses_bad_input(trained_run, tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, err
     assert main([str(tmp_path / "nosuch")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.fixture
+def folder_run(tmp_path, corpus_folder, train_lines):
+    """A tiny untrained EBM-prior run on a corpus with a test split (the check reads held-out lines)."""
+    from textebm.config import Config
+    from textebm.data.vocab import WordVocab
+    from textebm.model.checkpoints import save_checkpoint
+    from textebm.model.runs import build_model as build_run_model
+    from textebm.model.runs import create_run
+
+    torch.manual_seed(0)
+    config = Config(corpus=str(corpus_folder), embedding_dim=8, hidden_dim=16, latent_dim=3, energy_hidden=8,
+                    dropout=0.0, prior="ebm", posterior_steps=3, prior_steps=3, max_length=30)
+    vocab = WordVocab.build(train_lines[:300])
+    folder = tmp_path / "run"
+    create_run(folder, config, vocab)
+    save_checkpoint(folder, build_run_model(config, vocab), {}, step=7)
+    return folder
+
+
+def test_curvature_check_measures_each_estimator_against_the_reference_and_resumes(folder_run, tmp_path, capsys):
+    from bench.curvature_check import main
+
+    out = tmp_path / "check.json"
+    args = [str(folder_run), "--out", str(out), "--sentences", "4", "--variant", "small=1:5:2",
+            "--reference", "2:20:4", "--ais", "50x50"]
+    assert main([*args, "--repeats", "2"]) == 0
+    figures = json.loads(out.read_text())
+    reference, small = figures["reference"]["log_px"], figures["variants"]["small"]
+    assert len(reference) == 4 and [len(r) for r in small["repeats"]] == [4, 4]
+    diffs = [sum(e - r for e, r in zip(repeat, reference)) / 4 for repeat in small["repeats"]]
+    assert small["differences"] == pytest.approx(diffs) and small["mean"] == pytest.approx(sum(diffs) / 2)
+    assert small["repeats"][0] != small["repeats"][1]  # fresh randomness per repeat
+    assert abs(small["mean"]) < 1.0, small  # the tiny run barely uses z: every estimator is close
+    assert f"small (1:5:2): estimate - reference {small['mean']:+.2f}" in capsys.readouterr().out
+    assert main([*args, "--repeats", "3"]) == 0  # resumes: one repeat more, the rest kept
+    again = json.loads(out.read_text())
+    assert again["reference"]["log_px"] == reference and again["variants"]["small"]["repeats"][:2] == small["repeats"]
+    assert len(again["variants"]["small"]["repeats"]) == 3
+
+
+def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
+    from bench.curvature_check import main
+
+    out = tmp_path / "check.json"
+    assert main([str(folder_run), "--out", str(out), "--variant", "x=1:2"]) == 2
+    assert "NAME=C:T:N" in capsys.readouterr().err
+    assert main([str(folder_run), "--out", str(out), "--sentences", "100000"]) == 2
+    assert "runs past its end" in capsys.readouterr().err
+    out.write_text("{not json")
+    assert main([str(folder_run), "--out", str(out), "--sentences", "2"]) == 2
+    assert "not a check's JSON file" in capsys.readouterr().err

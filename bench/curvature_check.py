@@ -1,0 +1,193 @@
+"""`evaluate`'s NLL estimator against a reference of many times its work, on a run's own held-out
+sentences: the check that decides the estimator's defaults (issue 24: re-measured curvature,
+`--curvature-directions`, against evaluator 7's every-end-its-own-Hessian).
+
+    python -m bench.curvature_check RUN --out FILE.json [--sentences 100] [--first 0] [--repeats 4]
+        [--variant default=2:80:2 --variant k8=3:80:2:8] [--reference 16:200:16] [--ais 1000x2000]
+        [--split test] [--data-dir DIR] [--seed 0] [--threads 1]
+
+A variant `NAME=C:T:N[:K]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
+[--curvature-directions K]`: C tempered chains, AIS from the mixture of their ends' Laplace
+Gaussians through T temperatures, N AIS chains per sentence, and K re-measured directions (absent:
+each end its own Hessian). Every estimate runs through `likelihood.evaluate_sentences`, the path of
+`evaluate`. The reference runs once; each variant `--repeats` times with fresh randomness. Reported
+per variant: the mean over sentences of (estimate - reference) in each repeat, their mean and
+standard error over the repeats, and CPU seconds per sentence. FILE is rewritten (atomically) after
+the reference and after every repeat, and read back by the same command: what is done is skipped,
+so a long check (the reference costs some 36 CPU s per PTB sentence) resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from textebm.errors import UserError
+from textebm.io import atomic_write_text
+
+DEFAULT_VARIANTS = ("default=2:80:2", "k8=3:80:2:8")
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """`evaluate`'s options for one estimate (`NAME=C:T:N[:K]`)."""
+    name: str
+    tempered_chains: int
+    temperatures: int
+    ais_chains: int
+    directions: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, name: str | None = None) -> Estimator:
+        label, sep, spec = text.partition("=")
+        if not sep:
+            label, spec = name or text, text
+        parts = spec.split(":")
+        if not label or len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise UserError(f"estimator {text!r}: expected NAME=C:T:N or NAME=C:T:N:K with positive integers "
+                            "(tempered chains, AIS temperatures, AIS chains, curvature directions): default=2:80:2")
+        numbers = [int(p) for p in parts]
+        return cls(label, *numbers[:3], numbers[3] if len(numbers) == 4 else None)
+
+    @property
+    def spec(self) -> str:
+        return ":".join(str(n) for n in (self.tempered_chains, self.temperatures, self.ais_chains, self.directions)
+                        if n is not None)
+
+
+def estimate(loaded, sentences: list[list[int]], log_z: float, estimator: Estimator, seed: int) -> tuple[list, float]:
+    """Per-sentence log p(x) by `estimator` (evaluate's code path) and the CPU seconds per sentence."""
+    import torch
+
+    from textebm.inference.likelihood import evaluate_sentences
+
+    tic = time.process_time()
+    result = evaluate_sentences(loaded.model, sentences, loaded.vocab.pad_id, log_z, estimator.tempered_chains,
+                                estimator.ais_chains, torch.Generator().manual_seed(seed),
+                                anneal_steps=estimator.temperatures, curvature_directions=estimator.directions)
+    return result.log_px.tolist(), (time.process_time() - tic) / len(sentences)
+
+
+def summary(reference: list[float], repeats: list[list[float]]) -> dict:
+    """Mean over sentences of estimate - reference per repeat; their mean and standard error over repeats."""
+    diffs = [statistics.fmean(e - r for e, r in zip(est, reference)) for est in repeats]
+    stderr = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return {"differences": diffs, "mean": statistics.fmean(diffs), "stderr": stderr}
+
+
+def check(loaded, sentences: list[list[int]], reference: Estimator, variants: list[Estimator], repeats: int,
+          ais: tuple[int, int], seed: int, out: Path, figures: dict) -> dict:
+    """Fill `figures` (as read back from `out`) with what is missing, saving after every estimate."""
+    import torch
+
+    from textebm.inference.likelihood import partition_function
+
+    if "log_z" not in figures:
+        partition, _ = partition_function(loaded.model.prior, *ais, generator=torch.Generator().manual_seed(seed))
+        figures["log_z"] = partition["log_z"]
+    log_z = figures["log_z"]
+    if "reference" not in figures:
+        log_px, seconds = estimate(loaded, sentences, log_z, reference, seed)
+        figures["reference"] = {"spec": reference.spec, "log_px": log_px, "cpu_s_per_sentence": seconds}
+        atomic_write_text(out, json.dumps(figures, indent=1) + "\n")
+    for variant in variants:
+        entry = figures["variants"].setdefault(variant.name, {"spec": variant.spec, "repeats": [], "cpu_s": []})
+        if entry["spec"] != variant.spec:
+            raise UserError(f"{out} holds {variant.name} as {entry['spec']}, not {variant.spec}: name it otherwise")
+        while len(entry["repeats"]) < repeats:
+            log_px, seconds = estimate(loaded, sentences, log_z, variant, seed + 1 + len(entry["repeats"]))
+            entry["repeats"].append(log_px)
+            entry["cpu_s"].append(seconds)
+            entry.update(summary(figures["reference"]["log_px"], entry["repeats"]),
+                         cpu_s_per_sentence=statistics.fmean(entry["cpu_s"]))
+            atomic_write_text(out, json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+def report(figures: dict) -> str:
+    ref = figures["reference"]
+    lines = [f"{figures['sentences']} {figures['split']} sentences of {figures['run']} (step {figures['step']}, "
+             f"from line {figures['first']}); reference {ref['spec']}: "
+             f"{-statistics.fmean(ref['log_px']):.3f} nats per sentence, {ref['cpu_s_per_sentence']:.1f} CPU s each"]
+    for name, v in figures["variants"].items():
+        if not v["repeats"]:
+            continue
+        error = "" if v["stderr"] is None else f" ± {v['stderr']:.2f}"
+        lines.append(f"{name} ({v['spec']}): estimate - reference {v['mean']:+.2f}{error} nats per sentence over "
+                     f"{len(v['repeats'])} repeats; {v['cpu_s_per_sentence']:.2f} CPU s per sentence")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench.curvature_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="a trained run folder (latent EBM or Gaussian prior)")
+    p.add_argument("--out", required=True, help="the JSON file of the figures (read back to resume)")
+    p.add_argument("--sentences", type=int, default=100)
+    p.add_argument("--first", type=int, default=0, help="the first held-out line used")
+    p.add_argument("--split", default="test", help="the held-out split (as `evaluate --split`)")
+    p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--variant", action="append", metavar="NAME=C:T:N[:K]",
+                   help=f"an estimator to check (repeatable; default {' and '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--reference", default="16:200:16", metavar="C:T:N[:K]")
+    p.add_argument("--ais", default="1000x2000", metavar="CxT", help="log Z's AIS: chains x temperatures")
+    p.add_argument("--data-dir", help="the corpora's folder (default: TEXTEBM_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    try:
+        if min(args.sentences, args.repeats, args.threads) < 1 or args.first < 0:
+            raise UserError("--sentences, --repeats and --threads must be at least 1, --first at least 0")
+        from bench.bdmc_sandwich import pair
+
+        ais = pair(args.ais, "--ais")
+        reference = Estimator.parse(args.reference, "reference")
+        variants = [Estimator.parse(v) for v in (args.variant or DEFAULT_VARIANTS)]
+        import torch
+
+        from textebm.data.batches import encode_lines
+        from textebm.data.corpora import evaluation_splits, open_corpus
+        from textebm.model.runs import load_run
+
+        torch.set_num_threads(args.threads)
+        loaded = load_run(Path(args.run))
+        if not loaded.model.has_latent or loaded.config.model != "latent_ebm":
+            raise UserError(f"{args.run}: the check needs a latent model with Langevin inference (prior ebm or "
+                            f"gaussian), not model={loaded.config.model}, prior={loaded.config.prior}")
+        config = loaded.config
+        _, held_out, _ = evaluation_splits(open_corpus(config.corpus, args.data_dir), config.train_split, args.split)
+        lines = held_out[args.first:args.first + args.sentences]
+        if len(lines) < args.sentences:
+            raise UserError(f"the {args.split} split has {len(held_out)} lines: --first {args.first} "
+                            f"--sentences {args.sentences} runs past its end")
+        sentences = encode_lines(lines, loaded.vocab, config.max_length).sentences
+        where = {"run": str(Path(args.run).resolve()), "step": loaded.step, "split": args.split,
+                 "first": args.first, "sentences": args.sentences, "ais": args.ais, "seed": args.seed}
+        try:
+            figures = json.loads(out.read_text()) if out.is_file() else {**where, "variants": {}}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise UserError(f"{out}: not a check's JSON file ({err}): give another --out") from None
+        if {k: figures.get(k) for k in where} != where:
+            raise UserError(f"{out} holds another check ({', '.join(k for k in where if figures.get(k) != where[k])} "
+                            "differ): give another --out")
+        if "reference" in figures and figures["reference"]["spec"] != reference.spec:
+            raise UserError(f"{out} holds the reference {figures['reference']['spec']}, not {reference.spec}")
+        figures = check(loaded, sentences, reference, variants, args.repeats, ais, args.seed, out, figures)
+    except UserError as err:
+        print(f"curvature_check: error: {err}", file=sys.stderr)
+        return 2
+    print(report(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
