@@ -58,7 +58,7 @@ def test_fp32_projection_is_the_plain_cross_entropy_and_bf16_stays_close():
         plain = -F.cross_entropy(logits.reshape(-1, 2000), tokens[:, 1:].reshape(-1), ignore_index=0,
                                  reduction="none").view(8, -1).sum(1)
         fp32, bf16 = decoder.log_likelihood(z, tokens), decoder.log_likelihood(z, tokens, "bf16")
-    assert torch.equal(fp32, plain)  # the default path is bit for bit the fp32 likelihood
+    torch.testing.assert_close(fp32, plain, rtol=1e-6, atol=0)  # the fp32 likelihood to rounding
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)  # it did run in bf16
     torch.testing.assert_close(bf16, fp32, rtol=0, atol=0.5)  # measured: at most 0.09 nats of ~83
     grads = []
@@ -67,6 +67,39 @@ def test_fp32_projection_is_the_plain_cross_entropy_and_bf16_stays_close():
         (grad,) = torch.autograd.grad(decoder(code, tokens, projection).sum(), code)
         grads.append(grad)
     assert F.cosine_similarity(grads[0], grads[1], dim=1).min() > 0.999  # measured: 1.0000 to four digits
+
+
+@pytest.mark.parametrize("param_grads", [True, False])
+def test_the_projection_gradients_are_autograd_s_cross_entropy_gradients(param_grads):
+    """The projection's own backward pass (the softmax kept and scaled in place) against autograd through
+    F.cross_entropy: the same gradients in the RNN's outputs, the weight and the bias; none in padding."""
+    torch.manual_seed(0)
+    decoder = Decoder(vocab_size=500, embedding_dim=16, hidden_dim=24, latent_dim=4)
+    z, tokens = torch.randn(8, 4), _random_batch(500)
+    hidden = decoder.hidden_states(z, tokens[:, :-1]).detach().requires_grad_(True)
+    weights = (decoder.out.weight, decoder.out.bias)
+    upstream = torch.randn(8)  # a weighted sum, so each sentence's gradient is scaled differently
+    ours = decoder.states_log_likelihood(hidden, tokens[:, 1:], param_grads=param_grads)
+    wanted = (hidden, *weights) if param_grads else (hidden,)
+    got = torch.autograd.grad((ours * upstream).sum(), wanted)
+    plain = -F.cross_entropy(F.linear(hidden, *weights).reshape(-1, 500), tokens[:, 1:].reshape(-1), ignore_index=0,
+                             reduction="none").view(8, -1).sum(1)
+    expected = torch.autograd.grad((plain * upstream).sum(), wanted)
+    for mine, theirs in zip(got, expected):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    assert hidden.grad is None and got[0][0, 8:].abs().max() == 0  # the padded positions get no gradient
+    assert got[0].abs().sum() > 0
+
+
+def test_the_projection_refuses_a_second_backward_pass():
+    """Its backward pass reuses the saved softmax in place: a second pass through the same graph must fail
+    loudly, not return a wrong gradient."""
+    decoder = Decoder(vocab_size=40, embedding_dim=8, hidden_dim=8, latent_dim=2)
+    z = torch.randn(2, 2, requires_grad=True)
+    total = decoder(z, torch.randint(3, 40, (2, 6))).sum()
+    torch.autograd.grad(total, z, retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(total, z)
 
 
 @pytest.mark.parametrize("projection", ["fp32", "bf16"])

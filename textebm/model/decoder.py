@@ -81,8 +81,8 @@ class Decoder(nn.Module):
         """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
 
         `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
-        the vocabulary projection and its log-softmax under bf16 autocast (the RNN as it would run
-        anyway); the per-token log-probabilities are summed in fp32. `param_grads=False` (the chains,
+        the vocabulary projection under bf16 autocast (the RNN as it would run anyway); the log-softmax
+        and the sum over tokens are fp32. `param_grads=False` (the chains,
         which need a gradient in z only) hands the projection its weights detached: the same numbers,
         and a compiled backward pass (`compile=true`) then computes no weight gradient."""
         return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection,
@@ -148,9 +148,33 @@ def projected_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     # On 2-D rows: a 3-D input with a weight that needs no gradient (the chains') makes matmul take
     # a batched path that copies the weight once per sentence, ten times the cost under bf16 autocast.
     logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias)
-    log_probs = logits.log_softmax(dim=-1)
-    nll = F.nll_loss(log_probs, targets.reshape(-1), ignore_index=pad_id, reduction="none")
-    return -nll.float().view(targets.shape).sum(dim=1)
+    return TargetLogSoftmax.apply(logits, targets.reshape(-1), pad_id).view(targets.shape).sum(dim=1)
+
+
+class TargetLogSoftmax(torch.autograd.Function):
+    """log softmax(logits)[target] per row in fp32 (0 where the target is padding), with its gradient.
+
+    Autograd's log_softmax + nll_loss makes three passes over the (rows, vocabulary) logits in the
+    backward pass (a zero fill, a scatter, log_softmax's own backward), which together cost as much as
+    the projection's matrix product (profiled on `evaluate`, 2026-12-06). Here the backward pass turns
+    the saved log-probabilities into the logits' gradient g (1{target} - p) in place: one exp, one
+    scaling."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, pad_id: int):
+        log_probs = torch.log_softmax(logits, 1, dtype=torch.float32)
+        kept = targets != pad_id
+        ctx.save_for_backward(log_probs, targets, kept)
+        ctx.logits_dtype = logits.dtype
+        return log_probs.gather(1, targets.unsqueeze(1)).squeeze(1) * kept
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        log_probs, targets, kept = ctx.saved_tensors
+        scale = (grad * kept).unsqueeze(1)
+        logit_grad = log_probs.exp_().mul_(scale.neg()).scatter_add_(1, targets.unsqueeze(1), scale)
+        return logit_grad.to(ctx.logits_dtype), None, None
 
 
 PROJECTIONS = ("fp32", "bf16")
@@ -161,8 +185,8 @@ LOGITS_PER_CHUNK = 2**28  # ... and few enough that their vocabulary logits stay
 
 def chunk_rows(length: int, vocab_size: int, budget: int = LOGITS_PER_CHUNK) -> int:
     """Decoder rows per chunk for sentences of `length` tokens: MAX_ROWS, or fewer where a chunk's
-    logits (rows x length x vocabulary, with their log-softmax and gradient as large again) would pass
-    `budget` elements. Yahoo's 200 tokens over 20,000 words fit 67 rows, where 512 would hold 8 GB of
+    logits (rows x length x vocabulary, with their log-softmax, later their gradient, as large again)
+    would pass `budget` elements. Yahoo's 200 tokens over 20,000 words fit 67 rows, where 512 would hold 8 GB of
     logits; PTB's 40 tokens over 10,000 words keep 512."""
     return max(1, min(MAX_ROWS, budget // max(1, length * vocab_size)))
 
