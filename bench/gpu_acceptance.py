@@ -379,7 +379,7 @@ def cuda_tests(plan: Plan, tk: Toolkit, report: Report) -> str:
     if not plan.cuda:
         raise Skip("dry mode: the CUDA tests skip without a GPU (and this may be the test suite itself)")
     result = tk.subprocess([sys.executable, "-m", "pytest", "-m", "cuda and not slow", "-q", "-p", "no:cacheprovider",
-                            "tests/test_cuda_paths.py", "tests/test_bench.py"],
+                            "tests/test_cuda_paths.py", "tests/test_bench.py", "tests/test_decoder.py"],
                            env={"TEXTEBM_DATA_DIR": str(plan.data_dir)})
     summary = (result.stdout.strip().splitlines() or ["no output"])[-1]
     assert result.returncode == 0, summary

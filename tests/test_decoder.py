@@ -69,13 +69,16 @@ def test_fp32_projection_is_the_plain_cross_entropy_and_bf16_stays_close():
     assert F.cosine_similarity(grads[0], grads[1], dim=1).min() > 0.999  # measured: 1.0000 to four digits
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
 @pytest.mark.parametrize("param_grads", [True, False])
-def test_the_projection_gradients_are_autograd_s_cross_entropy_gradients(param_grads):
-    """The projection's own backward pass (the softmax kept and scaled in place) against autograd through
-    F.cross_entropy: the same gradients in the RNN's outputs, the weight and the bias; none in padding."""
+def test_the_projection_gradients_are_autograd_s_cross_entropy_gradients(param_grads, device):
+    """The projection's own backward pass (the log-probabilities turned into the gradient in place) against
+    autograd through F.cross_entropy: the same gradients in the RNN's outputs, the weight and the bias;
+    none in padding."""
     torch.manual_seed(0)
-    decoder = Decoder(vocab_size=500, embedding_dim=16, hidden_dim=24, latent_dim=4)
-    z, tokens = torch.randn(8, 4), _random_batch(500)
+    decoder = Decoder(vocab_size=500, embedding_dim=16, hidden_dim=24, latent_dim=4).to(device)
+    z, tokens = torch.randn(8, 4, device=device), _random_batch(500).to(device)
     hidden = decoder.hidden_states(z, tokens[:, :-1]).detach().requires_grad_(True)
     weights = (decoder.out.weight, decoder.out.bias)
     upstream = torch.randn(8)  # a weighted sum, so each sentence's gradient is scaled differently
