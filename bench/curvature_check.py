@@ -3,7 +3,7 @@ sentences: the check that decides the estimator's defaults (issue 24: re-measure
 `--curvature-directions`, against evaluator 7's every-end-its-own-Hessian).
 
     python -m bench.curvature_check RUN --out FILE.json [--sentences 100] [--first 0] [--repeats 4]
-        [--variant default=2:80:2 --variant k8=3:80:2:8] [--reference 16:200:16] [--ais 1000x2000]
+        [--variant default=3:60:2:8 --variant evaluator7=2:80:2] [--reference 16:200:16] [--ais 1000x2000]
         [--split test] [--data-dir DIR] [--seed 0] [--threads 1]
 
 A variant `NAME=C:T:N[:K]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
@@ -14,7 +14,7 @@ each end its own Hessian). Every estimate runs through `likelihood.evaluate_sent
 per variant: the mean over sentences of (estimate - reference) in each repeat, their mean and
 standard error over the repeats, and CPU seconds per sentence. FILE is rewritten (atomically) after
 the reference and after every repeat, and read back by the same command: what is done is skipped,
-so a long check (the reference costs some 36 CPU s per PTB sentence) resumes where it stopped.
+so a long check (the reference costs some 20-36 CPU s per PTB sentence) resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from textebm.errors import UserError
 from textebm.io import atomic_write_text
 
-DEFAULT_VARIANTS = ("default=2:80:2", "k8=3:80:2:8")
+DEFAULT_VARIANTS = ("default=3:60:2:8", "evaluator7=2:80:2")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Estimator:
         parts = spec.split(":")
         if not label or len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise UserError(f"estimator {text!r}: expected NAME=C:T:N or NAME=C:T:N:K with positive integers "
-                            "(tempered chains, AIS temperatures, AIS chains, curvature directions): default=2:80:2")
+                            "(tempered chains, AIS temperatures, AIS chains, curvature directions): default=3:60:2:8")
         numbers = [int(p) for p in parts]
         return cls(label, *numbers[:3], numbers[3] if len(numbers) == 4 else None)
 

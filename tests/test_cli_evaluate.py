@@ -117,7 +117,7 @@ def test_progress_goes_to_stderr_and_stdout_stays_one_json_object(invoke, tmp_pa
     assert out.endswith("\n") and out.count("\n") == 1 and isinstance(json.loads(out), dict)
     # the work, said beforehand; then a bar per stage with its rate and time left
     assert ("evaluate: log Z by AIS (50 chains x 40 + 20 temperatures) and 500 plain draws; 12 sentences x "
-            "Laplace Gaussians at 3 tempered chain end(s) x 3 steps, 8 AIS chains x 80 temperatures each") in err
+            "Laplace Gaussians at 3 tempered chain end(s) x 3 steps, 8 AIS chains x 60 temperatures each") in err
     assert "2 decodings x 10 sentences" in err
     assert "importance sampling: 100%" in err and "decoding sweep: 100%" in err and "sentence/s" in err
     # stderr is not a terminal here: without --progress nothing is shown

@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--curvature-directions", type=int, default=DEFAULTS.curvature_directions, metavar="K",
                    help="the mixture's Hessians: the best chain end's its own, each other end's the best's "
                         "re-measured along its K stiffest directions (K + 1 gradient rows instead of d + 1; "
-                        "K >= the latent size: every end its own) (default: unset, every end its own)")
+                        f"K >= the latent size: every end its own) (default {DEFAULTS.curvature_directions})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
     p.add_argument("--ais-steps", type=int, default=DEFAULTS.ais_steps, metavar="T",

@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 7
+EVALUATOR_VERSION = 8
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
@@ -41,12 +41,14 @@ class EvaluationOptions:
     split: str = "test"
     data_dir: str | None = None
     max_sentences: int | None = None  # importance-sample the first N held-out sentences (FPPL/RPPL use all)
-    num_chains: int = 2  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
+    num_chains: int = 3  # tempered posterior chains per sentence; AIS starts from the mixture of their ends' Laplace
     # Gaussians (with --anneal-steps 0 the best end's Laplace proposal)
     posterior_steps: int | None = None  # None: the run's K1
     num_is_samples: int | None = None  # draws per sentence (AIS chains when annealing); None: the mode's default
-    anneal_steps: int = 80  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
-    curvature_directions: int | None = None  # k: ends but the best re-measure its Hessian along k directions
+    anneal_steps: int = 60  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
+    curvature_directions: int | None = 8  # ends but the best re-measure its Hessian along k directions (None, or
+    # k >= the latent size: each end its own Hessian). Evaluator 8's defaults, chosen by bench.curvature_check
+    # (docs/evaluate-command.md): less error than evaluator 7's 2 x 80 with every end's own Hessian, at 0.8 its CPU
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
