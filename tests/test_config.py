@@ -75,6 +75,14 @@ def test_the_cpu_presets_amortized_inference_applies_to_the_latent_ebm_only():
     assert resolve_config("default", "ptb").posterior_init == "noise"  # the paper's chain from noise
 
 
+def test_the_cpu_presets_chain_precision_follows_the_hardware_for_the_latent_ebm_only():
+    assert resolve_config("cpu", "ptb").chain_precision == "auto"
+    assert resolve_config("cpu", "ptb", ["prior=gaussian"]).chain_precision == "auto"
+    for model in (["prior=none"], ["model=vae"]):
+        assert resolve_config("cpu", "ptb", model).chain_precision == "fp32"
+    assert resolve_config("default", "ptb").chain_precision == "fp32"
+
+
 def test_cpu_preset_is_smaller_than_default():
     cpu, default = resolve_config("cpu", "ptb"), resolve_config("default", "ptb")
     assert cpu.hidden_dim < default.hidden_dim and cpu.embedding_dim < default.embedding_dim

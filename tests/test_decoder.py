@@ -152,6 +152,18 @@ def test_bf16_chain_codes_stay_close_to_the_fp32_chain(latent_model):
     assert abs(float(gap)) < 1.0
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_chain_precision_auto_runs_the_bf16_chain_only_where_bf16_is_native(latent_model, monkeypatch, native):
+    import textebm.devices
+
+    monkeypatch.setattr(textebm.devices, "_cpu_has_bf16", lambda: native)
+    model, tokens = latent_model(1.0)
+    fp32, bf16 = _chains(model, tokens, steps=10)
+    model.config = dataclasses.replace(model.config, chain_precision="auto")
+    auto = model.posterior_sample(tokens, steps=10, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(auto, bf16 if native else fp32)
+
+
 def test_the_generator_update_stays_fp32_under_a_bf16_chain(latent_model):
     from textebm.training.train import Learner
 
@@ -177,7 +189,7 @@ def test_a_bad_chain_precision_is_a_user_error():
     from textebm.config import resolve_config, with_chain_overrides
     from textebm.errors import UserError
 
-    with pytest.raises(UserError, match="chain_precision must be one of fp32, bf16, not 'fp16'"):
+    with pytest.raises(UserError, match="chain_precision must be one of fp32, bf16, auto, not 'fp16'"):
         resolve_config("cpu", "ptb", ["chain_precision=fp16"])
     config = resolve_config("cpu", "ptb", ["chain_precision=bf16"])
     assert with_chain_overrides(config, ["chain_precision=fp32"]).chain_precision == "fp32"  # a chain key

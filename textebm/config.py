@@ -84,7 +84,8 @@ class Config:
     max_epochs: int = 40
     precision: str = "fp32"  # fp32 | bf16 (torch.autocast for chains and updates)
     compile: bool = False  # torch.compile the vocabulary projection and the energy's gradient pass (eager fallback)
-    chain_precision: str = "fp32"  # fp32 | bf16 (the posterior chain's vocabulary projection only; CPU and CUDA)
+    chain_precision: str = "fp32"  # fp32 | bf16 | auto (the posterior chain's vocabulary projection only; auto:
+    # bf16 where the device has it in hardware, devices.bf16_native)
     nonfinite_policy: str = "skip"  # skip | stop
     max_skipped_steps: int = 20  # consecutive non-finite steps before the run stops anyway
     seed: int = 0
@@ -106,7 +107,7 @@ class Config:
             "nonfinite_policy": ("skip", "stop"),
             "posterior_init": ("noise", "encoder"),
             "precision": ("fp32", "bf16"),
-            "chain_precision": ("fp32", "bf16"),
+            "chain_precision": ("fp32", "bf16", "auto"),
             "posterior_step_schedule": SCHEDULES,
         }
         for key, allowed in choices.items():
@@ -168,7 +169,7 @@ MODELS = ("latent_ebm", "vae")
 MODEL_DEFAULTS = {"vae": {"prior": "gaussian"}}
 # A preset's choice of how the latent EBM infers z: dropped, unless --set names it, for a model that has no
 # such inference (prior=none: no latent; model=vae: its own encoder), so one size preset serves every model.
-LATENT_EBM_INFERENCE = ("posterior_init",)
+LATENT_EBM_INFERENCE = ("posterior_init", "chain_precision")
 
 
 def preset_names() -> list[str]:

@@ -3,6 +3,8 @@ shared by the CLI's subcommands and the server's launcher."""
 
 from __future__ import annotations
 
+import functools
+
 from textebm.errors import UserError
 
 
@@ -73,6 +75,32 @@ def bf16_emulated(device) -> bool:
     import torch
 
     return device.type == "cpu" and "AVX512" not in torch.backends.cpu.get_cpu_capability()
+
+
+def bf16_native(device) -> bool:
+    """Whether `device` multiplies bf16 in hardware: a CUDA GPU that supports it (Ampere and later), or a
+    CPU that /proc/cpuinfo says has AVX-512 BF16 or AMX (no /proc/cpuinfo: assumed not). What
+    `chain_precision=auto` asks: bf16 pays only there (1.52x on the cpu preset's step with AVX-512 BF16,
+    docs/benchmarks.md), and costs where it is emulated (AVX2: about 8 times slower than fp32)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and _cpu_has_bf16()
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Read once: the chains ask at every step."""
+    return cpu_description()["bf16"]
+
+
+def resolve_chain_precision(chain_precision: str, device) -> str:
+    """The chain projection's precision on `device`: `auto` is bf16 where it is native (`bf16_native`),
+    fp32 elsewhere; fp32 and bf16 are themselves."""
+    if chain_precision != "auto":
+        return chain_precision
+    return "bf16" if bf16_native(device) else "fp32"
 
 
 def cpu_description() -> dict:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from textebm.config import Config
+from textebm.devices import resolve_chain_precision
 from textebm.generation.decoding import decode
 from textebm.model.decoder import Decoder
 from textebm.model.encoder import InitEncoder
@@ -57,7 +58,8 @@ class LatentEBMTextModel(nn.Module):
         """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain from noise (K1 steps);
         with `amortized=True` and an encoder, by `refine_steps` steps from the encoder's guess. The
         step sizes follow the config's schedule over however many steps run, unless `step_size` is given;
-        the noise scale is the config's `posterior_noise`, the projection's precision its `chain_precision`."""
+        the noise scale is the config's `posterior_noise`, the projection's precision its `chain_precision`
+        (`auto`: bf16 where the device does it in hardware)."""
         cfg = self.config
         if not self.has_latent:
             steps = 0
@@ -69,7 +71,7 @@ class LatentEBMTextModel(nn.Module):
         steps = cfg.posterior_steps if steps is None else steps
         sizes = cfg.posterior_step_sizes(steps) if step_size is None else step_size
         return posterior_chain(self.prior, self.decoder, tokens, steps, sizes, generator, trajectory, shard, z0,
-                               cfg.posterior_noise, cfg.chain_precision)
+                               cfg.posterior_noise, resolve_chain_precision(cfg.chain_precision, tokens.device))
 
     def warm_posterior(self, tokens: torch.Tensor, z: torch.Tensor, steps: int, step_size: float,
                        generator: torch.Generator | None = None, shard: Shard | None = None) -> torch.Tensor:
