@@ -73,6 +73,16 @@ def test_device_cuda_without_gpu(cli, one_line_error, tmp_path, train_args, monk
     one_line_error(*cli(*args)[::2], "train", "no CUDA GPU")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_cpu_presets_auto_chain_precision_says_what_it_took(cli, tmp_path, train_args, monkeypatch, native):
+    import textebm.devices
+
+    monkeypatch.setattr(textebm.devices, "_cpu_has_bf16", lambda: native)
+    status, out, err = cli(*train_args("--out", tmp_path / "run", "--max-steps", "1"))
+    assert status == 0, err
+    assert f"chain precision: {'bf16' if native else 'fp32'} (chain_precision=auto" in out + err
+
+
 def test_missing_split_suggests_train_split(cli, one_line_error, tmp_path, data_folder):
     data_dir = data_folder(yahoo="valid test")
     args = ["train", "--corpus", "yahoo", "--data-dir", data_dir, "--out", tmp_path / "run", "--max-steps", "1",
