@@ -22,8 +22,8 @@ from textebm.inference.closed_form import QuadraticTilt
 # A model small enough that a training step takes milliseconds on one CPU core.
 TINY_OVERRIDES = [
     "embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16",
-    "prior_steps=5", "posterior_steps=3", "posterior_init=noise", "batch_size=16", "dropout=0.0",
-    "max_length=30", "num_log_samples=1", "valid_batches=2", "log_every=1",
+    "prior_steps=5", "posterior_steps=3", "posterior_init=noise", "chain_precision=fp32", "batch_size=16",
+    "dropout=0.0", "max_length=30", "num_log_samples=1", "valid_batches=2", "log_every=1",
     "checkpoint_every=10", "valid_every=0",
 ]
 SMALL_CORPUS_LINES = 400  # first lines of the synthetic train split, written to a temporary text file

@@ -204,7 +204,8 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     assert "8 AIS chains x 5 temperatures each" in err  # --num-is-samples 8 of FAST
     report = json.loads((run / "evaluation-test.json").read_text())
     isd = report["importance_sampling"]
-    assert isd["anneal_steps"] == 5 and "annealed importance sampling chains" in isd["estimator"]
+    assert isd["anneal_steps"] == 5 and isd["anneal_schedule"] == "linear"
+    assert "annealed importance sampling chains" in isd["estimator"]
     assert 1 <= isd["ess_mean"] <= 8 and report["latent_usage"]["mutual_information"] is not None
     check = isd["half_schedule"]  # AIS's convergence check: the first 12 sentences again on 2 temperatures
     assert check["sentences"] == 12 and check["anneal_steps"] == 2

@@ -78,7 +78,8 @@ def test_the_cpu_presets_auto_chain_precision_says_what_it_took(cli, tmp_path, t
     import textebm.devices
 
     monkeypatch.setattr(textebm.devices, "_cpu_has_bf16", lambda: native)
-    status, out, err = cli(*train_args("--out", tmp_path / "run", "--max-steps", "1"))
+    status, out, err = cli(*train_args("--out", tmp_path / "run", "--max-steps", "1",
+                                       overrides=["chain_precision=auto"]))
     assert status == 0, err
     assert f"chain precision: {'bf16' if native else 'fp32'} (chain_precision=auto" in out + err
 

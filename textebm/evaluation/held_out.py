@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 8
+EVALUATOR_VERSION = 9
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
@@ -48,7 +48,8 @@ class EvaluationOptions:
     anneal_steps: int = 60  # each draw annealed from the Laplace mixture to p(z|x) through this many temperatures
     curvature_directions: int | None = 8  # ends but the best re-measure its Hessian along k directions (None, or
     # k >= the latent size: each end its own Hessian). Evaluator 8's defaults, chosen by bench.curvature_check
-    # (docs/evaluate-command.md): less error than evaluator 7's 2 x 80 with every end's own Hessian, at 0.8 its CPU
+    # (docs/evaluate-command.md): less error than evaluator 7's 2 x 80 with every end's own Hessian, at 0.8 its CPU;
+    # evaluator 9 keeps them and anneals in equal steps of beta (annealing.SCHEDULES)
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -332,7 +333,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         "importance_sampling": None if sampling is None else (
             vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
                 "estimator": ANNEALED_ESTIMATOR if options.anneal_steps else LAPLACE_ESTIMATOR,
-                "proposal": "laplace", "anneal_steps": options.anneal_steps, "num_chains": options.num_chains,
+                "proposal": "laplace", "anneal_steps": options.anneal_steps,
+                "anneal_schedule": "linear" if options.anneal_steps else None, "num_chains": options.num_chains,
                 "curvature_directions": options.curvature_directions,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),
@@ -390,7 +392,8 @@ ANNEALED_ESTIMATOR = (
     "the inverse of its negative Hessian by finite differences, or with curvature_directions k the best end's "
     "re-measured at the others along its k stiffest eigenvectors; weights half by Laplace evidence, half "
     "even), and walks from the mixture "
-    "to p(z|x) through anneal_steps temperatures, one MALA step each in the coordinates where N(m_k, S_k) is "
+    "to p(z|x) through anneal_steps equally spaced temperatures, one MALA step each in the coordinates where "
+    "N(m_k, S_k) is "
     "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
 ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the draws ...
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
