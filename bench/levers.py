@@ -56,7 +56,9 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
     spec = spec_for(quick, device)
     batches = batches_on(spec, device)
     chosen = {name: value for name, value in SETTINGS.items() if on_cuda or not value[2]}
-    learners = {name: learner(spec, [*overrides, *extra], device) for name, (extra, _, _) in chosen.items()}
+    # every setting on the fp32 chain but chain_precision=bf16's (the cpu preset's own is auto)
+    learners = {name: learner(spec, [*overrides, "chain_precision=fp32", *extra], device)
+                for name, (extra, _, _) in chosen.items()}
     steps = {name: with_tf32(learners[name].step, chosen[name][1], device) for name in chosen}
     seconds = interleave({name: fed(step, batches) for name, step in steps.items()}, repeats,
                          0 if quick else 1, device)  # the warm-up round compiles (compile=true)

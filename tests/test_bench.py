@@ -335,3 +335,31 @@ def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
     out.write_text("{not json")
     assert main([str(folder_run), "--out", str(out), "--sentences", "2"]) == 2
     assert "not a check's JSON file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["levers", "step_profile"])
+def test_the_speed_ups_of_bf16_chains_are_against_the_fp32_chain_whatever_the_preset_says(monkeypatch, module):
+    """The cpu preset's chain_precision is auto (bf16 on bf16 hardware): the benchmark's reference steps
+    must still run the fp32 chain, or the bf16 lever would measure bf16 against itself."""
+    import importlib
+
+    bench_module = importlib.import_module(f"bench.{module}")
+    made = []
+    real = bench_module.learner
+
+    def recording(spec, extra, device):
+        made.append(real(spec, extra, device))
+        return made[-1]
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("stop before timing")
+
+    monkeypatch.setattr(bench_module, "learner", recording)
+    monkeypatch.setattr(bench_module, "interleave", stop)
+    from bench.step_profile import QUICK
+
+    monkeypatch.setattr(bench_module, "spec_for", lambda quick, device: {**QUICK, "preset": "cpu"})
+    with pytest.raises(RuntimeError, match="stop before timing"):
+        bench_module.run(quick=True, repeats=1, overrides=["chain_precision=auto"])
+    precisions = sorted(learner.cfg.chain_precision for learner in made if learner.cfg.prior != "none")
+    assert precisions.count("bf16") == 1 and set(precisions) == {"fp32", "bf16"}, precisions
