@@ -56,7 +56,7 @@ def run(quick: bool, repeats: int) -> list[Row]:
                 "directions")
     note = (f"reference: evaluator 2 (16 tempered chains, diagonal Gaussian + prior, defensive 0.5, {DRAWS} "
             f"draws); candidate: evaluate's default ({NEW['num_chains']} tempered chains, {hessians}, a Newton "
-            f"step each, then {chains} AIS chains x {steps} temperatures from the mixture of "
+            f"step each, then {chains} AIS chains x {steps} temperatures in equal steps from the mixture of "
             f"their Laplace Gaussians); floor ({DRAWS} draws' likelihoods "
             f"alone, plain importance sampling's): {floor_rate:.3g} sentences/s, candidate at "
             f"{cand_rate / floor_rate:.0%} of it")
