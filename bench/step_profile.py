@@ -120,19 +120,19 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
 
         set_tf32(True)  # as `textebm train` runs on CUDA
     spec = spec_for(quick, device)
-    # the fp32 chain is the reference, whatever the preset's chain_precision (the cpu preset's is auto)
-    overrides = [*(item for item in overrides if not item.startswith("chain_precision=")), "chain_precision=fp32"]
+    overrides = [item for item in overrides if not item.startswith("chain_precision=")]
+    fp32_chain = [*overrides, "chain_precision=fp32"]  # the reference, whatever the preset says (cpu: auto)
     batches = batches_on(spec, device)
-    lm, latent = learner(spec, ["prior=none"], device), learner(spec, list(overrides), device)
+    lm, latent = learner(spec, ["prior=none"], device), learner(spec, fp32_chain, device)
     latent_bf16 = learner(spec, [*overrides, "chain_precision=bf16"], device)  # the same weights (same seed)
     contenders = {"LM step": fed(lm.step, batches), "latent step": fed(latent.step, batches),
                   "latent step, bf16": fed(latent_bf16.step, batches)}
-    contenders.update(parts(learner(spec, list(overrides), device), batches))
+    contenders.update(parts(learner(spec, fp32_chain, device), batches))
     seconds = interleave(contenders, repeats, 0 if quick else 1, device)
     ms = {name: 1000 * median(values) for name, values in seconds.items()}
 
     cfg = latent.cfg
-    settings = f" --set {' '.join(overrides[:-1])}" if overrides[:-1] else ""
+    settings = f" --set {' '.join(overrides)}" if overrides else ""
     shape = f"batch {spec['batch']} x {spec['words'] + 1} tokens, {spec['preset']} preset on {device.type}{settings}"
     lm_ms, step_ms, chain_step_ms = ms["LM step"], ms["latent step"], ms["one chain step"]
 
