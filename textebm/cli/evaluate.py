@@ -38,8 +38,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, metavar="S",
-                   help=f"draws per sentence: AIS chains (default {AIS_CHAINS}), or with --anneal-steps 0 (and for a "
-                        f"VAE, from its q) importance samples (default {IS_DRAWS})")
+                   help=f"draws per sentence: AIS chains (default {AIS_CHAINS}; 16 to compare models within a nat "
+                        f"per sentence: docs/evaluate-command.md), or with --anneal-steps 0 (and for a VAE, from "
+                        f"its q) importance samples (default {IS_DRAWS})")
     p.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, metavar="T",
                    help="anneal each draw from the Laplace Gaussians (their mixture) to the posterior through T "
                         "temperatures (annealed importance sampling; 0: plain importance sampling from the Laplace "
