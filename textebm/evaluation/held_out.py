@@ -224,6 +224,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     from textebm.devices import resolve_device
     from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
     from textebm.generation.reconstruction import reconstruct
+    from textebm.inference.annealing import LAPLACE_SCHEDULE
     from textebm.inference.diagnostics import (
         AU_STDERRS,
         AU_THRESHOLD,
@@ -334,7 +335,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
             vae_importance_sampling(options, sampling, res) if config.model == "vae" else {
                 "estimator": ANNEALED_ESTIMATOR if options.anneal_steps else LAPLACE_ESTIMATOR,
                 "proposal": "laplace", "anneal_steps": options.anneal_steps,
-                "anneal_schedule": "linear" if options.anneal_steps else None, "num_chains": options.num_chains,
+                "anneal_schedule": LAPLACE_SCHEDULE if options.anneal_steps else None,
+                "num_chains": options.num_chains,
                 "curvature_directions": options.curvature_directions,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),

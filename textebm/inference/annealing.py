@@ -65,6 +65,7 @@ def linear_schedule(steps: int) -> torch.Tensor:
 
 
 SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
+LAPLACE_SCHEDULE = "linear"  # the schedule from a Laplace reference: evaluate's (module docstring)
 
 
 @dataclass
@@ -236,7 +237,7 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
 def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference | MixtureReference,
                             log_z: float, num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-                            schedule: str = "linear") -> tuple[torch.Tensor, AnnealedChains]:
+                            schedule: str = LAPLACE_SCHEDULE) -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
     (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
     "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior)."""
