@@ -15,6 +15,7 @@ from textebm.inference.annealing import (
     annealed_log_likelihood,
     linear_schedule,
     sigmoid_schedule,
+    transition_variances,
 )
 from textebm.inference.bdmc import bdmc
 from textebm.inference.closed_form import bimodal_closed_form_model, closed_form_model
@@ -81,6 +82,39 @@ def test_ais_from_the_exact_posterior_gives_equal_weights_and_the_exact_log_like
                                              num_chains=4, steps=5, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(log_px.double(), model.exact_log_px(), atol=1e-3)
     assert float(chains.log_w.view(4, 4).std(1).max()) < 1e-3
+
+
+def test_the_trace_follows_each_move_and_sees_l_vary_only_off_the_posterior():
+    """From the exact posterior l is constant: no variance at any temperature; from a misplaced reference
+    l varies most at beta = 0 (the reference's own draws) and the chains' steps adapt."""
+    model = closed_form_model(latent_dim=8, sentences=4)
+    exact = _posterior_reference(model)
+    _, plain = annealed_log_likelihood(model, model.tokens(), exact, 0.0, 4, 10)
+    assert plain.trace is None
+    _, chains = annealed_log_likelihood(model, model.tokens(), exact, 0.0, 4, 10,
+                                        generator=torch.Generator().manual_seed(0), trace=True)
+    trace = chains.trace
+    assert all(len(v) == 10 for v in trace.values()) and trace["beta"][-1] == 1.0
+    assert float(trace["ell_variance"].abs().max()) < 1e-6 and float(trace["acceptance"].min()) > 0.5
+    assert transition_variances(linear_schedule(10), trace["ell_variance"])[0] < 1e-6
+    _, off = annealed_log_likelihood(model, model.tokens(), _posterior_reference(model, shift=2.0, widen=1.5), 0.0, 16,
+                                     20, generator=torch.Generator().manual_seed(0), trace=True)
+    variance = off.trace["ell_variance"]
+    assert float(variance[0]) > 2 * float(variance[-5:].mean()) > 0, variance
+    assert len(set(off.trace["step"].tolist())) > 1  # the step size adapts from move to move
+    _, single = annealed_log_likelihood(model, model.tokens(), exact, 0.0, 1, 3, trace=True)
+    assert single.trace["ell_variance"].isnan().all()  # one chain per sentence: no spread to measure
+
+
+def test_transition_variances_are_the_sum_of_squared_steps_times_the_variance_and_its_least():
+    """Constant Var(l) = 4 over 8 equal steps: 4 / 8 on the schedule and at best; Var(l) that falls
+    from 100 to 1 gives the equal steps more than the best spacing, and the best is (int sqrt V)^2 / T."""
+    betas = linear_schedule(8)
+    assert transition_variances(betas, torch.full((8,), 4.0)) == pytest.approx((0.5, 0.5))
+    falling = torch.tensor([100.0, 1, 1, 1, 1, 1, 1, 1])
+    on_schedule, least = transition_variances(betas, falling)
+    assert on_schedule == pytest.approx((100 + 7) / 64)
+    assert least == pytest.approx((10 + 7) ** 2 / 64 / 8) and least < on_schedule
 
 
 def test_ais_corrects_a_misplaced_reference_that_plain_importance_sampling_cannot():

@@ -337,6 +337,36 @@ def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
     assert "not a check's JSON file" in capsys.readouterr().err
 
 
+def test_ais_transitions_traces_evaluates_path_and_compares_it_with_perfect_transitions(folder_run, tmp_path, capsys):
+    from bench.ais_transitions import main
+
+    out = tmp_path / "transitions.json"
+    assert main([str(folder_run), "--out", str(out), "--sentences", "4", "--chains", "4", "--temperatures", "6"]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["sentences"] == 4 and figures["temperatures"] == 6 and figures["step"] == 7
+    assert figures["estimator"]["tempered_chains"] == 3  # evaluate's reference
+    assert 0 < figures["best_schedule"] <= figures["perfect_transitions"]
+    assert figures["lag_factor"] == pytest.approx(figures["log_weight_variance"] / figures["perfect_transitions"])
+    profile = figures["profile"]
+    assert profile["beta"][0] == pytest.approx(1 / 6) and profile["beta"][-1] == 1.0 and profile["beta_before"][0] == 0
+    assert all(len(v) == 11 for v in profile.values()) and all(0 <= a <= 1 for a in profile["acceptance"])
+    largest, smallest = figures["stiffness"]["largest"], figures["stiffness"]["smallest"]
+    assert largest["q10"] <= largest["q50"] <= largest["q90"] and smallest["q50"] <= largest["q50"]
+    assert f"measured {figures['log_weight_variance']:.2f}" in capsys.readouterr().out
+
+
+def test_ais_transitions_refuses_bad_input(folder_run, tmp_path, capsys):
+    from bench.ais_transitions import main
+
+    out = tmp_path / "transitions.json"
+    for extra, message in ((["--chains", "1"], "--chains at least 2"), (["--temperatures", "0"], "--temperatures"),
+                           (["--sentences", "100000"], "runs past its end")):
+        assert main([str(folder_run), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("module", ["levers", "step_profile"])
 def test_the_speed_ups_of_bf16_chains_are_against_the_fp32_chain_whatever_the_preset_says(monkeypatch, module):
     """The cpu preset's chain_precision is auto (bf16 on bf16 hardware): the benchmark's reference steps

@@ -186,22 +186,41 @@ def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReferenc
 @dataclass
 class AnnealedChains:
     """Per chain (rows sentence-major): the log weight (float64), final code, log p(x | z) there, and the
-    chain's acceptance rate."""
+    chain's acceptance rate. `trace` (`anneal(trace=True)`): one entry per move, tensors of length
+    len(betas) - 1: "beta", the move's beta_t; "step", the mean step size it used; "acceptance", the
+    share of chains that moved; "ell_variance", the mean over groups of the variance of l across a
+    group's chains (groups of 2 or more) at the states whose l entered the weights at that step (those
+    of beta_{t-1}): Var_{pi_beta}(l) while the chains keep up with the path (`transition_variances`)."""
 
     log_w: torch.Tensor
     z: torch.Tensor
     log_lik: torch.Tensor
     acceptance: torch.Tensor
+    trace: dict[str, torch.Tensor] | None = None
+
+
+def transition_variances(betas: torch.Tensor, ell_variance: torch.Tensor) -> tuple[float, float]:
+    """What a chain's log weight variance would be with perfect transitions (every state a fresh draw
+    from its pi_beta), given Var_{pi_beta}(l) at each beta but the last (`AnnealedChains.trace`'s
+    "ell_variance"): sum_t (beta_t - beta_{t-1})^2 Var_{beta_{t-1}}(l) on the schedule `betas` (beta_0
+    first), and the least any schedule of as many steps gets, (sum_t (beta_t - beta_{t-1})
+    sqrt(Var_{beta_{t-1}}(l)))^2 / T: with n(beta) temperatures per unit of beta the sum is about
+    int Var / n dbeta, least (given int n = T) for n proportional to sqrt(Var). A measured variance far
+    above the first says the chains lag behind the path: better transitions, not another schedule,
+    are what would lower it."""
+    steps, var = betas.double().diff().cpu(), ell_variance.double().cpu()
+    return float((steps.pow(2) * var).sum()), float((steps * var.sqrt()).sum().pow(2) / len(steps))
 
 
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
            step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-           group: int = 1, mixture: RowMixture | None = None) -> AnnealedChains:
+           group: int = 1, mixture: RowMixture | None = None, trace: bool = False) -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
     the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
     chains) share their step size. `mixture`: the rows' mixture reference (`MixtureReference.draw`),
-    each row's `reference` then the component it drew."""
+    each row's `reference` then the component it drew. `trace`: record `AnnealedChains.trace` (on the
+    device, no host sync per temperature)."""
     if u.shape[0] % group:
         raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
     log_det = reference.log_det
@@ -209,8 +228,11 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     log_w = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
     accepted = torch.zeros(u.shape[0], device=u.device)
     ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture)
+    records = []
     for previous, beta in zip(betas[:-1], betas[1:]):
         log_w += (beta - previous) * ell.double()
+        if trace:
+            spread = ell.view(-1, group).var(1).mean() if group > 1 else torch.full((), math.nan, device=u.device)
         grad = beta * grad_ell - u
         step = steps.repeat_interleave(group, 0)
         half = 0.5 * step.pow(2)
@@ -230,17 +252,26 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
         grad_ell = torch.where(rows, new_grad_ell, grad_ell)
         accepted += accept.float()
         rate = accept.to(u.dtype).view(-1, group).mean(1, keepdim=True)
+        if trace:
+            records.append(torch.stack([steps.mean(), rate.mean(), spread.to(u.dtype)]))
         steps = steps * torch.exp(STEP_ADAPTATION * (rate - TARGET_ACCEPTANCE))
-    return AnnealedChains(log_w, reference.to_z(u), log_lik, accepted / max(1, len(betas) - 1))
+    recorded = None
+    if trace and records:
+        step, acceptance, ell_variance = torch.stack(records).unbind(1)
+        recorded = {"beta": torch.tensor(betas[1:], dtype=torch.float64), "step": step, "acceptance": acceptance,
+                    "ell_variance": ell_variance}
+    return AnnealedChains(log_w, reference.to_z(u), log_lik, accepted / max(1, len(betas) - 1), recorded)
 
 
 def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference | MixtureReference,
                             log_z: float, num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-                            schedule: str = LAPLACE_SCHEDULE) -> tuple[torch.Tensor, AnnealedChains]:
+                            schedule: str = LAPLACE_SCHEDULE,
+                            trace: bool = False) -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
     (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
-    "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior)."""
+    "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior); `trace`:
+    `AnnealedChains.trace`, the chains of a sentence one group."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
     if schedule not in SCHEDULES:
@@ -252,6 +283,6 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
-                    step_size, generator, max_rows, group=num_chains, mixture=mixture)
+                    step_size, generator, max_rows, group=num_chains, mixture=mixture, trace=trace)
     log_w = chains.log_w.view(b, num_chains)
     return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains

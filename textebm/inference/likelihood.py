@@ -65,6 +65,7 @@ from textebm.inference.annealing import (
     annealed_log_likelihood,
     sigmoid_schedule,
 )
+from textebm.model.decoder import MAX_ROWS
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -295,7 +296,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.).
     `curvature_directions` (the mixture only): None, every end's Hessian its own; k, the best end's
     re-measured at each other end along its k stiffest directions (`laplace.laplace_mixture`)."""
-    from textebm.inference.laplace import best_chain_end, laplace_mixture, laplace_proposal
+    from textebm.inference.laplace import best_chain_end, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
         raise ValueError("num_chains and num_samples must be at least 1")
@@ -326,12 +327,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         codes = torch.cat([model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator)
                            for start in range(0, b, group)])
         if proposal == "laplace" and anneal_steps > 0:
-            if num_chains > 1:
-                reference = laplace_mixture(model, tokens, codes, newton_steps, max_rows,
-                                            directions=curvature_directions)
-            else:
-                reference = GaussianReference.laplace(laplace_proposal(model, tokens, codes[:, 0], newton_steps,
-                                                                       max_rows=max_rows))
+            reference = annealing_reference(model, tokens, codes, newton_steps, max_rows, curvature_directions)
             return _annealed(model, tokens, reference, log_z, num_samples, anneal_steps, generator, max_rows,
                              num_chains)
         if proposal == "laplace":
@@ -357,6 +353,18 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         log_px = jackknife_log_mean_exp(log_w)
         ess = torch.exp(2 * torch.logsumexp(log_w, 1) - torch.logsumexp(2 * log_w, 1))
     return ISResult(log_px.float(), ess.float(), log_w.float(), mean, raw, num_chains, log_lik.float())
+
+
+def annealing_reference(model, tokens: torch.Tensor, codes: torch.Tensor, newton_steps: int = 1,
+                        max_rows: int = MAX_ROWS, curvature_directions: int | None = None):
+    """The reference the per-sentence AIS starts from, given the tempered chains' ends `codes` (B, C, d):
+    with C > 1 the mixture of their Laplace Gaussians (`laplace.laplace_mixture`), else the one end's
+    Laplace Gaussian."""
+    from textebm.inference.laplace import laplace_mixture, laplace_proposal
+
+    if codes.shape[1] > 1:
+        return laplace_mixture(model, tokens, codes, newton_steps, max_rows, directions=curvature_directions)
+    return GaussianReference.laplace(laplace_proposal(model, tokens, codes[:, 0], newton_steps, max_rows=max_rows))
 
 
 def _annealed(model, tokens, reference, log_z: float, num_chains: int, steps: int, generator, max_rows: int,
