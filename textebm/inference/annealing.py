@@ -19,18 +19,23 @@ unbiased estimate of 1 / (Z_alpha p(x)): the upper half of `textebm.inference.bd
 A mixture of such Gaussians (`MixtureReference`, one per mode found) is a reference too: each chain
 runs in the coordinates of the component it drew, with the whole mixture's density in l.
 
-Why whitened: with the Laplace reference every pi_beta has about the posterior's shape, so one step
-size near 1 suits every coordinate and every temperature; in z the posterior is tens of times
-narrower along some directions than along others. The chains' final states, weighted by their
+Why whitened: in z the posterior is tens of times narrower along some directions than along others;
+in the Laplace reference's coordinates most directions have about unit scale. Not all: at the
+posterior's draws on a trained PTB run the curvature's largest eigenvalue there is some 13 (median
+over draws; it varies with z), so the step size falls from 1 to about 0.5 along the path
+(`bench.ais_transitions`, docs/evaluate-command.md). The chains' final states, weighted by their
 weights, are draws from p(z | x) itself (what the mutual information needs).
 
 The schedule (`SCHEDULES`) follows the reference. With perfect transitions a chain's log weight has
-variance about sum_t (beta_t - beta_{t-1})^2 Var_{pi_beta}(l). From the prior's reference Var(l)
-is hundreds of nats^2 near beta = 0 and small near 1, and the sigmoid's dense ends pay for themselves
-(Grosse et al. 2015). From a Laplace reference pi_beta keeps about the posterior's shape all the way,
-Var(l) hardly changes with beta, and equal steps give the least variance: at 60 temperatures the
-sigmoid's sum of squared steps is 1.43 times the linear one's, and on a trained PTB run the linear
-schedule halved the estimate's shortfall at the same CPU (docs/evaluate-command.md, evaluator 9).
+variance about sum_t (beta_t - beta_{t-1})^2 Var_{pi_beta}(l) (`transition_variances`). From the
+prior's reference Var(l) is hundreds of nats^2 near beta = 0 and small near 1, and the sigmoid's
+dense ends pay for themselves (Grosse et al. 2015). From a Laplace reference Var(l) stays within a
+factor of a few along the path, and equal steps come within a few per cent of the best spacing: at 60
+temperatures the sigmoid's sum of squared steps is 1.43 times the linear one's, and on a trained PTB
+run the linear schedule's log weights had 0.76 times the sigmoid's variance at the same CPU
+(docs/evaluate-command.md, evaluator 9). What is left of that variance is the moves': with one MALA
+step per temperature the chains lag behind the path, and their log weights vary some nine times as
+much as perfect transitions on the same schedule would give.
 
 The step size is shared by a sentence's chains and follows their mean acceptance rate towards 0.65,
 nudged after every temperature. (A chain steered by its own past acceptances no longer has a kernel
