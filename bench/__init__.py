@@ -85,3 +85,34 @@ def build_model(overrides: list[str], vocab_size: int, seed: int = 0, preset: st
     cfg = resolve_config(preset, "ptb", list(overrides))
     torch.manual_seed(seed)
     return LatentEBMTextModel(cfg, vocab_size, pad_id=0, bos_id=1, eos_id=-1).to(device), cfg
+
+
+def load_latent_run(run: str, purpose: str):
+    """The trained run at `run` (`load_run`), refused with a UserError unless it has a latent code
+    inferred by Langevin chains (prior ebm or gaussian): what `purpose` needs."""
+    from pathlib import Path
+
+    from textebm.errors import UserError
+    from textebm.model.runs import load_run
+
+    loaded = load_run(Path(run))
+    if not loaded.model.has_latent or loaded.config.model != "latent_ebm":
+        raise UserError(f"{run}: {purpose} needs a latent model with Langevin inference (prior ebm or gaussian), "
+                        f"not model={loaded.config.model}, prior={loaded.config.prior}")
+    return loaded
+
+
+def held_out_sentences(loaded, data_dir, split: str, first: int, count: int) -> list[list[int]]:
+    """Sentences first .. first + count of the run's held-out `split` as id lists, encoded as `evaluate`
+    encodes them; a UserError when the split is shorter."""
+    from textebm.data.batches import encode_lines
+    from textebm.data.corpora import evaluation_splits, open_corpus
+    from textebm.errors import UserError
+
+    config = loaded.config
+    _, held_out, _ = evaluation_splits(open_corpus(config.corpus, data_dir), config.train_split, split)
+    lines = held_out[first:first + count]
+    if len(lines) < count:
+        raise UserError(f"the {split} split has {len(held_out)} lines: --first {first} --sentences {count} "
+                        "runs past its end")
+    return encode_lines(lines, loaded.vocab, config.max_length).sentences

@@ -114,13 +114,10 @@ def main(argv=None) -> int:
         ais = pair(args.ais, "--ais")
         import torch
 
-        from textebm.model.runs import load_run
+        from bench import load_latent_run
 
         torch.set_num_threads(args.threads)
-        loaded = load_run(Path(args.run))
-        if not loaded.model.has_latent or loaded.config.model != "latent_ebm":
-            raise UserError(f"{args.run}: BDMC needs a latent model with Langevin inference (prior ebm or gaussian), "
-                            f"not model={loaded.config.model}, prior={loaded.config.prior}")
+        loaded = load_latent_run(args.run, "BDMC")
         figures = sandwich(loaded, args.sentences, args.max_length, args.temperatures, args.chains, estimates,
                            ais, args.seed)
     except UserError as err:

@@ -154,22 +154,11 @@ def main(argv=None) -> int:
         variants = [Estimator.parse(v) for v in (args.variant or DEFAULT_VARIANTS)]
         import torch
 
-        from textebm.data.batches import encode_lines
-        from textebm.data.corpora import evaluation_splits, open_corpus
-        from textebm.model.runs import load_run
+        from bench import held_out_sentences, load_latent_run
 
         torch.set_num_threads(args.threads)
-        loaded = load_run(Path(args.run))
-        if not loaded.model.has_latent or loaded.config.model != "latent_ebm":
-            raise UserError(f"{args.run}: the check needs a latent model with Langevin inference (prior ebm or "
-                            f"gaussian), not model={loaded.config.model}, prior={loaded.config.prior}")
-        config = loaded.config
-        _, held_out, _ = evaluation_splits(open_corpus(config.corpus, args.data_dir), config.train_split, args.split)
-        lines = held_out[args.first:args.first + args.sentences]
-        if len(lines) < args.sentences:
-            raise UserError(f"the {args.split} split has {len(held_out)} lines: --first {args.first} "
-                            f"--sentences {args.sentences} runs past its end")
-        sentences = encode_lines(lines, loaded.vocab, config.max_length).sentences
+        loaded = load_latent_run(args.run, "the check")
+        sentences = held_out_sentences(loaded, args.data_dir, args.split, args.first, args.sentences)
         where = {"run": str(Path(args.run).resolve()), "step": loaded.step, "split": args.split,
                  "first": args.first, "sentences": args.sentences, "ais": args.ais, "seed": args.seed}
         try:
