@@ -287,6 +287,10 @@ def test_bdmc_sandwich_refuses_bad_input(trained_run, tmp_path, capsys):
 @pytest.fixture
 def folder_run(tmp_path, corpus_folder, train_lines):
     """A tiny untrained EBM-prior run on a corpus with a test split (the check reads held-out lines)."""
+    return _untrained_run(tmp_path / "run", corpus_folder, train_lines, "ebm")
+
+
+def _untrained_run(folder, corpus_folder, train_lines, prior: str):
     from textebm.config import Config
     from textebm.data.vocab import WordVocab
     from textebm.model.checkpoints import save_checkpoint
@@ -295,9 +299,8 @@ def folder_run(tmp_path, corpus_folder, train_lines):
 
     torch.manual_seed(0)
     config = Config(corpus=str(corpus_folder), embedding_dim=8, hidden_dim=16, latent_dim=3, energy_hidden=8,
-                    dropout=0.0, prior="ebm", posterior_steps=3, prior_steps=3, max_length=30)
+                    dropout=0.0, prior=prior, posterior_steps=3, prior_steps=3, max_length=30)
     vocab = WordVocab.build(train_lines[:300])
-    folder = tmp_path / "run"
     create_run(folder, config, vocab)
     save_checkpoint(folder, build_run_model(config, vocab), {}, step=7)
     return folder
@@ -355,7 +358,7 @@ def test_ais_transitions_traces_evaluates_path_and_compares_it_with_perfect_tran
     assert f"measured {figures['log_weight_variance']:.2f}" in capsys.readouterr().out
 
 
-def test_ais_transitions_refuses_bad_input(folder_run, tmp_path, capsys):
+def test_ais_transitions_refuses_bad_input(folder_run, corpus_folder, train_lines, tmp_path, capsys):
     from bench.ais_transitions import main
 
     out = tmp_path / "transitions.json"
@@ -364,6 +367,9 @@ def test_ais_transitions_refuses_bad_input(folder_run, tmp_path, capsys):
         assert main([str(folder_run), "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    language_model = _untrained_run(tmp_path / "lm", corpus_folder, train_lines, "none")
+    assert main([str(language_model), "--out", str(out)]) == 2
+    assert "needs a latent model with Langevin inference" in capsys.readouterr().err
     assert not out.exists()
 
 
