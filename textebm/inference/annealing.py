@@ -21,7 +21,7 @@ runs in the coordinates of the component it drew, with the whole mixture's densi
 
 Why whitened: in z the posterior is tens of times narrower along some directions than along others;
 in the Laplace reference's coordinates most directions have about unit scale. Not all: at the
-posterior's draws on a trained PTB run the curvature's largest eigenvalue there is some 13 (median
+posterior's draws on trained PTB runs the curvature's largest eigenvalue there is some 13-17 (median
 over draws; it varies with z), so the step size falls from 1 to about 0.5 along the path
 (`bench.ais_transitions`, docs/evaluate-command.md). The chains' final states, weighted by their
 weights, are draws from p(z | x) itself (what the mutual information needs).
@@ -34,8 +34,8 @@ factor of a few along the path, and equal steps come within a few per cent of th
 temperatures the sigmoid's sum of squared steps is 1.43 times the linear one's, and on a trained PTB
 run the linear schedule's log weights had 0.76 times the sigmoid's variance at the same CPU
 (docs/evaluate-command.md, evaluator 9). What is left of that variance is the moves': with one MALA
-step per temperature the chains lag behind the path, and their log weights vary some nine times as
-much as perfect transitions on the same schedule would give.
+step per temperature the chains lag behind the path, and their log weights vary eight to nine times
+as much as perfect transitions on the same schedule would give.
 
 The step size is shared by a sentence's chains and follows their mean acceptance rate towards 0.65,
 nudged after every temperature. (A chain steered by its own past acceptances no longer has a kernel
