@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -84,6 +85,9 @@ def test_json_report_and_its_copy_in_the_run_folder(invoke, tmp_path, corpus_fol
     assert report["nll_per_sentence"] * 12 / report["num_tokens"] == pytest.approx(
         __import__("math").log(report["perplexity"]), rel=1e-6)
     assert report["elbo_per_sentence"] <= -report["nll_per_sentence"] + 1e-6
+    each = report["log_px_per_sentence"]  # the sentences' own estimates, for paired comparisons
+    assert len(each) == 12 and -sum(each) / 12 == pytest.approx(report["nll_per_sentence"], abs=1e-4)
+    assert len(set(each)) > 1
     assert 0 < report["cpu_seconds"] and 0 < report["seconds"]  # the work and the wall clock, both counted
     usage = report["latent_usage"]
     assert 0 <= usage["active_units"] <= 3 and len(usage["unit_sensitivity"]) == 3
@@ -133,10 +137,27 @@ def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folde
         status, _, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "20", "--temperatures", "0.7", "1")
         assert status == 0, err
         runs.append(run)
+    reports = [json.loads((run / "evaluation-test.json").read_text()) for run in runs]
     out = tmp_path / "both.png"
     status, stdout, err = cli("compare", *runs, "--out", out)
     assert status == 0, err
-    assert stdout.strip() == str(out) and out.read_bytes()[:4] == b"\x89PNG"
+    assert stdout.strip().endswith(str(out)) and out.read_bytes()[:4] == b"\x89PNG"
+    # the NLL table: each run's mean, the second's paired difference from the first on the same sentences
+    header, first, second = stdout.splitlines()[:3]
+    assert header.startswith(f"NLL per sentence (nats) on {reports[0]['num_sentences']} test sentences")
+    assert first.split() == ["ebm", f"{reports[0]['nll_per_sentence']:.2f}"]
+    label, nll, difference, _, stderr = second.split()
+    expected = reports[1]["nll_per_sentence"] - reports[0]["nll_per_sentence"]
+    assert (label, nll) == ("gauss", f"{reports[1]['nll_per_sentence']:.2f}")
+    diffs = [a - b for a, b in zip(reports[0]["log_px_per_sentence"], reports[1]["log_px_per_sentence"])]
+    assert abs(float(difference) - expected) < 0.006
+    assert stderr == f"{statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
+    # without per-sentence figures (a report of an older textebm) the table is refused, the figure still drawn
+    del reports[1]["log_px_per_sentence"]
+    (runs[1] / "evaluation-test.json").write_text(json.dumps(reports[1]))
+    one_line_error(*cli("compare", *runs)[::2], "compare", "textebm evaluate")
+    status, stdout, err = cli("compare", *runs, "--out", out)
+    assert status == 0 and stdout.strip() == str(out) and "no NLL table" in err
     one_line_error(*cli("compare", runs[0], tmp_path, "--out", out)[::2], "compare", "textebm evaluate")
     one_line_error(*cli("compare", *runs, "--labels", "a", "--out", out)[::2], "compare", "--labels")
 

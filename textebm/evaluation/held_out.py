@@ -222,6 +222,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     from textebm.data.batches import encode_lines
     from textebm.data.corpora import evaluation_splits, open_corpus
     from textebm.devices import resolve_device
+    from textebm.evaluation.paired import PER_SENTENCE_KEY
     from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
     from textebm.generation.reconstruction import reconstruct
     from textebm.inference.annealing import LAPLACE_SCHEDULE
@@ -320,6 +321,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         "nll_per_sentence": float(nll.mean()),
         "nll_per_sentence_bound": -float(res.bound().double().mean()),
         "nll_per_token": float(nll.sum() / num_tokens),
+        PER_SENTENCE_KEY: [round(v, 4) for v in res.log_px.double().tolist()],  # for paired comparisons
         "perplexity": math.exp(float(nll.sum() / num_tokens)),
         "perplexity_convention": PPL_CONVENTION,
         "elbo_per_sentence": float(res.log_w.double().mean(1).mean()),
