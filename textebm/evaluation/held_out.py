@@ -222,7 +222,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     from textebm.data.batches import encode_lines
     from textebm.data.corpora import evaluation_splits, open_corpus
     from textebm.devices import resolve_device
-    from textebm.evaluation.paired import PER_SENTENCE_KEY
+    from textebm.evaluation.paired import PER_SENTENCE_KEY, paired_difference
     from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
     from textebm.generation.reconstruction import reconstruct
     from textebm.inference.annealing import LAPLACE_SCHEDULE
@@ -295,10 +295,9 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                                      curvature_directions=options.curvature_directions,
                                      done=parts_from_data(partial.stages.get("half_schedule"), device),
                                      on_chunk=saving("half_schedule"))
-        change = shorter.log_px.double() - res.log_px[:n].double()  # per sentence: NLL full minus NLL half
+        change = paired_difference(res.log_px[:n].double().tolist(), shorter.log_px.double().tolist())
         half = HalfSchedule(n, steps, options.anneal_steps, -float(res.log_px[:n].double().mean()),
-                            -float(shorter.log_px.double().mean()),
-                            float(change.std() / math.sqrt(n)) if n > 1 else 0.0)
+                            -float(shorter.log_px.double().mean()), change.stderr)
     nll = -res.log_px.double()
     usage = None
     if model.has_latent:
