@@ -3,18 +3,20 @@ sentences: the check that decides the estimator's defaults (issue 24: re-measure
 `--curvature-directions`, against evaluator 7's every-end-its-own-Hessian).
 
     python -m bench.curvature_check RUN --out FILE.json [--sentences 100] [--first 0] [--repeats 4]
-        [--variant default=3:60:2:8 --variant evaluator7=2:80:2] [--reference 16:200:16] [--ais 1000x2000]
+        [--variant default=3:60:2:8@auto --variant fp32-path=3:60:2:8] [--reference 16:200:16] [--ais 1000x2000]
         [--split test] [--data-dir DIR] [--seed 0] [--threads 1]
 
-A variant `NAME=C:T:N[:K]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
-[--curvature-directions K]`: C tempered chains, AIS from the mixture of their ends' Laplace
-Gaussians through T temperatures, N AIS chains per sentence, and K re-measured directions (absent:
-each end its own Hessian). Every estimate runs through `likelihood.evaluate_sentences`, the path of
-`evaluate`. The reference runs once; each variant `--repeats` times with fresh randomness. Reported
-per variant: the mean over sentences of (estimate - reference) in each repeat, their mean and
-standard error over the repeats, and CPU seconds per sentence. FILE is rewritten (atomically) after
-the reference and after every repeat, and read back by the same command: what is done is skipped,
-so a long check (the reference costs some 20-36 CPU s per PTB sentence) resumes where it stopped.
+A variant `NAME=C:T:N[:K][@P]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
+[--curvature-directions K] [--path-precision P]`: C tempered chains, AIS from the mixture of their ends'
+Laplace Gaussians through T temperatures, N AIS chains per sentence, K re-measured directions (absent:
+each end its own Hessian), and the decoder's projection P at the temperatures below 1 (fp32, bf16, or
+auto: bf16 where native; absent: fp32, as the reference). Every estimate runs through
+`likelihood.evaluate_sentences`, the path of `evaluate`. The reference runs once; each variant
+`--repeats` times with fresh randomness. Reported per variant: the mean over sentences of (estimate -
+reference) in each repeat, their mean and standard error over the repeats, and CPU seconds per sentence.
+FILE is rewritten (atomically) after the reference and after every repeat, and read back by the same
+command: what is done is skipped, so a long check (the reference costs some 20-36 CPU s per PTB
+sentence) resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,46 +32,55 @@ from pathlib import Path
 from textebm.errors import UserError
 from textebm.io import atomic_write_text
 
-DEFAULT_VARIANTS = ("default=3:60:2:8", "evaluator7=2:80:2")
+DEFAULT_VARIANTS = ("default=3:60:2:8@auto", "fp32-path=3:60:2:8")
 
 
 @dataclass(frozen=True)
 class Estimator:
-    """`evaluate`'s options for one estimate (`NAME=C:T:N[:K]`)."""
+    """`evaluate`'s options for one estimate (`NAME=C:T:N[:K][@P]`)."""
     name: str
     tempered_chains: int
     temperatures: int
     ais_chains: int
     directions: int | None = None
+    path: str = "fp32"
 
     @classmethod
     def parse(cls, text: str, name: str | None = None) -> Estimator:
+        from textebm.evaluation.held_out import PATH_PRECISIONS
+
         label, sep, spec = text.partition("=")
         if not sep:
             label, spec = name or text, text
+        spec, at, path = spec.partition("@")
         parts = spec.split(":")
-        if not label or len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        if (not label or len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts)
+                or (at and path not in PATH_PRECISIONS)):
             raise UserError(f"estimator {text!r}: expected NAME=C:T:N or NAME=C:T:N:K with positive integers "
-                            "(tempered chains, AIS temperatures, AIS chains, curvature directions): default=3:60:2:8")
+                            "(tempered chains, AIS temperatures, AIS chains, curvature directions), optionally "
+                            f"@ the path's precision ({', '.join(PATH_PRECISIONS)}): default=3:60:2:8@auto")
         numbers = [int(p) for p in parts]
-        return cls(label, *numbers[:3], numbers[3] if len(numbers) == 4 else None)
+        return cls(label, *numbers[:3], numbers[3] if len(numbers) == 4 else None, path if at else "fp32")
 
     @property
     def spec(self) -> str:
-        return ":".join(str(n) for n in (self.tempered_chains, self.temperatures, self.ais_chains, self.directions)
-                        if n is not None)
+        numbers = ":".join(str(n) for n in (self.tempered_chains, self.temperatures, self.ais_chains, self.directions)
+                           if n is not None)
+        return numbers if self.path == "fp32" else f"{numbers}@{self.path}"
 
 
 def estimate(loaded, sentences: list[list[int]], log_z: float, estimator: Estimator, seed: int) -> tuple[list, float]:
     """Per-sentence log p(x) by `estimator` (evaluate's code path) and the CPU seconds per sentence."""
     import torch
 
+    from textebm.devices import resolve_chain_precision
     from textebm.inference.likelihood import evaluate_sentences
 
     tic = time.process_time()
     result = evaluate_sentences(loaded.model, sentences, loaded.vocab.pad_id, log_z, estimator.tempered_chains,
                                 estimator.ais_chains, torch.Generator().manual_seed(seed),
-                                anneal_steps=estimator.temperatures, curvature_directions=estimator.directions)
+                                anneal_steps=estimator.temperatures, curvature_directions=estimator.directions,
+                                path_projection=resolve_chain_precision(estimator.path, loaded.model.device))
     return result.log_px.tolist(), (time.process_time() - tic) / len(sentences)
 
 
@@ -131,7 +142,7 @@ def parse_args(argv):
     p.add_argument("--first", type=int, default=0, help="the first held-out line used")
     p.add_argument("--split", default="test", help="the held-out split (as `evaluate --split`)")
     p.add_argument("--repeats", type=int, default=4)
-    p.add_argument("--variant", action="append", metavar="NAME=C:T:N[:K]",
+    p.add_argument("--variant", action="append", metavar="NAME=C:T:N[:K][@P]",
                    help=f"an estimator to check (repeatable; default {' and '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--reference", default="16:200:16", metavar="C:T:N[:K]")
     p.add_argument("--ais", default="1000x2000", metavar="CxT", help="log Z's AIS: chains x temperatures")

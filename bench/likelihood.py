@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from bench import Row, build_model, interleave, median
+from textebm.devices import resolve_chain_precision
 from textebm.evaluation.held_out import EvaluationOptions
 from textebm.inference.closed_form import closed_form_model
 from textebm.inference.likelihood import evaluate_sentences, importance_sampled_log_likelihood
@@ -25,7 +26,8 @@ DRAWS = 100
 OLD = dict(num_chains=16, proposal="chains", num_samples=DRAWS)  # evaluator version 2's defaults
 _DEFAULTS = EvaluationOptions(checkpoint="").check()
 NEW = dict(num_chains=_DEFAULTS.num_chains, num_samples=_DEFAULTS.num_is_samples,
-           anneal_steps=_DEFAULTS.anneal_steps, curvature_directions=_DEFAULTS.curvature_directions)  # evaluate's
+           anneal_steps=_DEFAULTS.anneal_steps, curvature_directions=_DEFAULTS.curvature_directions,
+           path_projection=resolve_chain_precision(_DEFAULTS.path_precision, torch.device("cpu")))  # evaluate's
 
 
 def run(quick: bool, repeats: int) -> list[Row]:
@@ -57,7 +59,8 @@ def run(quick: bool, repeats: int) -> list[Row]:
     note = (f"reference: evaluator 2 (16 tempered chains, diagonal Gaussian + prior, defensive 0.5, {DRAWS} "
             f"draws); candidate: evaluate's default ({NEW['num_chains']} tempered chains, {hessians}, a Newton "
             f"step each, then {chains} AIS chains x {steps} temperatures in equal steps from the mixture of "
-            f"their Laplace Gaussians); floor ({DRAWS} draws' likelihoods "
+            f"their Laplace Gaussians, the path below beta = 1 in {NEW['path_projection']}); floor ({DRAWS} draws' "
+            "likelihoods "
             f"alone, plain importance sampling's): {floor_rate:.3g} sentences/s, candidate at "
             f"{cand_rate / floor_rate:.0%} of it")
     rows = [Row("likelihood", f"log p(x) estimator, {n} sentences x {length} tokens, K1={cfg.posterior_steps}",

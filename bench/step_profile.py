@@ -8,7 +8,8 @@ The parts, each timed on its own and interleaved with the others (bench/__init__
   (target: the latent step within 2x of the LM step);
 - the posterior chain (K1 steps) and one of its steps (forward and backward to z), the latter split
   into the RNN (forward and backward to z) and the vocabulary projection with its log-softmax
-  (forward and backward to the RNN's outputs), the projection also under bf16 autocast;
+  (value and gradient to the RNN's outputs, as the chains make them: `decoder.projected_value_and_grad`),
+  the projection also on bf16 operands;
 - the generator update, the prior chain (K0 steps) and the energy update;
 - the lever `chain_precision=bf16`: one chain step and the whole step against their fp32 selves.
 Shares are of the whole (fp32) step, or of one chain step for its two halves. `--set key=value`
@@ -24,6 +25,7 @@ import torch
 
 from bench import Row, build_model, interleave, median
 from bench.training import token_batches
+from textebm.model.decoder import projected_value_and_grad
 from textebm.training.train import Learner
 
 FULL = dict(vocab=10_002, batch=32, words=23, pool=4, sizes=[], preset="cpu")  # the cpu preset, PTB's 10,002 words
@@ -87,10 +89,11 @@ def parts(learner: Learner, batches: list[torch.Tensor]) -> dict:
         z = z0.clone().requires_grad_(True)
         return torch.autograd.grad(decoder.hidden_states(z, tokens[:, :-1]), z, upstream)
 
-    def projection_half(projection):
+    def projection_half(projection):  # as the chains make it: value and gradient together, block by block
         def run():
-            hidden = hidden0.clone().requires_grad_(True)
-            return torch.autograd.grad(decoder.states_log_likelihood(hidden, tokens[:, 1:], projection).sum(), hidden)
+            return projected_value_and_grad(hidden0.reshape(-1, hidden0.shape[-1]), decoder.out.weight.detach(),
+                                            decoder.out.bias.detach(), tokens[:, 1:].reshape(-1), decoder.pad_id,
+                                            projection)
         return run
 
     def in_eval(fn):

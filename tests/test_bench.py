@@ -310,8 +310,8 @@ def test_curvature_check_measures_each_estimator_against_the_reference_and_resum
     from bench.curvature_check import main
 
     out = tmp_path / "check.json"
-    args = [str(folder_run), "--out", str(out), "--sentences", "4", "--variant", "small=1:5:2",
-            "--reference", "2:20:4", "--ais", "50x50"]
+    args = [str(folder_run), "--out", str(out), "--sentences", "4", "--variant", "small=1:5:2", "--variant",
+            "bf16=1:5:2@bf16", "--reference", "2:20:4", "--ais", "50x50"]
     assert main([*args, "--repeats", "2"]) == 0
     figures = json.loads(out.read_text())
     reference, small = figures["reference"]["log_px"], figures["variants"]["small"]
@@ -325,6 +325,8 @@ def test_curvature_check_measures_each_estimator_against_the_reference_and_resum
     again = json.loads(out.read_text())
     assert again["reference"]["log_px"] == reference and again["variants"]["small"]["repeats"][:2] == small["repeats"]
     assert len(again["variants"]["small"]["repeats"]) == 3
+    bf16 = again["variants"]["bf16"]  # the path below beta = 1 in bf16: the same sentences, other numbers
+    assert bf16["spec"] == "1:5:2@bf16" and bf16["repeats"][0] != small["repeats"][0] and abs(bf16["mean"]) < 1.0
 
 
 def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
@@ -333,6 +335,8 @@ def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
     out = tmp_path / "check.json"
     assert main([str(folder_run), "--out", str(out), "--variant", "x=1:2"]) == 2
     assert "NAME=C:T:N" in capsys.readouterr().err
+    assert main([str(folder_run), "--out", str(out), "--variant", "x=1:2:2@fp16"]) == 2
+    assert "auto, fp32, bf16" in capsys.readouterr().err
     assert main([str(folder_run), "--out", str(out), "--sentences", "100000"]) == 2
     assert "runs past its end" in capsys.readouterr().err
     out.write_text("{not json")

@@ -10,6 +10,7 @@ import torch
 
 from textebm.config import Config
 from textebm.data.vocab import WordVocab
+from textebm.devices import resolve_chain_precision
 from textebm.model.checkpoints import save_checkpoint
 from textebm.model.runs import build_model, create_run
 
@@ -221,11 +222,12 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     status, out, err = invoke("--checkpoint", run, *FAST, "--anneal-steps", "5", "--fppl-samples", "0", "--progress")
     assert status == 0, err
-    assert "AIS from the Laplace Gaussian: chains x temperatures per sentence  8 x 5" in out
+    native = resolve_chain_precision("auto", torch.device("cpu"))  # --path-precision auto: bf16 where native
+    assert f"AIS from the Laplace Gaussian: chains x temperatures per sentence  8 x 5 (path in {native})" in out
     assert "8 AIS chains x 5 temperatures each" in err  # --num-is-samples 8 of FAST
     report = json.loads((run / "evaluation-test.json").read_text())
     isd = report["importance_sampling"]
-    assert isd["anneal_steps"] == 5 and isd["anneal_schedule"] == "linear"
+    assert isd["anneal_steps"] == 5 and isd["anneal_schedule"] == "linear" and isd["path_precision"] == native
     assert "annealed importance sampling chains" in isd["estimator"]
     assert 1 <= isd["ess_mean"] <= 8 and report["latent_usage"]["mutual_information"] is not None
     check = isd["half_schedule"]  # AIS's convergence check: the first 12 sentences again on 2 temperatures
@@ -234,6 +236,21 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     moved = abs(check["nll_change_from_half"]) > max(0.2, 3 * check["nll_change_stderr"])
     assert check["nll_change_stderr"] > 0
     assert any("from 2 to 5 temperatures" in w for w in report["warnings"]) is moved
+
+
+def test_the_ais_path_precision_is_checked_and_reported(invoke, tmp_path, corpus_folder, train_lines):
+    from textebm.errors import UserError
+    from textebm.evaluation.held_out import EvaluationOptions
+
+    with pytest.raises(UserError, match="--path-precision must be one of auto, fp32, bf16"):
+        EvaluationOptions(checkpoint="", path_precision="fp16").check()
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    status, _, err = invoke("--checkpoint", run, "--path-precision", "fp16")
+    assert status == 2 and "invalid choice: 'fp16'" in err
+    status, out, err = invoke("--checkpoint", run, *FAST, "--anneal-steps", "3", "--fppl-samples", "0",
+                              "--path-precision", "fp32", "--json")
+    assert status == 0, err
+    assert json.loads(out)["importance_sampling"]["path_precision"] == "fp32"
 
 
 def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():

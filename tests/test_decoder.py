@@ -94,6 +94,34 @@ def test_the_projection_gradients_are_autograd_s_cross_entropy_gradients(param_g
     assert got[0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("block", [5, 4096])
+def test_the_chains_value_and_gradient_are_autograd_s_likelihood_and_gradient(block, monkeypatch):
+    """`log_likelihood_and_grad` (the projection's value and gradient made together, block by block) against
+    autograd through `log_likelihood`: the same values and gradients in z in fp32, padding ignored, blocks that
+    split sentences (5 rows) or hold them all; bf16 close to them."""
+    import textebm.model.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "BLOCK_ROWS", block)
+    torch.manual_seed(0)
+    decoder = Decoder(vocab_size=2000, embedding_dim=32, hidden_dim=64, latent_dim=8).eval()
+    z, tokens = torch.randn(8, 8), _random_batch(2000)
+    code = z.clone().requires_grad_(True)
+    value = decoder.log_likelihood(code, tokens)
+    (grad,) = torch.autograd.grad(value.sum(), code)
+    fp32 = decoder.log_likelihood_and_grad(z, tokens)
+    torch.testing.assert_close(fp32[0], value.detach(), rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(fp32[1], grad, rtol=1e-4, atol=1e-5)
+    bf16 = decoder.log_likelihood_and_grad(z, tokens, "bf16")
+    assert not torch.equal(bf16[0], fp32[0])  # it did run in bf16
+    torch.testing.assert_close(bf16[0], fp32[0], rtol=0, atol=0.5)
+    assert F.cosine_similarity(bf16[1], fp32[1], dim=1).min() > 0.999
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # training's precision=bf16 asks for bf16 as well
+        under = decoder.log_likelihood_and_grad(z, tokens)
+    assert torch.equal(under[0], bf16[0]) and under[1].dtype == torch.float32
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        decoder.log_likelihood_and_grad(z, tokens, "fp16")
+
+
 def test_the_projection_refuses_a_second_backward_pass():
     """Its backward pass reuses the saved softmax in place: a second pass through the same graph must fail
     loudly, not return a wrong gradient."""

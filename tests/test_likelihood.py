@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from textebm.config import Config
+from textebm.inference.annealing import GaussianReference, annealed_log_likelihood
 from textebm.inference.bdmc import bdmc, model_samples
 from textebm.inference.closed_form import NarrowBump, closed_form_model
 from textebm.inference.diagnostics import posterior_information
@@ -94,6 +95,32 @@ def test_importance_sampling_matches_quadrature_in_one_dimension(prior, proposal
     assert res.log_w.shape == (3, 2000) and res.chain_mean.shape == (3, 1)
 
 
+def test_ais_on_a_bf16_path_keeps_the_exact_log_likelihood():
+    """The temperatures below 1 on the bf16 projection, beta = 1 on fp32: the weights still estimate the exact
+    p(x) (quadrature), the path did run in bf16 (other weights than fp32's from the same draws), and the final
+    states' log p(x | z) are fp32's own values."""
+    model = _tiny_model("ebm")
+    with torch.no_grad():  # logits large enough for bf16's rounding to show
+        model.decoder.out.weight.mul_(8.0)
+    tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 3, 2, 0, 0, 0], [1, 9, 9, 4, 11, 2]])
+    exact, log_z = _exact(model, tokens)
+    runs = {precision: importance_sampled_log_likelihood(model, tokens, log_z, num_chains=2, num_samples=200,
+                                                         generator=torch.Generator().manual_seed(0), anneal_steps=20,
+                                                         path_projection=precision)
+            for precision in ("fp32", "bf16")}
+    bf16 = runs["bf16"]
+    assert torch.allclose(bf16.log_px, exact, atol=0.05), (bf16.log_px, exact)
+    assert not torch.equal(bf16.log_w, runs["fp32"].log_w)
+    assert (bf16.log_w - runs["fp32"].log_w).abs().max() < 1.0  # the same draws, nearly the same path
+    reference = GaussianReference.prior(model.prior.sigma, 3, 1)
+    _, chains = annealed_log_likelihood(model, tokens, reference, log_z, 4, 10,
+                                        generator=torch.Generator().manual_seed(0), schedule="sigmoid",
+                                        path_projection="bf16")
+    with torch.no_grad():
+        fp32 = model.decoder.log_likelihood(chains.z, tokens.repeat_interleave(4, 0))
+    torch.testing.assert_close(chains.log_lik, fp32, rtol=0, atol=1e-5)
+
+
 def test_the_jackknife_is_the_leave_one_out_formula_even_when_one_weight_dominates():
     log_w = torch.tensor([[0.0, -1.0, -2.5, 0.3], [50.0, -900.0, -1000.0, 0.0], [-3.0, -3.0, -3.0, -3.0]],
                          dtype=torch.float64)
@@ -154,6 +181,13 @@ def test_no_decoder_call_decodes_more_rows_than_max_rows(monkeypatch, anneal_ste
         return decode(z, tokens, *args, **kwargs)
 
     monkeypatch.setattr(model.decoder, "log_likelihood", counting)
+    with_grad = model.decoder.log_likelihood_and_grad  # the chains', AIS's and the Hessian's call
+
+    def counting_with_grad(z, tokens, *args, **kwargs):
+        seen.append(tokens.shape[0])
+        return with_grad(z, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "log_likelihood_and_grad", counting_with_grad)
     sentences = [[1, *([5] * n), 2] for n in (3, 1, 4, 2)]
     res = evaluate_sentences(model, sentences, 0, 0.0, num_chains=2, num_samples=6,
                              generator=torch.Generator().manual_seed(0), anneal_steps=anneal_steps, max_rows=5)

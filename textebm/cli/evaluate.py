@@ -11,7 +11,7 @@ import argparse
 
 from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows
 from textebm.devices import add_device_argument, add_precision_argument
-from textebm.evaluation.held_out import AIS_CHAINS, IS_DRAWS, TEMPERATURES, EvaluationOptions
+from textebm.evaluation.held_out import AIS_CHAINS, IS_DRAWS, PATH_PRECISIONS, TEMPERATURES, EvaluationOptions
 from textebm.progress import add_progress_argument
 
 DEFAULTS = EvaluationOptions(checkpoint="")
@@ -50,6 +50,10 @@ def add_parser(subparsers) -> None:
                    help="the mixture's Hessians: the best chain end's its own, each other end's the best's "
                         "re-measured along its K stiffest directions (K + 1 gradient rows instead of d + 1; "
                         f"K >= the latent size: every end its own) (default {DEFAULTS.curvature_directions})")
+    p.add_argument("--path-precision", choices=PATH_PRECISIONS, default=DEFAULTS.path_precision,
+                   help="the decoder's vocabulary projection at the AIS temperatures below 1 (at 1 always fp32; "
+                        "the estimate is exact either way): auto is bf16 where the device does bf16 natively, "
+                        f"about half the cost of each step (default {DEFAULTS.path_precision})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
     p.add_argument("--ais-steps", type=int, default=DEFAULTS.ais_steps, metavar="T",
@@ -99,7 +103,8 @@ def format_table(r: dict) -> str:
                      f"{isd['num_chains']} x {isd['posterior_steps']} / {isd['num_samples']}")
                     if not isd.get("anneal_steps") else
                     ("AIS from the Laplace Gaussian: chains x temperatures per sentence",
-                     f"{isd['num_samples']} x {isd['anneal_steps']}"))
+                     f"{isd['num_samples']} x {isd['anneal_steps']}"
+                     + (f" (path in {isd['path_precision']})" if isd.get("path_precision") else "")))
         rows += [
             ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
             ("log Z of the prior (stderr; method)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}; {lz['method']})"),

@@ -27,7 +27,8 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 9
+EVALUATOR_VERSION = 10
+PATH_PRECISIONS = ("auto", "fp32", "bf16")  # --path-precision
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
@@ -50,6 +51,8 @@ class EvaluationOptions:
     # k >= the latent size: each end its own Hessian). Evaluator 8's defaults, chosen by bench.curvature_check
     # (docs/evaluate-command.md): less error than evaluator 7's 2 x 80 with every end's own Hessian, at 0.8 its CPU;
     # evaluator 9 keeps them and anneals in equal steps of beta (annealing.SCHEDULES)
+    path_precision: str = "auto"  # the decoder's projection at the AIS temperatures below 1 (annealing.anneal):
+    # auto is bf16 where the device does it natively (evaluator 10), fp32 elsewhere; beta = 1 is always fp32
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -76,6 +79,9 @@ class EvaluationOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(self, name)}")
         if self.anneal_steps < 0:
             raise UserError(f"--anneal-steps must not be negative, not {self.anneal_steps}")
+        if self.path_precision not in PATH_PRECISIONS:
+            raise UserError(f"--path-precision must be one of {', '.join(PATH_PRECISIONS)}, not "
+                            f"{self.path_precision!r}")
         if self.curvature_directions is not None and self.curvature_directions < 1:
             raise UserError(f"--curvature-directions must be at least 1, not {self.curvature_directions}")
         if self.posterior_steps is not None and self.posterior_steps < 0:
@@ -221,7 +227,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     from textebm.config import CHAIN_KEYS
     from textebm.data.batches import encode_lines
     from textebm.data.corpora import evaluation_splits, open_corpus
-    from textebm.devices import resolve_device
+    from textebm.devices import resolve_chain_precision, resolve_device
     from textebm.evaluation.paired import PER_SENTENCE_KEY, paired_difference
     from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
     from textebm.generation.reconstruction import reconstruct
@@ -269,6 +275,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         bias = prior_chain_bias(model, options.ais_chains, ais, generator=generator)
         partial.save("log_z", {"partition": partition, "bias": bias}, generator)
     log_z = partition["log_z"]
+    path_projection = resolve_chain_precision(options.path_precision, device)
 
     def saving(stage: str):
         return lambda parts: partial.save(stage, parts_to_data(parts), generator)
@@ -278,7 +285,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
                                  options.num_is_samples, generator, chunk=options.chunk,
                                  anneal_steps=options.anneal_steps, max_rows=options.max_rows,
-                                 curvature_directions=options.curvature_directions,
+                                 curvature_directions=options.curvature_directions, path_projection=path_projection,
                                  progress=lambda done, total: bar.update(done - bar.n),
                                  posterior_steps=options.posterior_steps,
                                  done=parts_from_data(partial.stages.get("importance_sampling"), device),
@@ -293,6 +300,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                                      options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
                                      max_rows=options.max_rows, posterior_steps=options.posterior_steps,
                                      curvature_directions=options.curvature_directions,
+                                     path_projection=path_projection,
                                      done=parts_from_data(partial.stages.get("half_schedule"), device),
                                      on_chunk=saving("half_schedule"))
         change = paired_difference(res.log_px[:n].double().tolist(), shorter.log_px.double().tolist())
@@ -338,7 +346,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                 "proposal": "laplace", "anneal_steps": options.anneal_steps,
                 "anneal_schedule": LAPLACE_SCHEDULE if options.anneal_steps else None,
                 "num_chains": options.num_chains,
-                "curvature_directions": options.curvature_directions,
+                "curvature_directions": options.curvature_directions, "path_precision": path_projection,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),
                 "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,

@@ -54,6 +54,7 @@ from textebm.model.decoder import MAX_ROWS
 
 TARGET_ACCEPTANCE = 0.65
 STEP_ADAPTATION = 0.1  # per temperature, log step size += this * (the group's acceptance rate - target)
+PATH_PROJECTIONS = ("fp32", "bf16")  # the decoder's projection below beta = 1 (`anneal`)
 
 
 def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> torch.Tensor:
@@ -164,27 +165,29 @@ class RowMixture:
 
 
 def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReference, log_det: torch.Tensor,
-                        u: torch.Tensor, max_rows: int,
-                        mixture: RowMixture | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows. With a
-    `mixture`, l = log p(x, z) - log q(z) for the mixture's q (`MixtureReference`); without, q is each
-    row's own Gaussian, log q(z) = log N(u; 0, I) - log |det A|."""
+                        u: torch.Tensor, max_rows: int, mixture: RowMixture | None = None,
+                        projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows with its
+    vocabulary projection in `projection` (`Decoder.log_likelihood_and_grad`). With a `mixture`,
+    l = log p(x, z) - log q(z) for the mixture's q (`MixtureReference`); without, q is each row's own
+    Gaussian, log q(z) = log N(u; 0, I) - log |det A|."""
     sigma2, d = model.prior.sigma ** 2, u.shape[1]
     values, grads, log_liks = [], [], []
     with torch.enable_grad():
         for s in range(0, u.shape[0], max_rows):
             rows = u[s:s + max_rows].detach().requires_grad_(True)
             z = GaussianReference(reference.mean[s:s + max_rows], reference.matrix[s:s + max_rows]).to_z(rows)
-            log_lik = model.decoder(z, tokens[s:s + max_rows])
-            value = (log_lik + model.prior.energy(z) - z.pow(2).sum(-1) / (2 * sigma2) - 0.5 * d * math.log(sigma2))
+            log_lik, lik_grad = model.decoder.log_likelihood_and_grad(z.detach(), tokens[s:s + max_rows], projection)
+            rest = model.prior.energy(z) - z.pow(2).sum(-1) / (2 * sigma2) - 0.5 * d * math.log(sigma2)
             if mixture is None:
-                value = value + log_det[s:s + max_rows] + 0.5 * rows.pow(2).sum(-1)
+                rest = rest + log_det[s:s + max_rows] + 0.5 * rows.pow(2).sum(-1)
             else:
-                value = value - mixture.rows(s, s + max_rows).log_density_plus_constant(z)
-            (grad,) = torch.autograd.grad(value.sum(), rows)
-            values.append(value.detach())
+                rest = rest - mixture.rows(s, s + max_rows).log_density_plus_constant(z)
+            # the likelihood's gradient in z enters through z(u) as a linear term: grad_u = A^T grad_z
+            (grad,) = torch.autograd.grad((rest + (lik_grad * z).sum(-1)).sum(), rows)
+            values.append(rest.detach() + log_lik)
             grads.append(grad)
-            log_liks.append(log_lik.detach())
+            log_liks.append(log_lik)
     return torch.cat(values), torch.cat(grads), torch.cat(log_liks)
 
 
@@ -219,23 +222,46 @@ def transition_variances(betas: torch.Tensor, ell_variance: torch.Tensor) -> tup
 
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
            step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-           group: int = 1, mixture: RowMixture | None = None, trace: bool = False) -> AnnealedChains:
+           group: int = 1, mixture: RowMixture | None = None, trace: bool = False,
+           path_projection: str = "fp32") -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
     the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
     chains) share their step size. `mixture`: the rows' mixture reference (`MixtureReference.draw`),
     each row's `reference` then the component it drew. `trace`: record `AnnealedChains.trace` (on the
-    device, no host sync per temperature)."""
+    device, no host sync per temperature).
+
+    `path_projection` (`PATH_PROJECTIONS`): the decoder's vocabulary projection at every temperature
+    below 1 ("bf16": its matrix products on bf16 operands, about half the cost of a gradient row where
+    bf16 is native); at beta = 1 it is always fp32. AIS allows any intermediate densities, as long as
+    each move leaves its own invariant and the weights use the same ones (Neal 2001): with bf16 the
+    path's pi_beta, beta < 1, is built on a slightly different log p(x | z) (logits rounded to bf16, a
+    fixed function of z), the weights' last factor compares fp32's density at beta = 1 with it, and
+    exp(weight) still has mean Z_alpha p(x) exactly."""
     if u.shape[0] % group:
         raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
+    if path_projection not in PATH_PROJECTIONS:
+        raise ValueError(f"path_projection must be one of {', '.join(PATH_PROJECTIONS)}, not {path_projection!r}")
+
+    def level(beta: float) -> str:  # the projection pi_beta is built on
+        return "fp32" if beta == 1.0 else path_projection
+
     log_det = reference.log_det
     steps = torch.full((u.shape[0] // group, 1), step_size, dtype=u.dtype, device=u.device)
     log_w = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
     accepted = torch.zeros(u.shape[0], device=u.device)
-    ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture)
+    current = level(betas[0])
+    ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture, current)
     records = []
     for previous, beta in zip(betas[:-1], betas[1:]):
-        log_w += (beta - previous) * ell.double()
+        if level(beta) != current:  # log pi_beta(u) - log pi_previous(u) across the change of projection
+            current = level(beta)
+            new_ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture,
+                                                             current)
+            log_w += beta * new_ell.double() - previous * ell.double()
+            ell = new_ell
+        else:
+            log_w += (beta - previous) * ell.double()
         if trace:
             spread = ell.view(-1, group).var(1).mean() if group > 1 else torch.full((), math.nan, device=u.device)
         grad = beta * grad_ell - u
@@ -244,7 +270,7 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
         noise = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=generator)
         proposal = u + half * grad + step * noise
         new_ell, new_grad_ell, new_log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, proposal,
-                                                                 max_rows, mixture)
+                                                                 max_rows, mixture, current)
         new_grad = beta * new_grad_ell - proposal
         forward = (proposal - u - half * grad).pow(2).sum(-1)
         backward = (u - proposal - half * new_grad).pow(2).sum(-1)
@@ -271,12 +297,12 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
 def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference | MixtureReference,
                             log_z: float, num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
-                            schedule: str = LAPLACE_SCHEDULE,
-                            trace: bool = False) -> tuple[torch.Tensor, AnnealedChains]:
+                            schedule: str = LAPLACE_SCHEDULE, trace: bool = False,
+                            path_projection: str = "fp32") -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
     (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
     "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior); `trace`:
-    `AnnealedChains.trace`, the chains of a sentence one group."""
+    `AnnealedChains.trace`, the chains of a sentence one group; `path_projection`: `anneal`'s."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
     if schedule not in SCHEDULES:
@@ -288,6 +314,7 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
-                    step_size, generator, max_rows, group=num_chains, mixture=mixture, trace=trace)
+                    step_size, generator, max_rows, group=num_chains, mixture=mixture, trace=trace,
+                    path_projection=path_projection)
     log_w = chains.log_w.view(b, num_chains)
     return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains

@@ -78,6 +78,14 @@ class LinearGaussianDecoder(nn.Module):
                 param_grads: bool = True) -> torch.Tensor:
         return self.log_likelihood(z, tokens, projection, param_grads)
 
+    def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
+                                projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's interface: (log p(x | z), its gradient A^T (y - A z - c) / s^2), in closed form."""
+        y = self.observations[tokens[:, 1] - FIRST_ID].to(z)
+        weight = self.weight.to(z)
+        residual = y - z @ weight.T - self.offset.to(z)
+        return self.log_likelihood(z, tokens, projection), residual @ weight / self.noise**2
+
     def rows_per_chunk(self, length: int) -> int:
         """No vocabulary logits to bound: the decoder's most."""
         return MAX_ROWS

@@ -48,14 +48,11 @@ def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_
 
 
 def log_joint_grad(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
-    """grad_z [log p(x | z) + log p_alpha(z)] per row, in chunks of `max_rows`."""
-    parts = []
-    with torch.enable_grad():
-        for s in range(0, z.shape[0], max_rows):
-            rows = z[s:s + max_rows].detach().requires_grad_(True)
-            value = model.prior.log_density(rows) + model.decoder(rows, tokens[s:s + max_rows])
-            parts.append(torch.autograd.grad(value.sum(), rows)[0])
-    return torch.cat(parts)
+    """grad_z [log p(x | z) + log p_alpha(z)] per row (fp32), in chunks of `max_rows`."""
+    with torch.no_grad():  # both parts are written-out gradients: none of them joins a graph
+        return torch.cat([model.prior.grad_log_density(z[s:s + max_rows])
+                          + model.decoder.log_likelihood_and_grad(z[s:s + max_rows], tokens[s:s + max_rows])[1]
+                          for s in range(0, z.shape[0], max_rows)])
 
 
 def negative_hessian(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS,

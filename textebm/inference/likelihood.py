@@ -281,7 +281,8 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                                       posterior_steps: int | None = None, proposal: str = "laplace",
                                       newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3,
                                       heavy_scale: float = 1.0, anneal_steps: int = 0,
-                                      curvature_directions: int | None = None) -> ISResult:
+                                      curvature_directions: int | None = None,
+                                      path_projection: str = "fp32") -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. `proposal="laplace"` (the default): the Student-t Laplace approximation at
     the mode found from the best of `num_chains` tempered chains (`textebm.inference.laplace`; `newton_steps`,
@@ -295,7 +296,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     one per chain end, `laplace.laplace_mixture`) to p(z | x) through that many temperatures
     (`textebm.inference.annealing`); the weights are then the chains' (module docstring, 2.).
     `curvature_directions` (the mixture only): None, every end's Hessian its own; k, the best end's
-    re-measured at each other end along its k stiffest directions (`laplace.laplace_mixture`)."""
+    re-measured at each other end along its k stiffest directions (`laplace.laplace_mixture`).
+    `path_projection` (AIS only): the decoder's projection at the temperatures below 1
+    (`annealing.anneal`: "bf16" halves a gradient row's cost where bf16 is native; the weights stay exact)."""
     from textebm.inference.laplace import best_chain_end, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
@@ -329,7 +332,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
         if proposal == "laplace" and anneal_steps > 0:
             reference = annealing_reference(model, tokens, codes, newton_steps, max_rows, curvature_directions)
             return _annealed(model, tokens, reference, log_z, num_samples, anneal_steps, generator, max_rows,
-                             num_chains)
+                             num_chains, path_projection)
         if proposal == "laplace":
             fitted = laplace_proposal(model, tokens, best_chain_end(model, tokens, codes, max_rows), newton_steps,
                                       nu, heavy_share, heavy_scale, max_rows)
@@ -368,14 +371,14 @@ def annealing_reference(model, tokens: torch.Tensor, codes: torch.Tensor, newton
 
 
 def _annealed(model, tokens, reference, log_z: float, num_chains: int, steps: int, generator, max_rows: int,
-              tempered_chains: int) -> ISResult:
+              tempered_chains: int, path_projection: str = "fp32") -> ISResult:
     """The AIS estimate from `reference` (the Laplace Gaussian, or the mixture of one per tempered chain
     end) as an `ISResult`: each AIS chain's weight is an importance weight on the chain's whole path,
     its final state a weighted draw from p(z | x). The location and scale reported are the (heaviest)
     component's."""
     b = tokens.shape[0]
     _, chains = annealed_log_likelihood(model, tokens, reference, log_z, num_chains, steps, generator=generator,
-                                        max_rows=max_rows)
+                                        max_rows=max_rows, path_projection=path_projection)
     if isinstance(reference, MixtureReference):
         heaviest = reference.log_weights.argmax(1)
         rows = torch.arange(b, device=heaviest.device)

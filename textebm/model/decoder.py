@@ -9,6 +9,14 @@ posterior chain may run that part in bf16 (`projection="bf16"`, config `chain_pr
 chain needs only a gradient direction in z, while the RNN (oneDNN's CPU LSTM has no bf16 kernel),
 the updates and every likelihood that is reported stay fp32.
 
+Chains need log p(x | z) and its gradient in z, never the weights' gradient: `log_likelihood_and_grad`
+computes the projection's value and its gradient to the RNN's outputs together, a block of token
+rows at a time (`projected_value_and_grad`), so that the logits, their softmax and the gradient to the
+hidden states are made while the block is in cache, and bf16 pays in full (autocast's conversions of
+whole logit tensors cost half of what its matrix products save); autograd carries the rest through the
+RNN to z. Measured 2026-12-07 on this project's CPU (AVX-512 BF16, one thread, 64 rows of 22 tokens
+over 10,000 words, `cpu`-preset sizes): 1.15x the autograd path's speed in fp32, 1.8x in bf16.
+
 The RNN module itself is always in training mode (`train` below): cuDNN computes an RNN's backward
 pass only in training mode, and the chains take gradients through it with the model in eval mode.
 What eval mode must switch off, the dropout between stacked layers, is switched off by setting the
@@ -98,6 +106,20 @@ class Decoder(nn.Module):
         with projection_autocast(projection, hidden.device):
             return self.project(hidden, weight, bias, targets, self.pad_id)
 
+    def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
+                                projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x | z) per sentence (batch,), its gradient in z (batch, latent)), the weights held fixed:
+        what a chain's step needs (module docstring). Gradients flow whatever the caller's grad mode."""
+        targets = tokens[:, 1:]
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            hidden = self.hidden_states(z, tokens[:, :-1])
+            values, hidden_grad = projected_value_and_grad(hidden.detach().reshape(-1, hidden.shape[-1]),
+                                                           self.out.weight.detach(), self.out.bias.detach(),
+                                                           targets.reshape(-1), self.pad_id, projection, BLOCK_ROWS)
+            (grad,) = torch.autograd.grad(hidden, z, hidden_grad.view_as(hidden))
+        return values.view(targets.shape).sum(1), grad
+
     def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
                 param_grads: bool = True) -> torch.Tensor:
         """log p(x | z) per sentence: the call that data-parallel training wraps (and chains call)."""
@@ -178,6 +200,43 @@ class TargetLogSoftmax(torch.autograd.Function):
 
 
 PROJECTIONS = ("fp32", "bf16")
+BLOCK_ROWS = 256  # token rows per block of `projected_value_and_grad`: 10 MB of logits over 10,000 words
+
+
+def projected_value_and_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                             pad_id: int, projection: str = "fp32",
+                             block: int = BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """For token rows h_t (N, hidden) with targets x_t (N,): (log softmax(W h_t + b)[x_t] (N,), its gradient
+    in h_t, W[x_t] - W^T softmax(W h_t + b) (N, hidden)), both 0 where the target is padding; no autograd.
+    A block of `block` rows at a time: its logits, their softmax and the block's gradient are made while
+    the block is in cache. `projection="bf16"`: the two matrix products take bf16 operands (the logits
+    come out rounded to bf16), the softmax and everything summed stay fp32; an enclosing autocast
+    (training's `precision=bf16`) asks for bf16 as well, as it does of `log_likelihood`'s projection."""
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, not {projection!r}")
+    low = projection == "bf16" or torch.is_autocast_enabled(hidden.device.type)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _blockwise_value_and_grad(hidden, weight, bias, targets, pad_id, low, block)
+
+
+def _blockwise_value_and_grad(hidden, weight, bias, targets, pad_id: int, low: bool, block: int):
+    """`projected_value_and_grad`'s loop, outside any autocast (`low`: bf16 operands)."""
+    matrix = weight.to(torch.bfloat16) if low else weight
+    values = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+    grads = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], block):
+        rows, index = hidden[start:start + block], targets[start:start + block].unsqueeze(1)
+        if low:
+            logits = torch.mm(rows.to(torch.bfloat16), matrix.t()).float().add_(bias)
+        else:
+            logits = torch.addmm(bias, rows, matrix.t())
+        log_norm = torch.logsumexp(logits, 1, keepdim=True)
+        values[start:start + block] = (logits.gather(1, index) - log_norm).squeeze(1)
+        probs = logits.sub_(log_norm).exp_()
+        expected = torch.mm(probs.to(torch.bfloat16), matrix).float() if low else torch.mm(probs, matrix)
+        grads[start:start + block] = weight[index.squeeze(1)] - expected
+    kept = targets != pad_id
+    return values * kept, grads * kept.unsqueeze(1)
 
 MAX_ROWS = 512  # decoder rows (sentence x draw pairs) decoded together, at most ...
 LOGITS_PER_CHUNK = 2**28  # ... and few enough that their vocabulary logits stay within this many (1 GiB in fp32)

@@ -172,11 +172,15 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
 
     Starts from N(0, sigma^2 I) (the paper's short-run chain) unless `z0` is given. `projection`
     is the precision of the likelihood's vocabulary projection in the chain's steps (fp32 or bf16:
-    textebm/model/decoder.py)."""
+    textebm/model/decoder.py). The gradient in z only, the decoder's part by
+    `decoder.log_likelihood_and_grad` (the weights' gradients are never formed)."""
+
+    def grad_log_joint(z):
+        return prior.grad_log_density(z) + decoder.log_likelihood_and_grad(z, tokens, projection)[1]
 
     def log_joint(z):
-        return prior.log_density(z) + decoder(z, tokens, projection, param_grads=False)  # a gradient in z only
+        return prior.log_density(z) + decoder.log_likelihood(z, tokens, projection)
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)
-    return langevin(log_joint, z0, steps, step_size, generator, trajectory, shard, noise_scale=noise_scale)
+    return langevin(log_joint, z0, steps, step_size, generator, trajectory, shard, grad_log_joint, noise_scale)
