@@ -65,18 +65,16 @@ class LinearGaussianDecoder(nn.Module):
         self.weight, self.offset, self.noise = weight, offset, noise
         self.observations = observations
 
-    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
-                       param_grads: bool = True) -> torch.Tensor:
-        """The decoder's interface (`projection` and `param_grads` change nothing here: no weights learn)."""
+    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
+        """The decoder's interface (`projection` changes nothing here)."""
         y = self.observations[tokens[:, 1] - FIRST_ID].to(z)
         residual = y - z @ self.weight.to(z).T - self.offset.to(z)
         m = y.shape[-1]
         return -0.5 * residual.pow(2).sum(-1) / self.noise**2 - m * math.log(self.noise) - 0.5 * m * math.log(
             2 * math.pi)
 
-    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
-                param_grads: bool = True) -> torch.Tensor:
-        return self.log_likelihood(z, tokens, projection, param_grads)
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
+        return self.log_likelihood(z, tokens, projection)
 
     def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
                                 projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,27 +84,20 @@ class Decoder(nn.Module):
         """Teacher-forced logits (batch, time, vocab) for the next token after each input token."""
         return self.out(self.hidden_states(z, inputs))
 
-    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
-                       param_grads: bool = True) -> torch.Tensor:
+    def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
         """log p(x | z) summed over each sentence's tokens (end-of-sentence included): shape (batch,).
 
         `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
         the vocabulary projection under bf16 autocast (the RNN as it would run anyway); the log-softmax
-        and the sum over tokens are fp32. `param_grads=False` (the chains,
-        which need a gradient in z only) hands the projection its weights detached: the same numbers,
-        and a compiled backward pass (`compile=true`) then computes no weight gradient."""
-        return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection,
-                                          param_grads)
+        and the sum over tokens are fp32. (A chain, which needs the gradient in z only, calls
+        `log_likelihood_and_grad`.)"""
+        return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection)
 
-    def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32",
-                              param_grads: bool = True):
+    def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32"):
         """The likelihood's second half, from the RNN's outputs: project onto the vocabulary, log-softmax,
         sum each sentence's target log-probabilities (padding ignored). Shape (batch,)."""
-        weight, bias = self.out.weight, self.out.bias
-        if not param_grads:
-            weight, bias = weight.detach(), bias.detach()
         with projection_autocast(projection, hidden.device):
-            return self.project(hidden, weight, bias, targets, self.pad_id)
+            return self.project(hidden, self.out.weight, self.out.bias, targets, self.pad_id)
 
     def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
                                 projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,16 +107,16 @@ class Decoder(nn.Module):
         with torch.enable_grad():
             z = z.detach().requires_grad_(True)
             hidden = self.hidden_states(z, tokens[:, :-1])
-            values, hidden_grad = projected_value_and_grad(hidden.detach().reshape(-1, hidden.shape[-1]),
-                                                           self.out.weight.detach(), self.out.bias.detach(),
-                                                           targets.reshape(-1), self.pad_id, projection, BLOCK_ROWS)
+            rows = hidden.detach().reshape(-1, hidden.shape[-1])
+            block = BLOCK_ROWS if rows.device.type == "cpu" else rows.shape[0]  # a GPU has no cache to fit
+            values, hidden_grad = projected_value_and_grad(rows, self.out.weight.detach(), self.out.bias.detach(),
+                                                           targets.reshape(-1), self.pad_id, projection, block)
             (grad,) = torch.autograd.grad(hidden, z, hidden_grad.view_as(hidden))
         return values.view(targets.shape).sum(1), grad
 
-    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32",
-                param_grads: bool = True) -> torch.Tensor:
-        """log p(x | z) per sentence: the call that data-parallel training wraps (and chains call)."""
-        return self.log_likelihood(z, tokens, projection, param_grads)
+    def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
+        """log p(x | z) per sentence: the call that data-parallel training wraps."""
+        return self.log_likelihood(z, tokens, projection)
 
     def start_decoding(self, z: torch.Tensor):
         """Constants and state for `step`: z's share of the first layer's input gates is the same at
@@ -167,8 +160,8 @@ def projected_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: t
                              pad_id: int) -> torch.Tensor:
     """sum_t log softmax(W h_t + b)[x_t] per sentence, padding ignored, summed in fp32: shape (batch,).
     Most of a likelihood's cost (the vocabulary is large), and what `compile=true` compiles."""
-    # On 2-D rows: a 3-D input with a weight that needs no gradient (the chains') makes matmul take
-    # a batched path that copies the weight once per sentence, ten times the cost under bf16 autocast.
+    # On 2-D rows: a 3-D input with a weight that needs no gradient makes matmul take a batched path
+    # that copies the weight once per sentence, ten times the cost under bf16 autocast.
     logits = F.linear(hidden.reshape(-1, hidden.shape[-1]), weight, bias)
     return TargetLogSoftmax.apply(logits, targets.reshape(-1), pad_id).view(targets.shape).sum(dim=1)
 
@@ -200,7 +193,7 @@ class TargetLogSoftmax(torch.autograd.Function):
 
 
 PROJECTIONS = ("fp32", "bf16")
-BLOCK_ROWS = 256  # token rows per block of `projected_value_and_grad`: 10 MB of logits over 10,000 words
+BLOCK_ROWS = 256  # token rows per block of `projected_value_and_grad` on a CPU: 10 MB of logits over 10,000 words
 
 
 def projected_value_and_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,

@@ -2,8 +2,8 @@
 
 Two functions are compiled, the ones a training step runs most and that compile well:
 - the likelihood's vocabulary projection with its log-softmax and target gather
-  (`decoder.projected_log_likelihood`): the largest tensors of a step; the chains hand it detached
-  weights, so its compiled backward computes the gradient in the RNN's outputs only;
+  (`decoder.projected_log_likelihood`): the largest tensors of the generator's update (the chains take
+  the projection's value and gradient together, `decoder.projected_value_and_grad`, uncompiled);
 - the energy's written-out value-and-gradient pass (`energy.mlp_value_and_grad`): a chain of small
   kernels per Langevin step (60 per prior chain) that the compiler fuses into a few.
 The RNN is left to cuDNN (one fused kernel already; dynamo would break its graph there), and so is
