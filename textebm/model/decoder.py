@@ -223,13 +223,16 @@ def _blockwise_value_and_grad(hidden, weight, bias, targets, pad_id: int, low: b
             logits = torch.mm(rows.to(torch.bfloat16), matrix.t()).float().add_(bias)
         else:
             logits = torch.addmm(bias, rows, matrix.t())
-        log_norm = torch.logsumexp(logits, 1, keepdim=True)
-        values[start:start + block] = (logits.gather(1, index) - log_norm).squeeze(1)
-        probs = logits.sub_(log_norm).exp_()
-        expected = torch.mm(probs.to(torch.bfloat16), matrix).float() if low else torch.mm(probs, matrix)
-        grads[start:start + block] = weight[index.squeeze(1)] - expected
+        target, peak = logits.gather(1, index), logits.amax(1, keepdim=True)
+        unnormalised = logits.sub_(peak).exp_()  # in place: one exp per logit, the softmax's numerator
+        total = unnormalised.sum(1, keepdim=True)
+        values[start:start + block] = (target - peak - total.log()).squeeze(1)
+        expected = (torch.mm(unnormalised.to(torch.bfloat16), matrix).float() if low
+                    else torch.mm(unnormalised, matrix))
+        grads[start:start + block] = weight[index.squeeze(1)] - expected / total  # W^T softmax, normalised here
     kept = targets != pad_id
     return values * kept, grads * kept.unsqueeze(1)
+
 
 MAX_ROWS = 512  # decoder rows (sentence x draw pairs) decoded together, at most ...
 LOGITS_PER_CHUNK = 2**28  # ... and few enough that their vocabulary logits stay within this many (1 GiB in fp32)
