@@ -37,6 +37,11 @@ run the linear schedule's log weights had 0.76 times the sigmoid's variance at t
 step per temperature the chains lag behind the path, and their log weights vary eight to nine times
 as much as perfect transitions on the same schedule would give.
 
+The path may run on a cheaper likelihood below beta = 1 (`anneal(path_projection="bf16")`: the
+decoder's vocabulary projection on bf16 operands, about half a gradient row's cost where bf16 is
+native): AIS allows any intermediate densities, so long as beta = 1 is the exact one, and the weights
+keep their mean.
+
 The step size is shared by a sentence's chains and follows their mean acceptance rate towards 0.65,
 nudged after every temperature. (A chain steered by its own past acceptances no longer has a kernel
 that depends on the present state alone, which AIS's unbiasedness assumes; steered by the group, each
