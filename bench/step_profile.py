@@ -160,9 +160,9 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
         part("posterior chain", f"posterior chain ({chain}, as the step runs it)"),
         part("one chain step", "one chain step (forward and backward to z)"),
         part("RNN half", "of which the RNN (forward and backward to z)", chain_step_ms, "one chain step"),
-        part("projection half", "of which the vocabulary projection and log-softmax (forward and backward)",
-             chain_step_ms, "one chain step"),
-        lever("projection half, bf16", "projection half", "the same projection under bf16 autocast"),
+        part("projection half", "of which the vocabulary projection and log-softmax (value and gradient to the "
+             "RNN's outputs)", chain_step_ms, "one chain step"),
+        lever("projection half, bf16", "projection half", "the same projection on bf16 operands"),
         part("generator update", "generator update (forward, backward, Adam)"),
         part("prior chain", f"prior chain (K0={cfg.prior_steps})"),
         part("energy update", "energy update"),

@@ -119,8 +119,8 @@ def test_quick_step_profile_splits_a_step_into_its_parts(tmp_path):
     assert cases == ["Learner.step (encoder + 3 refine steps", "posterior chain (encoder + 3 refine steps",
                      "one chain step (forward and backward to z)",
                      "of which the RNN (forward and backward to z)",
-                     "of which the vocabulary projection and log-softmax (forward and backward)",
-                     "the same projection under bf16 autocast", "generator update (forward", "prior chain (K0=3)",
+                     "of which the vocabulary projection and log-softmax (value and gradient to the RNN's outputs)",
+                     "the same projection on bf16 operands", "generator update (forward", "prior chain (K0=3)",
                      "energy update", "lever: one chain step with chain_precision=bf16",
                      "lever: Learner.step with chain_precision=bf16", "Learner.step (encoder + 3 refine steps"]
     assert all(r["unit"] == "ms" and r["reference"] > 0 and r["candidate"] > 0 for r in rows)
