@@ -15,7 +15,8 @@ rows at a time (`projected_value_and_grad`), so that the logits, their softmax a
 hidden states are made while the block is in cache, and bf16 pays in full (autocast's conversions of
 whole logit tensors cost half of what its matrix products save); autograd carries the rest through the
 RNN to z. Measured 2026-12-07 on this project's CPU (AVX-512 BF16, one thread, 64 rows of 22 tokens
-over 10,000 words, `cpu`-preset sizes): 1.15x the autograd path's speed in fp32, 1.8x in bf16.
+over 10,000 words, `cpu`-preset sizes): 1.11x the autograd path's speed in fp32, 1.9x with bf16
+operands (autocast over the autograd path: 1.35x; docs/evaluate-command.md, evaluator 10).
 
 The RNN module itself is always in training mode (`train` below): cuDNN computes an RNN's backward
 pass only in training mode, and the chains take gradients through it with the model in eval mode.

@@ -68,17 +68,18 @@ def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator 
     return torch.randn(shard.total, dim, device=device, generator=generator)[shard.start:shard.stop]
 
 
-def langevin(log_density: LogDensity, z: torch.Tensor, steps: int, step_size: float | Sequence[float],
+def langevin(log_density: LogDensity | None, z: torch.Tensor, steps: int, step_size: float | Sequence[float],
              generator: torch.Generator | None = None, trajectory: list | None = None,
              shard: Shard | None = None, grad_log_density: Gradient | None = None,
              noise_scale: float = 1.0) -> torch.Tensor:
     """Run `steps` Langevin steps on log_density (a per-example log density, shape (batch,)).
 
     `step_size` is one size for every step or a list of `steps` sizes; `noise_scale` is c above
-    (at 0 no noise is drawn). The gradient is taken by autograd, or by `grad_log_density` when
-    given (then log_density is never called). If `trajectory` is a list, the chain's states
-    (z_0 ... z_K, detached) are appended to it. Raises NonFiniteError when the chain leaves the
-    finite numbers (inside `deferred_checks`, hands its flag over instead)."""
+    (at 0 no noise is drawn). The gradient is taken by autograd of `log_density`, or by
+    `grad_log_density` when given (then `log_density` may be None: it is never called). If
+    `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are appended to it. Raises
+    NonFiniteError when the chain leaves the finite numbers (inside `deferred_checks`, hands its flag
+    over instead)."""
     sizes = [step_size] * steps if isinstance(step_size, (int, float)) else list(step_size)
     if len(sizes) != steps:
         raise ValueError(f"{len(sizes)} step sizes for {steps} steps")
@@ -178,9 +179,6 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
     def grad_log_joint(z):
         return prior.grad_log_density(z) + decoder.log_likelihood_and_grad(z, tokens, projection)[1]
 
-    def log_joint(z):
-        return prior.log_density(z) + decoder.log_likelihood(z, tokens, projection)
-
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)
-    return langevin(log_joint, z0, steps, step_size, generator, trajectory, shard, grad_log_joint, noise_scale)
+    return langevin(None, z0, steps, step_size, generator, trajectory, shard, grad_log_joint, noise_scale)
