@@ -65,13 +65,18 @@ class LinearGaussianDecoder(nn.Module):
         self.weight, self.offset, self.noise = weight, offset, noise
         self.observations = observations
 
+    def _residual(self, z: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """y - A z - c per row, y the sentence's observation."""
+        return self.observations[tokens[:, 1] - FIRST_ID].to(z) - z @ self.weight.to(z).T - self.offset.to(z)
+
+    def _log_density(self, residual: torch.Tensor) -> torch.Tensor:
+        m = residual.shape[-1]
+        return (-0.5 * residual.pow(2).sum(-1) / self.noise**2 - m * math.log(self.noise)
+                - 0.5 * m * math.log(2 * math.pi))
+
     def log_likelihood(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
         """The decoder's interface (`projection` changes nothing here)."""
-        y = self.observations[tokens[:, 1] - FIRST_ID].to(z)
-        residual = y - z @ self.weight.to(z).T - self.offset.to(z)
-        m = y.shape[-1]
-        return -0.5 * residual.pow(2).sum(-1) / self.noise**2 - m * math.log(self.noise) - 0.5 * m * math.log(
-            2 * math.pi)
+        return self._log_density(self._residual(z, tokens))
 
     def forward(self, z: torch.Tensor, tokens: torch.Tensor, projection: str = "fp32") -> torch.Tensor:
         return self.log_likelihood(z, tokens, projection)
@@ -79,10 +84,8 @@ class LinearGaussianDecoder(nn.Module):
     def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
                                 projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder's interface: (log p(x | z), its gradient A^T (y - A z - c) / s^2), in closed form."""
-        y = self.observations[tokens[:, 1] - FIRST_ID].to(z)
-        weight = self.weight.to(z)
-        residual = y - z @ weight.T - self.offset.to(z)
-        return self.log_likelihood(z, tokens, projection), residual @ weight / self.noise**2
+        residual = self._residual(z, tokens)
+        return self._log_density(residual), residual @ self.weight.to(z) / self.noise**2
 
     def rows_per_chunk(self, length: int) -> int:
         """No vocabulary logits to bound: the decoder's most."""
