@@ -18,13 +18,15 @@ from textebm.evaluation.held_out import EvaluationOptions
 from textebm.inference.closed_form import closed_form_model
 from textebm.inference.likelihood import evaluate_sentences, importance_sampled_log_likelihood
 
+_DEFAULTS = EvaluationOptions(checkpoint="").check()
+# The full row times one of evaluate's chunks (`--chunk`, 32 sentences of one length), the batch both
+# estimators run in there: a smaller batch leaves AIS's 2 chains per sentence few decoder rows per call.
 FULL = dict(vocab=10_000, sizes=["embedding_dim=128", "hidden_dim=256", "latent_dim=32", "posterior_steps=10",
-                                 "dropout=0.0"], sentences=8, length=22)
+                                 "dropout=0.0"], sentences=_DEFAULTS.chunk, length=22)
 QUICK = dict(vocab=300, sizes=["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "posterior_steps=3",
                                "dropout=0.0"], sentences=4, length=8)
 DRAWS = 100
 OLD = dict(num_chains=16, proposal="chains", num_samples=DRAWS)  # evaluator version 2's defaults
-_DEFAULTS = EvaluationOptions(checkpoint="").check()
 NEW = dict(num_chains=_DEFAULTS.num_chains, num_samples=_DEFAULTS.num_is_samples,
            anneal_steps=_DEFAULTS.anneal_steps, curvature_directions=_DEFAULTS.curvature_directions,
            path_projection=resolve_chain_precision(_DEFAULTS.path_precision, torch.device("cpu")))  # evaluate's

@@ -121,6 +121,52 @@ def test_ais_on_a_bf16_path_keeps_the_exact_log_likelihood():
     torch.testing.assert_close(chains.log_lik, fp32, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", ["fp32", "bf16"])
+def test_the_path_precision_reaches_the_search_but_never_the_hessian_or_beta_one(monkeypatch, path):
+    """Evaluator 11: the tempered chains, the best end, the line search and the mixture's weights take the
+    path's projection (bf16: only rank or weigh); the Hessians' gradient rows stay fp32, and so does
+    log p(x | z) at beta = 1. The run's own chain precision no longer applies to them."""
+    import textebm.inference.laplace as laplace
+
+    model = _tiny_model("ebm")
+    calls = {"chains": [], "forward": [], "hessian": [], "gradient": []}
+    in_hessian = []
+    chains, hessian_rows = model.posterior_chains, laplace.log_joint_grad
+    forward, with_grad = model.decoder.log_likelihood, model.decoder.log_likelihood_and_grad
+
+    def chains_spy(tokens, num_chains, steps=None, generator=None, projection=None):
+        calls["chains"].append(projection)
+        return chains(tokens, num_chains, steps, generator, projection)
+
+    def forward_spy(z, tokens, projection="fp32"):
+        calls["forward"].append(projection)
+        return forward(z, tokens, projection)
+
+    def gradient_spy(z, tokens, projection="fp32"):
+        calls["hessian" if in_hessian else "gradient"].append(projection)
+        return with_grad(z, tokens, projection)
+
+    def hessian_spy(*args, **kwargs):
+        in_hessian.append(True)
+        try:
+            return hessian_rows(*args, **kwargs)
+        finally:
+            in_hessian.pop()
+
+    monkeypatch.setattr(model, "posterior_chains", chains_spy)
+    monkeypatch.setattr(model.decoder, "log_likelihood", forward_spy)
+    monkeypatch.setattr(model.decoder, "log_likelihood_and_grad", gradient_spy)
+    monkeypatch.setattr(laplace, "log_joint_grad", hessian_spy)
+    tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 3, 2, 0, 0, 0]])
+    importance_sampled_log_likelihood(model, tokens, 0.0, num_chains=3, num_samples=2, anneal_steps=4,
+                                      generator=torch.Generator().manual_seed(0), path_projection=path)
+    assert calls["chains"] == [path]
+    assert calls["forward"] and set(calls["forward"]) == {path}  # best end, line search, evidence
+    assert calls["hessian"] and set(calls["hessian"]) == {"fp32"}
+    assert set(calls["gradient"]) == {path, "fp32"} if path == "bf16" else {"fp32"}
+    assert calls["gradient"][-1] == "fp32"  # the move at beta = 1
+
+
 def test_the_jackknife_is_the_leave_one_out_formula_even_when_one_weight_dominates():
     log_w = torch.tensor([[0.0, -1.0, -2.5, 0.3], [50.0, -900.0, -1000.0, 0.0], [-3.0, -3.0, -3.0, -3.0]],
                          dtype=torch.float64)

@@ -51,9 +51,10 @@ def add_parser(subparsers) -> None:
                         "re-measured along its K stiffest directions (K + 1 gradient rows instead of d + 1; "
                         f"K >= the latent size: every end its own) (default {DEFAULTS.curvature_directions})")
     p.add_argument("--path-precision", choices=PATH_PRECISIONS, default=DEFAULTS.path_precision,
-                   help="the decoder's vocabulary projection at the AIS temperatures below 1 (at 1 always fp32; "
-                        "the estimate is exact either way): auto is bf16 where the device does bf16 natively, "
-                        f"about half the cost of each step (default {DEFAULTS.path_precision})")
+                   help="the decoder's vocabulary projection at the AIS temperatures below 1 and in the search "
+                        "for the reference (tempered chains, line search, mixture weights; at beta = 1 and in the "
+                        "Hessians always fp32: the estimate is exact either way): auto is bf16 where the device "
+                        f"does bf16 natively, about half the cost of each step (default {DEFAULTS.path_precision})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
     p.add_argument("--ais-steps", type=int, default=DEFAULTS.ais_steps, metavar="T",

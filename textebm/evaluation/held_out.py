@@ -27,7 +27,7 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 10
+EVALUATOR_VERSION = 11
 PATH_PRECISIONS = ("auto", "fp32", "bf16")  # --path-precision
 AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
 # many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
@@ -51,8 +51,9 @@ class EvaluationOptions:
     # k >= the latent size: each end its own Hessian). Evaluator 8's defaults, chosen by bench.curvature_check
     # (docs/evaluate-command.md): less error than evaluator 7's 2 x 80 with every end's own Hessian, at 0.8 its CPU;
     # evaluator 9 keeps them and anneals in equal steps of beta (annealing.SCHEDULES)
-    path_precision: str = "auto"  # the decoder's projection at the AIS temperatures below 1 (annealing.anneal):
-    # auto is bf16 where the device does it natively (evaluator 10), fp32 elsewhere; beta = 1 is always fp32
+    path_precision: str = "auto"  # the decoder's projection at the AIS temperatures below 1 (annealing.anneal)
+    # and, from evaluator 11, in the tempered chains and wherever the fit only ranks or weighs: auto is bf16
+    # where the device does it natively (evaluator 10), fp32 elsewhere; beta = 1 and the Hessians are always fp32
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)

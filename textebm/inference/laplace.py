@@ -39,11 +39,13 @@ DIFFERENCE_STEP = 1e-2  # the forward-difference step of the Hessian, in units o
 STEP_LENGTHS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)  # the Newton step's line search
 
 
-def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
-    """log p(x | z) + log p_alpha(z) up to log Z, per row (no gradient), in chunks of `max_rows`."""
+def log_joint(model, tokens: torch.Tensor, z: torch.Tensor, max_rows: int = MAX_ROWS,
+              projection: str = "fp32") -> torch.Tensor:
+    """log p(x | z) + log p_alpha(z) up to log Z, per row (no gradient), in chunks of `max_rows`, the
+    decoder's vocabulary projection in `projection` (fp32, or bf16 where a value only ranks or weighs)."""
     with torch.no_grad():
         return torch.cat([model.prior.log_density(z[s:s + max_rows])
-                          + model.decoder.log_likelihood(z[s:s + max_rows], tokens[s:s + max_rows])
+                          + model.decoder.log_likelihood(z[s:s + max_rows], tokens[s:s + max_rows], projection)
                           for s in range(0, z.shape[0], max_rows)])
 
 
@@ -139,23 +141,25 @@ def remeasured_precision(model, tokens: torch.Tensor, z: torch.Tensor, vectors: 
 
 
 def newton_step(model, tokens: torch.Tensor, z: torch.Tensor, grad: torch.Tensor, vectors: torch.Tensor,
-                values: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
+                values: torch.Tensor, max_rows: int = MAX_ROWS, projection: str = "fp32") -> torch.Tensor:
     """z + t P^{-1} grad for each row (P = vectors diag(values) vectors^T, float64), with t the best of
-    STEP_LENGTHS by log p(x, z) (a line search by forward passes only): (B, d)."""
+    STEP_LENGTHS by log p(x, z) (a line search by forward passes only, in `projection`): (B, d)."""
     b, d = z.shape
     direction = ((grad.double().unsqueeze(1) @ vectors).squeeze(1) / values).unsqueeze(1) @ vectors.transpose(1, 2)
     direction = direction.squeeze(1).to(z.dtype)
     lengths = torch.tensor(STEP_LENGTHS, dtype=z.dtype, device=z.device)
     candidates = z.unsqueeze(1) + lengths.view(1, -1, 1) * direction.unsqueeze(1)  # (B, L, d)
     scores = log_joint(model, tokens.repeat_interleave(len(STEP_LENGTHS), 0), candidates.reshape(-1, d),
-                       max_rows).view(b, -1)
+                       max_rows, projection).view(b, -1)
     scores = torch.nan_to_num(scores, nan=-math.inf)
     return candidates[torch.arange(b, device=z.device), scores.argmax(1)]
 
 
 def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_steps: int = 1, nu: float = 5.0,
-                     heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = MAX_ROWS) -> LaplaceProposal:
-    """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d)."""
+                     heavy_share: float = 0.3, heavy_scale: float = 1.0, max_rows: int = MAX_ROWS,
+                     projection: str = "fp32") -> LaplaceProposal:
+    """The proposal of the module docstring for a batch of sentences, from the codes `start` (B, d); the
+    Newton step's line search in `projection` (the Hessian's gradient rows are always fp32)."""
     if newton_steps < 1:
         raise ValueError(f"newton_steps must be at least 1, not {newton_steps}")
     if not (nu == math.inf or (nu >= 1 and float(nu).is_integer())):
@@ -166,20 +170,22 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
         precision, grad = negative_hessian(model, tokens, z, max_rows)
         values, vectors = torch.linalg.eigh(precision.double())
         values = values.abs().clamp_min(floor)  # saddle-free: uphill along a direction of negative curvature too
-        z = newton_step(model, tokens, z, grad, vectors, values, max_rows)
+        z = newton_step(model, tokens, z, grad, vectors, values, max_rows, projection)
     return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share, heavy_scale)
 
 
-def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
-    """Per sentence, the chain end (codes (B, C, d)) with the highest log p(x, z): (B, d)."""
+def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = MAX_ROWS,
+                   projection: str = "fp32") -> torch.Tensor:
+    """Per sentence, the chain end (codes (B, C, d)) with the highest log p(x, z) (in `projection`): (B, d)."""
     b, c, d = codes.shape
-    scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows).view(b, c)
+    scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows, projection).view(b, c)
     scores = torch.nan_to_num(scores, nan=-math.inf)
     return codes[torch.arange(b, device=codes.device), scores.argmax(1)]
 
 
 def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_steps: int = 1,
-                    max_rows: int = MAX_ROWS, evidence_share: float = 0.5, directions: int | None = None):
+                    max_rows: int = MAX_ROWS, evidence_share: float = 0.5, directions: int | None = None,
+                    projection: str = "fp32"):
     """A mixture of Laplace Gaussians per sentence, one per chain end (codes (B, C, d)): an
     `annealing.MixtureReference`. A component's weight is `evidence_share` of its share of the Laplace
     evidence, log p(x, z*) + (d/2) log 2 pi - (1/2) log det P (the mass a Gaussian of that curvature
@@ -191,7 +197,12 @@ def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_ste
     `directions` (default None: every end its own Hessian, d + 1 gradient rows each): the best end by
     log p(x, z) gets its own Hessian, and each other end the best end's re-measured along its
     `directions` stiffest eigenvectors (`remeasured_precision`, directions + 1 rows per Newton step):
-    the modes of one sentence differ in their curvature mostly where the decoder is stiff."""
+    the modes of one sentence differ in their curvature mostly where the decoder is stiff.
+
+    `projection`: the decoder's projection wherever a value of log p(x, z) only ranks or weighs (the best
+    end, the line search, the evidence: "bf16" halves their cost where it is native; any weights make a
+    valid reference for AIS); the Hessians' gradient rows are always fp32 (in bf16 their differences
+    are mostly rounding: docs/evaluate-command.md, evaluator 11)."""
     from textebm.inference.annealing import MixtureReference
 
     if not 0.0 <= evidence_share < 1.0:
@@ -201,11 +212,11 @@ def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_ste
         raise ValueError(f"directions must be at least 1, not {directions}")
     own = c if directions is None or directions >= d else 1  # all d directions: each end's own Hessian
     if own < c:  # the best end first
-        scores = torch.nan_to_num(log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows),
-                                  nan=-math.inf).view(b, c)
+        scores = torch.nan_to_num(log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows,
+                                            projection), nan=-math.inf).view(b, c)
         codes = codes.gather(1, scores.argsort(1, descending=True).unsqueeze(-1).expand(b, c, d))
     fitted = laplace_proposal(model, tokens.repeat_interleave(own, 0), codes[:, :own].reshape(-1, d), newton_steps,
-                              max_rows=max_rows)
+                              max_rows=max_rows, projection=projection)
     means = fitted.mean.view(b, own, d)
     vectors, precisions = fitted.vectors.view(b, own, d, d), fitted.precisions.view(b, own, d)
     if own < c:
@@ -216,12 +227,12 @@ def laplace_mixture(model, tokens: torch.Tensor, codes: torch.Tensor, newton_ste
         z = codes[:, own:].reshape(-1, d).detach()
         for _ in range(newton_steps):
             values, others, grad = remeasured_precision(model, rows, z, best_vectors, best_values, directions, max_rows)
-            z = newton_step(model, rows, z, grad, others, values, max_rows)
+            z = newton_step(model, rows, z, grad, others, values, max_rows, projection)
         means = torch.cat([means, z.view(b, rest, d)], 1)
         vectors = torch.cat([vectors, others.to(vectors.dtype).view(b, rest, d, d)], 1)
         precisions = torch.cat([precisions, values.to(precisions.dtype).view(b, rest, d)], 1)
     # (d/2) log 2 pi and log Z are the same for every component: only the shares are needed
-    evidence = (log_joint(model, tokens.repeat_interleave(c, 0), means.reshape(-1, d), max_rows).view(b, c)
+    evidence = (log_joint(model, tokens.repeat_interleave(c, 0), means.reshape(-1, d), max_rows, projection).view(b, c)
                 - 0.5 * precisions.log().sum(-1))
     evidence = torch.nan_to_num(evidence.double(), nan=-math.inf)
     weights = evidence_share * torch.softmax(evidence, 1) + (1 - evidence_share) / c

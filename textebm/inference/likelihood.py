@@ -298,7 +298,10 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     `curvature_directions` (the mixture only): None, every end's Hessian its own; k, the best end's
     re-measured at each other end along its k stiffest directions (`laplace.laplace_mixture`).
     `path_projection` (AIS only): the decoder's projection at the temperatures below 1
-    (`annealing.anneal`: "bf16" halves a gradient row's cost where bf16 is native; the weights stay exact)."""
+    (`annealing.anneal`: "bf16" halves a gradient row's cost where bf16 is native; the weights stay exact),
+    and wherever the estimate only searches, ranks or weighs: the tempered chains (instead of the run's
+    `chain_precision`), the best end, the Newton step's line search and the mixture's weights. The Hessians'
+    gradient rows and log p(x | z) at beta = 1 are fp32 whatever it says."""
     from textebm.inference.laplace import best_chain_end, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
@@ -326,11 +329,15 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
             z, log_q = _diagonal_mixture(mean, std, sigma, 0.0, num_samples, generator)
         raw = std
     else:  # posterior chains: each sentence repeated num_chains times, whole sentence groups per chunk
+        annealed = proposal == "laplace" and anneal_steps > 0
+        search = path_projection if annealed else None  # None: the run's own chain precision (plain IS)
         group = max(1, max_rows // num_chains)
-        codes = torch.cat([model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator)
+        codes = torch.cat([model.posterior_chains(tokens[start:start + group], num_chains, posterior_steps, generator,
+                                                  search)
                            for start in range(0, b, group)])
-        if proposal == "laplace" and anneal_steps > 0:
-            reference = annealing_reference(model, tokens, codes, newton_steps, max_rows, curvature_directions)
+        if annealed:
+            reference = annealing_reference(model, tokens, codes, newton_steps, max_rows, curvature_directions,
+                                            path_projection)
             return _annealed(model, tokens, reference, log_z, num_samples, anneal_steps, generator, max_rows,
                              num_chains, path_projection)
         if proposal == "laplace":
@@ -359,15 +366,17 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
 
 
 def annealing_reference(model, tokens: torch.Tensor, codes: torch.Tensor, newton_steps: int = 1,
-                        max_rows: int = MAX_ROWS, curvature_directions: int | None = None):
+                        max_rows: int = MAX_ROWS, curvature_directions: int | None = None, projection: str = "fp32"):
     """The reference the per-sentence AIS starts from, given the tempered chains' ends `codes` (B, C, d):
     with C > 1 the mixture of their Laplace Gaussians (`laplace.laplace_mixture`), else the one end's
-    Laplace Gaussian."""
+    Laplace Gaussian; `projection` for the values that only rank or weigh (`laplace_mixture`'s)."""
     from textebm.inference.laplace import laplace_mixture, laplace_proposal
 
     if codes.shape[1] > 1:
-        return laplace_mixture(model, tokens, codes, newton_steps, max_rows, directions=curvature_directions)
-    return GaussianReference.laplace(laplace_proposal(model, tokens, codes[:, 0], newton_steps, max_rows=max_rows))
+        return laplace_mixture(model, tokens, codes, newton_steps, max_rows, directions=curvature_directions,
+                               projection=projection)
+    return GaussianReference.laplace(laplace_proposal(model, tokens, codes[:, 0], newton_steps, max_rows=max_rows,
+                                                      projection=projection))
 
 
 def _annealed(model, tokens, reference, log_z: float, num_chains: int, steps: int, generator, max_rows: int,

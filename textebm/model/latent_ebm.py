@@ -54,12 +54,13 @@ class LatentEBMTextModel(nn.Module):
 
     def posterior_sample(self, tokens: torch.Tensor, steps: int | None = None, step_size: float | None = None,
                          generator: torch.Generator | None = None, trajectory: list | None = None,
-                         shard: Shard | None = None, amortized: bool = False) -> torch.Tensor:
+                         shard: Shard | None = None, amortized: bool = False,
+                         projection: str | None = None) -> torch.Tensor:
         """z+ ~ p(z | x) for a batch of sentences, by the short-run posterior chain from noise (K1 steps);
         with `amortized=True` and an encoder, by `refine_steps` steps from the encoder's guess. The
         step sizes follow the config's schedule over however many steps run, unless `step_size` is given;
-        the noise scale is the config's `posterior_noise`, the projection's precision its `chain_precision`
-        (`auto`: bf16 where the device does it in hardware)."""
+        the noise scale is the config's `posterior_noise`, the projection's precision `projection` or else
+        the config's `chain_precision` (`auto`: bf16 where the device does it in hardware)."""
         cfg = self.config
         if not self.has_latent:
             steps = 0
@@ -70,8 +71,10 @@ class LatentEBMTextModel(nn.Module):
             steps = cfg.refine_steps if steps is None else steps
         steps = cfg.posterior_steps if steps is None else steps
         sizes = cfg.posterior_step_sizes(steps) if step_size is None else step_size
+        if projection is None:
+            projection = resolve_chain_precision(cfg.chain_precision, tokens.device)
         return posterior_chain(self.prior, self.decoder, tokens, steps, sizes, generator, trajectory, shard, z0,
-                               cfg.posterior_noise, resolve_chain_precision(cfg.chain_precision, tokens.device))
+                               cfg.posterior_noise, projection)
 
     def warm_posterior(self, tokens: torch.Tensor, z: torch.Tensor, steps: int, step_size: float,
                        generator: torch.Generator | None = None, shard: Shard | None = None) -> torch.Tensor:
@@ -80,9 +83,11 @@ class LatentEBMTextModel(nn.Module):
         return posterior_chain(self.prior, self.decoder, tokens, steps, step_size, generator, None, shard, z, 1.0)
 
     def posterior_chains(self, tokens: torch.Tensor, num_chains: int, steps: int | None = None,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
-        """`num_chains` independent posterior samples per sentence, run as one batch: (batch, num_chains, latent)."""
-        z = self.posterior_sample(tokens.repeat_interleave(num_chains, dim=0), steps=steps, generator=generator)
+                         generator: torch.Generator | None = None, projection: str | None = None) -> torch.Tensor:
+        """`num_chains` independent posterior samples per sentence, run as one batch: (batch, num_chains, latent);
+        `projection` as `posterior_sample`'s."""
+        z = self.posterior_sample(tokens.repeat_interleave(num_chains, dim=0), steps=steps, generator=generator,
+                                  projection=projection)
         return z.view(tokens.shape[0], num_chains, -1)
 
     def infer_code(self, tokens: torch.Tensor, chains: int = 1, generator: torch.Generator | None = None,

@@ -117,8 +117,9 @@ class VAETextModel(LatentEBMTextModel):
             return mean + std * gaussian_noise(tokens.shape[0], mean.shape[1], mean.device, generator, shard)
 
     def posterior_chains(self, tokens: torch.Tensor, num_chains: int, steps: int | None = None,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
-        """`num_chains` independent draws from q per sentence: (batch, num_chains, latent)."""
+                         generator: torch.Generator | None = None, projection: str | None = None) -> torch.Tensor:
+        """`num_chains` independent draws from q per sentence: (batch, num_chains, latent) (no chain: `steps`
+        and `projection` do not apply)."""
         with torch.no_grad():
             mean, std = self.variational_posterior(tokens)
             eps = torch.randn(mean.shape[0], num_chains, mean.shape[1], device=mean.device, generator=generator)
