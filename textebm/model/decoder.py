@@ -96,9 +96,16 @@ class Decoder(nn.Module):
 
     def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32"):
         """The likelihood's second half, from the RNN's outputs: project onto the vocabulary, log-softmax,
-        sum each sentence's target log-probabilities (padding ignored). Shape (batch,)."""
-        with projection_autocast(projection, hidden.device):
-            return self.project(hidden, self.out.weight, self.out.bias, targets, self.pad_id)
+        sum each sentence's target log-probabilities (padding ignored). Shape (batch,). Without autograd
+        (evaluation, validation, a fit's line search) a block of token rows at a time (`projected_values`):
+        the logits never leave the cache, about half the cost of projecting every row at once."""
+        if torch.is_grad_enabled():
+            with projection_autocast(projection, hidden.device):
+                return self.project(hidden, self.out.weight, self.out.bias, targets, self.pad_id)
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        values = projected_values(rows, self.out.weight, self.out.bias, targets.reshape(-1), self.pad_id, projection,
+                                  BLOCK_ROWS if rows.device.type == "cpu" else rows.shape[0])
+        return values.view(targets.shape).sum(1)
 
     def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
                                 projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,18 +213,33 @@ def projected_value_and_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     the block is in cache. `projection="bf16"`: the two matrix products take bf16 operands (the logits
     come out rounded to bf16), the softmax and everything summed stay fp32; an enclosing autocast
     (training's `precision=bf16`) asks for bf16 as well, as it does of `log_likelihood`'s projection."""
+    low = _low_precision(projection, hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _blockwise(hidden, weight, bias, targets, pad_id, low, block, with_grad=True)
+
+
+def projected_values(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                     pad_id: int, projection: str = "fp32", block: int = BLOCK_ROWS) -> torch.Tensor:
+    """`projected_value_and_grad`'s first half alone: log softmax(W h_t + b)[x_t] per token row (N,), 0 at
+    padding, with the same blocks and precision; what a likelihood without autograd needs."""
+    low = _low_precision(projection, hidden.device)
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        return _blockwise(hidden, weight, bias, targets, pad_id, low, block, with_grad=False)[0]
+
+
+def _low_precision(projection: str, device: torch.device) -> bool:
+    """bf16 operands: asked for, or asked by an enclosing autocast (training's `precision=bf16`)."""
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, not {projection!r}")
-    low = projection == "bf16" or torch.is_autocast_enabled(hidden.device.type)
-    with torch.autocast(hidden.device.type, enabled=False):
-        return _blockwise_value_and_grad(hidden, weight, bias, targets, pad_id, low, block)
+    return projection == "bf16" or torch.is_autocast_enabled(device.type)
 
 
-def _blockwise_value_and_grad(hidden, weight, bias, targets, pad_id: int, low: bool, block: int):
-    """`projected_value_and_grad`'s loop, outside any autocast (`low`: bf16 operands)."""
+def _blockwise(hidden, weight, bias, targets, pad_id: int, low: bool, block: int, with_grad: bool):
+    """The loop of `projected_value_and_grad` (`with_grad`) and `projected_values`, outside any autocast
+    (`low`: bf16 operands): (values, gradients or None)."""
     matrix = weight.to(torch.bfloat16) if low else weight
     values = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
-    grads = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+    grads = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if with_grad else None
     for start in range(0, hidden.shape[0], block):
         rows, index = hidden[start:start + block], targets[start:start + block].unsqueeze(1)
         if low:
@@ -228,11 +250,12 @@ def _blockwise_value_and_grad(hidden, weight, bias, targets, pad_id: int, low: b
         unnormalised = logits.sub_(peak).exp_()  # in place: one exp per logit, the softmax's numerator
         total = unnormalised.sum(1, keepdim=True)
         values[start:start + block] = (target - peak - total.log()).squeeze(1)
-        expected = (torch.mm(unnormalised.to(torch.bfloat16), matrix).float() if low
-                    else torch.mm(unnormalised, matrix))
-        grads[start:start + block] = weight[index.squeeze(1)] - expected / total  # W^T softmax, normalised here
+        if with_grad:
+            expected = (torch.mm(unnormalised.to(torch.bfloat16), matrix).float() if low
+                        else torch.mm(unnormalised, matrix))
+            grads[start:start + block] = weight[index.squeeze(1)] - expected / total  # W^T softmax, normalised here
     kept = targets != pad_id
-    return values * kept, grads * kept.unsqueeze(1)
+    return values * kept, (grads * kept.unsqueeze(1) if with_grad else None)
 
 
 MAX_ROWS = 512  # decoder rows (sentence x draw pairs) decoded together, at most ...
