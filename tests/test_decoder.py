@@ -121,17 +121,18 @@ def test_the_chains_value_and_gradient_are_autograd_s_likelihood_and_gradient(bl
         decoder.log_likelihood_and_grad(z, tokens, "fp16")
 
 
-@pytest.mark.parametrize("block", [5, 4096])
-def test_the_likelihood_without_autograd_is_the_autograd_likelihood_block_by_block(block, monkeypatch):
-    """Without autograd `log_likelihood` projects a block of token rows at a time (`projected_values`): the
-    autograd path's values in fp32, padding ignored; in bf16 exactly the chains' values (the same blocks and
-    rounding), which an enclosing autocast asks for too; no full-width log-softmax."""
+@pytest.mark.parametrize("block,device", [(5, "cpu"), (4096, "cpu"), pytest.param(5, "cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_the_likelihood_without_autograd_is_the_autograd_likelihood_block_by_block(block, device, monkeypatch):
+    """Without autograd `log_likelihood` projects a block of token rows at a time (`projected_values`; on a
+    GPU one block): the autograd path's values in fp32, padding ignored; in bf16 exactly the chains' values
+    (the same blocks and rounding), which an enclosing autocast asks for too; no full-width log-softmax."""
     import textebm.model.decoder as decoder_module
 
     monkeypatch.setattr(decoder_module, "BLOCK_ROWS", block)
     torch.manual_seed(0)
-    decoder = Decoder(vocab_size=2000, embedding_dim=32, hidden_dim=64, latent_dim=8).eval()
-    z, tokens = torch.randn(8, 8), _random_batch(2000)
+    decoder = Decoder(vocab_size=2000, embedding_dim=32, hidden_dim=64, latent_dim=8).eval().to(device)
+    z, tokens = torch.randn(8, 8, device=device), _random_batch(2000).to(device)
     with_autograd = decoder.log_likelihood(z, tokens)
     assert with_autograd.requires_grad  # the weights': the autograd path ran
     with torch.no_grad(), torch.profiler.profile() as prof:
@@ -139,7 +140,7 @@ def test_the_likelihood_without_autograd_is_the_autograd_likelihood_block_by_blo
     assert "aten::_log_softmax" not in {event.key for event in prof.key_averages()}
     torch.testing.assert_close(fp32, with_autograd.detach(), rtol=1e-6, atol=1e-4)
     assert torch.equal(bf16, decoder.log_likelihood_and_grad(z, tokens, "bf16")[0])
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
         assert torch.equal(decoder.log_likelihood(z, tokens), bf16)
         with pytest.raises(ValueError, match="fp32, bf16"):
             decoder.log_likelihood(z, tokens, "fp16")
