@@ -174,11 +174,10 @@ def laplace_proposal(model, tokens: torch.Tensor, start: torch.Tensor, newton_st
     return LaplaceProposal(z, vectors.to(z.dtype), values.to(z.dtype), nu, heavy_share, heavy_scale)
 
 
-def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = MAX_ROWS,
-                   projection: str = "fp32") -> torch.Tensor:
-    """Per sentence, the chain end (codes (B, C, d)) with the highest log p(x, z) (in `projection`): (B, d)."""
+def best_chain_end(model, tokens: torch.Tensor, codes: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:
+    """Per sentence, the chain end (codes (B, C, d)) with the highest log p(x, z): (B, d)."""
     b, c, d = codes.shape
-    scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows, projection).view(b, c)
+    scores = log_joint(model, tokens.repeat_interleave(c, 0), codes.reshape(-1, d), max_rows).view(b, c)
     scores = torch.nan_to_num(scores, nan=-math.inf)
     return codes[torch.arange(b, device=codes.device), scores.argmax(1)]
 
