@@ -110,8 +110,10 @@ class VAETextModel(LatentEBMTextModel):
 
     def posterior_sample(self, tokens: torch.Tensor, steps: int | None = None, step_size: float | None = None,
                          generator: torch.Generator | None = None, trajectory: list | None = None,
-                         shard: Shard | None = None, amortized: bool = False) -> torch.Tensor:
-        """z ~ q(z | x), one per sentence (the chain settings have no meaning here and are ignored)."""
+                         shard: Shard | None = None, amortized: bool = False,
+                         projection: str | None = None) -> torch.Tensor:
+        """z ~ q(z | x), one per sentence (the chain settings, `projection` among them, have no meaning here
+        and are ignored)."""
         with torch.no_grad():
             mean, std = self.variational_posterior(tokens)
             return mean + std * gaussian_noise(tokens.shape[0], mean.shape[1], mean.device, generator, shard)
