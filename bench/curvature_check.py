@@ -3,16 +3,20 @@ sentences: the check that decides the estimator's defaults (issue 24: re-measure
 `--curvature-directions`, against evaluator 7's every-end-its-own-Hessian).
 
     python -m bench.curvature_check RUN --out FILE.json [--sentences 100] [--first 0] [--repeats 4]
-        [--variant default=3:60:2:8@auto --variant fp32-path=3:60:2:8] [--reference 16:200:16] [--ais 1000x2000]
-        [--split test] [--data-dir DIR] [--seed 0] [--threads 1]
+        [--variant default=3:60:2:8@auto --variant fp32-path=3:60:2:8] [--reference 16:200:16]
+        [--reference-seeds 1] [--ais 1000x2000] [--split test] [--data-dir DIR] [--seed 0] [--threads 1]
 
 A variant `NAME=C:T:N[:K][@P]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
 [--curvature-directions K] [--path-precision P]`: C tempered chains, AIS from the mixture of their ends'
 Laplace Gaussians through T temperatures, N AIS chains per sentence, K re-measured directions (absent:
 each end its own Hessian), and the decoder's projection P at the temperatures below 1 (fp32, bf16, or
 auto: bf16 where native; absent: fp32, as the reference). Every estimate runs through
-`likelihood.evaluate_sentences`, the path of `evaluate`. The reference runs once; each variant
-`--repeats` times with fresh randomness. Reported per variant: the mean over sentences of (estimate -
+`likelihood.evaluate_sentences`, the path of `evaluate`. The reference runs `--reference-seeds` times
+(seeds seed, seed + 1000, ...), its AIS chains' log weights kept, and is their pooled jackknife per
+sentence: every chain's weight estimates Z_alpha p(x) whichever run's mixture it started from, so the
+pool is one reference with all the runs' chains and all their modes (one run's estimate moves with its
+seed by more than the spread of its own chains says: docs/evaluate-command.md). Each variant runs `--repeats` times with
+fresh randomness. Reported per variant: the mean over sentences of (estimate -
 reference) in each repeat, their mean and standard error over the repeats, and CPU seconds per sentence.
 FILE is rewritten (atomically) after the reference and after every repeat, and read back by the same
 command: what is done is skipped, so a long check (the reference costs some 20-36 CPU s per PTB
@@ -69,8 +73,11 @@ class Estimator:
         return numbers if self.path == "fp32" else f"{numbers}@{self.path}"
 
 
-def estimate(loaded, sentences: list[list[int]], log_z: float, estimator: Estimator, seed: int) -> tuple[list, float]:
-    """Per-sentence log p(x) by `estimator` (evaluate's code path) and the CPU seconds per sentence."""
+REFERENCE_SEED_STRIDE = 1000  # reference run i uses seed + i * this; a variant's repeat r uses seed + 1 + r
+
+
+def estimate(loaded, sentences: list[list[int]], log_z: float, estimator: Estimator, seed: int):
+    """`estimator`'s `ISResult` on the sentences (evaluate's code path) and the CPU seconds per sentence."""
     import torch
 
     from textebm.devices import resolve_chain_precision
@@ -81,7 +88,17 @@ def estimate(loaded, sentences: list[list[int]], log_z: float, estimator: Estima
                                 estimator.ais_chains, torch.Generator().manual_seed(seed),
                                 anneal_steps=estimator.temperatures, curvature_directions=estimator.directions,
                                 path_projection=resolve_chain_precision(estimator.path, loaded.model.device))
-    return result.log_px.tolist(), (time.process_time() - tic) / len(sentences)
+    return result, (time.process_time() - tic) / len(sentences)
+
+
+def pooled_reference(runs: list[dict]) -> list[float]:
+    """Per sentence, the jackknife of logmeanexp over every reference run's AIS chains together."""
+    import torch
+
+    from textebm.inference.likelihood import jackknife_log_mean_exp
+
+    log_w = torch.cat([torch.tensor(run["log_w"], dtype=torch.float64) for run in runs], 1)
+    return jackknife_log_mean_exp(log_w).tolist()
 
 
 def summary(reference: list[float], repeats: list[list[float]]) -> dict:
@@ -92,8 +109,9 @@ def summary(reference: list[float], repeats: list[list[float]]) -> dict:
 
 
 def check(loaded, sentences: list[list[int]], reference: Estimator, variants: list[Estimator], repeats: int,
-          ais: tuple[int, int], seed: int, out: Path, figures: dict) -> dict:
-    """Fill `figures` (as read back from `out`) with what is missing, saving after every estimate."""
+          ais: tuple[int, int], seed: int, out: Path, figures: dict, reference_seeds: int = 1) -> dict:
+    """Fill `figures` (as read back from `out`) with what is missing, saving after every estimate; the
+    variants' differences follow the reference as its runs are added."""
     import torch
 
     from textebm.inference.likelihood import partition_function
@@ -102,17 +120,26 @@ def check(loaded, sentences: list[list[int]], reference: Estimator, variants: li
         partition, _ = partition_function(loaded.model.prior, *ais, generator=torch.Generator().manual_seed(seed))
         figures["log_z"] = partition["log_z"]
     log_z = figures["log_z"]
-    if "reference" not in figures:
-        log_px, seconds = estimate(loaded, sentences, log_z, reference, seed)
-        figures["reference"] = {"spec": reference.spec, "log_px": log_px, "cpu_s_per_sentence": seconds}
+    pool = figures.setdefault("reference", {"spec": reference.spec, "runs": []})
+    runs = pool.get("runs")  # None: a file from before --reference-seeds, its one reference kept as it is
+    while runs is not None and len(runs) < reference_seeds:
+        run_seed = seed + REFERENCE_SEED_STRIDE * len(runs)
+        result, seconds = estimate(loaded, sentences, log_z, reference, run_seed)
+        runs.append({"seed": run_seed, "log_px": result.log_px.tolist(), "log_w": result.log_w.double().tolist(),
+                     "cpu_s_per_sentence": seconds})
+        pool.update(log_px=pooled_reference(runs),
+                    cpu_s_per_sentence=statistics.fmean(run["cpu_s_per_sentence"] for run in runs))
+        for variant in figures["variants"].values():
+            if variant["repeats"]:
+                variant.update(summary(pool["log_px"], variant["repeats"]))
         atomic_write_text(out, json.dumps(figures, indent=1) + "\n")
     for variant in variants:
         entry = figures["variants"].setdefault(variant.name, {"spec": variant.spec, "repeats": [], "cpu_s": []})
         if entry["spec"] != variant.spec:
             raise UserError(f"{out} holds {variant.name} as {entry['spec']}, not {variant.spec}: name it otherwise")
         while len(entry["repeats"]) < repeats:
-            log_px, seconds = estimate(loaded, sentences, log_z, variant, seed + 1 + len(entry["repeats"]))
-            entry["repeats"].append(log_px)
+            result, seconds = estimate(loaded, sentences, log_z, variant, seed + 1 + len(entry["repeats"]))
+            entry["repeats"].append(result.log_px.tolist())
             entry["cpu_s"].append(seconds)
             entry.update(summary(figures["reference"]["log_px"], entry["repeats"]),
                          cpu_s_per_sentence=statistics.fmean(entry["cpu_s"]))
@@ -122,9 +149,14 @@ def check(loaded, sentences: list[list[int]], reference: Estimator, variants: li
 
 def report(figures: dict) -> str:
     ref = figures["reference"]
+    runs = len(ref.get("runs", ()))
+    pooled = f", the {runs} runs' chains pooled" if runs > 1 else ""
     lines = [f"{figures['sentences']} {figures['split']} sentences of {figures['run']} (step {figures['step']}, "
-             f"from line {figures['first']}); reference {ref['spec']}: "
+             f"from line {figures['first']}); reference {ref['spec']}{pooled}: "
              f"{-statistics.fmean(ref['log_px']):.3f} nats per sentence, {ref['cpu_s_per_sentence']:.1f} CPU s each"]
+    if runs > 1:
+        alone = ", ".join(f"{-statistics.fmean(run['log_px']):.3f}" for run in ref["runs"])
+        lines.append(f"  each run alone: {alone} nats per sentence")
     for name, v in figures["variants"].items():
         if not v["repeats"]:
             continue
@@ -145,6 +177,8 @@ def parse_args(argv):
     p.add_argument("--variant", action="append", metavar="NAME=C:T:N[:K][@P]",
                    help=f"an estimator to check (repeatable; default {' and '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--reference", default="16:200:16", metavar="C:T:N[:K]")
+    p.add_argument("--reference-seeds", type=int, default=1,
+                   help="reference runs with other seeds, their AIS chains pooled per sentence (default 1)")
     p.add_argument("--ais", default="1000x2000", metavar="CxT", help="log Z's AIS: chains x temperatures")
     p.add_argument("--data-dir", help="the corpora's folder (default: TEXTEBM_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
@@ -156,8 +190,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     try:
-        if min(args.sentences, args.repeats, args.threads) < 1 or args.first < 0:
-            raise UserError("--sentences, --repeats and --threads must be at least 1, --first at least 0")
+        if min(args.sentences, args.repeats, args.threads, args.reference_seeds) < 1 or args.first < 0:
+            raise UserError("--sentences, --repeats, --reference-seeds and --threads must be at least 1, "
+                            "--first at least 0")
         from bench.bdmc_sandwich import pair
 
         ais = pair(args.ais, "--ais")
@@ -181,7 +216,11 @@ def main(argv=None) -> int:
                             "differ): give another --out")
         if "reference" in figures and figures["reference"]["spec"] != reference.spec:
             raise UserError(f"{out} holds the reference {figures['reference']['spec']}, not {reference.spec}")
-        figures = check(loaded, sentences, reference, variants, args.repeats, ais, args.seed, out, figures)
+        if "reference" in figures and "runs" not in figures["reference"] and args.reference_seeds > 1:
+            raise UserError(f"{out} holds a reference without its AIS chains' weights (written before "
+                            "--reference-seeds): nothing to pool it with; give another --out")
+        figures = check(loaded, sentences, reference, variants, args.repeats, ais, args.seed, out, figures,
+                        args.reference_seeds)
     except UserError as err:
         print(f"curvature_check: error: {err}", file=sys.stderr)
         return 2

@@ -329,6 +329,30 @@ def test_curvature_check_measures_each_estimator_against_the_reference_and_resum
     assert bf16["spec"] == "1:5:2@bf16" and bf16["repeats"][0] != small["repeats"][0] and abs(bf16["mean"]) < 1.0
 
 
+def test_curvature_check_pools_reference_runs_of_other_seeds_and_updates_the_differences(folder_run, tmp_path):
+    from bench.curvature_check import main
+    from textebm.inference.likelihood import jackknife_log_mean_exp
+
+    out = tmp_path / "check.json"
+    args = [str(folder_run), "--out", str(out), "--sentences", "3", "--variant", "small=1:4:2", "--reference", "2:10:3",
+            "--ais", "50x50", "--repeats", "1"]
+    assert main(args) == 0
+    one = json.loads(out.read_text())
+    assert [run["seed"] for run in one["reference"]["runs"]] == [0]
+    assert main([*args, "--reference-seeds", "2"]) == 0  # resumes: a second reference run, the first kept
+    two = json.loads(out.read_text())
+    runs = two["reference"]["runs"]
+    assert [run["seed"] for run in runs] == [0, 1000] and runs[0] == one["reference"]["runs"][0]
+    assert runs[1]["log_px"] != runs[0]["log_px"] and [len(w) for w in runs[1]["log_w"]] == [3, 3, 3]
+    pooled = jackknife_log_mean_exp(torch.tensor([a + b for a, b in zip(runs[0]["log_w"], runs[1]["log_w"])],
+                                                 dtype=torch.float64))
+    assert two["reference"]["log_px"] == pytest.approx(pooled.tolist())
+    assert two["reference"]["log_px"] != one["reference"]["log_px"]
+    small = two["variants"]["small"]  # the same repeat, measured against the pooled reference now
+    assert small["repeats"] == one["variants"]["small"]["repeats"]
+    assert small["mean"] == pytest.approx(sum(e - r for e, r in zip(small["repeats"][0], pooled.tolist())) / 3)
+
+
 def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
     from bench.curvature_check import main
 
@@ -342,6 +366,13 @@ def test_curvature_check_refuses_bad_input(folder_run, tmp_path, capsys):
     out.write_text("{not json")
     assert main([str(folder_run), "--out", str(out), "--sentences", "2"]) == 2
     assert "not a check's JSON file" in capsys.readouterr().err
+    out.write_text(json.dumps({"run": str(folder_run.resolve()), "step": 7, "split": "test", "first": 0, "sentences": 2,
+                               "ais": "1000x2000", "seed": 0, "variants": {},
+                               "reference": {"spec": "16:200:16", "log_px": [-5.0, -6.0], "cpu_s_per_sentence": 1.0}}))
+    assert main([str(folder_run), "--out", str(out), "--sentences", "2", "--reference-seeds", "2"]) == 2
+    assert "without its AIS chains' weights" in capsys.readouterr().err
+    assert main([str(folder_run), "--out", str(out), "--sentences", "2", "--reference-seeds", "0"]) == 2
+    assert "--reference-seeds" in capsys.readouterr().err
 
 
 def test_ais_transitions_traces_evaluates_path_and_compares_it_with_perfect_transitions(folder_run, tmp_path, capsys):
