@@ -56,6 +56,23 @@ def test_an_unknown_schedule_is_refused():
         annealed_log_likelihood(model, model.tokens(), _posterior_reference(model), 0.0, 2, 5, schedule="cosine")
 
 
+def test_step_groups_split_a_sentences_chains_into_runs_that_steer_their_own_step_size(monkeypatch):
+    import textebm.inference.annealing as annealing
+
+    model = closed_form_model(latent_dim=4, sentences=2)
+    reference = _posterior_reference(model, shift=0.5)
+    with pytest.raises(ValueError, match="do not split into step groups of 3"):
+        annealed_log_likelihood(model, model.tokens(), reference, 0.0, 4, 5, step_group=3)
+    groups = []
+    real = annealing.anneal
+    monkeypatch.setattr(annealing, "anneal", lambda *a, **k: groups.append(k["group"]) or real(*a, **k))
+    for step_group in (None, 2, 1):
+        log_px, chains = annealed_log_likelihood(model, model.tokens(), reference, model.exact_log_z(), 4, 40,
+                                                 generator=torch.Generator().manual_seed(0), step_group=step_group)
+        assert chains.log_w.shape == (8,) and torch.allclose(log_px.double(), model.exact_log_px(), atol=0.3)
+    assert groups == [4, 2, 1]  # default: all of a sentence's chains share one step size
+
+
 def _posterior_reference(model, shift: float = 0.0, widen: float = 1.0) -> GaussianReference:
     """The exact posterior as a reference, its mean moved `shift` posterior stds (along the whitened
     diagonal) and its spread `widen` times wider."""

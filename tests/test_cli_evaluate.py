@@ -236,6 +236,14 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     moved = abs(check["nll_change_from_half"]) > max(0.2, 3 * check["nll_change_stderr"])
     assert check["nll_change_stderr"] > 0
     assert any("from 2 to 5 temperatures" in w for w in report["warnings"]) is moved
+    draws = isd["draws_check"]  # and again with 4 x 8 chains, in step groups of 8: four runs of the estimator
+    assert (draws["sentences"], draws["num_samples"], draws["more_samples"]) == (12, 8, 32)
+    assert draws["nll_change_with_more"] == pytest.approx(draws["nll_per_sentence_more"]
+                                                          - draws["nll_per_sentence_default"])
+    assert draws["nll_change_stderr"] > 0 and draws["nll_per_sentence_default"] > 0
+    moved = abs(draws["nll_change_with_more"]) > max(0.2, 3 * draws["nll_change_stderr"])
+    assert any("from 8 to 32 AIS chains" in w for w in report["warnings"]) is moved
+    assert "32 AIS chains per sentence instead of 8, first 12 sentences" in err
 
 
 def test_the_ais_path_precision_is_checked_and_reported(invoke, tmp_path, corpus_folder, train_lines):
@@ -254,7 +262,7 @@ def test_the_ais_path_precision_is_checked_and_reported(invoke, tmp_path, corpus
 
 
 def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
-    from textebm.evaluation.held_out import HalfSchedule, trust
+    from textebm.evaluation.held_out import DrawsCheck, HalfSchedule, trust
     from textebm.inference.likelihood import ISResult
 
     log_w = torch.tensor([[-30.0] + [-10.0] * 9, [-30.0] + [-12.0] * 9])  # one poor first draw, nine good
@@ -271,6 +279,30 @@ def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
     assert not any("temperatures" in w for w in steady["warnings"])
     noisy = trust(res, 10, annealed=True, half=HalfSchedule(2, 10, 20, 40.0, 41.0, 0.5))  # within 3 s.e.
     assert not any("temperatures" in w for w in noisy["warnings"])
+    more = trust(res, 10, annealed=True, draws=DrawsCheck(2, 2, 8, nll_default=41.0, nll_more=40.5, stderr=0.1))
+    assert more["draws_check"]["nll_change_with_more"] == -0.5
+    assert any("from 2 to 8 AIS chains" in w and "raise --num-is-samples" in w for w in more["warnings"])
+    close = trust(res, 10, annealed=True, draws=DrawsCheck(2, 2, 8, nll_default=41.0, nll_more=40.9, stderr=0.01))
+    assert not any("AIS chains" in w for w in close["warnings"])
+
+
+def test_the_draws_check_compares_runs_of_the_estimator_with_all_their_chains_pooled():
+    from textebm.evaluation.held_out import draws_check
+    from textebm.inference.likelihood import jackknife_log_mean_exp
+
+    # two sentences, 3 runs of 2 chains each: in every run one chain is far heavier than the other
+    log_w = torch.tensor([[0.0, -6.0, -1.0, -5.0, -0.5, -7.0], [-3.0, -3.5, -2.0, -9.0, -4.0, -4.2]],
+                         dtype=torch.float64)
+    check = draws_check(log_w, 2)
+    runs = [[float(jackknife_log_mean_exp(row[i:i + 2])) for i in (0, 2, 4)] for row in log_w]
+    default = -sum(sum(r) / 3 for r in runs) / 2
+    pooled = -float(jackknife_log_mean_exp(log_w).mean())
+    assert (check.sentences, check.chains, check.more_chains) == (2, 2, 6)
+    assert check.nll_default == pytest.approx(default) and check.nll_more == pytest.approx(pooled)
+    assert check.nll_more != pytest.approx(check.nll_default, abs=1e-3)  # the pool is not the runs' mean
+    per_sentence = [-float(jackknife_log_mean_exp(row)) + sum(r) / 3 for row, r in zip(log_w, runs)]
+    spread = abs(per_sentence[0] - per_sentence[1]) / 2  # the standard error of a mean of two
+    assert check.stderr == pytest.approx(spread)
 
 
 def test_not_a_run(invoke, tmp_path):
@@ -318,7 +350,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_number
     status, out, err = invoke(*args, "--progress")
     assert status == 0, err
     assert "resuming an interrupted evaluation" in err and "2 chunk(s) of importance sampling" in err
-    assert len(chunks) == 1 + 3  # the one chunk left, then the half-schedule check's 12 sentences in 3 chunks
+    assert len(chunks) == 1 + 3 + 3  # the one chunk left, then the two checks' 12 sentences in 3 chunks each
     resumed = json.loads(out)
     for key in ("nll_per_sentence", "elbo_per_sentence", "log_partition", "importance_sampling", "latent_usage",
                 "prior_chain_bias"):

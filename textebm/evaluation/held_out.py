@@ -292,8 +292,9 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                                  done=parts_from_data(partial.stages.get("importance_sampling"), device),
                                  on_chunk=saving("importance_sampling"))
     annealed = options.annealed(config)
-    half = None
-    if annealed:  # AIS's ESS cannot tell a short schedule: the same AIS on half the temperatures can
+    half = draws = None
+    if annealed and model.has_latent:  # AIS's ESS cannot tell a short schedule or too few chains: half the
+        # temperatures, and four times the chains in groups of evaluate's own, can (docs/evaluate-command.md)
         n = min(len(encoded.sentences), HALF_SCHEDULE_SENTENCES)
         progress.note(f"convergence check: AIS on half the temperatures, first {n} sentences")
         steps = max(1, options.anneal_steps // 2)
@@ -307,6 +308,17 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         change = paired_difference(res.log_px[:n].double().tolist(), shorter.log_px.double().tolist())
         half = HalfSchedule(n, steps, options.anneal_steps, -float(res.log_px[:n].double().mean()),
                             -float(shorter.log_px.double().mean()), change.stderr)
+        more = DRAWS_CHECK_FACTOR * options.num_is_samples
+        progress.note(f"convergence check: {more} AIS chains per sentence instead of {options.num_is_samples}, "
+                      f"first {n} sentences")
+        runs = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains, more,
+                                  generator, chunk=options.chunk, anneal_steps=options.anneal_steps,
+                                  max_rows=options.max_rows, posterior_steps=options.posterior_steps,
+                                  curvature_directions=options.curvature_directions, path_projection=path_projection,
+                                  step_group=options.num_is_samples,
+                                  done=parts_from_data(partial.stages.get("draws_check"), device),
+                                  on_chunk=saving("draws_check"))
+        draws = draws_check(runs.log_w, options.num_is_samples)
     nll = -res.log_px.double()
     usage = None
     if model.has_latent:
@@ -319,7 +331,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         progress.note(f"reconstruction: {len(encoded.sentences)} sentences, greedy from their codes")
         reconstruction = reconstruct(model, loaded.vocab, encoded.sentences, seed=options.seed,
                                      truncated=encoded.truncated).summary()
-    sampling = None if not model.has_latent else trust(res, options.num_is_samples, annealed, half)
+    sampling = None if not model.has_latent else trust(res, options.num_is_samples, annealed, half, draws)
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
         "evaluated_text": source, "trained_on": config.train_split,
@@ -411,7 +423,7 @@ ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the d
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
 
 
-HALF_SCHEDULE_SENTENCES = 32  # AIS's convergence check runs on at most this many sentences
+HALF_SCHEDULE_SENTENCES = 32  # AIS's convergence checks (half the temperatures, more chains) run on this many
 
 
 @dataclass
@@ -427,16 +439,49 @@ class HalfSchedule:
     stderr: float  # of their difference, from its spread over the sentences (the chains' own noise)
 
 
-def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | None = None) -> dict:
+DRAWS_CHECK_FACTOR = 4  # the check of AIS's draws runs this many times the chains (`DrawsCheck`)
+
+
+@dataclass
+class DrawsCheck:
+    """AIS's check of its draws: the first `sentences` again with `more_chains` = m x `chains` AIS chains
+    each, in m step groups of `chains` (`annealing.annealed_log_likelihood(step_group=)`), so that each group
+    is one run of evaluate's own estimator: the mean NLL by those runs (`nll_default`, averaged over the m)
+    and by all the chains together (`nll_more`), from the same chains."""
+
+    sentences: int
+    chains: int
+    more_chains: int
+    nll_default: float
+    nll_more: float
+    stderr: float  # of their difference, from its spread over the sentences
+
+
+def draws_check(log_w, chains: int) -> DrawsCheck:
+    """`DrawsCheck` from the log weights (sentences, m x chains) of chains run in step groups of `chains`."""
+    from textebm.evaluation.paired import paired_difference
+    from textebm.inference.likelihood import jackknife_log_mean_exp
+
+    n, more = log_w.shape
+    log_w = log_w.double()
+    runs = jackknife_log_mean_exp(log_w.view(n, more // chains, chains)).mean(1)
+    pooled = jackknife_log_mean_exp(log_w)
+    change = paired_difference(runs.tolist(), pooled.tolist())  # -log p by all chains + log p by one run's
+    return DrawsCheck(n, chains, more, -float(runs.mean()), -float(pooled.mean()), change.stderr)
+
+
+def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | None = None,
+          draws: DrawsCheck | None = None) -> dict:
     """How far to trust the importance-sampled NLL: the weights' effective sample size per sentence,
     the estimate from the first tenth of the draws next to the full one, and `warnings` (empty when
     neither check fires). With the tenth's estimate below the full one by more than MOVES_WARN_NATS
     (log-mean-exp of fewer draws errs low), more draws would move the NLL further. `annealed`: the draws
-    are AIS chains, whose downward bias falls with more temperatures rather than more chains (and whose
+    are AIS chains, whose downward bias falls with more temperatures and with more chains (and whose
     ESS can be high while the estimate is still low: docs/evaluate-command.md), so the advice names both,
-    and the tenth of a handful of chains checks nothing: it is reported, not warned about; `half`: their
-    convergence check, warned about when half the temperatures move the NLL by more than MOVES_WARN_NATS
-    and by more than three standard errors of the move (the chains' own noise)."""
+    and the tenth of a handful of chains checks nothing: it is reported, not warned about; `half` and
+    `draws`: their convergence checks, warned about when half the temperatures, or DRAWS_CHECK_FACTOR
+    times the chains, move the NLL by more than MOVES_WARN_NATS and by more than three standard errors of
+    the move (the chains' own noise)."""
     import torch
 
     log_w_var = res.log_w.double().var(1, correction=1) if res.log_w.shape[1] > 1 else torch.zeros_like(res.ess)
@@ -461,6 +506,17 @@ def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | No
             warnings.append(f"the NLL of the first {half.sentences} sentences moved {change:+.2f} nats per sentence "
                             f"from {half.steps} to {half.full_steps} temperatures (more than {MOVES_WARN_NATS:g} and "
                             f"three standard errors, {half.stderr:.2f} each): not converged; raise --anneal-steps")
+    if draws is not None:
+        change = draws.nll_more - draws.nll_default
+        schedule["draws_check"] = {"sentences": draws.sentences, "num_samples": draws.chains,
+                                   "more_samples": draws.more_chains, "nll_per_sentence_default": draws.nll_default,
+                                   "nll_per_sentence_more": draws.nll_more, "nll_change_with_more": change,
+                                   "nll_change_stderr": draws.stderr}
+        if abs(change) > max(MOVES_WARN_NATS, 3 * draws.stderr):
+            warnings.append(f"the NLL of the first {draws.sentences} sentences moved {change:+.2f} nats per sentence "
+                            f"from {draws.chains} to {draws.more_chains} AIS chains each (more than "
+                            f"{MOVES_WARN_NATS:g} and three standard errors, {draws.stderr:.2f} each): not converged "
+                            "in its draws; raise --num-is-samples (or --anneal-steps: longer chains need fewer)")
     return {"ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()), "ess_min": float(res.ess.min()),
             "ess_share_mean": ess_share, "log_w_var_mean": float(log_w_var.mean()),
             "nll_per_sentence_tenth_draws": nll_tenth, "tenth_draws": tenth,

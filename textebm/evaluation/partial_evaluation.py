@@ -51,7 +51,8 @@ class PartialEvaluation:
 
     def summary(self) -> str:
         """What is done, in words: 'log Z, 3 chunk(s) of importance sampling'."""
-        names = {"log_z": "log Z", "importance_sampling": "importance sampling", "half_schedule": "half schedule"}
+        names = {"log_z": "log Z", "importance_sampling": "importance sampling", "half_schedule": "half schedule",
+                 "draws_check": "draws check"}
         return ", ".join(names.get(name, name) if not isinstance(value, list) else
                          f"{len(value)} chunk(s) of {names.get(name, name)}"
                          for name, value in self.stages.items() if name != "generator")

@@ -303,15 +303,22 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
                             log_z: float, num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
                             schedule: str = LAPLACE_SCHEDULE, trace: bool = False,
-                            path_projection: str = "fp32") -> tuple[torch.Tensor, AnnealedChains]:
+                            path_projection: str = "fp32", step_group: int | None = None
+                            ) -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
     (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
     "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior); `trace`:
-    `AnnealedChains.trace`, the chains of a sentence one group; `path_projection`: `anneal`'s."""
+    `AnnealedChains.trace`, the chains of a step group one group; `path_projection`: `anneal`'s. `step_group`:
+    how many of a sentence's chains share a step size (`anneal`'s group; default all of them): with
+    num_chains = m x step_group the sentence's chains are m independent runs of the step_group-chain
+    estimator, as evaluate's check of its draws needs (`evaluation.held_out`)."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    step_group = num_chains if step_group is None else step_group
+    if step_group < 1 or num_chains % step_group:
+        raise ValueError(f"{num_chains} chains per sentence do not split into step groups of {step_group}")
     if isinstance(reference, MixtureReference):
         rows, mixture = reference.draw(num_chains, generator)
     else:
@@ -319,7 +326,7 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
-                    step_size, generator, max_rows, group=num_chains, mixture=mixture, trace=trace,
+                    step_size, generator, max_rows, group=step_group, mixture=mixture, trace=trace,
                     path_projection=path_projection)
     log_w = chains.log_w.view(b, num_chains)
     return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains
