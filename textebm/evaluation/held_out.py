@@ -493,25 +493,25 @@ def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | No
     if ess_share < ESS_WARN_SHARE:
         warnings.append(f"mean ESS {float(res.ess.mean()):.1f} is {ess_share:.0%} of {num_samples} draws "
                         f"(below {ESS_WARN_SHARE:.0%}): the NLL may be too high; {remedy}")
-    if not annealed and abs(nll_tenth - nll) > MOVES_WARN_NATS:  # (AIS is checked by its schedule, below)
+    if not annealed and abs(nll_tenth - nll) > MOVES_WARN_NATS:  # (AIS: by its schedule and its draws, below)
         warnings.append(f"the NLL moved {nll_tenth - nll:+.2f} nats per sentence from {tenth} to {num_samples} draws "
                         f"(more than {MOVES_WARN_NATS:g}): not converged; {remedy}")
-    schedule = {}
+    checks = {}  # AIS's convergence checks, as reported
     if half is not None:
         change = half.nll_full - half.nll_half
-        schedule = {"half_schedule": {"sentences": half.sentences, "anneal_steps": half.steps,
-                                      "nll_per_sentence_full": half.nll_full, "nll_per_sentence_half": half.nll_half,
-                                      "nll_change_from_half": change, "nll_change_stderr": half.stderr}}
+        checks["half_schedule"] = {"sentences": half.sentences, "anneal_steps": half.steps,
+                                   "nll_per_sentence_full": half.nll_full, "nll_per_sentence_half": half.nll_half,
+                                   "nll_change_from_half": change, "nll_change_stderr": half.stderr}
         if abs(change) > max(MOVES_WARN_NATS, 3 * half.stderr):
             warnings.append(f"the NLL of the first {half.sentences} sentences moved {change:+.2f} nats per sentence "
                             f"from {half.steps} to {half.full_steps} temperatures (more than {MOVES_WARN_NATS:g} and "
                             f"three standard errors, {half.stderr:.2f} each): not converged; raise --anneal-steps")
     if draws is not None:
         change = draws.nll_more - draws.nll_default
-        schedule["draws_check"] = {"sentences": draws.sentences, "num_samples": draws.chains,
-                                   "more_samples": draws.more_chains, "nll_per_sentence_default": draws.nll_default,
-                                   "nll_per_sentence_more": draws.nll_more, "nll_change_with_more": change,
-                                   "nll_change_stderr": draws.stderr}
+        checks["draws_check"] = {"sentences": draws.sentences, "num_samples": draws.chains,
+                                 "more_samples": draws.more_chains, "nll_per_sentence_default": draws.nll_default,
+                                 "nll_per_sentence_more": draws.nll_more, "nll_change_with_more": change,
+                                 "nll_change_stderr": draws.stderr}
         if abs(change) > max(MOVES_WARN_NATS, 3 * draws.stderr):
             warnings.append(f"the NLL of the first {draws.sentences} sentences moved {change:+.2f} nats per sentence "
                             f"from {draws.chains} to {draws.more_chains} AIS chains each (more than "
@@ -520,7 +520,7 @@ def trust(res, num_samples: int, annealed: bool = False, half: HalfSchedule | No
     return {"ess_mean": float(res.ess.mean()), "ess_median": float(res.ess.median()), "ess_min": float(res.ess.min()),
             "ess_share_mean": ess_share, "log_w_var_mean": float(log_w_var.mean()),
             "nll_per_sentence_tenth_draws": nll_tenth, "tenth_draws": tenth,
-            "nll_change_from_tenth": nll - nll_tenth, **schedule, "warnings": warnings}
+            "nll_change_from_tenth": nll - nll_tenth, **checks, "warnings": warnings}
 
 
 def partition_warnings(partition: dict) -> list[str]:
