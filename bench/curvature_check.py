@@ -15,8 +15,8 @@ auto: bf16 where native; absent: fp32, as the reference). Every estimate runs th
 (seeds seed, seed + 1000, ...), its AIS chains' log weights kept, and is their pooled jackknife per
 sentence: every chain's weight estimates Z_alpha p(x) whichever run's mixture it started from, so the
 pool is one reference with all the runs' chains and all their modes (one run's estimate moves with its
-seed by more than the spread of its own chains says: docs/evaluate-command.md). Each variant runs `--repeats` times with
-fresh randomness. Reported per variant: the mean over sentences of (estimate -
+seed by more than the spread of its own chains says: docs/evaluate-command.md). Each variant runs
+`--repeats` times with fresh randomness. Reported per variant: the mean over sentences of (estimate -
 reference) in each repeat, their mean and standard error over the repeats, and CPU seconds per sentence.
 FILE is rewritten (atomically) after the reference and after every repeat, and read back by the same
 command: what is done is skipped, so a long check (the reference costs some 20-36 CPU s per PTB
