@@ -278,46 +278,36 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     log_z = partition["log_z"]
     path_projection = resolve_chain_precision(options.path_precision, device)
 
-    def saving(stage: str):
-        return lambda parts: partial.save(stage, parts_to_data(parts), generator)
+    def estimate(sentences, num_samples: int, anneal_steps: int, stage: str, **extra):
+        """`evaluate_sentences` with this evaluation's options, saved as `stage` after each chunk (and
+        resumed from what it saved)."""
+        return evaluate_sentences(model, sentences, loaded.vocab.pad_id, log_z, options.num_chains, num_samples,
+                                  generator, chunk=options.chunk, anneal_steps=anneal_steps, max_rows=options.max_rows,
+                                  curvature_directions=options.curvature_directions, path_projection=path_projection,
+                                  posterior_steps=options.posterior_steps,
+                                  done=parts_from_data(partial.stages.get(stage), device),
+                                  on_chunk=lambda parts: partial.save(stage, parts_to_data(parts), generator), **extra)
 
     with progress.bar("importance sampling" if model.has_latent else "likelihood", len(encoded.sentences),
                       "sentence") as bar:
-        res = evaluate_sentences(model, encoded.sentences, loaded.vocab.pad_id, log_z, options.num_chains,
-                                 options.num_is_samples, generator, chunk=options.chunk,
-                                 anneal_steps=options.anneal_steps, max_rows=options.max_rows,
-                                 curvature_directions=options.curvature_directions, path_projection=path_projection,
-                                 progress=lambda done, total: bar.update(done - bar.n),
-                                 posterior_steps=options.posterior_steps,
-                                 done=parts_from_data(partial.stages.get("importance_sampling"), device),
-                                 on_chunk=saving("importance_sampling"))
+        res = estimate(encoded.sentences, options.num_is_samples, options.anneal_steps, "importance_sampling",
+                       progress=lambda done, total: bar.update(done - bar.n))
     annealed = options.annealed(config)
     half = draws = None
     if annealed and model.has_latent:  # AIS's ESS cannot tell a short schedule or too few chains: half the
         # temperatures, and four times the chains in groups of evaluate's own, can (docs/evaluate-command.md)
-        n = min(len(encoded.sentences), HALF_SCHEDULE_SENTENCES)
+        n = min(len(encoded.sentences), CHECK_SENTENCES)
         progress.note(f"convergence check: AIS on half the temperatures, first {n} sentences")
         steps = max(1, options.anneal_steps // 2)
-        shorter = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains,
-                                     options.num_is_samples, generator, chunk=options.chunk, anneal_steps=steps,
-                                     max_rows=options.max_rows, posterior_steps=options.posterior_steps,
-                                     curvature_directions=options.curvature_directions,
-                                     path_projection=path_projection,
-                                     done=parts_from_data(partial.stages.get("half_schedule"), device),
-                                     on_chunk=saving("half_schedule"))
+        shorter = estimate(encoded.sentences[:n], options.num_is_samples, steps, "half_schedule")
         change = paired_difference(res.log_px[:n].double().tolist(), shorter.log_px.double().tolist())
         half = HalfSchedule(n, steps, options.anneal_steps, -float(res.log_px[:n].double().mean()),
                             -float(shorter.log_px.double().mean()), change.stderr)
         more = DRAWS_CHECK_FACTOR * options.num_is_samples
         progress.note(f"convergence check: {more} AIS chains per sentence instead of {options.num_is_samples}, "
                       f"first {n} sentences")
-        runs = evaluate_sentences(model, encoded.sentences[:n], loaded.vocab.pad_id, log_z, options.num_chains, more,
-                                  generator, chunk=options.chunk, anneal_steps=options.anneal_steps,
-                                  max_rows=options.max_rows, posterior_steps=options.posterior_steps,
-                                  curvature_directions=options.curvature_directions, path_projection=path_projection,
-                                  step_group=options.num_is_samples,
-                                  done=parts_from_data(partial.stages.get("draws_check"), device),
-                                  on_chunk=saving("draws_check"))
+        runs = estimate(encoded.sentences[:n], more, options.anneal_steps, "draws_check",
+                        step_group=options.num_is_samples)
         draws = draws_check(runs.log_w, options.num_is_samples)
     nll = -res.log_px.double()
     usage = None
@@ -423,7 +413,7 @@ ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the d
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
 
 
-HALF_SCHEDULE_SENTENCES = 32  # AIS's convergence checks (half the temperatures, more chains) run on this many
+CHECK_SENTENCES = 32  # AIS's convergence checks (half the temperatures, more chains) run on this many
 
 
 @dataclass
