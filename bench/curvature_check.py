@@ -3,14 +3,15 @@ sentences: the check that decides the estimator's defaults (issue 24: re-measure
 `--curvature-directions`, against evaluator 7's every-end-its-own-Hessian).
 
     python -m bench.curvature_check RUN --out FILE.json [--sentences 100] [--first 0] [--repeats 4]
-        [--variant default=3:60:2:8@auto --variant fp32-path=3:60:2:8] [--reference 16:200:16]
+        [--variant default=3:60:8:8@auto/128 --variant fp32-path=3:60:8:8] [--reference 16:200:16]
         [--reference-seeds 1] [--ais 1000x2000] [--split test] [--data-dir DIR] [--seed 0] [--threads 1]
 
-A variant `NAME=C:T:N[:K][@P]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
-[--curvature-directions K] [--path-precision P]`: C tempered chains, AIS from the mixture of their ends'
-Laplace Gaussians through T temperatures, N AIS chains per sentence, K re-measured directions (absent:
-each end its own Hessian), and the decoder's projection P at the temperatures below 1 (fp32, bf16, or
-auto: bf16 where native; absent: fp32, as the reference). Every estimate runs through
+A variant `NAME=C:T:N[:K][@P][/S]` is `evaluate --num-chains C --anneal-steps T --num-is-samples N
+[--curvature-directions K] [--path-precision P] [--path-shortlist S]`: C tempered chains, AIS from the
+mixture of their ends' Laplace Gaussians through T temperatures, N AIS chains per sentence, K re-measured
+directions (absent: each end its own Hessian), the decoder's projection P at the temperatures below 1
+(fp32, bf16, or auto: bf16 where native; absent: fp32, as the reference), and there the shortlist of S
+words per position (absent: the whole vocabulary, as the reference). Every estimate runs through
 `likelihood.evaluate_sentences`, the path of `evaluate`. The reference runs `--reference-seeds` times
 (seeds seed, seed + 1000, ...), its AIS chains' log weights kept, and is their pooled jackknife per
 sentence: every chain's weight estimates Z_alpha p(x) whichever run's mixture it started from, so the
@@ -41,13 +42,14 @@ DEFAULT_VARIANTS = ("default=3:60:2:8@auto", "fp32-path=3:60:2:8")
 
 @dataclass(frozen=True)
 class Estimator:
-    """`evaluate`'s options for one estimate (`NAME=C:T:N[:K][@P]`)."""
+    """`evaluate`'s options for one estimate (`NAME=C:T:N[:K][@P][/S]`)."""
     name: str
     tempered_chains: int
     temperatures: int
     ais_chains: int
     directions: int | None = None
     path: str = "fp32"
+    shortlist: int = 0
 
     @classmethod
     def parse(cls, text: str, name: str | None = None) -> Estimator:
@@ -56,21 +58,25 @@ class Estimator:
         label, sep, spec = text.partition("=")
         if not sep:
             label, spec = name or text, text
+        spec, slash, shortlist = spec.partition("/")
         spec, at, path = spec.partition("@")
         parts = spec.split(":")
         if (not label or len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts)
-                or (at and path not in PATH_PRECISIONS)):
+                or (at and path not in PATH_PRECISIONS) or (slash and not shortlist.isdigit())):
             raise UserError(f"estimator {text!r}: expected NAME=C:T:N or NAME=C:T:N:K with positive integers "
                             "(tempered chains, AIS temperatures, AIS chains, curvature directions), optionally "
-                            f"@ the path's precision ({', '.join(PATH_PRECISIONS)}): default=3:60:2:8@auto")
+                            f"@ the path's precision ({', '.join(PATH_PRECISIONS)}) and / its shortlist's words per "
+                            "position: default=3:60:8:8@auto/128")
         numbers = [int(p) for p in parts]
-        return cls(label, *numbers[:3], numbers[3] if len(numbers) == 4 else None, path if at else "fp32")
+        return cls(label, *numbers[:3], numbers[3] if len(numbers) == 4 else None, path if at else "fp32",
+                   int(shortlist) if slash else 0)
 
     @property
     def spec(self) -> str:
         numbers = ":".join(str(n) for n in (self.tempered_chains, self.temperatures, self.ais_chains, self.directions)
                            if n is not None)
-        return numbers if self.path == "fp32" else f"{numbers}@{self.path}"
+        numbers = numbers if self.path == "fp32" else f"{numbers}@{self.path}"
+        return f"{numbers}/{self.shortlist}" if self.shortlist else numbers
 
 
 REFERENCE_SEED_STRIDE = 1000  # reference run i uses seed + i * this; a variant's repeat r uses seed + 1 + r
@@ -87,7 +93,8 @@ def estimate(loaded, sentences: list[list[int]], log_z: float, estimator: Estima
     result = evaluate_sentences(loaded.model, sentences, loaded.vocab.pad_id, log_z, estimator.tempered_chains,
                                 estimator.ais_chains, torch.Generator().manual_seed(seed),
                                 anneal_steps=estimator.temperatures, curvature_directions=estimator.directions,
-                                path_projection=resolve_chain_precision(estimator.path, loaded.model.device))
+                                path_projection=resolve_chain_precision(estimator.path, loaded.model.device),
+                                path_shortlist=estimator.shortlist)
     return result, (time.process_time() - tic) / len(sentences)
 
 

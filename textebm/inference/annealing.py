@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm.inference.shortlist import Shortlist
 from textebm.model.decoder import MAX_ROWS
 
 TARGET_ACCEPTANCE = 0.65
@@ -171,18 +172,28 @@ class RowMixture:
 
 def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReference, log_det: torch.Tensor,
                         u: torch.Tensor, max_rows: int, mixture: RowMixture | None = None,
-                        projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        projection: str = "fp32", shortlist: Shortlist | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows with its
-    vocabulary projection in `projection` (`Decoder.log_likelihood_and_grad`). With a `mixture`,
+    vocabulary projection in `projection` (`Decoder.log_likelihood_and_grad`), or with a `shortlist` its
+    stand-in (`Shortlist.value_and_grad`, in chunks of whole sentences). With a `mixture`,
     l = log p(x, z) - log q(z) for the mixture's q (`MixtureReference`); without, q is each row's own
     Gaussian, log q(z) = log N(u; 0, I) - log |det A|."""
     sigma2, d = model.prior.sigma ** 2, u.shape[1]
+    if shortlist is not None:
+        per = shortlist.rows_per_sentence
+        max_rows = max(per, max_rows // per * per)
     values, grads, log_liks = [], [], []
     with torch.enable_grad():
         for s in range(0, u.shape[0], max_rows):
             rows = u[s:s + max_rows].detach().requires_grad_(True)
             z = GaussianReference(reference.mean[s:s + max_rows], reference.matrix[s:s + max_rows]).to_z(rows)
-            log_lik, lik_grad = model.decoder.log_likelihood_and_grad(z.detach(), tokens[s:s + max_rows], projection)
+            if shortlist is None:
+                log_lik, lik_grad = model.decoder.log_likelihood_and_grad(z.detach(), tokens[s:s + max_rows],
+                                                                          projection)
+            else:
+                log_lik, lik_grad = shortlist.value_and_grad(model.decoder, z.detach(), tokens[s:s + max_rows],
+                                                             s // per)
             rest = model.prior.energy(z) - z.pow(2).sum(-1) / (2 * sigma2) - 0.5 * d * math.log(sigma2)
             if mixture is None:
                 rest = rest + log_det[s:s + max_rows] + 0.5 * rows.pow(2).sum(-1)
@@ -228,7 +239,7 @@ def transition_variances(betas: torch.Tensor, ell_variance: torch.Tensor) -> tup
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
            step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
            group: int = 1, mixture: RowMixture | None = None, trace: bool = False,
-           path_projection: str = "fp32") -> AnnealedChains:
+           path_projection: str = "fp32", shortlist: Shortlist | None = None) -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
     the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
@@ -242,27 +253,33 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     each move leaves its own invariant and the weights use the same ones (Neal 2001): with bf16 the
     path's pi_beta, beta < 1, is built on a slightly different log p(x | z) (logits rounded to bf16, a
     fixed function of z), the weights' last factor compares fp32's density at beta = 1 with it, and
-    exp(weight) still has mean Z_alpha p(x) exactly."""
+    exp(weight) still has mean Z_alpha p(x) exactly. `shortlist`: below beta = 1 the decoder's likelihood is
+    the sentences' shortlist stand-in instead (`textebm.inference.shortlist`, its products in its own
+    precision; rows sentence-major, `shortlist.rows_per_sentence` each), by the same argument."""
     if u.shape[0] % group:
         raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
     if path_projection not in PATH_PROJECTIONS:
         raise ValueError(f"path_projection must be one of {', '.join(PATH_PROJECTIONS)}, not {path_projection!r}")
 
-    def level(beta: float) -> str:  # the projection pi_beta is built on
-        return "fp32" if beta == 1.0 else path_projection
+    def level(beta: float) -> str:  # the likelihood pi_beta is built on: exact fp32, or the path's
+        return "fp32" if beta == 1.0 else "shortlist" if shortlist is not None else path_projection
+
+    def log_ratio_and_grad(at: torch.Tensor, likelihood: str):
+        return _log_ratio_and_grad(model, tokens, reference, log_det, at, max_rows, mixture,
+                                   "fp32" if likelihood == "shortlist" else likelihood,
+                                   shortlist if likelihood == "shortlist" else None)
 
     log_det = reference.log_det
     steps = torch.full((u.shape[0] // group, 1), step_size, dtype=u.dtype, device=u.device)
     log_w = torch.zeros(u.shape[0], dtype=torch.float64, device=u.device)
     accepted = torch.zeros(u.shape[0], device=u.device)
     current = level(betas[0])
-    ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture, current)
+    ell, grad_ell, log_lik = log_ratio_and_grad(u, current)
     records = []
     for previous, beta in zip(betas[:-1], betas[1:]):
         if level(beta) != current:  # log pi_beta(u) - log pi_previous(u) across the change of projection
             current = level(beta)
-            new_ell, grad_ell, log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, u, max_rows, mixture,
-                                                             current)
+            new_ell, grad_ell, log_lik = log_ratio_and_grad(u, current)
             log_w += beta * new_ell.double() - previous * ell.double()
             ell = new_ell
         else:
@@ -274,8 +291,7 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
         half = 0.5 * step.pow(2)
         noise = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=generator)
         proposal = u + half * grad + step * noise
-        new_ell, new_grad_ell, new_log_lik = _log_ratio_and_grad(model, tokens, reference, log_det, proposal,
-                                                                 max_rows, mixture, current)
+        new_ell, new_grad_ell, new_log_lik = log_ratio_and_grad(proposal, current)
         new_grad = beta * new_grad_ell - proposal
         forward = (proposal - u - half * grad).pow(2).sum(-1)
         backward = (u - proposal - half * new_grad).pow(2).sum(-1)
@@ -303,15 +319,18 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
                             log_z: float, num_chains: int, steps: int, step_size: float = 1.0,
                             generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
                             schedule: str = LAPLACE_SCHEDULE, trace: bool = False,
-                            path_projection: str = "fp32", step_group: int | None = None
-                            ) -> tuple[torch.Tensor, AnnealedChains]:
+                            path_projection: str = "fp32", step_group: int | None = None,
+                            path_shortlist: int = 0) -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
     (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
     "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior); `trace`:
     `AnnealedChains.trace`, the chains of a step group one group; `path_projection`: `anneal`'s. `step_group`:
     how many of a sentence's chains share a step size (`anneal`'s group; default all of them): with
     num_chains = m x step_group the sentence's chains are m independent runs of the step_group-chain
-    estimator, as evaluate's check of its draws needs (`evaluation.held_out`)."""
+    estimator, as evaluate's check of its draws needs (`evaluation.held_out`). `path_shortlist` k > 0: the
+    path below beta = 1 on each sentence's shortlist stand-in (`textebm.inference.shortlist`: the k words
+    of each position with the largest logits at the reference's mean, its heaviest component's for a
+    mixture), its products on bf16 operands where `path_projection` says bf16; 0: the whole vocabulary."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
     if schedule not in SCHEDULES:
@@ -319,14 +338,21 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     step_group = num_chains if step_group is None else step_group
     if step_group < 1 or num_chains % step_group:
         raise ValueError(f"{num_chains} chains per sentence do not split into step groups of {step_group}")
+    if path_shortlist < 0:
+        raise ValueError(f"path_shortlist must be 0 (the whole vocabulary) or a number of words, not {path_shortlist}")
     if isinstance(reference, MixtureReference):
+        heaviest = reference.log_weights.argmax(1)
+        center = reference.means[torch.arange(tokens.shape[0], device=heaviest.device), heaviest]
         rows, mixture = reference.draw(num_chains, generator)
     else:
+        center = reference.mean
         rows, mixture = reference.repeat(num_chains), None
+    shortlist = None if not path_shortlist else Shortlist(model.decoder, tokens, center, path_shortlist, num_chains,
+                                                          low=path_projection == "bf16")
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
                     step_size, generator, max_rows, group=step_group, mixture=mixture, trace=trace,
-                    path_projection=path_projection)
+                    path_projection=path_projection, shortlist=shortlist)
     log_w = chains.log_w.view(b, num_chains)
     return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains

@@ -282,7 +282,8 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
                                       newton_steps: int = 1, nu: float = 5.0, heavy_share: float = 0.3,
                                       heavy_scale: float = 1.0, anneal_steps: int = 0,
                                       curvature_directions: int | None = None,
-                                      path_projection: str = "fp32", step_group: int | None = None) -> ISResult:
+                                      path_projection: str = "fp32", step_group: int | None = None,
+                                      path_shortlist: int = 0) -> ISResult:
     """log p(x) per sentence of a padded batch `tokens` (`<s> ... </s> <pad>...`), by the estimator in
     the module docstring. `proposal="laplace"` (the default): the Student-t Laplace approximation at
     the mode found from the best of `num_chains` tempered chains (`textebm.inference.laplace`; `newton_steps`,
@@ -302,7 +303,9 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
     and wherever the estimate only searches, ranks or weighs: the tempered chains (instead of the run's
     `chain_precision`), the best end, the Newton step's line search and the mixture's weights. The Hessians'
     gradient rows and log p(x | z) at beta = 1 are fp32 whatever it says. `step_group` (AIS only): how many
-    of a sentence's AIS chains share a step size (`annealing.annealed_log_likelihood`; default all)."""
+    of a sentence's AIS chains share a step size (`annealing.annealed_log_likelihood`; default all).
+    `path_shortlist` (AIS only): k > 0 runs the path below beta = 1 on each sentence's shortlist of k words
+    per position and a pseudo-word for the rest (`textebm.inference.shortlist`); 0, on the whole vocabulary."""
     from textebm.inference.laplace import best_chain_end, laplace_proposal
 
     if num_chains < 1 or num_samples < 1:
@@ -340,7 +343,7 @@ def importance_sampled_log_likelihood(model, tokens: torch.Tensor, log_z: float,
             reference = annealing_reference(model, tokens, codes, newton_steps, max_rows, curvature_directions,
                                             path_projection)
             return _annealed(model, tokens, reference, log_z, num_samples, anneal_steps, generator, max_rows,
-                             num_chains, path_projection, step_group)
+                             num_chains, path_projection, step_group, path_shortlist)
         if proposal == "laplace":
             fitted = laplace_proposal(model, tokens, best_chain_end(model, tokens, codes, max_rows), newton_steps,
                                       nu, heavy_share, heavy_scale, max_rows)
@@ -381,14 +384,16 @@ def annealing_reference(model, tokens: torch.Tensor, codes: torch.Tensor, newton
 
 
 def _annealed(model, tokens, reference, log_z: float, num_chains: int, steps: int, generator, max_rows: int,
-              tempered_chains: int, path_projection: str = "fp32", step_group: int | None = None) -> ISResult:
+              tempered_chains: int, path_projection: str = "fp32", step_group: int | None = None,
+              path_shortlist: int = 0) -> ISResult:
     """The AIS estimate from `reference` (the Laplace Gaussian, or the mixture of one per tempered chain
     end) as an `ISResult`: each AIS chain's weight is an importance weight on the chain's whole path,
     its final state a weighted draw from p(z | x). The location and scale reported are the (heaviest)
     component's."""
     b = tokens.shape[0]
     _, chains = annealed_log_likelihood(model, tokens, reference, log_z, num_chains, steps, generator=generator,
-                                        max_rows=max_rows, path_projection=path_projection, step_group=step_group)
+                                        max_rows=max_rows, path_projection=path_projection, step_group=step_group,
+                                        path_shortlist=path_shortlist)
     if isinstance(reference, MixtureReference):
         heaviest = reference.log_weights.argmax(1)
         rows = torch.arange(b, device=heaviest.device)
