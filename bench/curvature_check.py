@@ -37,7 +37,7 @@ from pathlib import Path
 from textebm.errors import UserError
 from textebm.io import atomic_write_text
 
-DEFAULT_VARIANTS = ("default=3:60:2:8@auto", "fp32-path=3:60:2:8")
+DEFAULT_VARIANTS = ("default=3:60:8:8@auto/128", "whole-vocabulary=3:60:8:8@auto")
 
 
 @dataclass(frozen=True)

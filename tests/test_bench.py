@@ -246,13 +246,29 @@ def test_every_timing_on_cuda_waits_for_the_device(monkeypatch):
 
 
 def test_quick_likelihood_rows_time_both_estimators_and_hold_the_new_one_to_the_closed_form():
-    from bench import likelihood
+    from bench import issue_day, likelihood
 
-    timing, closed = likelihood.run(quick=True, repeats=1)
-    assert timing.benchmark == "likelihood" and timing.unit == "sentences/s"
-    assert timing.reference > 0 and timing.candidate > 0 and "floor" in timing.note
+    bound, timing, closed = likelihood.run(quick=True, repeats=1)
+    in_history = subprocess.run(["git", "-C", str(issue_day.REPOSITORY), "cat-file", "-e", issue_day.ISSUE_DAY],
+                                capture_output=True).returncode == 0
+    if in_history:  # the issue's day's own code ran, in its worker
+        assert bound.reference > 0 and bound.ratio == pytest.approx(bound.candidate / bound.reference)
+        assert bound.met is (bound.ratio >= 1) and len(bound.samples["issue_day"]) == 1
+    else:
+        assert bound.reference is None and bound.met is None and "not in this checkout" in bound.note
+    assert timing.benchmark == "likelihood" and timing.unit == "sentences/s" and timing.met is None
+    assert timing.reference > 0 and timing.candidate == bound.candidate and "floor" in timing.note
     assert closed.unit.startswith("nats") and closed.met is True  # |error| <= 0.1 nat and ESS >= 30% of draws
     assert closed.candidate < closed.reference
+
+
+def test_issue_day_estimator_says_why_when_its_commit_is_missing(monkeypatch):
+    from bench import issue_day
+
+    monkeypatch.setattr(issue_day, "ISSUE_DAY", "0" * 40)
+    with pytest.raises(issue_day.Unavailable, match="not in this checkout's history"):
+        with issue_day.IssueDayEstimator(["latent_dim=4"], 50, torch.ones(2, 3, dtype=torch.long), 1):
+            pass
 
 
 def test_bdmc_sandwich_brackets_evaluate_on_the_tiny_run(trained_run, tmp_path, capsys):

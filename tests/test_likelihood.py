@@ -121,6 +121,23 @@ def test_ais_on_a_bf16_path_keeps_the_exact_log_likelihood():
     torch.testing.assert_close(chains.log_lik, fp32, rtol=0, atol=1e-5)
 
 
+def test_ais_on_a_shortlist_path_keeps_the_exact_log_likelihood():
+    """The temperatures below 1 on a two-word shortlist per position (a poor stand-in), beta = 1 exact: the
+    weights still estimate the exact p(x) (quadrature), and the path was the stand-in's (other weights)."""
+    model = _tiny_model("ebm")
+    tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 3, 2, 0, 0, 0], [1, 9, 9, 4, 11, 2]])
+    exact, log_z = _exact(model, tokens)
+    runs = {k: importance_sampled_log_likelihood(model, tokens, log_z, num_chains=2, num_samples=200,
+                                                 generator=torch.Generator().manual_seed(0), anneal_steps=20,
+                                                 path_shortlist=k)
+            for k in (0, 2)}
+    assert torch.allclose(runs[2].log_px, exact, atol=0.05), (runs[2].log_px, exact)
+    assert (runs[2].log_w - runs[0].log_w).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="path_shortlist"):
+        annealed_log_likelihood(model, tokens, GaussianReference.prior(model.prior.sigma, 3, 1), log_z, 2, 5,
+                                path_shortlist=-1)
+
+
 @pytest.mark.parametrize("path", ["fp32", "bf16"])
 def test_the_path_precision_reaches_the_search_but_never_the_hessian_or_beta_one(monkeypatch, path):
     """Evaluator 11: the tempered chains, the best end, the line search and the mixture's weights take the

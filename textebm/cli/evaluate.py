@@ -38,8 +38,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--posterior-steps", type=int, metavar="K",
                    help="Langevin steps of the proposal's posterior chains (default: the run's K1)")
     p.add_argument("--num-is-samples", type=int, metavar="S",
-                   help=f"draws per sentence: AIS chains (default {AIS_CHAINS}; 16 to compare models within a nat "
-                        f"per sentence: docs/evaluate-command.md), or with --anneal-steps 0 (and for a VAE, from "
+                   help=f"draws per sentence: AIS chains (default {AIS_CHAINS}; more to compare models within a "
+                        f"tenth of a nat per sentence: docs/evaluate-command.md), or with --anneal-steps 0 (and for "
+                        f"a VAE, from "
                         f"its q) importance samples (default {IS_DRAWS})")
     p.add_argument("--anneal-steps", type=int, default=DEFAULTS.anneal_steps, metavar="T",
                    help="anneal each draw from the Laplace Gaussians (their mixture) to the posterior through T "
@@ -55,6 +56,11 @@ def add_parser(subparsers) -> None:
                         "for the reference (tempered chains, line search, mixture weights; at beta = 1 and in the "
                         "Hessians always fp32: the estimate is exact either way): auto is bf16 where the device "
                         f"does bf16 natively, about half the cost of each step (default {DEFAULTS.path_precision})")
+    p.add_argument("--path-shortlist", type=int, default=DEFAULTS.path_shortlist, metavar="K",
+                   help="the likelihood at the AIS temperatures below 1 on each sentence's shortlist: the K words of "
+                        "each position with the largest logits near its posterior's mode, and one pseudo-word for "
+                        "the rest (0: the whole vocabulary; the estimate is exact either way) "
+                        f"(default {DEFAULTS.path_shortlist})")
     p.add_argument("--ais-chains", type=int, default=DEFAULTS.ais_chains, metavar="N",
                    help=f"annealed importance sampling chains for the EBM's log Z (default {DEFAULTS.ais_chains})")
     p.add_argument("--ais-steps", type=int, default=DEFAULTS.ais_steps, metavar="T",

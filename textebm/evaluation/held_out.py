@@ -27,10 +27,10 @@ PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); to
 
 # The estimator's version: `textebm reproduce` evaluates again what an older one evaluated. Raise it
 # whenever a change to the estimators changes what an evaluation reports.
-EVALUATOR_VERSION = 11
+EVALUATOR_VERSION = 12
 PATH_PRECISIONS = ("auto", "fp32", "bf16")  # --path-precision
-AIS_CHAINS = 2  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md: few chains,
-# many temperatures and the jackknife beat many chains of a short schedule at the same CPU) ...
+AIS_CHAINS = 8  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md, evaluator 12:
+# the error left falls as 1/sqrt(chains), and the shortlist path makes eight cheaper than the issue's bound) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
 
 
@@ -54,6 +54,8 @@ class EvaluationOptions:
     path_precision: str = "auto"  # the decoder's projection at the AIS temperatures below 1 (annealing.anneal)
     # and, from evaluator 11, in the tempered chains and wherever the fit only ranks or weighs: auto is bf16
     # where the device does it natively (evaluator 10), fp32 elsewhere; beta = 1 and the Hessians are always fp32
+    path_shortlist: int = 128  # below beta = 1 the likelihood on each sentence's shortlist of this many words per
+    # position and a pseudo-word for the rest (inference/shortlist.py; evaluator 12); 0: the whole vocabulary
     partition_samples: int = 100_000  # plain Monte Carlo draws of log Z: the cross-check of AIS
     ais_chains: int = 1000  # annealed importance sampling of log Z: chains ...
     ais_steps: int = 2000  # ... and temperatures (checked against half as many)
@@ -83,6 +85,9 @@ class EvaluationOptions:
         if self.path_precision not in PATH_PRECISIONS:
             raise UserError(f"--path-precision must be one of {', '.join(PATH_PRECISIONS)}, not "
                             f"{self.path_precision!r}")
+        if self.path_shortlist < 0:
+            raise UserError(f"--path-shortlist must not be negative (0: the whole vocabulary), not "
+                            f"{self.path_shortlist}")
         if self.curvature_directions is not None and self.curvature_directions < 1:
             raise UserError(f"--curvature-directions must be at least 1, not {self.curvature_directions}")
         if self.posterior_steps is not None and self.posterior_steps < 0:
@@ -284,6 +289,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         return evaluate_sentences(model, sentences, loaded.vocab.pad_id, log_z, options.num_chains, num_samples,
                                   generator, chunk=options.chunk, anneal_steps=anneal_steps, max_rows=options.max_rows,
                                   curvature_directions=options.curvature_directions, path_projection=path_projection,
+                                  path_shortlist=options.path_shortlist,
                                   posterior_steps=options.posterior_steps,
                                   done=parts_from_data(partial.stages.get(stage), device),
                                   on_chunk=lambda parts: partial.save(stage, parts_to_data(parts), generator), **extra)
@@ -350,6 +356,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
                 "anneal_schedule": LAPLACE_SCHEDULE if options.anneal_steps else None,
                 "num_chains": options.num_chains,
                 "curvature_directions": options.curvature_directions, "path_precision": path_projection,
+                "path_shortlist": options.path_shortlist if options.anneal_steps else None,
                 "posterior_steps": (config.posterior_steps if options.posterior_steps is None
                                     else options.posterior_steps),
                 "posterior_step_size": config.posterior_step_size, "num_samples": options.num_is_samples,
@@ -407,8 +414,10 @@ ANNEALED_ESTIMATOR = (
     "re-measured at the others along its k stiffest eigenvectors; weights half by Laplace evidence, half "
     "even), and walks from the mixture "
     "to p(z|x) through anneal_steps equally spaced temperatures, one MALA step each in the coordinates where "
-    "N(m_k, S_k) is "
-    "N(0, I); w_s is its importance weight on the whole path, its final state a weighted draw from p(z|x)")
+    "N(m_k, S_k) is N(0, I), below the last temperature on the path_shortlist stand-in for log p(x|z) (each "
+    "sentence's top path_shortlist words per position at the heaviest m_k, and one pseudo-word for the rest; 0: "
+    "the whole vocabulary) in path_precision; w_s is its importance weight on the whole path (the last temperature "
+    "exact, so the weights keep their mean whatever the path), its final state a weighted draw from p(z|x)")
 ESS_WARN_SHARE = 0.1  # a warning when the mean ESS is below this share of the draws ...
 MOVES_WARN_NATS = 0.2  # ... or when a tenth of the draws moves the mean log p(x) by more than this
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import torch
 
 from textebm.inference.shortlist import Shortlist
-from textebm.model.decoder import MAX_ROWS
+from textebm.model.decoder import MAX_ROWS, Decoder
 
 TARGET_ACCEPTANCE = 0.65
 STEP_ADAPTATION = 0.1  # per temperature, log step size += this * (the group's acceptance rate - target)
@@ -330,7 +330,8 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     estimator, as evaluate's check of its draws needs (`evaluation.held_out`). `path_shortlist` k > 0: the
     path below beta = 1 on each sentence's shortlist stand-in (`textebm.inference.shortlist`: the k words
     of each position with the largest logits at the reference's mean, its heaviest component's for a
-    mixture), its products on bf16 operands where `path_projection` says bf16; 0: the whole vocabulary."""
+    mixture), its products on bf16 operands where `path_projection` says bf16; 0, or a decoder without a
+    vocabulary (`closed_form`'s): the whole likelihood."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
     if schedule not in SCHEDULES:
@@ -347,8 +348,9 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     else:
         center = reference.mean
         rows, mixture = reference.repeat(num_chains), None
-    shortlist = None if not path_shortlist else Shortlist(model.decoder, tokens, center, path_shortlist, num_chains,
-                                                          low=path_projection == "bf16")
+    shortlist = None  # a decoder without a vocabulary (the closed-form stand-in) keeps its exact path
+    if path_shortlist and isinstance(model.decoder, Decoder):
+        shortlist = Shortlist(model.decoder, tokens, center, path_shortlist, num_chains, low=path_projection == "bf16")
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
