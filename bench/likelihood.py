@@ -24,7 +24,7 @@ from textebm.inference.likelihood import evaluate_sentences, importance_sampled_
 
 _DEFAULTS = EvaluationOptions(checkpoint="").check()
 # The full row times one of evaluate's chunks (`--chunk`, 32 sentences of one length), the batch both
-# estimators run in there: a smaller batch leaves AIS's 2 chains per sentence few decoder rows per call.
+# estimators run in there: a smaller batch leaves AIS's chains few decoder rows per call.
 FULL = dict(vocab=10_000, sizes=["embedding_dim=128", "hidden_dim=256", "latent_dim=32", "posterior_steps=10",
                                  "dropout=0.0"], sentences=_DEFAULTS.chunk, length=22)
 QUICK = dict(vocab=300, sizes=["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "posterior_steps=3",
