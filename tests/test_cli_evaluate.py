@@ -228,6 +228,7 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     report = json.loads((run / "evaluation-test.json").read_text())
     isd = report["importance_sampling"]
     assert isd["anneal_steps"] == 5 and isd["anneal_schedule"] == "linear" and isd["path_precision"] == native
+    assert isd["path_shortlist"] == 128  # the default: the path below beta = 1 on each sentence's shortlist
     assert "annealed importance sampling chains" in isd["estimator"]
     assert 1 <= isd["ess_mean"] <= 8 and report["latent_usage"]["mutual_information"] is not None
     check = isd["half_schedule"]  # AIS's convergence check: the first 12 sentences again on 2 temperatures
@@ -246,19 +247,25 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     assert "32 AIS chains per sentence instead of 8, first 12 sentences" in err
 
 
-def test_the_ais_path_precision_is_checked_and_reported(invoke, tmp_path, corpus_folder, train_lines):
+def test_the_ais_path_precision_and_shortlist_are_checked_and_reported(invoke, tmp_path, corpus_folder,
+                                                                      train_lines):
     from textebm.errors import UserError
     from textebm.evaluation.held_out import EvaluationOptions
 
     with pytest.raises(UserError, match="--path-precision must be one of auto, fp32, bf16"):
         EvaluationOptions(checkpoint="", path_precision="fp16").check()
+    with pytest.raises(UserError, match="--path-shortlist must not be negative"):
+        EvaluationOptions(checkpoint="", path_shortlist=-1).check()
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     status, _, err = invoke("--checkpoint", run, "--path-precision", "fp16")
     assert status == 2 and "invalid choice: 'fp16'" in err
+    status, _, err = invoke("--checkpoint", run, "--path-shortlist", "-1")
+    assert status == 2 and "--path-shortlist must not be negative" in err and "Traceback" not in err
     status, out, err = invoke("--checkpoint", run, *FAST, "--anneal-steps", "3", "--fppl-samples", "0",
-                              "--path-precision", "fp32", "--json")
+                              "--path-precision", "fp32", "--path-shortlist", "0", "--json")
     assert status == 0, err
-    assert json.loads(out)["importance_sampling"]["path_precision"] == "fp32"
+    isd = json.loads(out)["importance_sampling"]
+    assert isd["path_precision"] == "fp32" and isd["path_shortlist"] == 0
 
 
 def test_the_trust_warnings_name_the_remedy_of_the_estimator_in_use():
