@@ -55,6 +55,7 @@ class IssueDayEstimator:
     the worker and its folder are gone on exit. Raises `Unavailable` where the commit cannot be had."""
 
     def __init__(self, sizes: list[str], vocab: int, tokens, threads: int):
+        self.threads = threads
         self.spec = json.dumps({"sizes": sizes, "vocab": vocab, "tokens": tokens.tolist(), "threads": threads})
 
     def __enter__(self) -> IssueDayEstimator:
@@ -67,7 +68,7 @@ class IssueDayEstimator:
         self.folder = tempfile.TemporaryDirectory(prefix="textebm-issue-day-")
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(self.folder.name, filter="data")
-        env = {**os.environ, "PYTHONPATH": self.folder.name, "OMP_NUM_THREADS": str(json.loads(self.spec)["threads"])}
+        env = {**os.environ, "PYTHONPATH": self.folder.name, "OMP_NUM_THREADS": str(self.threads)}
         self.worker = subprocess.Popen([sys.executable, "-c", WORKER, self.spec], cwd=self.folder.name, env=env,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:

@@ -41,18 +41,18 @@ class Shortlist:
         weight, bias = decoder.out.weight.detach(), decoder.out.bias.detach()
         targets = tokens[:, 1:]
         self.mask = targets != decoder.pad_id
-        parts = [_build(decoder, weight, bias, tokens[i:i + n], z_star[i:i + n], k)
-                 for i, n in _groups(tokens.shape, weight.shape[0])]
-        width = max(part[0].shape[1] for part in parts)  # the longest shortlist; shorter ones padded with -inf
-        self.sizes = torch.cat([part[1] for part in parts])
-        words = torch.cat([torch.nn.functional.pad(part[0], (0, width - part[0].shape[1])) for part in parts])
+        words, sizes, means, offsets = zip(*(_build(decoder, weight, bias, tokens[i:i + n], z_star[i:i + n], k)
+                                             for i, n in _groups(tokens.shape, weight.shape[0])))
+        width = max(ids.shape[1] for ids in words)  # the longest shortlist; shorter ones padded with -inf
+        words = torch.cat([torch.nn.functional.pad(ids, (0, width - ids.shape[1])) for ids in words])
+        self.sizes = torch.cat(sizes)
         kept = torch.arange(width, device=tokens.device) < self.sizes.unsqueeze(1)
+        self.low = low
         self.weight = weight[words].to(torch.bfloat16 if low else torch.float32)  # (B, S, H)
         self.bias = bias[words].masked_fill(~kept, float("-inf"))  # (B, S); padding columns weigh nothing
-        self.rest_mean = torch.cat([part[2] for part in parts])  # mu_t (B, T, H)
-        self.rest_offset = torch.cat([part[3] for part in parts])  # rest_t(h) = offset_t + mu_t . h
+        self.rest_mean = torch.cat(means)  # mu_t (B, T, H)
+        self.rest_offset = torch.cat(offsets)  # rest_t(h) = offset_t + mu_t . h
         self.target_weight, self.target_bias = weight[targets], bias[targets]  # (B, T, H), (B, T)
-        self.low = low
 
     def value_and_grad(self, decoder, z: torch.Tensor, tokens: torch.Tensor,
                        first: int) -> tuple[torch.Tensor, torch.Tensor]:
