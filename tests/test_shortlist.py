@@ -72,3 +72,19 @@ def test_sentences_are_scored_from_any_first_one_and_partial_sentences_are_refus
         shortlist.value_and_grad(decoder, z[2:], rows[2:], 2)  # past the last sentence
     with pytest.raises(ValueError, match="at least one word"):
         Shortlist(decoder, TOKENS, centre, k=0, rows_per_sentence=2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("low", [False, True])
+def test_the_stand_in_on_a_gpu_is_the_cpus(low):
+    decoder = _decoder()
+    centre = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    z, rows = centre.repeat_interleave(3, 0) + 0.5, TOKENS.repeat_interleave(3, 0)
+    values, grad = Shortlist(decoder, TOKENS, centre, k=3, rows_per_sentence=3, low=low).value_and_grad(
+        decoder, z, rows, 0)
+    decoder = decoder.to("cuda")
+    shortlist = Shortlist(decoder, TOKENS.cuda(), centre.cuda(), k=3, rows_per_sentence=3, low=low)
+    on_gpu, grad_on_gpu = shortlist.value_and_grad(decoder, z.cuda(), rows.cuda(), 0)
+    torch.testing.assert_close(on_gpu.cpu(), values, rtol=1e-3, atol=1e-2 if low else 1e-3)
+    torch.testing.assert_close(grad_on_gpu.cpu(), grad, rtol=1e-2, atol=1e-2 if low else 1e-3)
