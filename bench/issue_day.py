@@ -2,11 +2,12 @@
 
 Issue 24 bounds the new estimator's cost by "today's defaults" (about 2 CPU s per PTB sentence on one
 thread then). Evaluator 2's settings run on today's code are no such bound: they share every speed-up
-made since (the chains' projection pass, block projections without autograd), which made them some
-2.8 times faster on trained-run sentences. So the bound is measured on the code of that day: commit
-`ISSUE_DAY`, extracted from this repository's history with `git archive` into a temporary folder and
-run in a worker process with the same model sizes, sentences and thread count, called in turn with
-today's estimator (`bench.interleave`) so that load from a neighbour hits both alike.
+made since (the chains' projection pass, block projections without autograd): on 32 trained-run PTB
+sentences they cost 0.74 of what that day's code did (docs/evaluate-command.md, evaluator 12). So the
+bound is measured on the code of that day: commit `ISSUE_DAY`, extracted from this repository's
+history with `git archive` into a temporary folder and run in a worker process with the same model
+sizes, sentences and thread count, called in turn with today's estimator (`bench.interleave`) so that
+load from a neighbour hits both alike.
 
 The worker speaks that commit's API (`textebm.likelihood`, its `bench.build_model`), nothing of today's.
 """
