@@ -172,14 +172,14 @@ class RowMixture:
 
 def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReference, log_det: torch.Tensor,
                         u: torch.Tensor, max_rows: int, mixture: RowMixture | None = None,
-                        projection: str = "fp32", shortlist: Shortlist | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows with its
-    vocabulary projection in `projection` (`Decoder.log_likelihood_and_grad`), or with a `shortlist` its
-    stand-in (`Shortlist.value_and_grad`, in chunks of whole sentences). With a `mixture`,
+                        likelihood: str | Shortlist = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(l(u), grad_u l(u), log p(x | z(u))) per row, the decoder in chunks of `max_rows` rows: `likelihood`
+    names its vocabulary projection (`Decoder.log_likelihood_and_grad`), or is a `Shortlist` whose
+    stand-in scores the rows instead (`Shortlist.value_and_grad`, in chunks of whole sentences). With a `mixture`,
     l = log p(x, z) - log q(z) for the mixture's q (`MixtureReference`); without, q is each row's own
     Gaussian, log q(z) = log N(u; 0, I) - log |det A|."""
     sigma2, d = model.prior.sigma ** 2, u.shape[1]
+    shortlist = likelihood if isinstance(likelihood, Shortlist) else None
     if shortlist is not None:
         per = shortlist.rows_per_sentence
         max_rows = max(per, max_rows // per * per)
@@ -190,7 +190,7 @@ def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReferenc
             z = GaussianReference(reference.mean[s:s + max_rows], reference.matrix[s:s + max_rows]).to_z(rows)
             if shortlist is None:
                 log_lik, lik_grad = model.decoder.log_likelihood_and_grad(z.detach(), tokens[s:s + max_rows],
-                                                                          projection)
+                                                                          likelihood)
             else:
                 log_lik, lik_grad = shortlist.value_and_grad(model.decoder, z.detach(), tokens[s:s + max_rows],
                                                              s // per)
@@ -261,13 +261,11 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     if path_projection not in PATH_PROJECTIONS:
         raise ValueError(f"path_projection must be one of {', '.join(PATH_PROJECTIONS)}, not {path_projection!r}")
 
-    def level(beta: float) -> str:  # the likelihood pi_beta is built on: exact fp32, or the path's
-        return "fp32" if beta == 1.0 else "shortlist" if shortlist is not None else path_projection
+    def level(beta: float) -> str | Shortlist:  # the likelihood pi_beta is built on: exact fp32, or the path's
+        return "fp32" if beta == 1.0 else shortlist if shortlist is not None else path_projection
 
-    def log_ratio_and_grad(at: torch.Tensor, likelihood: str):
-        return _log_ratio_and_grad(model, tokens, reference, log_det, at, max_rows, mixture,
-                                   "fp32" if likelihood == "shortlist" else likelihood,
-                                   shortlist if likelihood == "shortlist" else None)
+    def log_ratio_and_grad(at: torch.Tensor, likelihood: str | Shortlist):
+        return _log_ratio_and_grad(model, tokens, reference, log_det, at, max_rows, mixture, likelihood)
 
     log_det = reference.log_det
     steps = torch.full((u.shape[0] // group, 1), step_size, dtype=u.dtype, device=u.device)
