@@ -37,6 +37,17 @@ def _set_args(overrides: list[str]) -> list[str]:
     return out
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test marked `cuda` is skipped where torch sees no CUDA GPU: the mark is the one way to say it, so
+    the GPU acceptance run (bench/gpu_acceptance.sh, `pytest -m cuda`) selects every such test."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
     """Tiny models run fastest on one thread (and the CI machine has only two cores)."""

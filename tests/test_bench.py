@@ -225,7 +225,6 @@ def test_bench_refuses_cuda_without_a_gpu_in_one_line(tmp_path):
 
 @pytest.mark.slow  # compiles the step (the acceptance run's benchmark stage measures these rows anyway)
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_quick_levers_on_cuda_measure_every_row(tmp_path):
     proc, rows = _levers(tmp_path, "cuda")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -31,8 +31,6 @@ from textebm.model.checkpoints import (
 from textebm.model.runs import build_model, load_config, load_run
 from textebm.training.train import make_learner
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def save_format_1(folder, weights, optimizers, step, rng, extra):
     """A checkpoint as textebm wrote it before safetensors (textebm/model/runs.py at commit 72f527c): one
@@ -353,7 +351,7 @@ def test_resume_on_the_cpu_of_a_checkpoint_a_cuda_run_wrote(cli, run_copy, small
 
 # --- CUDA twins (skipped without a GPU) --------------------------------------------------------------
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_resume_places_the_state_and_keeps_adam_steps_on_the_cpu(cli, tmp_path, train_args):
     folder = tmp_path / "cuda"
     args = train_args("--out", folder, "--max-steps", "2")
@@ -372,7 +370,7 @@ def test_cuda_resume_places_the_state_and_keeps_adam_steps_on_the_cpu(cli, tmp_p
     assert status == 0 and "reseeded" not in out, err
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_resume_of_a_cpu_run_and_back(cli, run_copy, small_corpus):
     status, out, err = cli(*resume_args(small_corpus, run_copy, 21, "--device", "cuda"))
     assert status == 0 and "reseeded" in out, err

@@ -18,8 +18,7 @@ MODEL = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "energy_hidden=16"
          "posterior_steps=2", "batch_size=8", "max_length=30", "num_log_samples=1", "valid_batches=1",
          "log_every=1", "checkpoint_every=10", "valid_every=2"]
 SENTENCES = ["the company said it expects to report a loss", "stocks fell sharply in heavy trading yesterday"]
-CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 class RNNGuard:

@@ -69,8 +69,7 @@ def test_fp32_projection_is_the_plain_cross_entropy_and_bf16_stays_close():
     assert F.cosine_similarity(grads[0], grads[1], dim=1).min() > 0.999  # measured: 1.0000 to four digits
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
-    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_the_projection_gradients_are_autograd_s_cross_entropy_gradients(device):
     """The projection's own backward pass (the log-probabilities turned into the gradient in place) against
     autograd through F.cross_entropy: the same gradients in the RNN's outputs, the weight and the bias;
@@ -121,8 +120,7 @@ def test_the_chains_value_and_gradient_are_autograd_s_likelihood_and_gradient(bl
         decoder.log_likelihood_and_grad(z, tokens, "fp16")
 
 
-@pytest.mark.parametrize("block,device", [(5, "cpu"), (4096, "cpu"), pytest.param(5, "cuda", marks=[
-    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+@pytest.mark.parametrize("block,device", [(5, "cpu"), (4096, "cpu"), pytest.param(5, "cuda", marks=pytest.mark.cuda)])
 def test_the_likelihood_without_autograd_is_the_autograd_likelihood_block_by_block(block, device, monkeypatch):
     """Without autograd `log_likelihood` projects a block of token rows at a time (`projected_values`; on a
     GPU one block): the autograd path's values in fp32, padding ignored; in bf16 exactly the chains' values

@@ -4,12 +4,19 @@ its time budget still reports what passed."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from bench.gpu_acceptance import cuda_test_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +68,40 @@ def test_a_run_cut_short_by_its_budget_still_reports_what_passed(tmp_path, ptb_f
 def test_the_script_refuses_a_data_folder_without_ptb(tmp_path):
     result, report = _acceptance(tmp_path, tmp_path)
     assert result.returncode == 2 and "has no ptb/train.txt" in result.stderr and not report
+
+
+def test_every_cuda_test_is_in_a_module_the_cuda_stage_collects():
+    """The CUDA stage collects only the modules that mark a test `cuda`; a CUDA test skipped by a skipif of
+    its own, unmarked, would never run on the GPU (two resume tests were so until 2026-12-07)."""
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p",
+                                "no:cacheprovider", "tests"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    modules = {line.split("::")[0] for line in collected.stdout.splitlines() if "::" in line}
+    assert modules == {f"tests/{path.name}" for path in cuda_test_files()}, collected.stdout[-2000:]
+    unmarked = [path.name for path in (ROOT / "tests").glob("test_*.py")
+                if re.search(r"skipif\(\s*not torch\.cuda\.is_available", path.read_text(encoding="utf-8"))]
+    assert not unmarked, f"mark CUDA tests `cuda` (tests/conftest.py skips them), no skipif: {unmarked}"
+
+
+def _package_names(path: Path) -> set[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {canonicalize_name(name) for line in lines if not line.startswith("#") for name in line.split()}
+
+
+def test_the_wheelhouse_is_what_textebm_needs_beyond_the_gpu_image():
+    """Every package textebm requires, directly or through a package the image lacks, is in the image or in
+    the wheelhouse, and the wheelhouse holds nothing else: else the first GPU run stops at an import
+    (fastapi's opentelemetry-api was missing until 2026-12-07)."""
+    image = _package_names(ROOT / "bench" / "gpu_image_packages.txt")
+    wheels = _package_names(ROOT / "bench" / "gpu_wheelhouse.txt")
+    needed, todo = set(), ["textebm"]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in needed or name in image:
+            continue
+        needed.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    assert "torch" in image and "textebm" not in image
+    assert needed - {"textebm", "kenlm"} == wheels  # kenlm: source only, the run skips FPPL

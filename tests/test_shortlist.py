@@ -75,7 +75,6 @@ def test_sentences_are_scored_from_any_first_one_and_partial_sentences_are_refus
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("low", [False, True])
 def test_the_stand_in_on_a_gpu_is_the_cpus(low):
     decoder = _decoder()
