@@ -69,7 +69,8 @@ class IssueDayEstimator:
         self.folder = tempfile.TemporaryDirectory(prefix="textebm-issue-day-")
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(self.folder.name, filter="data")
-        env = {**os.environ, "PYTHONPATH": self.folder.name, "OMP_NUM_THREADS": str(self.threads)}
+        path = os.pathsep.join(filter(None, [self.folder.name, os.environ.get("PYTHONPATH")]))  # its textebm first
+        env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(self.threads)}
         self.worker = subprocess.Popen([sys.executable, "-c", WORKER, self.spec], cwd=self.folder.name, env=env,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:

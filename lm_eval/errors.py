@@ -14,7 +14,7 @@ class InputError(EvalError):
 
 
 class KenLMToolsMissing(EvalError):
-    """`lmplz` or `build_binary` were not found; the message says which command installs them."""
+    """`lmplz`, `build_binary` or the `kenlm` module were not found; the message says how to install them."""
 
 
 class EstimationError(EvalError):

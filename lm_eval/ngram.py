@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lm_eval.errors import EstimationError
+from lm_eval.errors import EstimationError, KenLMToolsMissing
 from lm_eval.kenlm_tools import KENLM_VERSION, KenLMTools, cache_root, find_tools
 from lm_eval.text import ESCAPE_VERSION, kenlm_line, read_sentences, text_sha256
 
@@ -46,8 +46,11 @@ class NgramLM:
 
 def load_model(path: str | Path):
     """Open a KenLM model (binary or ARPA) with the Python module."""
-    import kenlm
-
+    try:
+        import kenlm
+    except ImportError:  # it builds from source only, so a pip install can leave it out
+        raise KenLMToolsMissing("KenLM's Python module is not installed: pip install kenlm (it compiles: a C++ "
+                                "compiler, CMake, Boost and zlib; setup.sh installs them)") from None
     return kenlm.Model(str(path))
 
 

@@ -213,6 +213,13 @@ def test_missing_kenlm_tools_name_the_install_command(eval_ppl, one_line_error, 
     one_line_error(status, err, "eval-ppl", "-m lm_eval.kenlm_tools install")
 
 
+def test_a_missing_kenlm_module_names_the_install_command(eval_ppl, one_line_error, real_args, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kenlm", None)  # as where its build failed: import kenlm raises
+    samples = write(tmp_path / "s.txt", "a b c\n")
+    status, _, err = eval_ppl("--samples", samples, *real_args)
+    one_line_error(status, err, "eval-ppl", "pip install kenlm")
+
+
 def test_foreign_lm_eval_is_refused(eval_ppl, one_line_error, real_args, tmp_path, monkeypatch):
     fake = types.ModuleType("lm_eval")
     fake.__file__ = "/site-packages/lm_eval/__init__.py"  # e.g. EleutherAI's harness
