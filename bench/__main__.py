@@ -110,6 +110,8 @@ def parse_args(argv=None):
     unknown = sorted(set(args.only) - set(BENCHMARKS))
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    if not args.only:
+        p.error("--only names no benchmark")
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     return args
@@ -167,13 +169,18 @@ def main(argv=None) -> int:
             traceback.print_exc()
             rows.append(Row(name, "(failed)", note=f"error: {type(err).__name__}: {err}"))
         print(f"[bench] {name} done in {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
+        table = save(Path(args.out), rows, info, args)  # after each benchmark: a run cut short keeps what finished
+    print(table)
+    return 1 if failed else 0
+
+
+def save(out: Path, rows: list[Row], info: dict, args) -> str:
+    """Write the rows so far as latest.json and latest.md; return the table."""
     info["seconds"] = round(time.time() - info["started"], 1)
-    out = Path(args.out)
     table = markdown(rows, info, args)
     atomic_write_text(out / "latest.json", json.dumps({**info, "rows": [r.to_dict() for r in rows]}, indent=1) + "\n")
     atomic_write_text(out / "latest.md", table)
-    print(table)
-    return 1 if failed else 0
+    return table
 
 
 if __name__ == "__main__":

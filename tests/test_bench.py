@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import build_model
+from bench import Row, build_model
 from bench import reference as ref
 from textebm.generation.decoding import decode
 
@@ -449,3 +449,21 @@ def test_the_speed_ups_of_bf16_chains_are_against_the_fp32_chain_whatever_the_pr
         bench_module.run(quick=True, repeats=1, overrides=["chain_precision=auto"])
     precisions = sorted(learner.cfg.chain_precision for learner in made if learner.cfg.prior != "none")
     assert precisions.count("bf16") == 1 and set(precisions) == {"fp32", "bf16"}, precisions
+
+
+def test_each_benchmark_s_rows_are_on_disk_before_the_next_starts(tmp_path, monkeypatch):
+    """A run cut short (the GPU acceptance run's budget, Ctrl-C) keeps the rows of the benchmarks done."""
+    import bench.__main__ as bench_cli
+
+    on_disk = []
+
+    def fake(name, args):
+        latest = tmp_path / "latest.json"
+        on_disk.append([r["benchmark"] for r in json.loads(latest.read_text())["rows"]] if latest.is_file() else [])
+        return [Row(name, "a case", "s", 1.0, 2.0, 2.0, "cost")]
+
+    monkeypatch.setattr(bench_cli, "run_one", fake)
+    assert bench_cli.main(["--only", "sampling,training,server", "--out", str(tmp_path)]) == 0
+    assert on_disk == [[], ["training"], ["training", "sampling"]]  # in BENCHMARKS' order
+    final = json.loads((tmp_path / "latest.json").read_text())["rows"]
+    assert [r["benchmark"] for r in final] == ["training", "sampling", "server"]

@@ -44,8 +44,8 @@ def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, ptb_folder):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     status = {stage["name"]: stage["status"] for stage in report["stages"]}
     assert list(status) == ["environment", "train (ptb data, validation)", "train --resume", "sample",
-                            "chain, interpolate, score, reconstruct", "evaluate", "serve", "benchmarks",
-                            "data parallel", "CUDA tests"]
+                            "chain, interpolate, score, reconstruct", "evaluate", "serve", "data parallel",
+                            "CUDA tests", "benchmarks"]
     assert set(status.values()) == {"passed", "skipped"} and status["CUDA tests"] == "skipped"
     out = tmp_path / "out"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
@@ -105,3 +105,27 @@ def test_the_wheelhouse_is_what_textebm_needs_beyond_the_gpu_image():
                 todo.append(requirement.name)
     assert "torch" in image and "textebm" not in image
     assert needed - {"textebm", "kenlm"} == wheels  # kenlm: source only, the run skips FPPL
+
+
+def test_benchmarks_stopped_at_the_budget_report_the_rows_that_finished(tmp_path, monkeypatch):
+    """The last stage, whose length on a GPU is unknown: killed at the budget, it still reports (and the
+    report keeps) the figures of the benchmarks that ended before."""
+    from bench import gpu_acceptance as acceptance
+
+    plan = acceptance.Plan("cpu", tmp_path, tmp_path, tmp_path, budget_s=60.0, cuda=False)
+    report = acceptance.Report(plan, "# test")
+    row = {"benchmark": "levers", "case": "Learner.step with precision=bf16, batch 8", "ratio": 1.5,
+           "ratio_kind": "speed-up", "reference": 10.0, "candidate": 6.7, "unit": "ms"}
+
+    def stopped(argv, env=None, timeout=None):
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "latest.json").write_text(json.dumps({"rows": [row]}))
+        raise subprocess.TimeoutExpired(argv, 1.0)
+
+    toolkit = acceptance.Toolkit(plan, report)
+    monkeypatch.setattr(toolkit, "subprocess", stopped)
+    report.run("benchmarks", lambda: acceptance.benchmarks(plan, toolkit, report))
+    (stage,) = report.stages
+    assert stage.status == "failed" and "time budget; rows written: 1" in stage.detail and "1.50x" in stage.detail
+    assert "precision=bf16" in json.loads((tmp_path / "report.json").read_text())["figures"]
