@@ -176,7 +176,9 @@ def _learner(overrides, device, vocab_size=50):
 @pytest.mark.parametrize("device", DEVICES)
 def test_bf16_training_runs_the_rnn_in_fp32_and_the_projection_and_energy_in_bf16(device):
     """precision=bf16: autocast is off at the RNN (cuDNN's autocast would run it in fp16), its outputs
-    fp32; the vocabulary projection and the energy's MLP compute in bf16; the step's figures are finite."""
+    fp32; the vocabulary projection and the energy's MLP compute in bf16; the step's figures are finite;
+    and the weights get their gradients: autocast caches no casts (before torch 2.10 a cast cached in a
+    chain's no_grad lost the energy's gradient; the suite on torch 2.4.1 saw it)."""
     learner, tokens = _learner(["precision=bf16"], device)
     model, seen = learner.model, {}
 
@@ -184,6 +186,7 @@ def test_bf16_training_runs_the_rnn_in_fp32_and_the_projection_and_energy_in_bf1
         def hook(module, args, output):
             out = output[0] if isinstance(output, tuple) else output
             seen.setdefault(name, set()).add((out.dtype, torch.is_autocast_enabled(out.device.type)))
+            seen.setdefault("cache", set()).add(torch.is_autocast_cache_enabled())
         return hook
 
     class Projections(torch.overrides.TorchFunctionMode):  # the projection is F.linear on the out layer's weight
@@ -203,8 +206,11 @@ def test_bf16_training_runs_the_rnn_in_fp32_and_the_projection_and_energy_in_bf1
             handle.remove()
     assert seen["rnn"] == {(torch.float32, False)}
     assert seen["projection"] == {(torch.bfloat16, True)}
-    assert seen["energy"] == {(torch.bfloat16, True)}
+    assert seen["energy"] == {(torch.bfloat16, True)} and seen["cache"] == {False}
     assert all(torch.isfinite(torch.tensor(float(value))) for value in metrics.values())
+    # The weights (f's last bias has gradient n - n = 0: as many codes of each sign).
+    learned = [model.decoder.out.weight, *(p for p in model.prior.parameters() if p.dim() > 1)]
+    assert all(weight.grad is not None and weight.grad.abs().sum() > 0 for weight in learned)
 
 
 @pytest.fixture

@@ -64,7 +64,10 @@ class Learner:
         self.chain_rng = torch.Generator(device=self.device).manual_seed(cfg.seed)
         if cfg.compile:  # in place, so that the chains (which call model.decoder and model.prior) use it too
             compile_model(model)
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        # No cast cache: before torch 2.10 a weight's bf16 copy cached under no_grad (a chain's energy) was
+        # reused by the update's forward without its graph, losing that weight's gradient (pytorch#112583).
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16",
+                                       cache_enabled=False)
         self.decoder = wrap(model.decoder, parallel, self.device)
         self.energy = wrap(model.prior, parallel, self.device) if model.prior.is_ebm else None
         self.encoder = wrap(model.encoder, parallel, self.device) if model.encoder is not None else None
