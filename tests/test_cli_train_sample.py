@@ -6,6 +6,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -348,6 +349,33 @@ def test_ctrl_c_saves_and_exits_130(textebm_exe, subprocess_env, train_args, tmp
     saved = torch.load(folder / "training_state.pt", weights_only=True)["step"]
     assert saved >= seen
     assert saved == max(_train_records(folder))
+
+
+# `textebm train` with a stop request (SIGTERM, as `kill` or a grid's driver sends) arriving during set-up.
+_STOP_IN_SETUP = """
+import os, signal, sys
+import textebm.training.train as training
+from textebm.cli import main
+
+build = training.make_learner
+def make_learner(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return build(*args, **kwargs)
+
+training.make_learner = make_learner
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_request_during_set_up_saves_and_says_so(subprocess_env, train_args, tmp_path):
+    """Before the first step the run takes a stop request as it does later (saved, a resumable run, the
+    log's last line), not as a kill: the handler is installed when training starts, not at its loop."""
+    folder = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _STOP_IN_SETUP, *train_args("--out", folder, "--max-steps", "5")],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "stopped at step 0 (interrupt)" in (folder / "train.log").read_text()
+    assert torch.load(folder / "training_state.pt", weights_only=True)["step"] == 0
 
 
 def test_without_preset_a_cpu_run_takes_the_cpu_preset_and_says_so(cli, tmp_path, small_corpus, tiny_overrides):

@@ -186,7 +186,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
                    args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel,
                    max_cpu_minutes=args.max_cpu_minutes, keep_at=args.keep_at)
-    if parallel.is_main:
+    if parallel.is_main and (folder / "metrics.jsonl").is_file():  # none when stopped before its first step
         png = plot_learning_curves(folder)
         echo(f"learning curves: {png}" + (" (and in TensorBoard)" if add_figure(folder, "learning_curves", png,
                                                                             result.step) else ""))

@@ -546,58 +546,58 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
 
     folder, device, main = Path(folder), torch.device(device), parallel.is_main
     budget = Budget(max_steps, max_minutes, max_cpu_minutes, tuple(sorted(keep_at)))
-    learner = make_learner(model, cfg, device, parallel)
-    step, clock = 0, Clock()
-    if resume:
-        checkpoint = load_checkpoint(folder)
-        notes = learner.load_state(checkpoint)
-        step = int(checkpoint["step"])
-        clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
-        if main:
-            remove_stale_temp_files(folder)
-    log = TrainingLog(folder, echo if main else (lambda text: None), clock, enabled=main,
-                      resumed_at=step if resume else None, tensorboard=cfg.tensorboard)
-    if resume:
-        log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
-        for note in notes:
-            log.message(note)
-    if log.tensorboard_folder and not resume:
-        log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
+    with _StopRequest() as stop:  # from the start: a stop request during set-up ends the run at the first step
+        learner = make_learner(model, cfg, device, parallel)
+        step, clock = 0, Clock()
+        if resume:
+            checkpoint = load_checkpoint(folder)
+            notes = learner.load_state(checkpoint)
+            step = int(checkpoint["step"])
+            clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
+            if main:
+                remove_stale_temp_files(folder)
+        log = TrainingLog(folder, echo if main else (lambda text: None), clock, enabled=main,
+                          resumed_at=step if resume else None, tensorboard=cfg.tensorboard)
+        if resume:
+            log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
+            for note in notes:
+                log.message(note)
+        if log.tensorboard_folder and not resume:
+            log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
 
-    order = EpochOrder([len(s) for s in train_split.sentences], cfg.batch_size, cfg.seed)
-    per_epoch = order.per_epoch
-    total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
-    if max_steps is not None:
-        total = max_steps if total is None else min(total, max_steps)
-    if total is None and max_minutes is None and max_cpu_minutes is None:
-        raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
-                        "max_epochs")
-    total = total if total is not None else 10**12
-    stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
-    marks = [m for m in budget.keep_at if not mark_folder(folder, m).is_dir()]
-    validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
-    started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
+        order = EpochOrder([len(s) for s in train_split.sentences], cfg.batch_size, cfg.seed)
+        per_epoch = order.per_epoch
+        total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
+        if max_steps is not None:
+            total = max_steps if total is None else min(total, max_steps)
+        if total is None and max_minutes is None and max_cpu_minutes is None:
+            raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
+                            "max_epochs")
+        total = total if total is not None else 10**12
+        stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
+        marks = [m for m in budget.keep_at if not mark_folder(folder, m).is_dir()]
+        validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
+        started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
 
-    def checkpoint_now(into: Path = folder):
-        state = learner.state()  # a collective call under torchrun: every process takes part
-        if main:
-            save_checkpoint(into, model, learner.optimizers, step,
-                            {"chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state()})
+        def checkpoint_now(into: Path = folder):
+            state = learner.state()  # a collective call under torchrun: every process takes part
+            if main:
+                save_checkpoint(into, model, learner.optimizers, step, {
+                    "chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state()})
 
-    def keep_mark(cpu_minutes: float):
-        checkpoint_now()
-        if main:  # a complete run folder: config, vocabulary, checkpoint, and when it was taken
-            mark = mark_folder(folder, cpu_minutes)
-            create_run(mark, cfg, vocab)
-            checkpoint_now(mark)
-            atomic_write_text(mark / "mark.json", json.dumps({"cpu_minutes": cpu_minutes, "step": step,
-                                                              **clock.stamp()}, indent=2) + "\n")
-            log.message(f"step {step}: kept at {cpu_minutes:g} CPU minutes in {mark}")
-        parallel.barrier()
+        def keep_mark(cpu_minutes: float):
+            checkpoint_now()
+            if main:  # a complete run folder: config, vocabulary, checkpoint, and when it was taken
+                mark = mark_folder(folder, cpu_minutes)
+                create_run(mark, cfg, vocab)
+                checkpoint_now(mark)
+                atomic_write_text(mark / "mark.json", json.dumps({"cpu_minutes": cpu_minutes, "step": step,
+                                                                  **clock.stamp()}, indent=2) + "\n")
+                log.message(f"step {step}: kept at {cpu_minutes:g} CPU minutes in {mark}")
+            parallel.barrier()
 
-    bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
-               unit="step", dynamic_ncols=True)
-    with _StopRequest() as stop:
+        bar = tqdm(total=total if total < 10**12 else None, initial=step, disable=not (progress and main),
+                   unit="step", dynamic_ncols=True)
         while step < total:
             out_of_budget = budget.exhausted(clock, started)
             if parallel.any(stop.requested or out_of_budget is not None, device):
