@@ -46,7 +46,8 @@ def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, ptb_folder):
     assert list(status) == ["environment", "train (ptb data, validation)", "train --resume", "sample",
                             "chain, interpolate, score, reconstruct", "evaluate", "serve", "data parallel",
                             "CUDA tests", "benchmarks"]
-    assert set(status.values()) == {"passed", "skipped"} and status["CUDA tests"] == "skipped"
+    assert set(status.values()) == {"passed"}
+    assert "skipped" in next(s["detail"] for s in report["stages"] if s["name"] == "CUDA tests")  # no GPU here
     out = tmp_path / "out"
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["acceptance.log", "bench/latest.json", "bench/latest.md", "report.json", "report.md"]  # <= 8
