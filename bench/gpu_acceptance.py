@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import io
 import json
 import os
@@ -215,7 +216,10 @@ def environment(plan: Plan, tk: Toolkit, report: Report) -> str:
                   f"cuDNN {torch.backends.cudnn.version()}, {torch.cuda.device_count()} GPU(s)")
     for module in ("textebm", "datasets", "nltk", "fastapi", "uvicorn", "fastapi_offline"):
         __import__(module)
-    return found + "; every package textebm needs imports"
+    # The versions a failure there would first be read against: the image's own beside the wheelhouse's.
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in
+                         ("numpy", "pyarrow", "fsspec", "huggingface-hub", "datasets", "fastapi", "sentencepiece"))
+    return found + f"; every package textebm needs imports ({versions})"
 
 
 def train(plan: Plan, tk: Toolkit, report: Report) -> str:
