@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
-
-import tomllib
 
 from textebm.errors import UserError
 

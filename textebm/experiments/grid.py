@@ -36,11 +36,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-import tomllib
 
 from textebm.data.corpora import KNOWN
 from textebm.errors import UserError
