@@ -402,7 +402,7 @@ def cuda_tests(plan: Plan, tk: Toolkit, report: Report) -> str:
                             *files], env={"TEXTEBM_DATA_DIR": str(plan.data_dir)})
     summary = (result.stdout.strip().splitlines() or ["no output"])[-1]
     assert result.returncode == 0, summary
-    ran = sum(int(n) for n, outcome in re.findall(r"(\d+) (passed|skipped)", summary))
+    ran = sum(int(n) for n, _ in re.findall(r"(\d+) (passed|skipped)", summary))
     assert ran > 0, f"no CUDA test selected: {summary}"
     return f"{len(files)} modules: {summary}"
 
