@@ -214,12 +214,22 @@ def environment(plan: Plan, tk: Toolkit, report: Report) -> str:
     if plan.cuda:
         found += (f", {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}, "
                   f"cuDNN {torch.backends.cudnn.version()}, {torch.cuda.device_count()} GPU(s)")
-    for module in ("textebm", "datasets", "nltk", "fastapi", "uvicorn", "fastapi_offline"):
-        __import__(module)
-    # The versions a failure there would first be read against: the image's own beside the wheelhouse's.
-    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in
+    # The versions an import failure is first read against: the image's own beside the wheelhouse's.
+    versions = ", ".join(f"{name} {installed_version(name)}" for name in
                          ("numpy", "pyarrow", "fsspec", "huggingface-hub", "datasets", "fastapi", "sentencepiece"))
+    for module in ("textebm", "datasets", "nltk", "fastapi", "uvicorn", "fastapi_offline"):
+        try:
+            __import__(module)
+        except Exception as err:
+            raise AssertionError(f"import {module}: {type(err).__name__}: {err} ({versions})") from err
     return found + f"; every package textebm needs imports ({versions})"
+
+
+def installed_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def train(plan: Plan, tk: Toolkit, report: Report) -> str:

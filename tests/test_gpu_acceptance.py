@@ -135,3 +135,17 @@ def test_benchmarks_stopped_at_the_budget_report_the_rows_that_finished(tmp_path
     (stage,) = report.stages
     assert stage.status == "failed" and "time budget; rows written: 1" in stage.detail and "1.50x" in stage.detail
     assert "precision=bf16" in json.loads((tmp_path / "report.json").read_text())["figures"]
+
+
+def test_a_package_that_does_not_import_fails_the_environment_stage_with_the_versions(tmp_path, monkeypatch):
+    """On the GPU machine the image's packages meet the wheelhouse's: a failing import names itself and the
+    versions it is to be read against."""
+    from bench import gpu_acceptance as acceptance
+
+    monkeypatch.setitem(sys.modules, "nltk", None)  # import nltk raises
+    plan = acceptance.Plan("cpu", tmp_path, tmp_path, tmp_path, budget_s=60.0, cuda=False)
+    report = acceptance.Report(plan, "# test")
+    report.run("environment", lambda: acceptance.environment(plan, acceptance.Toolkit(plan, report), report))
+    (stage,) = report.stages
+    assert stage.status == "failed" and stage.detail.startswith("AssertionError: import nltk: ModuleNotFoundError")
+    assert f"numpy {importlib.metadata.version('numpy')}" in stage.detail and "pyarrow " in stage.detail
