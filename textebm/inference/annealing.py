@@ -37,7 +37,7 @@ run the linear schedule's log weights had 0.76 times the sigmoid's variance at t
 step per temperature the chains lag behind the path, and their log weights vary eight to nine times
 as much as perfect transitions on the same schedule would give.
 
-The path may run on a cheaper likelihood below beta = 1 (`anneal(path_projection="bf16")`: the
+The path may run on a cheaper likelihood below beta = 1 (`anneal(path="bf16")`: the
 decoder's vocabulary projection on bf16 operands, about half a gradient row's cost where bf16 is
 native): AIS allows any intermediate densities, so long as beta = 1 is the exact one, and the weights
 keep their mean.
@@ -239,7 +239,7 @@ def transition_variances(betas: torch.Tensor, ell_variance: torch.Tensor) -> tup
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
            step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
            group: int = 1, mixture: RowMixture | None = None, trace: bool = False,
-           path_projection: str = "fp32", shortlist: Shortlist | None = None) -> AnnealedChains:
+           path: str | Shortlist = "fp32") -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
     the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
@@ -247,22 +247,22 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     each row's `reference` then the component it drew. `trace`: record `AnnealedChains.trace` (on the
     device, no host sync per temperature).
 
-    `path_projection` (`PATH_PROJECTIONS`): the decoder's vocabulary projection at every temperature
-    below 1 ("bf16": its matrix products on bf16 operands, about half the cost of a gradient row where
-    bf16 is native); at beta = 1 it is always fp32. AIS allows any intermediate densities, as long as
+    `path`, the likelihood at every temperature below 1: a name of `PATH_PROJECTIONS`, the decoder's
+    vocabulary projection ("bf16": its matrix products on bf16 operands, about half the cost of a gradient
+    row where bf16 is native); at beta = 1 it is always fp32. AIS allows any intermediate densities, as long as
     each move leaves its own invariant and the weights use the same ones (Neal 2001): with bf16 the
     path's pi_beta, beta < 1, is built on a slightly different log p(x | z) (logits rounded to bf16, a
     fixed function of z), the weights' last factor compares fp32's density at beta = 1 with it, and
-    exp(weight) still has mean Z_alpha p(x) exactly. `shortlist`: below beta = 1 the decoder's likelihood is
-    the sentences' shortlist stand-in instead (`textebm.inference.shortlist`, its products in its own
-    precision; rows sentence-major, `shortlist.rows_per_sentence` each), by the same argument."""
+    exp(weight) still has mean Z_alpha p(x) exactly. Or a `Shortlist`: the sentences' shortlist stand-in
+    (`textebm.inference.shortlist`, its products in its own precision; rows sentence-major,
+    `rows_per_sentence` each), by the same argument."""
     if u.shape[0] % group:
         raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
-    if path_projection not in PATH_PROJECTIONS:
-        raise ValueError(f"path_projection must be one of {', '.join(PATH_PROJECTIONS)}, not {path_projection!r}")
+    if not isinstance(path, Shortlist) and path not in PATH_PROJECTIONS:
+        raise ValueError(f"path must be a Shortlist or one of {', '.join(PATH_PROJECTIONS)}, not {path!r}")
 
     def level(beta: float) -> str | Shortlist:  # the likelihood pi_beta is built on: exact fp32, or the path's
-        return "fp32" if beta == 1.0 else shortlist if shortlist is not None else path_projection
+        return "fp32" if beta == 1.0 else path
 
     def log_ratio_and_grad(at: torch.Tensor, likelihood: str | Shortlist):
         return _log_ratio_and_grad(model, tokens, reference, log_det, at, max_rows, mixture, likelihood)
@@ -322,8 +322,8 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
     (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
     "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior); `trace`:
-    `AnnealedChains.trace`, the chains of a step group one group; `path_projection`: `anneal`'s. `step_group`:
-    how many of a sentence's chains share a step size (`anneal`'s group; default all of them): with
+    `AnnealedChains.trace`, the chains of a step group one group; `path_projection`: `anneal`'s `path` (a
+    name). `step_group`: how many of a sentence's chains share a step size (`anneal`'s group; default all of them): with
     num_chains = m x step_group the sentence's chains are m independent runs of the step_group-chain
     estimator, as evaluate's check of its draws needs (`evaluation.held_out`). `path_shortlist` k > 0: the
     path below beta = 1 on each sentence's shortlist stand-in (`textebm.inference.shortlist`: the k words
@@ -346,13 +346,13 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     else:
         center = reference.mean
         rows, mixture = reference.repeat(num_chains), None
-    shortlist = None  # a decoder without a vocabulary (the closed-form stand-in) keeps its exact path
+    path: str | Shortlist = path_projection  # a decoder without a vocabulary (the closed-form stand-in) keeps it
     if path_shortlist and isinstance(model.decoder, Decoder):
-        shortlist = Shortlist(model.decoder, tokens, center, path_shortlist, num_chains, low=path_projection == "bf16")
+        path = Shortlist(model.decoder, tokens, center, path_shortlist, num_chains, low=path_projection == "bf16")
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
     chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
                     step_size, generator, max_rows, group=step_group, mixture=mixture, trace=trace,
-                    path_projection=path_projection, shortlist=shortlist)
+                    path=path)
     log_w = chains.log_w.view(b, num_chains)
     return (torch.logsumexp(log_w, 1) - math.log(num_chains) - log_z).float(), chains
