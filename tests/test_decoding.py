@@ -51,6 +51,17 @@ def test_greedy_choice_is_argmax():
     assert torch.equal(choose_tokens(logits, False, 1e-4, 0, 1.0, torch.Generator().manual_seed(1)), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1e-38, 1.0), (5e-324, 1.0), (1.0, 1e-46), (1.0, 5e-324)])
+def test_the_smallest_temperature_and_top_p_give_the_argmax_not_garbage(temperature, top_p):
+    # 1e-38 overflowed logits / T to inf (inf - inf = NaN: the last token every time); a top_p that
+    # rounds to 0 in float32 masked every token, the top one too
+    logits = torch.randn(50, 30, generator=torch.Generator().manual_seed(0))
+    picks = choose_tokens(logits, False, temperature, 0, top_p, torch.Generator().manual_seed(1))
+    assert torch.equal(picks, logits.argmax(-1))
+    if top_p < 1:
+        assert torch.isfinite(filter_logits(logits, top_p=top_p)).sum(-1).eq(1).all()
+
+
 def test_sampling_follows_softmax_and_never_picks_masked_tokens():
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
     logits = probs.clamp_min(1e-30).log().expand(20000, 5).contiguous()

@@ -49,6 +49,16 @@ def test_unknown_word_spellings_map_to_unk_and_decode_back(spelling):
     assert vocab.encode("<unk> _UNK <UNK>") == [vocab.unk_id] * 3
 
 
+def test_text_spelling_a_marker_is_an_unknown_word_not_the_marker(train_lines):
+    # "<pad>" read as padding made a padded sentence's anomaly score drop; "</s>" cut a reconstruction
+    vocab = WordVocab.build(["the cat sat"])
+    ids = vocab.encode("the <pad> </s> <s> cat")
+    assert ids == [vocab.stoi["the"], vocab.unk_id, vocab.unk_id, vocab.unk_id, vocab.stoi["cat"]]
+    assert vocab.decode(ids) == "the <unk> <unk> <unk> cat"
+    pieces = build_vocab(train_lines[:300], "sentencepiece", 200, 1, False)
+    assert {pieces.pad_id, pieces.bos_id, pieces.eos_id}.isdisjoint(pieces.encode("the <pad> </s> <s> cat"))
+
+
 def test_ptb_shaped_vocab_decodes_unk_as_ptb_does(train_lines):
     vocab = WordVocab.build(train_lines[:500])
     line = next(text for text in train_lines[:500] if "<unk>" in text)

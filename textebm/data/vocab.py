@@ -62,7 +62,9 @@ class WordVocab:
 
     def __init__(self, words: list[str], tokenizer: str = "word", lowercase: bool = False):
         self.itos = SPECIALS + [w for w in words if w not in SPECIALS and w not in UNK_ALIASES]
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        # Text that spells <pad>, <s> or </s> is a word the vocabulary lacks, not the marker itself
+        # (a scored sentence padded with "<pad>" would otherwise read as less anomalous).
+        self.stoi = {w: i for i, w in enumerate(self.itos) if w not in (PAD, BOS, EOS)}
         self.unk_word = UNK
         self.tokenizer = tokenizer
         self.lowercase = lowercase

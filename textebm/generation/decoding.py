@@ -20,6 +20,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the token that crosses p
+        drop[..., 0] = False  # and the most probable, whatever p (a p below float32's least rounds to 0)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
@@ -34,7 +35,10 @@ def choose_tokens(logits: torch.Tensor, greedy: bool, temperature: float, top_k:
     vocabulary entry (Gumbel-max), which makes it the cheapest exact sampler here."""
     if greedy:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    # The maximum first, then the temperature (in float64, where any positive float is non-zero): a tiny
+    # temperature sends the others to -inf, greedy's limit, instead of every logit to inf (inf - inf = NaN).
+    shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
+    logits = filter_logits((shifted / temperature).float(), top_k, top_p)
     weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_().double().cumsum_(dim=-1)
     uniform = uniform_rows(logits.shape[0], logits.device, generator)
     picks = torch.searchsorted(weights, uniform * weights[:, -1:], right=True)[:, 0]
