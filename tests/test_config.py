@@ -154,6 +154,16 @@ def test_from_dict_round_trip_and_unknown_keys():
         Config.from_dict({**data, "bogus": 1})
 
 
+@pytest.mark.parametrize("key, value", [("hidden_dim", "abc"), ("hidden_dim", 256.0), ("hidden_dim", True),
+                                        ("prior_sigma", "1"), ("cell", 3), ("compile", "yes")])
+def test_a_hand_edited_value_of_the_wrong_type_is_named_in_one_line(key, value):
+    # "abc" for hidden_dim failed on a comparison and 256.0 in torch, both with a traceback
+    data = resolve_config("cpu", "ptb").to_dict()
+    with pytest.raises(UserError, match=f"config key {key} must be (an integer|a number|a string|true or false), not"):
+        Config.from_dict({**data, key: value})
+    assert Config.from_dict({**data, "prior_sigma": 1}).prior_sigma == 1.0  # JSON's 1 is a float's 1.0
+
+
 def test_the_preset_follows_the_device_when_none_is_named():
     assert device_preset("ptb", on_cuda=True) == ("ptb", "CUDA device: preset ptb (paper scale)")
     preset, why = device_preset("ptb", on_cuda=False)

@@ -160,7 +160,18 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UserError(f"unknown config key(s): {', '.join(unknown)}")
-        return cls(**data).validate()
+        types = {f.name: f.type for f in fields(cls)}
+        return cls(**{key: _typed(key, types[key], value) for key, value in data.items()}).validate()
+
+
+def _typed(key: str, kind: str, value: Any) -> Any:
+    """`value` as the field's type (an int where a float is asked becomes one), else a UserError:
+    a config.json edited by hand must fail in one line, not deep inside torch."""
+    accepted, name = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string"),
+                      "bool": (bool, "true or false")}[kind]
+    if not isinstance(value, accepted) or (isinstance(value, bool) and kind != "bool"):
+        raise UserError(f"config key {key} must be {name}, not {value!r}")
+    return float(value) if kind == "float" else value
 
 
 MODELS = ("latent_ebm", "vae")
