@@ -24,8 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.batcher import Batcher, QueueFull
-from server.errors import ApiError, queue_full
+from server.batcher import Batcher
+from server.errors import ApiError
 from server.latent import add_latent_routes
 from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
 from server.metrics import CONTENT_TYPE, MetricsMiddleware, ServerMetrics
@@ -39,6 +39,7 @@ from server.schemas import (
     ResolvedRequest,
     request_model,
 )
+from server.waiting import for_the_model
 from textebm import __version__
 from textebm.errors import NonFiniteError, UserError
 from textebm.generation.sampling import SamplingOptions
@@ -46,6 +47,7 @@ from textebm.model.runs import load_config
 
 STATIC = Path(__file__).parent / "static"
 BLANK = "must hold a word (it is blank)"
+NO_BODY = "required: a JSON object ({} for every default)"
 
 DEFAULTS = {
     "max_n": 64,
@@ -60,6 +62,19 @@ DEFAULTS = {
 def _error(status: int, detail: str, errors=None, headers=None) -> JSONResponse:
     body = ErrorResponse(detail=detail, errors=errors).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _unreadable_body(cause: BaseException) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"body: not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "body: JSON nested too deeply"
+    return f"body: cannot be read as JSON ({str(cause).split(';')[0]})"
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def _field(loc) -> str:
@@ -89,6 +104,10 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         raise UserError(f"max_batch_sentences ({max_batch_sentences}) must be at least max_n ({max_n})")
     if api_key is not None and not api_key:
         raise UserError("the API key must not be empty")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        # HTTP carries header values as bytes that servers read as Latin-1: a key outside printable
+        # ASCII would be sent one way by one client and another way by the next.
+        raise UserError("the API key must be printable ASCII")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -132,6 +151,10 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError):
+        content_type = request.headers.get("content-type")
+        if request.method == "POST" and content_type and not _is_json(content_type):
+            # FastAPI then hands the body over as bytes, and the message would be about a dictionary
+            return _error(415, f"body: send JSON with Content-Type: application/json (not {content_type})")
         errors = []
         for err in exc.errors():
             if err.get("type") == "json_invalid":
@@ -139,6 +162,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                 return _error(400, f"body: malformed JSON ({err.get('ctx', {}).get('error', 'invalid')} "
                                    f"at position {position})")
             message = (BLANK if err.get("type") == "string_pattern_mismatch"  # the one pattern: a word
+                       else NO_BODY if err.get("type") == "missing" and tuple(err.get("loc", ())) == ("body",)
                        else err.get("msg", "invalid"))
             errors.append({"field": _field(err.get("loc", ())), "message": message,
                            "type": err.get("type", "invalid")})
@@ -151,7 +175,10 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        detail = str(exc.detail)
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI's one message for any unreadable body
+            detail = _unreadable_body(exc.__cause__)
+        return _error(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
     dependencies = [Depends(_key_checker(api_key))] if api_key else []
     GenerateRequest = request_model(max_n, max_length, max_prior_steps)
@@ -175,9 +202,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
             raise ApiError(422, str(err)) from None
         batcher: Batcher = request.app.state.batcher
         try:
-            result = await batcher.submit(options, body.n, seed)
-        except QueueFull:
-            raise queue_full(batcher) from None
+            result = await for_the_model(request, batcher.submit(options, body.n, seed))
         except NonFiniteError as err:
             raise ApiError(422 if body.prior_steps is not None else 500,
                            f"prior_steps: the prior chain diverged ({err})") from None
@@ -190,8 +215,9 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
                                 queued_ms=round(result.queued_ms, 2), batch_requests=result.batch_requests,
                                 request=resolved, model_step=run.step)
 
-    add_latent_routes(app, max_n, max_length, dependencies, error_responses)
+    add_latent_routes(app, max_n, max_length, max_batch_sentences, dependencies, error_responses)
 
+    @app.head("/health", include_in_schema=False)
     @app.get("/health", response_model=Health)
     async def health(request: Request) -> Health:
         """Liveness and load: answered by the event loop, never behind a generation."""
@@ -218,7 +244,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
         generated, batch sizes, queue depth (server/metrics.py)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def playground() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 

@@ -11,7 +11,12 @@ class ApiError(Exception):
 
 
 def queue_full(batcher) -> ApiError:
-    """503 with Retry-After: about twice the last batch's time, at least 1 s."""
+    """503 with Retry-After: about twice the model's last job (a batch or a latent request), at least 1 s."""
     retry = max(1, math.ceil(batcher.last_compute_s * 2))
     return ApiError(503, f"server busy: {batcher.pending} requests queued; retry in {retry} s",
                     {"Retry-After": str(retry)})
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "server shutting down: retry (on another instance, or once it is back)",
+                    {"Connection": "close"})

@@ -4,6 +4,9 @@ same answers for the same seed).
 
 The event loop only validates; each request runs as one job on the model's worker thread
 (`Batcher.call`), in turn with the generation batches, so a long request never stalls /health.
+A request's work is its sentences x chains posterior chains: at most the server's --max-batch, the
+most sentences one generation batch decodes (422 beyond it), so that no request holds the model for
+minutes (64 sentences x 16 chains took 108 s on a 2-core CPU) while others wait behind it.
 
 No `from __future__ import annotations` here: FastAPI must see the request classes built in
 `add_latent_routes`, not strings it cannot resolve.
@@ -14,8 +17,7 @@ import time
 
 from fastapi import FastAPI, Request
 
-from server.batcher import QueueFull
-from server.errors import ApiError, queue_full
+from server.errors import ApiError
 from server.schemas import (
     ErrorResponse,
     InterpolateResponse,
@@ -23,6 +25,7 @@ from server.schemas import (
     ScoreResponse,
     latent_request_models,
 )
+from server.waiting import for_the_model
 from textebm.errors import NonFiniteError, UserError
 from textebm.evaluation import anomaly
 from textebm.generation import interpolation, reconstruction
@@ -49,17 +52,15 @@ def score_job(run, sentences: list[str], num_chains: int, seed: int) -> dict:
             "truncated": res.truncated}
 
 
-def add_latent_routes(app: FastAPI, max_n: int, max_length: int, dependencies: list, responses: dict) -> None:
+def add_latent_routes(app: FastAPI, max_n: int, max_length: int, max_rows: int, dependencies: list,
+                      responses: dict) -> None:
     ReconstructRequest, InterpolateRequest, ScoreRequest = latent_request_models(max_n, max_length)
     latent_responses = {**responses, 409: {"model": ErrorResponse, "description": "the run has no latent "
                                                                                    "(trained with prior=none)"}}
 
     async def on_worker(request: Request, what: str, job, *args) -> dict:
-        batcher = request.app.state.batcher
         try:
-            return await batcher.call(job, request.app.state.run, *args)
-        except QueueFull:
-            raise queue_full(batcher) from None
+            return await for_the_model(request, request.app.state.batcher.call(job, request.app.state.run, *args))
         except NonFiniteError as err:
             raise ApiError(500, f"{what}: a posterior chain diverged ({err})") from None
         except UserError as err:
@@ -72,6 +73,12 @@ def add_latent_routes(app: FastAPI, max_n: int, max_length: int, dependencies: l
                                 "latent): there is no latent space to explore")
         return run
 
+    def check_rows(what: str, sentences: int, chains: int) -> None:
+        if sentences * chains > max_rows:
+            raise ApiError(422, f"{what}: {sentences} sentences x {chains} chains = {sentences * chains} chains, "
+                                f"more than one request may ask of this server ({max_rows}, its --max-batch): send "
+                                "fewer sentences or chains per request")
+
     def seed_of(seed):
         return seed if seed is not None else secrets.randbelow(2**31)
 
@@ -83,6 +90,7 @@ def add_latent_routes(app: FastAPI, max_n: int, max_length: int, dependencies: l
         decoder that ignores z scores no better). Same seed, same answer as `textebm reconstruct`."""
         started = time.perf_counter()
         run = latent_run(request, "reconstruct")
+        check_rows("reconstruct", len(body.sentences), body.chains)
         seed = seed_of(body.seed)
         out = await on_worker(request, "reconstruct", reconstruct_job, [s.strip() for s in body.sentences],
                               body.chains, seed)
@@ -96,6 +104,7 @@ def add_latent_routes(app: FastAPI, max_n: int, max_length: int, dependencies: l
         each code the mean of `chains` posterior samples. Same seed, same answer as `textebm interpolate`."""
         started = time.perf_counter()
         run = latent_run(request, "interpolate")
+        check_rows("interpolate", 2, body.chains)
         seed = seed_of(body.seed)
         out = await on_worker(request, "interpolate", interpolate_job, body.source.strip(), body.target.strip(),
                               body.points, body.chains, seed, body.max_length)
@@ -108,6 +117,7 @@ def add_latent_routes(app: FastAPI, max_n: int, max_length: int, dependencies: l
         and per token (higher = more anomalous). Same seed, same scores as `textebm score`."""
         started = time.perf_counter()
         run = request.app.state.run
+        check_rows("score", len(body.sentences), body.num_chains)
         seed = seed_of(body.seed)
         out = await on_worker(request, "score", score_job, [s.strip() for s in body.sentences], body.num_chains,
                               seed)

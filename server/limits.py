@@ -1,7 +1,8 @@
-"""Pure ASGI middlewares: a request body size limit (413) and headers for the playground page."""
+"""Pure ASGI middlewares: request body limits (413 for size, 408 for time) and headers for the playground page."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 
@@ -12,10 +13,13 @@ class BodyLimitMiddleware:
     more than `max_bytes` of a request. An oversized body is read to its end and dropped before the
     413 goes out, up to `drain_bytes`: a server that closes on unread data makes the kernel reset the
     connection, and a client still sending then gets the reset instead of the 413. Past `drain_bytes`
-    the 413 goes out at once (a client sending that much is told as best the connection allows)."""
+    the 413 goes out at once (a client sending that much is told as best the connection allows).
 
-    def __init__(self, app, max_bytes: int, drain_bytes: int = 1 << 20):
-        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, drain_bytes
+    A body that stops arriving for `idle_s` seconds is answered 408: without it a client that declares
+    100 bytes and sends one holds its connection (and a file descriptor) for ever."""
+
+    def __init__(self, app, max_bytes: int, drain_bytes: int = 1 << 20, idle_s: float = 30.0):
+        self.app, self.max_bytes, self.drain_bytes, self.idle_s = app, max_bytes, drain_bytes, idle_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -31,7 +35,10 @@ class BodyLimitMiddleware:
                 return await self._too_large(receive, send, drain=declared <= self.drain_bytes)
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except TimeoutError:
+                return await _reply(send, 408, f"body: nothing more of it arrived in {self.idle_s:g} s")
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")

@@ -1,6 +1,7 @@
 """GET /metrics: the server's counters in Prometheus' text format (prometheus_client).
 
-    textebm_requests_total{endpoint, method, code}   answered HTTP requests (4xx and 5xx by their code)
+    textebm_requests_total{endpoint, method, code}   HTTP requests by their answer's code (4xx and 5xx too;
+                                                     499: the client left before the answer)
     textebm_request_duration_seconds{endpoint}       from the request's arrival to its last byte
     textebm_sentences_generated_total                sentences decoded for /generate
     textebm_batch_requests, textebm_batch_sentences  the size of each decoded batch
@@ -8,8 +9,9 @@
     textebm_queue_depth, textebm_busy                read from the batcher at each scrape
 
 Each app has its own registry (not prometheus_client's global one), so two apps in one process
-(the tests) count apart. `endpoint` is a route of the app or `other`, never the raw path: a
-scanner asking for a thousand made-up paths adds one label value, not a thousand.
+(the tests) count apart. `endpoint` is a route of the app or `other`, never the raw path, and
+`method` one of HTTP's own or `other`: a scanner asking for a thousand made-up paths or methods adds
+one label value, not a thousand.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.routing import Mount
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+CLIENT_LEFT = "499"  # nginx's code for a request whose client closed the connection before the answer
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -68,7 +72,13 @@ class MetricsMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500  # 500: what the client gets if the app raises
+        started, status, left = time.perf_counter(), None, False
+
+        async def receive_noting_disconnect():
+            nonlocal left
+            message = await receive()
+            left |= message["type"] == "http.disconnect"
+            return message
 
         async def send_noting_status(message):
             nonlocal status
@@ -77,10 +87,13 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive_noting_disconnect, send_noting_status)
         finally:
+            # No answer started: the client left (499), else the app raised (500, what the server sends).
+            code = str(status) if status is not None else CLIENT_LEFT if left else "500"
             endpoint = endpoint_of(scope["app"], scope["path"])
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(endpoint, method, code).inc()
             self.metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
 
 

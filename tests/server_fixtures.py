@@ -43,7 +43,7 @@ def train_tiny_run(folder: Path) -> Path:
 
 
 @contextmanager
-def live_server(app, startup_timeout: float = 60.0):
+def live_server(app, startup_timeout: float = 60.0, make_server=uvicorn.Server):
     """Serve `app` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL.
 
     The socket is bound here (port 0) and handed to uvicorn, so there is no race for the port."""
@@ -52,7 +52,7 @@ def live_server(app, startup_timeout: float = 60.0):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    server = make_server(config)
 
     def serve():
         try:

@@ -6,11 +6,13 @@ import json
 import threading
 import time
 
+import httpx
 import pytest
 from server_fixtures import client, live_server, train_tiny_run
 
 from server import batcher
 from server.app import create_app
+from server.launch import _server
 from textebm.errors import UserError
 from textebm.generation.sampling import Request, SamplingOptions, generate_for_requests, generate_text
 from textebm.model.runs import load_run
@@ -274,6 +276,129 @@ def test_queue_full_gets_503_with_retry_after(tiny_run, monkeypatch):
         for t in [first, *waiting]:
             t.join(30)
         assert sorted(statuses) == [200, 200, 200]
+
+
+def _blocked_generation(monkeypatch):
+    """Generation that waits for `release`; `started` is set and each batch's temperature noted as it starts."""
+    real = batcher.generate_for_requests
+    release, started, temperatures = threading.Event(), threading.Event(), []
+
+    def blocked(model, parts, options):
+        temperatures.append(options.temperature)
+        started.set()
+        release.wait(30)
+        return real(model, parts, options)
+
+    monkeypatch.setattr(batcher, "generate_for_requests", blocked)
+    return release, started, temperatures
+
+
+def _wait_for_queued(c, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while c.get("/health").json()["queued"] != count:
+        assert time.monotonic() < deadline, f"the queue never held {count}"
+        time.sleep(0.02)
+
+
+def test_a_client_that_leaves_gives_up_its_place(tiny_run, monkeypatch):
+    """A request whose client disconnects while it waits never reaches the model, frees its place at
+    once, and counts as 499 (ten abandoned requests made the next small one wait 11 s)."""
+    release, started, temperatures = _blocked_generation(monkeypatch)
+    with live_server(create_app(tiny_run)) as url:
+        outcomes = []
+
+        def call(temperature, timeout):
+            with httpx.Client(base_url=url, timeout=timeout) as c:
+                try:
+                    r = c.post("/generate", json={"n": 1, "seed": 1, "temperature": temperature})
+                    outcomes.append(r.status_code)
+                except httpx.ReadTimeout:
+                    outcomes.append("left")
+
+        running = threading.Thread(target=call, args=(1.0, 60))
+        running.start()
+        assert started.wait(10)
+        leaving = threading.Thread(target=call, args=(0.7, 1.5))
+        leaving.start()
+        with client(url) as c:
+            _wait_for_queued(c, 1)
+            leaving.join(10)
+            _wait_for_queued(c, 0)  # while the first still runs
+            release.set()
+            running.join(30)
+            metrics = c.get("/metrics").text
+    assert sorted(outcomes, key=str) == [200, "left"]
+    assert temperatures == [1.0], "the abandoned request reached the model"
+    left = [line for line in metrics.splitlines() if line.startswith("textebm_requests_total{")
+            and 'code="499"' in line and 'endpoint="/generate"' in line]
+    assert left and left[0].endswith(" 1.0"), metrics
+
+
+def test_at_shutdown_waiting_requests_get_503_at_once_and_the_running_one_finishes(tiny_run, monkeypatch):
+    """`textebm serve`'s server closes the batcher when shutdown begins: the waiting requests were cancelled
+    by uvicorn when its grace ended, each a 500 with a traceback in the log."""
+    release, started, _ = _blocked_generation(monkeypatch)
+    app = create_app(tiny_run)
+    holder = {}
+
+    def make_server(config):
+        holder["server"] = _server(config, app)
+        return holder["server"]
+
+    with live_server(app, make_server=make_server) as url:
+        answers = {}
+
+        def call(temperature):
+            with client(url) as c:
+                r = c.post("/generate", json={"n": 1, "seed": 1, "temperature": temperature})
+                answers[temperature] = (r.status_code, r.json()["detail"] if r.status_code != 200 else "",
+                                        time.monotonic())
+
+        threads = [threading.Thread(target=call, args=(1.0,))]
+        threads[0].start()
+        assert started.wait(10)
+        threads += [threading.Thread(target=call, args=(t,)) for t in (0.7, 0.8)]
+        for t in threads[1:]:
+            t.start()
+        with client(url) as c:
+            _wait_for_queued(c, 2)
+        stopping = time.monotonic()
+        holder["server"].should_exit = True  # what SIGTERM sets
+        for t in threads[1:]:
+            t.join(10)
+        assert 1.0 not in answers, "the running request was cut short"
+        release.set()
+        threads[0].join(30)
+    assert answers[1.0][0] == 200
+    for temperature in (0.7, 0.8):
+        code, detail, when = answers[temperature]
+        assert code == 503 and detail.startswith("server shutting down"), answers
+        assert when - stopping < 5
+
+
+def test_request_bodies_that_are_not_json_objects_are_named(tiny_run):
+    with live_server(create_app(tiny_run)) as url, client(url) as c:
+        r = c.post("/generate", content=b'{"n": 1}', headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415  # curl -d without a JSON content type: it was a 422 about a dictionary
+        assert r.json()["detail"] == ("body: send JSON with Content-Type: application/json "
+                                      "(not application/x-www-form-urlencoded)")
+        r = c.post("/score", content='{"sentences": ["café"]}'.encode("latin-1"),
+                   headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["detail"].startswith("body: not UTF-8 (")
+        r = c.post("/generate", content="[" * 5000 + "]" * 5000, headers={"Content-Type": "application/json"})
+        assert r.status_code in (400, 413) and r.json()["detail"].startswith("body: ")
+        r = c.post("/generate", headers={"Content-Type": "application/json"})
+        assert r.status_code == 422
+        assert r.json()["detail"] == "body: required: a JSON object ({} for every default)"
+        assert c.post("/generate", json={}).status_code == 200
+        assert c.head("/health").status_code == 200 and c.head("/").status_code == 200
+
+
+def test_the_api_key_must_be_printable_ascii(tiny_run):
+    # "sécret" never matched: the header arrives as bytes read as Latin-1, the key was compared as UTF-8
+    for key in ("sécret", "tab\tkey"):
+        with pytest.raises(UserError, match="printable ASCII"):
+            create_app(tiny_run, api_key=key)
 
 
 def test_api_key_is_required_when_set(tiny_run):

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -81,8 +82,22 @@ def test_bad_run_folders_exit_2_with_one_line(cli_run, tmp_path, damage):
 
 
 def test_bad_options_exit_2(cli_run):
-    for extra, message in [(["--port", "70000"], "--port"), (["--max-n", "0"], "max_n"),
+    for extra, message in [(["--port", "70000"], "--port"), (["--max-n", "0"], "--max-n must be at least 1"),
+                           (["--max-batch", "10"], "--max-batch (10) must be at least --max-n (64)"),
                            (["--api-key", " "], "--api-key")]:
         result = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(cli_run), *extra],
                                 cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=90)
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
+
+
+def test_a_port_in_use_is_one_line(cli_run):
+    # it was uvicorn's start-up log, its error and then ours: 7 lines
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "server", "--checkpoint", str(cli_run), "--port", str(port),
+                                 "--device", "cpu"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=90)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"textebm serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"]

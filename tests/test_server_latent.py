@@ -180,6 +180,22 @@ def test_a_long_reconstruction_never_blocks_health(tiny_run, monkeypatch):
         assert statuses == [200]
 
 
+def test_a_request_asks_at_most_max_batch_chains(tiny_run):
+    # 64 sentences x 16 chains held the model for 108 s while everything else waited
+    with live_server(create_app(tiny_run, max_n=8, max_batch_sentences=16)) as url, client(url) as c:
+        sentences = ["the cat saw a dog"] * 8
+        r = c.post("/score", json={"sentences": sentences, "num_chains": 4, "seed": 1})
+        assert r.status_code == 422
+        assert r.json()["detail"] == ("score: 8 sentences x 4 chains = 32 chains, more than one request may ask of "
+                                      "this server (16, its --max-batch): send fewer sentences or chains per request")
+        r = c.post("/reconstruct", json={"sentences": sentences[:2], "chains": 9, "seed": 1})
+        assert r.status_code == 422 and r.json()["detail"].startswith("reconstruct: 2 sentences x 9 chains = 18")
+        r = c.post("/interpolate", json={"from": "a cat", "to": "a dog", "chains": 9, "seed": 1})
+        assert r.status_code == 422 and r.json()["detail"].startswith("interpolate: 2 sentences x 9 chains")
+        assert c.post("/score", json={"sentences": sentences[:4], "num_chains": 4, "seed": 1}).status_code == 200
+        assert c.post("/interpolate", json={"from": "a cat", "to": "a dog", "chains": 8, "seed": 1}).status_code == 200
+
+
 def test_latent_requests_share_the_queue_bound(tiny_run, monkeypatch):
     """queue_size=1: one score running (blocked), one waiting, the next refused with 503 + Retry-After."""
     real = anomaly.score_lines

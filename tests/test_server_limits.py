@@ -62,3 +62,26 @@ def test_past_the_drain_bound_the_413_goes_out_unread():
 def test_a_bad_content_length_is_a_400():
     _, sent, _ = drive({"max_bytes": 10}, [b"x"], content_length="ten")
     assert status(sent) == 400
+
+
+def test_a_body_that_stops_arriving_is_a_408():
+    # a client that declares 100 bytes and sends 1 held its connection for ever
+    sent = []
+
+    async def receive():
+        if not sent and not getattr(receive, "once", False):
+            receive.once = True
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app must not see a body that never arrived")
+
+    middleware = BodyLimitMiddleware(app, max_bytes=1000, idle_s=0.05)
+    asyncio.run(asyncio.wait_for(middleware({"type": "http", "headers": [(b"content-length", b"100")]}, receive, send),
+                                 5))
+    assert status(sent) == 408
+    assert json.loads(sent[1]["body"])["detail"] == "body: nothing more of it arrived in 0.05 s"

@@ -54,6 +54,8 @@ def test_metrics_count_the_requests_made(tiny_run):
         assert http.post("/generate", json={"n": 1}).status_code == 401
         assert http.post("/generate", content=b"x" * 2000, headers=auth).status_code == 413
         assert http.get("/no/such/path").status_code == 404
+        for made_up in ("SCAN1", "SCAN2"):
+            assert http.request(made_up, "/health").status_code == 405
         assert http.get("/health").status_code == 200
         samples = scrape(http)
         again = scrape(http)
@@ -63,6 +65,8 @@ def test_metrics_count_the_requests_made(tiny_run):
         assert requests_of(samples, "/generate", "POST", code) == 1
     assert requests_of(samples, "other", "GET", 404) == 1  # not the raw path
     assert requests_of(samples, "/health", "GET", 200) == 1
+    assert requests_of(samples, "/health", "other", 405) == 2  # made-up methods: one label value
+    assert not [key for key in samples if ("method", "SCAN1") in key[1]]
     assert requests_of(samples, "/metrics", "GET", 401) == 1
     assert requests_of(again, "/metrics", "GET", 200) == 1  # the first scrape, counted once answered
     assert samples[("textebm_request_duration_seconds_count", (("endpoint", "/generate"),))] == 5
