@@ -1,6 +1,9 @@
 """Atomic file writes: a temporary file in the same folder, flushed to disk, then renamed over the target.
 
 A reader (or a resumed run after SIGKILL) sees either the old file or the new one, never half of one.
+A symlink is followed: the file it points to is replaced, and the link stays. For `atomic_write`, a
+target that exists and is neither a regular file nor a folder (a device such as /dev/null, a FIFO)
+is a stream, not a file to replace: it is written through.
 (And the one conversion every JSON report needs before it is written: `json_safe`.)
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +38,23 @@ def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     return Path(tmp)
 
 
+def _destination(path: Path) -> tuple[Path, bool]:
+    """The file that `path` names, its symlinks followed (renaming over a link would replace the link),
+    and whether it is a stream to write through (it exists, and is neither a regular file nor a folder)."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except OSError:  # not there yet (or under a file: the write says so)
+        return target, False
+    return target, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
+    path, stream = _destination(path)
+    if stream:
+        with open(path, "wb") as handle:
+            write(handle)
+        return
     tmp = _write_temporary(path, write)
     try:
         os.replace(tmp, path)
@@ -53,7 +72,8 @@ def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:
     written: list[tuple[Path, Path]] = []
     try:
         for path, data in files:
-            written.append((_write_temporary(Path(path), lambda handle, data=data: handle.write(data)), Path(path)))
+            path = _destination(path)[0]
+            written.append((_write_temporary(path, lambda handle, data=data: handle.write(data)), path))
         for tmp, path in written:
             os.replace(tmp, path)
     except BaseException:
