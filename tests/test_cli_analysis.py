@@ -218,6 +218,21 @@ def test_score_bad_files_exit_2(analysis, trained_run, tmp_path, one_line_error,
     one_line_error(status, err, "score", fragment)
 
 
+def test_an_output_that_cannot_be_written_exits_2_before_the_chains_run(analysis, trained_run, tmp_path,
+                                                                        one_line_error, monkeypatch):
+    import textebm.evaluation.anomaly
+
+    monkeypatch.setattr(textebm.evaluation.anomaly, "score_lines", lambda *a, **k: pytest.fail("scored first"))
+    good = tmp_path / "good.txt"
+    good.write_text("the market fell\n", encoding="utf-8")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--out", tmp_path)[::2], "score",
+                   f"cannot write {tmp_path}: it is a folder")
+    png = tmp_path / "figure.png"
+    png.mkdir()
+    one_line_error(*analysis("chain", "--checkpoint", trained_run, "--plot", png, "--device", "cpu")[::2], "chain",
+                   f"cannot write {png}: it is a folder")
+
+
 def test_score_argument_errors_exit_2(analysis, trained_run, tmp_path, one_line_error):
     good = tmp_path / "good.txt"
     good.write_text("the market fell\n", encoding="utf-8")

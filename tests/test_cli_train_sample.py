@@ -128,6 +128,26 @@ def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_cop
     assert [(run_copy / name).read_bytes() for name in files] == before
 
 
+def test_training_into_a_file_exits_2_and_leaves_it(cli, one_line_error, tmp_path, train_args):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep\n")
+    one_line_error(*cli(*train_args("--out", notes, "--max-steps", "1"))[::2], "train",
+                   f"cannot write {notes}: it is not a folder")
+    assert notes.read_text() == "keep\n"
+
+
+def test_sample_checks_its_out_before_it_draws_a_sentence(cli, one_line_error, trained_run, tmp_path, monkeypatch):
+    import textebm.generation.sampling
+
+    monkeypatch.setattr(textebm.generation.sampling, "generate_text",
+                        lambda *args: pytest.fail("sentences drawn before --out was checked"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep\n")
+    for out, reason in ((tmp_path, "it is a folder"), (notes / "out.txt", f"{notes} is not a folder")):
+        one_line_error(*cli("sample", "--checkpoint", trained_run, "--out", out)[::2], "sample",
+                       f"cannot write {out}: {reason}")
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--temperature", "0"], "temperature"),
     (["--temperature", "-1"], "temperature"),

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import stat
 
-from textebm.io import atomic_write_text
+import pytest
+
+from textebm.errors import UserError
+from textebm.io import atomic_write_text, check_writable
 
 
 def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
@@ -30,3 +33,20 @@ def test_a_fifo_is_written_through_not_replaced(tmp_path):
     finally:
         os.close(reader)
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_check_writable_says_why_a_path_cannot_be_written_and_leaves_nothing(tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("keep\n")
+    for path, folder, reason in ((tmp_path, False, "it is a folder"), (file, True, "it is not a folder"),
+                                 (file / "a" / "b.txt", False, f"{file} is not a folder"),
+                                 (file / "run", True, f"{file} is not a folder")):
+        with pytest.raises(UserError) as err:
+            check_writable(path, folder)
+        assert str(err.value) == f"cannot write {path}: {reason}"
+    for path, folder in ((tmp_path / "file.txt", False), (tmp_path / "new" / "out.txt", False),
+                         (tmp_path / "new" / "run", True), (tmp_path, True)):
+        assert check_writable(path, folder) == path
+    os.mkfifo(tmp_path / "fifo")
+    assert check_writable(tmp_path / "fifo") == tmp_path / "fifo"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file.txt"]  # no probe left, no folder made

@@ -142,3 +142,5 @@ def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(t
     status, _, err = cli("plot", str(folder), "--x", "minutes")
     assert status == 2 and "no elapsed" in err and "Traceback" not in err
     assert cli("plot", str(folder))[0] == 0  # against steps it still plots
+    status, _, err = cli("plot", str(folder), "--out", str(folder))
+    assert status == 2 and err == f"textebm plot: error: cannot write {folder}: it is a folder\n"

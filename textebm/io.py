@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from textebm.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -61,6 +63,30 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path, folder: bool = False) -> Path:
+    """`path`, after checking that a command can write it there (a file; with `folder`, a folder to create
+    or fill), before the command computes what goes there: a bad output path then costs no work.
+    Otherwise a UserError "cannot write PATH: reason" (a folder where a file goes or the reverse, a file
+    where a folder goes, a folder that cannot be created or written)."""
+    target, stream = _destination(path)
+    if stream and not folder:
+        return Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise UserError(f"cannot write {path}: {'it is not a folder' if folder else 'it is a folder'}")
+    existing = target if folder else target.parent
+    while not existing.exists():  # folders the write will create: it needs the first one that is there
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot write {path}: {existing} is not a folder")
+    try:  # the one sure test (root passes any permission check, /proc refuses new files)
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".textebm-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return Path(path)
 
 
 def atomic_write_files(files: list[tuple[Path, bytes]]) -> None:

@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
+    from textebm.io import check_writable
 
     steps = parse_steps(args.steps)
     if args.chains < 1:
@@ -120,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-length must be at least 1, not {args.max_length}")
     if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
         raise UserError(f"--step-size must be a positive number, not {args.step_size}")
-    if args.plot and Path(args.plot).suffix.lower() != ".png":
-        raise UserError(f"--plot must name a .png file, not {args.plot!r}")
+    if args.plot:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise UserError(f"--plot must name a .png file, not {args.plot!r}")
+        check_writable(args.plot)
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain", tf32=args.tf32)
     result = run_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
                         args.greedy, args.max_length)

@@ -36,10 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from textebm.evaluation.held_out import load_evaluation
     from textebm.evaluation.paired import paired_nll_differences
     from textebm.evaluation.plots import plot_quality_diversity
+    from textebm.io import check_writable
 
     labels = args.labels or [Path(run).name for run in args.runs]
     if len(labels) != len(args.runs):
         raise UserError(f"--labels gives {len(labels)} names for {len(args.runs)} runs")
+    if args.out:
+        check_writable(args.out)
     evaluations = [(label, load_evaluation(Path(run), args.split)) for label, run in zip(labels, args.runs)]
     try:
         rows = paired_nll_differences(evaluations)

@@ -17,8 +17,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from textebm.evaluation.plots import plot_learning_curves
+    from textebm.io import check_writable
     from textebm.model.runs import load_config
 
     load_config(args.run_folder)  # a clear error when RUN is not a run
+    if args.out:
+        check_writable(args.out)
     print(plot_learning_curves(args.run_folder, args.out, x=args.x))
     return 0

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.errors import UserError
     from textebm.generation.sampling import SamplingOptions, generate_text
-    from textebm.io import atomic_write_text
+    from textebm.io import atomic_write_text, check_writable
     from textebm.model.runs import load_run
 
     if args.n < 1:
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
+    if args.out:
+        check_writable(args.out)  # before the sentences are drawn, not after
     loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), precision=args.precision)
     sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size)
     text = "".join(s + "\n" for s in sentences)

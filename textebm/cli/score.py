@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from textebm.devices import resolve_device
     from textebm.errors import UserError
     from textebm.evaluation.anomaly import auroc, score_lines
-    from textebm.io import atomic_write_text
+    from textebm.io import atomic_write_text, check_writable
     from textebm.model.runs import load_run
     from textebm.progress import Progress
 
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.posterior_steps is not None and args.posterior_steps < 0:
         raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+    if args.out:
+        check_writable(args.out)  # before the scoring, not after
     files = [args.file] if args.file else list(args.auroc)
     texts = [read_sentences(f) for f in files]  # input errors before the (slower) model load
     loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), args.chain)

@@ -99,6 +99,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     from textebm.data.vocab import build_vocab, load_vocab
     from textebm.errors import UserError
     from textebm.evaluation.plots import plot_learning_curves
+    from textebm.io import check_writable
     from textebm.model.runs import build_model, create_run, is_run, load_config
     from textebm.training.train import train
     from textebm.training.training_log import add_figure
@@ -128,7 +129,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
             raise UserError("--corpus is required (ptb, snli, yahoo, or a path to text); only --resume reads it "
                             "from the run")
         name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
-        folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = check_writable(Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), folder=True)
         if parallel.broadcast(is_run(folder) if parallel.is_main else None):  # rank 0 decides, before it creates it
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         preset = args.preset
