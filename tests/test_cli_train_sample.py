@@ -128,6 +128,17 @@ def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_cop
     assert [(run_copy / name).read_bytes() for name in files] == before
 
 
+@pytest.mark.parametrize("command", ["train", "sample", "chain", "interpolate", "reconstruct", "evaluate", "score",
+                                     "eval-ppl"])
+def test_a_seed_out_of_range_is_refused_as_the_command_line_is_read(cli, command):
+    from textebm.cli.common import seed_type
+
+    for bad in (str(2**63), "99999999999999999999", "-1"):
+        status, _, err = cli(command, "--seed", bad)
+        assert status == 2 and f"argument --seed: must be from 0 to 2**63 - 1, not {bad}" in err, err
+    assert seed_type(str(2**63 - 1)) == 2**63 - 1
+
+
 def test_training_into_a_file_exits_2_and_leaves_it(cli, one_line_error, tmp_path, train_args):
     notes = tmp_path / "notes.txt"
     notes.write_text("keep\n")

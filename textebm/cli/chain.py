@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import seed_type
 from textebm.devices import add_device_argument
 
 
@@ -15,7 +16,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", default="0,40,100", help="comma-separated chain steps to decode (default 0,40,100)")
     p.add_argument("--chains", type=int, default=5, help="number of chains (default 5)")
     p.add_argument("--step-size", type=float, help="Langevin step size (default: the run's prior step size)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--greedy", dest="greedy", action="store_true", default=True,
                    help="greedy decoding (the default)")
     p.add_argument("--sample", dest="greedy", action="store_false", help="sample tokens instead of greedy decoding")

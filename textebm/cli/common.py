@@ -1,11 +1,26 @@
-"""Helpers shared by subcommands: the `--set` option of chain settings, loading a run with a latent,
-reading a file of sentences.
+"""Helpers shared by subcommands: the type of `--seed`, the `--set` option of chain settings, loading a
+run with a latent, reading a file of sentences.
 
 (Device options live in `textebm.devices`, shared with the server's launcher.)"""
 
 from __future__ import annotations
 
+import argparse
+
+from textebm.config import MAX_SEED
 from textebm.errors import UserError
+
+
+def seed_type(text: str) -> int:
+    """The type of every `--seed`: an integer from 0 to textebm.config.MAX_SEED, checked as the command
+    line is read (a seed out of range failed inside torch, after the work had begun)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, not {value}")
+    return value
 
 
 def add_chain_argument(parser) -> None:

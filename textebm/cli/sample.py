@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import seed_type
 from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 
@@ -12,7 +13,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder")
     p.add_argument("-n", type=int, default=10, help="number of sentences (default 10)")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same sentences")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same sentences")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (z still comes from the prior chain)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0: off)")

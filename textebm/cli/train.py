@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from textebm.cli.common import seed_type
 from textebm.devices import add_device_argument, bf16_emulated, resolve_chain_precision, resolve_device
 
 
@@ -32,7 +33,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--keep-at", type=_minutes_list, default=(), metavar="M1,M2,...",
                    help="copy the run to RUN/marks/cpu-<M>min/ when its training CPU time reaches each of these "
                         "minutes (complete run folders that evaluate, sample and serve like the run)")
-    p.add_argument("--seed", type=int, help="random seed (config key seed)")
+    p.add_argument("--seed", type=seed_type, help="random seed (config key seed)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its saved config and corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
