@@ -106,6 +106,22 @@ def test_resume_without_a_run(cli, one_line_error, tmp_path, train_args, small_c
     one_line_error(*cli(*base)[::2], "train", "--out")
 
 
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(cli, run_copy, trained_run):
+    """Killed (or crashed) before its first checkpoint: config, vocabulary and the lost steps' records are
+    there, no weights. `--resume` trains it from step 0 as a fresh run of its config would."""
+    for name in ("model.safetensors", "training_state.pt"):
+        (run_copy / name).unlink()
+    status, out, err = cli("train", "--out", run_copy, "--resume", "--max-steps", "3", "--device", "cpu",
+                           "--threads", "1", "--no-progress")
+    assert status == 0, err
+    assert f"{run_copy} has no checkpoint yet (stopped before its first): training it from step 0" in out
+    restarted, original = _train_records(run_copy), _train_records(trained_run)
+    assert sorted(restarted) == [1, 2, 3], "the lost steps' records are dropped, not kept beside the new ones"
+    for s in (1, 2, 3):
+        assert restarted[s]["nll_token"] == pytest.approx(original[s]["nll_token"], rel=1e-5), s
+    assert torch.load(run_copy / "training_state.pt", weights_only=True)["step"] == 3
+
+
 def test_resume_rejects_new_config(cli, one_line_error, run_copy, small_corpus):
     args = ["train", "--corpus", small_corpus, "--out", run_copy, "--resume", "--set", "latent_dim=3",
             "--device", "cpu", "--no-progress"]

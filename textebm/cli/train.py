@@ -35,7 +35,8 @@ def add_parser(subparsers) -> None:
                         "minutes (complete run folders that evaluate, sample and serve like the run)")
     p.add_argument("--seed", type=seed_type, help="random seed (config key seed)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint, with its saved config and corpus")
+                   help="continue the run in --out from its last checkpoint (from step 0 when it stopped before "
+                        "its first), with its saved config and corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(p)
     p.set_defaults(run=run)
