@@ -49,6 +49,8 @@ CHAIN_KEYS_BEFORE_TEMPERING = {"prior_noise": 1.0, "posterior_noise": 1.0, "post
 
 def load_config(folder: Path) -> Config:
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is not a folder (a run folder is expected)")
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist")
     if not is_run(folder):
