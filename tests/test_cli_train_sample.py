@@ -155,6 +155,15 @@ def test_a_seed_out_of_range_is_refused_as_the_command_line_is_read(cli, command
     assert seed_type(str(2**63 - 1)) == 2**63 - 1
 
 
+@pytest.mark.parametrize("command, option", [("sample", "--out"), ("score", "--out"), ("plot", "--out"),
+                                             ("compare", "--out"), ("chain", "--plot"), ("train", "--out"),
+                                             ("reproduce", "--out"), ("eval-ppl", "--rppl-out"),
+                                             ("evaluate", "--rppl-out")])
+def test_an_empty_output_path_is_refused_not_read_as_no_option(cli, trained_run, command, option):
+    status, out, err = cli(command, option, "", "--checkpoint", trained_run)
+    assert status == 2 and out == "" and f"argument {option}: expected a path, not an empty string" in err, err
+
+
 def test_training_into_a_file_exits_2_and_leaves_it(cli, one_line_error, tmp_path, train_args):
     notes = tmp_path / "notes.txt"
     notes.write_text("keep\n")

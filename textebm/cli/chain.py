@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import seed_type
+from textebm.cli.common import output_path, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                    help="greedy decoding (the default)")
     p.add_argument("--sample", dest="greedy", action="store_false", help="sample tokens instead of greedy decoding")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
-    p.add_argument("--plot", metavar="FILE.png", help="write the chains' energy profiles to this PNG")
+    p.add_argument("--plot", type=output_path, metavar="FILE.png", help="write the chains' energy profiles to this PNG")
     p.add_argument("--json", action="store_true", help="JSON output (sentences and energy profiles)")
     add_device_argument(p)
     p.set_defaults(run=run)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from textebm.cli.common import seed_type
+from textebm.cli.common import output_path, seed_type
 from textebm.devices import add_device_argument, bf16_emulated, resolve_chain_precision, resolve_device
 
 
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
                                     "run's own, from its config)")
     p.add_argument("--data-dir",
                    help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
-    p.add_argument("--out", help="run folder (default: runs/<corpus>-<time>)")
+    p.add_argument("--out", type=output_path, help="run folder (default: runs/<corpus>-<time>)")
     p.add_argument("--preset", help="config preset (default: by device: the corpus's own, paper-scale preset on "
                                     "CUDA, 'cpu' on a CPU); e.g. cpu, ptb")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
