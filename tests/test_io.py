@@ -35,6 +35,16 @@ def test_a_fifo_is_written_through_not_replaced(tmp_path):
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
 
 
+def test_a_pipe_named_through_proc_as_dev_stdout_is_written_through(tmp_path):
+    reader, writer = os.pipe()
+    try:
+        atomic_write_text(f"/proc/self/fd/{writer}", "to the pipe\n")  # /dev/stdout is a link to /proc/self/fd/1
+        assert os.read(reader, 100) == b"to the pipe\n"
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
 def test_check_writable_says_why_a_path_cannot_be_written_and_leaves_nothing(tmp_path):
     file = tmp_path / "file.txt"
     file.write_text("keep\n")

@@ -41,14 +41,16 @@ def _write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
 
 
 def _destination(path: Path) -> tuple[Path, bool]:
-    """The file that `path` names, its symlinks followed (renaming over a link would replace the link),
-    and whether it is a stream to write through (it exists, and is neither a regular file nor a folder)."""
-    target = Path(os.path.realpath(path))
+    """Where `path`'s content goes, and whether it is a stream to write through (it exists, and is neither
+    a regular file nor a folder). A file's symlinks are followed, since renaming over a link would replace
+    the link; a stream is opened by the path given (/dev/stdout's link names no file when it is a pipe)."""
     try:
-        mode = target.stat().st_mode
+        mode = os.stat(path).st_mode
     except OSError:  # not there yet (or under a file: the write says so)
-        return target, False
-    return target, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        mode = stat.S_IFREG
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return Path(os.path.realpath(path)), False
+    return Path(path), True
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
