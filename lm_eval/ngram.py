@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lm_eval.errors import EstimationError, KenLMToolsMissing
+from lm_eval.errors import EstimationError, EvalError, KenLMToolsMissing
 from lm_eval.kenlm_tools import KENLM_VERSION, KenLMTools, cache_root, find_tools
 from lm_eval.text import ESCAPE_VERSION, kenlm_line, read_sentences, text_sha256
 
@@ -180,6 +180,12 @@ def real_data_lm(train: str | Path | list[str], order: int = DEFAULT_ORDER, memo
                            int(meta["num_sentences"]), cached=True)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged sidecar: rebuild below
+    try:  # a cache that cannot take the new model (under a file, read-only) fails before the estimation
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as err:
+        raise EvalError(f"cannot write the LM cache {directory}: {err.strerror or err} (${ENV_LM_CACHE} chooses "
+                        "another folder)") from None
     lm = train_ngram_lm(train, binary, order=order, memory=memory, tools=tools)
     meta = asdict(lm)
     meta.update(source=source, text_sha256=digest, escape_version=ESCAPE_VERSION, kenlm_version=KENLM_VERSION)

@@ -102,6 +102,18 @@ def test_chain_bad_steps_exit_2_with_one_line(analysis, trained_run, one_line_er
     one_line_error(status, err, "chain", "--steps")
 
 
+def test_a_diverged_chain_exits_2_with_one_line_naming_the_step_size(analysis, trained_run, tmp_path,
+                                                                      one_line_error):
+    one_line_error(*analysis("chain", "--checkpoint", trained_run, "--steps", "0,3", "--chains", "2",
+                             "--step-size", "1e30", "--device", "cpu")[::2], "chain",
+                   "Langevin chain met a non-finite z", "3 steps of size 1e+30", "diverged", "smaller --step-size")
+    sentence = tmp_path / "one.txt"
+    sentence.write_text("the market fell\n", encoding="utf-8")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, sentence, "--num-chains", "1",
+                             "--set", "posterior_step_size=1e30", "--device", "cpu")[::2], "score",
+                   "Langevin chain met a non-finite z", "diverged", "--set posterior_step_size=S")
+
+
 def test_chain_not_a_run_exits_2(analysis, tmp_path, one_line_error):
     status, _, err = analysis("chain", "--checkpoint", tmp_path)
     one_line_error(status, err, "chain", "not a textebm run")
@@ -216,6 +228,21 @@ def test_score_bad_files_exit_2(analysis, trained_run, tmp_path, one_line_error,
     path.write_bytes(content)
     status, _, err = analysis("score", "--checkpoint", trained_run, path)
     one_line_error(status, err, "score", fragment)
+
+
+def test_an_output_that_cannot_be_written_exits_2_before_the_chains_run(analysis, trained_run, tmp_path,
+                                                                        one_line_error, monkeypatch):
+    import textebm.evaluation.anomaly
+
+    monkeypatch.setattr(textebm.evaluation.anomaly, "score_lines", lambda *a, **k: pytest.fail("scored first"))
+    good = tmp_path / "good.txt"
+    good.write_text("the market fell\n", encoding="utf-8")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--out", tmp_path)[::2], "score",
+                   f"cannot write {tmp_path}: it is a folder")
+    png = tmp_path / "figure.png"
+    png.mkdir()
+    one_line_error(*analysis("chain", "--checkpoint", trained_run, "--plot", png, "--device", "cpu")[::2], "chain",
+                   f"cannot write {png}: it is a folder")
 
 
 def test_score_argument_errors_exit_2(analysis, trained_run, tmp_path, one_line_error):

@@ -96,3 +96,6 @@ def test_fetch_yahoo_says_what_is_missing(cli, data_folder, tmp_path, one_line_e
 def test_bad_requests(cli, tmp_path, one_line_error):
     one_line_error(*cli("data", "--data-dir", tmp_path, "--fetch", "wiki")[::2], "data", "unknown corpus")
     one_line_error(*cli("data", "--data-dir", tmp_path, "--source", tmp_path)[::2], "data", "--fetch")
+    (tmp_path / "notes.txt").write_text("keep\n")
+    one_line_error(*cli("data", "--data-dir", tmp_path / "notes.txt", "--fetch", "ptb")[::2], "data",
+                   f"cannot write {tmp_path / 'notes.txt' / 'ptb'}: {tmp_path / 'notes.txt'} is not a folder")

@@ -206,6 +206,14 @@ def test_bad_options(eval_ppl, one_line_error, real_args, tmp_path, args, fragme
     one_line_error(status, err, "eval-ppl", fragment)
 
 
+def test_an_lm_cache_that_cannot_be_written_exits_2(eval_ppl, one_line_error, real_args, tmp_path, monkeypatch):
+    notes = write(tmp_path / "notes.txt", "keep\n")
+    monkeypatch.setenv(ENV_LM_CACHE, str(notes / "cache"))
+    samples = write(tmp_path / "s.txt", "the company said\nthe market fell sharply\n")
+    one_line_error(*eval_ppl("--samples", samples, *real_args)[::2], "eval-ppl",
+                   f"cannot write the LM cache {notes / 'cache'}: Not a directory", ENV_LM_CACHE)
+
+
 def test_missing_kenlm_tools_name_the_install_command(eval_ppl, one_line_error, real_args, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTEBM_KENLM_BIN", str(tmp_path))
     samples = write(tmp_path / "s.txt", "a b c\n")

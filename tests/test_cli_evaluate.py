@@ -161,6 +161,8 @@ def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folde
     assert status == 0 and stdout.strip() == str(out) and "no NLL table" in err
     one_line_error(*cli("compare", runs[0], tmp_path, "--out", out)[::2], "compare", "textebm evaluate")
     one_line_error(*cli("compare", *runs, "--labels", "a", "--out", out)[::2], "compare", "--labels")
+    one_line_error(*cli("compare", *runs, "--out", tmp_path)[::2], "compare",
+                   f"cannot write {tmp_path}: it is a folder")
 
 
 def test_chain_settings_can_change_for_evaluation_only(invoke, tmp_path, corpus_folder, train_lines):
@@ -314,6 +316,14 @@ def test_the_draws_check_compares_runs_of_the_estimator_with_all_their_chains_po
 
 def test_not_a_run(invoke, tmp_path):
     _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
+
+
+def test_a_report_that_cannot_be_written_exits_2_before_the_work(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    (run / "evaluation-test.json").mkdir()
+    _one_line(*invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")[::2],
+              f"cannot write {run / 'evaluation-test.json'}: it is a folder")
+    assert not (run / "evaluation-test.partial.pt").exists()  # no stage was computed
 
 
 def test_missing_split(invoke, tmp_path, corpus_folder, train_lines):

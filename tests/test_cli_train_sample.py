@@ -106,6 +106,22 @@ def test_resume_without_a_run(cli, one_line_error, tmp_path, train_args, small_c
     one_line_error(*cli(*base)[::2], "train", "--out")
 
 
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(cli, run_copy, trained_run):
+    """Killed (or crashed) before its first checkpoint: config, vocabulary and the lost steps' records are
+    there, no weights. `--resume` trains it from step 0 as a fresh run of its config would."""
+    for name in ("model.safetensors", "training_state.pt"):
+        (run_copy / name).unlink()
+    status, out, err = cli("train", "--out", run_copy, "--resume", "--max-steps", "3", "--device", "cpu",
+                           "--threads", "1", "--no-progress")
+    assert status == 0, err
+    assert f"{run_copy} has no checkpoint yet (stopped before its first): training it from step 0" in out
+    restarted, original = _train_records(run_copy), _train_records(trained_run)
+    assert sorted(restarted) == [1, 2, 3], "the lost steps' records are dropped, not kept beside the new ones"
+    for s in (1, 2, 3):
+        assert restarted[s]["nll_token"] == pytest.approx(original[s]["nll_token"], rel=1e-5), s
+    assert torch.load(run_copy / "training_state.pt", weights_only=True)["step"] == 3
+
+
 def test_resume_rejects_new_config(cli, one_line_error, run_copy, small_corpus):
     args = ["train", "--corpus", small_corpus, "--out", run_copy, "--resume", "--set", "latent_dim=3",
             "--device", "cpu", "--no-progress"]
@@ -126,6 +142,46 @@ def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_cop
     before = [(run_copy / name).read_bytes() for name in files]
     one_line_error(*cli(*train_args("--out", run_copy, "--max-steps", "1"))[::2], "train", "--resume")
     assert [(run_copy / name).read_bytes() for name in files] == before
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "chain", "interpolate", "reconstruct", "evaluate", "score",
+                                     "eval-ppl"])
+def test_a_seed_out_of_range_is_refused_as_the_command_line_is_read(cli, command):
+    from textebm.cli.common import seed_type
+
+    for bad in (str(2**63), "99999999999999999999", "-1"):
+        status, _, err = cli(command, "--seed", bad)
+        assert status == 2 and f"argument --seed: must be from 0 to 2**63 - 1, not {bad}" in err, err
+    assert seed_type(str(2**63 - 1)) == 2**63 - 1
+
+
+@pytest.mark.parametrize("command, option", [("sample", "--out"), ("score", "--out"), ("plot", "--out"),
+                                             ("compare", "--out"), ("chain", "--plot"), ("train", "--out"),
+                                             ("reproduce", "--out"), ("eval-ppl", "--rppl-out"),
+                                             ("evaluate", "--rppl-out")])
+def test_an_empty_output_path_is_refused_not_read_as_no_option(cli, trained_run, command, option):
+    status, out, err = cli(command, option, "", "--checkpoint", trained_run)
+    assert status == 2 and out == "" and f"argument {option}: expected a path, not an empty string" in err, err
+
+
+def test_training_into_a_file_exits_2_and_leaves_it(cli, one_line_error, tmp_path, train_args):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep\n")
+    one_line_error(*cli(*train_args("--out", notes, "--max-steps", "1"))[::2], "train",
+                   f"cannot write {notes}: it is not a folder")
+    assert notes.read_text() == "keep\n"
+
+
+def test_sample_checks_its_out_before_it_draws_a_sentence(cli, one_line_error, trained_run, tmp_path, monkeypatch):
+    import textebm.generation.sampling
+
+    monkeypatch.setattr(textebm.generation.sampling, "generate_text",
+                        lambda *args: pytest.fail("sentences drawn before --out was checked"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep\n")
+    for out, reason in ((tmp_path, "it is a folder"), (notes / "out.txt", f"{notes} is not a folder")):
+        one_line_error(*cli("sample", "--checkpoint", trained_run, "--out", out)[::2], "sample",
+                       f"cannot write {out}: {reason}")
 
 
 @pytest.mark.parametrize("extra, fragment", [

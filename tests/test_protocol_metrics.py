@@ -92,6 +92,7 @@ def test_batching_does_not_change_the_test_score(texts, monkeypatch):
     (dict(overrides=["hidden_dim=0"]), "hidden_dim must be at least 1"),
     (dict(preset="huge"), "unknown preset 'huge'"),
     (dict(temperature=0.0), "--synthetic-temperature"),
+    (dict(keep=__file__), f"cannot write {__file__}: it is not a folder"),
 ])
 def test_bad_options(changes, fragment):
     with pytest.raises(UserError, match=fragment.replace("-", r"\-")):

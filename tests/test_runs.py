@@ -35,6 +35,9 @@ def test_folders_that_are_not_runs(tmp_path):
     with pytest.raises(UserError, match="not a textebm run"):
         load_config(tmp_path)
     assert not is_run(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a run\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"notes\.txt is not a folder \(a run folder is expected\)$"):
+        load_config(tmp_path / "notes.txt")
     (tmp_path / "config.json").write_text("{broken", encoding="utf-8")
     with pytest.raises(UserError, match="unreadable"):
         load_config(tmp_path)

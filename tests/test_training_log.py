@@ -131,6 +131,24 @@ def test_a_log_without_tensorboard_writes_json_lines_only(tmp_path):
     assert _records(tmp_path)[0]["nll_token"] == 2.5
 
 
+def test_a_metrics_file_cut_short_by_a_kill_plots_and_a_damaged_one_is_one_line(tiny_run, cli, one_line_error):
+    from textebm.evaluation.plots import read_metrics
+
+    folder, run = tiny_run
+    run(max_steps=3)
+    records = _records(folder)
+    metrics = folder / "metrics.jsonl"
+    whole = metrics.read_text(encoding="utf-8")
+    metrics.write_text(whole + '{"step": 4, "epoch": 0.4, "kind": "tra', encoding="utf-8")  # appended, then killed
+    assert read_metrics(folder) == records
+    status, out, err = cli("plot", folder, "--out", folder / "cut.png")
+    assert status == 0, err
+    assert (folder / "cut.png").read_bytes()[:4] == b"\x89PNG"
+    first, rest = whole.split("\n", 1)
+    metrics.write_text(first[:20] + "\n" + rest, encoding="utf-8")  # not the last line: a damaged file
+    one_line_error(*cli("plot", folder)[::2], "plot", f"{metrics}: line 1 is not a JSON record")
+
+
 def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(tiny_run, cli):
     folder, run = tiny_run
     run(max_steps=3)
@@ -142,3 +160,5 @@ def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(t
     status, _, err = cli("plot", str(folder), "--x", "minutes")
     assert status == 2 and "no elapsed" in err and "Traceback" not in err
     assert cli("plot", str(folder))[0] == 0  # against steps it still plots
+    status, _, err = cli("plot", str(folder), "--out", str(folder))
+    assert status == 2 and err == f"textebm plot: error: cannot write {folder}: it is a folder\n"

@@ -15,6 +15,10 @@ from typing import Any
 
 from textebm.errors import UserError
 
+# Seeds are signed 64-bit integers: torch's generators fail above 2**64 - 1 ("Overflow when unpacking long
+# long"), and training adds offsets to the seed (seed + step, seed + RESET_SEED), which the headroom keeps in range.
+MAX_SEED = 2**63 - 1
+
 SCHEDULES = ("constant", "linear", "geometric")
 
 
@@ -132,6 +136,8 @@ class Config:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{key} must be a number >= 0, not {value}")
+        if self.seed > MAX_SEED:
+            raise UserError(f"seed must be at most 2**63 - 1, not {self.seed}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
         if self.prior == "none" and self.posterior_init == "encoder":

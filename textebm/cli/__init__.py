@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from textebm import __version__
-from textebm.errors import UserError
+from textebm.errors import NonFiniteError, UserError
 
 SUBCOMMANDS = ["train", "sample", "plot", "eval_ppl", "serve", "evaluate", "compare", "chain", "interpolate", "score",
                "reconstruct", "reproduce", "data"]
@@ -30,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _smaller_steps(args: argparse.Namespace) -> str:
+    """How the command's own options make its Langevin chains take smaller (or fewer) steps."""
+    if hasattr(args, "step_size"):
+        return "give a smaller --step-size"
+    if hasattr(args, "chain"):
+        return "give smaller step sizes: --set prior_step_size=S, --set posterior_step_size=S"
+    return "give fewer --prior-steps, or sample a run trained with a smaller prior_step_size"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -37,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except UserError as err:
         print(f"textebm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError as err:  # a chain that diverged: its step size is too large for this energy
+        print(f"textebm {args.command}: error: {err}: the chain diverged; {_smaller_steps(args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"textebm {args.command}: interrupted", file=sys.stderr)

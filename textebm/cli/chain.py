@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import output_path, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -15,12 +16,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", default="0,40,100", help="comma-separated chain steps to decode (default 0,40,100)")
     p.add_argument("--chains", type=int, default=5, help="number of chains (default 5)")
     p.add_argument("--step-size", type=float, help="Langevin step size (default: the run's prior step size)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--greedy", dest="greedy", action="store_true", default=True,
                    help="greedy decoding (the default)")
     p.add_argument("--sample", dest="greedy", action="store_false", help="sample tokens instead of greedy decoding")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
-    p.add_argument("--plot", metavar="FILE.png", help="write the chains' energy profiles to this PNG")
+    p.add_argument("--plot", type=output_path, metavar="FILE.png", help="write the chains' energy profiles to this PNG")
     p.add_argument("--json", action="store_true", help="JSON output (sentences and energy profiles)")
     add_device_argument(p)
     p.set_defaults(run=run)
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
+    from textebm.io import check_writable
 
     steps = parse_steps(args.steps)
     if args.chains < 1:
@@ -120,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-length must be at least 1, not {args.max_length}")
     if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
         raise UserError(f"--step-size must be a positive number, not {args.step_size}")
-    if args.plot and Path(args.plot).suffix.lower() != ".png":
-        raise UserError(f"--plot must name a .png file, not {args.plot!r}")
+    if args.plot:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise UserError(f"--plot must name a .png file, not {args.plot!r}")
+        check_writable(args.plot)
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain", tf32=args.tf32)
     result = run_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
                         args.greedy, args.max_length)

@@ -1,11 +1,34 @@
-"""Helpers shared by subcommands: the `--set` option of chain settings, loading a run with a latent,
-reading a file of sentences.
+"""Helpers shared by subcommands: the types of `--seed` and of output paths, the `--set` option of chain
+settings, loading a run with a latent, reading a file of sentences.
 
 (Device options live in `textebm.devices`, shared with the server's launcher.)"""
 
 from __future__ import annotations
 
+import argparse
+
+from textebm.config import MAX_SEED
 from textebm.errors import UserError
+
+
+def seed_type(text: str) -> int:
+    """The type of every `--seed`: an integer from 0 to textebm.config.MAX_SEED, checked as the command
+    line is read (a seed out of range failed inside torch, after the work had begun)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, not {value}")
+    return value
+
+
+def output_path(text: str) -> str:
+    """The type of every option that names where output goes (`--out`, `--plot`, `--rppl-out`): an empty
+    one would read as the option left out (stdout, a default place), so it is refused."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, not an empty string")
+    return text
 
 
 def add_chain_argument(parser) -> None:
@@ -77,7 +100,8 @@ def add_protocol_arguments(parser, generates: bool) -> None:
                        help="config preset of the reverse LM (default: as textebm train picks, cpu on a CPU)")
     group.add_argument("--rppl-set", action="append", default=[], metavar="KEY=VALUE",
                        help="reverse LM config, e.g. --rppl-set hidden_dim=512 (repeatable)")
-    group.add_argument("--rppl-out", metavar="DIR", help="keep the reverse LM's run folder here (default: removed)")
+    group.add_argument("--rppl-out", type=output_path, metavar="DIR",
+                       help="keep the reverse LM's run folder here (default: removed)")
 
 
 def protocol_options(args):

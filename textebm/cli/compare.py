@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import output_path
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("compare", help="several runs' NLL paired sentence by sentence, and their "
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> None:
                               "point.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders evaluated by `textebm evaluate`")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="which evaluation (default test)")
-    p.add_argument("--out", metavar="PNG", help="also draw the quality-diversity figure here")
+    p.add_argument("--out", type=output_path, metavar="PNG", help="also draw the quality-diversity figure here")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="curve labels (default: the run folders' names)")
     p.add_argument("--title", help="figure title")
     p.set_defaults(run=run)
@@ -36,10 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from textebm.evaluation.held_out import load_evaluation
     from textebm.evaluation.paired import paired_nll_differences
     from textebm.evaluation.plots import plot_quality_diversity
+    from textebm.io import check_writable
 
     labels = args.labels or [Path(run).name for run in args.runs]
     if len(labels) != len(args.runs):
         raise UserError(f"--labels gives {len(labels)} names for {len(args.runs)} runs")
+    if args.out:
+        check_writable(args.out)
     evaluations = [(label, load_evaluation(Path(run), args.split)) for label, run in zip(labels, args.runs)]
     try:
         rows = paired_nll_differences(evaluations)

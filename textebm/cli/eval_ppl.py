@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from textebm.cli.common import add_protocol_arguments, protocol_options, protocol_rows
+from textebm.cli.common import add_protocol_arguments, protocol_options, protocol_rows, seed_type
 from textebm.devices import add_device_argument
 from textebm.errors import UserError
 from textebm.evaluation.held_out import import_lm_eval
@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--memory", default="1G", help="lmplz memory bound, its -S option (default 1G)")
     p.add_argument("--self-bleu-size", type=int, default=None, metavar="N",
                    help="sentences in the self-BLEU subsample (default 200)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the self-BLEU subsample (default 1234)")
+    p.add_argument("--seed", type=seed_type, default=None, help="seed of the self-BLEU subsample (default 1234)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="longest line accepted, in tokens (default 10000)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")

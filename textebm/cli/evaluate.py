@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows
+from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows, seed_type
 from textebm.devices import add_device_argument, add_precision_argument
 from textebm.evaluation.held_out import AIS_CHAINS, IS_DRAWS, PATH_PRECISIONS, TEMPERATURES, EvaluationOptions
 from textebm.progress import add_progress_argument
@@ -77,7 +77,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-rows", type=int, metavar="R",
                    help="decoder rows (sentence x draw) decoded at once: memory is about R x length x vocabulary "
                         "x 12 bytes (default: at most 512, fewer where that passes 1 GiB of logits)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_progress_argument(p)
     add_protocol_arguments(p, generates=True)

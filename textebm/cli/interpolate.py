@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument
+from textebm.cli.common import add_chain_argument, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--to", dest="target", required=True, help="second sentence")
     p.add_argument("--points", type=int, default=7, help="points on the line, endpoints included (default 7)")
     p.add_argument("--chains", type=int, default=8, help="posterior samples averaged per code (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0)")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
     p.add_argument("--json", action="store_true", help="JSON output")
     add_chain_argument(p)

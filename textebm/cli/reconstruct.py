@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument
+from textebm.cli.common import add_chain_argument, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--chains", type=int, default=1, metavar="C",
                    help="posterior samples averaged per code (default 1: one sample, as training sees it)")
     p.add_argument("--posterior-steps", type=int, metavar="K", help="Langevin steps per chain (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same result")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same result")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
     p.add_argument("--examples", type=int, default=5, metavar="N", help="reconstructions shown in the text output")
     p.add_argument("--json", action="store_true",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import output_path, seed_type
 from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 
@@ -11,8 +12,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample sentences from a trained run")
     p.add_argument("--checkpoint", required=True, help="run folder")
     p.add_argument("-n", type=int, default=10, help="number of sentences (default 10)")
-    p.add_argument("--out", help="write to this file (atomically) instead of stdout")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same sentences")
+    p.add_argument("--out", type=output_path, help="write to this file (atomically) instead of stdout")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same sentences")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (z still comes from the prior chain)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0: off)")
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.errors import UserError
     from textebm.generation.sampling import SamplingOptions, generate_text
-    from textebm.io import atomic_write_text
+    from textebm.io import atomic_write_text, check_writable
     from textebm.model.runs import load_run
 
     if args.n < 1:
@@ -39,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
+    if args.out:
+        check_writable(args.out)  # before the sentences are drawn, not after
     loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), precision=args.precision)
     sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size)
     text = "".join(s + "\n" for s in sentences)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, read_sentences
+from textebm.cli.common import add_chain_argument, output_path, read_sentences, seed_type
 from textebm.devices import add_device_argument
 from textebm.progress import add_progress_argument
 
@@ -23,9 +23,9 @@ def add_parser(subparsers) -> None:
                    help="instead of FILE: score two files, print AUROC (anomalous scored higher = 1.0)")
     p.add_argument("--num-chains", type=int, default=4, help="posterior chains averaged per sentence (default 4)")
     p.add_argument("--posterior-steps", type=int, help="Langevin steps per chain (default: the run's K1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same scores")
+    p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same scores")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
-    p.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    p.add_argument("--out", type=output_path, help="write to this file (atomically) instead of stdout")
     p.add_argument("--json", action="store_true", help="JSON output instead of tab-separated text")
     add_progress_argument(p)
     add_chain_argument(p)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from textebm.devices import resolve_device
     from textebm.errors import UserError
     from textebm.evaluation.anomaly import auroc, score_lines
-    from textebm.io import atomic_write_text
+    from textebm.io import atomic_write_text, check_writable
     from textebm.model.runs import load_run
     from textebm.progress import Progress
 
@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.posterior_steps is not None and args.posterior_steps < 0:
         raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+    if args.out:
+        check_writable(args.out)  # before the scoring, not after
     files = [args.file] if args.file else list(args.auroc)
     texts = [read_sentences(f) for f in files]  # input errors before the (slower) model load
     loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), args.chain)

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from textebm.cli.common import output_path, seed_type
 from textebm.devices import add_device_argument, bf16_emulated, resolve_chain_precision, resolve_device
 
 
@@ -16,7 +17,7 @@ def add_parser(subparsers) -> None:
                                     "run's own, from its config)")
     p.add_argument("--data-dir",
                    help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
-    p.add_argument("--out", help="run folder (default: runs/<corpus>-<time>)")
+    p.add_argument("--out", type=output_path, help="run folder (default: runs/<corpus>-<time>)")
     p.add_argument("--preset", help="config preset (default: by device: the corpus's own, paper-scale preset on "
                                     "CUDA, 'cpu' on a CPU); e.g. cpu, ptb")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -32,9 +33,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--keep-at", type=_minutes_list, default=(), metavar="M1,M2,...",
                    help="copy the run to RUN/marks/cpu-<M>min/ when its training CPU time reaches each of these "
                         "minutes (complete run folders that evaluate, sample and serve like the run)")
-    p.add_argument("--seed", type=int, help="random seed (config key seed)")
+    p.add_argument("--seed", type=seed_type, help="random seed (config key seed)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint, with its saved config and corpus")
+                   help="continue the run in --out from its last checkpoint (from step 0 when it stopped before "
+                        "its first), with its saved config and corpus")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(p)
     p.set_defaults(run=run)
@@ -99,6 +101,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     from textebm.data.vocab import build_vocab, load_vocab
     from textebm.errors import UserError
     from textebm.evaluation.plots import plot_learning_curves
+    from textebm.io import check_writable
     from textebm.model.runs import build_model, create_run, is_run, load_config
     from textebm.training.train import train
     from textebm.training.training_log import add_figure
@@ -128,7 +131,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
             raise UserError("--corpus is required (ptb, snli, yahoo, or a path to text); only --resume reads it "
                             "from the run")
         name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
-        folder = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        folder = check_writable(Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), folder=True)
         if parallel.broadcast(is_run(folder) if parallel.is_main else None):  # rank 0 decides, before it creates it
             raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         preset = args.preset

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textebm.errors import UserError
-from textebm.io import atomic_write, atomic_write_text
+from textebm.io import atomic_write, atomic_write_text, check_writable
 
 SPLITS = ("train", "valid", "test")
 HELD_OUT_SHARE = 0.05  # validation lines taken from the end of train when a corpus has no other split
@@ -253,7 +253,7 @@ def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None,
     """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder."""
     if name not in KNOWN:
         raise UserError(f"unknown corpus {name!r}; known: {', '.join(KNOWN)}")
-    folder = data_dir(data_dir_arg) / name
+    folder = check_writable(data_dir(data_dir_arg) / name, folder=True)
     folder.mkdir(parents=True, exist_ok=True)
     if name == "ptb":
         fetch_ptb(folder, ptb_urls(source), progress)

@@ -602,15 +602,19 @@ def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: b
     (RUN/evaluation-<split>.json, atomically). Returns the report as written."""
     from textebm.evaluation.partial_evaluation import partial_path
     from textebm.evaluation.plots import plot_quality_diversity
-    from textebm.io import atomic_write_text, json_safe
+    from textebm.io import atomic_write_text, check_writable, json_safe
+    from textebm.model.runs import is_run
 
-    result = evaluate(options, progress, tf32, resumable=True)
     folder = Path(options.checkpoint)
+    report, figure = evaluation_path(folder, options.split), folder / f"quality_diversity-{options.split}.png"
+    if is_run(folder):  # (when it is not, `evaluate` says why) where the results go, before the work
+        check_writable(report)
+        check_writable(figure)
+    result = evaluate(options, progress, tf32, resumable=True)
     if result["generation"] is not None:
-        figure = folder / f"quality_diversity-{options.split}.png"
         result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
     result = json_safe(result)
-    atomic_write_text(evaluation_path(folder, options.split), json.dumps(result, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(report, json.dumps(result, indent=2, allow_nan=False) + "\n")
     partial_path(folder, options.split).unlink(missing_ok=True)  # done: nothing left to resume
     return result
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textebm.errors import UserError
+from textebm.io import check_writable
 from textebm.progress import QUIET, Progress
 
 PROTOCOL_TRAIN, PROTOCOL_VALID = 40_000, 3_000  # DGMVAE's split of its generated sentences
@@ -97,7 +98,7 @@ class ProtocolOptions:
             reverse_lm_config(self, "samples", on_cuda=False)  # values and preset checked before any work
         except UserError as err:
             raise UserError(str(err).replace("--set ", "--rppl-set ")) from None
-        if self.keep is not None and Path(self.keep).exists() and any(Path(self.keep).iterdir()):
+        if self.keep is not None and check_writable(self.keep, folder=True).is_dir() and any(Path(self.keep).iterdir()):
             raise UserError(f"--rppl-out {self.keep} exists and is not empty: name a new folder")
         return self
 

@@ -9,8 +9,9 @@
     RUN/metrics.jsonl    one JSON object per logged step / validation
     RUN/train.log        the human-readable log
 
-All files are written atomically (textebm.io); a run killed at any moment resumes from its
-last checkpoint.
+All files are written atomically (textebm.io), but for metrics.jsonl and train.log, appended a line at a
+time (a kill can cut their last line short; textebm.evaluation.plots.read_metrics skips it); a run killed
+at any moment resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ CHAIN_KEYS_BEFORE_TEMPERING = {"prior_noise": 1.0, "posterior_noise": 1.0, "post
 
 def load_config(folder: Path) -> Config:
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is not a folder (a run folder is expected)")
     if not folder.is_dir():
         raise UserError(f"{folder} does not exist")
     if not is_run(folder):

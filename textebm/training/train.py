@@ -33,7 +33,7 @@ from textebm.errors import NonFiniteError, UserError
 from textebm.inference.diagnostics import latent_usage, prior_chain_bias
 from textebm.inference.likelihood import annealed_log_partition
 from textebm.io import atomic_write_text, remove_stale_temp_files
-from textebm.model.checkpoints import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from textebm.model.checkpoints import has_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from textebm.model.langevin import Shard, deferred_checks, gaussian_noise
 from textebm.model.latent_ebm import LatentEBMTextModel
 from textebm.model.runs import create_run
@@ -548,17 +548,23 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     budget = Budget(max_steps, max_minutes, max_cpu_minutes, tuple(sorted(keep_at)))
     with _StopRequest() as stop:  # from the start: a stop request during set-up ends the run at the first step
         learner = make_learner(model, cfg, device, parallel)
-        step, clock = 0, Clock()
-        if resume:
+        step, clock, notes = 0, Clock(), []
+        # A run stopped before its first checkpoint (killed, or crashed) has nothing to continue from: it
+        # starts over from step 0 with its saved config, its records from the lost steps dropped (resumed_at=0).
+        started_over = resume and not has_checkpoint(folder)
+        if resume and not started_over:
             checkpoint = load_checkpoint(folder)
             notes = learner.load_state(checkpoint)
             step = int(checkpoint["step"])
             clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
-            if main:
-                remove_stale_temp_files(folder)
+        if resume and main:
+            remove_stale_temp_files(folder)
         log = TrainingLog(folder, echo if main else (lambda text: None), clock, enabled=main,
                           resumed_at=step if resume else None, tensorboard=cfg.tensorboard)
-        if resume:
+        if started_over:
+            log.message(f"{folder} has no checkpoint yet (stopped before its first): training it from step 0 "
+                        "with its saved config")
+        elif resume:
             log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
             for note in notes:
                 log.message(note)
