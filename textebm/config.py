@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
 
+from textebm.data.vocab import SPECIALS
 from textebm.errors import UserError
 
 SCHEDULES = ("constant", "linear", "geometric")
@@ -144,6 +145,10 @@ class Config:
                 raise UserError("model=vae infers z with its own encoder: posterior_init applies to model=latent_ebm")
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
             raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
+        if 0 < self.vocab_size <= len(SPECIALS):
+            # the size counts <pad>, <s>, </s> and <unk>: a smaller one left no room for a word (and kept them all)
+            raise UserError(f"vocab_size must be 0 (no limit) or at least {len(SPECIALS) + 1} (the {len(SPECIALS)} "
+                            f"special tokens and one word), not {self.vocab_size}")
         return self
 
     def posterior_step_sizes(self, steps: int | None = None) -> list[float]:
