@@ -322,9 +322,15 @@ def test_missing_split(invoke, tmp_path, corpus_folder, train_lines):
     assert not (run / "evaluation-valid.json").exists()
 
 
-def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, train_lines):
+def test_user_file_corpus_is_evaluated_on_its_held_out_lines_as_valid(invoke, tmp_path, small_corpus, train_lines):
+    # `--split valid` said "no valid split": the 5% a single file holds out could never be evaluated
     run = _make_run(tmp_path / "run", small_corpus, train_lines[:300])
-    _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split")
+    _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split", "is --split valid")
+    status, out, err = invoke("--checkpoint", run, "--split", "valid", *FAST, "--fppl-samples", "0")
+    assert status == 0, err
+    report = json.loads((run / "evaluation-valid.json").read_text())
+    assert report["split"] == "valid" and report["evaluated_text"] == "last 20 lines of train (held out)"
+    assert report["num_sentences"] == 12 and "last 20 lines of train (held out)" in out
 
 
 def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_numbers(invoke, tmp_path, corpus_folder,

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from textebm.data.corpora import KNOWN
+from textebm.data.corpora import KNOWN, check_evaluation_split, open_corpus
 from textebm.errors import UserError
 
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
@@ -241,6 +241,13 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
         if not keep_at:
             fail("`evaluate_marks` needs marks to evaluate: give `keep_at`")
         mark_evaluation = _evaluation(mark_evaluation, fail)
+    if corpus not in KNOWN and Path(corpus).exists():  # its splits are known now, not only after training
+        try:
+            user_corpus = open_corpus(corpus)
+            for evaluation in (*evaluations, *([mark_evaluation] if mark_evaluation else [])):
+                check_evaluation_split(user_corpus, train_split, evaluation.split)
+        except UserError as err:
+            fail(str(err))
     splits = [e.split for e in evaluations]
     if len(set(splits)) != len(splits):
         fail("two evaluations of one split (RUN/evaluation-<split>.json holds one)")
