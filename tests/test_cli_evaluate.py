@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,6 +311,32 @@ def test_the_draws_check_compares_runs_of_the_estimator_with_all_their_chains_po
     per_sentence = [-float(jackknife_log_mean_exp(row)) + sum(r) / 3 for row, r in zip(log_w, runs)]
     spread = abs(per_sentence[0] - per_sentence[1]) / 2  # the standard error of a mean of two
     assert check.stderr == pytest.approx(spread)
+
+
+def test_a_report_made_with_other_options_is_kept_not_replaced(invoke, tmp_path, corpus_folder, train_lines):
+    # a 2-sentence smoke test replaced a long report without a word, its figure left beside the new one
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    status, _, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "20", "--temperatures", "1")
+    assert status == 0, err
+    long_report = json.loads((run / "evaluation-test.json").read_text())
+    assert long_report["options"]["max_sentences"] == 12 and "checkpoint" not in long_report["options"]
+    smoke = [*FAST, "--max-sentences", "2", "--fppl-samples", "0"]
+    status, _, err = invoke("--checkpoint", run, *smoke)
+    assert status == 0, err
+    (kept,) = run.glob("evaluation-test.earlier-*.json")
+    assert err.strip().splitlines()[-1] == f"the earlier evaluation-test.json was made with other options: kept as " \
+                                           f"{kept}"
+    earlier = json.loads(kept.read_text())
+    figure = earlier.pop("figure")
+    assert earlier == {k: v for k, v in long_report.items() if k != "figure"}
+    assert figure == str(run / (kept.stem.replace("evaluation", "quality_diversity") + ".png"))
+    assert [p.name for p in run.glob("*.png")] == [Path(figure).name]
+    assert not (run / "quality_diversity-test.png").exists()  # the new report has no figure: none stands beside it
+    assert json.loads((run / "evaluation-test.json").read_text())["num_sentences"] == 2
+    # the same options again: the report is redone in place (as `reproduce` redoes an evaluation)
+    status, _, err = invoke("--checkpoint", run, *smoke)
+    assert status == 0 and "kept as" not in err
+    assert len(list(run.glob("evaluation-test.*.json"))) == 1
 
 
 def test_not_a_run(invoke, tmp_path):

@@ -47,13 +47,12 @@ from textebm.errors import UserError
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
             "keep_at", "evaluate_marks", "seed", "seeds", "evaluate"}
 NAME = re.compile(r"[A-Za-z0-9._-]+")
-PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs: not the grid's
 NOT_IN_GRIDS = ("protocol",)  # the later papers' protocol (wKL, neural rPPL): `textebm evaluate` only, for now
 
 
 def evaluate_types() -> dict[str, type]:
     """The `textebm evaluate` options a grid may set: EvaluationOptions' fields (`chain` as `set`), by type."""
-    from textebm.evaluation.held_out import EvaluationOptions
+    from textebm.evaluation.held_out import PLACE_KEYS, EvaluationOptions
 
     kinds = {"int": int, "float": float, "list": list, "str": str}
     return {("set" if f.name == "chain" else f.name): kinds[re.match(r"\w+", str(f.type)).group()]
