@@ -96,7 +96,7 @@ class ProtocolOptions:
                                     f"whose vocabulary the protocol fixes; {', '.join(FIXED_KEYS)} cannot change")
             reverse_lm_config(self, "samples", on_cuda=False)  # values and preset checked before any work
         except UserError as err:
-            raise UserError(str(err).replace("--set ", "--rppl-set ")) from None
+            raise UserError(str(err).replace("--set ", "--rppl-set ").replace("--preset", "--rppl-preset")) from None
         if self.keep is not None and Path(self.keep).exists() and any(Path(self.keep).iterdir()):
             raise UserError(f"--rppl-out {self.keep} exists and is not empty: name a new folder")
         return self
