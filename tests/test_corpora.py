@@ -174,6 +174,18 @@ def test_offline_missing_ptb_names_the_folder(tmp_path):
     assert not (tmp_path / "ptb").exists() or not any((tmp_path / "ptb").iterdir())
 
 
+def test_a_failed_fetch_leaves_no_folder_and_names_a_data_folder_that_does_not_exist(tmp_path):
+    # a mistyped --data-dir /nonexist made /nonexist/ptb before the download failed
+    typo = tmp_path / "typo" / "data"
+    with pytest.raises(UserError, match=f"the data folder {typo} does not exist .*downloads are off"):
+        open_corpus("ptb", str(typo))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError, match="^SNLI not found"):  # an existing data folder: no word about it
+        open_corpus("snli", str(tmp_path / "data"))
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"] and not any((tmp_path / "data").iterdir())
+
+
 def test_offline_missing_snli_names_the_folder(tmp_path):
     with pytest.raises(UserError, match="downloads are off") as info:
         open_corpus("snli", str(tmp_path))

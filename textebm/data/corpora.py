@@ -9,6 +9,7 @@ with ARAE's recipe; Yahoo must be supplied by the user. `--corpus PATH` reads an
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -250,17 +251,29 @@ def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
 
 
 def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None, progress: bool = False) -> Path:
-    """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder."""
+    """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder.
+    A fetch that fails leaves no folder it made (a mistyped --data-dir must not appear on disk)."""
     if name not in KNOWN:
         raise UserError(f"unknown corpus {name!r}; known: {', '.join(KNOWN)}")
-    folder = data_dir(data_dir_arg) / name
+    root = data_dir(data_dir_arg)
+    folder = root / name
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
-    if name == "ptb":
-        fetch_ptb(folder, ptb_urls(source), progress)
-    elif name == "snli":
-        fetch_snli(folder, source or SNLI_HUB_ID)
-    else:
-        fetch_yahoo(folder)
+    try:
+        if name == "ptb":
+            fetch_ptb(folder, ptb_urls(source), progress)
+        elif name == "snli":
+            fetch_snli(folder, source or SNLI_HUB_ID)
+        else:
+            fetch_yahoo(folder)
+    except BaseException as err:
+        for path in made:
+            with contextlib.suppress(OSError):  # only what is still empty
+                path.rmdir()
+        if root in made and isinstance(err, UserError):
+            raise UserError(f"the data folder {root} does not exist (check --data-dir or $TEXTEBM_DATA_DIR); "
+                            f"{err}") from None
+        raise
     return folder
 
 
