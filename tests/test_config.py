@@ -156,6 +156,12 @@ def test_prior_none_is_the_language_model_and_takes_no_encoder():
         resolve_config("cpu", "ptb", ["prior=none", "posterior_init=encoder"])
 
 
+def test_the_corpus_is_not_set_with_set():
+    # --set corpus=ptb silently replaced --corpus FILE
+    with pytest.raises(UserError, match="^--set corpus=ptb: the corpus is chosen with --corpus, not --set$"):
+        resolve_config("cpu", "/my/text.txt", ["corpus=ptb"])
+
+
 def test_unknown_preset():
     with pytest.raises(UserError, match="unknown preset 'nope'.*cpu"):
         resolve_config("nope", "ptb")

@@ -264,6 +264,8 @@ def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -
     overridden = set()
     for item in overrides:
         key, value = parse_override(item)
+        if key == "corpus":  # it replaced --corpus FILE without a word
+            raise UserError(f"--set corpus={value}: the corpus is chosen with --corpus, not --set")
         values[key] = value
         overridden.add(key)
     if values.get("model", Config.model) == "vae" or values.get("prior", Config.prior) == "none":
