@@ -93,6 +93,14 @@ def test_fetch_yahoo_says_what_is_missing(cli, data_folder, tmp_path, one_line_e
     assert out.startswith(f"yahoo: train, valid, test in {complete / 'yahoo'}\n")
 
 
+def test_a_source_that_is_neither_a_folder_nor_a_url(cli, tmp_path, one_line_error):
+    # it said "unknown url type: '/nonexist/ptb.train.txt'"
+    source = tmp_path / "nonexist"
+    one_line_error(*cli("data", "--data-dir", tmp_path / "d", "--fetch", "ptb", "--source", source)[::2], "data",
+                   f"--source {source}: no such folder (nor a URL")
+    assert not (tmp_path / "d").exists()
+
+
 def test_bad_requests(cli, tmp_path, one_line_error):
     one_line_error(*cli("data", "--data-dir", tmp_path, "--fetch", "wiki")[::2], "data", "unknown corpus")
     one_line_error(*cli("data", "--data-dir", tmp_path, "--source", tmp_path)[::2], "data", "--fetch")

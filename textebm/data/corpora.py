@@ -183,6 +183,8 @@ def ptb_urls(source: str | None = None) -> dict[str, str]:
     ptb.{train,valid,test}.txt)."""
     if source is None:
         return dict(PTB_URLS)
+    if not Path(source).is_dir() and "://" not in source:  # urllib's "unknown url type" hid the typo
+        raise UserError(f"--source {source}: no such folder (nor a URL such as https://host/path)")
     base = Path(source).resolve().as_uri() if Path(source).is_dir() else source.rstrip("/")
     return {split: f"{base}/ptb.{split}.txt" for split in SPLITS}
 
@@ -255,13 +257,14 @@ def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None,
     A fetch that fails leaves no folder it made (a mistyped --data-dir must not appear on disk)."""
     if name not in KNOWN:
         raise UserError(f"unknown corpus {name!r}; known: {', '.join(KNOWN)}")
+    urls = ptb_urls(source) if name == "ptb" else None  # a bad --source before any folder is made
     root = data_dir(data_dir_arg)
     folder = root / name
     made = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     try:
         if name == "ptb":
-            fetch_ptb(folder, ptb_urls(source), progress)
+            fetch_ptb(folder, urls, progress)
         elif name == "snli":
             fetch_snli(folder, source or SNLI_HUB_ID)
         else:
