@@ -176,8 +176,11 @@ def real_data_lm(train: str | Path | list[str], order: int = DEFAULT_ORDER, memo
     if binary.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            return NgramLM(str(binary), order, bool(meta["discount_fallback"]),
-                           int(meta["num_sentences"]), cached=True)
+            fallback, sentences = meta["discount_fallback"], meta["num_sentences"]
+            # a value of the wrong type is damage too: bool("false") read a hand-edited flag as True
+            if not isinstance(fallback, bool) or not isinstance(sentences, int) or isinstance(sentences, bool):
+                raise TypeError("a sidecar value of the wrong type")
+            return NgramLM(str(binary), order, fallback, sentences, cached=True)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged sidecar: rebuild below
     try:  # a cache that cannot take the new model (under a file, read-only) fails before the estimation

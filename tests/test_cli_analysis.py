@@ -192,6 +192,18 @@ def test_score_one_line_per_input_line_and_deterministic(analysis, trained_run, 
     assert status == 0 and len(json.loads(out_file.read_text())) == 5
 
 
+def test_score_rows_keep_four_columns_when_a_sentence_holds_tabs(analysis, trained_run, tmp_path):
+    # the sentence was printed raw: "the\tcat\tsat" made a row of 7 columns
+    text = tmp_path / "tabs.txt"
+    text.write_text("the\tmarket\t\tfell  today\nprices rose\n", encoding="utf-8")
+    status, out, err = analysis("score", "--checkpoint", trained_run, text, "--num-chains", "1")
+    assert status == 0, err
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [len(r) for r in rows] == [4, 4]
+    assert [r[3] for r in rows] == ["the market fell today", "prices rose"]
+    assert int(rows[0][2]) == 5  # four words and </s>: scored as tokenised
+
+
 def test_score_progress_on_stderr_when_asked(analysis, trained_run, tmp_path, short_lines):
     text = tmp_path / "in.txt"
     text.write_text("\n".join(short_lines[:5]) + "\n", encoding="utf-8")

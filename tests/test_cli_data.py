@@ -75,10 +75,10 @@ def test_failed_fetch_is_one_line_and_leaves_no_partial_file(cli, synthetic_spli
     mirror = _mirror(tmp_path, synthetic_splits, monkeypatch, damage="valid")
     one_line_error(*cli("data", "--data-dir", target, "--fetch", "ptb", "--source", mirror)[::2], "data",
                    "sha256")
-    assert list((target / "ptb").iterdir()) == []  # neither the good train file nor a partial one
+    assert not target.exists()  # neither the good train file nor a partial one, nor the folders made for them
     one_line_error(*cli("data", "--data-dir", target, "--fetch", "ptb", "--source",
                         (tmp_path / "nowhere").as_uri())[::2], "data", "download failed")
-    assert list((target / "ptb").iterdir()) == []
+    assert not target.exists()
 
 
 def test_fetch_yahoo_says_what_is_missing(cli, data_folder, tmp_path, one_line_error):
@@ -91,6 +91,14 @@ def test_fetch_yahoo_says_what_is_missing(cli, data_folder, tmp_path, one_line_e
     status, out, err = cli("data", "--data-dir", complete, "--fetch", "yahoo")
     assert status == 0, err
     assert out.startswith(f"yahoo: train, valid, test in {complete / 'yahoo'}\n")
+
+
+def test_a_source_that_is_neither_a_folder_nor_a_url(cli, tmp_path, one_line_error):
+    # it said "unknown url type: '/nonexist/ptb.train.txt'"
+    source = tmp_path / "nonexist"
+    one_line_error(*cli("data", "--data-dir", tmp_path / "d", "--fetch", "ptb", "--source", source)[::2], "data",
+                   f"--source {source}: no such folder (nor a URL")
+    assert not (tmp_path / "d").exists()
 
 
 def test_bad_requests(cli, tmp_path, one_line_error):

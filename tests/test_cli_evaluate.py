@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,6 +315,32 @@ def test_the_draws_check_compares_runs_of_the_estimator_with_all_their_chains_po
     assert check.stderr == pytest.approx(spread)
 
 
+def test_a_report_made_with_other_options_is_kept_not_replaced(invoke, tmp_path, corpus_folder, train_lines):
+    # a 2-sentence smoke test replaced a long report without a word, its figure left beside the new one
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    status, _, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "20", "--temperatures", "1")
+    assert status == 0, err
+    long_report = json.loads((run / "evaluation-test.json").read_text())
+    assert long_report["options"]["max_sentences"] == 12 and "checkpoint" not in long_report["options"]
+    smoke = [*FAST, "--max-sentences", "2", "--fppl-samples", "0"]
+    status, _, err = invoke("--checkpoint", run, *smoke)
+    assert status == 0, err
+    (kept,) = run.glob("evaluation-test.earlier-*.json")
+    assert err.strip().splitlines()[-1] == f"the earlier evaluation-test.json was made with other options: kept as " \
+                                           f"{kept}"
+    earlier = json.loads(kept.read_text())
+    figure = earlier.pop("figure")
+    assert earlier == {k: v for k, v in long_report.items() if k != "figure"}
+    assert figure == str(run / (kept.stem.replace("evaluation", "quality_diversity") + ".png"))
+    assert [p.name for p in run.glob("*.png")] == [Path(figure).name]
+    assert not (run / "quality_diversity-test.png").exists()  # the new report has no figure: none stands beside it
+    assert json.loads((run / "evaluation-test.json").read_text())["num_sentences"] == 2
+    # the same options again: the report is redone in place (as `reproduce` redoes an evaluation)
+    status, _, err = invoke("--checkpoint", run, *smoke)
+    assert status == 0 and "kept as" not in err
+    assert len(list(run.glob("evaluation-test.*.json"))) == 1
+
+
 def test_not_a_run(invoke, tmp_path):
     _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
 
@@ -332,9 +359,15 @@ def test_missing_split(invoke, tmp_path, corpus_folder, train_lines):
     assert not (run / "evaluation-valid.json").exists()
 
 
-def test_user_file_corpus_without_test_split(invoke, tmp_path, small_corpus, train_lines):
+def test_user_file_corpus_is_evaluated_on_its_held_out_lines_as_valid(invoke, tmp_path, small_corpus, train_lines):
+    # `--split valid` said "no valid split": the 5% a single file holds out could never be evaluated
     run = _make_run(tmp_path / "run", small_corpus, train_lines[:300])
-    _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split")
+    _one_line(*invoke("--checkpoint", run, *FAST)[::2], "no test split", "is --split valid")
+    status, out, err = invoke("--checkpoint", run, "--split", "valid", *FAST, "--fppl-samples", "0")
+    assert status == 0, err
+    report = json.loads((run / "evaluation-valid.json").read_text())
+    assert report["split"] == "valid" and report["evaluated_text"] == "last 20 lines of train (held out)"
+    assert report["num_sentences"] == 12 and "last 20 lines of train (held out)" in out
 
 
 def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_numbers(invoke, tmp_path, corpus_folder,

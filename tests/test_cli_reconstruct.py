@@ -63,6 +63,15 @@ def test_a_split_of_the_runs_corpus(cli, trained_run, tmp_path, data_folder):
     assert report["source"] == "ptb valid" and report["num_sentences"] == 5
 
 
+def test_a_run_on_one_text_file_reconstructs_its_held_out_lines(cli, trained_run):
+    # the run trained on a single file: its last 5% (20 of 400 lines) held out, reached as --split valid
+    status, out, err = cli("reconstruct", "--checkpoint", trained_run, "--split", "valid", "--max-sentences", "3",
+                           "--json")
+    assert status == 0, err
+    report = json.loads(out)
+    assert report["source"].endswith("small.txt last 20 lines of train (held out)") and report["num_sentences"] == 3
+
+
 @pytest.fixture(scope="module")
 def language_model_run(tmp_path_factory, train_args):
     """A tiny run trained with prior=none: no latent, nothing to reconstruct from."""

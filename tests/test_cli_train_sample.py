@@ -56,6 +56,7 @@ def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train
     (["--set", "latent_dim=0"], "latent_dim"),
     (["--set", "cell=rnn"], "cell"),
     (["--set", "latent_dim"], "key=value"),
+    (["--vocab-size", "1"], "at least 5"),
     (["--max-steps", "0"], "--max-steps"),
     (["--max-minutes", "-1"], "--max-minutes"),
     (["--threads", "0"], "--threads"),

@@ -13,6 +13,7 @@ from textebm.config import (
     resolve_config,
     step_schedule,
 )
+from textebm.data.vocab import WordVocab
 from textebm.errors import UserError
 
 
@@ -136,10 +137,30 @@ def test_invalid_values_are_rejected(item):
         resolve_config("cpu", "ptb", [item])
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_a_vocab_size_with_no_room_for_a_word_is_refused(size):
+    # 1 to 3 kept almost every word (a negative budget cut only the last few), 4 kept none
+    with pytest.raises(UserError, match=f"vocab_size must be 0 \\(no limit\\) or at least 5 .*not {size}$"):
+        resolve_config("cpu", "ptb", [f"vocab_size={size}"])
+
+
+def test_vocab_size_0_is_no_limit_and_5_keeps_one_word():
+    assert resolve_config("cpu", "ptb", ["vocab_size=0"]).vocab_size == 0
+    size = resolve_config("cpu", "ptb", ["vocab_size=5"]).vocab_size
+    assert WordVocab.build(["a a b c"], max_size=size).itos[4:] == ["a"]
+    assert WordVocab.build(["a a b c"], max_size=0).itos[4:] == ["a", "b", "c"]
+
+
 def test_prior_none_is_the_language_model_and_takes_no_encoder():
     assert resolve_config("cpu", "ptb", ["prior=none"]).prior == "none"
     with pytest.raises(UserError, match="needs a latent"):
         resolve_config("cpu", "ptb", ["prior=none", "posterior_init=encoder"])
+
+
+def test_the_corpus_is_not_set_with_set():
+    # --set corpus=ptb silently replaced --corpus FILE
+    with pytest.raises(UserError, match="^--set corpus=ptb: the corpus is chosen with --corpus, not --set$"):
+        resolve_config("cpu", "/my/text.txt", ["corpus=ptb"])
 
 
 def test_unknown_preset():

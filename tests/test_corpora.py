@@ -13,6 +13,7 @@ import pytest
 from textebm.data import corpora
 from textebm.data.corpora import (
     arae_snli_sentences,
+    check_evaluation_split,
     evaluation_splits,
     fetch_ptb,
     fetch_snli,
@@ -68,6 +69,23 @@ def test_evaluation_splits_of_the_substitute_training_splits(data_folder):
     assert len(held_out) == len(snli.lines("test")) // 20
     ptb = open_corpus("ptb", folder)
     assert evaluation_splits(ptb, "train", "test")[1] == ptb.lines("test")
+
+
+def test_a_single_files_held_out_lines_are_its_valid_split(tmp_path, data_folder):
+    """`train --corpus FILE` validates on its last 5%: `--split valid` evaluates them (no split of the file
+    could reach them); test names none, and says so. SNLI (test only) stays as it was."""
+    path = tmp_path / "text.txt"
+    path.write_text("".join(f"sentence {i}\n" for i in range(100)), encoding="utf-8")
+    corpus = open_corpus(str(path))
+    train, held_out, source = evaluation_splits(corpus, "train", "valid")
+    assert len(train) == 95 and held_out == [f"sentence {i}" for i in range(95, 100)]
+    assert source == "last 5 lines of train (held out)"
+    assert check_evaluation_split(corpus, "train", "valid") is True
+    with pytest.raises(UserError, match=r"no test split \(have: train\).*the last 5% of train, is --split valid"):
+        evaluation_splits(corpus, "train", "test")
+    snli = open_corpus("snli", str(data_folder(snli="test")))
+    with pytest.raises(UserError, match=r"no valid split \(have: test\); evaluate needs held-out text$"):
+        evaluation_splits(snli, "test", "valid")
 
 
 # --- the real corpora ($TEXTEBM_DATA_DIR) --------------------------------------------------------
@@ -154,6 +172,18 @@ def test_offline_missing_ptb_names_the_folder(tmp_path):
         open_corpus("ptb", str(tmp_path))
     assert str(tmp_path / "ptb") in str(info.value)
     assert not (tmp_path / "ptb").exists() or not any((tmp_path / "ptb").iterdir())
+
+
+def test_a_failed_fetch_leaves_no_folder_and_names_a_data_folder_that_does_not_exist(tmp_path):
+    # a mistyped --data-dir /nonexist made /nonexist/ptb before the download failed
+    typo = tmp_path / "typo" / "data"
+    with pytest.raises(UserError, match=f"the data folder {typo} does not exist .*downloads are off"):
+        open_corpus("ptb", str(typo))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError, match="^SNLI not found"):  # an existing data folder: no word about it
+        open_corpus("snli", str(tmp_path / "data"))
+    assert list(tmp_path.iterdir()) == [tmp_path / "data"] and not any((tmp_path / "data").iterdir())
 
 
 def test_offline_missing_snli_names_the_folder(tmp_path):

@@ -9,6 +9,7 @@ shares that cache folder.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import subprocess
@@ -273,6 +274,22 @@ def test_damaged_cached_model_is_rebuilt(tmp_path, monkeypatch):
     lm, model = _real_model(read_sentences(train).sentences, 3, "1G", None)
     assert lm.cached is False and lm.path == first.path
     assert perplexity(model, ["the cat ran"]).num_words == 3
+
+
+@pytest.mark.parametrize("key, value", [("discount_fallback", "false"), ("discount_fallback", 0),
+                                        ("num_sentences", "20"), ("num_sentences", 20.5)])
+def test_a_sidecar_value_of_the_wrong_type_is_damage_and_rebuilt(tmp_path, key, value):
+    # a hand-edited "false" was read with bool(): True
+    train = tmp_path / "train.txt"
+    train.write_text("the cat sat\nthe dog ran\na cat ran\nthe dog sat\n" * 5, encoding="utf-8")
+    first = real_data_lm(train, order=3, cache_dir=tmp_path / "cache")
+    sidecar = Path(first.path).with_suffix(".json")
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    assert meta["discount_fallback"] is first.discount_fallback and meta["num_sentences"] == 20
+    sidecar.write_text(json.dumps({**meta, key: value}), encoding="utf-8")
+    again = real_data_lm(train, order=3, cache_dir=tmp_path / "cache")
+    assert again.cached is False and again.discount_fallback is first.discount_fallback
+    assert json.loads(sidecar.read_text(encoding="utf-8")) == meta
 
 
 def test_real_data_lm_is_keyed_by_the_normalised_text_not_the_file(tmp_path):

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lm_eval import word_kl
+from textebm.cli.common import protocol_rows
 from textebm.errors import UserError
-from textebm.evaluation.protocol_metrics import ProtocolOptions, protocol_metrics, score_lines
+from textebm.evaluation.protocol_metrics import PROTOCOL_TRAIN, ProtocolOptions, protocol_metrics, score_lines
 
 TINY_LM = ["embedding_dim=16", "hidden_dim=32", "batch_size=16", "dropout=0.0", "generator_lr=0.01"]
 
@@ -55,6 +56,16 @@ def test_wkl_reads_the_first_synthetic_train_sentences(texts):
     assert "neural_reverse_ppl" not in result
 
 
+def test_the_report_gives_the_number_of_generated_sentences_used(texts):
+    # wKL alone reads what there is: 50 given, 40000 asked by default; the report said 40000
+    good, train, test = texts
+    result = protocol_metrics(good[:50], train, test, _options(neural_rppl=False, synthetic_train=PROTOCOL_TRAIN))
+    assert result["wkl"]["sentences"] == 50
+    assert result["protocol"]["synthetic_sentences"] == "50"
+    assert result["protocol"]["matches_protocol_sizes"] is False
+    assert ("  generated sentences", "50 (DGMVAE's: 40000 + 3000)") in protocol_rows(result)
+
+
 def test_step_cap_and_kept_run_folder(texts, tmp_path):
     good, train, test = texts
     folder = tmp_path / "lm"
@@ -90,6 +101,7 @@ def test_batching_does_not_change_the_test_score(texts, monkeypatch):
     (dict(overrides=["prior=ebm"]), "--rppl-set prior"),
     (dict(overrides=["hidden_dim=big"]), "--rppl-set hidden_dim: expected a int"),
     (dict(overrides=["hidden_dim=0"]), "hidden_dim must be at least 1"),
+    (dict(overrides=["foo=1"]), "unknown config key 'foo' in --rppl-set \\(presets are chosen with --rppl-preset\\)"),
     (dict(preset="huge"), "unknown preset 'huge'"),
     (dict(temperature=0.0), "--synthetic-temperature"),
     (dict(keep=__file__), f"cannot write {__file__}: it is not a folder"),

@@ -174,6 +174,23 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
     one_line_error(*cli("reproduce", tmp_path / "none.toml", "--out", tmp_path / "o")[::2], "reproduce", "none.toml")
 
 
+def test_an_evaluation_the_corpus_cannot_give_is_refused_before_training(cli, tmp_path, small_corpus, corpus_folder,
+                                                                         tiny_overrides, one_line_error):
+    # a single text file has no test split: the grid trained, then its evaluation failed (exit 1)
+    runs = f'[[runs]]\nname = "one-file"\nmax_steps = 2\ncorpus = "{small_corpus}"\nevaluate = [{EVALUATE}]\n'
+    grid, out = _grid(tmp_path, small_corpus, tiny_overrides, runs), tmp_path / "out"
+    one_line_error(*cli("reproduce", grid, "--out", out, "--device", "cpu")[::2], "reproduce", "one-file",
+                   "no test split (have: train)", "is --split valid")
+    assert not out.exists()
+    grid = _grid(tmp_path, small_corpus, tiny_overrides, runs.replace('split = "test"', 'split = "valid"'))
+    status, stdout, err = cli("reproduce", grid, "--out", out, "--dry-run")
+    assert status == 0, err
+    assert "evaluate valid" in stdout
+    marks = '[[runs]]\nname = "m"\nmax_cpu_minutes = 1\nkeep_at = [0.5]\nevaluate_marks = { split = "valid" }\n'
+    one_line_error(*cli("reproduce", _grid(tmp_path, corpus_folder, tiny_overrides, marks), "--out", out,
+                        "--dry-run")[::2], "reproduce", "no valid split (have: train, test)")
+
+
 def test_the_results_grid_is_shipped_and_valid():
     grid = load_grid("results")
     names = [r.name for r in grid.runs]

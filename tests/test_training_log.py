@@ -3,6 +3,7 @@ every record, TensorBoard events holding the scalars of metrics.jsonl."""
 
 import itertools
 import json
+import shutil
 
 import pytest
 import torch
@@ -80,6 +81,18 @@ def test_cpu_budget_counts_training_steps_over_resumes_and_keeps_marks(tiny_run,
     result = run(resume=True, max_cpu_minutes=8 / 60, keep_at=(2 / 60, 8 / 60))
     assert result.step == 8 and load_run(mark_folder(folder, 8 / 60)).step == 8
     assert [r["cpu_seconds"] for r in train_records] == [float(s) for s in range(1, 9)]
+
+
+def test_a_mark_folder_left_incomplete_is_kept_again(tiny_run, cpu_second_per_step):
+    # killed inside keep_mark after the mark's config and vocabulary, before its checkpoint: it counted as kept
+    folder, run = tiny_run
+    mark = mark_folder(folder, 2 / 60)
+    mark.mkdir(parents=True)
+    for name in ("config.json", "vocab.json"):
+        shutil.copy(folder / name, mark / name)
+    run(max_cpu_minutes=5 / 60, keep_at=(2 / 60,))
+    assert json.loads((mark / "mark.json").read_text())["step"] == 2
+    assert load_run(mark).step == 2
 
 
 def test_every_record_carries_the_three_clocks(tiny_run):

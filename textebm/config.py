@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
 
+from textebm.data.vocab import SPECIALS
 from textebm.errors import UserError
 
 # Seeds are signed 64-bit integers: torch's generators fail above 2**64 - 1 ("Overflow when unpacking long
@@ -150,6 +151,10 @@ class Config:
                 raise UserError("model=vae infers z with its own encoder: posterior_init applies to model=latent_ebm")
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
             raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
+        if 0 < self.vocab_size <= len(SPECIALS):
+            # the size counts <pad>, <s>, </s> and <unk>: a smaller one left no room for a word (and kept them all)
+            raise UserError(f"vocab_size must be 0 (no limit) or at least {len(SPECIALS) + 1} (the {len(SPECIALS)} "
+                            f"special tokens and one word), not {self.vocab_size}")
         return self
 
     def posterior_step_sizes(self, steps: int | None = None) -> list[float]:
@@ -265,6 +270,8 @@ def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -
     overridden = set()
     for item in overrides:
         key, value = parse_override(item)
+        if key == "corpus":  # it replaced --corpus FILE without a word
+            raise UserError(f"--set corpus={value}: the corpus is chosen with --corpus, not --set")
         values[key] = value
         overridden.add(key)
     if values.get("model", Config.model) == "vae" or values.get("prior", Config.prior) == "none":

@@ -28,7 +28,9 @@ def add_parser(subparsers) -> None:
         "reconstruction BLEU, and FPPL/RPPL of generated sentences under KenLM 5-grams. Writes "
         "RUN/evaluation-<split>.json.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
-    p.add_argument("--split", choices=("test", "valid"), default="test", help="held-out split (default test)")
+    p.add_argument("--split", choices=("test", "valid"), default="test",
+                   help="held-out split (default test); for a run on a single text file, valid is the last 5%% of "
+                        "it, held out of training")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--max-sentences", type=int, metavar="N",
                    help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")

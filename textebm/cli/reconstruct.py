@@ -19,7 +19,9 @@ def add_parser(subparsers) -> None:
                     "decodings of prior samples: a decoder that ignores z scores no better than it.")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--split", choices=("test", "valid"), help="held-out split of the run's corpus (default test)")
+    source.add_argument("--split", choices=("test", "valid"),
+                        help="held-out split of the run's corpus (default test; valid: a single text file's last "
+                             "5%%, held out of training)")
     source.add_argument("--input", metavar="FILE", help="text file, one sentence per line, instead of a split")
     p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--max-sentences", type=int, metavar="N", help="the first N sentences only")

@@ -15,8 +15,9 @@ def add_parser(subparsers) -> None:
         "score", help="anomaly scores of sentences (negative log joint at posterior samples)",
         description="Score each non-blank line of FILE by -log p(x, z) at posterior samples z ~ p(z | x), "
                     "averaged over chains. Output (tab-separated, one line per non-blank input line): "
-                    "per-token score, total score (nats), tokens (words + </s>), sentence. Higher = more "
-                    "anomalous. With --auroc NORMAL ANOMALOUS: score both files and print the AUROC.")
+                    "per-token score, total score (nats), tokens (words + </s>), sentence (its whitespace as single "
+                    "spaces). Higher = more anomalous. With --auroc NORMAL ANOMALOUS: score both files and print the "
+                    "AUROC.")
     p.add_argument("--checkpoint", required=True, help="run folder")
     p.add_argument("file", nargs="?", metavar="FILE", help="text file, one sentence per line")
     p.add_argument("--auroc", nargs=2, metavar=("NORMAL", "ANOMALOUS"),
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
             text = json.dumps([{"sentence": s, "tokens": n, "total": t, "per_token": p}
                                for s, n, t, p in zip(lines, res.tokens, res.total, res.per_token)], indent=1) + "\n"
         else:
-            text = "".join(f"{p:.4f}\t{t:.3f}\t{n}\t{s}\n"
+            # the sentence's whitespace (tabs included) made single spaces, as it is tokenised: four columns a row
+            text = "".join(f"{p:.4f}\t{t:.3f}\t{n}\t{' '.join(s.split())}\n"
                            for s, n, t, p in zip(lines, res.tokens, res.total, res.per_token))
         summary = f"scored {len(lines)} sentences in {seconds:.1f} s ({args.num_chains} chains each)"
     else:

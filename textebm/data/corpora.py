@@ -9,6 +9,7 @@ with ARAE's recipe; Yahoo must be supplied by the user. `--corpus PATH` reads an
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -182,6 +183,8 @@ def ptb_urls(source: str | None = None) -> dict[str, str]:
     ptb.{train,valid,test}.txt)."""
     if source is None:
         return dict(PTB_URLS)
+    if not Path(source).is_dir() and "://" not in source:  # urllib's "unknown url type" hid the typo
+        raise UserError(f"--source {source}: no such folder (nor a URL such as https://host/path)")
     base = Path(source).resolve().as_uri() if Path(source).is_dir() else source.rstrip("/")
     return {split: f"{base}/ptb.{split}.txt" for split in SPLITS}
 
@@ -250,17 +253,30 @@ def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
 
 
 def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None, progress: bool = False) -> Path:
-    """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder."""
+    """Download (PTB), prepare (SNLI) or explain how to place (Yahoo) a known corpus; its folder.
+    A fetch that fails leaves no folder it made (a mistyped --data-dir must not appear on disk)."""
     if name not in KNOWN:
         raise UserError(f"unknown corpus {name!r}; known: {', '.join(KNOWN)}")
-    folder = check_writable(data_dir(data_dir_arg) / name, folder=True)
+    urls = ptb_urls(source) if name == "ptb" else None  # a bad --source before any folder is made
+    root = data_dir(data_dir_arg)
+    folder = check_writable(root / name, folder=True)
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
-    if name == "ptb":
-        fetch_ptb(folder, ptb_urls(source), progress)
-    elif name == "snli":
-        fetch_snli(folder, source or SNLI_HUB_ID)
-    else:
-        fetch_yahoo(folder)
+    try:
+        if name == "ptb":
+            fetch_ptb(folder, urls, progress)
+        elif name == "snli":
+            fetch_snli(folder, source or SNLI_HUB_ID)
+        else:
+            fetch_yahoo(folder)
+    except BaseException as err:
+        for path in made:
+            with contextlib.suppress(OSError):  # only what is still empty
+                path.rmdir()
+        if root in made and isinstance(err, UserError):
+            raise UserError(f"the data folder {root} does not exist (check --data-dir or $TEXTEBM_DATA_DIR); "
+                            f"{err}") from None
+        raise
     return folder
 
 
@@ -292,27 +308,50 @@ def training_splits(corpus: Corpus, train_split: str = "train") -> tuple[list[st
             "for development, train on another split explicitly, e.g. "
             f"--train-split {next(iter(corpus.files), 'valid')}")
     train = corpus.lines(train_split)
-    for split in ("valid", "test"):
-        if split != train_split and corpus.has(split):
-            return train, corpus.lines(split), split
+    split = validation_split(corpus, train_split)
+    if split is not None:
+        return train, corpus.lines(split), split
     if len(train) < 2:
         raise UserError(f"{corpus.files[train_split]} has a single sentence: too little to train on")
     cut = len(train) - max(1, int(len(train) * HELD_OUT_SHARE))
     return train[:cut], train[cut:], f"last {len(train) - cut} lines of {train_split} (held out)"
 
 
+def validation_split(corpus: Corpus, train_split: str) -> str | None:
+    """The split a run trained on `train_split` validates on: valid, else test; None when the corpus has
+    neither (the run's validation lines are then held out of its training split)."""
+    return next((s for s in ("valid", "test") if s != train_split and corpus.has(s)), None)
+
+
+def check_evaluation_split(corpus: Corpus, train_split: str, split: str) -> bool:
+    """Whether `split` names held-out text of the corpus for a run trained on `train_split`, from the split
+    names alone (a grid checks this before training); a UserError saying what to ask instead if not.
+
+    True when it names the lines held out of the training split: by that split's name (SNLI's test),
+    or as valid where that split is train (a single text file: train is never held-out text)."""
+    validation = validation_split(corpus, train_split)
+    held_out_of_train = validation is None and train_split == "train"
+    if split == train_split:
+        if validation is not None:  # the run's validation is another split: `split` is training data
+            raise UserError(f"the run trained on the {split} split of {corpus.name}: evaluate it on "
+                            f"another split, e.g. --split {validation}")
+        return True
+    if held_out_of_train and split == "valid":
+        return True
+    if not corpus.has(split):
+        hint = (f"; its held-out text, the last {HELD_OUT_SHARE:.0%} of train, is --split valid"
+                if held_out_of_train else "")
+        raise UserError(f"corpus {corpus.name} has no {split} split (have: {', '.join(corpus.files) or 'none'}); "
+                        f"evaluate needs held-out text{hint}")
+    return False
+
+
 def evaluation_splits(corpus: Corpus, train_split: str, split: str) -> tuple[list[str], list[str], str]:
     """The lines a run trained on, the held-out lines to evaluate it on, and where those came from.
 
-    `split` names a held-out split (test, valid). A run trained on that very split (a corpus with
-    one split here, e.g. SNLI's test) is evaluated on the lines `training_splits` held out of it."""
+    `split` names a held-out split (test, valid), or the lines held out of the training split
+    (`check_evaluation_split`)."""
     train, valid, valid_source = training_splits(corpus, train_split)
-    if split == train_split:
-        if corpus.has(valid_source):  # the run's validation is another split: `split` is training data
-            raise UserError(f"the run trained on the {split} split of {corpus.name}: evaluate it on "
-                            f"another split, e.g. --split {valid_source}")
+    if check_evaluation_split(corpus, train_split, split):
         return train, valid, valid_source
-    if not corpus.has(split):
-        raise UserError(f"corpus {corpus.name} has no {split} split (have: {', '.join(corpus.files) or 'none'}); "
-                        "evaluate needs held-out text")
     return train, corpus.lines(split), split

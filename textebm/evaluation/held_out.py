@@ -32,6 +32,7 @@ PATH_PRECISIONS = ("auto", "fp32", "bf16")  # --path-precision
 AIS_CHAINS = 8  # the default draws per sentence with --anneal-steps > 0 (docs/evaluate-command.md, evaluator 12:
 # the error left falls as 1/sqrt(chains), and the shortlist path makes eight cheaper than the issue's bound) ...
 IS_DRAWS = 100  # ... and with --anneal-steps 0 (plain importance sampling from the Laplace proposal) or for a VAE
+PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs, not what it is
 
 
 @dataclass
@@ -380,6 +381,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         "reconstruction": reconstruction,
         "exact_likelihood": not model.has_latent,
         "seed": options.seed,
+        "options": report_options(options),
     }
     result["warnings"] = (sampling["warnings"] if sampling else []) + partition_warnings(partition)
     if config.model == "vae":
@@ -597,9 +599,49 @@ def evaluation_path(folder: Path, split: str) -> Path:
     return Path(folder) / f"evaluation-{split}.json"
 
 
+def report_options(options: EvaluationOptions) -> dict:
+    """The options a report was made with (JSON-ready), but for where and how it ran."""
+    return json.loads(json.dumps({k: v for k, v in asdict(options).items() if k not in PLACE_KEYS}))
+
+
+def keep_earlier_report(folder: Path, split: str, options: dict) -> Path | None:
+    """Move RUN/evaluation-<split>.json (and the figure it names) to `evaluation-<split>.earlier-<its time>.json`
+    when it was made with other `options` (or before reports recorded theirs): a smoke test must not
+    silently replace a long evaluation. Returns where it went; None when there was none, or it had these options."""
+    from textebm.io import atomic_write_text
+
+    path = evaluation_path(folder, split)
+    if not path.is_file():
+        return None
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and earlier.get("options") == options:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))  # when it was made
+    label, n = f"earlier-{stamp}", 1
+    while path.with_name(f"evaluation-{split}.{label}.json").exists():
+        n += 1
+        label = f"earlier-{stamp}-{n}"
+    target = path.with_name(f"evaluation-{split}.{label}.json")
+    figure = Path(folder) / f"quality_diversity-{split}.png"
+    if isinstance(earlier, dict) and Path(str(earlier.get("figure"))).name == figure.name and figure.is_file():
+        # the figure it names goes with it, renamed alike
+        earlier["figure"] = str(figure.replace(figure.with_name(f"quality_diversity-{split}.{label}.png")))
+        atomic_write_text(target, json.dumps(earlier, indent=2) + "\n")
+        path.unlink()
+    else:
+        path.replace(target)
+    return target
+
+
 def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True) -> dict:
     """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
-    (RUN/evaluation-<split>.json, atomically). Returns the report as written."""
+    (RUN/evaluation-<split>.json, atomically; an earlier one made with other options is kept, and a line on
+    stderr says where: `keep_earlier_report`). Returns the report as written."""
+    import sys
+
     from textebm.evaluation.partial_evaluation import partial_path
     from textebm.evaluation.plots import plot_quality_diversity
     from textebm.io import atomic_write_text, check_writable, json_safe
@@ -611,6 +653,9 @@ def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: b
         check_writable(report)
         check_writable(figure)
     result = evaluate(options, progress, tf32, resumable=True)
+    kept = keep_earlier_report(folder, options.split, result["options"])
+    if kept is not None:
+        print(f"the earlier {report.name} was made with other options: kept as {kept}", file=sys.stderr)
     if result["generation"] is not None:
         result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
     result = json_safe(result)

@@ -97,7 +97,7 @@ class ProtocolOptions:
                                     f"whose vocabulary the protocol fixes; {', '.join(FIXED_KEYS)} cannot change")
             reverse_lm_config(self, "samples", on_cuda=False)  # values and preset checked before any work
         except UserError as err:
-            raise UserError(str(err).replace("--set ", "--rppl-set ")) from None
+            raise UserError(str(err).replace("--set ", "--rppl-set ").replace("--preset", "--rppl-preset")) from None
         if self.keep is not None and check_writable(self.keep, folder=True).is_dir() and any(Path(self.keep).iterdir()):
             raise UserError(f"--rppl-out {self.keep} exists and is not empty: name a new folder")
         return self
@@ -119,9 +119,9 @@ def protocol_metrics(synthetic: list[str], train_lines: list[str], test_lines: l
     (wKL's reference) and `test_lines` the real text the reverse LM is scored on."""
     options.check()
     options.check_count(len(synthetic), "generated sentences")
-    train_part = synthetic[:options.synthetic_train]
-    sizes = (f"{options.synthetic_train} + {options.synthetic_valid}" if options.neural_rppl
-             else str(options.synthetic_train))
+    train_part = synthetic[:options.synthetic_train]  # wKL alone takes fewer when fewer were given
+    valid_part = synthetic[options.synthetic_train:options.needed]
+    sizes = f"{len(train_part)} + {len(valid_part)}" if options.neural_rppl else str(len(train_part))
     out: dict = {"protocol": {
         "follows": "DGMVAE (Shi et al. 2020), as Pang & Wu 2021 and Yu et al. 2022 report it",
         "synthetic_sentences": sizes,
@@ -140,7 +140,6 @@ def protocol_metrics(synthetic: list[str], train_lines: list[str], test_lines: l
                                     "frequencies, p the real training text's; generated words unseen in training "
                                     "skipped (q not renormalised); nats"}
     if options.neural_rppl:
-        valid_part = synthetic[options.synthetic_train:options.needed]
         out["neural_reverse_ppl"] = neural_reverse_ppl(train_part, valid_part, test_lines, options, device, corpus,
                                                        progress)
     return out

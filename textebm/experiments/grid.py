@@ -41,19 +41,18 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from textebm.data.corpora import KNOWN
+from textebm.data.corpora import KNOWN, check_evaluation_split, open_corpus
 from textebm.errors import UserError
 
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
             "keep_at", "evaluate_marks", "seed", "seeds", "evaluate"}
 NAME = re.compile(r"[A-Za-z0-9._-]+")
-PLACE_KEYS = ("checkpoint", "data_dir", "device", "threads")  # where and how an evaluation runs: not the grid's
 NOT_IN_GRIDS = ("protocol",)  # the later papers' protocol (wKL, neural rPPL): `textebm evaluate` only, for now
 
 
 def evaluate_types() -> dict[str, type]:
     """The `textebm evaluate` options a grid may set: EvaluationOptions' fields (`chain` as `set`), by type."""
-    from textebm.evaluation.held_out import EvaluationOptions
+    from textebm.evaluation.held_out import PLACE_KEYS, EvaluationOptions
 
     kinds = {"int": int, "float": float, "list": list, "str": str}
     return {("set" if f.name == "chain" else f.name): kinds[re.match(r"\w+", str(f.type)).group()]
@@ -241,6 +240,13 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
         if not keep_at:
             fail("`evaluate_marks` needs marks to evaluate: give `keep_at`")
         mark_evaluation = _evaluation(mark_evaluation, fail)
+    if corpus not in KNOWN and Path(corpus).exists():  # its splits are known now, not only after training
+        try:
+            user_corpus = open_corpus(corpus)
+            for evaluation in (*evaluations, *([mark_evaluation] if mark_evaluation else [])):
+                check_evaluation_split(user_corpus, train_split, evaluation.split)
+        except UserError as err:
+            fail(str(err))
     splits = [e.split for e in evaluations]
     if len(set(splits)) != len(splits):
         fail("two evaluations of one split (RUN/evaluation-<split>.json holds one)")

@@ -94,7 +94,10 @@ def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: 
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        reason = str(err).splitlines()[0]
+        # torch's first line names only the model; the next says which key or shape (one line: cut if long)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = " ".join(lines[:2])
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
         raise UserError(f"{folder}'s weights ({WEIGHTS}) do not fit the run's config: {reason}") from None
     model.eval()
     model.set_decoding_precision(precision)

@@ -581,7 +581,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                             "max_epochs")
         total = total if total is not None else 10**12
         stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
-        marks = [m for m in budget.keep_at if not mark_folder(folder, m).is_dir()]
+        # a mark is kept once its mark.json (written last) exists: a folder killed before it is redone
+        marks = [m for m in budget.keep_at if not (mark_folder(folder, m) / "mark.json").is_file()]
         validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
         started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
 
