@@ -4,6 +4,7 @@ every record, TensorBoard events holding the scalars of metrics.jsonl."""
 import itertools
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -111,6 +112,10 @@ def test_tensorboard_events_hold_the_scalars_of_metrics_jsonl(tiny_run):
 
     folder, run = tiny_run
     run(max_steps=4)
+    # TensorBoard reads a folder's event files in name order, and a name is the writer's second, then a
+    # per-process counter, compared as text: in the same second writer 10 sorts before writer 9 (a full
+    # suite run read steps 5, 6 before 1-4). A resume is never that quick outside a test.
+    time.sleep(1.05 - time.time() % 1)
     run(resume=True, max_steps=6)  # resumed from step 4: nothing after it is written twice
     events = EventAccumulator(str(folder / "tensorboard")).Reload()
     expected = {}
