@@ -165,3 +165,25 @@ def test_every_option_in_a_documented_command_exists(page):
         known = set(OPTION.findall(help_text))
         missing += [f"{program} {option}" for option in OPTION.findall(text) if option not in known]
     assert not missing, f"{page.relative_to(ROOT)} names options its commands lack: {sorted(set(missing))}"
+
+
+def test_the_python_page_runs_and_samples_as_the_command_does(tmp_path, capsys):
+    """docs/python.md's code block, run on a small trained run: what it names exists, and its sentences
+    are the ones `textebm sample` prints for the same options and seed."""
+    from server_fixtures import train_tiny_run
+
+    from textebm.cli import main
+
+    run = train_tiny_run(tmp_path / "run")
+    blocks = _split((ROOT / "docs" / "python.md").read_text(encoding="utf-8"))[1]
+    code = "\n".join(next(block for block in blocks if block and block[0] == "import torch"))
+    assert code.count('"RUN"') == 1
+    names: dict = {}
+    exec(compile(code.replace('"RUN"', repr(str(run))), "docs/python.md", "exec"), names)
+    capsys.readouterr()  # (training's output)
+    assert main(["sample", "--checkpoint", str(run), "-n", "3", "--seed", "0", "--temperature", "0.8"]) == 0
+    assert capsys.readouterr().out.splitlines() == names["sentences"]
+    latent = names["model"].prior.latent_dim
+    assert tuple(names["z_prior"].shape) == (4, latent) and tuple(names["z_text"].shape) == (2, latent)
+    assert len(names["scores"].per_token) == 2 and names["reconstruction"].inputs == ["<unk> <unk> <unk>"]
+    assert [t for t, _ in names["path"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
