@@ -44,7 +44,8 @@ def corpus_split_path(corpus: str, split: str, data_dir: str | Path) -> Path:
     hint = " (give your own with --train FILE)" if split == "train" else (
         " (give your own with --test FILE)" if split == "test" else "")
     if not base.is_dir():
-        raise InputError(f"corpus folder not found: {base} (set --data-dir or TEXTEBM_DATA_DIR){hint}")
+        raise InputError(f"corpus folder not found: {base}: set --data-dir or TEXTEBM_DATA_DIR to the folder that "
+                         f"holds {corpus}/, or fetch it with textebm data --fetch {corpus}{hint}")
     raise InputError(f"corpus {corpus} has no {split} split: {base / (split + '.txt')} is missing{hint}")
 
 

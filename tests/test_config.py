@@ -113,7 +113,7 @@ def test_set_overrides_the_preset():
 
 
 @pytest.mark.parametrize("item, fragment", [
-    ("latent_dim=abc", "expected a int"),
+    ("latent_dim=abc", "expected an integer"),
     ("latent_dim=1.5", "latent_dim"),
     ("prior_sigma=x", "prior_sigma"),
     ("lowercase=maybe", "lowercase"),

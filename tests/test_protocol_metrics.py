@@ -99,7 +99,7 @@ def test_batching_does_not_change_the_test_score(texts, monkeypatch):
     (dict(epochs=0), "--rppl-epochs"),
     (dict(max_minutes=-1.0), "--rppl-minutes"),
     (dict(overrides=["prior=ebm"]), "--rppl-set prior"),
-    (dict(overrides=["hidden_dim=big"]), "--rppl-set hidden_dim: expected a int"),
+    (dict(overrides=["hidden_dim=big"]), "--rppl-set hidden_dim: expected an integer"),
     (dict(overrides=["hidden_dim=0"]), "hidden_dim must be at least 1"),
     (dict(overrides=["foo=1"]), "unknown config key 'foo' in --rppl-set \\(presets are chosen with --rppl-preset\\)"),
     (dict(preset="huge"), "unknown preset 'huge'"),

@@ -292,3 +292,16 @@ def test_the_energy_learns_from_warmed_codes_and_the_decoder_from_the_cold_ones(
     moved = (warm - cold).norm(dim=-1)
     # two noise-1 steps of 0.3 in 4 dimensions: about 0.3 * sqrt(2 * 4) = 0.85 apart
     assert 0.4 < moved.mean().item() < 1.5, moved
+
+
+@pytest.mark.parametrize("prior, expected", [
+    ("ebm", "NLL with posterior and prior codes on 32 sentences, mutual information, active units (32 sentences), "
+            "log Z by AIS"),
+    ("none", "NLL on 32 sentences")])
+def test_validation_says_on_how_many_sentences_it_measures_what(train_lines, valid_lines, prior, expected):
+    # it said "active units (64 sentences)" on 32, and "posterior and prior codes" for a run without codes
+    from textebm.training.train import _Validation
+
+    sizes = ["embedding_dim=16", "hidden_dim=32", "latent_dim=4", "batch_size=16", "valid_batches=2"]
+    cfg, vocab, model, _, valid_data = _setup(train_lines, valid_lines, [*sizes, f"prior={prior}"])
+    assert _Validation(model, valid_data, cfg, "cpu", vocab, None, None).describe().startswith(expected)

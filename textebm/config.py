@@ -212,7 +212,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, raw = (s.strip() for s in item.split("=", 1))
     types = {f.name: f.type for f in fields(Config)}
     if key not in types or key == "preset":
-        known = ", ".join(sorted(set(types) - {"preset"}))
+        known = ", ".join(sorted(set(types) - {"preset", "corpus"}))
         raise UserError(f"unknown config key {key!r} in --set (presets are chosen with --preset); known keys: {known}")
     kind = types[key]
     try:
@@ -225,7 +225,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         if kind == "float":
             return key, float(raw)
     except ValueError:
-        raise UserError(f"--set {key}: expected a {kind}, got {raw!r}") from None
+        raise UserError(f"--set {key}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}") from None
     return key, raw
 
 

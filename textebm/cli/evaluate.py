@@ -78,7 +78,7 @@ def add_parser(subparsers) -> None:
                    help=f"sentences evaluated together (default {DEFAULTS.chunk})")
     p.add_argument("--max-rows", type=int, metavar="R",
                    help="decoder rows (sentence x draw) decoded at once: memory is about R x length x vocabulary "
-                        "x 12 bytes (default: at most 512, fewer where that passes 1 GiB of logits)")
+                        "x 8 bytes (default: at most 512, fewer where that passes 1 GiB of logits)")
     p.add_argument("--seed", type=seed_type, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     add_progress_argument(p)

@@ -15,7 +15,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=output_path, help="write to this file (atomically) instead of stdout")
     p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same sentences")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (z still comes from the prior chain)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature of ancestral sampling (default 1; --greedy ignores it, and --top-k, "
+                        "--top-p)")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most probable tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--prior-steps", type=int, help="Langevin steps of the prior chain (default: the run's)")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     text = "".join(s + "\n" for s in sentences)
     if args.out:
         atomic_write_text(args.out, text)
-        print(f"wrote {len(sentences)} sentences to {args.out}", file=sys.stderr)
+        print(f"wrote {len(sentences)} sentence{'s' * (len(sentences) != 1)} to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

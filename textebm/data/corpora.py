@@ -190,7 +190,8 @@ def ptb_urls(source: str | None = None) -> dict[str, str]:
 
 
 def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS, progress: bool = False) -> None:
-    hint = "put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in data/README.md)"
+    hint = ("put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in data/README.md), or name "
+            "the folder that holds ptb/ with --data-dir or $TEXTEBM_DATA_DIR (the run does not record it)")
     if offline() and not all(url.startswith("file:") for url in urls.values()):
         raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
     # All three files or none: a half-downloaded corpus would look complete to the next run.
@@ -274,8 +275,8 @@ def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None,
             with contextlib.suppress(OSError):  # only what is still empty
                 path.rmdir()
         if root in made and isinstance(err, UserError):
-            raise UserError(f"the data folder {root} does not exist (check --data-dir or $TEXTEBM_DATA_DIR); "
-                            f"{err}") from None
+            raise UserError(f"the data folder {root.absolute()} does not exist (check --data-dir or "
+                            f"$TEXTEBM_DATA_DIR); {err}") from None
         raise
     return folder
 

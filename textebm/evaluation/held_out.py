@@ -580,8 +580,9 @@ def vae_figures(res, config, nll_per_sentence: float, elbo_per_sentence: float) 
                 "kl_per_sentence": "mean over sentences of KL(q(z|x) || N(0, sigma^2 I)) in closed form, nats",
                 "mutual_information_aggregate": "He et al. 2019's I_q(x; z) = E_x[-H(q(z|x))] - E_q(z)[-log q(z)], "
                                                 "q(z) the mean of q(z|x_j) over the evaluated sentences, one draw "
-                                                "each; at most log N (N sentences). The figure the VAE papers "
-                                                "report, not latent_usage.mutual_information (the model's own)",
+                                                "each; the quantity is at most log N (N sentences), its "
+                                                "one-draw estimate can pass it for small N. The figure the VAE "
+                                                "papers report, not latent_usage.mutual_information (the model's own)",
                 "active_units_mean_variance": f"dimensions with Var_x E_q[z_i] > {AU_VARIANCE} (Burda et al. 2016)",
                 "bound_gap_per_sentence": "-ELBO - NLL: what importance sampling gains over the bound (>= 0)"}}
 

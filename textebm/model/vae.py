@@ -175,9 +175,10 @@ def aggregate_posterior_information(mu: torch.Tensor, std: torch.Tensor,
     """The mutual information the VAE papers report (He et al. 2019): I_q(x; z) under the encoder's
     joint q(x, z) = p_data(x) q(z|x) over the given sentences, E_x[-H(q(z|x))] - E_{q(z)}[-log q(z)],
     with the aggregate posterior q(z) = mean_j q(z|x_j) over the same sentences and one draw z_i ~
-    q(z|x_i) per sentence. It lies in [0, log N] for N sentences: 0 when q ignores x, log N when the
-    sentences' posteriors do not overlap. A different quantity from the model's own
-    E_x KL(p(z|x) || p(z)) (`diagnostics.posterior_information`), so the two are reported apart.
+    q(z|x_i) per sentence. The quantity lies in [0, log N] for N sentences: 0 when q ignores x, log N when
+    the sentences' posteriors do not overlap; its one-draw estimate can leave that range for small N.
+    A different quantity from the model's own E_x KL(p(z|x) || p(z)) (`diagnostics.posterior_information`),
+    so the two are reported apart.
     mu, std: (N, d) q's means and standard deviations."""
     n, d = mu.shape
     mu, std = mu.double(), std.double()

@@ -444,9 +444,10 @@ class _Validation:
         cfg, sentences = self.cfg, len(self.split.sentences)
         if cfg.valid_batches:
             sentences = min(sentences, cfg.valid_batches * cfg.batch_size)
-        what = f"NLL with posterior and prior codes on {sentences} sentences"
-        if self.model.has_latent:
-            what += f", mutual information, active units ({VALID_AU_SENTENCES} sentences)"
+        if not self.model.has_latent:
+            return f"NLL on {sentences} sentences"
+        what = (f"NLL with posterior and prior codes on {sentences} sentences, mutual information, active units "
+                f"({min(sentences, VALID_AU_SENTENCES)} sentences)")
         if self.model.prior.is_ebm:
             what += f", log Z by AIS ({VALID_AIS_CHAINS} chains x {VALID_AIS_STEPS} steps) and the prior chain's bias"
         return what
