@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -248,6 +249,18 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     moved = abs(draws["nll_change_with_more"]) > max(0.2, 3 * draws["nll_change_stderr"])
     assert any("from 8 to 32 AIS chains" in w for w in report["warnings"]) is moved
     assert "32 AIS chains per sentence instead of 8, first 12 sentences" in err
+    # the table shows both checks and the CPU time (they were in the JSON only), not IS's first-tenth row, and
+    # says that 12 sentences are few for active units (5 read 0 of 32 on a run whose 300 read 32)
+    table = dict(re.split(r"  +", line, maxsplit=1) for line in out.splitlines() if re.search(r"\S  +\S", line))
+    from textebm.cli.evaluate import _fmt
+
+    half = f"{_fmt(check['nll_per_sentence_half'])} / {_fmt(check['nll_per_sentence_full'])}"
+    assert table["AIS check: NLL with half / all temperatures (s.e.; 12 sentences)"].startswith(half)
+    more = f"{_fmt(draws['nll_per_sentence_default'])} / {_fmt(draws['nll_per_sentence_more'])}"
+    assert table["AIS check: NLL with 8 / 32 chains (s.e.; 12 sentences)"].startswith(more)
+    assert table["seconds (CPU seconds)"].endswith(f"({_fmt(report['cpu_seconds'])})")
+    assert "active units (first 12 sentences)" in table and "draws (change)" not in out
+    assert "active units: 12 sentences are few for the test" in out
 
 
 def test_the_ais_path_precision_and_shortlist_are_checked_and_reported(invoke, tmp_path, corpus_folder,

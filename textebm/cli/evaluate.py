@@ -11,7 +11,14 @@ import argparse
 
 from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows, seed_type
 from textebm.devices import add_device_argument, add_precision_argument
-from textebm.evaluation.held_out import AIS_CHAINS, IS_DRAWS, PATH_PRECISIONS, TEMPERATURES, EvaluationOptions
+from textebm.evaluation.held_out import (
+    AIS_CHAINS,
+    IS_DRAWS,
+    PATH_PRECISIONS,
+    TEMPERATURES,
+    USAGE_AU_SENTENCES,
+    EvaluationOptions,
+)
 from textebm.progress import add_progress_argument
 
 DEFAULTS = EvaluationOptions(checkpoint="")
@@ -120,9 +127,8 @@ def format_table(r: dict) -> str:
             proposal,
             ("IS: effective sample size mean / min (mean share)",
              f"{isd['ess_mean']:.1f} / {isd['ess_min']:.1f} ({isd['ess_share_mean']:.0%})"),
-            (f"IS: NLL per sentence from the first {isd['tenth_draws']} draws (change)",
-             f"{_fmt(isd['nll_per_sentence_tenth_draws'])} ({isd['nll_change_from_tenth']:+.3f})"),
         ]
+        rows += convergence_rows(isd)
         notes.append(f"estimator: {isd['estimator']}")
     vae = r.get("vae")
     if vae is not None:
@@ -157,9 +163,14 @@ def format_table(r: dict) -> str:
             ("NLL/token with posterior z / prior z (gap)",
              f"{_fmt(usage['nll_posterior'])} / {_fmt(usage['nll_prior'])} ({usage['gap']:.3f})"),
             ("mutual information, E KL(p(z|x) || p(z)) (nats)", _fmt(usage["mutual_information"])),
-            ("active units", f"{usage['active_units']} / {r['latent_dim']}"),
+            (f"active units (first {min(r['num_sentences'], USAGE_AU_SENTENCES)} sentences)",
+             f"{usage['active_units']} / {r['latent_dim']}"),
         ]
         notes.append(f"latent usage: {usage['estimators']['note']}")
+        if r["num_sentences"] < FEW_FOR_UNITS:
+            notes.append(f"active units: {r['num_sentences']} sentences are few for the test (a unit counts when its "
+                         "effect passes 3 standard errors): a low count here may mean too few sentences, not an "
+                         "unused latent")
     rec = r.get("reconstruction")
     if rec is not None:
         rows.append(("reconstruction BLEU / exact (prior-sample baseline)",
@@ -179,11 +190,35 @@ def format_table(r: dict) -> str:
     else:
         rows.append(("FPPL / RPPL", f"skipped: {r['generation_skipped']}"))
     rows += protocol_rows(r)
-    rows.append(("seconds", _fmt(r["seconds"])))
+    rows.append(("seconds (CPU seconds)", f"{_fmt(r['seconds'])} ({_fmt(r['cpu_seconds'])})"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows] + notes
     lines.append(f"perplexity: {r['perplexity_convention']}")
     return "\n".join(lines)
+
+
+FEW_FOR_UNITS = 30  # evaluated sentences below which the active-unit count gets a caveat
+
+
+def convergence_rows(isd: dict) -> list[tuple[str, str]]:
+    """How far the NLL moves with more work: AIS's two checks on the first sentences (half the
+    temperatures, more chains), or plain importance sampling's first tenth of the draws."""
+    rows = []
+    if "half_schedule" in isd:
+        half = isd["half_schedule"]
+        rows.append((f"AIS check: NLL with half / all temperatures (s.e.; {half['sentences']} sentences)",
+                     f"{_fmt(half['nll_per_sentence_half'])} / {_fmt(half['nll_per_sentence_full'])} "
+                     f"({half['nll_change_stderr']:.3f})"))
+    if "draws_check" in isd:
+        more = isd["draws_check"]
+        rows.append((f"AIS check: NLL with {more['num_samples']} / {more['more_samples']} chains (s.e.; "
+                     f"{more['sentences']} sentences)",
+                     f"{_fmt(more['nll_per_sentence_default'])} / {_fmt(more['nll_per_sentence_more'])} "
+                     f"({more['nll_change_stderr']:.3f})"))
+    if not isd.get("anneal_steps"):
+        rows.append((f"IS: NLL per sentence from the first {isd['tenth_draws']} draws (change)",
+                     f"{_fmt(isd['nll_per_sentence_tenth_draws'])} ({isd['nll_change_from_tenth']:+.3f})"))
+    return rows
 
 
 def options_from(args: argparse.Namespace) -> EvaluationOptions:
