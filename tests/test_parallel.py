@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from textebm.errors import UserError
+from textebm.model.checkpoints import load_checkpoint
 from textebm.model.langevin import Shard
 from textebm.training.parallel import Parallel
 
@@ -95,6 +96,7 @@ import textebm.training.parallel, textebm.training.train
 from torch.nn.parallel import DistributedDataParallel
 from textebm.cli import main
 from textebm.errors import UserError
+from textebm.model.checkpoints import load_checkpoint
 
 def gloo_threads():
     names = (open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
@@ -168,6 +170,7 @@ import os, sys, time
 import textebm.model.runs, textebm.training.train
 from textebm.cli import main
 from textebm.errors import UserError
+from textebm.model.checkpoints import load_checkpoint
 
 fault, rank = os.environ["TEXTEBM_TEST_FAULT"], int(os.environ["RANK"])
 if fault == "late_check" and rank != 0:
@@ -218,6 +221,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, valid_lines):
     for a, b in zip(one, two):
         assert a["nll_token"] == pytest.approx(b["nll_token"], rel=1e-5)
         assert a["energy_gap"] == pytest.approx(b["energy_gap"], rel=1e-3, abs=1e-6)
+    # each process draws its own dropout masks: their streams differ (they were copies of one stream)
+    ranks = load_checkpoint(tmp_path / "two")["extra"]["rng_ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
     # rank 0 alone writes: one stop line in the log, one checkpoint
     log = (tmp_path / "two" / "train.log").read_text()
     assert log.count("stopped at step 4") == 1

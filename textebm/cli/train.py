@@ -162,6 +162,8 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
 
     torch.manual_seed(config.seed)
     model = build_model(config, vocab).to(device)
+    if parallel.rank:  # dropout draws from this stream: each process its own masks, not a copy of rank 0's
+        torch.manual_seed(config.seed + parallel.rank)
     params = sum(p.numel() for p in model.parameters())
     if preset_note:  # printed once the input is known to be good: an error stays a single line
         echo(preset_note)
