@@ -435,6 +435,46 @@ def test_a_stop_request_during_set_up_saves_and_says_so(subprocess_env, train_ar
     assert torch.load(folder / "training_state.pt", weights_only=True)["step"] == 0
 
 
+# ... and one arriving during the final validation (SIGTERM, while the validation computes).
+_STOP_IN_FINAL_VALIDATION = """
+import os, signal, sys
+import textebm.training.train as training
+from textebm.cli import main
+
+report = training._Validation._report
+def _report(self, kind, step, per_epoch):
+    if kind == "final":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return report(self, kind, step, per_epoch)
+
+training._Validation._report = _report
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_request_during_the_final_validation_stops_at_once_and_resume_validates(subprocess_env, train_args,
+                                                                                        tmp_path):
+    """The weights are saved before the final validation; a SIGTERM during it killed the run silently
+    (exit 143, no line, no figure). Now it ends the run at once, as interrupted, and --resume validates."""
+    folder = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _STOP_IN_FINAL_VALIDATION,
+                           *train_args("--out", folder, "--max-steps", "2")],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    log = (folder / "train.log").read_text()
+    assert "stop requested after step 2: its checkpoint is saved" in log and "stopped at step 2 (interrupt)" in log
+    assert f"textebm train --resume --out {folder}" in proc.stdout + proc.stderr
+    assert (folder / "learning_curves.png").is_file()
+    kinds = [json.loads(line)["kind"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert "final" not in kinds
+    resumed = subprocess.run([sys.executable, "-m", "textebm", "train", "--resume", "--out", str(folder),
+                              "--max-steps", "2", "--no-progress", "--threads", "1"],
+                             capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    kinds = [json.loads(line)["kind"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("final") == 1
+
+
 def test_without_preset_a_cpu_run_takes_the_cpu_preset_and_says_so(cli, tmp_path, small_corpus, tiny_overrides):
     sets = [x for item in tiny_overrides for x in ("--set", item)]
     out_dir = tmp_path / "run"

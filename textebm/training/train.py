@@ -339,11 +339,23 @@ class TrainResult:
     last_validation: dict = field(default_factory=dict)
 
 
+class _StopNow(Exception):
+    """A stop request once the last step's weights are saved: what is left (the final validation, marks
+    that fell due) is left to `--resume`."""
+
+
 class _StopRequest:
-    """Ctrl-C / SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once."""
+    """Ctrl-C / SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once; so does the
+    first once `stop_at_once` is called (after the loop, the weights saved: a final validation takes
+    minutes, over 20 on Yahoo, and a SIGTERM used to kill it silently, exit 143)."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = self.at_once = False
+
+    def stop_at_once(self) -> None:
+        self.at_once = True
+        if self.requested:
+            raise _StopNow
 
     def __enter__(self):
         self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -355,6 +367,9 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
+        if self.at_once:
+            self.requested = True
+            raise _StopNow
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -648,12 +663,21 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             elif step % cfg.checkpoint_every == 0:
                 checkpoint_now()
     bar.close()
-    if stopped_by != "interrupt" and validation.at != step:
-        checkpoint_now()  # the final validation can outlast a session (Yahoo: over 20 minutes): the
-        validation.run("final", step, per_epoch)  # weights are saved first, a resume only validates
-    for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop: a
-        keep_mark(minutes)  # mark added to a run that has spent its time (a grid's keep_at grew)
-    checkpoint_now()
+    with _StopRequest() as late:
+        try:
+            if stopped_by != "interrupt" and validation.at != step:
+                checkpoint_now()  # the final validation can outlast a session (Yahoo: over 20 minutes): the
+                late.stop_at_once()  # weights are saved first, a resume only validates
+                validation.run("final", step, per_epoch)
+            late.stop_at_once()
+            for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop:
+                keep_mark(minutes)  # a mark added to a run that has spent its time (a grid's keep_at grew)
+            checkpoint_now()
+        except _StopNow:
+            stopped_by = "interrupt"
+            if main:
+                log.message(f"stop requested after step {step}: its checkpoint is saved; --resume runs what "
+                            "was left (the final validation)")
     if main:
         log.message(f"stopped at step {step} ({stopped_by}) after {clock.cpu_seconds / 60:.1f} CPU minutes of "
                     f"training, {clock.elapsed / 60:.1f} minutes in all; checkpoint saved in {folder}")
