@@ -495,3 +495,18 @@ def test_a_bf16_chain_on_a_cpu_without_avx512_is_warned_about(cli, tmp_path, tra
                                        overrides=["chain_precision=bf16"]))
     assert status == 0, err
     assert ("chain_precision=bf16 on a CPU without AVX-512" in out + err) is warned
+
+
+def test_a_resume_with_nothing_left_to_train_says_so_and_does_not_validate_again(cli, train_args, tmp_path):
+    # each such resume appended one more identical "final" record (the limit counts steps in all)
+    folder = tmp_path / "run"
+    status, out, err = cli(*train_args("--out", folder, "--max-steps", "3"))
+    assert status == 0, err
+    before = (folder / "metrics.jsonl").read_text()
+    for limit in ("3", "2"):
+        status, out, err = cli("train", "--resume", "--out", folder, "--max-steps", limit, "--no-progress",
+                               "--threads", "1")
+        assert status == 0, err
+        assert "the run is at step 3, already at its max_steps limit" in out + err
+        assert "validating" not in out + err
+    assert (folder / "metrics.jsonl").read_text() == before

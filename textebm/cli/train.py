@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokenizer", choices=["word", "treebank", "sentencepiece"], help="tokenizer (config key)")
     p.add_argument("--vocab-size", type=int, help="vocabulary size (config key vocab_size)")
     p.add_argument("--train-split", help="train on another split, for development (e.g. valid); saved in the config")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--max-steps", type=int,
+                   help="stop once the run has made this many steps in all (with --resume too: a total, not more)")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes of wall-clock time (this process)")
     p.add_argument("--max-cpu-minutes", type=float,
                    help="stop after this many minutes of training CPU time, counted over every resume (steps "

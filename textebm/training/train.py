@@ -40,7 +40,7 @@ from textebm.model.runs import create_run
 from textebm.model.vae import RESET_SEED, free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
 from textebm.training.compiling import compile_model
 from textebm.training.parallel import Parallel, wrap
-from textebm.training.training_log import Clock, TrainingLog
+from textebm.training.training_log import Clock, TrainingLog, validation_at
 
 VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
 
@@ -597,9 +597,16 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                             "max_epochs")
         total = total if total is not None else 10**12
         stopped_by = "max_steps" if max_steps is not None and total == max_steps else "max_epochs"
+        if resume and step >= total:
+            log.message(f"the run is at step {step}, already at its {stopped_by} limit ({total} steps in all): "
+                        "nothing to train")
         # a mark is kept once its mark.json (written last) exists: a folder killed before it is redone
         marks = [m for m in budget.keep_at if not (mark_folder(folder, m) / "mark.json").is_file()]
         validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
+        if resume and not started_over:  # validated at its last step already: a resume with no step left
+            done = parallel.broadcast(validation_at(folder, step) if main else None)  # does not validate again
+            if done is not None:
+                validation.at, validation.last = step, done
         started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
 
         def checkpoint_now(into: Path = folder):

@@ -23,6 +23,7 @@ from textebm.io import atomic_write_text
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+VALIDATIONS = ("valid", "epoch", "final")  # the kinds of record a validation writes
 
 
 class Clock:
@@ -171,6 +172,21 @@ def add_figure(folder: Path, tag: str, png: Path, step: int) -> bool:
     sink.figure(tag, png, step)
     sink.close()
     return True
+
+
+def validation_at(folder: Path, step: int) -> dict | None:
+    """The validation record (valid, epoch or final) RUN/metrics.jsonl holds for `step`, if any."""
+    path = Path(folder) / METRICS
+    found = None
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if isinstance(record, dict) and record.get("step") == step and record.get("kind") in VALIDATIONS:
+                found = record
+    return found
 
 
 def truncate_metrics(folder: Path, step: int) -> None:
