@@ -83,7 +83,9 @@ def test_the_cpu_presets_auto_chain_precision_says_what_it_took(cli, tmp_path, t
     status, out, err = cli(*train_args("--out", tmp_path / "run", "--max-steps", "1",
                                        overrides=["chain_precision=auto"]))
     assert status == 0, err
-    assert f"chain precision: {'bf16' if native else 'fp32'} (chain_precision=auto" in out + err
+    line = f"chain precision: {'bf16' if native else 'fp32'} (chain_precision=auto"
+    assert line in out + err
+    assert line in (tmp_path / "run" / "train.log").read_text()  # the run folder says what its chains ran in
 
 
 def test_missing_split_suggests_train_split(cli, one_line_error, tmp_path, data_folder):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from textebm.cli.common import output_path, seed_type
-from textebm.devices import add_device_argument, bf16_emulated, resolve_chain_precision, resolve_device
+from textebm.devices import add_device_argument, bf16_emulated, resolve_device
 
 
 def add_parser(subparsers) -> None:
@@ -186,9 +186,6 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     if config.chain_precision == "bf16" and bf16_emulated(device):
         echo("warning: chain_precision=bf16 on a CPU without AVX-512: bf16 is emulated there, and the chain "
              "runs many times slower than fp32 (docs/benchmarks.md); --set chain_precision=fp32 is faster")
-    if config.chain_precision == "auto":
-        resolved = resolve_chain_precision("auto", device)
-        echo(f"chain precision: {resolved} (chain_precision=auto: bf16 where {device.type} has it in hardware)")
     result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
                    args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel,
                    max_cpu_minutes=args.max_cpu_minutes, keep_at=args.keep_at)

@@ -29,6 +29,7 @@ import torch
 
 from textebm.config import Config
 from textebm.data.batches import EncodedSplit, epoch_batches, pad
+from textebm.devices import resolve_chain_precision
 from textebm.errors import NonFiniteError, UserError
 from textebm.inference.diagnostics import latent_usage, prior_chain_bias
 from textebm.inference.likelihood import annealed_log_partition
@@ -584,6 +585,10 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             log.message(f"resumed from step {step} ({clock.cpu_seconds / 60:.1f} CPU minutes of training so far)")
             for note in notes:
                 log.message(note)
+        if cfg.chain_precision == "auto" and model.has_latent:  # in train.log too: what the chains ran in, on
+            # this device (a resume on another CPU may differ)
+            log.message(f"chain precision: {resolve_chain_precision('auto', device)} (chain_precision=auto: bf16 "
+                        f"where {device.type} has it in hardware)")
         if log.tensorboard_folder and not resume:
             log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
 
