@@ -180,3 +180,47 @@ def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(t
     assert cli("plot", str(folder))[0] == 0  # against steps it still plots
     status, _, err = cli("plot", str(folder), "--out", str(folder))
     assert status == 2 and err == f"textebm plot: error: cannot write {folder}: it is a folder\n"
+
+
+def test_a_run_resumed_after_a_crash_validates_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The validation's state (the steps' energy gaps since the last validation, the gap histories behind
+    the warnings) is saved with the checkpoint: resumed after step 2, the step-4 validation's training
+    energy gap averaged steps 3-4 only, where the uninterrupted run's averages 1-4."""
+    import textebm.training.train as training
+
+    monkeypatch.setattr(training, "VALID_AIS_CHAINS", 8)
+    monkeypatch.setattr(training, "VALID_AIS_STEPS", 4)
+    cfg = resolve_config("cpu", "ptb", [*TINY, "valid_every=4", "checkpoint_every=2"])
+    train_lines, valid_lines = _lines(40, 0), _lines(8, 1)
+    vocab = build_vocab(train_lines, cfg.tokenizer, cfg.vocab_size, cfg.min_freq, cfg.lowercase)
+    data = encode_lines(train_lines, vocab, cfg.max_length), encode_lines(valid_lines, vocab, cfg.max_length)
+
+    def run(folder, **kwargs):
+        torch.manual_seed(0)
+        return train(build_model(cfg, vocab), cfg, *data, folder, vocab, "cpu", max_steps=6, **QUIET, **kwargs)
+
+    for name in ("whole", "crashed"):
+        create_run(tmp_path / name, cfg, vocab)
+    run(tmp_path / "whole")
+    step = training.Learner.step
+    calls = itertools.count(1)
+
+    def crashing(self, *args, **kwargs):
+        if next(calls) == 3:
+            raise RuntimeError("crash")
+        return step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training.Learner, "step", crashing)
+        with pytest.raises(RuntimeError, match="crash"):
+            run(tmp_path / "crashed")
+    run(tmp_path / "crashed", resume=True)
+
+    def validations(folder):
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("time", "elapsed", "cpu_seconds", "process_cpu_seconds")}
+                for r in records if r["kind"] != "train"]
+
+    whole, resumed = validations(tmp_path / "whole"), validations(tmp_path / "crashed")
+    assert [r["step"] for r in whole] == [4, 6] and "train_energy_gap" in whole[0]
+    assert resumed == whole

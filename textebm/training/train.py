@@ -455,6 +455,17 @@ class _Validation:
         self.gaps, self.energy_gaps, self.gap_since = [], [], []
         self.warned_collapse = self.warned_gap = False
 
+    def state(self) -> dict:
+        """What later validations read of the earlier ones: saved with each checkpoint, so that a resumed run
+        reports its first validation's training energy gap, and warns, as an uninterrupted one does."""
+        return {"gaps": list(self.gaps), "energy_gaps": list(self.energy_gaps), "gap_since": list(self.gap_since),
+                "warned_collapse": self.warned_collapse, "warned_gap": self.warned_gap}
+
+    def load_state(self, state: dict) -> None:
+        self.gaps, self.energy_gaps, self.gap_since = list(state["gaps"]), list(state["energy_gaps"]), list(
+            state["gap_since"])
+        self.warned_collapse, self.warned_gap = bool(state["warned_collapse"]), bool(state["warned_gap"])
+
     def describe(self) -> str:
         """What a validation computes (it takes minutes on a CPU: the console says so before it starts)."""
         cfg, sentences = self.cfg, len(self.split.sentences)
@@ -608,8 +619,11 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
         # a mark is kept once its mark.json (written last) exists: a folder killed before it is redone
         marks = [m for m in budget.keep_at if not (mark_folder(folder, m) / "mark.json").is_file()]
         validation = _Validation(model, valid_split, cfg, device, vocab, log, parallel)
-        if resume and not started_over:  # validated at its last step already: a resume with no step left
-            done = parallel.broadcast(validation_at(folder, step) if main else None)  # does not validate again
+        if resume and not started_over:
+            if "validation" in checkpoint.get("extra", {}):  # (checkpoints before 2026-12-07 have none)
+                validation.load_state(checkpoint["extra"]["validation"])
+            # validated at its last step already: a resume with no step left does not validate again
+            done = parallel.broadcast(validation_at(folder, step) if main else None)
             if done is not None:
                 validation.at, validation.last = step, done
         started, skips = time.monotonic(), _Skips(cfg, log, lambda: checkpoint_now())
@@ -618,7 +632,8 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             state = learner.state()  # a collective call under torchrun: every process takes part
             if main:
                 save_checkpoint(into, model, learner.optimizers, step, {
-                    "chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state()})
+                    "chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state(),
+                    "validation": validation.state()})
 
         def keep_mark(cpu_minutes: float):
             checkpoint_now()
