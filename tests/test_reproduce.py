@@ -138,7 +138,8 @@ def test_a_stop_request_saves_the_training_and_exits_130(tmp_path, corpus_folder
                  extra_set=["checkpoint_every=1000"])  # only the stop request's own checkpoint
     out = tmp_path / "out"
     folder = out / "runs" / "stopped"
-    command = [sys.executable, "-m", "textebm", "reproduce", grid, "--out", str(out), "--device", "cpu"]
+    command = [sys.executable, "-m", "textebm", "reproduce", grid, "--out", str(out), "--device", "cpu",
+               "--train-only"]
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env)
     try:
         deadline = time.monotonic() + 60
@@ -150,6 +151,8 @@ def test_a_stop_request_saves_the_training_and_exits_130(tmp_path, corpus_folder
         driver.kill()
     assert driver.returncode == 130, stdout
     assert "stopped (saved; the same command resumes it)" in stdout and "again to resume" in stdout
+    # the hint is this very call: without --train-only it would have started the evaluations too
+    assert f"`textebm reproduce {grid} --out {out} --jobs 1 --train-only --device cpu` again to resume" in stdout
     assert re.search(r"stopped at step \d+ \(interrupt\)", (folder / "train.log").read_text())
     assert (folder / "training_state.pt").is_file() and not (folder / TRAIN_MARKER).exists()
 

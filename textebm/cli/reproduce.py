@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(format_plan(grid, out, plan(grid, out), args.jobs))
         return 0
-    command = shlex.join(["textebm", "reproduce", args.grid, "--out", args.out, "--jobs", str(args.jobs)])
+    command = shlex.join(_same_call(args))
     if args.results_only:
         from textebm.experiments.reproduce import write_grid_results
 
@@ -70,6 +70,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: run `{command}` again to resume", file=sys.stderr)
         return 130
     return 0 if status == "done" else 1
+
+
+def _same_call(args: argparse.Namespace) -> list[str]:
+    """This call's command line, every option that changes what it does kept: what resumes it (a hint that
+    left out --train-only would have started the evaluations), and what results.md says made it."""
+    argv = ["textebm", "reproduce", args.grid, "--out", args.out, "--jobs", str(args.jobs)]
+    argv += ["--train-only"] if args.train_only else []
+    argv += ["--data-dir", args.data_dir] if args.data_dir else []
+    argv += ["--device", args.device] if args.device != "auto" else []
+    if args.executor != "local":
+        argv += ["--executor", args.executor, *[arg for item in args.slurm for arg in ("--slurm", item)]]
+    return argv
 
 
 def _on_slurm(args, grid, out, command: str) -> int:
