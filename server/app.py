@@ -183,7 +183,9 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
     dependencies = [Depends(_key_checker(api_key))] if api_key else []
     GenerateRequest = request_model(max_n, max_length, max_prior_steps)
     error_responses = {code: {"model": ErrorResponse, "description": why} for code, why in [
-        (400, "malformed JSON"), (413, "body too large"), (422, "a field is wrong (named in detail)"),
+        (400, "malformed JSON, or a body that is not UTF-8"), (408, "the body stopped arriving"),
+        (413, "body too large"), (415, "the body was not sent as application/json"),
+        (422, "a field is wrong (named in detail)"),
         (503, "queue full: retry after Retry-After seconds")]
         + ([(401, "missing or wrong API key")] if api_key else [])}
 

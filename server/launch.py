@@ -84,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # How long a stopping server lets the requests it is answering finish: one latent request at the
-# limits (64 sentences x 4 chains at --max-batch 256) took 27 s of one core on the 2-core CPU.
+# limits (64 sentences x 4 chains at --max-batch 256) took 27-29 s of one core on the 2-core CPU.
 GRACE_S = 30
 
 
