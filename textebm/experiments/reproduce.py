@@ -42,6 +42,7 @@ from textebm.devices import cpu_description
 from textebm.errors import UserError
 from textebm.experiments.grid import Evaluation, Grid, RunSpec
 from textebm.io import atomic_write_text, read_json
+from textebm.training.training_log import validation_records
 
 TRAIN_MARKER = "reproduce-train.json"
 BUDGET = "reproduce-budget.json"
@@ -583,17 +584,8 @@ def _signal(pid: int, sig: int) -> None:
 
 def last_validation(folder: Path) -> dict | None:
     """The run's last validation record in RUN/metrics.jsonl (its final one, for a finished run)."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    found = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if '"valid_nll_posterior"' in line:
-            try:
-                found = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a killed process
-                continue
-    return found
+    records = validation_records(folder)
+    return records[-1] if records else None
 
 
 def gather(grid: Grid, out: Path) -> list[tuple[RunSpec, dict | None, dict]]:

@@ -174,19 +174,25 @@ def add_figure(folder: Path, tag: str, png: Path, step: int) -> bool:
     return True
 
 
-def validation_at(folder: Path, step: int) -> dict | None:
-    """The validation record (valid, epoch or final) RUN/metrics.jsonl holds for `step`, if any."""
+def validation_records(folder: Path) -> list[dict]:
+    """RUN/metrics.jsonl's validation records (valid, epoch, final), in order; a line cut short by a
+    kill is skipped."""
     path = Path(folder) / METRICS
-    found = None
+    records = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
-            except ValueError:  # a line cut short by a kill
+            except ValueError:
                 continue
-            if isinstance(record, dict) and record.get("step") == step and record.get("kind") in VALIDATIONS:
-                found = record
-    return found
+            if isinstance(record, dict) and record.get("kind") in VALIDATIONS:
+                records.append(record)
+    return records
+
+
+def validation_at(folder: Path, step: int) -> dict | None:
+    """The validation record RUN/metrics.jsonl holds for `step`, if any."""
+    return next((r for r in reversed(validation_records(folder)) if r.get("step") == step), None)
 
 
 def truncate_metrics(folder: Path, step: int) -> None:
