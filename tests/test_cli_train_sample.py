@@ -294,6 +294,10 @@ def test_sample_options_are_applied(cli, trained_run):
     short = cli(*base, "--max-length", "3")[1].splitlines()
     assert all(len(line.split()) <= 3 for line in short)
     assert cli(*base, "--top-p", "0.5", "--temperature", "0.7", "--prior-steps", "0")[0] == 0
+    status, out, err = cli(*base, "--greedy", "--temperature", "0.5", "--top-p", "0.9")  # accepted, said ignored
+    assert status == 0 and out.splitlines() == greedy
+    assert "warning: --greedy takes the most probable token: --temperature, --top-p ignored" in err
+    assert "warning" not in cli(*base, "--greedy")[2]
 
 
 def test_sample_many_sentences_in_batches(cli, trained_run, monkeypatch):

@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
+    ignored = [flag for flag, given in (("--temperature", args.temperature != 1.0), ("--top-k", args.top_k != 0),
+                                        ("--top-p", args.top_p != 1.0)) if given]
+    if args.greedy and ignored:
+        print(f"textebm sample: warning: --greedy takes the most probable token: {', '.join(ignored)} "
+              "ignored", file=sys.stderr)
     if args.out:
         check_writable(args.out)  # before the sentences are drawn, not after
     loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), precision=args.precision)
