@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.routing import Mount
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
-CLIENT_LEFT = "499"  # nginx's code for a request whose client closed the connection before the answer
+CLIENT_LEFT = 499  # nginx's code for a request whose client closed the connection before the answer
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -90,7 +90,7 @@ class MetricsMiddleware:
             await self.app(scope, receive_noting_disconnect, send_noting_status)
         finally:
             # No answer started: the client left (499), else the app raised (500, what the server sends).
-            code = str(status) if status is not None else CLIENT_LEFT if left else "500"
+            code = str(status if status is not None else CLIENT_LEFT if left else 500)
             endpoint = endpoint_of(scope["app"], scope["path"])
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.metrics.requests.labels(endpoint, method, code).inc()

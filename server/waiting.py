@@ -16,9 +16,9 @@ from fastapi import Request
 
 from server.batcher import QueueFull, ShuttingDown
 from server.errors import ApiError, queue_full, shutting_down
+from server.metrics import CLIENT_LEFT
 
 T = TypeVar("T")
-CLIENT_LEFT = 499  # nginx's code for a client that closed the connection first; only /metrics sees it
 
 
 async def for_the_model(request: Request, job: Awaitable[T]) -> T:
