@@ -106,11 +106,12 @@ def held_out_sentences(loaded, data_dir, split: str, first: int, count: int) -> 
     """Sentences first .. first + count of the run's held-out `split` as id lists, encoded as `evaluate`
     encodes them; a UserError when the split is shorter."""
     from textebm.data.batches import encode_lines
-    from textebm.data.corpora import evaluation_splits, open_corpus
+    from textebm.data.corpora import evaluation_splits, open_run_corpus
     from textebm.errors import UserError
 
     config = loaded.config
-    _, held_out, _ = evaluation_splits(open_corpus(config.corpus, data_dir), config.train_split, split)
+    corpus, _ = open_run_corpus(loaded.folder, config.corpus, data_dir)
+    _, held_out, _ = evaluation_splits(corpus, config.train_split, split)
     lines = held_out[first:first + count]
     if len(lines) < count:
         raise UserError(f"the {split} split has {len(held_out)} lines: --first {first} --sentences {count} "

@@ -56,12 +56,12 @@ def quality_rows(checkpoint: str | None, samples: int = QUALITY_SAMPLES) -> list
         return [Row("precision", "quality: FPPL and distinct-2 per precision vs fp32", target="within 2%",
                     note="not measured: needs --checkpoint RUN (a trained run)")]
     import lm_eval
-    from textebm.data.corpora import open_corpus
+    from textebm.data.corpora import open_run_corpus
     from textebm.generation.sampling import SamplingOptions, generate_text
     from textebm.model.runs import load_run
 
     loaded = load_run(checkpoint)
-    corpus = open_corpus(loaded.config.corpus)
+    corpus, _ = open_run_corpus(loaded.folder, loaded.config.corpus)
     real = lm_eval.real_data_lm(lm_eval.normalize_lines(corpus.lines(loaded.config.train_split)).sentences)
     model = real.load()
     rows = []

@@ -190,6 +190,20 @@ def test_human_table_gaussian_prior_and_skipped_generation(invoke, tmp_path, cor
     assert report["prior_chain_bias"] is None and "exactly from the Gaussian prior" in report["samples_from"]
 
 
+def test_a_held_out_file_changed_since_training_is_named_in_the_report(invoke, tmp_path, corpus_folder, train_lines):
+    from textebm.data.corpora import open_corpus, record_of
+
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="gaussian")
+    (run / "corpus.json").write_text(json.dumps(record_of(open_corpus(str(corpus_folder)))), encoding="utf-8")
+    test = corpus_folder / "test.txt"
+    test.write_text(test.read_text(encoding="utf-8") + "one more held-out line\n", encoding="utf-8")
+    status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
+    assert status == 0, err
+    assert f"WARNING: {corpus_folder}'s test split ({test}) is not the file the run was trained with" in out
+    assert "is not the file the run was trained with" in json.loads((run / "evaluation-test.json").read_text())[
+        "warnings"][0]
+
+
 def test_a_decoding_whose_sentences_are_all_empty_gets_a_row_and_a_warning_not_an_exit(invoke, tmp_path,
                                                                                       corpus_folder, train_lines):
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="gaussian", ends_at_once=True)

@@ -1,6 +1,7 @@
 """The `textebm train` and `textebm sample` commands: bad input (exit 2, one line, no traceback),
 sampling determinism and batching, resume after SIGKILL, Ctrl-C."""
 
+import hashlib
 import json
 import os
 import shlex
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,6 +140,34 @@ def test_resume_reads_the_corpus_from_the_run_and_refuses_another(cli, one_line_
     one_line_error(*cli(*args, "--corpus", other)[::2], "train", f"--corpus {other} is not the corpus", "drop --corpus")
     one_line_error(*cli(*args, "--corpus", "ptb")[::2], "train", "--corpus ptb is not the corpus")
     one_line_error(*cli("train", "--out", tmp_path / "new", "--device", "cpu")[::2], "train", "--corpus is required")
+
+
+def test_a_run_on_a_relative_corpus_path_resumes_and_reconstructs_from_another_folder(cli, tmp_path, monkeypatch,
+                                                                                      train_args, small_corpus):
+    """The run records its corpus files (absolute paths, sha256): `--corpus small.txt` given in one folder
+    is found from another, with no --data-dir; a changed file is named in a warning."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "small.txt").write_bytes(small_corpus.read_bytes())
+    monkeypatch.chdir(work)
+    args = train_args("--out", tmp_path / "run", "--max-steps", "1")
+    args[args.index("--corpus") + 1] = "small.txt"
+    assert cli(*args)[0] == 0
+    record = json.loads((tmp_path / "run" / "corpus.json").read_text(encoding="utf-8"))
+    assert record["files"]["train"]["path"] == str(work / "small.txt")
+    monkeypatch.chdir(tmp_path)
+    status, out, err = cli("train", "--resume", "--out", tmp_path / "run", "--max-steps", "2", "--device", "cpu",
+                           "--threads", "1", "--no-progress")
+    assert status == 0, err
+    assert "warning" not in out + err
+    status, out, err = cli("reconstruct", "--checkpoint", tmp_path / "run", "--split", "valid", "--max-sentences",
+                           "2", "--device", "cpu", "--threads", "1")
+    assert status == 0 and "warning" not in err, err
+    with open(work / "small.txt", "a", encoding="utf-8") as handle:
+        handle.write("a sentence added after training\n")
+    status, out, err = cli("reconstruct", "--checkpoint", tmp_path / "run", "--split", "valid", "--max-sentences",
+                           "2", "--device", "cpu", "--threads", "1")
+    assert status == 0 and f"warning: small.txt's train split ({work / 'small.txt'}) is not the file" in err, err
 
 
 def test_training_into_an_existing_run_needs_resume(cli, one_line_error, run_copy, train_args):
@@ -328,6 +358,9 @@ def test_train_writes_a_complete_run(trained_run):
     assert any(r["kind"] in ("final", "epoch", "valid") for r in records)
     assert torch.load(trained_run / "training_state.pt", weights_only=True)["step"] == 20
     assert (trained_run / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    corpus = json.loads((trained_run / "corpus.json").read_text(encoding="utf-8"))
+    train_file = corpus["files"]["train"]
+    assert train_file["sha256"] == hashlib.sha256(Path(train_file["path"]).read_bytes()).hexdigest()
     assert "sample:" in (trained_run / "train.log").read_text(encoding="utf-8")
 
 

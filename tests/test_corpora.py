@@ -4,11 +4,14 @@ local HTTP server) and the SNLI recipe (on local Parquet files). No test touches
 import gzip
 import hashlib
 import http.server
+import json
+import re
 import threading
 from functools import partial
 from pathlib import Path
 
 import pytest
+from synthetic_corpus import write_corpus
 
 from textebm.data import corpora
 from textebm.data.corpora import (
@@ -18,7 +21,9 @@ from textebm.data.corpora import (
     fetch_ptb,
     fetch_snli,
     open_corpus,
+    open_run_corpus,
     read_lines,
+    record_of,
     training_splits,
 )
 from textebm.errors import UserError
@@ -89,6 +94,61 @@ def test_a_single_files_held_out_lines_are_its_valid_split(tmp_path, data_folder
 
 
 # --- the real corpora ($TEXTEBM_DATA_DIR) --------------------------------------------------------
+
+# --- a run's record of its corpus (corpus.json) ---------------------------------------------------
+
+def _run_with_record(tmp_path, corpus) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / corpora.RECORD).write_text(json.dumps(record_of(corpus)), encoding="utf-8")
+    return run
+
+
+def test_a_run_finds_the_files_it_recorded_without_a_data_dir(tmp_path, data_folder, monkeypatch):
+    corpus = open_corpus("ptb", str(data_folder(ptb="train valid test")))
+    run = _run_with_record(tmp_path, corpus)
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(tmp_path / "elsewhere"))  # holds no corpus (and downloads are off)
+    found, warnings = open_run_corpus(run, "ptb")
+    assert found.files == {split: path.resolve() for split, path in corpus.files.items()} and warnings == []
+    with pytest.raises(UserError, match="PTB not found"):  # what the run found before it recorded its files
+        open_corpus("ptb")
+
+
+def test_a_data_dir_wins_over_the_record_and_a_changed_file_is_named(tmp_path, data_folder, synthetic_splits):
+    run = _run_with_record(tmp_path, open_corpus("ptb", str(data_folder(ptb="train valid test"))))
+    copy = tmp_path / "copy"
+    write_corpus(copy / "ptb", {"train": synthetic_splits["train"], "valid": synthetic_splits["valid"],
+                                "test": synthetic_splits["test"][:-1]})
+    found, warnings = open_run_corpus(run, "ptb", str(copy))
+    assert found.files["train"] == copy / "ptb" / "train.txt"
+    assert len(warnings) == 1 and "ptb's test split" in warnings[0] and "sha256 differs" in warnings[0]
+
+
+def test_a_moved_corpus_is_found_through_the_data_dir_or_named(tmp_path, data_folder, monkeypatch):
+    root = data_folder(ptb="train valid test")
+    run = _run_with_record(tmp_path, open_corpus("ptb", str(root)))
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(moved))
+    found, warnings = open_run_corpus(run, "ptb")
+    assert found.files["test"] == moved / "ptb" / "test.txt" and warnings == []
+    monkeypatch.delenv("TEXTEBM_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=rf"no longer in {re.escape(str(root / 'ptb'))} \(its corpus.json\), .*PTB not "
+                                        "found in data/ptb"):
+        open_run_corpus(run, "ptb")
+
+
+def test_a_run_without_a_record_and_a_broken_record(tmp_path, data_folder):
+    root = str(data_folder(ptb="train valid test"))
+    run = tmp_path / "old-run"
+    run.mkdir()
+    found, warnings = open_run_corpus(run, "ptb", root)
+    assert set(found.files) == {"train", "valid", "test"} and warnings == []
+    (run / corpora.RECORD).write_text('{"files": {"train": {"path": 3}}}', encoding="utf-8")
+    with pytest.raises(UserError, match="corpus.json is unreadable.*delete it"):
+        open_run_corpus(run, "ptb", root)
+
 
 def test_real_ptb_has_mikolovs_splits(real_data_dir):
     corpus = open_corpus("ptb", str(real_data_dir))

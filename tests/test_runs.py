@@ -57,6 +57,27 @@ def test_run_folder_contents(saved_run):
     assert json.loads((folder / "config.json").read_text(encoding="utf-8"))["latent_dim"] == 4
 
 
+def test_a_run_folder_is_a_run_only_once_complete(tmp_path, tiny_config, train_lines, monkeypatch):
+    """config.json marks a run, so it comes last: a kill while the vocabulary is written leaves a folder
+    that a new `train --out` may take, not a run whose vocabulary cannot load."""
+    from textebm.data.vocab import WordVocab, load_vocab
+    from textebm.model.runs import create_run
+
+    vocab = WordVocab.build(train_lines[:50])
+
+    def killed(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WordVocab, "save", lambda self, folder: killed(folder))
+    with pytest.raises(KeyboardInterrupt):
+        create_run(tmp_path / "run", tiny_config, vocab, {"corpus": "x", "files": {}})
+    assert not is_run(tmp_path / "run")
+    monkeypatch.undo()
+    create_run(tmp_path / "run", tiny_config, vocab, {"corpus": "x", "files": {}})
+    assert is_run(tmp_path / "run") and load_vocab(tmp_path / "run").itos == vocab.itos
+    assert json.loads((tmp_path / "run" / "corpus.json").read_text(encoding="utf-8"))["corpus"] == "x"
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path):
     target = tmp_path / "sub" / "file.txt"
     atomic_write_text(target, "first")

@@ -42,7 +42,7 @@ def tiny_run(tmp_path, monkeypatch):
     train_lines, valid_lines = _lines(40, 0), _lines(8, 1)
     vocab = build_vocab(train_lines, cfg.tokenizer, cfg.vocab_size, cfg.min_freq, cfg.lowercase)
     data = encode_lines(train_lines, vocab, cfg.max_length), encode_lines(valid_lines, vocab, cfg.max_length)
-    create_run(tmp_path, cfg, vocab)
+    create_run(tmp_path, cfg, vocab, {"corpus": "ptb", "files": {}})
 
     def run(resume=False, **budget):
         torch.manual_seed(0)
@@ -72,6 +72,7 @@ def test_cpu_budget_counts_training_steps_over_resumes_and_keeps_marks(tiny_run,
     mark = mark_folder(folder, 2 / 60)
     assert json.loads((mark / "mark.json").read_text())["step"] == 2
     assert load_run(mark).step == 2  # a complete run folder: config, vocabulary, checkpoint
+    assert json.loads((mark / "corpus.json").read_text()) == {"corpus": "ptb", "files": {}}  # and its corpus
     assert load_checkpoint(folder)["extra"]["clock"]["cpu_seconds"] == pytest.approx(5.0)
     # resumed with a larger budget: it goes on from 5 CPU seconds, not from 0
     result = run(resume=True, max_cpu_minutes=8 / 60)

@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
                         help="held-out split of the run's corpus (default test; valid: a single text file's last "
                              "5%%, held out of training)")
     source.add_argument("--input", metavar="FILE", help="text file, one sentence per line, instead of a split")
-    p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    p.add_argument("--data-dir", metavar="D",
+                   help="folder of the corpora (default: the files the run recorded in its corpus.json, where "
+                        "they still are; else $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--max-sentences", type=int, metavar="N", help="the first N sentences only")
     p.add_argument("--chains", type=int, default=1, metavar="C",
                    help="posterior samples averaged per code (default 1: one sample, as training sees it)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from textebm.cli.common import load_latent_run, read_sentences
-    from textebm.data.corpora import evaluation_splits, open_corpus
+    from textebm.data.corpora import evaluation_splits, open_run_corpus
     from textebm.generation.reconstruction import reconstruct_lines
 
     _check_args(args)
@@ -64,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "reconstruct", args.chain, args.tf32)
     if lines is None:
         split = args.split or "test"
-        corpus = open_corpus(loaded.config.corpus, args.data_dir)
+        corpus, changed = open_run_corpus(loaded.folder, loaded.config.corpus, args.data_dir)
+        for warning in changed:
+            print(f"warning: {warning}", file=sys.stderr)
         _, lines, source = evaluation_splits(corpus, loaded.config.train_split, split)
         source = f"{corpus.name} {source}"
     else:

@@ -16,7 +16,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--corpus", help="ptb, snli, yahoo, or a path to a text file / folder (with --resume: the "
                                     "run's own, from its config)")
     p.add_argument("--data-dir",
-                   help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/)")
+                   help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/; "
+                        "with --resume: the files the run recorded, where they still are)")
     p.add_argument("--out", type=output_path, help="run folder (default: runs/<corpus>-<time>)")
     p.add_argument("--preset", help="config preset (default: by device: the corpus's own, paper-scale preset on "
                                     "CUDA, 'cpu' on a CPU); e.g. cpu, ptb")
@@ -98,7 +99,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
 
     from textebm.config import device_preset, resolve_config
     from textebm.data.batches import encode_lines
-    from textebm.data.corpora import open_corpus, training_splits
+    from textebm.data.corpora import open_corpus, open_run_corpus, record_of, training_splits
     from textebm.data.vocab import build_vocab, load_vocab
     from textebm.errors import UserError
     from textebm.evaluation.plots import plot_learning_curves
@@ -142,14 +143,19 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None and args.max_cpu_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
                         "max_epochs")
-    corpus = open_corpus(config.corpus, args.data_dir)
+    if args.resume:
+        corpus, changed = open_run_corpus(folder, config.corpus, args.data_dir)
+        for warning in changed:
+            echo(f"warning: {warning}")
+    else:
+        corpus = open_corpus(config.corpus, args.data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
     if not args.resume:  # one process builds and saves the vocabulary; the others wait for it, then read it
         failure = None
         if parallel.is_main:
             try:
                 create_run(folder, config, build_vocab(train_lines, config.tokenizer, config.vocab_size,
-                                                       config.min_freq, config.lowercase))
+                                                       config.min_freq, config.lowercase), record_of(corpus))
             except (UserError, OSError) as err:
                 failure = err
         reason = parallel.broadcast(None if failure is None else str(failure))

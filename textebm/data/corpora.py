@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import json
 import os
 import urllib.request
 from dataclasses import dataclass
@@ -85,6 +86,59 @@ def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
         fetch(name, data_dir_arg)
         files = {s: f for s in SPLITS if (f := split_file(folder, s))}
     return Corpus(name, files)
+
+
+RECORD = "corpus.json"  # in a run folder: the files the run was trained on (`record_of`)
+
+
+def record_of(corpus: Corpus) -> dict:
+    """What a run keeps of its corpus: each split file's absolute path and sha256, so that `evaluate`,
+    `reconstruct` and `--resume` find the same files from anywhere without `--data-dir`, and say so when
+    a file changed."""
+    return {"corpus": corpus.name,
+            "files": {split: {"path": str(path.resolve()), "sha256": file_sha256(path)}
+                      for split, path in corpus.files.items()}}
+
+
+def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tuple[Corpus, list[str]]:
+    """The corpus of the run in `run`, and a warning per split whose file is not the one it trained with.
+
+    From `--data-dir` when given; else the files the run recorded, while they are all still there; else
+    as `open_corpus` finds `name` ($TEXTEBM_DATA_DIR, data/). A run from before the record: `open_corpus`."""
+    record = recorded_corpus(Path(run)) or {}
+    recorded = {split: Path(entry["path"]) for split, entry in record.get("files", {}).items()}
+    if data_dir_arg is None and recorded and all(path.is_file() for path in recorded.values()):
+        corpus = Corpus(name, recorded)
+    else:
+        try:
+            corpus = open_corpus(name, data_dir_arg)
+        except UserError as err:
+            if not recorded or data_dir_arg is not None:
+                raise
+            where = sorted({str(path.parent) for path in recorded.values()})
+            raise UserError(f"the run's corpus files are no longer in {', '.join(where)} (its {RECORD}), and "
+                            f"{err}") from None
+    warnings = [f"{corpus.name}'s {split} split ({path}) is not the file the run was trained with (its sha256 "
+                f"differs from the one in {Path(run) / RECORD})"
+                for split, path in corpus.files.items()
+                if split in record.get("files", {}) and file_sha256(path) != record["files"][split]["sha256"]]
+    return corpus, warnings
+
+
+def recorded_corpus(run: Path) -> dict | None:
+    """The run's record of its corpus (`record_of`); None for a run from before records."""
+    path = Path(run) / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        files = record["files"]
+        if not all(isinstance(e["path"], str) and isinstance(e["sha256"], str) for e in files.values()):
+            raise TypeError("a path or sha256 is not text")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} is unreadable ({err}): delete it to find the corpus by --data-dir "
+                        "or $TEXTEBM_DATA_DIR") from None
+    return record
 
 
 def _user_corpus(path: Path) -> Corpus:
@@ -191,7 +245,7 @@ def ptb_urls(source: str | None = None) -> dict[str, str]:
 
 def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS, progress: bool = False) -> None:
     hint = ("put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in data/README.md), or name "
-            "the folder that holds ptb/ with --data-dir or $TEXTEBM_DATA_DIR (the run does not record it)")
+            "the folder that holds ptb/ with --data-dir or $TEXTEBM_DATA_DIR")
     if offline() and not all(url.startswith("file:") for url in urls.values()):
         raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
     # All three files or none: a half-downloaded corpus would look complete to the next run.

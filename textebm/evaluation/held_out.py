@@ -233,7 +233,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
 
     from textebm.config import CHAIN_KEYS
     from textebm.data.batches import encode_lines
-    from textebm.data.corpora import evaluation_splits, open_corpus
+    from textebm.data.corpora import evaluation_splits, open_run_corpus
     from textebm.devices import resolve_chain_precision, resolve_device
     from textebm.evaluation.paired import PER_SENTENCE_KEY, paired_difference
     from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
@@ -256,7 +256,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     loaded = load_run(options.checkpoint, device, options.chain, options.precision)
     config = loaded.config
     options.draws_for(config)
-    corpus = open_corpus(config.corpus, options.data_dir)
+    corpus, corpus_warnings = open_run_corpus(options.checkpoint, config.corpus, options.data_dir)
     train_lines, held_out, source = evaluation_splits(corpus, config.train_split, options.split)
     lines = held_out if options.max_sentences is None else held_out[:options.max_sentences]  # for the NLL only
     encoded = encode_lines(lines, loaded.vocab, config.max_length)
@@ -383,7 +383,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
         "seed": options.seed,
         "options": report_options(options),
     }
-    result["warnings"] = (sampling["warnings"] if sampling else []) + partition_warnings(partition)
+    result["warnings"] = corpus_warnings + (sampling["warnings"] if sampling else []) + partition_warnings(partition)
     if config.model == "vae":
         result["vae"] = vae_figures(res, config, result["nll_per_sentence"], result["elbo_per_sentence"])
     if options.fppl_samples == 0:

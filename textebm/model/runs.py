@@ -2,6 +2,8 @@
 
     RUN/config.json      resolved config (plain data)
     RUN/vocab.json       vocabulary (+ RUN/spm.model for SentencePiece)
+    RUN/corpus.json      the corpus files it trained on: absolute paths and sha256 (runs from before
+                         2026-12-07 have none; textebm.data.corpora.open_run_corpus)
     RUN/model.safetensors  weights (safetensors: no code can run from it)
     RUN/training_state.pt  optimizer states, RNG states, step: tensors and plain data only, loaded
                          with torch.load(weights_only=True) (textebm.model.checkpoints; older runs hold
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from textebm.config import Config, with_chain_overrides
+from textebm.data.corpora import RECORD
 from textebm.data.vocab import Vocabulary, load_vocab
 from textebm.errors import UserError
 from textebm.io import atomic_write_text
@@ -35,11 +38,15 @@ def is_run(folder: Path) -> bool:
     return (Path(folder) / "config.json").is_file()
 
 
-def create_run(folder: Path, config: Config, vocab: Vocabulary) -> None:
+def create_run(folder: Path, config: Config, vocab: Vocabulary, corpus_record: dict | None = None) -> None:
+    """A new run folder. config.json, which makes it a run (`is_run`), is written last: a kill before it
+    leaves a folder that a new `train --out` takes over, not a run that cannot load its vocabulary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     vocab.save(folder)
+    if corpus_record is not None:
+        atomic_write_text(folder / RECORD, json.dumps(corpus_record, indent=2) + "\n")
+    atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 # Runs saved before the chains had noise scales and step schedules ran plain constant-step Langevin:

@@ -29,6 +29,7 @@ import torch
 
 from textebm.config import Config
 from textebm.data.batches import EncodedSplit, epoch_batches, pad
+from textebm.data.corpora import recorded_corpus
 from textebm.devices import resolve_chain_precision
 from textebm.errors import NonFiniteError, UserError
 from textebm.inference.diagnostics import latent_usage, prior_chain_bias
@@ -639,7 +640,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             checkpoint_now()
             if main:  # a complete run folder: config, vocabulary, checkpoint, and when it was taken
                 mark = mark_folder(folder, cpu_minutes)
-                create_run(mark, cfg, vocab)
+                create_run(mark, cfg, vocab, recorded_corpus(folder))
                 checkpoint_now(mark)
                 atomic_write_text(mark / "mark.json", json.dumps({"cpu_minutes": cpu_minutes, "step": step,
                                                                   **clock.stamp()}, indent=2) + "\n")
