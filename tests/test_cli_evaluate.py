@@ -368,6 +368,26 @@ def test_a_report_made_with_other_options_is_kept_not_replaced(invoke, tmp_path,
     assert len(list(run.glob("evaluation-test.*.json"))) == 1
 
 
+def test_out_writes_the_report_elsewhere_and_leaves_the_runs_own(invoke, tmp_path, corpus_folder, train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="gaussian")
+    status, _, err = invoke("--checkpoint", run, *FAST, "--max-sentences", "2", "--fppl-samples", "0")
+    assert status == 0, err
+    own = (run / "evaluation-test.json").read_bytes()
+    out = tmp_path / "smoke" / "report.json"
+    status, printed, err = invoke("--checkpoint", run, *FAST, "--max-sentences", "3", "--fppl-samples", "10",
+                                  "--temperatures", "1", "--json", "--out", out)
+    assert status == 0, err
+    report = json.loads(out.read_text())
+    assert report == json.loads(printed) and report["num_sentences"] == 3
+    assert report["figure"] == str(out.with_suffix(".png")) and out.with_suffix(".png").is_file()
+    assert (run / "evaluation-test.json").read_bytes() == own and "kept as" not in err
+    assert sorted(p.name for p in run.glob("evaluation-*")) == ["evaluation-test.json"]
+    assert not list(run.glob("*.png"))
+    _one_line(*invoke("--checkpoint", run, *FAST, "--out", tmp_path / "figure.png")[::2], "name the JSON report")
+    (tmp_path / "taken").mkdir()
+    _one_line(*invoke("--checkpoint", run, *FAST, "--out", tmp_path / "taken")[::2], "taken: it is a folder")
+
+
 def test_not_a_run(invoke, tmp_path):
     _one_line(*invoke("--checkpoint", tmp_path, "--fppl-samples", "0")[::2], "not a textebm run")
 

@@ -1,7 +1,7 @@
 """`textebm evaluate`: NLL and perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples.
 
 Thin: parses, calls textebm.evaluation.held_out (which `textebm reproduce` calls alike), prints a table or
-one JSON object; the library writes the same JSON to RUN/evaluation-<split>.json. Progress goes to
+one JSON object; the library writes the same JSON to RUN/evaluation-<split>.json (or --out FILE). Progress goes to
 stderr (textebm.progress). The estimators are described in docs/evaluate-command.md.
 """
 
@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, add_protocol_arguments, protocol_options, protocol_rows, seed_type
+from textebm.cli.common import (
+    add_chain_argument,
+    add_protocol_arguments,
+    output_path,
+    protocol_options,
+    protocol_rows,
+    seed_type,
+)
 from textebm.devices import add_device_argument, add_precision_argument
 from textebm.evaluation.held_out import (
     AIS_CHAINS,
@@ -33,7 +40,7 @@ def add_parser(subparsers) -> None:
         "sampling), how far to trust it (ESS, the estimate from a tenth of the draws), the prior chain's bias "
         "against an exact sampler, mutual information and active units (and, for a VAE run, KL(q||p)), "
         "reconstruction BLEU, and FPPL/RPPL of generated sentences under KenLM 5-grams. Writes "
-        "RUN/evaluation-<split>.json.")
+        "RUN/evaluation-<split>.json (or --out FILE).")
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="run folder")
     p.add_argument("--split", choices=("test", "valid"), default="test",
                    help="held-out split (default test); for a run on a single text file, valid is the last 5%% of "
@@ -90,6 +97,9 @@ def add_parser(subparsers) -> None:
                         "x 8 bytes (default: at most 512, fewer where that passes 1 GiB of logits)")
     p.add_argument("--seed", type=seed_type, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.add_argument("--out", type=output_path, metavar="FILE",
+                   help="write the JSON report to FILE (its figure beside it, FILE with .png) instead of "
+                        "RUN/evaluation-<split>.json, which stays as it is (e.g. for a smoke test)")
     add_progress_argument(p)
     add_protocol_arguments(p, generates=True)
     add_chain_argument(p)
@@ -236,6 +246,6 @@ def run(args: argparse.Namespace) -> int:
     from textebm.evaluation.held_out import evaluate_run
     from textebm.progress import Progress
 
-    result = evaluate_run(options_from(args), Progress.auto(args.progress), args.tf32)
+    result = evaluate_run(options_from(args), Progress.auto(args.progress), args.tf32, args.out)
     print(json.dumps(result, allow_nan=False) if args.json else format_table(result))
     return 0

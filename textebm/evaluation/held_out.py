@@ -637,10 +637,12 @@ def keep_earlier_report(folder: Path, split: str, options: dict) -> Path | None:
     return target
 
 
-def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True) -> dict:
+def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True,
+                 out: Path | None = None) -> dict:
     """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
     (RUN/evaluation-<split>.json, atomically; an earlier one made with other options is kept, and a line on
-    stderr says where: `keep_earlier_report`). Returns the report as written."""
+    stderr says where: `keep_earlier_report`). `out`: the report goes there instead and its figure beside
+    it (`out` with .png), and the run's own report stays as it is. Returns the report as written."""
     import sys
 
     from textebm.evaluation.partial_evaluation import partial_path
@@ -649,12 +651,17 @@ def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: b
     from textebm.model.runs import is_run
 
     folder = Path(options.checkpoint)
-    report, figure = evaluation_path(folder, options.split), folder / f"quality_diversity-{options.split}.png"
-    if is_run(folder):  # (when it is not, `evaluate` says why) where the results go, before the work
+    if out is None:
+        report, figure = evaluation_path(folder, options.split), folder / f"quality_diversity-{options.split}.png"
+    else:
+        report, figure = Path(out), Path(out).with_suffix(".png")
+        if report == figure:
+            raise UserError(f"--out {out}: name the JSON report (its figure goes beside it as {figure.stem}.png)")
+    if out is not None or is_run(folder):  # (when it is not a run, `evaluate` says why) where results go, first
         check_writable(report)
         check_writable(figure)
     result = evaluate(options, progress, tf32, resumable=True)
-    kept = keep_earlier_report(folder, options.split, result["options"])
+    kept = keep_earlier_report(folder, options.split, result["options"]) if out is None else None
     if kept is not None:
         print(f"the earlier {report.name} was made with other options: kept as {kept}", file=sys.stderr)
     if result["generation"] is not None:
