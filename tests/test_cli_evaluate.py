@@ -455,6 +455,16 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_number
     assert not partial.exists()
 
 
+def test_a_saved_evaluation_that_cannot_be_resumed_is_said_to_be_replaced(invoke, tmp_path, corpus_folder,
+                                                                         train_lines):
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300], prior="gaussian")
+    (run / "evaluation-test.partial.pt").write_bytes(b"cut short by a full disk")
+    status, _, err = invoke("--checkpoint", run, *FAST, "--max-sentences", "2", "--fppl-samples", "0")
+    assert status == 0, err
+    assert f"not resuming from {run / 'evaluation-test.partial.pt'}: it is unreadable (" in err
+    assert "starting afresh" in err
+
+
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
                                          ("--temperatures", "0"), ("--anneal-steps", "-1"), ("--max-rows", "0")])

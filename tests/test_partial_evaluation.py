@@ -32,10 +32,14 @@ def test_another_key_or_a_damaged_file_starts_afresh(tmp_path):
     path = tmp_path / "evaluation-test.partial.pt"
     generator = torch.Generator().manual_seed(0)
     PartialEvaluation(path, {"step": 7}).save("log_z", {"partition": {"log_z": -3.5}}, generator)
-    assert PartialEvaluation(path, {"step": 7}).stages["log_z"] == {"partition": {"log_z": -3.5}}
-    assert PartialEvaluation(path, {"step": 8}).stages == {}  # another checkpoint step: nothing reused
+    same = PartialEvaluation(path, {"step": 7})
+    assert same.stages["log_z"] == {"partition": {"log_z": -3.5}} and same.discarded is None
+    other = PartialEvaluation(path, {"step": 8})  # another checkpoint step: nothing reused, and why is said
+    assert other.stages == {} and "other options, another checkpoint step" in other.discarded
     path.write_bytes(b"not a torch file")
-    assert PartialEvaluation(path, {"step": 7}).stages == {}
+    damaged = PartialEvaluation(path, {"step": 7})
+    assert damaged.stages == {} and damaged.discarded.startswith("it is unreadable (")
+    assert PartialEvaluation(tmp_path / "none.pt", {"step": 7}).discarded is None
 
 
 def test_without_a_path_stages_stay_in_memory():

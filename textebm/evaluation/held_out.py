@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -272,6 +273,8 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     partial = PartialEvaluation(partial_path(options.checkpoint, options.split) if resumable else None, key)
     if partial.restore(generator):
         progress.note(f"resuming an interrupted evaluation ({partial.path.name}): {partial.summary()}")
+    elif partial.discarded:  # said even without --progress: work that was saved is about to be replaced
+        print(f"not resuming from {partial.path}: {partial.discarded}; starting afresh", file=sys.stderr)
     if "log_z" in partial.stages:
         partition, bias = partial.stages["log_z"]["partition"], partial.stages["log_z"]["bias"]
     else:

@@ -29,18 +29,26 @@ def partial_path(folder: Path, split: str) -> Path:
 
 class PartialEvaluation:
     """The stages finished so far (`stages`: name -> plain data and tensors) for one `key`; with
-    `path` None, nothing is read or written (an evaluation that is not to resume)."""
+    `path` None, nothing is read or written (an evaluation that is not to resume). `discarded` says why
+    a saved file was not resumed from (None when there was none, or it was): the evaluation starts afresh
+    and its first save replaces the file, so the caller tells the user."""
 
     def __init__(self, path: Path | None, key: dict):
         self.path, self.key = None if path is None else Path(path), json.dumps(key, sort_keys=True, default=str)
         self.stages: dict = {}
+        self.discarded: str | None = None
         if self.path is not None and self.path.is_file():
             try:
                 saved = torch.load(self.path, map_location="cpu", weights_only=True)
-            except Exception:  # a file from another version, or damaged: start afresh
-                saved = None
+            except Exception as err:  # damaged, or refused by the safe unpickler: any reason means start afresh
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                self.discarded = f"it is unreadable ({first[:200]})"
+                return
             if isinstance(saved, dict) and saved.get("key") == self.key:
                 self.stages = saved["stages"]
+            else:
+                self.discarded = ("it was made with other options, another checkpoint step or another version of "
+                                  "the evaluator")
 
     def restore(self, generator: torch.Generator) -> bool:
         """Put `generator` in the state it had after the last saved stage; False when nothing is saved."""
