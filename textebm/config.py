@@ -13,8 +13,10 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
 
-from textebm.data.vocab import SPECIALS
 from textebm.errors import UserError
+
+# Every vocabulary's first ids, in this order (textebm.data.vocab); vocab_size counts them.
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 # Seeds are signed 64-bit integers: torch's generators fail above 2**64 - 1 ("Overflow when unpacking long
 # long"), and training adds offsets to the seed (seed + step, seed + RESET_SEED), which the headroom keeps in range.
@@ -151,10 +153,10 @@ class Config:
                 raise UserError("model=vae infers z with its own encoder: posterior_init applies to model=latent_ebm")
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
             raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
-        if 0 < self.vocab_size <= len(SPECIALS):
+        if 0 < self.vocab_size <= len(SPECIAL_TOKENS):
             # the size counts <pad>, <s>, </s> and <unk>: a smaller one left no room for a word (and kept them all)
-            raise UserError(f"vocab_size must be 0 (no limit) or at least {len(SPECIALS) + 1} (the {len(SPECIALS)} "
-                            f"special tokens and one word), not {self.vocab_size}")
+            raise UserError(f"vocab_size must be 0 (no limit) or at least {len(SPECIAL_TOKENS) + 1} (the "
+                            f"{len(SPECIAL_TOKENS)} special tokens and one word), not {self.vocab_size}")
         return self
 
     def posterior_step_sizes(self, steps: int | None = None) -> list[float]:

@@ -1,6 +1,6 @@
 """`textebm chain`: sentences along prior Langevin chains (the paper's Table 3), with each chain's
-energy profile. Decoding is greedy by default, so a change of sentence between steps is the chain's
-move in z, not the token sampler's noise."""
+energy profile (textebm.generation.prior_chains, textebm.evaluation.plots). Decoding is greedy by
+default, so a change of sentence between steps is the chain's move in z, not the token sampler's noise."""
 
 from __future__ import annotations
 
@@ -42,69 +42,6 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def run_chains(model, vocab, steps: list[int], chains: int, step_size: float | None, seed: int,
-               greedy: bool, max_length: int) -> dict:
-    """Run `chains` prior chains for max(steps) steps; decode z at each chosen step; f and log density
-    at every step. For the Gaussian prior (whose samples the model draws exactly) this is Langevin on
-    its own density: the chain then wanders within N(0, sigma^2 I)."""
-    import torch
-
-    from textebm.generation.decoding import decode
-    from textebm.model.langevin import prior_chain
-
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    size = model.config.prior_step_size if step_size is None else step_size
-    trajectory: list = []
-    prior_chain(model.prior, chains, steps[-1], size, model.device, generator, trajectory)
-    states = torch.stack(trajectory)  # (K+1, chains, latent)
-    with torch.no_grad():
-        flat = states.flatten(0, 1)
-        energy = model.prior.energy(flat).view(len(trajectory), chains).T.cpu()
-        log_density = model.prior.log_density(flat).view(len(trajectory), chains).T.cpu()
-    chosen = states[steps].flatten(0, 1)  # step-major: step 0's chains, then the next step's
-    ids = decode(model.decoder, chosen, model.bos_id, model.eos_id, max_length, greedy, generator=generator)
-    texts = [vocab.decode(row) for row in ids.tolist()]
-    return {
-        "steps": steps, "step_size": size, "seed": seed, "greedy": greedy, "prior": model.config.prior,
-        "chains": [{"chain": c,
-                    "sentences": {str(s): texts[i * chains + c] for i, s in enumerate(steps)},
-                    "energy": energy[c].tolist(), "log_density": log_density[c].tolist()}
-                   for c in range(chains)],
-    }
-
-
-def plot_profiles(result: dict, out, title: str) -> None:
-    """f(z_t) and log p_alpha(z_t) against t, one line per chain; chosen steps marked."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from textebm.io import atomic_write_bytes
-
-    fig, (ax_f, ax_log) = plt.subplots(1, 2, figsize=(11, 4))
-    for chain in result["chains"]:
-        t = range(len(chain["energy"]))
-        ax_f.plot(t, chain["energy"], lw=1.0, label=f"chain {chain['chain'] + 1}")
-        ax_log.plot(t, chain["log_density"], lw=1.0)
-    for ax in (ax_f, ax_log):
-        for step in result["steps"]:
-            ax.axvline(step, color="grey", lw=0.5, ls=":")
-        ax.set_xlabel("Langevin step t")
-    ax_f.set(ylabel="f(z_t)", title="energy f_alpha(z_t) (higher = more probable)")
-    ax_log.set(ylabel="log p_alpha(z_t) + log Z", title="unnormalised log prior density f(z) - |z|^2/2sigma^2")
-    if len(result["chains"]) <= 10:
-        ax_f.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out, buffer.getvalue())
-
-
 def run(args: argparse.Namespace) -> int:
     import json
     import math
@@ -113,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.cli.common import load_latent_run
     from textebm.errors import UserError
+    from textebm.evaluation.plots import plot_chain_profiles
+    from textebm.evaluation.prior_chains import sentences_along_chains
     from textebm.io import check_writable
 
     steps = parse_steps(args.steps)
@@ -127,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--plot must name a .png file, not {args.plot!r}")
         check_writable(args.plot)
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain", tf32=args.tf32)
-    result = run_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
-                        args.greedy, args.max_length)
+    result = sentences_along_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
+                                    args.greedy, args.max_length)
     if args.plot:
-        plot_profiles(result, args.plot, f"{Path(args.checkpoint).name}: prior Langevin chains "
-                                          f"(step size {result['step_size']}, {result['prior']} prior)")
+        plot_chain_profiles(result, args.plot, f"{Path(args.checkpoint).name}: prior Langevin chains "
+                                               f"(step size {result['step_size']}, {result['prior']} prior)")
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         sys.stdout.write(json.dumps(result, indent=1) + "\n")

@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from textebm.config import SPECIAL_TOKENS
 from textebm.errors import UserError
 from textebm.io import atomic_write_bytes, atomic_write_text
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-SPECIALS = [PAD, BOS, EOS, UNK]
+PAD, BOS, EOS, UNK = SPECIAL_TOKENS
+SPECIALS = list(SPECIAL_TOKENS)
 # Corpora spell the unknown word their own way; all of them map onto UNK's id.
 UNK_ALIASES = ("<unk>", "_UNK", "<UNK>")
 

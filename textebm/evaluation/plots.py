@@ -1,5 +1,6 @@
-"""Figures as PNG: a run's learning curves (from RUN/metrics.jsonl) and the quality-diversity picture
-of one or several runs' decoding sweeps (from RUN/evaluation-<split>.json)."""
+"""Figures as PNG: a run's learning curves (from RUN/metrics.jsonl), the quality-diversity picture
+of one or several runs' decoding sweeps (from RUN/evaluation-<split>.json), time to quality, energy
+gaps, and prior chains' energy profiles (`textebm chain --plot`)."""
 
 from __future__ import annotations
 
@@ -210,3 +211,27 @@ def plot_energy_gap(curves: list[dict], out: Path, title: str) -> Path:
     if curves:
         ax.legend(fontsize=8)
     return save_figure(fig, out)
+
+
+def plot_chain_profiles(result: dict, out: Path, title: str) -> Path:
+    """f(z_t) and log p_alpha(z_t) against t, one line per chain; chosen steps marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_f, ax_log) = plt.subplots(1, 2, figsize=(11, 4))
+    for chain in result["chains"]:
+        t = range(len(chain["energy"]))
+        ax_f.plot(t, chain["energy"], lw=1.0, label=f"chain {chain['chain'] + 1}")
+        ax_log.plot(t, chain["log_density"], lw=1.0)
+    for ax in (ax_f, ax_log):
+        for step in result["steps"]:
+            ax.axvline(step, color="grey", lw=0.5, ls=":")
+        ax.set_xlabel("Langevin step t")
+    ax_f.set(ylabel="f(z_t)", title="energy f_alpha(z_t) (higher = more probable)")
+    ax_log.set(ylabel="log p_alpha(z_t) + log Z", title="unnormalised log prior density f(z) - |z|^2/2sigma^2")
+    if len(result["chains"]) <= 10:
+        ax_f.legend(fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, Path(out))
