@@ -201,6 +201,21 @@ def test_truncate_metrics_survives_a_line_cut_by_a_kill(tmp_path):
     assert [r["step"] for r in _records(tmp_path)] == [1]
 
 
+def test_a_damaged_line_inside_the_metrics_is_named_not_dropped(tmp_path):
+    """A line cut short is the last one; one elsewhere is damage: resuming (which rewrites the file) and the
+    validation history stop and name it instead of deleting the record for good."""
+    from textebm.training.training_log import validation_records
+
+    lines = [json.dumps({"step": 1, "kind": "train"}), '{"step": 2, "kind": "va',
+             json.dumps({"step": 3, "kind": "valid"})]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"metrics.jsonl: line 2 is not a JSON record \(a damaged file"):
+        truncate_metrics(tmp_path, 3)
+    with pytest.raises(UserError, match="line 2 is not a JSON record"):
+        validation_records(tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text(encoding="utf-8") == "\n".join(lines) + "\n"  # left as it was
+
+
 def test_collapse_warning_fires_only_on_a_lasting_small_gap():
     from textebm.training.train import COLLAPSE_GAP, collapse_warning
 

@@ -106,7 +106,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     from textebm.io import check_writable
     from textebm.model.runs import build_model, create_run, is_run, load_config
     from textebm.training.train import train
-    from textebm.training.training_log import add_figure
+    from textebm.training.training_log import METRICS, add_figure
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError("--max-steps must be at least 1")
@@ -195,7 +195,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
                    args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel,
                    max_cpu_minutes=args.max_cpu_minutes, keep_at=args.keep_at)
-    if parallel.is_main and (folder / "metrics.jsonl").is_file():  # none when stopped before its first step
+    if parallel.is_main and (folder / METRICS).is_file():  # none when stopped before its first step
         png = plot_learning_curves(folder)
         echo(f"learning curves: {png}" + (" (and in TensorBoard)" if add_figure(folder, "learning_curves", png,
                                                                             result.step) else ""))

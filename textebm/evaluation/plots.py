@@ -5,7 +5,6 @@ gaps, and prior chains' energy profiles (`textebm chain --plot`)."""
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 from textebm.errors import UserError
@@ -13,27 +12,12 @@ from textebm.io import atomic_write_bytes
 
 
 def read_metrics(folder: Path) -> list[dict]:
-    """The records of RUN/metrics.jsonl. Training appends them a line at a time, so a run killed while
-    writing one leaves its last line cut short: that line is skipped (a resume drops it and writes the
-    record again). A line elsewhere that is not a record means a damaged file: a UserError naming it."""
-    path = Path(folder) / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"{folder} has no metrics.jsonl to plot")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict):
-            if number == len(lines):  # cut short by a kill
-                break
-            raise UserError(f"{path}: line {number} is not a JSON record (a damaged file)")
-        records.append(record)
-    return records
+    """The records of RUN/metrics.jsonl (`training_log.read_records`), which must exist."""
+    from textebm.training.training_log import METRICS, read_records
+
+    if not (Path(folder) / METRICS).is_file():
+        raise UserError(f"{folder} has no {METRICS} to plot")
+    return read_records(folder)
 
 
 X_AXES = {"step": ("step", None), "minutes": ("minutes (wall-clock, validation included)", "elapsed"),

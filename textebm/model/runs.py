@@ -12,7 +12,7 @@
     RUN/train.log        the human-readable log
 
 All files are written atomically (textebm.io), but for metrics.jsonl and train.log, appended a line at a
-time (a kill can cut their last line short; textebm.evaluation.plots.read_metrics skips it); a run killed
+time (a kill can cut their last line short; textebm.training.training_log.read_records skips it); a run killed
 at any moment resumes from its last checkpoint.
 """
 

@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+from textebm.errors import UserError
 from textebm.io import atomic_write_text
 
 METRICS = "metrics.jsonl"
@@ -174,20 +175,38 @@ def add_figure(folder: Path, tag: str, png: Path, step: int) -> bool:
     return True
 
 
+def read_records(folder: Path) -> list[dict]:
+    """RUN/metrics.jsonl's records, in order ([] when there is none yet)."""
+    return [record for _, record in _record_lines(Path(folder) / METRICS)]
+
+
+def _record_lines(path: Path) -> list[tuple[str, dict]]:
+    """Each line of a metrics file with its record. Training appends a line at a time, so a run killed
+    while writing one leaves its last line cut short: that line is skipped (a resume drops it and writes
+    the record again). A line elsewhere that is not a record means a damaged file: a UserError naming it,
+    rather than a record lost without a word."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if number == len(lines):  # cut short by a kill
+                break
+            raise UserError(f"{path}: line {number} is not a JSON record (a damaged file: mend or delete that line)")
+        found.append((line, record))
+    return found
+
+
 def validation_records(folder: Path) -> list[dict]:
-    """RUN/metrics.jsonl's validation records (valid, epoch, final), in order; a line cut short by a
-    kill is skipped."""
-    path = Path(folder) / METRICS
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("kind") in VALIDATIONS:
-                records.append(record)
-    return records
+    """RUN/metrics.jsonl's validation records (valid, epoch, final), in order."""
+    return [record for record in read_records(folder) if record.get("kind") in VALIDATIONS]
 
 
 def validation_at(folder: Path, step: int) -> dict | None:
@@ -199,11 +218,5 @@ def truncate_metrics(folder: Path, step: int) -> None:
     """On resume, forget records written after the checkpoint: they will be written again."""
     path = Path(folder) / METRICS
     if path.is_file():
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except ValueError:  # a line cut short by a kill
-                continue
+        kept = [line for line, record in _record_lines(path) if record.get("step", 0) <= step]
         atomic_write_text(path, "".join(line + "\n" for line in kept))
