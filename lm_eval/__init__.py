@@ -19,7 +19,7 @@ __textebm__ = True
 
 _EXPORTS = {
     "lm_eval.errors": ["EstimationError", "EvalError", "InputError", "KenLMToolsMissing"],
-    "lm_eval.evaluate": ["ReversePPL", "corpus_split_path", "evaluate_sample_sets", "evaluate_samples",
+    "lm_eval.evaluate": ["ReversePPL", "evaluate_sample_sets", "evaluate_samples",
                          "forward_ppl", "reverse_ppl"],
     "lm_eval.kenlm_tools": ["KenLMTools", "find_tools"],
     "lm_eval.ngram": ["NgramLM", "load_model", "real_data_lm", "train_ngram_lm"],

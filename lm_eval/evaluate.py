@@ -9,7 +9,6 @@ of its vocabulary; `add_train_vocab=False` turns that off.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,27 +29,6 @@ from lm_eval.ngram import (
 from lm_eval.perplexity import Perplexity, perplexity
 from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE, sample_stats
 from lm_eval.text import DEFAULT_MAX_TOKENS, Sentences, read_sentences, vocabulary
-
-CORPORA = ("ptb", "snli", "yahoo")
-SPLITS = ("train", "valid", "test")
-
-
-def corpus_split_path(corpus: str, split: str, data_dir: str | Path) -> Path:
-    """`DATA_DIR/<corpus>/<split>.txt` (or `.txt.gz`); InputError naming the file if absent."""
-    base = Path(data_dir) / corpus
-    for name in (f"{split}.txt", f"{split}.txt.gz"):
-        if (base / name).is_file():
-            return base / name
-    hint = " (give your own with --train FILE)" if split == "train" else (
-        " (give your own with --test FILE)" if split == "test" else "")
-    if not base.is_dir():
-        raise InputError(f"corpus folder not found: {base}: set --data-dir or TEXTEBM_DATA_DIR to the folder that "
-                         f"holds {corpus}/, or fetch it with textebm data --fetch {corpus}{hint}")
-    raise InputError(f"corpus {corpus} has no {split} split: {base / (split + '.txt')} is missing{hint}")
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("TEXTEBM_DATA_DIR") or "data")
 
 
 def _as_model(lm):

@@ -266,7 +266,7 @@ def test_annealed_importance_sampling_per_sentence_is_reported_as_such(invoke, t
     # the table shows both checks and the CPU time (they were in the JSON only), not IS's first-tenth row, and
     # says that 12 sentences are few for active units (5 read 0 of 32 on a run whose 300 read 32)
     table = dict(re.split(r"  +", line, maxsplit=1) for line in out.splitlines() if re.search(r"\S  +\S", line))
-    from textebm.cli.evaluate import _fmt
+    from textebm.cli.common import cell as _fmt
 
     half = f"{_fmt(check['nll_per_sentence_half'])} / {_fmt(check['nll_per_sentence_full'])}"
     assert table["AIS check: NLL with half / all temperatures (s.e.; 12 sentences)"].startswith(half)

@@ -115,7 +115,8 @@ def protocol_options(args):
                            overrides=list(args.rppl_set), keep=args.rppl_out)
 
 
-def _fmt(x) -> str:
+def cell(x) -> str:
+    """A table cell: four significant figures below 10, two decimals above; n/a for None."""
     return "n/a" if x is None else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
 
 
@@ -130,7 +131,7 @@ def protocol_rows(result: dict) -> list[tuple[str, str]]:
         r, lm = result["neural_reverse_ppl"], result["neural_reverse_ppl"]["lm"]
         rows += [
             (f"neural rPPL (real test | LSTM LM of {r['train_sentences']} + {r['valid_sentences']} generated)",
-             f"{_fmt(r['ppl'])} (valid {_fmt(r['valid_ppl'])})"),
+             f"{cell(r['ppl'])} (valid {cell(r['valid_ppl'])})"),
             ("  reverse LM", f"{lm['cell']} {lm['embedding_dim']}/{lm['hidden_dim']}, {lm['parameters'] / 1e6:.2f}M "
                              f"parameters, epoch {r['chosen_epoch']:.3g} of {r['epochs_trained']:.3g} "
                              f"({r['stopped_by']}), {r['seconds']:.0f} s"),

@@ -13,13 +13,12 @@ import sys
 from pathlib import Path
 
 from textebm.cli.common import add_protocol_arguments, protocol_options, protocol_rows, seed_type
+from textebm.data.corpora import KNOWN
 from textebm.devices import add_device_argument
 from textebm.errors import UserError
 from textebm.evaluation.held_out import import_lm_eval
 from textebm.io import json_safe
 from textebm.progress import add_progress_argument
-
-CORPORA = ("ptb", "snli", "yahoo")
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +31,7 @@ def add_parser(subparsers) -> None:
         "--neural-rppl also DGMVAE's word-frequency KL and reverse perplexity under a neural LM.",
     )
     p.add_argument("--samples", required=True, metavar="FILE", help="generated sentences, one per line")
-    p.add_argument("--corpus", choices=CORPORA, help="real corpus: DATA_DIR/<corpus>/{train,test}.txt")
+    p.add_argument("--corpus", choices=KNOWN, help="real corpus: DATA_DIR/<corpus>/{train,test}.txt")
     p.add_argument("--data-dir", metavar="D",
                    help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
     p.add_argument("--train", metavar="REAL_TRAIN", help="real training text (overrides the corpus's)")
@@ -56,14 +55,27 @@ def add_parser(subparsers) -> None:
 
 
 def resolve_files(args) -> tuple[Path, Path]:
-    """The real train and test files, from --train/--test or from --corpus and the data folder."""
-    from lm_eval.evaluate import corpus_split_path, default_data_dir
+    """The real train and test files, from --train/--test or from --corpus and the data folder
+    (`textebm.data.corpora`: DATA_DIR/<corpus>/<split>.txt or .txt.gz)."""
+    from textebm.data.corpora import data_dir, split_file
 
     if args.corpus is None and (args.train is None or args.test is None):
         raise UserError("give --corpus ptb|snli|yahoo, or both --train REAL_TRAIN and --test REAL_TEST")
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    train = Path(args.train) if args.train else corpus_split_path(args.corpus, "train", data_dir)
-    test = Path(args.test) if args.test else corpus_split_path(args.corpus, "test", data_dir)
+
+    def corpus_file(split: str, flag: str) -> Path:
+        folder = data_dir(args.data_dir) / args.corpus
+        path = split_file(folder, split)
+        if path is not None:
+            return path
+        if not folder.is_dir():
+            raise UserError(f"corpus folder not found: {folder}: set --data-dir or $TEXTEBM_DATA_DIR to the folder "
+                            f"that holds {args.corpus}/, or fetch it with textebm data --fetch {args.corpus} (or "
+                            f"give your own with {flag} FILE)")
+        raise UserError(f"corpus {args.corpus} has no {split} split: {folder / (split + '.txt')} is missing (give "
+                        f"your own with {flag} FILE)")
+
+    train = Path(args.train) if args.train else corpus_file("train", "--train")
+    test = Path(args.test) if args.test else corpus_file("test", "--test")
     return train, test
 
 

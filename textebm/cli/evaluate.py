@@ -12,6 +12,7 @@ import argparse
 from textebm.cli.common import (
     add_chain_argument,
     add_protocol_arguments,
+    cell,
     output_path,
     protocol_options,
     protocol_rows,
@@ -108,18 +109,14 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}" if abs(x) < 10 else f"{x:.2f}"
-
-
 def format_table(r: dict) -> str:
     isd, lz, gen = r["importance_sampling"], r["log_partition"], r["generation"]
     rows = [
         ("run / step", f"{r['run']} / {r['step']}"),
         ("corpus / split", f"{r['corpus']} / {r['evaluated_text']} ({r['num_sentences']} sentences, "
                            f"{r['num_tokens']} tokens); trained on {r['trained_on']}"),
-        ("NLL per sentence (nats)", _fmt(r["nll_per_sentence"])),
-        ("perplexity (per token, </s> counted)", _fmt(r["perplexity"])),
+        ("NLL per sentence (nats)", cell(r["nll_per_sentence"])),
+        ("perplexity (per token, </s> counted)", cell(r["perplexity"])),
     ]
     notes = []
     if isd is None:
@@ -134,7 +131,7 @@ def format_table(r: dict) -> str:
                      f"{isd['num_samples']} x {isd['anneal_steps']}"
                      + (f" (path in {isd['path_precision']})" if isd.get("path_precision") else "")))
         rows += [
-            ("ELBO-style mean log w per sentence", _fmt(r["elbo_per_sentence"])),
+            ("ELBO-style mean log w per sentence", cell(r["elbo_per_sentence"])),
             ("log Z of the prior (stderr; method)", f"{lz['log_z']:.4f} ({lz['stderr']:.2g}; {lz['method']})"),
             proposal,
             ("IS: effective sample size mean / min (mean share)",
@@ -145,11 +142,11 @@ def format_table(r: dict) -> str:
     vae = r.get("vae")
     if vae is not None:
         rows += [("VAE: KL(q(z|x) || p(z)) per sentence (free-bits floor)",
-                  f"{_fmt(vae['kl_per_sentence'])} ({_fmt(vae['free_bits_floor_per_sentence'])}: "
+                  f"{cell(vae['kl_per_sentence'])} ({cell(vae['free_bits_floor_per_sentence'])}: "
                   f"{vae['kl_dims_above_floor']} of {r['latent_dim']} dimensions above {vae['free_bits']:g})"),
                  ("VAE: active units by Var E_q[z] > 0.01", f"{vae['active_units_mean_variance']} / {r['latent_dim']}"),
-                 ("VAE: MI of the aggregate posterior (He et al. 2019)", _fmt(vae["mutual_information_aggregate"])),
-                 ("VAE: -ELBO - NLL (what IS gains)", _fmt(vae["bound_gap_per_sentence"]))]
+                 ("VAE: MI of the aggregate posterior (He et al. 2019)", cell(vae["mutual_information_aggregate"])),
+                 ("VAE: -ELBO - NLL (what IS gains)", cell(vae["bound_gap_per_sentence"]))]
         if "ais" in lz:
             ais, mc = lz["ais"], lz["monte_carlo"]
             rows += [("  AIS: chains x temperatures, ESS, acceptance",
@@ -173,8 +170,8 @@ def format_table(r: dict) -> str:
     if usage is not None:
         rows += [
             ("NLL/token with posterior z / prior z (gap)",
-             f"{_fmt(usage['nll_posterior'])} / {_fmt(usage['nll_prior'])} ({usage['gap']:.3f})"),
-            ("mutual information, E KL(p(z|x) || p(z)) (nats)", _fmt(usage["mutual_information"])),
+             f"{cell(usage['nll_posterior'])} / {cell(usage['nll_prior'])} ({usage['gap']:.3f})"),
+            ("mutual information, E KL(p(z|x) || p(z)) (nats)", cell(usage["mutual_information"])),
             (f"active units (first {min(r['num_sentences'], USAGE_AU_SENTENCES)} sentences)",
              f"{usage['active_units']} / {r['latent_dim']}"),
         ]
@@ -192,17 +189,17 @@ def format_table(r: dict) -> str:
     if gen is not None:
         rows.append((f"FPPL / RPPL / distinct-2 / self-BLEU ({gen['n']} samples each, {gen['order']}-gram)", ""))
         for row in gen["decodings"]:
-            rows.append((f"  {row['decoding']}", f"{_fmt(row['forward_ppl'])} / {_fmt(row['reverse_ppl'])} / "
-                                                 f"{_fmt(row['distinct_2'])} / {_fmt(row['self_bleu'])}"))
+            rows.append((f"  {row['decoding']}", f"{cell(row['forward_ppl'])} / {cell(row['reverse_ppl'])} / "
+                                                 f"{cell(row['distinct_2'])} / {cell(row['self_bleu'])}"))
         ref = gen["real_reference"]
         rows.append((f"  real text (FPPL of held-out; RPPL of {ref['num_samples']} training lines)",
-                     f"{_fmt(gen['real_lm_test_ppl'])} / {_fmt(ref['reverse_ppl'])} / {_fmt(ref['distinct_2'])} / "
-                     f"{_fmt(ref['self_bleu'])}"))
+                     f"{cell(gen['real_lm_test_ppl'])} / {cell(ref['reverse_ppl'])} / {cell(ref['distinct_2'])} / "
+                     f"{cell(ref['self_bleu'])}"))
         rows.append(("quality-diversity figure", r["figure"]))
     else:
         rows.append(("FPPL / RPPL", f"skipped: {r['generation_skipped']}"))
     rows += protocol_rows(r)
-    rows.append(("seconds (CPU seconds)", f"{_fmt(r['seconds'])} ({_fmt(r['cpu_seconds'])})"))
+    rows.append(("seconds (CPU seconds)", f"{cell(r['seconds'])} ({cell(r['cpu_seconds'])})"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows] + notes
     lines.append(f"perplexity: {r['perplexity_convention']}")
@@ -219,17 +216,17 @@ def convergence_rows(isd: dict) -> list[tuple[str, str]]:
     if "half_schedule" in isd:
         half = isd["half_schedule"]
         rows.append((f"AIS check: NLL with half / all temperatures (s.e.; {half['sentences']} sentences)",
-                     f"{_fmt(half['nll_per_sentence_half'])} / {_fmt(half['nll_per_sentence_full'])} "
+                     f"{cell(half['nll_per_sentence_half'])} / {cell(half['nll_per_sentence_full'])} "
                      f"({half['nll_change_stderr']:.3f})"))
     if "draws_check" in isd:
         more = isd["draws_check"]
         rows.append((f"AIS check: NLL with {more['num_samples']} / {more['more_samples']} chains (s.e.; "
                      f"{more['sentences']} sentences)",
-                     f"{_fmt(more['nll_per_sentence_default'])} / {_fmt(more['nll_per_sentence_more'])} "
+                     f"{cell(more['nll_per_sentence_default'])} / {cell(more['nll_per_sentence_more'])} "
                      f"({more['nll_change_stderr']:.3f})"))
     if not isd.get("anneal_steps"):
         rows.append((f"IS: NLL per sentence from the first {isd['tenth_draws']} draws (change)",
-                     f"{_fmt(isd['nll_per_sentence_tenth_draws'])} ({isd['nll_change_from_tenth']:+.3f})"))
+                     f"{cell(isd['nll_per_sentence_tenth_draws'])} ({isd['nll_change_from_tenth']:+.3f})"))
     return rows
 
 

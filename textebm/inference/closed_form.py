@@ -151,10 +151,6 @@ class ClosedFormModel(LatentEBMTextModel):
         return 0.5 * (p * torch.trace(covariance) + p * (means - prior_mean).pow(2).sum(1) - d
                       - log_det - d * math.log(p))
 
-    def exact_posterior_std(self) -> torch.Tensor:
-        """The posterior's marginal standard deviations (d,), the same for every sentence."""
-        return self._posterior()[1].diagonal().sqrt()
-
 
 def closed_form_model(latent_dim: int = 32, sentences: int = 16, noise: float = 1.0, largest: float = 20.0,
                       smallest: float = 0.5, tilt: float = 0.5, seed: int = 0, config: Config | None = None
