@@ -62,3 +62,9 @@ def test_batch_key_separates_what_changes_the_math():
     for other in (SamplingOptions(temperature=0.5), SamplingOptions(top_k=3), SamplingOptions(top_p=0.5),
                   SamplingOptions(greedy=True), SamplingOptions(prior_steps=2)):
         assert batch_key(other) != batch_key(base)
+
+
+def test_batches_are_reported_as_they_finish_and_change_no_sentence(model):
+    options, done = SamplingOptions(max_length=10), []
+    with_reports = generate_ids(model, 7, options, seed=5, batch_size=3, on_batch=done.append)
+    assert done == [3, 3, 1] and with_reports == generate_ids(model, 7, options, seed=5, batch_size=3)

@@ -696,21 +696,14 @@ def protocol_section(loaded, train_lines: list[str], held_out: list[str], protoc
     generates for them: `protocol.needed` sentences by ancestral sampling at `protocol.temperature`
     (up to 40 tokens), the stream `textebm sample --seed SEED` gives; wKL against the lines the run
     trained on, the reverse LM scored on the held-out lines."""
-    import torch
-
     from textebm.evaluation.protocol_metrics import protocol_metrics
-    from textebm.generation.sampling import SamplingOptions
+    from textebm.generation.sampling import SamplingOptions, generate_text
 
     options = SamplingOptions(temperature=protocol.temperature)
-    model, n, batch = loaded.model, protocol.needed, 256
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    started, sentences = time.perf_counter(), []
+    model, n = loaded.model, protocol.needed
+    started = time.perf_counter()
     with progress.bar("generating for wKL / neural rPPL", n, "sentence") as bar:
-        for start in range(0, n, batch):  # as sampling.generate_ids does, with a progress bar
-            ids = model.generate(min(batch, n - start), options.max_length, False, options.temperature,
-                                 generator=generator)
-            sentences += [loaded.vocab.decode(row) for row in ids.tolist()]
-            bar.update(min(batch, n - start))
+        sentences = generate_text(model, loaded.vocab, n, options, seed, on_batch=bar.update)
     seconds = round(time.perf_counter() - started, 2)
     out = protocol_metrics(sentences, train_lines, held_out, protocol, model.device, loaded.config.corpus, progress)
     out["protocol"]["generated"] = {"n": n, "seed": seed, "temperature": protocol.temperature,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,14 +35,18 @@ class SamplingOptions:
         return self
 
 
-def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size: int = 256) -> list[list[int]]:
-    """`n` sentences as id lists (end-of-sentence cut off), reproducible for a seed and batch size."""
+def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size: int = 256,
+                 on_batch: Callable[[int], object] | None = None) -> list[list[int]]:
+    """`n` sentences as id lists (end-of-sentence cut off), reproducible for a seed and batch size;
+    `on_batch(sentences)` after each batch (a progress bar's update)."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[int]] = []
     for start in range(0, n, batch_size):
         ids = model.generate(min(batch_size, n - start), options.max_length, options.greedy, options.temperature,
                              options.top_k, options.top_p, options.prior_steps, generator)
         out += [_until_eos(row, model.eos_id) for row in ids.tolist()]
+        if on_batch is not None:
+            on_batch(len(ids))
     return out
 
 
@@ -49,8 +54,9 @@ def _until_eos(row: list[int], eos_id: int) -> list[int]:
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
-def generate_text(model, vocab, n: int, options: SamplingOptions, seed: int, batch_size: int = 256) -> list[str]:
-    return [vocab.decode(row) for row in generate_ids(model, n, options, seed, batch_size)]
+def generate_text(model, vocab, n: int, options: SamplingOptions, seed: int, batch_size: int = 256,
+                  on_batch: Callable[[int], object] | None = None) -> list[str]:
+    return [vocab.decode(row) for row in generate_ids(model, n, options, seed, batch_size, on_batch)]
 
 
 @dataclass(frozen=True)
