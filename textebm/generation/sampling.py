@@ -1,4 +1,5 @@
-"""Sentences from a trained run, in batches: shared by `textebm sample` and the HTTP server."""
+"""Sentences from a trained run, in batches: shared by `textebm sample`, the HTTP server and `evaluate`'s
+decoding sweep and protocol sentences."""
 
 from __future__ import annotations
 
