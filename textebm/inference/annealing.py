@@ -58,8 +58,10 @@ import torch
 from textebm.inference.shortlist import Shortlist
 from textebm.model.decoder import MAX_ROWS, Decoder
 
+# Both AIS loops (`anneal` here, and log Z's `likelihood.annealed_log_partition`) adapt their MALA step size
+# alike: per temperature, log step size += STEP_ADAPTATION * (acceptance rate - TARGET_ACCEPTANCE).
 TARGET_ACCEPTANCE = 0.65
-STEP_ADAPTATION = 0.1  # per temperature, log step size += this * (the group's acceptance rate - target)
+STEP_ADAPTATION = 0.1
 PATH_PROJECTIONS = ("fp32", "bf16")  # the decoder's projection below beta = 1 (`anneal`)
 
 

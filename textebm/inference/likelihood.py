@@ -60,6 +60,8 @@ from dataclasses import dataclass
 import torch
 
 from textebm.inference.annealing import (
+    STEP_ADAPTATION,
+    TARGET_ACCEPTANCE,
     GaussianReference,
     MixtureReference,
     annealed_log_likelihood,
@@ -98,7 +100,6 @@ def log_partition(prior, num_samples: int, batch_size: int = 10_000,
 
 
 CONVERGED_NATS = 0.1  # AIS on the full and on half the schedule agree within this: converged
-STEP_ADAPTATION = 0.1  # per step, log step size += this * (acceptance rate - target)
 
 
 @dataclass
@@ -128,7 +129,7 @@ class AnnealedEstimate:
 
 @torch.no_grad()
 def annealed_log_partition(prior, num_chains: int = 1000, steps: int = 2000, step_size: float = 0.3,
-                           target_acceptance: float = 0.65, generator: torch.Generator | None = None,
+                           target_acceptance: float = TARGET_ACCEPTANCE, generator: torch.Generator | None = None,
                            device=None) -> AnnealedEstimate:
     """log Z_alpha by annealed importance sampling (module docstring), `num_chains` chains in one batch.
 

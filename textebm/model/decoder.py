@@ -90,8 +90,8 @@ class Decoder(nn.Module):
 
         `tokens` is `<s> w1 ... wn </s> <pad>...`; padding is ignored. `projection="bf16"` computes
         the vocabulary projection with bf16 operands (by hand without autograd, under bf16 autocast with
-        it; the RNN as it would run anyway); the log-softmax and the sum over tokens are fp32. (A chain, which needs the gradient in z only, calls
-        `log_likelihood_and_grad`.)"""
+        it; the RNN as it would run anyway); the log-softmax and the sum over tokens are fp32. (A chain,
+        which needs the gradient in z only, calls `log_likelihood_and_grad`.)"""
         return self.states_log_likelihood(self.hidden_states(z, tokens[:, :-1]), tokens[:, 1:], projection)
 
     def states_log_likelihood(self, hidden: torch.Tensor, targets: torch.Tensor, projection: str = "fp32"):
