@@ -194,6 +194,23 @@ def test_an_evaluation_the_corpus_cannot_give_is_refused_before_training(cli, tm
                         "--dry-run")[::2], "reproduce", "no valid split (have: train, test)")
 
 
+def test_a_split_a_known_corpus_lacks_is_refused_before_training(cli, tmp_path, data_folder, tiny_overrides,
+                                                                  one_line_error):
+    """Yahoo here has valid and test: a run trained on valid and evaluated on valid is refused before it trains
+    (its folder is known once --data-dir is), and so is one whose training split is missing."""
+    root, out = data_folder(yahoo="valid test"), tmp_path / "out"
+    on_valid = EVALUATE.replace('split = "test"', 'split = "valid"')
+    runs = f'[[runs]]\nname = "y"\nmax_steps = 2\ncorpus = "yahoo"\ntrain_split = "valid"\nevaluate = [{on_valid}]\n'
+    grid = _grid(tmp_path, "yahoo", tiny_overrides, runs)
+    one_line_error(*cli("reproduce", grid, "--out", out, "--data-dir", root, "--device", "cpu")[::2], "reproduce",
+                   "y: the run trained on the valid split of yahoo", "--split test")
+    assert not out.exists()
+    grid = _grid(tmp_path, "yahoo", tiny_overrides, runs.replace('train_split = "valid"\n', ""))
+    one_line_error(*cli("reproduce", grid, "--out", out, "--data-dir", root, "--device", "cpu", "--train-only")[::2],
+                   "reproduce", "y: ", "has no train split to train on (have: valid, test)")
+    assert not out.exists()
+
+
 def test_the_results_grid_is_shipped_and_valid():
     grid = load_grid("results")
     names = [r.name for r in grid.runs]

@@ -86,8 +86,9 @@ def _same_call(args: argparse.Namespace) -> list[str]:
 
 def _on_slurm(args, grid, out, command: str) -> int:
     from textebm.experiments.cluster import slurm_executor, slurm_options, submit_grid, wait_for
-    from textebm.experiments.reproduce import format_plan, plan, write_grid_results
+    from textebm.experiments.reproduce import check_corpora, format_plan, plan, write_grid_results
 
+    check_corpora(grid, args.data_dir, args.train_only)
     executor = slurm_executor(out / "slurm", slurm_options(grid.slurm, args.slurm))
     echo = lambda text: print(text, flush=True)  # noqa: E731
     echo(format_plan(grid, out, plan(grid, out), args.jobs))

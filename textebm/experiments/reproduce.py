@@ -662,11 +662,37 @@ def write_grid_results(grid: Grid, out: Path, command: str) -> list[Path]:
                          gather_energy_gaps(grid, out))
 
 
+def check_corpora(grid: Grid, data_dir: str | None, train_only: bool = False) -> None:
+    """The splits each run of a known corpus trains on and is evaluated on, checked against what its folder
+    holds before anything trains: a split the corpus lacks fails now, not after hours of training. (A file
+    corpus's splits are checked as the grid is read; a corpus not there yet is fetched, or explained,
+    when its first run starts.)"""
+    from textebm.data.corpora import KNOWN, SPLITS, Corpus, check_evaluation_split, split_file
+    from textebm.data.corpora import data_dir as corpora_folder
+
+    for spec in grid.runs:
+        folder = corpora_folder(data_dir) / spec.corpus
+        files = {split: path for split in SPLITS if (path := split_file(folder, split))} if spec.corpus in KNOWN \
+            else {}
+        if not files:
+            continue
+        corpus = Corpus(spec.corpus, files)
+        evaluations = [] if train_only else [*spec.evaluations, *filter(None, [spec.mark_evaluation])]
+        try:
+            if not corpus.has(spec.train_split):
+                raise UserError(f"{folder} has no {spec.train_split} split to train on (have: {', '.join(files)})")
+            for evaluation in evaluations:
+                check_evaluation_split(corpus, spec.train_split, evaluation.split)
+        except UserError as err:
+            raise UserError(f"{spec.name}: {err}") from None
+
+
 def reproduce(grid: Grid, out: Path, jobs: int = 1, data_dir: str | None = None, device: str = "auto",
               command: str = "textebm reproduce", echo=print, train_only: bool = False) -> str:
     """Train and evaluate what is not done (`train_only`: train only), then write the results; returns
     done | failed | interrupted."""
     out = Path(out)
+    check_corpora(grid, data_dir, train_only)
     steps = plan(grid, out)  # checks every run folder against the grid before anything starts
     echo(format_plan(grid, out, steps, jobs))
     status = Reproduction(grid, out, jobs, data_dir, device, echo, train_only).run()
