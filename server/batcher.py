@@ -9,19 +9,25 @@ together are decoded together (`generate_for_requests` keeps each request's sent
 if it had run alone). The latent-space requests (reconstruct, interpolate, score) wait in the same
 list and run alone (`call`).
 
-A request whose client left (its future cancelled) gives up its place before it reaches the model;
-at shutdown (`close`) every request still waiting is answered at once, and only the running one
-finishes.
+A request whose client left (its future cancelled) gives up its place before it reaches the model.
+A job already running stops within one step (one Langevin step, one decoding step) once nobody
+awaits its answer: each job runs inside `textebm.cancellation.cancellable`, whose event is set when
+every future of the job is done (all its clients left) and at shutdown; the loops' `check()` then
+raises `Cancelled`, which the worker drops. A batch some of whose clients are still there runs to its
+end, so their sentences are those they would have got had nobody left. At shutdown (`close`) every
+request, waiting or running, is answered at once (`ShuttingDown`: 503), and the running job stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from textebm.cancellation import Cancelled, cancellable
 from textebm.generation.sampling import Request, SamplingOptions, batch_key, generate_for_requests
 
 
@@ -72,6 +78,8 @@ class Batcher:
         self.batches = 0
         self.requests = 0
         self._waiting: list[Job] = []  # in arrival order
+        self._running: list[Job] = []  # the jobs of the batch (or latent call) on the worker thread
+        self._stop = threading.Event()  # set: the running job stops at its next step
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -79,15 +87,18 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="textebm-batcher")
 
     def close(self) -> None:
-        """Shutdown has begun: answer every waiting request (ShuttingDown) and refuse new ones."""
+        """Shutdown has begun: answer every waiting and running request (ShuttingDown), stop the running
+        job at its next step, and refuse new requests."""
         self.closing = True
-        for job in self._waiting:
+        for job in self._waiting + self._running:
             if not job.future.done():
                 job.future.set_exception(ShuttingDown())
         self._waiting.clear()
+        self._stop.set()
 
     async def stop(self) -> None:
-        """Close, end the worker task and wait, off the event loop, for the model's running job."""
+        """Close, end the worker task and wait, off the event loop, for the model's running job (one
+        step at most: `close` asked it to stop)."""
         self.close()
         if self._task is not None:
             self._task.cancel()
@@ -130,20 +141,26 @@ class Batcher:
                 await self._arrived.wait()
                 continue
             batch = self._take_batch()
+            stop = self._watch(batch)
             started = time.perf_counter()
             try:
                 if batch[0].fn is not None:
-                    outcome = [await loop.run_in_executor(self.executor, self._on_worker, batch[0].fn,
+                    outcome = [await loop.run_in_executor(self.executor, self._on_worker, stop, batch[0].fn,
                                                           *batch[0].args)]
                 else:
                     parts = [Request(job.n, job.seed, job.options.max_length) for job in batch]
-                    outcome = await loop.run_in_executor(self.executor, self._on_worker, generate_for_requests,
-                                                         self.model, parts, batch[0].options)
+                    outcome = await loop.run_in_executor(self.executor, self._on_worker, stop,
+                                                         generate_for_requests, self.model, parts,
+                                                         batch[0].options)
+            except Cancelled:  # nobody awaits the answer (every client left, or close answered them)
+                continue
             except Exception as err:  # noqa: BLE001 - handed to each waiting request, never lost
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
+            finally:
+                self._running = []
             compute_ms = (time.perf_counter() - started) * 1000
             self.last_compute_s = compute_ms / 1000
             self.requests += len(batch)
@@ -160,11 +177,27 @@ class Batcher:
                     job.future.set_result(Result(ids, len(batch), sentences,
                                                  (started - job.enqueued) * 1000, compute_ms))
 
-    def _on_worker(self, fn, *args):
-        """Run on the worker thread, `busy` while it runs."""
+    def _watch(self, batch: list[Job]) -> threading.Event:
+        """The running job's stop event, set once every future of `batch` is done: all its clients
+        left (cancelled) or `close` answered them. A future done before this call counts too (its
+        callback is scheduled at once); one answered with the job's result sets it too, harmlessly."""
+        self._running, self._stop = batch, threading.Event()
+        stop = self._stop
+
+        def on_done(_future) -> None:
+            if all(job.future.done() for job in batch):
+                stop.set()
+
+        for job in batch:
+            job.future.add_done_callback(on_done)
+        return stop
+
+    def _on_worker(self, stop: threading.Event, fn, *args):
+        """Run on the worker thread, `busy` while it runs; stops at its next step once `stop` is set."""
         self.busy = True
         try:
-            return fn(*args)
+            with cancellable(stop):
+                return fn(*args)
         finally:
             self.busy = False
 

@@ -4,6 +4,8 @@ same answers for the same seed).
 
 The event loop only validates; each request runs as one job on the model's worker thread
 (`Batcher.call`), in turn with the generation batches, so a long request never stalls /health.
+A job whose client leaves, or that runs when the server stops, ends at its next posterior or
+decoding step (the library's loops check `textebm.cancellation`), so the worker is free again at once.
 A request's work is its sentences x chains posterior chains: at most the server's --max-batch, the
 most sentences one generation batch decodes (422 beyond it), so that no request holds the model for
 minutes (64 sentences x 16 chains took 108 s on a 2-core CPU) while others wait behind it.

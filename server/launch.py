@@ -83,14 +83,17 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# How long a stopping server lets the requests it is answering finish: one latent request at the
-# limits (64 sentences x 4 chains at --max-batch 256) took 27-29 s of one core on the 2-core CPU.
+# How long a stopping server lets the requests it is answering finish. The model's running job no
+# longer needs it (shutdown answers it 503 and stops it within a step, server/batcher.py); it is
+# the bound for answers still being sent, kept as it was when a latent request at the limits
+# (64 sentences x 4 chains at --max-batch 256, 27-29 s of one core) had to finish first.
 GRACE_S = 30
 
 
 def _server(config, app):
-    """uvicorn's server, telling the app's batcher when shutdown begins: requests still waiting for the
-    model are answered 503 at once, instead of being cancelled (a 500 each) when the grace ends."""
+    """uvicorn's server, telling the app's batcher when shutdown begins: requests waiting for the model
+    or running on it are answered 503 at once (the running job stops within a step), instead of being
+    cancelled (a 500 each) when the grace ends."""
     import uvicorn
 
     class Server(uvicorn.Server):

@@ -3,8 +3,8 @@
 A handler is not cancelled when its client disconnects (the ASGI server only reports it through
 `receive`), so without a watch an abandoned request still takes its turn on the model: ten of them
 made the next small request wait 11 s. Here the wait races a watch on the connection; a client
-that leaves cancels its job, which the batcher then skips (a job already running cannot be
-stopped, and its answer is dropped)."""
+that leaves cancels its job, which the batcher then skips; a job already running stops within one
+step once every client it serves has left (server/batcher.py)."""
 
 from __future__ import annotations
 

@@ -334,9 +334,11 @@ def test_a_client_that_leaves_gives_up_its_place(tiny_run, monkeypatch):
     assert left and left[0].endswith(" 1.0"), metrics
 
 
-def test_at_shutdown_waiting_requests_get_503_at_once_and_the_running_one_finishes(tiny_run, monkeypatch):
+def test_at_shutdown_waiting_and_running_requests_get_503_at_once(tiny_run, monkeypatch):
     """`textebm serve`'s server closes the batcher when shutdown begins: the waiting requests were cancelled
-    by uvicorn when its grace ended, each a 500 with a traceback in the log."""
+    by uvicorn when its grace ended, each a 500 with a traceback in the log. The running one is answered
+    503 too, at once, even by a job that never checks for a stop (this one is held outside the model's
+    loops; tests/test_server_cancel.py shows a real job stopping within a step)."""
     release, started, _ = _blocked_generation(monkeypatch)
     app = create_app(tiny_run)
     holder = {}
@@ -364,13 +366,10 @@ def test_at_shutdown_waiting_requests_get_503_at_once_and_the_running_one_finish
             _wait_for_queued(c, 2)
         stopping = time.monotonic()
         holder["server"].should_exit = True  # what SIGTERM sets
-        for t in threads[1:]:
+        for t in threads:
             t.join(10)
-        assert 1.0 not in answers, "the running request was cut short"
         release.set()
-        threads[0].join(30)
-    assert answers[1.0][0] == 200
-    for temperature in (0.7, 0.8):
+    for temperature in (1.0, 0.7, 0.8):
         code, detail, when = answers[temperature]
         assert code == 503 and detail.startswith("server shutting down"), answers
         assert when - stopping < 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from textebm import cancellation
 from textebm.randomness import RowStreams
 
 
@@ -67,6 +68,7 @@ def decode(decoder, z: torch.Tensor, bos_id: int, eos_id: int, max_length: int, 
         products = StepProducts(decoder)
     out = []
     for _ in range(max_length):
+        cancellation.check()
         logits, state = decoder.step(token, z_gates, state, products)
         token = choose_tokens(logits, greedy, temperature, top_k, top_p, generator)
         token = token.masked_fill(finished, eos_id)

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm import cancellation
 from textebm.inference.shortlist import Shortlist
 from textebm.model.decoder import MAX_ROWS, Decoder
 
@@ -277,6 +278,7 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     ell, grad_ell, log_lik = log_ratio_and_grad(u, current)
     records = []
     for previous, beta in zip(betas[:-1], betas[1:]):
+        cancellation.check()
         if level(beta) != current:  # log pi_beta(u) - log pi_previous(u) across the change of projection
             current = level(beta)
             new_ell, grad_ell, log_lik = log_ratio_and_grad(u, current)

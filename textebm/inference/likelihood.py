@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm import cancellation
 from textebm.inference.annealing import (
     STEP_ADAPTATION,
     TARGET_ACCEPTANCE,
@@ -151,6 +152,7 @@ def annealed_log_partition(prior, num_chains: int = 1000, steps: int = 2000, ste
     step = torch.tensor(step_size, dtype=torch.float64, device=device)
     accepted = torch.zeros((), dtype=torch.float64, device=device)
     for previous, beta in zip(betas[:-1], betas[1:]):
+        cancellation.check()
         log_w += (beta - previous) * f.double()  # the weight's increment uses f(z_{t-1})
         state = (beta * f - z.pow(2).sum(-1) / (2 * prior.sigma**2), beta * grad_f - z / prior.sigma**2, f, grad_f)
         z, (_, _, f, grad_f), accept = mala_step(tempered_prior(prior, beta), z, state, step, generator)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm import cancellation
 from textebm.errors import NonFiniteError
 from textebm.randomness import RowStreams
 
@@ -89,6 +90,7 @@ def langevin(log_density: LogDensity | None, z: torch.Tensor, steps: int, step_s
         trajectory.append(z)
     with torch.enable_grad():
         for size in sizes:
+            cancellation.check()  # a server job whose clients left stops here (textebm/cancellation.py)
             if grad_log_density is not None:
                 with torch.no_grad():
                     grad = grad_log_density(z)
