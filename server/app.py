@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server.batcher import Batcher
 from server.errors import ApiError
 from server.latent import add_latent_routes
-from server.limits import BodyLimitMiddleware, SecurityHeadersMiddleware
+from server.limits import DEFAULTS, BodyLimitMiddleware, SecurityHeadersMiddleware, check_settings
 from server.metrics import CONTENT_TYPE, MetricsMiddleware, ServerMetrics
 from server.schemas import (
     MAX_CHAINS,
@@ -49,14 +49,6 @@ STATIC = Path(__file__).parent / "static"
 BLANK = "must hold a word (it is blank)"
 NO_BODY = "required: a JSON object ({} for every default)"
 
-DEFAULTS = {
-    "max_n": 64,
-    "max_length": 100,
-    "max_prior_steps": 1000,
-    "queue_size": 256,
-    "max_batch_sentences": 256,
-    "max_body_bytes": 16 * 1024,
-}
 
 
 def _error(status: int, detail: str, errors=None, headers=None) -> JSONResponse:
@@ -97,17 +89,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
     load_config(run_folder)  # UserError for a folder that is not a run
     limits = {"max_n": max_n, "max_length": max_length, "max_prior_steps": max_prior_steps,
               "queue_size": queue_size, "max_batch_sentences": max_batch_sentences, "max_body_bytes": max_body_bytes}
-    for name, value in limits.items():
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{name} must be a positive integer, not {value!r}")
-    if max_batch_sentences < max_n:
-        raise UserError(f"max_batch_sentences ({max_batch_sentences}) must be at least max_n ({max_n})")
-    if api_key is not None and not api_key:
-        raise UserError("the API key must not be empty")
-    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
-        # HTTP carries header values as bytes that servers read as Latin-1: a key outside printable
-        # ASCII would be sent one way by one client and another way by the next.
-        raise UserError("the API key must be printable ASCII")
+    check_settings(limits, api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -10,8 +10,13 @@ import ipaddress
 import socket
 import sys
 
+from server.limits import DEFAULTS, check_settings
 from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 from textebm.errors import UserError
+
+# The server's settings as the command line spells them (in its messages).
+OPTIONS = {"max_n": "--max-n", "max_length": "--max-length", "max_prior_steps": "--max-prior-steps",
+           "queue_size": "--queue-size", "max_batch_sentences": "--max-batch", "api_key": "--api-key"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,13 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "but /health, / and the schema (so /metrics too)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable; default: CORS off)")
-    p.add_argument("--max-n", type=int, default=64, help="most sentences per request (default 64)")
-    p.add_argument("--max-length", type=int, default=100, help="largest max_length a request may ask (default 100)")
-    p.add_argument("--max-prior-steps", type=int, default=1000, help="largest prior_steps (default 1000)")
-    p.add_argument("--queue-size", type=int, default=256,
-                   help="requests that may wait for the model; beyond: 503 with Retry-After (default 256)")
-    p.add_argument("--max-batch", type=int, default=256,
-                   help="most sentences decoded in one batch (default 256; must be >= --max-n)")
+    p.add_argument("--max-n", type=int, default=DEFAULTS["max_n"],
+                   help=f"most sentences per request (default {DEFAULTS['max_n']})")
+    p.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
+                   help=f"largest max_length a request may ask (default {DEFAULTS['max_length']})")
+    p.add_argument("--max-prior-steps", type=int, default=DEFAULTS["max_prior_steps"],
+                   help=f"largest prior_steps (default {DEFAULTS['max_prior_steps']})")
+    p.add_argument("--queue-size", type=int, default=DEFAULTS["queue_size"],
+                   help="requests that may wait for the model; beyond: 503 with Retry-After "
+                        f"(default {DEFAULTS['queue_size']})")
+    p.add_argument("--max-batch", dest="max_batch_sentences", type=int, default=DEFAULTS["max_batch_sentences"],
+                   help=f"most sentences decoded in one batch (default {DEFAULTS['max_batch_sentences']}; must be "
+                        ">= --max-n)")
     p.add_argument("--no-coalesce", action="store_true", help="decode each request alone (no batching)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_precision_argument(p)
@@ -48,23 +58,13 @@ def serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, not {args.port}")
-    if args.api_key is not None and not args.api_key.strip():
-        raise UserError("--api-key must not be empty")
-    for option in ("max_n", "max_length", "max_prior_steps", "queue_size", "max_batch"):
-        if getattr(args, option) < 1:
-            raise UserError(f"--{option.replace('_', '-')} must be at least 1, not {getattr(args, option)}")
-    if args.max_batch < args.max_n:
-        raise UserError(f"--max-batch ({args.max_batch}) must be at least --max-n ({args.max_n})")
+    limits = {name: getattr(args, name) for name in ("max_n", "max_length", "max_prior_steps", "queue_size",
+                                                     "max_batch_sentences")}
+    check_settings(limits, args.api_key, spelled=OPTIONS.get)  # before the (slower) load
     device = resolve_device(args.device, args.threads, args.tf32)
-    create_app(args.checkpoint, max_n=args.max_n, max_length=args.max_length, max_prior_steps=args.max_prior_steps,
-               queue_size=args.queue_size, max_batch_sentences=args.max_batch,
-               api_key=args.api_key)  # options checked before the load
     loaded = load_run(args.checkpoint, device, precision=args.precision)  # once; damage is a UserError here
-    app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, max_n=args.max_n,
-                     max_length=args.max_length,
-                     max_prior_steps=args.max_prior_steps, queue_size=args.queue_size,
-                     max_batch_sentences=args.max_batch, coalesce=not args.no_coalesce,
-                     cors_origins=args.cors_origin or None, device=str(device))
+    app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, **limits,
+                     coalesce=not args.no_coalesce, cors_origins=args.cors_origin or None, device=str(device))
     if not _is_loopback(args.host) and args.api_key is None:
         print(f"textebm serve: warning: listening on {args.host} without --api-key: anyone who can reach "
               "this port can generate", file=sys.stderr)

@@ -1,9 +1,41 @@
-"""Pure ASGI middlewares: request body limits (413 for size, 408 for time) and headers for the playground page."""
+"""The server's limits: their defaults and one check of them (for `create_app` and `textebm serve`
+alike), and pure ASGI middlewares: request body limits (413 for size, 408 for time) and headers for
+the playground page. Light to import: `textebm serve --help` reads the defaults from here."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+
+from textebm.errors import UserError
+
+DEFAULTS = {
+    "max_n": 64,
+    "max_length": 100,
+    "max_prior_steps": 1000,
+    "queue_size": 256,
+    "max_batch_sentences": 256,
+    "max_body_bytes": 16 * 1024,
+}
+
+
+def check_settings(limits: dict, api_key: str | None, spelled: Callable[[str], str] = str) -> None:
+    """The limits (each a positive integer, a batch at least a request's most sentences) and the API key
+    (not blank, printable ASCII), before anything loads; a UserError naming the setting as the caller
+    spells it (`spelled`: e.g. --max-n for max_n on the command line)."""
+    for name, value in limits.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{spelled(name)} must be a positive integer, not {value!r}")
+    if limits.get("max_batch_sentences", DEFAULTS["max_batch_sentences"]) < limits.get("max_n", DEFAULTS["max_n"]):
+        raise UserError(f"{spelled('max_batch_sentences')} ({limits['max_batch_sentences']}) must be at least "
+                        f"{spelled('max_n')} ({limits.get('max_n', DEFAULTS['max_n'])})")
+    if api_key is not None and not api_key.strip():
+        raise UserError(f"{spelled('api_key')} must not be empty")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        # HTTP carries header values as bytes that servers read as Latin-1: a key outside printable
+        # ASCII would be sent one way by one client and another way by the next.
+        raise UserError(f"{spelled('api_key')} must be printable ASCII")
 
 
 class BodyLimitMiddleware:
