@@ -49,9 +49,7 @@ def interpolate_job(run, source: str, target: str, points: int, chains: int, see
 
 def score_job(run, sentences: list[str], num_chains: int, seed: int) -> dict:
     res = anomaly.score_lines(run.model, run.vocab, sentences, num_chains, seed)
-    return {"scores": [{"sentence": s, "tokens": n, "total": t, "per_token": p}
-                       for s, n, t, p in zip(sentences, res.tokens, res.total, res.per_token)],
-            "truncated": res.truncated}
+    return {"scores": res.rows(sentences), "truncated": res.truncated}
 
 
 def add_latent_routes(app: FastAPI, max_n: int, max_length: int, max_rows: int, dependencies: list,

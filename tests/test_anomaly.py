@@ -60,6 +60,8 @@ def test_score_lines_shapes_order_and_per_token(trained_run, short_lines):
         assert math.isfinite(total) and per_token == pytest.approx(total / n)
     again = score_lines(loaded.model, loaded.vocab, lines, num_chains=2, seed=1, batch_size=4)
     assert again.total == scores.total  # same seed, same scores
+    assert scores.rows(lines)[2] == {"sentence": lines[2], "tokens": scores.tokens[2], "total": scores.total[2],
+                                     "per_token": scores.per_token[2]}
 
 
 def test_neg_log_joint_averages_the_chains(trained_run, short_lines):

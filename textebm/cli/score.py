@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.file:
         res, lines = results[0], texts[0]
         if args.json:
-            text = json.dumps([{"sentence": s, "tokens": n, "total": t, "per_token": p}
-                               for s, n, t, p in zip(lines, res.tokens, res.total, res.per_token)], indent=1) + "\n"
+            text = json.dumps(res.rows(lines), indent=1) + "\n"
         else:
             # the sentence's whitespace (tabs included) made single spaces, as it is tokenised: four columns a row
             text = "".join(f"{p:.4f}\t{t:.3f}\t{n}\t{' '.join(s.split())}\n"

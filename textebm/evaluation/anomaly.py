@@ -44,6 +44,11 @@ class SentenceScores:
     tokens: list[int]  # predicted tokens: words + end of sentence
     truncated: int  # lines cut to the run's max_length before scoring
 
+    def rows(self, lines: list[str]) -> list[dict]:
+        """One record per scored line (`textebm score --json` and the server's /score answer alike)."""
+        return [{"sentence": s, "tokens": n, "total": t, "per_token": p}
+                for s, n, t, p in zip(lines, self.tokens, self.total, self.per_token)]
+
 
 def score_lines(model, vocab, lines: list[str], num_chains: int = 4, seed: int = 0, batch_size: int = 64,
                 posterior_steps: int | None = None, max_length: int | None = None, progress=None) -> SentenceScores:
