@@ -164,15 +164,31 @@ def _launch_report(result: subprocess.CompletedProcess, logs: Path) -> str:
 # `textebm train` under torchrun with a fault injected by TEXTEBM_TEST_FAULT:
 # late_check - every rank but 0 asks whether the run folder holds a run only once rank 0 has created it
 #              (the race a lagging rank can lose; ranks must follow rank 0's answer, not ask themselves);
-# checkpoint - rank 0 cannot write its first checkpoint (an error in one rank only).
+# checkpoint - rank 0 cannot write its first checkpoint (an error in one rank only);
+# final_stop - a SIGTERM reaches rank 0 alone while it runs the final validation (`kill` of its pid), the
+#              others waiting for it at its barrier; final_stop_all - every rank gets one (a cluster's
+#              preemption), the others while they wait, then rank 0 while it validates.
 _FAULTY_TRAIN = """
-import os, sys, time
+import os, signal, sys, threading, time
 import textebm.model.runs, textebm.training.train
 from textebm.cli import main
 from textebm.errors import UserError
 from textebm.model.checkpoints import load_checkpoint
 
 fault, rank = os.environ["TEXTEBM_TEST_FAULT"], int(os.environ["RANK"])
+if fault.startswith("final_stop"):
+    Validation = textebm.training.train._Validation
+    report, run = Validation._report, Validation.run
+    def stopped_report(self, kind, step, per_epoch):
+        if kind == "final":
+            time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return report(self, kind, step, per_epoch)
+    def stopped_run(self, kind, *args):
+        if kind == "final" and rank != 0 and fault == "final_stop_all":  # while this process waits at the barrier
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return run(self, kind, *args)
+    Validation._report, Validation.run = stopped_report, stopped_run
 if fault == "late_check" and rank != 0:
     real = textebm.model.runs.is_run
     def late(folder):
@@ -245,3 +261,28 @@ def test_an_error_in_one_process_ends_the_launch(tmp_path, small_corpus, tiny_ov
     assert "textebm train: error: cannot write the checkpoint (injected)" in rank0, report
     assert "Traceback" not in rank0 and "terminate called" not in rank0, report
     assert "Signal 6" not in result.stderr and "SIGABRT" not in result.stderr, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["final_stop", "final_stop_all"])
+def test_a_stop_during_the_final_validation_ends_every_process_as_interrupted(tmp_path, small_corpus, tiny_overrides,
+                                                                              fault):
+    """A SIGTERM while rank 0 validates, to it alone or to every rank: each ends as interrupted (exit 130)
+    with the weights saved, the figure drawn and no traceback. Rank 0 alone used to leave its validation
+    for the exit while rank 1 waited at the barrier: rank 1 then died on the closed connection."""
+    folder = tmp_path / "run"
+    argv = ["train", "--corpus", str(small_corpus), "--preset", "cpu", "--out", str(folder),
+            *[arg for item in tiny_overrides for arg in ("--set", item)], "--max-steps", "3", "--device", "cpu",
+            "--threads", "1", "--no-progress"]
+    result = _torchrun(tmp_path, fault, argv, {**os.environ, "OMP_NUM_THREADS": "1", "TEXTEBM_OFFLINE": "1"})
+    report = _launch_report(result, result.logs)
+    # The first rank to exit 130 makes torchrun SIGTERM the other, which may still be closing its process
+    # group (-15 then): what counts is that every rank did its part and none raised.
+    assert "exitcode  : 130" in result.stderr and "exitcode  : 1 " not in result.stderr, report
+    ranks = "".join(log.read_text(errors="replace") for log in result.logs.rglob("*.log"))
+    assert "Traceback" not in ranks and f"interrupted: resume with  textebm train --resume --out {folder}" in ranks, \
+        report
+    log = (folder / "train.log").read_text()
+    assert "stop requested after step 3: its checkpoint is saved" in log and "stopped at step 3 (interrupt)" in log
+    assert (folder / "learning_curves.png").is_file()
+    assert load_checkpoint(folder)["step"] == 3

@@ -199,6 +199,7 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
         png = plot_learning_curves(folder)
         echo(f"learning curves: {png}" + (" (and in TensorBoard)" if add_figure(folder, "learning_curves", png,
                                                                             result.step) else ""))
+    parallel.barrier()  # the others wait for the figure: torchrun ends every process once one exits 130
     if result.stopped_by == "interrupt":
         echo(f"interrupted: resume with  textebm train --resume --out {folder}")
         return 130

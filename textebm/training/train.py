@@ -18,6 +18,7 @@ drawn per global row, so the result does not depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -348,16 +349,24 @@ class _StopNow(Exception):
 
 class _StopRequest:
     """Ctrl-C / SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once; so does the
-    first once `stop_at_once` is called (after the loop, the weights saved: a final validation takes
+    first inside `at_once` (the final validation's computation, after the weights are saved: it takes
     minutes, over 20 on Yahoo, and a SIGTERM used to kill it silently, exit 143)."""
 
     def __init__(self):
-        self.requested = self.at_once = False
+        self.requested = self.at_once_now = False
 
-    def stop_at_once(self) -> None:
-        self.at_once = True
+    @contextlib.contextmanager
+    def at_once(self):
+        """Within the block a stop request, or one made before, raises _StopNow at once. Only around one
+        process's own work: under torchrun an exception inside a collective call would leave the other
+        processes waiting in theirs."""
         if self.requested:
             raise _StopNow
+        self.at_once_now = True
+        try:
+            yield
+        finally:
+            self.at_once_now = False
 
     def __enter__(self):
         self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -369,7 +378,7 @@ class _StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.at_once:
+        if self.at_once_now:
             self.requested = True
             raise _StopNow
         if self.requested:
@@ -480,11 +489,19 @@ class _Validation:
             what += f", log Z by AIS ({VALID_AIS_CHAINS} chains x {VALID_AIS_STEPS} steps) and the prior chain's bias"
         return what
 
-    def run(self, kind: str, step: int, per_epoch: int) -> None:
-        self.at = step
+    def run(self, kind: str, step: int, per_epoch: int, stop: _StopRequest | None = None) -> bool:
+        """Validate (rank 0; the others wait); with `stop`, a stop request ends the computation at once
+        (`_StopRequest.at_once`). Every process leaves through the same barrier either way; returns
+        whether it was stopped part-way."""
+        self.at, stopped = step, False
         if self.parallel.is_main:
-            self._report(kind, step, per_epoch)
+            try:
+                with stop.at_once() if stop is not None else contextlib.nullcontext():
+                    self._report(kind, step, per_epoch)
+            except _StopNow:
+                stopped = True
         self.parallel.barrier()
+        return stopped
 
     def _report(self, kind: str, step: int, per_epoch: int) -> None:
         model, cfg, log = self.model, self.cfg, self.log
@@ -693,11 +710,12 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
     bar.close()
     with _StopRequest() as late:
         try:
+            stopped = False
             if stopped_by != "interrupt" and validation.at != step:
                 checkpoint_now()  # the final validation can outlast a session (Yahoo: over 20 minutes): the
-                late.stop_at_once()  # weights are saved first, a resume only validates
-                validation.run("final", step, per_epoch)
-            late.stop_at_once()
+                stopped = validation.run("final", step, per_epoch, late)  # weights are saved first
+            if parallel.any(stopped or late.requested, device):  # every process takes the same way out
+                raise _StopNow
             for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop:
                 keep_mark(minutes)  # a mark added to a run that has spent its time (a grid's keep_at grew)
             checkpoint_now()
@@ -710,4 +728,5 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
         log.message(f"stopped at step {step} ({stopped_by}) after {clock.cpu_seconds / 60:.1f} CPU minutes of "
                     f"training, {clock.elapsed / 60:.1f} minutes in all; checkpoint saved in {folder}")
     log.close()
+    parallel.barrier()  # no process leaves before rank 0 has written: torchrun ends the others when one exits 130
     return TrainResult(step, stopped_by, validation.last)
