@@ -59,7 +59,7 @@ def test_an_event_set_from_another_thread_stops_a_langevin_chain_within_one_step
         return -z
 
     with cancellable(event), pytest.raises(Cancelled):
-        langevin(None, torch.zeros(2, 3), 1000, 0.1, grad_log_density=grad)
+        langevin(grad, torch.zeros(2, 3), 1000, 0.1)
     assert len(steps) == 3
 
 

@@ -34,7 +34,6 @@ from textebm import cancellation
 from textebm.errors import NonFiniteError
 from textebm.randomness import RowStreams
 
-LogDensity = Callable[[torch.Tensor], torch.Tensor]
 Gradient = Callable[[torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class Shard:
@@ -69,18 +68,16 @@ def gaussian_noise(rows: int, dim: int, device=None, generator: torch.Generator 
     return torch.randn(shard.total, dim, device=device, generator=generator)[shard.start:shard.stop]
 
 
-def langevin(log_density: LogDensity | None, z: torch.Tensor, steps: int, step_size: float | Sequence[float],
+def langevin(grad_log_density: Gradient, z: torch.Tensor, steps: int, step_size: float | Sequence[float],
              generator: torch.Generator | None = None, trajectory: list | None = None,
-             shard: Shard | None = None, grad_log_density: Gradient | None = None,
-             noise_scale: float = 1.0) -> torch.Tensor:
-    """Run `steps` Langevin steps on log_density (a per-example log density, shape (batch,)).
+             shard: Shard | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+    """Run `steps` Langevin steps on a log density given by its gradient in z (per row, shape (batch, d);
+    written out by the prior and the decoder, so no autograd graph is built).
 
     `step_size` is one size for every step or a list of `steps` sizes; `noise_scale` is c above
-    (at 0 no noise is drawn). The gradient is taken by autograd of `log_density`, or by
-    `grad_log_density` when given (then `log_density` may be None: it is never called). If
-    `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are appended to it. Raises
-    NonFiniteError when the chain leaves the finite numbers (inside `deferred_checks`, hands its flag
-    over instead)."""
+    (at 0 no noise is drawn). If `trajectory` is a list, the chain's states (z_0 ... z_K, detached) are
+    appended to it. Raises NonFiniteError when the chain leaves the finite numbers (inside
+    `deferred_checks`, hands its flag over instead)."""
     sizes = [step_size] * steps if isinstance(step_size, (int, float)) else list(step_size)
     if len(sizes) != steps:
         raise ValueError(f"{len(sizes)} step sizes for {steps} steps")
@@ -88,19 +85,12 @@ def langevin(log_density: LogDensity | None, z: torch.Tensor, steps: int, step_s
     finite = torch.ones((), dtype=torch.bool, device=z.device)  # checked once at the end: no sync per step
     if trajectory is not None:
         trajectory.append(z)
-    with torch.enable_grad():
+    with torch.no_grad():
         for size in sizes:
             cancellation.check()  # a server job whose clients left stops here (textebm/cancellation.py)
-            if grad_log_density is not None:
-                with torch.no_grad():
-                    grad = grad_log_density(z)
-                finite &= torch.isfinite(grad).all()
-            else:
-                z.requires_grad_(True)
-                log_pi = log_density(z)
-                finite &= torch.isfinite(log_pi.detach()).all()
-                (grad,) = torch.autograd.grad(log_pi.sum(), z)
-            z = z.detach() + 0.5 * size**2 * grad
+            grad = grad_log_density(z)
+            finite &= torch.isfinite(grad).all()
+            z = z + 0.5 * size**2 * grad
             if noise_scale != 0:
                 z = z + (noise_scale * size) * gaussian_noise(z.shape[0], z.shape[1], z.device, generator, shard)
             if trajectory is not None:
@@ -163,8 +153,7 @@ def prior_chain(prior, n: int, steps: int, step_size: float, device=None,
     """z ~ p_alpha(z) by short-run Langevin on f(z) - |z|^2/(2 sigma^2), from N(0, sigma^2 I),
     with the prior's written-out gradient (no autograd)."""
     z0 = prior.sigma * gaussian_noise(n, prior.latent_dim, device, generator, shard)
-    return langevin(prior.log_density, z0, steps, step_size, generator, trajectory, shard, prior.grad_log_density,
-                    noise_scale)
+    return langevin(prior.grad_log_density, z0, steps, step_size, generator, trajectory, shard, noise_scale)
 
 
 def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size: float | Sequence[float],
@@ -183,4 +172,4 @@ def posterior_chain(prior, decoder, tokens: torch.Tensor, steps: int, step_size:
 
     if z0 is None:
         z0 = prior.sigma * gaussian_noise(tokens.shape[0], prior.latent_dim, tokens.device, generator, shard)
-    return langevin(None, z0, steps, step_size, generator, trajectory, shard, grad_log_joint, noise_scale)
+    return langevin(grad_log_joint, z0, steps, step_size, generator, trajectory, shard, noise_scale)
