@@ -11,7 +11,7 @@ import torch
 from lm_eval import word_kl
 from textebm.cli.common import protocol_rows
 from textebm.errors import UserError
-from textebm.evaluation.protocol_metrics import PROTOCOL_TRAIN, ProtocolOptions, protocol_metrics, score_lines
+from textebm.evaluation.protocol_metrics import PROTOCOL_TRAIN, ProtocolOptions, lm_nll_of_lines, protocol_metrics
 
 TINY_LM = ["embedding_dim=16", "hidden_dim=32", "batch_size=16", "dropout=0.0", "generator_lr=0.01"]
 
@@ -86,11 +86,11 @@ def test_batching_does_not_change_the_test_score(texts, monkeypatch):
     vocab = WordVocab.build(train + test)
     torch.manual_seed(0)
     model = build_model(resolve_config("cpu", "ptb", [*TINY_LM, "prior=none"]), vocab)
-    whole, tokens = score_lines(model, vocab, test)
+    whole, tokens = lm_nll_of_lines(model, vocab, test)
     monkeypatch.setattr(module, "SCORE_TOKENS", 50)  # many small batches
-    parts, same_tokens = score_lines(model, vocab, test)
+    parts, same_tokens = lm_nll_of_lines(model, vocab, test)
     assert parts == pytest.approx(whole, rel=1e-6) and tokens == same_tokens
-    one, _ = score_lines(model, vocab, test[:1])
+    one, _ = lm_nll_of_lines(model, vocab, test[:1])
     assert 0 < one < whole
 
 

@@ -22,14 +22,14 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # long"), and training adds offsets to the seed (seed + step, seed + RESET_SEED), which the headroom keeps in range.
 MAX_SEED = 2**63 - 1
 
-SCHEDULES = ("constant", "linear", "geometric")
+STEP_SCHEDULES = ("constant", "linear", "geometric")
 
 
 def step_schedule(start: float, end: float, steps: int, shape: str = "constant") -> list[float]:
     """Per-step sizes s_1 ... s_K: `start` throughout (constant), or from `start` to `end` evenly
     (linear) or by a constant ratio (geometric)."""
-    if shape not in SCHEDULES:
-        raise ValueError(f"step schedule must be one of {', '.join(SCHEDULES)}, not {shape!r}")
+    if shape not in STEP_SCHEDULES:
+        raise ValueError(f"step schedule must be one of {', '.join(STEP_SCHEDULES)}, not {shape!r}")
     if shape == "constant" or steps < 2:
         return [start] * steps
     if shape == "linear":
@@ -114,7 +114,7 @@ class Config:
             "posterior_init": ("noise", "encoder"),
             "precision": ("fp32", "bf16"),
             "chain_precision": ("fp32", "bf16", "auto"),
-            "posterior_step_schedule": SCHEDULES,
+            "posterior_step_schedule": STEP_SCHEDULES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -52,7 +52,7 @@ class EvaluationOptions:
     curvature_directions: int | None = 8  # ends but the best re-measure its Hessian along k directions (None, or
     # k >= the latent size: each end its own Hessian). Evaluator 8's defaults, chosen by bench.curvature_check
     # (docs/evaluate-command.md): less error than evaluator 7's 2 x 80 with every end's own Hessian, at 0.8 its CPU;
-    # evaluator 9 keeps them and anneals in equal steps of beta (annealing.SCHEDULES)
+    # evaluator 9 keeps them and anneals in equal steps of beta (annealing.BETA_SCHEDULES)
     path_precision: str = "auto"  # the decoder's projection at the AIS temperatures below 1 (annealing.anneal)
     # and, from evaluator 11, in the tempered chains and wherever the fit only ranks or weighs: auto is bf16
     # where the device does it natively (evaluator 10), fp32 elsewhere; beta = 1 and the Hessians are always fp32

@@ -186,7 +186,7 @@ def neural_reverse_ppl(train_sentences: list[str], valid_sentences: list[str], t
         create_run(folder, config, vocab)
         fit = _train_best_epoch(model, config, train_split, valid_split, folder, vocab, device, options, progress)
     model.load_state_dict(fit.state)
-    nll, tokens = score_lines(model, vocab, test)
+    nll, tokens = lm_nll_of_lines(model, vocab, test)
     seen = {w for s in train_sentences for w in s.split()}
     test_words = [w for s in test for w in s.split()]
     per_epoch = math.ceil(len(train_split.sentences) / config.batch_size)
@@ -267,7 +267,7 @@ def _train_best_epoch(model, config, train_split, valid_split, folder: Path, voc
     return best
 
 
-def score_lines(model, vocab, lines: list[str]) -> tuple[float, int]:
+def lm_nll_of_lines(model, vocab, lines: list[str]) -> tuple[float, int]:
     """Total NLL (nats) of sentences under a plain LM, each from `<s>` with its `</s>`, none cut; and
     the number of predicted tokens (words + one end-of-sentence each)."""
     import torch

@@ -26,7 +26,7 @@ over draws; it varies with z), so the step size falls from 1 to about 0.5 along 
 (`bench.ais_transitions`, docs/evaluate-command.md). The chains' final states, weighted by their
 weights, are draws from p(z | x) itself (what the mutual information needs).
 
-The schedule (`SCHEDULES`) follows the reference. With perfect transitions a chain's log weight has
+The schedule (`BETA_SCHEDULES`) follows the reference. With perfect transitions a chain's log weight has
 variance about sum_t (beta_t - beta_{t-1})^2 Var_{pi_beta}(l) (`transition_variances`). From the
 prior's reference Var(l) is hundreds of nats^2 near beta = 0 and small near 1, and the sigmoid's
 dense ends pay for themselves (Grosse et al. 2015). From a Laplace reference Var(l) stays within a
@@ -79,7 +79,7 @@ def linear_schedule(steps: int) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
 
 
-SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
+BETA_SCHEDULES = {"linear": linear_schedule, "sigmoid": sigmoid_schedule}
 LAPLACE_SCHEDULE = "linear"  # the schedule from a Laplace reference: evaluate's (module docstring)
 
 
@@ -324,7 +324,7 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
                             path_projection: str = "fp32", step_group: int | None = None,
                             path_shortlist: int = 0) -> tuple[torch.Tensor, AnnealedChains]:
     """(log p^(x) per sentence (B,), the chains (B * num_chains rows)) by forward AIS from `reference`
-    (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`SCHEDULES`:
+    (one Gaussian per sentence, or a mixture: `MixtureReference`) on the named `schedule` (`BETA_SCHEDULES`:
     "linear" for a Laplace reference, "sigmoid" for one as far from the posterior as the prior); `trace`:
     `AnnealedChains.trace`, the chains of a step group one group; `path_projection`: `anneal`'s `path` (a
     name). `step_group`: how many of a sentence's chains share a step size (`anneal`'s group; default all of them): with
@@ -336,8 +336,8 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
     vocabulary (`closed_form`'s): the whole likelihood."""
     if num_chains < 1 or steps < 1:
         raise ValueError(f"AIS needs at least 1 chain and 1 step, not {num_chains} and {steps}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if schedule not in BETA_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(BETA_SCHEDULES)}, not {schedule!r}")
     step_group = num_chains if step_group is None else step_group
     if step_group < 1 or num_chains % step_group:
         raise ValueError(f"{num_chains} chains per sentence do not split into step groups of {step_group}")
@@ -355,7 +355,7 @@ def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianRefe
         path = Shortlist(model.decoder, tokens, center, path_shortlist, num_chains, low=path_projection == "bf16")
     b, d = tokens.shape[0], rows.mean.shape[1]
     u = torch.randn(b * num_chains, d, device=rows.mean.device, generator=generator, dtype=rows.mean.dtype)
-    chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, SCHEDULES[schedule](steps).tolist(),
+    chains = anneal(model, tokens.repeat_interleave(num_chains, 0), rows, u, BETA_SCHEDULES[schedule](steps).tolist(),
                     step_size, generator, max_rows, group=step_group, mixture=mixture, trace=trace,
                     path=path)
     log_w = chains.log_w.view(b, num_chains)
