@@ -23,10 +23,10 @@ _EXPORTS = {
                          "forward_ppl", "reverse_ppl"],
     "lm_eval.kenlm_tools": ["KenLMTools", "find_tools"],
     "lm_eval.ngram": ["NgramLM", "load_model", "real_data_lm", "train_ngram_lm"],
-    "lm_eval.perplexity": ["Perplexity", "perplexity"],
-    "lm_eval.sample_stats": ["distinct_n", "sample_stats", "self_bleu"],
+    "lm_eval.scoring": ["Perplexity", "perplexity"],
+    "lm_eval.sample_statistics": ["distinct_n", "sample_stats", "self_bleu"],
     "lm_eval.text": ["Sentences", "normalize_lines", "read_sentences"],
-    "lm_eval.word_kl": ["WordKL", "word_counts", "word_kl"],
+    "lm_eval.word_frequencies": ["WordKL", "word_counts", "word_kl"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -26,8 +26,8 @@ from lm_eval.ngram import (
     train_ngram_lm,
     validate_order,
 )
-from lm_eval.perplexity import Perplexity, perplexity
-from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE, sample_stats
+from lm_eval.sample_statistics import SELF_BLEU_SEED, SELF_BLEU_SIZE, sample_stats
+from lm_eval.scoring import Perplexity, perplexity
 from lm_eval.text import DEFAULT_MAX_TOKENS, Sentences, read_sentences, vocabulary
 
 

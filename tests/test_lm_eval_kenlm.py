@@ -24,7 +24,7 @@ from lm_eval.errors import EstimationError, KenLMToolsMissing
 from lm_eval.evaluate import _real_model
 from lm_eval.kenlm_tools import _safe_extract, cache_bin_dir, find_tools
 from lm_eval.ngram import ENV_LM_CACHE, cache_key, real_data_lm, train_ngram_lm
-from lm_eval.perplexity import perplexity, score_sentence
+from lm_eval.scoring import perplexity, score_sentence
 from lm_eval.text import kenlm_line, normalize_lines, read_sentences, text_sha256
 
 # Mikolov et al. (2011/2012) report 141.2 for a KN5 model (SRILM) on PTB test, </s> counted.

@@ -8,8 +8,7 @@ import math
 import pytest
 
 from lm_eval.errors import InputError
-from lm_eval.perplexity import SentenceScore, aggregate, ppl_from_log10
-from lm_eval.sample_stats import (
+from lm_eval.sample_statistics import (
     copied_share,
     distinct_n,
     length_stats,
@@ -18,6 +17,7 @@ from lm_eval.sample_stats import (
     self_bleu_subsample,
     unique_share,
 )
+from lm_eval.scoring import SentenceScore, aggregate, ppl_from_log10
 from lm_eval.text import escape_token, kenlm_line, read_sentences, tokenize, unescape_token, vocabulary
 
 # --- text -------------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from textebm.errors import UserError
-    from textebm.evaluation.held_out import load_evaluation
     from textebm.evaluation.paired import paired_nll_differences
     from textebm.evaluation.plots import plot_quality_diversity
+    from textebm.evaluation.reports import load_evaluation
     from textebm.io import check_writable
 
     labels = args.labels or [Path(run).name for run in args.runs]

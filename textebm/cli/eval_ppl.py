@@ -16,7 +16,7 @@ from textebm.cli.common import add_protocol_arguments, protocol_options, protoco
 from textebm.data.corpora import KNOWN
 from textebm.devices import add_device_argument
 from textebm.errors import UserError
-from textebm.evaluation.held_out import import_lm_eval
+from textebm.evaluation.decoding_sweep import import_lm_eval
 from textebm.io import json_safe
 from textebm.progress import add_progress_argument
 
@@ -123,7 +123,7 @@ def format_table(r: dict) -> str:
 
 def run(args) -> int:
     lm_eval = import_lm_eval()
-    from lm_eval.sample_stats import SELF_BLEU_SEED, SELF_BLEU_SIZE
+    from lm_eval.sample_statistics import SELF_BLEU_SEED, SELF_BLEU_SIZE
     from lm_eval.text import DEFAULT_MAX_TOKENS
 
     if args.self_bleu_size is not None and args.self_bleu_size < 0:

@@ -19,11 +19,11 @@ from textebm.cli.common import (
     seed_type,
 )
 from textebm.devices import add_device_argument, add_precision_argument
+from textebm.evaluation.decoding_sweep import TEMPERATURES
 from textebm.evaluation.held_out import (
     AIS_CHAINS,
     IS_DRAWS,
     PATH_PRECISIONS,
-    TEMPERATURES,
     USAGE_AU_SENTENCES,
     EvaluationOptions,
 )
@@ -240,7 +240,7 @@ def options_from(args: argparse.Namespace) -> EvaluationOptions:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from textebm.evaluation.held_out import evaluate_run
+    from textebm.evaluation.reports import evaluate_run
     from textebm.progress import Progress
 
     result = evaluate_run(options_from(args), Progress.auto(args.progress), args.tf32, args.out)

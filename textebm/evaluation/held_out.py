@@ -1,6 +1,7 @@
 """One evaluation of a trained run on a held-out split, as `textebm evaluate` and `textebm reproduce`
-both run it: NLL and perplexity by importance sampling, latent usage, the decoding sweep with
-FPPL/RPPL, the quality-diversity figure, and the JSON report in the run folder.
+both run it: its options, NLL and perplexity by importance sampling, how far to trust them, latent
+usage, and (textebm.evaluation.decoding_sweep) FPPL/RPPL of generated text; the report on disk is
+textebm.evaluation.reports.
 
 The estimators are described in textebm/inference/likelihood.py, textebm/inference/diagnostics.py and
 docs/evaluate-command.md.
@@ -16,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from textebm.errors import UserError
+from textebm.evaluation.decoding_sweep import TEMPERATURES, generation_metrics, protocol_section, samples_from
 from textebm.evaluation.protocol_metrics import ProtocolOptions
 from textebm.progress import QUIET, Progress
 
-TEMPERATURES = (0.5, 0.7, 0.85, 1.0)
 USAGE_AU_SENTENCES = 256
 PPL_CONVENTION = ("exp(sum of per-sentence NLL / number of predicted tokens); tokens = words after encoding "
                   "with the run's vocabulary (unknown words as <unk>, lines cut to the run's max_length) plus "
@@ -111,93 +112,6 @@ class EvaluationOptions:
         """The run's default number of draws, once its config is known: IS_DRAWS where they are not annealed."""
         if getattr(self, "default_draws", False) and not self.annealed(config):
             self.num_is_samples = IS_DRAWS
-
-
-def import_lm_eval():
-    """Import lm_eval and make sure it is this project's package, not a namesake."""
-    try:
-        import lm_eval
-    except ImportError as err:
-        raise UserError(f"cannot import lm_eval ({err}); reinstall textebm with ./setup.sh") from None
-    if not getattr(lm_eval, "__textebm__", False):
-        if getattr(lm_eval, "__file__", None) is None:  # a namespace package: no __init__.py ran
-            where = ", ".join(str(p) for p in getattr(lm_eval, "__path__", []))
-            raise UserError(
-                f"`lm_eval` was imported as a bare namespace package from {where}, not textebm's "
-                "package; reinstall textebm (./setup.sh, or pip install -e .)"
-            )
-        where = lm_eval.__file__
-        raise UserError(
-            f"`lm_eval` resolves to another package ({where}), e.g. EleutherAI's "
-            "lm-evaluation-harness; it and textebm cannot share one environment: use a separate venv"
-        )
-    return lm_eval
-
-
-def decodings(temperatures) -> list:
-    """The decoding sweep: greedy, then ancestral sampling at each temperature (`textebm sample`'s code)."""
-    from textebm.generation.sampling import SamplingOptions
-
-    return [("greedy", SamplingOptions(greedy=True))] + [
-        (f"temperature {t:g}", SamplingOptions(temperature=t)) for t in temperatures]
-
-
-EMPTY_SET_FIGURES = ("forward_ppl", "reverse_ppl", "unique_share", "distinct_1", "distinct_2", "self_bleu")
-
-
-def generation_metrics(loaded, train_lines: list[str], test_lines: list[str], n: int, seed: int,
-                       temperatures=TEMPERATURES, progress: Progress = QUIET) -> dict:
-    """FPPL/RPPL and sample statistics of `n` sentences from the run per decoding (greedy and each
-    temperature), all against one load of the real-data LM (lm_eval, KenLM 5-grams, estimated on the
-    lines the run trained on and cached by their content; the reverse LMs are scored on the held-out
-    lines). The reference row of real text with this evaluator (compare models to it, not to other
-    evaluators' numbers): FPPL of the held-out text (`real_lm_test_ppl`), and RPPL and sample
-    statistics of `n` random training lines (`real_reference`; their FPPL would be in-sample)."""
-    import random
-
-    from textebm.generation.sampling import generate_text
-
-    lm_eval = import_lm_eval()
-    sweep = decodings(temperatures)
-    sets, examples = {}, {}
-    with progress.bar("decoding sweep", len(sweep) * n, "sentence") as bar:
-        for name, options in sweep:
-            sentences = generate_text(loaded.model, loaded.vocab, n, options, seed)
-            sets[name] = lm_eval.normalize_lines(sentences, "samples")
-            examples[name] = sentences[:5]
-            bar.update(n)
-    real = random.Random(seed).sample(train_lines, min(n, len(train_lines)))
-    sets["real"] = lm_eval.normalize_lines(real, "real")
-    # A decoding whose every sentence is empty (a model that ends each sentence at once) has no perplexity;
-    # it gets a row that says so rather than costing the whole evaluation.
-    empty = {name for name, samples in sets.items() if not samples.sentences and name != "real"}
-    scored = {name: samples for name, samples in sets.items() if name not in empty}
-    progress.note(f"KenLM: {len(scored)} sets of samples against the 5-gram of {len(train_lines)} training lines")
-    try:
-        out = lm_eval.evaluate_sample_sets(scored, lm_eval.normalize_lines(train_lines, "training"),
-                                           lm_eval.normalize_lines(test_lines, "test"))
-    except lm_eval.EvalError as err:
-        raise UserError(f"FPPL/RPPL: {err} (use --fppl-samples 0 to skip)") from None
-    reference = out["sets"].pop("real")
-    rows = []
-    for name, options in sweep:
-        figures = out["sets"][name] if name not in empty else {
-            **dict.fromkeys(EMPTY_SET_FIGURES), "num_samples": 0, "blank_lines": n,
-            "note": f"all {n} sentences were empty: no perplexity"}
-        rows.append({"decoding": name, "greedy": options.greedy,
-                     "temperature": None if options.greedy else options.temperature,
-                     **figures, "examples": examples[name]})
-    return {
-        "real_lm_test_ppl": out["real"]["test_ppl"],
-        "real_lm": {key: out["real"][key] for key in ("path", "cached", "num_sentences", "discount_fallback")},
-        "real_reference": {"sentences": f"{len(real)} random lines of the training text (seed {seed})",
-                           **{key: reference[key] for key in ("num_samples", "reverse_ppl", "unique_share",
-                                                                "distinct_1", "distinct_2", "self_bleu")}},
-        "n": n, "seed": seed, "max_length": sweep[0][1].max_length, "prior_steps": loaded.config.prior_steps,
-        "precision": loaded.model.decoding_precision,
-        "order": out["order"], "count_eos": out["count_eos"],
-        "decodings": rows,
-    }
 
 
 def work_summary(options: EvaluationOptions, model, config, num_sentences: int, num_train_lines: int) -> str:
@@ -590,123 +504,6 @@ def vae_figures(res, config, nll_per_sentence: float, elbo_per_sentence: float) 
                 "bound_gap_per_sentence": "-ELBO - NLL: what importance sampling gains over the bound (>= 0)"}}
 
 
-def samples_from(config) -> str:
-    """Which distribution generated sentences come from, said plainly in every report."""
-    if config.prior != "ebm":
-        return "z drawn exactly from the Gaussian prior N(0, sigma^2 I), then decoded"
-    return (f"z from the short-run prior chain ({config.prior_steps} unadjusted Langevin steps of "
-            f"{config.prior_step_size:g}, noise scale {config.prior_noise:g}, from N(0, sigma^2 I)): the chain's own "
-            "law, which prior_chain_bias compares with the EBM's; the NLL is that of the EBM density itself")
-
-
-def evaluation_path(folder: Path, split: str) -> Path:
-    return Path(folder) / f"evaluation-{split}.json"
-
-
 def report_options(options: EvaluationOptions) -> dict:
     """The options a report was made with (JSON-ready), but for where and how it ran."""
     return json.loads(json.dumps({k: v for k, v in asdict(options).items() if k not in PLACE_KEYS}))
-
-
-def keep_earlier_report(folder: Path, split: str, options: dict) -> Path | None:
-    """Move RUN/evaluation-<split>.json (and the figure it names) to `evaluation-<split>.earlier-<its time>.json`
-    when it was made with other `options` (or before reports recorded theirs): a smoke test must not
-    silently replace a long evaluation. Returns where it went; None when there was none, or it had these options."""
-    from textebm.io import atomic_write_text
-
-    path = evaluation_path(folder, split)
-    if not path.is_file():
-        return None
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        earlier = None
-    if isinstance(earlier, dict) and earlier.get("options") == options:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))  # when it was made
-    label, n = f"earlier-{stamp}", 1
-    while path.with_name(f"evaluation-{split}.{label}.json").exists():
-        n += 1
-        label = f"earlier-{stamp}-{n}"
-    target = path.with_name(f"evaluation-{split}.{label}.json")
-    figure = Path(folder) / f"quality_diversity-{split}.png"
-    if isinstance(earlier, dict) and Path(str(earlier.get("figure"))).name == figure.name and figure.is_file():
-        # the figure it names goes with it, renamed alike
-        earlier["figure"] = str(figure.replace(figure.with_name(f"quality_diversity-{split}.{label}.png")))
-        atomic_write_text(target, json.dumps(earlier, indent=2) + "\n")
-        path.unlink()
-    else:
-        path.replace(target)
-    return target
-
-
-def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True,
-                 out: Path | None = None) -> dict:
-    """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
-    (RUN/evaluation-<split>.json, atomically; an earlier one made with other options is kept, and a line on
-    stderr says where: `keep_earlier_report`). `out`: the report goes there instead and its figure beside
-    it (`out` with .png), and the run's own report stays as it is. Returns the report as written."""
-    import sys
-
-    from textebm.evaluation.partial_evaluation import partial_path
-    from textebm.evaluation.plots import plot_quality_diversity
-    from textebm.io import atomic_write_text, check_writable, json_safe
-    from textebm.model.runs import is_run
-
-    folder = Path(options.checkpoint)
-    if out is None:
-        report, figure = evaluation_path(folder, options.split), folder / f"quality_diversity-{options.split}.png"
-    else:
-        report, figure = Path(out), Path(out).with_suffix(".png")
-        if report == figure:
-            raise UserError(f"--out {out}: name the JSON report (its figure goes beside it as {figure.stem}.png)")
-    if out is not None or is_run(folder):  # (when it is not a run, `evaluate` says why) where results go, first
-        check_writable(report)
-        check_writable(figure)
-    result = evaluate(options, progress, tf32, resumable=True)
-    kept = keep_earlier_report(folder, options.split, result["options"]) if out is None else None
-    if kept is not None:
-        print(f"the earlier {report.name} was made with other options: kept as {kept}", file=sys.stderr)
-    if result["generation"] is not None:
-        result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
-    result = json_safe(result)
-    atomic_write_text(report, json.dumps(result, indent=2, allow_nan=False) + "\n")
-    partial_path(folder, options.split).unlink(missing_ok=True)  # done: nothing left to resume
-    return result
-
-
-def load_evaluation(folder: Path, split: str) -> dict:
-    """A run's report as `evaluate_run` wrote it; a clear UserError when it is missing or too old."""
-    path = evaluation_path(folder, split)
-    if not path.is_file():
-        raise UserError(f"{path} not found: run `textebm evaluate --checkpoint {folder} --split {split}` first")
-    try:
-        evaluation = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise UserError(f"{path} is not JSON") from None
-    generation = evaluation.get("generation") if isinstance(evaluation, dict) else None
-    if generation is not None and "decodings" not in generation:
-        raise UserError(f"{path} was written before decoding sweeps: rerun textebm evaluate on {folder}")
-    return evaluation
-
-
-def protocol_section(loaded, train_lines: list[str], held_out: list[str], protocol: ProtocolOptions, seed: int,
-                     progress: Progress = QUIET) -> dict:
-    """wKL and/or the neural reverse perplexity (textebm/evaluation/protocol_metrics.py) of sentences the run
-    generates for them: `protocol.needed` sentences by ancestral sampling at `protocol.temperature`
-    (up to 40 tokens), the stream `textebm sample --seed SEED` gives; wKL against the lines the run
-    trained on, the reverse LM scored on the held-out lines."""
-    from textebm.evaluation.protocol_metrics import protocol_metrics
-    from textebm.generation.sampling import SamplingOptions, generate_text
-
-    options = SamplingOptions(temperature=protocol.temperature)
-    model, n = loaded.model, protocol.needed
-    started = time.perf_counter()
-    with progress.bar("generating for wKL / neural rPPL", n, "sentence") as bar:
-        sentences = generate_text(model, loaded.vocab, n, options, seed, on_batch=bar.update)
-    seconds = round(time.perf_counter() - started, 2)
-    out = protocol_metrics(sentences, train_lines, held_out, protocol, model.device, loaded.config.corpus, progress)
-    out["protocol"]["generated"] = {"n": n, "seed": seed, "temperature": protocol.temperature,
-                                    "max_length": options.max_length, "samples_from": samples_from(loaded.config),
-                                    "empty_sentences": sum(1 for s in sentences if not s.split()), "seconds": seconds}
-    return out

@@ -6,7 +6,7 @@ Shi et al. 2020 (DGMVAE), and after them Pang & Wu 2021 (symbol-vector coupling)
   - rPPL: a neural language model trained on 40,000 generated sentences, with 3,000 more
     generated sentences as its validation set, then scored on the real test split;
   - wKL: the word-frequency KL of those 40,000 sentences against the real training text
-    (lm_eval/word_kl.py).
+    (lm_eval/word_frequencies.py).
 
 Here the reverse LM is the toolkit's own plain LSTM language model (`prior=none`), trained by the
 library's `textebm.training.train.train`, one epoch per call, keeping the weights of the epoch with the
@@ -129,7 +129,7 @@ def protocol_metrics(synthetic: list[str], train_lines: list[str], test_lines: l
     }}
     if options.wkl:
         from lm_eval.errors import EvalError
-        from lm_eval.word_kl import word_kl
+        from lm_eval.word_frequencies import word_kl
 
         try:
             figures = word_kl(train_part, train_lines).as_dict()

@@ -362,7 +362,8 @@ def _evaluation_job(options: dict, marker: dict, log: str) -> None:
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
     os.environ.update(ONE_THREAD)  # before torch is imported
-    from textebm.evaluation.held_out import EvaluationOptions, evaluate_run
+    from textebm.evaluation.held_out import EvaluationOptions
+    from textebm.evaluation.reports import evaluate_run
 
     started = time.time()
     try:
@@ -591,7 +592,7 @@ def last_validation(folder: Path) -> dict | None:
 def gather(grid: Grid, out: Path) -> list[tuple[RunSpec, dict | None, dict]]:
     """Per run: its training marker (None until trained; with the run's last validation record added as
     `validation`) and its completed evaluation reports by split."""
-    from textebm.evaluation.held_out import load_evaluation
+    from textebm.evaluation.reports import load_evaluation
 
     gathered = []
     for spec in grid.runs:
@@ -611,7 +612,7 @@ def gather(grid: Grid, out: Path) -> list[tuple[RunSpec, dict | None, dict]]:
 def gather_marks(grid: Grid, out: Path) -> list[dict]:
     """Every kept mark evaluated as its run's `evaluate_marks` says: run, group label, corpus, seed, CPU
     minutes, step and the report (the points of the time-to-quality curves)."""
-    from textebm.evaluation.held_out import load_evaluation
+    from textebm.evaluation.reports import load_evaluation
 
     points = []
     for spec in grid.runs:

@@ -1,4 +1,4 @@
-"""wKL (lm_eval/word_kl.py) on cases small enough to compute by hand."""
+"""wKL (lm_eval/word_frequencies.py) on cases small enough to compute by hand."""
 
 from __future__ import annotations
 
