@@ -187,3 +187,24 @@ def test_the_python_page_runs_and_samples_as_the_command_does(tmp_path, capsys):
     assert tuple(names["z_prior"].shape) == (4, latent) and tuple(names["z_text"].shape) == (2, latent)
     assert len(names["scores"].per_token) == 2 and names["reconstruction"].inputs == ["<unk> <unk> <unk>"]
     assert [t for t, _ in names["path"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_python_training_block_trains_and_resumes_a_run(tmp_path, capsys, small_corpus, tiny_overrides):
+    """docs/python.md's training block, on the synthetic corpus with the tiny model and a few steps: the run
+    folder it writes is one `textebm` reads, and the resumed run goes on from the first one's step."""
+    from textebm.model.runs import load_run
+
+    blocks = _split((ROOT / "docs" / "python.md").read_text(encoding="utf-8"))[1]
+    code = "\n".join(next(block for block in blocks if block and block[0].startswith("from textebm.config")))
+    for old, new in [('"ptb", ["latent_dim=16", "seed=1"]', f"{str(small_corpus)!r}, {[*tiny_overrides, 'seed=1']!r}"),
+                     ('"runs/ptb-small"', repr(str(tmp_path / "run"))), ("max_steps=200", "max_steps=2"),
+                     ("max_steps=400", "max_steps=4")]:
+        assert old in code, old
+        code = code.replace(old, new)
+    names: dict = {"__name__": "docs"}
+    exec(compile(code, "docs/python.md", "exec"), names)
+    printed = capsys.readouterr().out
+    assert "corpus " in printed and "model: " in printed
+    assert (names["result"].step, names["result"].stopped_by) == (4, "max_steps")
+    assert load_run(tmp_path / "run").step == 4 and (tmp_path / "run" / "learning_curves.png").is_file()
+

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from textebm.cli.common import output_path, seed_type
-from textebm.devices import add_device_argument, bf16_emulated, resolve_device
+from textebm.devices import add_device_argument, resolve_device
 
 
 def add_parser(subparsers) -> None:
@@ -94,18 +94,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, parallel, device) -> int:
-    import torch
+    """The options checked, the run made ready (textebm.training.setup), trained, and its end said."""
     from tqdm.auto import tqdm
 
     from textebm.config import device_preset, resolve_config
-    from textebm.data.batches import encode_lines
-    from textebm.data.corpora import open_corpus, open_run_corpus, record_of, training_splits
-    from textebm.data.vocab import build_vocab, load_vocab
     from textebm.errors import UserError
     from textebm.evaluation.plots import plot_learning_curves
     from textebm.io import check_writable
-    from textebm.model.runs import build_model, create_run, is_run, load_config
-    from textebm.training.train import train
+    from textebm.model.runs import load_config
+    from textebm.training.setup import new_run, resumed_run
     from textebm.training.training_log import METRICS, add_figure
 
     if args.max_steps is not None and args.max_steps < 1:
@@ -124,7 +121,6 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
             raise UserError("--resume continues with the run's saved config; drop --preset/--set and config flags")
         folder = Path(args.out)
         config = load_config(folder)
-        vocab = load_vocab(folder)
         if args.corpus is not None and not _same_corpus(args.corpus, config.corpus):
             raise UserError(f"--corpus {args.corpus} is not the corpus of the run in {folder} ({config.corpus}): "
                             "--resume continues on the run's own corpus; drop --corpus")
@@ -134,8 +130,6 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
                             "from the run")
         name = Path(args.corpus).name if args.corpus not in ("ptb", "snli", "yahoo") else args.corpus
         folder = check_writable(Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"), folder=True)
-        if parallel.broadcast(is_run(folder) if parallel.is_main else None):  # rank 0 decides, before it creates it
-            raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
         preset = args.preset
         if preset is None:
             preset, preset_note = device_preset(args.corpus, device.type == "cuda")
@@ -143,58 +137,14 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None and args.max_cpu_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
                         "max_epochs")
-    if args.resume:
-        corpus, changed = open_run_corpus(folder, config.corpus, args.data_dir)
-        for warning in changed:
-            echo(f"warning: {warning}")
-    else:
-        corpus = open_corpus(config.corpus, args.data_dir)
-    train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
-    if not args.resume:  # one process builds and saves the vocabulary; the others wait for it, then read it
-        failure = None
-        if parallel.is_main:
-            try:
-                create_run(folder, config, build_vocab(train_lines, config.tokenizer, config.vocab_size,
-                                                       config.min_freq, config.lowercase), record_of(corpus))
-            except (UserError, OSError) as err:
-                failure = err
-        reason = parallel.broadcast(None if failure is None else str(failure))
-        if failure is not None:
-            raise failure
-        if reason is not None:
-            raise UserError(f"rank 0 could not create the run folder: {reason}")
-        vocab = load_vocab(folder)
-    train_data = encode_lines(train_lines, vocab, config.max_length)
-    valid_data = encode_lines(valid_lines, vocab, config.max_length)
-
-    torch.manual_seed(config.seed)
-    model = build_model(config, vocab).to(device)
-    if parallel.rank:  # dropout draws from this stream: each process its own masks, not a copy of rank 0's
-        torch.manual_seed(config.seed + parallel.rank)
-    params = sum(p.numel() for p in model.parameters())
+    run = (resumed_run(folder, args.data_dir, device, parallel) if args.resume
+           else new_run(folder, config, args.data_dir, device, parallel))
     if preset_note:  # printed once the input is known to be good: an error stays a single line
         echo(preset_note)
-    echo(f"corpus {corpus.name}: {len(train_lines)} training sentences ({config.train_split}), "
-         f"{len(valid_lines)} validation sentences ({valid_source}); vocabulary {len(vocab)}")
-    if train_data.truncated or valid_data.truncated:
-        echo(f"truncated to max_length={config.max_length} tokens: {train_data.truncated} training and "
-             f"{valid_data.truncated} validation lines")
-    vae = ""
-    if config.model == "vae":
-        pretrain = f" after {config.ae_pretrain_steps} autoencoder steps" if config.ae_pretrain_steps else ""
-        vae = (f"VAE (LSTM encoder q(z|x), free bits {config.free_bits:g} nats per dimension, KL weight annealed "
-               f"over {config.kl_anneal_steps} steps{pretrain}), ")
-    echo(f"model: {vae}{config.cell} {config.embedding_dim}/{config.hidden_dim}, latent {model.prior.latent_dim}, "
-         f"prior {config.prior}, {params / 1e6:.2f}M parameters, on {device}; run folder {folder}")
-    if parallel.distributed:
-        echo(f"data parallel: {parallel.world} process{'es' if parallel.world > 1 else ''}, "
-             f"global batch {config.batch_size}")
-    if config.chain_precision == "bf16" and bf16_emulated(device):
-        echo("warning: chain_precision=bf16 on a CPU without AVX-512: bf16 is emulated there, and the chain "
-             "runs many times slower than fp32 (docs/benchmarks.md); --set chain_precision=fp32 is faster")
-    result = train(model, config, train_data, valid_data, folder, vocab, device, args.max_steps,
-                   args.max_minutes, args.resume, progress=not args.no_progress, echo=echo, parallel=parallel,
-                   max_cpu_minutes=args.max_cpu_minutes, keep_at=args.keep_at)
+    for line in run.summary(device, parallel):
+        echo(line)
+    result = run.train(device, args.max_steps, args.max_minutes, args.max_cpu_minutes, args.keep_at,
+                       progress=not args.no_progress, echo=echo, parallel=parallel)
     if parallel.is_main and (folder / METRICS).is_file():  # none when stopped before its first step
         png = plot_learning_curves(folder)
         echo(f"learning curves: {png}" + (" (and in TensorBoard)" if add_figure(folder, "learning_curves", png,
