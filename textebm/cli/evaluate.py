@@ -1,8 +1,8 @@
 """`textebm evaluate`: NLL and perplexity by importance sampling, latent diagnostics, FPPL/RPPL of samples.
 
-Thin: parses, calls textebm.evaluation.held_out (which `textebm reproduce` calls alike), prints a table or
-one JSON object; the library writes the same JSON to RUN/evaluation-<split>.json (or --out FILE). Progress goes to
-stderr (textebm.progress). The estimators are described in docs/evaluate-command.md.
+Thin: parses, calls textebm.evaluation.reports.evaluate_run (which `textebm reproduce` calls alike),
+prints a table or one JSON object; the library writes the same JSON to RUN/evaluation-<split>.json (or
+--out FILE). Progress goes to stderr (textebm.progress). The estimators are described in docs/evaluate-command.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 one torch thread each; resume what was interrupted and skip what is done.
 
     OUT/runs/NAME/                          the run folder (`textebm train --out`), with its
-                                            evaluation-<split>.json and figures (textebm.evaluation.held_out)
+                                            evaluation-<split>.json and figures (textebm.evaluation.reports)
     OUT/runs/NAME/reproduce-budget.json     training time spent so far, segment by segment
     OUT/runs/NAME/reproduce-train.json      training's completion marker (written atomically at its end)
     OUT/runs/NAME/reproduce-evaluate-SPLIT.json   an evaluation's completion marker
@@ -10,7 +10,7 @@ one torch thread each; resume what was interrupted and skip what is done.
     OUT/locks/NAME.lock                     held while a process works on the run
     OUT/results.json, results.md, figures   (textebm.experiments.results)
 
-Training runs as a `textebm train` subprocess, evaluation as a process calling textebm.evaluation.held_out;
+Training runs as a `textebm train` subprocess, evaluation as a process calling textebm.evaluation.reports;
 each in its own session, so that a stop request reaches it exactly once (as SIGTERM: training
 saves a checkpoint and exits). A training process keeps its run's lock even when the driver is
 killed, so a second driver never trains the same folder at once.

@@ -1,5 +1,5 @@
 """The results of a reproduced grid: one JSON file, the markdown tables of docs/results.md and a
-quality-diversity figure per corpus, all from the runs' own evaluation reports (textebm.evaluation.held_out).
+quality-diversity figure per corpus, all from the runs' own evaluation reports (textebm.evaluation.reports).
 
 Runs that differ only in their seed are one group: each figure is the mean over the group's seeds,
 with the sample standard deviation as the spread (none for a single seed).
