@@ -14,10 +14,11 @@ from textebm.config import resolve_config
 from textebm.data.batches import encode_lines, pad
 from textebm.data.vocab import WordVocab
 from textebm.inference.likelihood import importance_sampled_log_likelihood
+from textebm.inference.vae_diagnostics import posterior_kl
 from textebm.model.checkpoints import load_checkpoint
 from textebm.model.langevin import gaussian_noise
 from textebm.model.runs import build_model, load_run
-from textebm.model.vae import RESET_SEED, VAETextModel, free_bits, gaussian_kl, kl_weight, posterior_kl, reset_weights
+from textebm.model.vae import RESET_SEED, VAETextModel, free_bits, gaussian_kl, kl_weight, reset_weights
 from textebm.training.train import VAELearner, make_learner
 
 VAE = ["model=vae", "kl_anneal_steps=0", "free_bits=0"]  # the plain ELBO unless a test says otherwise
@@ -340,7 +341,7 @@ def test_the_aggregate_posterior_information_meets_its_closed_form_and_its_bound
     """He et al. 2019's I_q(x; z): 0 when q ignores x, log N when the posteriors do not overlap, and
     (d/2) log((s^2 + t^2) / t^2) when the means are N(0, s^2 I) and every std is t (q(z) is then
     N(0, (s^2 + t^2) I) as N grows)."""
-    from textebm.model.vae import aggregate_posterior_information
+    from textebm.inference.vae_diagnostics import aggregate_posterior_information
 
     g = torch.Generator().manual_seed(0)
     assert abs(aggregate_posterior_information(torch.zeros(500, 4), torch.ones(500, 4), g)) < 0.05

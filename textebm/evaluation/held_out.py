@@ -477,13 +477,13 @@ def vae_figures(res, config, nll_per_sentence: float, elbo_per_sentence: float) 
     than the ELBO."""
     import torch
 
-    from textebm.model.vae import (
+    from textebm.inference.vae_diagnostics import (
         AU_VARIANCE,
         aggregate_posterior_information,
-        gaussian_kl,
         kl_figures,
         mean_variance_active_units,
     )
+    from textebm.model.vae import gaussian_kl
 
     kl = kl_figures(gaussian_kl(res.chain_mean, res.chain_std, config.prior_sigma), config.free_bits)
     aggregate_mi = aggregate_posterior_information(res.chain_mean, res.chain_std, torch.Generator(

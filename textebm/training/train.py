@@ -35,12 +35,13 @@ from textebm.devices import resolve_chain_precision
 from textebm.errors import NonFiniteError, UserError
 from textebm.inference.diagnostics import latent_usage, prior_chain_bias
 from textebm.inference.likelihood import annealed_log_partition
+from textebm.inference.vae_diagnostics import kl_figures, posterior_kl
 from textebm.io import atomic_write_text, remove_stale_temp_files
 from textebm.model.checkpoints import has_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from textebm.model.langevin import Shard, deferred_checks, gaussian_noise
 from textebm.model.latent_ebm import LatentEBMTextModel
 from textebm.model.runs import create_run
-from textebm.model.vae import RESET_SEED, free_bits, gaussian_kl, kl_figures, kl_weight, posterior_kl, reset_weights
+from textebm.model.vae import RESET_SEED, free_bits, gaussian_kl, kl_weight, reset_weights
 from textebm.training.compiling import compile_model
 from textebm.training.parallel import Parallel, wrap
 from textebm.training.training_log import Clock, TrainingLog, validation_at
