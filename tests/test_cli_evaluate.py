@@ -199,8 +199,8 @@ def test_a_held_out_file_changed_since_training_is_named_in_the_report(invoke, t
     test.write_text(test.read_text(encoding="utf-8") + "one more held-out line\n", encoding="utf-8")
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
     assert status == 0, err
-    assert f"WARNING: {corpus_folder}'s test split ({test}) is not the file the run was trained with" in out
-    assert "is not the file the run was trained with" in json.loads((run / "evaluation-test.json").read_text())[
+    assert f"WARNING: {corpus_folder}'s test split ({test.resolve()}) is not the text the run was trained with" in out
+    assert "is not the text the run was trained with" in json.loads((run / "evaluation-test.json").read_text())[
         "warnings"][0]
 
 
@@ -383,6 +383,17 @@ def test_out_writes_the_report_elsewhere_and_leaves_the_runs_own(invoke, tmp_pat
     assert (run / "evaluation-test.json").read_bytes() == own and "kept as" not in err
     assert sorted(p.name for p in run.glob("evaluation-*")) == ["evaluation-test.json"]
     assert not list(run.glob("*.png"))
+    # an interrupted --out evaluation keeps its stages beside its report, not in the run's own file
+    partial = run / "evaluation-test.partial.pt"
+    partial.write_bytes(b"the run's own interrupted evaluation")
+    status, _, err = invoke("--checkpoint", run, *FAST, "--max-sentences", "3", "--fppl-samples", "0", "--out", out)
+    assert status == 0 and "not resuming" not in err, err
+    assert partial.read_bytes() == b"the run's own interrupted evaluation"
+    assert not out.with_suffix(".partial.pt").exists()  # finished: nothing left beside the report
+    # --out naming the run's own report is the run's own report: one made with other options is kept aside
+    status, _, err = invoke("--checkpoint", run, *FAST, "--max-sentences", "3", "--fppl-samples", "0", "--out",
+                            run / "evaluation-test.json")
+    assert status == 0 and "kept as" in err, err
     _one_line(*invoke("--checkpoint", run, *FAST, "--out", tmp_path / "figure.png")[::2], "name the JSON report")
     (tmp_path / "taken").mkdir()
     _one_line(*invoke("--checkpoint", run, *FAST, "--out", tmp_path / "taken")[::2], "taken: it is a folder")

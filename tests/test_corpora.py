@@ -139,6 +139,33 @@ def test_a_moved_corpus_is_found_through_the_data_dir_or_named(tmp_path, data_fo
         open_run_corpus(run, "ptb")
 
 
+def test_a_split_added_to_the_recorded_folder_later_is_found(tmp_path, data_folder, synthetic_splits, monkeypatch):
+    """Yahoo trained on valid with no test file yet: a test.txt added to its folder afterwards is the
+    corpus's test split, not 'no test split'."""
+    root = data_folder(yahoo="valid")
+    run = _run_with_record(tmp_path, open_corpus("yahoo", str(root)))
+    write_corpus(root / "yahoo", {"test": synthetic_splits["test"]})
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(tmp_path / "elsewhere"))
+    found, warnings = open_run_corpus(run, "yahoo")
+    assert found.files == {"valid": (root / "yahoo" / "valid.txt").resolve(), "test": root / "yahoo" / "test.txt"}
+    assert warnings == []
+
+
+def test_a_single_files_record_holds_with_a_data_dir_and_gzip_counts_its_text(tmp_path, monkeypatch):
+    text = tmp_path / "text.txt.gz"
+    text.write_bytes(gzip.compress(b"a b c\nd e f\n", mtime=1))
+    (tmp_path / "test.txt").write_text("not part of a single-file corpus\n", encoding="utf-8")
+    run = _run_with_record(tmp_path, open_corpus(str(text)))
+    monkeypatch.chdir(tmp_path / "run")  # the corpus was named by a path from elsewhere
+    found, warnings = open_run_corpus(run, str(text.relative_to(tmp_path)), str(tmp_path / "some-data"))
+    assert found.files == {"train": text} and warnings == []  # --data-dir is for known corpora only
+    before = text.read_bytes()
+    text.write_bytes(gzip.compress(b"a b c\nd e f\n", mtime=12345))  # the same text, another gzip header
+    assert text.read_bytes() != before and open_run_corpus(run, "text.txt.gz")[1] == []
+    text.write_bytes(gzip.compress(b"a b c\n", mtime=1))
+    assert "is not the text the run was trained with" in open_run_corpus(run, "text.txt.gz")[1][0]
+
+
 def test_a_run_without_a_record_and_a_broken_record(tmp_path, data_folder):
     root = str(data_folder(ptb="train valid test"))
     run = tmp_path / "old-run"

@@ -49,7 +49,7 @@ def _group(name: str) -> str | None:
     """The library group a module name belongs to (textebm.model.decoder -> model); None for the top-level
     modules (config, io, ...), which serve every group."""
     parts = name.split(".")
-    return parts[1] if len(parts) > 2 and parts[0] == "textebm" and parts[1] in LAYERS else None
+    return parts[1] if len(parts) > 1 and parts[0] == "textebm" and parts[1] in LAYERS else None
 
 
 def test_each_group_imports_only_the_groups_below_it():
@@ -63,6 +63,7 @@ def test_each_group_imports_only_the_groups_below_it():
 def test_the_layer_check_sees_every_group_and_both_import_forms():
     groups = {p.name for p in (ROOT / "textebm").iterdir() if (p / "__init__.py").is_file()}
     assert groups == {*LAYERS, "presets", "cli"}  # a new group must be given its place in LAYERS
-    names = _names("from textebm import cli\nfrom textebm.model import decoder\nimport textebm.data.vocab as v\n")
-    assert {"textebm.cli", "textebm.model.decoder", "textebm.data.vocab"} <= names
-    assert [_group(n) for n in ("textebm.model.decoder", "textebm.config", "torch.nn")] == ["model", None, None]
+    names = _names("from textebm import cli, evaluation\nfrom textebm.model import decoder\nimport textebm.training\n")
+    assert {"textebm.cli", "textebm.evaluation", "textebm.model.decoder", "textebm.training"} <= names
+    assert [_group(n) for n in ("textebm.model.decoder", "textebm.evaluation", "textebm.training", "textebm.config",
+                                "torch.nn")] == ["model", "evaluation", "training", None, None]

@@ -1,5 +1,5 @@
 """`textebm chain`: sentences along prior Langevin chains (the paper's Table 3), with each chain's
-energy profile (textebm.generation.prior_chains, textebm.evaluation.plots). Decoding is greedy by
+energy profile (textebm.evaluation.prior_chains, textebm.evaluation.plots). Decoding is greedy by
 default, so a change of sentence between steps is the chain's move in z, not the token sampler's noise."""
 
 from __future__ import annotations

@@ -92,23 +92,30 @@ RECORD = "corpus.json"  # in a run folder: the files the run was trained on (`re
 
 
 def record_of(corpus: Corpus) -> dict:
-    """What a run keeps of its corpus: each split file's absolute path and sha256, so that `evaluate`,
-    `reconstruct` and `--resume` find the same files from anywhere without `--data-dir`, and say so when
-    a file changed."""
-    return {"corpus": corpus.name,
-            "files": {split: {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    """What a run keeps of its corpus: each split file's absolute path and content sha256, and the folder
+    that holds the splits (a known corpus's or a user's folder; none for a single text file), so that
+    `evaluate`, `reconstruct` and `--resume` find the same files from anywhere without `--data-dir`, find a
+    split added to that folder later, and say so when a file changed."""
+    first = next(iter(corpus.files.values()))
+    folder = first.parent if corpus.name in KNOWN or Path(corpus.name).is_dir() else None
+    return {"corpus": corpus.name, "folder": None if folder is None else str(folder.resolve()),
+            "files": {split: {"path": str(path.resolve()), "sha256": content_sha256(path)}
                       for split, path in corpus.files.items()}}
 
 
 def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tuple[Corpus, list[str]]:
-    """The corpus of the run in `run`, and a warning per split whose file is not the one it trained with.
+    """The corpus of the run in `run`, and a warning per split whose text is not the one it trained with.
 
-    From `--data-dir` when given; else the files the run recorded, while they are all still there; else
-    as `open_corpus` finds `name` ($TEXTEBM_DATA_DIR, data/). A run from before the record: `open_corpus`."""
+    A known corpus from `--data-dir` when given; else the files the run recorded, while they are all still
+    there (with any split added to their folder since); else as `open_corpus` finds `name`
+    ($TEXTEBM_DATA_DIR, data/). A run from before the record: `open_corpus`."""
     record = recorded_corpus(Path(run)) or {}
     recorded = {split: Path(entry["path"]) for split, entry in record.get("files", {}).items()}
-    if data_dir_arg is None and recorded and all(path.is_file() for path in recorded.values()):
-        corpus = Corpus(name, recorded)
+    if (data_dir_arg is None or name not in KNOWN) and recorded and all(path.is_file() for path in recorded.values()):
+        folder = record.get("folder")
+        added = {} if folder is None else {split: path for split in SPLITS if split not in recorded
+                                           and (path := split_file(Path(folder), split))}
+        corpus = Corpus(name, {split: (recorded | added)[split] for split in SPLITS if split in recorded | added})
     else:
         try:
             corpus = open_corpus(name, data_dir_arg)
@@ -118,10 +125,10 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
             where = sorted({str(path.parent) for path in recorded.values()})
             raise UserError(f"the run's corpus files are no longer in {', '.join(where)} (its {RECORD}), and "
                             f"{err}") from None
-    warnings = [f"{corpus.name}'s {split} split ({path}) is not the file the run was trained with (its sha256 "
+    warnings = [f"{corpus.name}'s {split} split ({path}) is not the text the run was trained with (its sha256 "
                 f"differs from the one in {Path(run) / RECORD})"
                 for split, path in corpus.files.items()
-                if split in record.get("files", {}) and file_sha256(path) != record["files"][split]["sha256"]]
+                if split in record.get("files", {}) and content_sha256(path) != record["files"][split]["sha256"]]
     return corpus, warnings
 
 
@@ -135,6 +142,8 @@ def recorded_corpus(run: Path) -> dict | None:
         files = record["files"]
         if not all(isinstance(e["path"], str) and isinstance(e["sha256"], str) for e in files.values()):
             raise TypeError("a path or sha256 is not text")
+        if not isinstance(record.get("folder"), (str, type(None))):
+            raise TypeError("the folder is not text")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"{path} is unreadable ({err}): delete it to find the corpus by --data-dir "
                         "or $TEXTEBM_DATA_DIR") from None
@@ -190,6 +199,18 @@ def read_lines(path: Path) -> list[str]:
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of a split's text: a .gz file's decompressed bytes (recompressing the same text, which
+    changes the gzip header, changes nothing), any other file's own."""
+    if path.suffix != ".gz":
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()

@@ -139,11 +139,11 @@ def work_summary(options: EvaluationOptions, model, config, num_sentences: int, 
 
 
 def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool = True,
-             resumable: bool = False) -> dict:
+             resume_file: Path | None = None) -> dict:
     """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure). `tf32`: on CUDA,
     TF32 matrix products (`textebm.devices.set_tf32`), a setting of the machine rather than of the report.
-    `resumable`: keep the finished stages in RUN/evaluation-<split>.partial.pt and start from them
-    (`textebm.evaluation.partial_evaluation`)."""
+    `resume_file` (e.g. RUN/evaluation-<split>.partial.pt): keep the finished stages there and start from
+    them (`textebm.evaluation.partial_evaluation`)."""
     import torch
 
     from textebm.config import CHAIN_KEYS
@@ -151,7 +151,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     from textebm.data.corpora import evaluation_splits, open_run_corpus
     from textebm.devices import resolve_chain_precision, resolve_device
     from textebm.evaluation.paired import PER_SENTENCE_KEY, paired_difference
-    from textebm.evaluation.partial_evaluation import PartialEvaluation, partial_path, parts_from_data, parts_to_data
+    from textebm.evaluation.partial_evaluation import PartialEvaluation, parts_from_data, parts_to_data
     from textebm.generation.reconstruction import reconstruct
     from textebm.inference.annealing import LAPLACE_SCHEDULE
     from textebm.inference.diagnostics import (
@@ -184,7 +184,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     key = {"options": {**{k: v for k, v in asdict(options).items() if k != "threads"},
                        "checkpoint": str(Path(options.checkpoint).resolve())},
            "step": loaded.step, "evaluator": EVALUATOR_VERSION}  # what must match for a saved stage to be reused
-    partial = PartialEvaluation(partial_path(options.checkpoint, options.split) if resumable else None, key)
+    partial = PartialEvaluation(resume_file, key)
     if partial.restore(generator):
         progress.note(f"resuming an interrupted evaluation ({partial.path.name}): {partial.summary()}")
     elif partial.discarded:  # said even without --progress: work that was saved is about to be replaced

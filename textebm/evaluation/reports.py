@@ -54,24 +54,28 @@ def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: b
                  out: Path | None = None) -> dict:
     """Evaluate, draw the quality-diversity figure into the run folder, and write the report there
     (RUN/evaluation-<split>.json, atomically; an earlier one made with other options is kept, and a line on
-    stderr says where: `keep_earlier_report`). `out`: the report goes there instead and its figure beside
-    it (`out` with .png), and the run's own report stays as it is. Returns the report as written."""
+    stderr says where: `keep_earlier_report`). `out`: the report goes there instead, its figure and an
+    interrupted evaluation's stages beside it (`out` with .png, .partial.pt), and the run's own report and
+    stages stay as they are. Returns the report as written."""
     from textebm.evaluation.partial_evaluation import partial_path
     from textebm.evaluation.plots import plot_quality_diversity
     from textebm.io import atomic_write_text, check_writable, json_safe
     from textebm.model.runs import is_run
 
     folder = Path(options.checkpoint)
+    if out is not None and Path(out).resolve() == evaluation_path(folder, options.split).resolve():
+        out = None  # the run's own report, named: kept aside as ever when its options differ
     if out is None:
         report, figure = evaluation_path(folder, options.split), folder / f"quality_diversity-{options.split}.png"
+        stages = partial_path(folder, options.split)
     else:
-        report, figure = Path(out), Path(out).with_suffix(".png")
+        report, figure, stages = Path(out), Path(out).with_suffix(".png"), Path(out).with_suffix(".partial.pt")
         if report == figure:
             raise UserError(f"--out {out}: name the JSON report (its figure goes beside it as {figure.stem}.png)")
     if out is not None or is_run(folder):  # (when it is not a run, `evaluate` says why) where results go, first
         check_writable(report)
         check_writable(figure)
-    result = evaluate(options, progress, tf32, resumable=True)
+    result = evaluate(options, progress, tf32, resume_file=stages)
     kept = keep_earlier_report(folder, options.split, result["options"]) if out is None else None
     if kept is not None:
         print(f"the earlier {report.name} was made with other options: kept as {kept}", file=sys.stderr)
@@ -79,7 +83,7 @@ def evaluate_run(options: EvaluationOptions, progress: Progress = QUIET, tf32: b
         result["figure"] = str(plot_quality_diversity([(folder.name, result)], figure))
     result = json_safe(result)
     atomic_write_text(report, json.dumps(result, indent=2, allow_nan=False) + "\n")
-    partial_path(folder, options.split).unlink(missing_ok=True)  # done: nothing left to resume
+    stages.unlink(missing_ok=True)  # done: nothing left to resume
     return result
 
 

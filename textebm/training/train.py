@@ -30,13 +30,13 @@ import torch
 
 from textebm.config import Config
 from textebm.data.batches import EncodedSplit, epoch_batches, pad
-from textebm.data.corpora import recorded_corpus
+from textebm.data.corpora import RECORD
 from textebm.devices import resolve_chain_precision
 from textebm.errors import NonFiniteError, UserError
 from textebm.inference.diagnostics import latent_usage, prior_chain_bias
 from textebm.inference.likelihood import annealed_log_partition
 from textebm.inference.vae_diagnostics import kl_figures, posterior_kl
-from textebm.io import atomic_write_text, remove_stale_temp_files
+from textebm.io import atomic_write_bytes, atomic_write_text, remove_stale_temp_files
 from textebm.model.checkpoints import has_checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from textebm.model.langevin import Shard, deferred_checks, gaussian_noise
 from textebm.model.latent_ebm import LatentEBMTextModel
@@ -658,7 +658,9 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             checkpoint_now()
             if main:  # a complete run folder: config, vocabulary, checkpoint, and when it was taken
                 mark = mark_folder(folder, cpu_minutes)
-                create_run(mark, cfg, vocab, recorded_corpus(folder))
+                create_run(mark, cfg, vocab)
+                if (folder / RECORD).is_file():  # the run's record of its corpus, as it is
+                    atomic_write_bytes(mark / RECORD, (folder / RECORD).read_bytes())
                 checkpoint_now(mark)
                 atomic_write_text(mark / "mark.json", json.dumps({"cpu_minutes": cpu_minutes, "step": step,
                                                                   **clock.stamp()}, indent=2) + "\n")
@@ -717,8 +719,10 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
                 stopped = validation.run("final", step, per_epoch, late)  # weights are saved first
             if parallel.any(stopped or late.requested, device):  # every process takes the same way out
                 raise _StopNow
-            for minutes in [m for m in marks if clock.cpu_seconds >= 60 * m]:  # due, but not kept in the loop:
-                keep_mark(minutes)  # a mark added to a run that has spent its time (a grid's keep_at grew)
+            # Marks due but not kept in the loop (added to a run that had spent its time: a grid's keep_at grew),
+            # decided by all processes together as in the loop: keeping one takes collective calls.
+            for minutes in [m for m in marks if parallel.any(clock.cpu_seconds >= 60 * m, device)]:
+                keep_mark(minutes)
             checkpoint_now()
         except _StopNow:
             stopped_by = "interrupt"
