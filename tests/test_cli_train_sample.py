@@ -475,6 +475,39 @@ def test_a_stop_request_during_set_up_saves_and_says_so(subprocess_env, train_ar
     assert torch.load(folder / "training_state.pt", weights_only=True)["step"] == 0
 
 
+# ... and two SIGTERMs inside one step, as a cluster's preemption delivers them (to each process, and again
+# through torchrun, which passes on what it gets).
+_TWO_SIGTERMS_IN_A_STEP = """
+import os, signal, sys, time
+import textebm.training.train as training
+from textebm.cli import main
+
+step, calls = training.Learner.step, []
+def twice(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # each is handled before the next arrives
+    return step(self, *args, **kwargs)
+
+training.Learner.step = twice
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_sigterm_still_finishes_the_step_and_saves(subprocess_env, train_args, tmp_path):
+    """A second Ctrl-C stops at once; a second SIGTERM used to as well, losing the steps since the last
+    checkpoint: now the step ends, the checkpoint is saved, exit 130."""
+    folder = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _TWO_SIGTERMS_IN_A_STEP,
+                           *train_args("--out", folder, "--max-steps", "50", overrides=["checkpoint_every=100000"])],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert torch.load(folder / "training_state.pt", weights_only=True)["step"] == 3
+    assert "stopped at step 3 (interrupt)" in (folder / "train.log").read_text()
+
+
 # ... and one arriving during the final validation (SIGTERM, while the validation computes).
 _STOP_IN_FINAL_VALIDATION = """
 import os, signal, sys

@@ -349,9 +349,11 @@ class _StopNow(Exception):
 
 
 class _StopRequest:
-    """Ctrl-C / SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once; so does the
-    first inside `at_once` (the final validation's computation, after the weights are saved: it takes
-    minutes, over 20 on Yahoo, and a SIGTERM used to kill it silently, exit 143)."""
+    """Ctrl-C / SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once (a second
+    SIGTERM does not: a cluster's preemption signals every process of the job, torchrun among them, which
+    passes it on, so each process may get two); any stop request stops at once inside `at_once` (the final
+    validation's computation, after the weights are saved: it takes minutes, over 20 on Yahoo, and a
+    SIGTERM used to kill it silently, exit 143)."""
 
     def __init__(self):
         self.requested = self.at_once_now = False
@@ -382,7 +384,7 @@ class _StopRequest:
         if self.at_once_now:
             self.requested = True
             raise _StopNow
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
