@@ -200,8 +200,10 @@ def test_a_held_out_file_changed_since_training_is_named_in_the_report(invoke, t
     status, out, err = invoke("--checkpoint", run, *FAST, "--fppl-samples", "0")
     assert status == 0, err
     assert f"WARNING: {corpus_folder}'s test split ({test.resolve()}) is not the text the run was trained with" in out
-    assert "is not the text the run was trained with" in json.loads((run / "evaluation-test.json").read_text())[
-        "warnings"][0]
+    report = json.loads((run / "evaluation-test.json").read_text())
+    assert "is not the text the run was trained with" in report["warnings"][0]
+    train = corpus_folder / "train.txt"
+    assert report["corpus_files"] == {"train": str(train.resolve()), "test": str(test.resolve())}
 
 
 def test_a_decoding_whose_sentences_are_all_empty_gets_a_row_and_a_warning_not_an_exit(invoke, tmp_path,

@@ -249,6 +249,7 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     result = {
         "run": str(loaded.folder), "step": loaded.step, "corpus": corpus.name, "split": options.split,
         "evaluated_text": source, "trained_on": config.train_split,
+        "corpus_files": {split: str(path) for split, path in corpus.files.items()},
         "model": config.model, "prior": config.prior, "latent_dim": model.prior.latent_dim,
         "chains": {key: getattr(config, key) for key in CHAIN_KEYS},
         "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
