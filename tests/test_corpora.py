@@ -155,9 +155,10 @@ def test_a_single_files_record_holds_with_a_data_dir_and_gzip_counts_its_text(tm
     text = tmp_path / "text.txt.gz"
     text.write_bytes(gzip.compress(b"a b c\nd e f\n", mtime=1))
     (tmp_path / "test.txt").write_text("not part of a single-file corpus\n", encoding="utf-8")
-    run = _run_with_record(tmp_path, open_corpus(str(text)))
-    monkeypatch.chdir(tmp_path / "run")  # the corpus was named by a path from elsewhere
-    found, warnings = open_run_corpus(run, str(text.relative_to(tmp_path)), str(tmp_path / "some-data"))
+    monkeypatch.chdir(tmp_path)  # the run trains on "text.txt.gz", named from here ...
+    run = _run_with_record(tmp_path, open_corpus("text.txt.gz"))
+    monkeypatch.chdir(tmp_path / "run")  # ... and is evaluated from elsewhere
+    found, warnings = open_run_corpus(run, "text.txt.gz", str(tmp_path / "some-data"))
     assert found.files == {"train": text} and warnings == []  # --data-dir is for known corpora only
     before = text.read_bytes()
     text.write_bytes(gzip.compress(b"a b c\nd e f\n", mtime=12345))  # the same text, another gzip header
@@ -175,6 +176,10 @@ def test_a_run_without_a_record_and_a_broken_record(tmp_path, data_folder):
     (run / corpora.RECORD).write_text('{"files": {"train": {"path": 3}}}', encoding="utf-8")
     with pytest.raises(UserError, match="corpus.json is unreadable.*delete it"):
         open_run_corpus(run, "ptb", root)
+    (run / corpora.RECORD).write_text(json.dumps(record_of(open_corpus("ptb", root))), encoding="utf-8")
+    assert open_run_corpus(run, "ptb")[0].name == "ptb"
+    with pytest.raises(UserError, match="records the corpus 'ptb', not the run's own \\('snli'\\): delete it"):
+        open_run_corpus(run, "snli", root)
 
 
 def test_real_ptb_has_mikolovs_splits(real_data_dir):
