@@ -1,8 +1,10 @@
 """A long torch computation may be asked to stop between its steps.
 
 The loops that dominate the toolkit's long computations (the Langevin chains, the decoding loop,
-AIS's temperatures) call `check()` once per step. Outside `cancellable` (the CLI, training, the
-tests of the library) it is one context-variable lookup and nothing else. Inside
+AIS's temperatures) call `check()` once per step, and the decoder's vocabulary projection once per
+block of token rows (a posterior step of 256 chains of 42-word sentences is seconds). Outside
+`cancellable` (the CLI, training, the tests of the library) it is one context-variable lookup and
+nothing else. Inside
 `cancellable(event)`, once `event` is set (from any thread), the next `check()` raises `Cancelled`,
 so the computation ends within one step and unwinds through its `finally` blocks (a model's
 train/eval mode is restored as usual).

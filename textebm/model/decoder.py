@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from textebm import cancellation
+
 
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, latent_dim: int,
@@ -242,6 +244,7 @@ def _blockwise(hidden, weight, bias, targets, pad_id: int, low: bool, block: int
     values = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
     grads = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if with_grad else None
     for start in range(0, hidden.shape[0], block):
+        cancellation.check()  # a server job that nobody awaits stops here too: a step at its bound is seconds
         rows, index = hidden[start:start + block], targets[start:start + block].unsqueeze(1)
         if low:
             logits = torch.mm(rows.to(torch.bfloat16), matrix.t()).float().add_(bias)
