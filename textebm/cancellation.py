@@ -4,10 +4,9 @@ The loops that dominate the toolkit's long computations (the Langevin chains, th
 AIS's temperatures) call `check()` once per step, and the decoder's vocabulary projection once per
 block of token rows (a posterior step of 256 chains of 42-word sentences is seconds). Outside
 `cancellable` (the CLI, training, the tests of the library) it is one context-variable lookup and
-nothing else. Inside
-`cancellable(event)`, once `event` is set (from any thread), the next `check()` raises `Cancelled`,
-so the computation ends within one step and unwinds through its `finally` blocks (a model's
-train/eval mode is restored as usual).
+nothing else. Inside `cancellable(event)`, once `event` is set (from any thread), the next `check()`
+raises `Cancelled`, so the computation ends within one step (or block) and unwinds through its
+`finally` blocks (a model's train/eval mode is restored as usual).
 
 The HTTP server runs each job on its worker thread inside `cancellable`, and sets the event when
 nobody awaits the job's answer any more: every client it serves has left, or the server is stopping
