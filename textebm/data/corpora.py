@@ -110,9 +110,11 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
     there (with any split added to their folder since); else as `open_corpus` finds `name`
     ($TEXTEBM_DATA_DIR, data/). A run from before the record: `open_corpus`."""
     record = recorded_corpus(Path(run)) or {}
-    if record and Path(str(record.get("corpus"))) != Path(name):  # a record copied from another run
-        raise UserError(f"{Path(run) / RECORD} records the corpus {record.get('corpus')!r}, not the run's own "
-                        f"({name!r}): delete it to find the corpus by --data-dir or $TEXTEBM_DATA_DIR")
+    if record and Path(str(record.get("corpus"))) != Path(name):  # not this run's (copied, or the config edited)
+        if data_dir_arg is None or name not in KNOWN:
+            raise UserError(f"{Path(run) / RECORD} records the corpus {record.get('corpus')!r}, not the run's own "
+                            f"({name!r}): delete it to find the corpus by --data-dir or $TEXTEBM_DATA_DIR")
+        record = {}  # a known corpus named by --data-dir: found there, and nothing to compare it with
     recorded = {split: Path(entry["path"]) for split, entry in record.get("files", {}).items()}
     if (data_dir_arg is None or name not in KNOWN) and recorded and all(path.is_file() for path in recorded.values()):
         folder = record.get("folder")
