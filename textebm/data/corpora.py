@@ -109,7 +109,7 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
     A known corpus from `--data-dir` when given; else the files the run recorded, while they are all still
     there (with any split added to their folder since); else as `open_corpus` finds `name`
     ($TEXTEBM_DATA_DIR, data/). A run from before the record: `open_corpus`."""
-    record = recorded_corpus(Path(run)) or {}
+    record = _recorded_corpus(Path(run)) or {}
     if record and Path(str(record.get("corpus"))) != Path(name):  # not this run's (copied, or the config edited)
         if data_dir_arg is None or name not in KNOWN:
             raise UserError(f"{Path(run) / RECORD} records the corpus {record.get('corpus')!r}, not the run's own "
@@ -117,10 +117,11 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
         record = {}  # a known corpus named by --data-dir: found there, and nothing to compare it with
     recorded = {split: Path(entry["path"]) for split, entry in record.get("files", {}).items()}
     if (data_dir_arg is None or name not in KNOWN) and recorded and all(path.is_file() for path in recorded.values()):
-        folder = record.get("folder")
-        added = {} if folder is None else {split: path for split in SPLITS if split not in recorded
-                                           and (path := split_file(Path(folder), split))}
-        corpus = Corpus(name, {split: (recorded | added)[split] for split in SPLITS if split in recorded | added})
+        files = dict(recorded)
+        if record.get("folder") is not None:  # a split placed in the corpus's folder since (a Yahoo test.txt)
+            files.update({split: path for split in SPLITS
+                          if split not in files and (path := split_file(Path(record["folder"]), split))})
+        corpus = Corpus(name, {split: files[split] for split in SPLITS if split in files})
     else:
         try:
             corpus = open_corpus(name, data_dir_arg)
@@ -137,8 +138,8 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
     return corpus, warnings
 
 
-def recorded_corpus(run: Path) -> dict | None:
-    """The run's record of its corpus (`record_of`); None for a run from before records."""
+def _recorded_corpus(run: Path) -> dict | None:
+    """The run's record of its corpus (`record_of`), checked; None for a run from before records."""
     path = Path(run) / RECORD
     if not path.is_file():
         return None
