@@ -79,7 +79,6 @@ class Batcher:
         self.requests = 0
         self._waiting: list[Job] = []  # in arrival order
         self._running: list[Job] = []  # the jobs of the batch (or latent call) on the worker thread
-        self._stop = threading.Event()  # set: the running job stops at its next step
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -87,14 +86,13 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self.run(), name="textebm-batcher")
 
     def close(self) -> None:
-        """Shutdown has begun: answer every waiting and running request (ShuttingDown), stop the running
-        job at its next step, and refuse new requests."""
+        """Shutdown has begun: answer every waiting and running request (ShuttingDown), which stops the
+        running job at its next step (`_watch`), and refuse new requests."""
         self.closing = True
         for job in self._waiting + self._running:
             if not job.future.done():
                 job.future.set_exception(ShuttingDown())
         self._waiting.clear()
-        self._stop.set()
 
     async def stop(self) -> None:
         """Close, end the worker task and wait, off the event loop, for the model's running job (one
@@ -181,8 +179,7 @@ class Batcher:
         """The running job's stop event, set once every future of `batch` is done: all its clients
         left (cancelled) or `close` answered them. A future done before this call counts too (its
         callback is scheduled at once); one answered with the job's result sets it too, harmlessly."""
-        self._running, self._stop = batch, threading.Event()
-        stop = self._stop
+        self._running, stop = batch, threading.Event()
 
         def on_done(_future) -> None:
             if all(job.future.done() for job in batch):

@@ -83,10 +83,8 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# How long a stopping server lets the requests it is answering finish. The model's running job no
-# longer needs it (shutdown answers it 503 and stops it within a step, server/batcher.py); it is
-# the bound for answers still being sent, kept as it was when a latent request at the limits
-# (64 sentences x 4 chains at --max-batch 256, 27-29 s of one core) had to finish first.
+# How long a stopping server lets the answers it is sending finish (uvicorn's graceful shutdown). The
+# model's jobs do not wait on it: shutdown answers them 503 and stops the running one (server/batcher.py).
 GRACE_S = 30
 
 
