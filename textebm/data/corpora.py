@@ -76,15 +76,20 @@ def split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
+def splits_in(folder: Path) -> dict[str, Path]:
+    """The split files a corpus folder holds, by split, in SPLITS' order."""
+    return {split: path for split in SPLITS if (path := split_file(Path(folder), split))}
+
+
 def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
     """Find (or fetch) a registered corpus, or treat `name` as a path to user text."""
     if name not in KNOWN:
         return _user_corpus(Path(name))
     folder = data_dir(data_dir_arg) / name
-    files = {s: f for s in SPLITS if (f := split_file(folder, s))}
+    files = splits_in(folder)
     if not files:
         fetch(name, data_dir_arg)
-        files = {s: f for s in SPLITS if (f := split_file(folder, s))}
+        files = splits_in(folder)
     return Corpus(name, files)
 
 
@@ -117,10 +122,9 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
         record = {}  # a known corpus named by --data-dir: found there, and nothing to compare it with
     recorded = {split: Path(entry["path"]) for split, entry in record.get("files", {}).items()}
     if (data_dir_arg is None or name not in KNOWN) and recorded and all(path.is_file() for path in recorded.values()):
-        files = dict(recorded)
-        if record.get("folder") is not None:  # a split placed in the corpus's folder since (a Yahoo test.txt)
-            files.update({split: path for split in SPLITS
-                          if split not in files and (path := split_file(Path(record["folder"]), split))})
+        # with any split placed in the corpus's folder since (a Yahoo test.txt): the recorded files first
+        added = {} if record.get("folder") is None else splits_in(Path(record["folder"]))
+        files = {**added, **recorded}
         corpus = Corpus(name, {split: files[split] for split in SPLITS if split in files})
     else:
         try:
@@ -158,7 +162,7 @@ def _recorded_corpus(run: Path) -> dict | None:
 
 def _user_corpus(path: Path) -> Corpus:
     if path.is_dir():
-        files = {s: f for s in SPLITS if (f := split_file(path, s))}
+        files = splits_in(path)
         if "train" not in files:
             raise UserError(f"corpus folder {path} has no train.txt (expected train.txt, valid.txt, test.txt)")
         return Corpus(str(path), files)

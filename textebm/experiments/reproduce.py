@@ -668,20 +668,20 @@ def check_corpora(grid: Grid, data_dir: str | None, train_only: bool = False) ->
     holds before anything trains: a split the corpus lacks fails now, not after hours of training. (A file
     corpus's splits are checked as the grid is read; a corpus not there yet is fetched, or explained,
     when its first run starts.)"""
-    from textebm.data.corpora import KNOWN, SPLITS, Corpus, check_evaluation_split, split_file
+    from textebm.data.corpora import KNOWN, Corpus, check_evaluation_split, splits_in
     from textebm.data.corpora import data_dir as corpora_folder
 
     for spec in grid.runs:
-        folder = corpora_folder(data_dir) / spec.corpus
-        files = {split: path for split in SPLITS if (path := split_file(folder, split))} if spec.corpus in KNOWN \
-            else {}
+        corpus_folder = corpora_folder(data_dir) / spec.corpus
+        files = splits_in(corpus_folder) if spec.corpus in KNOWN else {}
         if not files:
             continue
         corpus = Corpus(spec.corpus, files)
         evaluations = [] if train_only else [*spec.evaluations, *filter(None, [spec.mark_evaluation])]
         try:
             if not corpus.has(spec.train_split):
-                raise UserError(f"{folder} has no {spec.train_split} split to train on (have: {', '.join(files)})")
+                raise UserError(f"{corpus_folder} has no {spec.train_split} split to train on (have: "
+                                f"{', '.join(files)})")
             for evaluation in evaluations:
                 check_evaluation_split(corpus, spec.train_split, evaluation.split)
         except UserError as err:
