@@ -31,6 +31,14 @@ def output_path(text: str) -> str:
     return text
 
 
+def add_data_dir_argument(parser, of_a_run: bool = False) -> None:
+    """`--data-dir`, the folder of the corpora; for a command on a trained run (`of_a_run`) the files the
+    run recorded come first when it is not given (textebm.data.corpora.open_run_corpus)."""
+    default = ("the files the run recorded in its corpus.json, where they still are; else $TEXTEBM_DATA_DIR, else "
+               "data/" if of_a_run else "$TEXTEBM_DATA_DIR, else data/")
+    parser.add_argument("--data-dir", metavar="D", help=f"folder of the corpora (default: {default})")
+
+
 def add_chain_argument(parser) -> None:
     """`--set KEY=VALUE` for the chain settings of a trained run (textebm.config.CHAIN_KEYS)."""
     parser.add_argument("--set", dest="chain", action="append", default=[], metavar="KEY=VALUE",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from textebm.cli.common import add_data_dir_argument
+
 SUBSTITUTES = {  # what training and evaluation use when a standard split is missing (docs/results.md)
     "ptb": "",
     "snli": "without train: train on test (--train-split test), the last 5% held out for validation and evaluation",
@@ -17,7 +19,7 @@ def add_parser(subparsers) -> None:
                               description="List the known corpora (ptb, snli, yahoo): the folder each is read "
                               "from, which splits are present, and whether their sha256 matches the standard "
                               "files (data/README.md). --fetch NAME downloads or prepares a missing corpus.")
-    p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    add_data_dir_argument(p)
     p.add_argument("--fetch", metavar="NAME", help="download (ptb), prepare from the hub (snli) or explain (yahoo)")
     p.add_argument("--source", metavar="URL_OR_DIR",
                    help="fetch from a mirror: a folder or base URL holding ptb.{train,valid,test}.txt (ptb), "

@@ -12,7 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from textebm.cli.common import add_protocol_arguments, protocol_options, protocol_rows, seed_type
+from textebm.cli.common import (
+    add_data_dir_argument,
+    add_protocol_arguments,
+    protocol_options,
+    protocol_rows,
+    seed_type,
+)
 from textebm.data.corpora import KNOWN
 from textebm.devices import add_device_argument
 from textebm.errors import UserError
@@ -32,8 +38,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--samples", required=True, metavar="FILE", help="generated sentences, one per line")
     p.add_argument("--corpus", choices=KNOWN, help="real corpus: DATA_DIR/<corpus>/{train,test}.txt")
-    p.add_argument("--data-dir", metavar="D",
-                   help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    add_data_dir_argument(p)
     p.add_argument("--train", metavar="REAL_TRAIN", help="real training text (overrides the corpus's)")
     p.add_argument("--test", metavar="REAL_TEST", help="real test text (overrides the corpus's)")
     p.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")

@@ -11,6 +11,7 @@ import argparse
 
 from textebm.cli.common import (
     add_chain_argument,
+    add_data_dir_argument,
     add_protocol_arguments,
     cell,
     output_path,
@@ -46,9 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", choices=("test", "valid"), default="test",
                    help="held-out split (default test); for a run on a single text file, valid is the last 5%% of "
                         "it, held out of training")
-    p.add_argument("--data-dir", metavar="D",
-                   help="folder of the corpora (default: the files the run recorded in its corpus.json, where "
-                        "they still are; else $TEXTEBM_DATA_DIR, else data/)")
+    add_data_dir_argument(p, of_a_run=True)
     p.add_argument("--max-sentences", type=int, metavar="N",
                    help="importance-sample the first N held-out sentences only (FPPL/RPPL use them all)")
     p.add_argument("--num-chains", type=int, default=DEFAULTS.num_chains, metavar="C",

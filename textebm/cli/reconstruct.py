@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, seed_type
+from textebm.cli.common import add_chain_argument, add_data_dir_argument, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -23,9 +23,7 @@ def add_parser(subparsers) -> None:
                         help="held-out split of the run's corpus (default test; valid: a single text file's last "
                              "5%%, held out of training)")
     source.add_argument("--input", metavar="FILE", help="text file, one sentence per line, instead of a split")
-    p.add_argument("--data-dir", metavar="D",
-                   help="folder of the corpora (default: the files the run recorded in its corpus.json, where "
-                        "they still are; else $TEXTEBM_DATA_DIR, else data/)")
+    add_data_dir_argument(p, of_a_run=True)
     p.add_argument("--max-sentences", type=int, metavar="N", help="the first N sentences only")
     p.add_argument("--chains", type=int, default=1, metavar="C",
                    help="posterior samples averaged per code (default 1: one sample, as training sees it)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import output_path
+from textebm.cli.common import add_data_dir_argument, output_path
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--results-only", action="store_true",
                    help="write DIR/results.json, results.md and the figures from what is done now; start nothing "
                         "(a grid that runs across sessions, reported half-way)")
-    p.add_argument("--data-dir", metavar="D", help="folder of the corpora (default: $TEXTEBM_DATA_DIR, else data/)")
+    add_data_dir_argument(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--executor", choices=["local", "slurm"], default="local",
                    help="local: --jobs processes on this machine (default); slurm: one Slurm job per run that has "
