@@ -18,6 +18,7 @@ import importlib
 __textebm__ = True
 
 _EXPORTS = {
+    "lm_eval.bleu": ["corpus_bleu", "sentence_bleu"],
     "lm_eval.errors": ["EstimationError", "EvalError", "InputError", "KenLMToolsMissing"],
     "lm_eval.evaluate": ["ReversePPL", "evaluate_sample_sets", "evaluate_samples",
                          "forward_ppl", "reverse_ppl"],

@@ -4,14 +4,16 @@ All functions take normalised sentences (tokens joined by single spaces) and are
 Self-BLEU (Zhu et al. 2018, Texygen) scores each sentence as a hypothesis against the others as
 references and averages; it is quadratic in the number of sentences, so it is computed on a
 seeded subsample: `SELF_BLEU_SIZE` sentences drawn with `random.Random(seed).sample`, each
-scored against the other sentences of the subsample, with nltk's `sentence_bleu`, uniform
-weights up to 4-grams and smoothing method 1 (Chen & Cherry 2014).
+scored against the other sentences of the subsample, by `lm_eval.bleu.sentence_bleu` (nltk,
+uniform weights up to 4-grams, smoothing method 1), on nltk's 0-1 scale.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+
+from lm_eval.bleu import sentence_bleu
 
 SELF_BLEU_SIZE = 200  # 200 x 199 sentence pairs: ~4 s with nltk on one core
 SELF_BLEU_SEED = 1234
@@ -65,17 +67,11 @@ def self_bleu_subsample(num_sentences: int, size: int = SELF_BLEU_SIZE, seed: in
 
 def self_bleu(sentences: list[str], size: int = SELF_BLEU_SIZE, seed: int = SELF_BLEU_SEED) -> float | None:
     """Mean BLEU-4 of each subsampled sentence against the rest of the subsample (None if < 2)."""
-    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-
     idx = self_bleu_subsample(len(sentences), size, seed)
     if len(idx) < 2:
         return None
     tokenised = [sentences[i].split(" ") for i in idx]
-    smoothing = SmoothingFunction().method1
-    total = 0.0
-    for j, hyp in enumerate(tokenised):
-        refs = tokenised[:j] + tokenised[j + 1:]
-        total += sentence_bleu(refs, hyp, weights=(0.25, 0.25, 0.25, 0.25), smoothing_function=smoothing)
+    total = sum(sentence_bleu(tokenised[:j] + tokenised[j + 1:], hyp) for j, hyp in enumerate(tokenised))
     return total / len(tokenised)
 
 

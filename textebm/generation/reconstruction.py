@@ -6,11 +6,10 @@ The baseline is the same BLEU for greedy decodings of prior samples, paired with
 order. A decoder that ignores z decodes one and the same sentence from every z, so its
 reconstructions score exactly the baseline; a model whose z carries the sentence scores above it.
 
-BLEU here: nltk's `corpus_bleu`, 4-gram, uniform weights, smoothing method 1 (a small count for an
-n-gram order without a match, so that short sentences do not zero the score), on words (the
-vocabulary's decoding split on whitespace), on a 0-100 scale. The references are the inputs as the
-model sees them (through its vocabulary: unknown words become its unknown token, lines are cut to
-the run's max_length): no decoder can produce more than that.
+BLEU here: corpus BLEU as `lm_eval.bleu` computes it (nltk, 4-gram, uniform weights, smoothing
+method 1), on words (the vocabulary's decoding split on whitespace), on a 0-100 scale. The
+references are the inputs as the model sees them (through its vocabulary: unknown words become its
+unknown token, lines are cut to the run's max_length): no decoder can produce more than that.
 """
 
 from __future__ import annotations
@@ -19,32 +18,27 @@ from dataclasses import dataclass
 
 import torch
 
+from lm_eval.bleu import CONVENTION, corpus_bleu
+from lm_eval.bleu import sentence_bleu as one_sentence_bleu
 from textebm.data.batches import encode_lines, pad
 from textebm.generation.decoding import decode
 
-BLEU_CONVENTION = ("nltk corpus_bleu x 100: 4-gram, uniform weights, smoothing method 1, words split on whitespace; "
+BLEU_CONVENTION = (f"{CONVENTION}; corpus BLEU x 100, words split on whitespace; "
                    "references are the inputs through the run's vocabulary (unknown words as its unknown token, "
                    "lines cut to max_length)")
 MARGIN = 1.0  # BLEU points above the baseline that count as z carrying the sentence
 
 
 def bleu(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus BLEU (0-100) of `hypotheses` against one reference each."""
-    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
-
+    """Corpus BLEU (0-100) of `hypotheses` against one reference each, on whitespace-split words."""
     if not hypotheses:
         raise ValueError("BLEU needs at least one sentence")
-    return 100.0 * corpus_bleu([[r.split()] for r in references], [h.split() for h in hypotheses],
-                               smoothing_function=SmoothingFunction().method1)
+    return 100.0 * corpus_bleu([[r.split()] for r in references], [h.split() for h in hypotheses])
 
 
 def sentence_bleu(reference: str, hypothesis: str) -> float:
     """One sentence's BLEU (0-100), same convention as `bleu`."""
-    from nltk.translate.bleu_score import SmoothingFunction
-    from nltk.translate.bleu_score import sentence_bleu as nltk_sentence_bleu
-
-    return 100.0 * nltk_sentence_bleu([reference.split()], hypothesis.split(),
-                                      smoothing_function=SmoothingFunction().method1)
+    return 100.0 * one_sentence_bleu([reference.split()], hypothesis.split())
 
 
 def exact_share(references: list[str], hypotheses: list[str]) -> float:
