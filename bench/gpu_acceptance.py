@@ -14,8 +14,8 @@ ptb` at the paper preset (`ptb`) with validation, then `--resume`; `sample` (fp3
 twice; int8 refused in one line on CUDA); `chain`, `interpolate`, `score`, `reconstruct`, a small
 `evaluate`; `serve` with /generate and /score; data parallelism; the CUDA tests (`pytest -m "cuda
 and not slow"`); last, as the one stage whose length on a GPU nobody knows yet (compiling), the
-benchmark rows (`python -m bench --only step_profile,levers`: each benchmark's rows are on disk as
-soon as it ends, so a run stopped at the budget keeps them).
+benchmark rows (`python -m bench --only step_profile,batching,levers`: each benchmark's rows are on
+disk as soon as it ends, so a run stopped at the budget keeps them).
 
 Data parallelism on one card: NCCL refuses two processes on one GPU, so the two-process run uses
 gloo on CUDA tensors (`TEXTEBM_DIST_BACKEND=gloo`: both processes share the card) and is held
@@ -346,8 +346,9 @@ def serve(plan: Plan, tk: Toolkit, report: Report) -> str:
 
 def benchmarks(plan: Plan, tk: Toolkit, report: Report) -> str:
     out = plan.out / "bench"
-    argv = ([sys.executable, "-m", "bench", "--only", "step_profile,levers", "--device", plan.device, "--repeats", "3"]
-            if plan.cuda else [sys.executable, "-m", "bench", "--quick", "--only", "levers", "--repeats", "1",
+    argv = ([sys.executable, "-m", "bench", "--only", "step_profile,batching,levers", "--device", plan.device,
+             "--repeats", "3"]
+            if plan.cuda else [sys.executable, "-m", "bench", "--quick", "--only", "batching,levers", "--repeats", "1",
                                "--threads", "1"])
     try:
         result = tk.subprocess([*argv, "--out", str(out)])
@@ -356,9 +357,9 @@ def benchmarks(plan: Plan, tk: Toolkit, report: Report) -> str:
     rows = json.loads((out / "latest.json").read_text())["rows"] if (out / "latest.json").is_file() else []
     found = []
     for row in rows:
-        if row["benchmark"] != "levers" or row["ratio"] is None:
+        if row["benchmark"] not in ("levers", "batching") or row["ratio"] is None:
             continue
-        what = row["case"].split(",")[0].replace("Learner.step with ", "")
+        what = row["case"].split(",")[0].replace("Learner.step with ", "").replace(" in a batch", "")
         report.figures[what] = (f"{row['ratio']:.2f}x ({row['ratio_kind']}; {row['reference']:.1f} -> "
                                 f"{row['candidate']:.1f} {row['unit']})")
         found.append(f"{what}: {row['ratio']:.2f}x")

@@ -216,6 +216,17 @@ def test_quick_levers_run_on_a_cpu_and_name_their_cuda_only_rows(tmp_path):
     assert all(r["note"].startswith("CUDA only") for r in rows if r["candidate"] is None)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_quick_batching_row_prices_the_per_request_streams(device):
+    from bench import batching
+
+    (row,) = batching.run(quick=True, repeats=2, device=device)
+    assert row.case.startswith(f"4 one-sentence requests in a batch over one request of 4, 8 tokens, prior chain "
+                               f"K0=5, cpu preset on {device}")
+    assert row.reference > 0 and row.ratio == pytest.approx(row.candidate / row.reference)
+    assert {name: len(times) for name, times in row.samples.items()} == {"one request": 2, "requests": 2}
+
+
 def test_bench_refuses_cuda_without_a_gpu_in_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the refusal cannot happen")

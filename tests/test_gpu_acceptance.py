@@ -55,6 +55,7 @@ def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, ptb_folder):
     assert files == ["acceptance.log", "bench/latest.json", "bench/latest.md", "report.json", "report.md"]  # <= 8
     assert "none failed" in (out / "report.md").read_text()
     assert any("training step" in key for key in report["figures"])
+    assert "4 one-sentence requests over one request of 4" in report["figures"]  # the per-request streams' cost
 
 
 def test_a_run_cut_short_by_its_budget_still_reports_what_passed(tmp_path, ptb_folder):
