@@ -27,6 +27,7 @@ from pathlib import Path
 
 from textebm.io import atomic_write_text
 from textebm.model.checkpoints import has_checkpoint
+from textebm.training.training_log import read_records
 
 SCHEDULE = ["posterior_step_size=0.8", "posterior_step_schedule=geometric", "posterior_step_size_end=0.05"]
 
@@ -66,7 +67,7 @@ def run_variant(name: str, overrides: list[str], args, env: dict) -> dict:
                         "--max-steps", str(args.steps), "--seed", str(args.seed), "--out", str(folder),
                         "--set", f"valid_every={args.valid_every}", *sets],
                        check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    records = read_records(folder)
     train = [r for r in records if r["kind"] == "train"]
     valid = [r for r in records if r["kind"] in ("valid", "epoch", "final")]
     samples = folder / "samples.txt"
@@ -78,7 +79,7 @@ def run_variant(name: str, overrides: list[str], args, env: dict) -> dict:
     result = {
         "name": name, "overrides": [*args.base, *overrides], "steps": last["step"],
         "valid_nll_posterior": last["valid_nll_posterior"], "valid_nll_prior": last["valid_nll_prior"],
-        "gap": last["valid_gap"], "mutual_information": last["valid_mutual_information"],
+        "gap": last["valid_gap"], "rough_mi": last["valid_rough_mi"],
         "active_units": last["valid_active_units"],
         "gaps": [round(r["valid_gap"], 4) for r in valid],
         "tokens_per_s": sum(r["tokens_per_s"] for r in train[1:]) / max(1, len(train) - 1),
@@ -89,10 +90,11 @@ def run_variant(name: str, overrides: list[str], args, env: dict) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| variant | valid NLL post z | prior z | gap | MI (nats) | AU | tok/s | FPPL | RPPL | distinct-2 |\n"
+    head = ("| variant | valid NLL post z | prior z | gap | rough MI (nats) | AU | tok/s | FPPL | RPPL | distinct-2 |\n"
             "|---|---|---|---|---|---|---|---|---|---|\n")
     rows = [f"| {r['name']} | {r['valid_nll_posterior']:.3f} | {r['valid_nll_prior']:.3f} | {r['gap']:.3f} | "
-            f"{r['mutual_information']:.2f} | {r['active_units']} | {r['tokens_per_s']:.0f} | {r['fppl']:.0f} | "
+            f"{r.get('rough_mi', r.get('mutual_information')):.2f} | {r['active_units']} | "  # (older results: MI)
+            f"{r['tokens_per_s']:.0f} | {r['fppl']:.0f} | "
             f"{r['rppl']:.0f} | {r['distinct_2']:.3f} |" for r in results]
     return head + "\n".join(rows) + "\n"
 

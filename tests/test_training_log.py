@@ -183,6 +183,20 @@ def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(t
     assert status == 2 and err == f"textebm plot: error: cannot write {folder}: it is a folder\n"
 
 
+def test_records_of_runs_from_before_the_rough_mi_rename_read_under_todays_name(tiny_run, cli):
+    from textebm.evaluation.plots import read_metrics
+
+    folder, run = tiny_run
+    run(max_steps=3)
+    records = _records(folder)
+    assert any("valid_rough_mi" in r for r in records) and not any("valid_mutual_information" in r for r in records)
+    metrics = folder / "metrics.jsonl"
+    metrics.write_text(metrics.read_text(encoding="utf-8").replace('"valid_rough_mi"', '"valid_mutual_information"'),
+                       encoding="utf-8")  # as a run trained before 2026-12-07 wrote it
+    assert read_metrics(folder) == records
+    assert cli("plot", folder, "--out", folder / "old.png")[0] == 0
+
+
 def test_a_run_resumed_after_a_crash_validates_as_an_uninterrupted_one(tmp_path, monkeypatch):
     """The validation's state (the steps' energy gaps since the last validation, the gap histories behind
     the warnings) is saved with the checkpoint: resumed after step 2, the step-4 validation's training

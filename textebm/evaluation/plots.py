@@ -68,8 +68,9 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
         ax_usage.axhline(0.0, color="grey", lw=0.5)
         ax_usage.set_ylabel("prior-z NLL - posterior-z NLL (nats/token)")
         ax_mi = ax_usage.twinx()
-        ax_mi.plot(steps, [r["valid_mutual_information"] for r in usage], "s--", color="C1", label="MI (nats)")
-        ax_mi.set_ylabel("mutual information (nats/sentence)")
+        ax_mi.plot(steps, [r["valid_rough_mi"] for r in usage], "s--", color="C1",
+                   label="rough MI (nats; reads high, 0 when z is unused)")
+        ax_mi.set_ylabel("rough MI (nats/sentence)")
         for r in usage:
             ax_usage.annotate(f"{r['valid_active_units']} AU", (at(r), r["valid_gap"]), fontsize=7,
                               textcoords="offset points", xytext=(0, 6), ha="center")

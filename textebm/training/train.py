@@ -282,7 +282,7 @@ def validate(model: LatentEBMTextModel, split: EncodedSplit, cfg: Config, device
     figures = latent_usage(model, sentences, model.pad_id, batch_size=cfg.batch_size, generator=generator,
                            au_sentences=VALID_AU_SENTENCES)
     record = {"valid_nll_posterior": figures["nll_posterior"], "valid_nll_prior": figures["nll_prior"],
-              "valid_gap": figures["gap"], "valid_mutual_information": figures["mutual_information"],
+              "valid_gap": figures["gap"], "valid_rough_mi": figures["mutual_information"],
               "valid_active_units": figures["active_units"],
               "valid_ppl_posterior": math.exp(min(figures["nll_posterior"], 50.0)),
               "valid_tokens": figures["tokens"]}
@@ -486,7 +486,7 @@ class _Validation:
             sentences = min(sentences, cfg.valid_batches * cfg.batch_size)
         if not self.model.has_latent:
             return f"NLL on {sentences} sentences"
-        what = (f"NLL with posterior and prior codes on {sentences} sentences, mutual information, active units "
+        what = (f"NLL with posterior and prior codes on {sentences} sentences, rough MI, active units "
                 f"({min(sentences, VALID_AU_SENTENCES)} sentences)")
         if self.model.prior.is_ebm:
             what += f", log Z by AIS ({VALID_AIS_CHAINS} chains x {VALID_AIS_STEPS} steps) and the prior chain's bias"
@@ -542,7 +542,7 @@ def validation_line(record: dict, step: int, kind: str, model, cfg: Config) -> s
     line = (f"step {step} {kind}: valid NLL/token posterior {record['valid_nll_posterior']:.3f} "
             f"prior {record['valid_nll_prior']:.3f}")
     if model.has_latent:
-        line += (f" gap {record['valid_gap']:.3f}; rough MI {record['valid_mutual_information']:.2f} nats "
+        line += (f" gap {record['valid_gap']:.3f}; rough MI {record['valid_rough_mi']:.2f} nats "
                  "(one code, log p(x) from 4 prior draws; evaluate's is sound), "
                  f"active units {record['valid_active_units']}/{model.prior.latent_dim}")
     if "valid_kl" in record:
@@ -576,7 +576,7 @@ def progress_postfix(record: dict, last_valid: dict, has_latent: bool) -> dict:
         postfix.update(kl=f"{record['kl']:.2f}", w=f"{record['kl_weight']:.2f}")
         del postfix["f_gap"]
     if has_latent and "valid_gap" in last_valid:
-        postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}", mi=f"{last_valid['valid_mutual_information']:.1f}",
+        postfix.update(z_gap=f"{last_valid['valid_gap']:.3f}", rough_mi=f"{last_valid['valid_rough_mi']:.1f}",
                        au=last_valid["valid_active_units"])
     if "valid_prior_chain_bias_f" in last_valid:
         postfix["bias"] = f"{last_valid['valid_prior_chain_bias_f']:+.2f}"

@@ -175,9 +175,14 @@ def add_figure(folder: Path, tag: str, png: Path, step: int) -> bool:
     return True
 
 
+# Keys renamed since runs began writing them: older runs' records are read under today's names.
+RENAMED_KEYS = {"valid_mutual_information": "valid_rough_mi"}  # an indicator, not the MI (2026-12-07)
+
+
 def read_records(folder: Path) -> list[dict]:
-    """RUN/metrics.jsonl's records, in order ([] when there is none yet)."""
-    return [record for _, record in _record_lines(Path(folder) / METRICS)]
+    """RUN/metrics.jsonl's records, in order ([] when there is none yet), with today's key names."""
+    return [{RENAMED_KEYS.get(key, key): value for key, value in record.items()}
+            for _, record in _record_lines(Path(folder) / METRICS)]
 
 
 def _record_lines(path: Path) -> list[tuple[str, dict]]:
