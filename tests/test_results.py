@@ -49,3 +49,18 @@ def test_the_publication_sits_beside_the_runs_as_ratios_to_its_own_real_text():
     assert "| real text | Paper, Table 2 | 100.36 |  |  |" in lines
     assert sum(line.startswith("| its EBM") for line in lines) == 1  # SNLI's row stays in SNLI's section
     assert _published_table(groups, published, "yahoo") == [] and _published_table(groups, {}, "ptb") == []
+
+
+def test_the_likelihood_table_says_whose_mi_and_active_units_it_shows():
+    """The MI and active units are the model's own (E_x KL(p(z|x) || p(z)), the swap test), not the VAE papers':
+    the legend names where a VAE's evaluation keeps those, by keys that its report does hold."""
+    import inspect
+
+    from textebm.evaluation.held_out import vae_figures
+    from textebm.experiments.results import INTRO, _likelihood_table
+
+    figures = {"mi": {"mean": 3.91, "sd": None}, "active_units": {"mean": 29, "sd": None}}
+    header, _, row = _likelihood_table([{"label": "VAE", "seeds": [0], "figures": figures}])
+    assert "| ESS | MI (E KL) | active units (swap) | gap |" in header and "| 3.91 | 29 |" in row
+    for key in ("mutual_information_aggregate", "active_units_mean_variance"):
+        assert f"vae.{key}" in INTRO and f'"{key}":' in inspect.getsource(vae_figures)
