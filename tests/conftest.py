@@ -293,10 +293,14 @@ def textebm_exe() -> str:
 
 
 @pytest.fixture(scope="session")
-def subprocess_env() -> dict[str, str]:
+def subprocess_env(lm_cache) -> dict[str, str]:
+    """A command's environment: offline, one thread, the session's KenLM cache (built before the autouse
+    fixtures run, so it sets what they set)."""
+    from lm_eval.ngram import ENV_LM_CACHE
+
     env = dict(os.environ)
     env.update(TEXTEBM_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", **{ENV_LM_CACHE: str(lm_cache)})
     return env
 
 

@@ -18,8 +18,13 @@ from bench import reference as ref
 from textebm.generation.decoding import decode
 
 ROOT = Path(__file__).resolve().parents[1]
-# The repository first, then whatever path this run was given (the GPU acceptance run's wheelhouse).
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of a bench process: this test's (read when the test runs, so that it holds the
+    suite's offline switch and KenLM cache, tests/conftest.py), the repository first on the path, then
+    whatever path this run was given (the GPU acceptance run's wheelhouse)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def test_quick_run_writes_json_and_markdown_with_ratios(tmp_path):
@@ -27,7 +32,7 @@ def test_quick_run_writes_json_and_markdown_with_ratios(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "sampling,training", "--repeats", "1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=ENV,
+        env=bench_env(),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "latest.json").read_text())
@@ -76,7 +81,8 @@ def test_reference_likelihood_and_prior_density_match_the_library():
 def test_quick_precision_rows_and_their_quality_rows_need_a_checkpoint(tmp_path, trained_run):
     out = tmp_path / "results"
     base = [sys.executable, "-m", "bench", "--quick", "--only", "precision", "--repeats", "1"]
-    proc = subprocess.run([*base, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    proc = subprocess.run([*base, "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=bench_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest.json").read_text())["rows"]
     speed = [r for r in rows if r["unit"] == "sentences/s"]
@@ -84,7 +90,7 @@ def test_quick_precision_rows_and_their_quality_rows_need_a_checkpoint(tmp_path,
     assert all(r["reference"] > 0 and r["candidate"] > 0 for r in speed)
     assert rows[-1]["note"].startswith("not measured: needs --checkpoint")
     proc = subprocess.run([*base, "--out", str(out), "--checkpoint", str(trained_run)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=ENV)
+                          capture_output=True, text=True, timeout=300, env=bench_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     quality = [r for r in json.loads((out / "latest.json").read_text())["rows"] if r["case"].startswith("quality")]
     assert len(quality) == 4 and all(r["candidate"] > 1 and isinstance(r["met"], bool) for r in quality)
@@ -95,7 +101,7 @@ def test_quick_server_rows_stand_against_the_decoding_floor(tmp_path, trained_ru
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "server", "--repeats", "1",
                            "--out", str(out), "--checkpoint", str(trained_run)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=ENV)
+                          env=bench_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest.json").read_text())["rows"]
     assert [r["case"].split(",")[0] for r in rows] == ["/generate p50 latency"] * 2 + ["/generate throughput"] * 3
@@ -111,7 +117,7 @@ def test_quick_step_profile_splits_a_step_into_its_parts(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--only", "step_profile", "--repeats", "1", "--threads", "1",
          "--set", "refine_steps=3", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV,
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=bench_env(),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "latest.json").read_text())["rows"]
@@ -153,7 +159,7 @@ def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path
                "k2:posterior_steps=2", "--out", str(out), "--jobs", "2", "--corpus", str(corpus)]
     command += [arg for item in TTQ_SETS for arg in ("--set", item)]
     command += [arg for item in TTQ_EVAL for arg in ("--eval", item)]
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=bench_env())
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["time_to_quality"]
     assert [(r["label"], r["cpu_minutes"]) for r in rows] == [
@@ -170,7 +176,7 @@ def test_time_to_quality_keeps_marks_evaluates_them_and_skips_done_work(tmp_path
     assert "## corpus: the energy gap over training" in page
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/marks/*/*") if p.suffix in (".pt", ".json")}
 
-    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=bench_env())
     assert second.returncode == 0, second.stderr[-3000:]
     assert "train," not in second.stdout and ": evaluate" not in second.stdout, second.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing trained or evaluated again
@@ -195,7 +201,7 @@ def _levers(tmp_path, device: str) -> tuple[subprocess.CompletedProcess, list[di
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "levers", "--repeats", "1",
                            "--threads", "1", "--device", device, "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=ENV)
+                          env=bench_env())
     rows = json.loads((out / "latest.json").read_text())["rows"] if proc.returncode == 0 else []
     return proc, rows
 

@@ -258,9 +258,9 @@ def test_installed_command_bad_input_exit_2(subprocess_env, tmp_path):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, small_real, lm_cache):
+def test_installed_command_json_is_the_only_output(subprocess_env, tmp_path, small_real):
     """Through a real process (file descriptors, not sys.stdout): one JSON line, empty stderr."""
-    env = dict(subprocess_env, TMPDIR=str(tmp_path / "tmp"), **{ENV_LM_CACHE: str(lm_cache)})
+    env = dict(subprocess_env, TMPDIR=str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     samples = write(tmp_path / "s.txt", "the company said\nthe market fell sharply\nprices rose\n")
     proc = subprocess.run([sys.executable, "-m", "textebm", "eval-ppl", "--samples", str(samples),
