@@ -137,11 +137,20 @@ def test_latent_commands_refuse_a_run_without_latent(analysis, language_model_ru
     one_line_error(status, err, command[0], "prior=none")
 
 
-def test_score_works_on_a_language_model_run(analysis, language_model_run, tmp_path):
+def test_score_of_a_language_model_run_is_its_exact_nll(analysis, language_model_run, tmp_path):
+    import json
+
+    from textebm.evaluation.protocol_metrics import lm_nll_of_lines
+    from textebm.model.runs import load_run
+
+    lines = ["the company said", "stocks fell"]
     path = tmp_path / "lines.txt"
-    path.write_text("the company said\nstocks fell\n", encoding="utf-8")
-    status, out, _ = analysis("score", "--checkpoint", language_model_run, path)
-    assert status == 0 and len(out.splitlines()) == 2
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    status, out, err = analysis("score", "--checkpoint", language_model_run, path, "--json")
+    assert status == 0, err
+    loaded = load_run(language_model_run)
+    exact = [lm_nll_of_lines(loaded.model, loaded.vocab, [line])[0] for line in lines]  # no latent: no chains
+    assert [row["total"] for row in json.loads(out)] == pytest.approx(exact, rel=1e-5) and exact[0] != exact[1]
 
 
 # ---- interpolate -------------------------------------------------------------------------------

@@ -340,13 +340,11 @@ def test_sample_many_sentences_in_batches(cli, trained_run, monkeypatch):
         return original(self, n, *args, **kwargs)
 
     monkeypatch.setattr(LatentEBMTextModel, "generate", counting)
-    started = time.monotonic()
     status, out, err = cli("sample", "--checkpoint", trained_run, "-n", "1000", "--device", "cpu",
                            "--max-length", "20")
     assert status == 0, err
     assert len(out.splitlines()) == 1000
     assert sum(calls) == 1000 and len(calls) <= 4, calls  # batches of 256, not one call per sentence
-    assert time.monotonic() - started < 60
 
 
 # --- a whole run, resume after SIGKILL, Ctrl-C ---------------------------------------------------------

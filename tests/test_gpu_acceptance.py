@@ -59,11 +59,11 @@ def test_the_dry_run_passes_every_stage_on_a_cpu(tmp_path, ptb_folder):
 
 
 def test_a_run_cut_short_by_its_budget_still_reports_what_passed(tmp_path, ptb_folder):
-    result, report = _acceptance(tmp_path, ptb_folder, "--budget-s", "0.5")
+    result, report = _acceptance(tmp_path, ptb_folder, "--budget-s", "0.01")
     assert result.returncode == 0, result.stderr[-3000:]
     stages = report["stages"]
-    assert stages[0]["name"] == "environment" and stages[0]["status"] == "passed"  # started within the budget
-    assert stages[0]["seconds"] > 0.5  # (importing torch and the server's packages): the rest would start late
+    assert stages[0]["name"] == "environment" and stages[0]["status"] == "passed"  # it starts at once
+    assert stages[0]["seconds"] > 0.01  # (importing the server's packages): so every later one starts past the budget
     assert len(stages) == 10 and {s["status"] for s in stages[1:]} == {"not run"}
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| environment | passed |" in text and text.count("| not run |") == 9

@@ -136,9 +136,11 @@ def test_self_bleu_subsample_is_seeded_and_documented():
     assert self_bleu_subsample(30, size=50) == list(range(30))
 
 
-def test_sample_stats_keys():
+def test_sample_stats_values():
     stats = sample_stats(["a b c", "a b d", "e f"], training=["e f"], self_bleu_size=10, seed=1)
     assert stats["copied_share"] == pytest.approx(1 / 3)
     assert stats["self_bleu_subsample"] == {"size": 3, "seed": 1, "max_n": 4, "smoothing": "nltk method1"}
-    for key in ("mean_length", "max_length", "unique_share", "distinct_1", "distinct_2", "distinct_3", "self_bleu"):
-        assert key in stats
+    # 8 words, 6 distinct; bigrams ab bc ab bd ef, 4 distinct; trigrams abc abd, both distinct
+    assert (stats["distinct_1"], stats["distinct_2"], stats["distinct_3"]) == pytest.approx((6 / 8, 4 / 5, 1.0))
+    assert (stats["mean_length"], stats["max_length"], stats["unique_share"]) == pytest.approx((8 / 3, 3, 1.0))
+    assert 0 < stats["self_bleu"] < 1

@@ -61,6 +61,16 @@ def test_unknown_precision_and_int8_off_the_cpu():
 
 
 def test_sample_cli_decodes_at_a_precision(cli, trained_run):
-    status, out, err = cli("sample", "--checkpoint", trained_run, "-n", "5", "--precision", "int8", "--threads", "1")
+    from textebm.generation.sampling import SamplingOptions, generate_text
+    from textebm.model.runs import load_run
+
+    status, out, err = cli("sample", "--checkpoint", trained_run, "-n", "40", "--precision", "int8", "--threads", "1")
     assert status == 0, err
-    assert len(out.splitlines()) == 5
+
+    def library(precision: str) -> list[str]:
+        loaded = load_run(trained_run, precision=precision)
+        return generate_text(loaded.model, loaded.vocab, 40, SamplingOptions(), seed=0)
+
+    int8 = library("int8")
+    assert int8 != library("fp32")  # so that the next line can tell the precisions apart
+    assert out.splitlines() == int8

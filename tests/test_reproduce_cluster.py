@@ -55,7 +55,7 @@ def test_a_tiny_grid_completes_as_jobs_and_a_local_driver_sees_it_done(cli, tmp_
 
 
 def test_a_job_warned_of_its_end_saves_and_resumes_when_requeued(tmp_path, corpus_folder, tiny_overrides):
-    grid_file = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "long"\nmax_minutes = 0.15\n',
+    grid_file = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "long"\nmax_minutes = 0.25\n',
                       extra_set=["checkpoint_every=5"])
     grid, out = load_grid(str(grid_file)), tmp_path / "out"
     folder = out / "runs" / "long"
