@@ -41,14 +41,18 @@ class Sandwich:
         return self.upper - self.lower
 
 
-def bdmc(model, tokens: torch.Tensor, codes: torch.Tensor, log_z: float, steps: int = 500, num_chains: int = 1,
+def bdmc(model, tokens: torch.Tensor, codes: torch.Tensor, log_z: float, steps: int = 500, num_chains: int = 8,
          step_size: float = 0.5, generator: torch.Generator | None = None, reference: GaussianReference | None = None,
          max_rows: int = MAX_ROWS) -> Sandwich:
     """The sandwich of the module docstring for sentences `tokens` (B, T) whose exact posterior samples
     are `codes` (B, d): `num_chains` forward chains per sentence from the reference and `num_chains`
     reverse chains, all from the sentence's code (each one alone is an unbiased estimate of 1 / (Z p(x)),
     so is their mean). `reference`: the annealing's Gaussian reference per sentence (default the
-    prior's N(0, sigma^2 I); a Laplace approximation of the posterior makes the path short)."""
+    prior's N(0, sigma^2 I); a Laplace approximation of the posterior makes the path short).
+
+    A sentence's chains share a step size steered by their acceptances (`annealing`'s module docstring):
+    each chain's share of that steering, 1 / num_chains, is a departure from the fixed kernels the bounds
+    assume. With one chain per sentence it would steer itself alone, hence the default of 8."""
     if steps < 1 or num_chains < 1:
         raise ValueError(f"bdmc needs at least 1 step and 1 chain, not {steps} and {num_chains}")
     b, d = codes.shape
