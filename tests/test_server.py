@@ -70,24 +70,38 @@ def test_without_seed_the_server_picks_one_that_reproduces(http):
     assert again["sentences"] == data["sentences"]
 
 
-def test_concurrent_requests_are_batched_without_changing_their_sentences(base):
-    """Fire many seeded requests at once: they share batches, yet each matches its lone answer."""
+def test_concurrent_requests_are_batched_without_changing_their_sentences(tiny_run, monkeypatch):
+    """Requests that wait together share one decode (one `generate_for_requests` call), yet each gets its lone
+    answer. The first request's decode is held until the 23 others wait behind it, so that they wait together
+    however the threads are scheduled; 59 sentences fit one batch of 64."""
     bodies = [{"n": 1 + i % 4, "seed": 500 + i, "max_length": 10 + 3 * (i % 5)} for i in range(24)]
-    with client(base) as c:
-        alone = [c.post("/generate", json=b).json() for b in bodies]
-    results: list = [None] * len(bodies)
+    with live_server(create_app(tiny_run, max_n=16, max_length=50, max_batch_sentences=64)) as url:
+        with client(url) as c:
+            alone = [c.post("/generate", json=b).json() for b in bodies]
+        batches: list = []
+        release, started, _ = _blocked_generation(monkeypatch, batches)
+        results: list = [None] * len(bodies)
 
-    def call(i):
-        with client(base) as c:
-            results[i] = c.post("/generate", json=bodies[i]).json()
+        def call(i):
+            with client(url) as c:
+                results[i] = c.post("/generate", json=bodies[i]).json()
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
+        try:
+            threads[0].start()
+            assert started.wait(10)
+            for t in threads[1:]:
+                t.start()
+            with client(url) as c:
+                _wait_for_queued(c, len(bodies) - 1)
+        finally:
+            release.set()
+        for t in threads:
+            t.join(60)
     assert all(a["batch_requests"] == 1 for a in alone)
-    assert max(r["batch_requests"] for r in results) > 1, "no request was batched with another"
+    seeds = [sorted(part.seed for part in batch) for batch in batches]
+    assert seeds == [[500], [b["seed"] for b in bodies[1:]]], "the waiting requests were not decoded as one batch"
+    assert [r["batch_requests"] for r in results] == [1] + [len(bodies) - 1] * (len(bodies) - 1)
     assert [r["sentences"] for r in results] == [a["sentences"] for a in alone]
 
 
@@ -278,13 +292,16 @@ def test_queue_full_gets_503_with_retry_after(tiny_run, monkeypatch):
         assert sorted(statuses) == [200, 200, 200]
 
 
-def _blocked_generation(monkeypatch):
-    """Generation that waits for `release`; `started` is set and each batch's temperature noted as it starts."""
+def _blocked_generation(monkeypatch, batches: list | None = None):
+    """Generation that waits for `release`; `started` is set and each batch's temperature noted as it starts
+    (and its requests, `Request`s, appended to `batches` when given)."""
     real = batcher.generate_for_requests
     release, started, temperatures = threading.Event(), threading.Event(), []
 
     def blocked(model, parts, options):
         temperatures.append(options.temperature)
+        if batches is not None:
+            batches.append(list(parts))
         started.set()
         release.wait(30)
         return real(model, parts, options)
