@@ -14,7 +14,7 @@ from server import batcher
 from server.app import create_app
 from server.launch import _server
 from textebm.errors import UserError
-from textebm.generation.sampling import Request, SamplingOptions, generate_for_requests, generate_text
+from textebm.generation.sampling import SamplingOptions, generate_text
 from textebm.model.runs import load_run
 
 
@@ -467,20 +467,3 @@ def test_damaged_checkpoint_fails_at_start_up_not_per_request(tmp_path, tiny_run
     assert isinstance(app.state.startup_error, UserError)
     assert "corrupt" in str(app.state.startup_error)
 
-
-def test_batching_lowers_the_cost_per_sentence(tiny_run):
-    """One batch of 8 requests against 8 lone runs, in-process: the batch must be clearly cheaper."""
-    loaded = load_run(tiny_run, "cpu")
-    options = SamplingOptions(max_length=40, prior_steps=5)
-    parts = [Request(4, seed, 40) for seed in range(8)]
-    generate_for_requests(loaded.model, parts, options)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(3):
-        for p in parts:
-            generate_for_requests(loaded.model, [p], options)
-    alone = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(3):
-        generate_for_requests(loaded.model, parts, options)
-    batched = time.perf_counter() - t0
-    assert batched * 2 < alone, (batched, alone)
