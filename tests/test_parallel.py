@@ -85,12 +85,9 @@ def test_shutdown_releases_gloo_after_ddp():
 
 # torchrun's environment for one process, set by hand; `textebm train` then fails at its first checkpoint.
 _ONE_PROCESS_ERROR = """
-import gc, json, os, socket, sys, time
-sock = socket.socket()
-sock.bind(("127.0.0.1", 0))
-os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                  MASTER_PORT=str(sock.getsockname()[1]))
-sock.close()
+import gc, json, os, sys, time
+# port 0: the one process's store binds a free port itself (no port chosen here and freed for another to take)
+os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
 import torch.distributed as dist
 import textebm.training.parallel, textebm.training.train
 from torch.nn.parallel import DistributedDataParallel
