@@ -133,7 +133,8 @@ def test_bad_set_items_are_user_errors(item, fragment):
     f"seed={2**63}",  # torch's generators fail above 2**64 - 1, and training adds offsets to the seed
 ])
 def test_invalid_values_are_rejected(item):
-    with pytest.raises(UserError):
+    key = item.split("=")[0]
+    with pytest.raises(UserError, match=f"^{key}(=| must)"):  # the message names the key that was wrong
         resolve_config("cpu", "ptb", [item])
 
 
