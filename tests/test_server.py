@@ -105,6 +105,21 @@ def test_concurrent_requests_are_batched_without_changing_their_sentences(tiny_r
     assert [r["sentences"] for r in results] == [a["sentences"] for a in alone]
 
 
+def test_an_app_decodes_at_its_precision_as_the_library_does(tiny_run):
+    body, options = {"n": 40, "seed": 3}, SamplingOptions()
+    with live_server(create_app(tiny_run, precision="int8")) as url, client(url) as c:
+        assert c.get("/info").json()["precision"] == "int8"
+        served = c.post("/generate", json=body).json()["sentences"]
+
+    def library(precision: str) -> list[str]:
+        loaded = load_run(tiny_run, "cpu", precision=precision)
+        return generate_text(loaded.model, loaded.vocab, 40, options, 3)
+
+    int8 = library("int8")
+    assert int8 != library("fp32")  # so that the next line tells the precisions apart
+    assert served == int8
+
+
 def test_health_and_info(http):
     health = http.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"

@@ -42,7 +42,7 @@ def test_defaults_bind_loopback_without_cors_or_key():
 
 def test_serve_process_answers_and_stops_cleanly(cli_run):
     proc = subprocess.Popen([sys.executable, "-m", "server", "--checkpoint", str(cli_run), "--port", "0",
-                             "--device", "cpu", "--api-key", "k"],
+                             "--device", "cpu", "--api-key", "k", "--precision", "bf16"],
                             cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
         base, deadline = None, time.monotonic() + 90
@@ -57,6 +57,7 @@ def test_serve_process_answers_and_stops_cleanly(cli_run):
         assert httpx.post(base + "/generate", json={"n": 2}).status_code == 401
         r = httpx.post(base + "/generate", json={"n": 2, "seed": 5}, headers={"X-API-Key": "k"}, timeout=60)
         assert r.status_code == 200 and len(r.json()["sentences"]) == 2
+        assert httpx.get(base + "/info", headers={"X-API-Key": "k"}).json()["precision"] == "bf16"  # --precision
     finally:
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=30)[1]
