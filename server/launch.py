@@ -112,6 +112,8 @@ def _check_address(host: str, port: int) -> None:
                                                          flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as err:
         raise UserError(f"--host {host}: {err.strerror}") from None
+    except UnicodeError:  # refused by the IDNA codec before any resolver: a label over 63 characters, or empty
+        raise UserError(f"--host {host}: not a valid host name") from None
     with socket.socket(family, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's own socket
         try:

@@ -102,6 +102,27 @@ def test_chain_bad_steps_exit_2_with_one_line(analysis, trained_run, one_line_er
     one_line_error(status, err, "chain", "--steps")
 
 
+@pytest.mark.parametrize("extra, fragment", [
+    (["--steps", "0,100001"], "--steps goes up to 100000, not 100001"),
+    (["--chains", "0"], "--chains must be at least 1, not 0"),
+    (["--max-length", "0"], "--max-length must be at least 1, not 0"),
+    (["--step-size", "0"], "--step-size must be a positive number, not 0.0"),
+    (["--step-size=-0.5"], "--step-size must be a positive number, not -0.5"),
+    (["--step-size", "inf"], "--step-size must be a positive number, not inf"),
+    (["--plot", "chain.jpg"], "--plot must name a .png file, not 'chain.jpg'"),
+])
+def test_chain_bad_options_exit_2_before_any_chain_runs(analysis, trained_run, one_line_error, monkeypatch, tmp_path,
+                                                        extra, fragment):
+    import textebm.evaluation.prior_chains
+
+    monkeypatch.setattr(textebm.evaluation.prior_chains, "sentences_along_chains",
+                        lambda *a, **k: pytest.fail("the chains ran"))
+    monkeypatch.chdir(tmp_path)  # where a relative --plot would land
+    status, out, err = analysis("chain", "--checkpoint", trained_run, *extra, "--device", "cpu")
+    one_line_error(status, err, "chain", fragment)
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
 def test_a_diverged_chain_exits_2_with_one_line_naming_the_step_size(analysis, trained_run, tmp_path,
                                                                       one_line_error):
     one_line_error(*analysis("chain", "--checkpoint", trained_run, "--steps", "0,3", "--chains", "2",
@@ -181,6 +202,18 @@ def test_interpolate_empty_sentence_exits_2(analysis, trained_run, one_line_erro
     argv = {"--from": "the market fell", "--to": "prices rose", flag: "   "}
     status, _, err = analysis("interpolate", "--checkpoint", trained_run, *[x for kv in argv.items() for x in kv])
     one_line_error(status, err, "interpolate", flag)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--points", "1"], "--points must be at least 2 (the two endpoints), not 1"),
+    (["--chains", "0"], "--chains must be at least 1, not 0"),
+    (["--max-length", "0"], "--max-length must be at least 1, not 0"),
+])
+def test_interpolate_bad_counts_exit_2(analysis, trained_run, one_line_error, extra, fragment):
+    status, out, err = analysis("interpolate", "--checkpoint", trained_run, "--from", "the market fell",
+                                "--to", "prices rose", *extra, "--device", "cpu")
+    one_line_error(status, err, "interpolate", fragment)
+    assert out == ""
 
 
 # ---- score -------------------------------------------------------------------------------------
@@ -275,3 +308,7 @@ def test_score_argument_errors_exit_2(analysis, trained_run, tmp_path, one_line_
                    "does not exist")
     one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--num-chains", "0")[::2], "score",
                    "--num-chains")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--batch-size", "0")[::2], "score",
+                   "--batch-size must be at least 1, not 0")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--posterior-steps", "-1")[::2], "score",
+                   "--posterior-steps must not be negative, not -1")

@@ -183,6 +183,14 @@ def test_corpus_without_test_split(eval_ppl, one_line_error, tmp_path, small_rea
                    "--test FILE")
 
 
+def test_a_corpus_folder_that_is_not_there_says_where_it_looked(eval_ppl, one_line_error, tmp_path):
+    samples = write(tmp_path / "s.txt", "a b c\n")
+    status, out, err = eval_ppl("--samples", samples, "--corpus", "ptb", "--data-dir", tmp_path / "nowhere")
+    one_line_error(status, err, "eval-ppl", f"corpus folder not found: {tmp_path / 'nowhere' / 'ptb'}",
+                   "--data-dir or $TEXTEBM_DATA_DIR", "textebm data --fetch ptb", "--train FILE")
+    assert out == "" and not (tmp_path / "nowhere").exists()
+
+
 def test_corpus_without_train_split_suggests_train(eval_ppl, one_line_error, data_folder, tmp_path):
     samples = write(tmp_path / "s.txt", "a b c\n")
     status, _, err = eval_ppl("--samples", samples, "--corpus", "yahoo", "--data-dir", data_folder(yahoo="valid test"))
@@ -199,7 +207,8 @@ def test_missing_real_files(eval_ppl, one_line_error, tmp_path, small_real):
 
 @pytest.mark.parametrize("args,fragment", [(["--order", "9"], "order must be between 2 and 6"),
                                            (["--memory", "lots"], "lmplz"),
-                                           (["--max-tokens", "0"], "--max-tokens")])
+                                           (["--max-tokens", "0"], "--max-tokens"),
+                                           (["--self-bleu-size=-1"], "--self-bleu-size must be 0 or more")])
 def test_bad_options(eval_ppl, one_line_error, real_args, tmp_path, args, fragment):
     samples = write(tmp_path / "s.txt", "a b c\nd e f\n")
     status, _, err = eval_ppl("--samples", samples, *real_args, *args)

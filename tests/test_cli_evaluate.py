@@ -167,6 +167,21 @@ def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folde
                    f"cannot write {tmp_path}: it is a folder")
 
 
+@pytest.mark.parametrize("report, fragment", [
+    ("{ cut short", "is not JSON"),
+    (json.dumps({"nll_per_sentence": 80.0, "generation": {"greedy": {}}}),
+     "was written before decoding sweeps: rerun textebm evaluate on"),
+])
+def test_compare_refuses_a_report_it_cannot_read(cli, tmp_path, one_line_error, report, fragment):
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "evaluation-test.json").write_text(report, encoding="utf-8")
+    for extra in ([], ["--out", tmp_path / "both.png"]):
+        status, out, err = cli("compare", run, *extra)
+        one_line_error(status, err, "compare", f"{run / 'evaluation-test.json'} ", fragment)
+        assert out == "" and not (tmp_path / "both.png").exists()
+
+
 def test_chain_settings_can_change_for_evaluation_only(invoke, tmp_path, corpus_folder, train_lines):
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     saved = (run / "config.json").read_text()
@@ -480,7 +495,8 @@ def test_a_saved_evaluation_that_cannot_be_resumed_is_said_to_be_replaced(invoke
 
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
-                                         ("--temperatures", "0"), ("--anneal-steps", "-1"), ("--max-rows", "0")])
+                                         ("--temperatures", "0"), ("--anneal-steps", "-1"), ("--max-rows", "0"),
+                                         ("--curvature-directions", "0"), ("--posterior-steps", "-1")])
 def test_bad_counts(invoke, tmp_path, corpus_folder, train_lines, flag, value):
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)

@@ -1,6 +1,7 @@
 """The `textebm train` and `textebm sample` commands: bad input (exit 2, one line, no traceback),
 sampling determinism and batching, resume after SIGKILL, Ctrl-C."""
 
+import gzip
 import hashlib
 import json
 import os
@@ -38,6 +39,21 @@ def test_bad_corpus_files(cli, one_line_error, tmp_path, train_args, content, fr
     one_line_error(*cli(*args)[::2], "train", fragment)
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    ("truncated", "Compressed file ended before the end-of-stream marker was reached"),
+    ("not_gzip", "Not a gzipped file"),
+])
+def test_a_damaged_gz_corpus_exits_2_with_one_line(cli, one_line_error, tmp_path, train_args, train_lines, damage,
+                                                   fragment):
+    whole = gzip.compress(("\n".join(train_lines[:50]) + "\n").encode("utf-8"))
+    corpus = tmp_path / "corpus.txt.gz"
+    corpus.write_bytes(whole[:len(whole) // 2] if damage == "truncated" else b"plain text, not gzip\n")
+    args = train_args("--out", tmp_path / "run", "--max-steps", "1")
+    args[args.index("--corpus") + 1] = str(corpus)
+    one_line_error(*cli(*args)[::2], "train", f"cannot read {corpus}: ", fragment)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train_args, train_lines):
     corpus = tmp_path / "corpus.txt"
     long_line = " ".join(["word"] * 5000)
@@ -61,6 +77,8 @@ def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train
     (["--vocab-size", "1"], "at least 5"),
     (["--max-steps", "0"], "--max-steps"),
     (["--max-minutes", "-1"], "--max-minutes"),
+    (["--max-cpu-minutes", "0"], "--max-cpu-minutes must be positive"),
+    (["--max-cpu-minutes", "nan"], "--max-cpu-minutes must be positive"),
     (["--threads", "0"], "--threads"),
     (["--device", "tpu"], "device"),
 ])

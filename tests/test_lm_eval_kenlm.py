@@ -22,7 +22,7 @@ import pytest
 import lm_eval
 from lm_eval.errors import EstimationError, KenLMToolsMissing
 from lm_eval.evaluate import _real_model
-from lm_eval.kenlm_tools import _safe_extract, cache_bin_dir, find_tools
+from lm_eval.kenlm_tools import KenLMTools, _safe_extract, cache_bin_dir, find_tools
 from lm_eval.ngram import ENV_LM_CACHE, cache_key, real_data_lm, train_ngram_lm
 from lm_eval.scoring import perplexity, score_sentence
 from lm_eval.text import kenlm_line, normalize_lines, read_sentences, text_sha256
@@ -137,6 +137,14 @@ def test_estimation_failure_is_one_line_and_cleans_up(tmp_path, scratch_tmp):
     assert str(info.value).startswith("lmplz: ") and "\n" not in str(info.value)
     assert list(scratch_tmp.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["scratch"]
+
+
+def test_no_sentences_is_refused_before_the_tools_run(tmp_path, scratch_tmp):
+    absent = KenLMTools(tmp_path / "no-lmplz", tmp_path / "no-build_binary")  # would fail if they were run
+    with pytest.raises(EstimationError, match="^cannot estimate a language model from no sentences$"):
+        train_ngram_lm(iter([]), tmp_path / "m.klm", tools=absent)
+    assert list(scratch_tmp.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["scratch"]  # no model, no partial file
 
 
 @pytest.mark.parametrize("order", [1, 7])

@@ -78,6 +78,18 @@ def test_read_sentences_errors_are_one_line(tmp_path):
     assert len(read_sentences(long, "samples", max_tokens=50)) == 2
 
 
+@pytest.mark.parametrize("damage, reason", [("truncated", "compressed file ended early"),
+                                            ("not_gzip", "Not a gzipped file")])
+def test_read_sentences_of_a_damaged_gz_is_one_line(tmp_path, damage, reason):
+    whole = gzip.compress("".join(f"sentence {i} of the file\n" for i in range(200)).encode("utf-8"))
+    path = tmp_path / "samples.txt.gz"
+    path.write_bytes(whole[:len(whole) // 2] if damage == "truncated" else b"plain text, not gzip\n")
+    with pytest.raises(InputError) as info:
+        read_sentences(path, "samples")
+    message = str(info.value)
+    assert message.startswith(f"cannot read samples file {path}: {reason}") and "\n" not in message, message
+
+
 def test_vocabulary_is_sorted_and_distinct():
     assert vocabulary(["b a", "a c"]) == ["a", "b", "c"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -177,6 +178,55 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
         grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
         one_line_error(*cli("reproduce", grid, "--out", tmp_path / "o", "--dry-run")[::2], "reproduce", fragment)
     one_line_error(*cli("reproduce", tmp_path / "none.toml", "--out", tmp_path / "o")[::2], "reproduce", "none.toml")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (b'title = "unclosed\n', "not a readable TOML grid"),
+    (b'title = "caf\xe9"\n', "not a readable TOML grid"),
+    (b'titel = "x"\n[[runs]]\nname = "a"\nmax_steps = 2\n',
+     "unknown top-level key(s) titel (known: title, defaults, runs, slurm, published)"),
+    (b'slurm = "gpu"\n[[runs]]\nname = "a"\nmax_steps = 2\n', "[slurm] must be a table of Slurm options"),
+    (b'title = "no runs"\n', "a grid needs a list of [[runs]]"),
+    (b'runs = "a"\n', "a grid needs a list of [[runs]]"),
+    (b'runs = [1]\n', "runs[0] is not a table"),
+])
+def test_files_that_are_not_grids_exit_2_with_one_line(cli, tmp_path, one_line_error, text, fragment):
+    grid = tmp_path / "grid.toml"
+    grid.write_bytes(text)
+    status, out, err = cli("reproduce", grid, "--out", tmp_path / "o", "--dry-run")
+    one_line_error(status, err, "reproduce", f"{grid}: ", fragment)
+    assert out == "" and not (tmp_path / "o").exists()
+
+
+def test_no_jobs_is_refused_before_anything_runs(cli, tmp_path, corpus_folder, tiny_overrides, one_line_error):
+    from textebm.errors import UserError
+    from textebm.experiments.reproduce import Reproduction
+
+    grid, out = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 2\n'), tmp_path / "o"
+    for extra in (["--dry-run"], ["--device", "cpu"]):
+        status, stdout, err = cli("reproduce", grid, "--out", out, "--jobs", "0", *extra)
+        one_line_error(status, err, "reproduce", "--jobs must be at least 1, not 0")
+        assert stdout == "" and not out.exists()
+    with pytest.raises(UserError, match="--jobs must be at least 1, not 0"):  # the library's own guard
+        Reproduction(load_grid(grid), out, jobs=0)
+
+
+def test_a_run_folder_holding_another_config_is_refused_and_left_alone(cli, tmp_path, small_corpus, tiny_overrides,
+                                                                        trained_run, one_line_error):
+    """The grid's run `a` differs from the run already in out/runs/a (the session's tiny run) in latent_dim:
+    neither a dry run nor a real one may resume it or train over it."""
+    out = tmp_path / "out"
+    folder = out / "runs" / "a"
+    shutil.copytree(trained_run, folder)
+    before = _snapshot(folder)
+    grid = _grid(tmp_path, small_corpus, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 30\n',
+                 extra_set=["latent_dim=8"])
+    for extra in (["--dry-run"], ["--device", "cpu"]):
+        status, stdout, err = cli("reproduce", grid, "--out", out, *extra)
+        one_line_error(status, err, "reproduce", f"{folder} holds a run with another config than the grid's a "
+                       "(differs in latent_dim): remove that folder, or reproduce into another --out")
+        assert stdout == ""
+    assert _snapshot(folder) == before and sorted(p.name for p in out.iterdir()) == ["runs"]
 
 
 def test_an_evaluation_the_corpus_cannot_give_is_refused_before_training(cli, tmp_path, small_corpus, corpus_folder,

@@ -168,6 +168,23 @@ def test_a_metrics_file_cut_short_by_a_kill_plots_and_a_damaged_one_is_one_line(
     one_line_error(*cli("plot", folder)[::2], "plot", f"{metrics}: line 1 is not a JSON record")
 
 
+@pytest.mark.parametrize("metrics, fragment", [
+    (None, "has no metrics.jsonl to plot"),
+    ("", "metrics.jsonl has no training records yet"),
+    ('{"step": 0, "kind": "valid", "valid_nll_posterior": 5.0}\n', "metrics.jsonl has no training records yet"),
+])
+def test_a_run_with_nothing_to_plot_is_one_line(run_copy, cli, one_line_error, metrics, fragment):
+    path, figure = run_copy / "metrics.jsonl", run_copy / "learning_curves.png"
+    figure.unlink(missing_ok=True)
+    if metrics is None:
+        path.unlink()
+    else:
+        path.write_text(metrics, encoding="utf-8")
+    status, out, err = cli("plot", run_copy)
+    one_line_error(status, err, "plot", f"{run_copy}", fragment)
+    assert out == "" and not figure.exists()
+
+
 def test_learning_curves_against_cpu_minutes_and_a_clear_error_for_old_records(tiny_run, cli):
     folder, run = tiny_run
     run(max_steps=3)
