@@ -12,6 +12,7 @@ from textebm.inference.annealing import (
     MixtureReference,
     RowMixture,
     _log_ratio_and_grad,
+    anneal,
     annealed_log_likelihood,
     linear_schedule,
     sigmoid_schedule,
@@ -71,6 +72,25 @@ def test_step_groups_split_a_sentences_chains_into_runs_that_steer_their_own_ste
                                                  generator=torch.Generator().manual_seed(0), step_group=step_group)
         assert chains.log_w.shape == (8,) and torch.allclose(log_px.double(), model.exact_log_px(), atol=0.3)
     assert groups == [4, 2, 1]  # default: all of a sentence's chains share one step size
+
+
+def test_a_step_schedule_is_followed_as_given_and_a_steered_run_reports_the_sizes_it_used():
+    model = closed_form_model(latent_dim=4, sentences=2)
+    reference = _posterior_reference(model, shift=1.0).repeat(3)
+    betas = sigmoid_schedule(5).tolist()  # 5 moves
+    u = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    steered = anneal(model, model.tokens().repeat_interleave(3, 0), reference, u, betas, 1.0,
+                     torch.Generator().manual_seed(1), group=3, trace=True)
+    assert steered.step_sizes.shape == (5, 2) and torch.all(steered.step_sizes[0] == 1.0)
+    assert not torch.all(steered.step_sizes == 1.0)  # steered by the acceptances after every move
+    assert torch.allclose(steered.trace["step"], steered.step_sizes.mean(1))
+    schedule = torch.tensor([[0.3, 0.5], [0.2, 0.4], [0.1, 0.6], [0.3, 0.3], [0.2, 0.2]])
+    fixed = anneal(model, model.tokens().repeat_interleave(3, 0), reference, u, betas, 1.0,
+                   torch.Generator().manual_seed(1), group=3, step_schedule=schedule)
+    assert torch.equal(fixed.step_sizes, schedule)
+    with pytest.raises(ValueError, match="step_schedule must be"):
+        anneal(model, model.tokens().repeat_interleave(3, 0), reference, u, betas, 1.0, group=3,
+               step_schedule=schedule[:4])
 
 
 def _posterior_reference(model, shift: float = 0.0, widen: float = 1.0) -> GaussianReference:
@@ -174,6 +194,19 @@ def test_bdmc_from_a_misplaced_reference_sandwiches_the_exact_log_likelihood():
     assert float((sandwich.lower.double() - exact).mean()) < 0.2
     assert float((sandwich.upper.double() - exact).mean()) > -0.2
     assert float(sandwich.gap.abs().mean()) < 0.3, sandwich
+
+
+def test_bdmc_weighs_chains_of_step_sizes_fixed_by_a_pilot_run(monkeypatch):
+    import textebm.inference.bdmc as bdmc_module
+
+    calls, real = [], bdmc_module.anneal
+    monkeypatch.setattr(bdmc_module, "anneal", lambda *a, **k: calls.append(k.get("step_schedule")) or real(*a, **k))
+    model = closed_form_model(latent_dim=4, sentences=2)
+    codes = model._posterior()[0].float()
+    bdmc(model, model.tokens(), codes, model.exact_log_z(), steps=10, num_chains=3,
+         generator=torch.Generator().manual_seed(0))
+    pilot, forward, reverse = calls
+    assert pilot is None and forward.shape == (10, 2) and torch.equal(reverse, forward.flip(0))
 
 
 def _mode_gaussians(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -45,7 +45,8 @@ keep their mean.
 The step size is shared by a sentence's chains and follows their mean acceptance rate towards 0.65,
 nudged after every temperature. (A chain steered by its own past acceptances no longer has a kernel
 that depends on the present state alone, which AIS's unbiasedness assumes; steered by the group, each
-chain's own share of the steering is 1 / num_chains.)
+chain's own share of the steering is 1 / num_chains.) `anneal(step_schedule=...)` fixes the sizes in
+advance instead: BDMC's bounds take a pilot run's (`textebm.inference.bdmc`).
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def _log_ratio_and_grad(model, tokens: torch.Tensor, reference: GaussianReferenc
 @dataclass
 class AnnealedChains:
     """Per chain (rows sentence-major): the log weight (float64), final code, log p(x | z) there, and the
-    chain's acceptance rate. `trace` (`anneal(trace=True)`): one entry per move, tensors of length
+    chain's acceptance rate; `step_sizes`, the step size each group of chains moved with at each
+    temperature, (len(betas) - 1, groups). `trace` (`anneal(trace=True)`): one entry per move, tensors of length
     len(betas) - 1: "beta", the move's beta_t; "step", the mean step size it used; "acceptance", the
     share of chains that moved; "ell_variance", the mean over groups of the variance of l across a
     group's chains (groups of 2 or more) at the states whose l entered the weights at that step (those
@@ -223,6 +225,7 @@ class AnnealedChains:
     z: torch.Tensor
     log_lik: torch.Tensor
     acceptance: torch.Tensor
+    step_sizes: torch.Tensor
     trace: dict[str, torch.Tensor] | None = None
 
 
@@ -242,13 +245,15 @@ def transition_variances(betas: torch.Tensor, ell_variance: torch.Tensor) -> tup
 def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.Tensor, betas: list[float],
            step_size: float = 1.0, generator: torch.Generator | None = None, max_rows: int = MAX_ROWS,
            group: int = 1, mixture: RowMixture | None = None, trace: bool = False,
-           path: str | Shortlist = "fp32") -> AnnealedChains:
+           path: str | Shortlist = "fp32", step_schedule: torch.Tensor | None = None) -> AnnealedChains:
     """Run the chains `u` (whitened, rows matching `tokens` and `reference`) through `betas` in the order
     given (rising: forward AIS; falling: reverse, whose weights then estimate 1 / (Z_alpha p(x)) with
     the sign flipped), as the module docstring says. Consecutive runs of `group` rows (a sentence's
     chains) share their step size. `mixture`: the rows' mixture reference (`MixtureReference.draw`),
     each row's `reference` then the component it drew. `trace`: record `AnnealedChains.trace` (on the
-    device, no host sync per temperature).
+    device, no host sync per temperature). `step_schedule`: each group's step size at each temperature,
+    (len(betas) - 1, groups), used as given instead of steered by the acceptances (`step_size` is then
+    unused): fixed kernels, as AIS's unbiasedness assumes, e.g. another run's `step_sizes`.
 
     `path`, the likelihood at every temperature below 1: a name of `PATH_PROJECTIONS`, the decoder's
     vocabulary projection ("bf16": its matrix products on bf16 operands, about half the cost of a gradient
@@ -261,6 +266,9 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     `rows_per_sentence` each), by the same argument."""
     if u.shape[0] % group:
         raise ValueError(f"{u.shape[0]} chains do not split into groups of {group}")
+    if step_schedule is not None and tuple(step_schedule.shape) != (len(betas) - 1, u.shape[0] // group):
+        raise ValueError(f"step_schedule must be (temperatures - 1, groups) = ({len(betas) - 1}, "
+                         f"{u.shape[0] // group}), not {tuple(step_schedule.shape)}")
     if not isinstance(path, Shortlist) and path not in PATH_PROJECTIONS:
         raise ValueError(f"path must be a Shortlist or one of {', '.join(PATH_PROJECTIONS)}, not {path!r}")
 
@@ -276,8 +284,8 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
     accepted = torch.zeros(u.shape[0], device=u.device)
     current = level(betas[0])
     ell, grad_ell, log_lik = log_ratio_and_grad(u, current)
-    records = []
-    for previous, beta in zip(betas[:-1], betas[1:]):
+    records, used = [], []
+    for move, (previous, beta) in enumerate(zip(betas[:-1], betas[1:])):
         cancellation.check()
         if level(beta) != current:  # log pi_beta(u) - log pi_previous(u) across the change of projection
             current = level(beta)
@@ -289,6 +297,9 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
         if trace:
             spread = ell.view(-1, group).var(1).mean() if group > 1 else torch.full((), math.nan, device=u.device)
         grad = beta * grad_ell - u
+        if step_schedule is not None:
+            steps = step_schedule[move].to(u.dtype).unsqueeze(1)
+        used.append(steps.squeeze(1))
         step = steps.repeat_interleave(group, 0)
         half = 0.5 * step.pow(2)
         noise = torch.randn(u.shape, dtype=u.dtype, device=u.device, generator=generator)
@@ -308,13 +319,15 @@ def anneal(model, tokens: torch.Tensor, reference: GaussianReference, u: torch.T
         rate = accept.to(u.dtype).view(-1, group).mean(1, keepdim=True)
         if trace:
             records.append(torch.stack([steps.mean(), rate.mean(), spread.to(u.dtype)]))
-        steps = steps * torch.exp(STEP_ADAPTATION * (rate - TARGET_ACCEPTANCE))
+        if step_schedule is None:
+            steps = steps * torch.exp(STEP_ADAPTATION * (rate - TARGET_ACCEPTANCE))
     recorded = None
     if trace and records:
         step, acceptance, ell_variance = torch.stack(records).unbind(1)
         recorded = {"beta": torch.tensor(betas[1:], dtype=torch.float64), "step": step, "acceptance": acceptance,
                     "ell_variance": ell_variance}
-    return AnnealedChains(log_w, reference.to_z(u), log_lik, accepted / max(1, len(betas) - 1), recorded)
+    step_sizes = torch.stack(used) if used else steps.new_zeros(0, steps.shape[0])
+    return AnnealedChains(log_w, reference.to_z(u), log_lik, accepted / max(1, len(betas) - 1), step_sizes, recorded)
 
 
 def annealed_log_likelihood(model, tokens: torch.Tensor, reference: GaussianReference | MixtureReference,

@@ -50,9 +50,10 @@ def bdmc(model, tokens: torch.Tensor, codes: torch.Tensor, log_z: float, steps: 
     so is their mean). `reference`: the annealing's Gaussian reference per sentence (default the
     prior's N(0, sigma^2 I); a Laplace approximation of the posterior makes the path short).
 
-    A sentence's chains share a step size steered by their acceptances (`annealing`'s module docstring):
-    each chain's share of that steering, 1 / num_chains, is a departure from the fixed kernels the bounds
-    assume. With one chain per sentence it would steer itself alone, hence the default of 8."""
+    The bounds assume fixed kernels, so the step sizes are fixed before the weighed chains run: a pilot
+    forward run from other reference draws steers each sentence's step size by its chains' acceptances
+    (`annealing`'s module docstring), and both directions then move with the sizes it used, the reverse
+    in reverse order. The pilot's weights are not used: it costs half again the forward and reverse runs."""
     if steps < 1 or num_chains < 1:
         raise ValueError(f"bdmc needs at least 1 step and 1 chain, not {steps} and {num_chains}")
     b, d = codes.shape
@@ -60,12 +61,14 @@ def bdmc(model, tokens: torch.Tensor, codes: torch.Tensor, log_z: float, steps: 
         reference = GaussianReference.prior(model.prior.sigma, b, d, codes.device)
     rows, references = tokens.repeat_interleave(num_chains, 0), reference.repeat(num_chains)
     betas = sigmoid_schedule(steps).tolist()
+    pilot = torch.randn(b * num_chains, d, device=codes.device, generator=generator)
+    sizes = anneal(model, rows, references, pilot, betas, step_size, generator, max_rows, num_chains).step_sizes
     start = torch.randn(b * num_chains, d, device=codes.device, generator=generator)
-    forward = anneal(model, rows, references, start, betas, step_size, generator, max_rows, num_chains).log_w
-    forward = forward.view(b, num_chains)
+    forward = anneal(model, rows, references, start, betas, step_size, generator, max_rows, num_chains,
+                     step_schedule=sizes).log_w.view(b, num_chains)
     exact = references.to_u(codes.repeat_interleave(num_chains, 0))
-    reverse = anneal(model, rows, references, exact, betas[::-1], step_size, generator, max_rows, num_chains).log_w
-    reverse = reverse.view(b, num_chains)
+    reverse = anneal(model, rows, references, exact, betas[::-1], step_size, generator, max_rows, num_chains,
+                     step_schedule=sizes.flip(0)).log_w.view(b, num_chains)
     # forward weights estimate Z p(x); reverse ones (gathered with beta falling, so with the sign flipped) 1 / (Z p(x))
     lower = torch.logsumexp(forward, 1) - math.log(num_chains) - log_z
     upper = -(torch.logsumexp(reverse, 1) - math.log(num_chains)) - log_z
