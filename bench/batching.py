@@ -6,8 +6,8 @@ so that its sentences are those of a lone `textebm sample --seed S`: per Langevi
 chain one normal draw per request, per decoded token one uniform draw per request. One request of R
 sentences makes one draw of each where R requests make R (on a GPU, R small kernel launches). The
 cost factor is the price of that: 1.0 would say the draws are free. On CUDA at the `ptb` preset's
-sizes, on a CPU at the `cpu` preset's (what `textebm serve` runs on each); the model is untrained and
-never ends a sentence (bench.build_model), so both sides decode all 40 tokens.
+sizes, on a CPU at the `cpu` preset's (the sizes `textebm train` picks on each); the model is untrained
+and never ends a sentence (bench.build_model), so both sides decode all 40 tokens.
 """
 
 from __future__ import annotations
