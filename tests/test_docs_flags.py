@@ -42,14 +42,15 @@ OTHER_PROGRAMS = {
 FENCE = re.compile(r"^\s*(```|~~~)")
 # `--long-name` or `-x`, after a space, `[`, `(` or `|` (not `text-<sha>-o5`, `-log p(x)`, `-rf`)
 OPTION = re.compile(r"(?<![^\s\[(|])(?:--[A-Za-z][\w-]*|-[A-Za-z](?![\w-]))")
-PATH = r"(?<!\S)(?:\S*/)?"
+PATH = r"(?<!\S)(?:\S*/)?"  # a command starts after a space
+END = r"(?=\s|$)"  # and its name ends before one
 TOOLKIT = re.compile(  # where a command of the toolkit starts; the group names its parser
-    rf"{PATH}(?:python3?\s+-m\s+|-m\s+)?(?P<textebm>textebm)(?=\s|$)"
-    rf"|{PATH}python3?\s+-m\s+(?P<module>server|bench(?:\.\w+)?|lm_eval\.\w+)(?=\s|$)"
-    rf"|{PATH}python3?\s+bench/(?P<script>\w+)\.py(?=\s|$)"
-    rf"|(?<!\S)bash\s+bench/(?P<shell>gpu_acceptance)\.sh(?=\s|$)")
+    rf"{PATH}(?:python3?\s+-m\s+|-m\s+)?(?P<textebm>textebm){END}"
+    rf"|{PATH}python3?\s+-m\s+(?P<module>server|bench(?:\.\w+)?|lm_eval\.\w+){END}"
+    rf"|{PATH}python3?\s+bench/(?P<script>\w+)\.py{END}"
+    rf"|(?<!\S)bash\s+bench/(?P<shell>gpu_acceptance)\.sh{END}")
 OTHER = re.compile(PATH + r"(?:python3?\s+-m\s+)?(?P<other>" + "|".join(
-    re.escape(name) for name in sorted(OTHER_PROGRAMS, key=len, reverse=True)) + r")(?=\s|$)")
+    re.escape(name) for name in sorted(OTHER_PROGRAMS, key=len, reverse=True)) + r")" + END)
 QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
@@ -161,8 +162,9 @@ def check(text: str, *, code: bool) -> list[str]:
 
 def pieces(path: Path) -> list[tuple[int, str, bool]]:
     """(line number, text, is code) of each part of a page to check: each code block's commands (lines
-    continued after a backslash, or indented under a command, are one), their comments apart; and each
-    backquoted span of the prose. Code blocks are fenced, or indented by four spaces after a blank line."""
+    continued after a backslash, or indented under a command, are one), their comments apart (a comment's
+    backquoted spans apart again); and each backquoted span of the prose. Code blocks are fenced, or
+    indented by four spaces after a blank line."""
     found, fenced, indented, previous, command = [], False, False, "", None  # command: its index in found
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if FENCE.match(line):
@@ -177,8 +179,9 @@ def pieces(path: Path) -> list[tuple[int, str, bool]]:
         code, _, comment = (line[4:] if indented else line).partition(" #")
         if code.lstrip().startswith("#"):
             code, comment = "", code.lstrip()[1:]
-        if comment.strip():
-            found.append((number, comment, False))
+        if comment.strip():  # prose: its backquoted spans apart (`textebm sample -n 3`), then the rest
+            found += [(number, span, False) for span in re.findall(r"`([^`]+)`", comment)]
+            found.append((number, re.sub(r"`[^`]+`", " ", comment), False))
         above = found[command][1] if command is not None else ""
         if above.endswith("\\") or (code[:1].isspace() and TOOLKIT.search(above) and not TOOLKIT.search(code)):
             found[command] = (found[command][0], above.rstrip("\\") + " " + code.strip(), True)
@@ -198,6 +201,16 @@ def test_every_option_a_page_names_exists_in_its_command(page):
 def test_the_parsers_are_found():
     assert {"textebm", "server", "bench", "bench.gpu_acceptance", "bench.time_to_quality"} <= set(parsers())
     assert "--max-steps" in _command("textebm", ["train"])[1] and "--port" in _command("server", [])[1]
+
+
+def test_pieces_join_continued_commands_and_keep_comments_apart(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("Run `textebm sample -n 3`:\n\n```sh\ntextebm train --corpus ptb \\\n"
+                    "    --max-steps 2   # `textebm sample --seed 1` then\n"
+                    "textebm chain --checkpoint RUN\n              [--steps 0,40]\n```\n", encoding="utf-8")
+    assert pieces(page) == [(1, "textebm sample -n 3", False), (4, "textebm train --corpus ptb  --max-steps 2", True),
+                            (5, "textebm sample --seed 1", False), (5, "   then", False),
+                            (6, "textebm chain --checkpoint RUN [--steps 0,40]", True)]
 
 
 @pytest.mark.parametrize("text, code, problems", [
