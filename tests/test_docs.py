@@ -1,13 +1,9 @@
 """The documentation against the repository: every relative link and anchor in README.md, docs/ and
-data/README.md resolves (with GitHub's heading anchors), and every option that a command in a code
-block names exists in that command's --help (documented options must exist; an option the docs do
-not mention is fine)."""
+data/README.md resolves (with GitHub's heading anchors), and docs/python.md's code runs. (That every
+option the pages name exists in its command: tests/test_docs_flags.py.)"""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -19,8 +15,6 @@ PAGES = [ROOT / "README.md", ROOT / "data" / "README.md", *sorted((ROOT / "docs"
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINK = re.compile(r"\[(?:[^\[\]]|\[[^\]]*\])*\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
-COMMAND = re.compile(r"(?:^|\s)(?:\S*/)?(?:textebm|-m textebm)\s+([a-z][\w-]*)|(?:^|\s)python3? -m (bench[\w.]*)")
 
 
 def _split(text: str) -> tuple[list[str], list[list[str]]]:
@@ -97,74 +91,6 @@ def test_every_relative_link_and_anchor_resolves(page):
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(f"{target}: no heading with anchor #{anchor} in {linked.relative_to(ROOT)}")
     assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
-
-
-def _commands(path: Path) -> list[tuple[str, str]]:
-    """(program or subcommand, the command's text) for each command written in a code block of a page:
-    `textebm CMD ...`, `torchrun ... -m textebm CMD ...`, `python -m bench[.module] ...`. Continuation
-    lines (after a backslash, or indented under a synopsis) belong to the line above; a command runs
-    to the next command's start or the end of its line."""
-    _, blocks = _split(path.read_text(encoding="utf-8"))
-    found = []
-    for block in blocks:
-        logical: list[str] = []
-        for raw in block:
-            line = raw.split(" #")[0].rstrip()
-            if logical and (logical[-1].endswith("\\") or (raw[:1].isspace() and COMMAND.search(logical[-1])
-                                                           and not COMMAND.search(line))):
-                logical[-1] = logical[-1].rstrip("\\") + " " + line.strip()
-            else:
-                logical.append(line)
-        for line in logical:
-            starts = list(COMMAND.finditer(line))
-            for match, following in zip(starts, [*starts[1:], None]):
-                text = line[match.start():following.start() if following else len(line)]
-                found.append((match.group(1) or match.group(2), text.strip()))
-    return found
-
-
-def _help(program: str) -> str | None:
-    """The --help text of a textebm subcommand or a bench module; None when `program` names none."""
-    from textebm.cli import SUBCOMMANDS, build_parser
-
-    if program.startswith("bench"):
-        try:
-            module = importlib.import_module("bench.__main__" if program == "bench" else program)
-        except ImportError:
-            return None
-        parse_args = getattr(module, "parse_args", None) or getattr(module, "main", None)  # either parses argv
-        if parse_args is None:
-            return None
-        argv = ["--help"]
-    elif program.replace("-", "_") in SUBCOMMANDS:
-        parse_args, argv = build_parser().parse_args, [program, "--help"]
-    else:
-        return None
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-        parse_args(argv)
-    return out.getvalue()
-
-
-def test_documented_commands_are_found():
-    commands = [program for page in PAGES for program, _ in _commands(page)]
-    for program in ("train", "evaluate", "serve", "score", "reconstruct", "interpolate", "bench"):
-        assert program in commands, f"no code block runs {program}"
-
-
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_option_in_a_documented_command_exists(page):
-    missing = []
-    for program, text in _commands(page):
-        if program.isupper() or program in ("command",):  # a placeholder: `textebm COMMAND --help`
-            continue
-        help_text = _help(program)
-        if help_text is None:
-            missing.append(f"{program}: no such command ({text})")
-            continue
-        known = set(OPTION.findall(help_text))
-        missing += [f"{program} {option}" for option in OPTION.findall(text) if option not in known]
-    assert not missing, f"{page.relative_to(ROOT)} names options its commands lack: {sorted(set(missing))}"
 
 
 def test_the_python_page_runs_and_samples_as_the_command_does(tmp_path, capsys):

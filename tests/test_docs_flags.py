@@ -203,6 +203,13 @@ def test_the_parsers_are_found():
     assert "--max-steps" in _command("textebm", ["train"])[1] and "--port" in _command("server", [])[1]
 
 
+def test_the_pages_show_the_main_commands():
+    code = "\n".join(text for page in PAGES for _, text, is_code in pieces(page) if is_code)
+    for command in ("textebm train", "textebm evaluate", "textebm serve", "textebm score", "textebm reconstruct",
+                    "textebm interpolate", "python -m bench"):
+        assert command in code, f"no code block runs {command}"
+
+
 def test_pieces_join_continued_commands_and_keep_comments_apart(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("Run `textebm sample -n 3`:\n\n```sh\ntextebm train --corpus ptb \\\n"
