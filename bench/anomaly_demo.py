@@ -75,7 +75,7 @@ def unk_rate(vocab, lines: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.anomaly_demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, help="run folder (repeatable)")
     parser.add_argument("--n", type=int, default=300, help="sentences per set (default 300)")
     parser.add_argument("--num-chains", type=int, default=2)

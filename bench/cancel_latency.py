@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python bench/cancel_latency.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run folder to serve")
     p.add_argument("--prior-steps", type=int, default=40_000, help="prior steps of the long /generate (default 40000)")
     p.add_argument("--posterior-steps", type=int, default=6_000,

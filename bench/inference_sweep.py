@@ -100,7 +100,7 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.inference_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", choices=("posterior", "prior"), default="posterior")
     p.add_argument("--only", nargs="*", help="run these variants of the grid only")
     p.add_argument("--base", nargs="*", default=[], metavar="KEY=VALUE", help="settings shared by every variant")

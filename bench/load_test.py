@@ -29,7 +29,7 @@ MAX_CLIENTS, MAX_DURATION = 256, 600.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python bench/load_test.py", description=__doc__.split("\n\n")[0])
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--checkpoint", help="run folder: start a server for it on a free loopback port")
     target.add_argument("--url", help="base URL of a running server (loopback)")
