@@ -80,3 +80,16 @@ def live_server(app, startup_timeout: float = 60.0, make_server=uvicorn.Server):
 
 def client(base: str, **kwargs) -> httpx.Client:
     return httpx.Client(base_url=base, timeout=60.0, **kwargs)
+
+
+def answers_while_held(url: str, started: threading.Event, done: threading.Event, what: str) -> None:
+    """/health and /info answer, many times over, while a job is held on the worker thread (`started` set,
+    `done` not yet): the event loop never waits for the model. (A loop that did would answer only once the
+    hold ends, when the job is no longer busy, or not within the client's timeout.)"""
+    assert started.wait(10)
+    with client(url) as c:
+        for _ in range(10):
+            r = c.get("/health")
+            assert r.status_code == 200 and r.json()["busy"] is True and r.json()["queued"] == 0
+            assert c.get("/info").status_code == 200
+    assert not done.is_set(), f"the {what} ended while it was held"

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from server_fixtures import client, live_server, train_tiny_run, write_corpus
+from server_fixtures import answers_while_held, client, live_server, train_tiny_run, write_corpus
 
 from server.app import create_app
 from textebm.evaluation import anomaly
@@ -160,9 +160,7 @@ def _held(monkeypatch, module, name: str):
 
 
 def test_a_long_reconstruction_never_blocks_health(tiny_run, monkeypatch):
-    """While a reconstruction is held on the worker thread, /health and /info answer, many times over: the
-    event loop never waits for the model. (A loop that did would answer only once the hold ends, when the
-    job is no longer busy, or not within the client's timeout.)"""
+    """While a reconstruction is held on the worker thread, /health and /info answer (`answers_while_held`)."""
     release, started = _held(monkeypatch, reconstruction, "reconstruct_lines")
     with live_server(create_app(tiny_run)) as url:
         done = threading.Event()
@@ -176,13 +174,7 @@ def test_a_long_reconstruction_never_blocks_health(tiny_run, monkeypatch):
         worker = threading.Thread(target=call)
         worker.start()
         try:
-            assert started.wait(10)
-            with client(url) as c:
-                for _ in range(10):
-                    r = c.get("/health")
-                    assert r.status_code == 200 and r.json()["busy"] is True and r.json()["queued"] == 0
-                    assert c.get("/info").status_code == 200
-            assert not done.is_set(), "the reconstruction ended while it was held"
+            answers_while_held(url, started, done, "reconstruction")
         finally:
             release.set()
         worker.join(30)
