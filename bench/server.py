@@ -37,7 +37,7 @@ def make_run(folder: Path, quick: bool) -> Path:
     from textebm.data.vocab import WordVocab
     from textebm.model.checkpoints import save_checkpoint
     from textebm.model.runs import build_model, create_run
-    from textebm.training.train import make_optimizers
+    from textebm.training.learner import make_optimizers
 
     train = data_dir() / "ptb" / "train.txt"
     lines = train.read_text(encoding="utf-8").splitlines() if train.is_file() else ["a b c"]

@@ -26,7 +26,7 @@ import torch
 from bench import Row, build_model, interleave, median
 from bench.training import token_batches
 from textebm.model.decoder import projected_value_and_grad
-from textebm.training.train import Learner
+from textebm.training.learner import Learner
 
 FULL = dict(vocab=10_002, batch=32, words=23, pool=4, sizes=[], preset="cpu")  # the cpu preset, PTB's 10,002 words
 CUDA = dict(vocab=10_002, batch=64, words=23, pool=4, sizes=[], preset="ptb")  # the paper's sizes, on a GPU

@@ -1,4 +1,4 @@
-"""Training cost: one full learning iteration of `textebm.training.train.Learner.step` against plain references.
+"""Training cost: one full learning iteration of `textebm.training.learner.Learner.step` against plain references.
 
 Two references, run interleaved with the candidate in the same process:
 - the plain short-run chain iteration of bench/reference.py (K1=20 posterior steps, two Adam steps,
@@ -17,9 +17,9 @@ import itertools
 
 import torch
 
-import textebm.training.train as library
 from bench import Row, build_model, interleave, median
 from bench import reference as ref
+from textebm.training.learner import Learner
 
 FULL = dict(vocab=10_000, batch=64, words=21, pool=4,
             sizes=["embedding_dim=256", "hidden_dim=512", "latent_dim=32", "batch_size=64",
@@ -44,8 +44,8 @@ def token_batches(spec: dict, vocab: int) -> list[torch.Tensor]:
 
 
 def candidate_step(model, cfg):
-    """The library's learning iteration (`textebm.training.train.Learner.step`) as a function of a token batch."""
-    return library.Learner(model, cfg, model.device).step
+    """The library's learning iteration (`textebm.training.learner.Learner.step`) as a function of a token batch."""
+    return Learner(model, cfg, model.device).step
 
 
 def variants(overrides: list[str]) -> dict[str, list[str]]:

@@ -187,7 +187,7 @@ def saved_run(tmp_path, tiny_config, train_lines):
     from textebm.data.vocab import WordVocab
     from textebm.model.checkpoints import save_checkpoint
     from textebm.model.runs import build_model, create_run
-    from textebm.training.train import make_optimizers
+    from textebm.training.learner import make_optimizers
 
     vocab = WordVocab.build(train_lines[:200])
     torch.manual_seed(0)

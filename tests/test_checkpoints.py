@@ -29,7 +29,7 @@ from textebm.model.checkpoints import (
     save_checkpoint,
 )
 from textebm.model.runs import build_model, load_config, load_run
-from textebm.training.train import make_learner
+from textebm.training.learner import make_learner
 
 
 def save_format_1(folder, weights, optimizers, step, rng, extra):

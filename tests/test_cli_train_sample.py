@@ -495,10 +495,10 @@ def test_a_stop_request_during_set_up_saves_and_says_so(subprocess_env, train_ar
 # through torchrun, which passes on what it gets).
 _TWO_SIGTERMS_IN_A_STEP = """
 import os, signal, sys, time
-import textebm.training.train as training
+import textebm.training.learner as learner
 from textebm.cli import main
 
-step, calls = training.Learner.step, []
+step, calls = learner.Learner.step, []
 def twice(self, *args, **kwargs):
     calls.append(1)
     if len(calls) == 3:
@@ -507,7 +507,7 @@ def twice(self, *args, **kwargs):
             time.sleep(0.2)  # each is handled before the next arrives
     return step(self, *args, **kwargs)
 
-training.Learner.step = twice
+learner.Learner.step = twice
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -162,7 +162,7 @@ def _learner(overrides, device, vocab_size=50):
     from textebm.config import resolve_config
     from textebm.data.vocab import WordVocab
     from textebm.model.runs import build_model
-    from textebm.training.train import make_learner
+    from textebm.training.learner import make_learner
 
     cfg = resolve_config("cpu", "ptb", [*MODEL, *overrides])
     vocab = WordVocab.build([" ".join(f"w{i}" for i in range(vocab_size))])

@@ -217,7 +217,7 @@ def test_chain_precision_auto_runs_the_bf16_chain_only_where_bf16_is_native(late
 
 
 def test_the_generator_update_stays_fp32_under_a_bf16_chain(latent_model):
-    from textebm.training.train import Learner
+    from textebm.training.learner import Learner
 
     model, tokens = latent_model(5.0, sentences=16)
     model.config = dataclasses.replace(model.config, chain_precision="bf16")

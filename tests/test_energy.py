@@ -7,7 +7,7 @@ from textebm.config import resolve_config
 from textebm.model.energy import EnergyPrior
 from textebm.model.langevin import prior_chain
 from textebm.model.latent_ebm import LatentEBMTextModel
-from textebm.training import train as training
+from textebm.training.learner import Learner
 
 MODES = torch.tensor([[2.0, 2.0], [2.0, -2.0], [-2.0, 2.0], [-2.0, -2.0]])
 
@@ -60,7 +60,7 @@ class ToyLearner:
         self.model = LatentEBMTextModel(cfg, vocab_size=4, pad_id=0, bos_id=1, eos_id=2)
         self.z_pos = None
         self.model.posterior_sample = lambda tokens, *args, **kwargs: self.z_pos
-        self._step = training.Learner(self.model, cfg, "cpu").step
+        self._step = Learner(self.model, cfg, "cpu").step
 
     @property
     def prior(self):

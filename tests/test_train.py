@@ -286,7 +286,7 @@ def test_validation_holds_the_prior_chain_against_an_exact_sampler(small_setup):
 
 
 def _energy_after_steps(small_setup, *overrides, steps=15):
-    from textebm.training.train import Learner
+    from textebm.training.learner import Learner
 
     cfg, vocab, model, train_data, valid_data = small_setup("energy_lr=1e-2", *overrides)
     learner = Learner(model, cfg, "cpu")
@@ -303,7 +303,7 @@ def test_the_energy_penalty_keeps_f_near_zero(small_setup):
 
 
 def test_the_energy_learns_from_warmed_codes_and_the_decoder_from_the_cold_ones(small_setup, monkeypatch):
-    from textebm.training.train import Learner
+    from textebm.training.learner import Learner
 
     cfg, vocab, model, train_data, valid_data = small_setup("energy_warm_steps=2", "energy_warm_step_size=0.3")
     learner = Learner(model, cfg, "cpu")

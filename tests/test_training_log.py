@@ -14,6 +14,7 @@ from textebm.data.batches import encode_lines
 from textebm.data.vocab import build_vocab
 from textebm.model.checkpoints import load_checkpoint
 from textebm.model.runs import build_model, create_run, load_run
+from textebm.training.learner import Learner
 from textebm.training.train import mark_folder, train
 from textebm.training.training_log import Clock, TrainingLog
 
@@ -234,7 +235,7 @@ def test_a_run_resumed_after_a_crash_validates_as_an_uninterrupted_one(tmp_path,
     for name in ("whole", "crashed"):
         create_run(tmp_path / name, cfg, vocab)
     run(tmp_path / "whole")
-    step = training.Learner.step
+    step = Learner.step
     calls = itertools.count(1)
 
     def crashing(self, *args, **kwargs):
@@ -243,7 +244,7 @@ def test_a_run_resumed_after_a_crash_validates_as_an_uninterrupted_one(tmp_path,
         return step(self, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(training.Learner, "step", crashing)
+        patch.setattr(Learner, "step", crashing)
         with pytest.raises(RuntimeError, match="crash"):
             run(tmp_path / "crashed")
     run(tmp_path / "crashed", resume=True)

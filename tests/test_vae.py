@@ -19,7 +19,7 @@ from textebm.model.checkpoints import load_checkpoint
 from textebm.model.langevin import gaussian_noise
 from textebm.model.runs import build_model, load_run
 from textebm.model.vae import RESET_SEED, VAETextModel, free_bits, gaussian_kl, kl_weight, reset_weights
-from textebm.training.train import VAELearner, make_learner
+from textebm.training.learner import VAELearner, make_learner
 
 VAE = ["model=vae", "kl_anneal_steps=0", "free_bits=0"]  # the plain ELBO unless a test says otherwise
 
