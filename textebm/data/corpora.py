@@ -206,9 +206,10 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, opener=open) -> str:
+    """The sha256 of a file's bytes, as `opener` reads them (`gzip.open`: a .gz file's decompressed bytes)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with opener(path, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
@@ -217,13 +218,7 @@ def file_sha256(path: Path) -> str:
 def content_sha256(path: Path) -> str:
     """The sha256 of a split's text: a .gz file's decompressed bytes (recompressing the same text, which
     changes the gzip header, changes nothing), any other file's own."""
-    if path.suffix != ".gz":
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    with gzip.open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path, gzip.open if path.suffix == ".gz" else open)
 
 
 def split_status(name: str, data_dir_arg: str | None = None) -> dict[str, dict]:
