@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from textebm.io import atomic_write_text
+
 MAX_CLIENTS, MAX_DURATION = 256, 600.0
 
 
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
                 proc.kill()
     print(json.dumps(report, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
     ok = report["5xx"] == 0 and report["requests_ok"] > 0 and report["transport_errors"] == 0
     print("PASS: zero 5xx" if ok else "FAIL: 5xx answers, transport errors or no successful request", file=sys.stderr)
     return 0 if ok else 1
