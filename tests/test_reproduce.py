@@ -34,7 +34,7 @@ def _snapshot(folder):
     return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_folder, tiny_overrides):
+def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_folder, tiny_overrides, one_line_error):
     runs = f'[[runs]]\nname = "tiny"\nlabel = "tiny EBM"\nmax_steps = 6\nseeds = [0, 1]\nevaluate = [{EVALUATE}]\n'
     grid = _grid(tmp_path, corpus_folder, tiny_overrides, runs)
     out = tmp_path / "out"
@@ -67,6 +67,9 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     assert cells[3] == "6" and float(cells[6]) == pytest.approx(final["valid_nll_posterior"], rel=1e-3)
     assert float(cells[8]) == pytest.approx(final["valid_gap"], rel=1e-2, abs=1e-3)
     assert results["runs"][0]["train"]["machine"]["cores"] == os.cpu_count()
+    # the commit the marker names is that of the code that trained (its last segment's), the driver's own
+    ledger = json.loads((out / "runs" / "tiny-seed0" / BUDGET).read_text())
+    assert results["runs"][0]["train"]["commit"] == ledger["segments"][-1]["commit"] == code_commit()
 
     before = _snapshot(out)
     status, stdout, err = cli("reproduce", grid, "--out", out, "--dry-run")
@@ -88,6 +91,12 @@ def test_a_finished_grid_is_reported_done_and_left_alone(cli, tmp_path, corpus_f
     assert "| tiny EBM | 0, 1 |" in (out / "results.md").read_text()
     again = _snapshot(out)
     assert {p for p in again if again[p] != after.get(p)} == changed
+    # a grid that now gives the runs less than they trained: refused, not filed under the smaller budget
+    smaller = _grid(tmp_path, corpus_folder, tiny_overrides, runs.replace("max_steps = 6", "max_steps = 4"))
+    for extra in (["--dry-run"], ["--device", "cpu"]):
+        status, stdout, err = cli("reproduce", smaller, "--out", out, *extra)
+        one_line_error(status, err, "reproduce", "tiny-seed0", "6 steps > max_steps 4", "remove that folder")
+    assert _snapshot(out) == again
 
 
 def test_a_killed_training_resumes_from_its_checkpoint_within_its_total_budget(
@@ -167,6 +176,9 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
         '[[runs]]\nname = "a"\nmax_steps = 2\nevaluate = [{ num_chains = 0 }]\n': "--num-chains",
         '[[runs]]\nname = "a"\nmax_steps = 2\n[[runs]]\nname = "a"\nmax_steps = 3\n': "used twice",
         '[[runs]]\nname = "a b"\nmax_steps = 2\n': "name",
+        '[[runs]]\nname = "."\nmax_steps = 2\n': "start with a letter or digit",  # OUT/runs itself
+        '[[runs]]\nname = ".."\nmax_steps = 2\n': "start with a letter or digit",  # OUT
+        '[[runs]]\nname = ".hidden"\nmax_steps = 2\n': "start with a letter or digit",
         '[[runs]]\nname = "a"\nmax_steps = 2\nseed = 1\nseeds = [2]\n': "not both",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 0\n': "max_cpu_minutes",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 1\nkeep_at = [0.5, -1]\n': "keep_at",
@@ -333,3 +345,75 @@ def test_marks_are_evaluated_into_time_to_quality_curves(cli, tmp_path, corpus_f
     assert (out / "time_to_quality-corpus.png").read_bytes()[:4] == b"\x89PNG"
     stdout = cli("reproduce", grid, "--out", out, "--dry-run")[1]
     assert "2 of 2 marks evaluated" in stdout and "everything is done" in stdout
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything(cli, tmp_path, corpus_folder, tiny_overrides,
+                                                         one_line_error):
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 2\n')
+    afile = tmp_path / "afile"
+    afile.write_text("kept\n")
+    for extra in (["--dry-run"], ["--results-only"], ["--device", "cpu"]):
+        one_line_error(*cli("reproduce", grid, "--out", afile, *extra)[::2], "reproduce", "afile", "not a folder")
+    assert afile.read_text() == "kept\n"
+
+
+def test_training_runs_the_drivers_textebm_not_one_in_the_working_directory(cli, tmp_path, corpus_folder,
+                                                                           tiny_overrides, monkeypatch):
+    """Run from another checkout's root, the driver must not train with that checkout's code while its markers
+    name its own commit."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "textebm").mkdir(parents=True)
+    (elsewhere / "textebm" / "__init__.py").write_text("")
+    (elsewhere / "textebm" / "__main__.py").write_text(
+        f"open({str(tmp_path / 'wrong-textebm-ran')!r}, 'w').close()\nraise SystemExit(3)\n")
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 2\n')
+    monkeypatch.chdir(elsewhere)
+    status, stdout, err = cli("reproduce", grid, "--out", tmp_path / "out", "--device", "cpu", "--train-only")
+    assert status == 0, stdout + err
+    assert not (tmp_path / "wrong-textebm-ran").exists()
+    assert json.loads((tmp_path / "out" / "runs" / "a" / TRAIN_MARKER).read_text())["step"] == 2
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process states from /proc (Linux)")
+def test_an_evaluation_process_ends_with_the_driver_that_started_it(tmp_path, subprocess_env):
+    """An evaluation holds no run lock: a driver killed outright must not leave it evaluating beside the
+    evaluation that the next driver starts."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from textebm.experiments.reproduce import _end_with_parent\n"
+        "def job(path):\n"
+        "    _end_with_parent()\n"
+        "    with open(path + '.tmp', 'w') as f:\n"
+        "        f.write(str(os.getpid()))\n"
+        "    os.replace(path + '.tmp', path)\n"
+        "    time.sleep(300)\n"
+        "if __name__ == '__main__':\n"
+        "    multiprocessing.get_context('spawn').Process(target=job, args=(sys.argv[1],)).start()\n"
+        "    time.sleep(300)\n")
+    pid_file = tmp_path / "evaluation.pid"
+    process = subprocess.Popen([sys.executable, str(driver), str(pid_file)], env=subprocess_env)
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        evaluation = int(pid_file.read_text())
+        assert not _gone(evaluation)
+        process.kill()  # SIGKILL: the driver has no chance to stop its children
+        process.wait()
+        deadline = time.monotonic() + 60
+        while not _gone(evaluation) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(evaluation)
+    finally:
+        process.kill()
+        if pid_file.exists() and not _gone(int(pid_file.read_text())):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

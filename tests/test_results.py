@@ -64,3 +64,16 @@ def test_the_likelihood_table_says_whose_mi_and_active_units_it_shows():
     assert "| ESS | MI (E KL) | active units (swap) | gap |" in header and "| 3.91 | 29 |" in row
     for key in ("mutual_information_aggregate", "active_units_mean_variance"):
         assert f"vae.{key}" in INTRO and f'"{key}":' in inspect.getsource(vae_figures)
+
+
+def test_the_training_table_keeps_a_dirty_trees_plus():
+    """A run trained from a work tree that differed from its commit says so: the commit's `+` survives the
+    table's short form."""
+    from textebm.experiments.results import _training_section
+
+    def run(name, commit):
+        return {"name": name, "train": {"commit": commit, "step": 6, "machine": {"vector": "AVX2"}}}
+
+    rows = [line for line in _training_section([run("clean", "a" * 40), run("dirty", "b" * 40 + "+")])
+            if line.startswith(("| clean |", "| dirty |"))]
+    assert [row.split("|")[2].strip() for row in rows] == ["a" * 8, "b" * 8 + "+"]

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs must be at least 1, not {args.jobs}")
     grid = load_grid(args.grid)
     out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():  # (a folder that is not there yet is made by the run)
+        raise UserError(f"cannot write {out}: it is not a folder")
     if args.dry_run:
         print(format_plan(grid, out, plan(grid, out), args.jobs))
         return 0

@@ -46,7 +46,7 @@ from textebm.errors import UserError
 
 RUN_KEYS = {"name", "label", "corpus", "train_split", "preset", "set", "max_minutes", "max_cpu_minutes", "max_steps",
             "keep_at", "evaluate_marks", "seed", "seeds", "evaluate"}
-NAME = re.compile(r"[A-Za-z0-9._-]+")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a folder under OUT/runs: never `.`, `..` or hidden
 NOT_IN_GRIDS = ("protocol",)  # the later papers' protocol (wKL, neural rPPL): `textebm evaluate` only, for now
 
 
@@ -198,7 +198,7 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
         if not isinstance(entry.get(key), str) or not entry[key]:
             fail(f"`{key}` must be a non-empty string")
     if not NAME.fullmatch(entry["name"]):
-        fail("`name` may hold only letters, digits, '.', '_' and '-'")
+        fail("`name` must start with a letter or digit and hold only letters, digits, '.', '_' and '-'")
     preset = entry.get("preset", "cpu")
     if preset not in preset_names():
         fail(f"unknown preset {preset!r} (available: {', '.join(preset_names())})")

@@ -26,6 +26,7 @@ again). `--train-only` trains and leaves the evaluations for a later call.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -169,8 +170,29 @@ def train_state(spec: RunSpec, folder: Path) -> TrainState:
         return TrainState("done", marker["step"], marker["train_minutes"], marker)
     if checkpoint_file(folder) is not None:
         step, clock = checkpoint_clock(folder)
-        return TrainState("resume", step, spent_seconds(folder) / 60, cpu_minutes=clock.get("cpu_seconds", 0.0) / 60)
+        state = TrainState("resume", step, spent_seconds(folder) / 60, cpu_minutes=clock.get("cpu_seconds", 0.0) / 60)
+        _check_not_past(spec, folder, state, (marker or {}).get("budget") or {})
+        return state
     return TrainState("start")
+
+
+def _check_not_past(spec: RunSpec, folder: Path, state: TrainState, finished_under: dict) -> None:
+    """A UserError where the run already trained past the grid's budget (the grid gave it less since):
+    resuming would stop at once and file the longer training under the shorter budget. A step count
+    is exact; a clock only tells where a finished run's budget (`finished_under`, its marker's) shrank
+    in that clock (a run may end a little past its own budget, an interrupted one just short of it)."""
+    def shrank(key: str, value: float) -> bool:
+        limit = getattr(spec, key)
+        return limit is not None and value > limit and limit < (finished_under.get(key) or math.inf)
+
+    past = [f"{value:.4g} {what} > {key} {getattr(spec, key):g}" for key, value, what in (
+        ("max_cpu_minutes", state.cpu_minutes, "CPU minutes"), ("max_minutes", state.spent_minutes, "minutes"))
+        if finished_under and shrank(key, value)]
+    if spec.max_steps is not None and state.step > spec.max_steps:
+        past.insert(0, f"{state.step} steps > max_steps {spec.max_steps}")
+    if past:
+        raise UserError(f"{folder} trained past the grid's budget for {spec.name} ({'; '.join(past)}): remove "
+                        "that folder to train it again with the smaller budget, or reproduce into another --out")
 
 
 def evaluation_done(folder: Path, evaluation: Evaluation, step: int | None) -> bool:
@@ -353,9 +375,24 @@ def _stopped_by(folder: Path) -> str | None:
     return found[-1] if found else None
 
 
+def _end_with_parent() -> None:
+    """End this process when the driver that started it dies. An evaluation, unlike a training, does not
+    hold its run's lock (a spawned process inherits no descriptor): left running, it would evaluate the
+    run beside the one a new driver starts. What it has saved (per chunk) the next evaluation resumes."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="end-with-parent").start()
+
+
 def _evaluation_job(options: dict, marker: dict, log: str) -> None:
     """An evaluation in its own process (spawned): its output to `log`, its marker at the end."""
     os.setsid()  # stop requests come from the driver only, once
+    _end_with_parent()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -394,14 +431,20 @@ class Reproduction:
 
     def echo(self, text: str) -> None:
         with self._echo_lock:
-            self._echo(f"{time.strftime('%H:%M:%S')} {text}")
+            try:
+                self._echo(f"{time.strftime('%H:%M:%S')} {text}")
+            except OSError:  # a terminal hung up: the runs' own logs and markers still say everything
+                pass
 
     def run(self) -> str:
         """Every run to the end; returns done | failed | interrupted."""
         def stop_request(signum, frame):
             raise KeyboardInterrupt
 
-        previous = signal.signal(signal.SIGTERM, stop_request)
+        # SIGHUP too: a closed terminal or a dropped ssh session stops the runs in order, as Ctrl-C does
+        # (unless it is ignored: under nohup the runs go on)
+        stops = [signal.SIGTERM] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) != signal.SIG_IGN)
+        previous = {sig: signal.signal(sig, stop_request) for sig in stops}
         pool = ThreadPoolExecutor(self.jobs)
         try:
             self._futures = futures = [pool.submit(self._run_one, spec) for spec in self.grid.runs]
@@ -420,7 +463,8 @@ class Reproduction:
                 raise
             return "interrupted"
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         pool.shutdown(wait=True)
         return "failed" if self.failures or self.busy else "done"
 
@@ -472,12 +516,14 @@ class Reproduction:
     def _train(self, spec: RunSpec, folder: Path, state: TrainState, lock: RunLock) -> TrainState | None:
         resume = state.action == "resume"
         if not resume and folder.exists():  # a start that never reached its first checkpoint: begin again
+            if folder.resolve().parent != (self.out / "runs").resolve():  # (grid names cannot do this)
+                raise UserError(f"{folder} is not a run folder of {self.out / 'runs'}: not removed")
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         given = None
         if spec.max_minutes is not None:
             given = max(MIN_MINUTES, spec.max_minutes - spent_seconds(folder) / 60)
-        command = [sys.executable, "-m", "textebm", "train", "--corpus", spec.corpus, "--out", str(folder),
+        command = [sys.executable, "-P", "-m", "textebm", "train", "--corpus", spec.corpus, "--out", str(folder),
                    "--device", self.device, "--threads", "1", "--no-progress"]
         if self.data_dir:
             command += ["--data-dir", self.data_dir]
@@ -507,7 +553,8 @@ class Reproduction:
         segments = read_json(folder / BUDGET)["segments"]
         marker = {"budget": budget_of(spec), "step": step, "stopped_by": _stopped_by(folder),
                   "train_minutes": round(spent / 60, 3),
-                  "train_cpu_minutes": round(clock.get("cpu_seconds", 0.0) / 60, 3), "commit": code_commit(),
+                  "train_cpu_minutes": round(clock.get("cpu_seconds", 0.0) / 60, 3),
+                  "commit": segments[-1].get("commit") or code_commit(),  # the code that trained last
                   "segment_commits": [segment.get("commit") for segment in segments],  # None: kept since 2026-12-03
                   "segments": len(segments), "machine": cpu_description(),
                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -543,7 +590,11 @@ class Reproduction:
                       f"{(time.time() - started) / 60:.1f} min")
 
     def _child(self, spec: RunSpec, command: list[str], log: Path, lock_fd: int, on_start) -> int:
-        env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
+        # The textebm this driver runs (whose commit the markers record), not one in the cwd: `-P` keeps the
+        # cwd off the child's path, and the folder this textebm was imported from goes first on it.
+        source = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
             handle.flush()

@@ -265,7 +265,8 @@ def _training_section(runs: list[dict]) -> list[str]:
         unit = machine.get("vector") or "—"
         if machine.get("amx"):
             unit += " + AMX"
-        rows.append([run["name"], (train.get("commit") or "—")[:8], unit, str(train["step"]),
+        commit = train.get("commit") or "—"
+        rows.append([run["name"], commit[:8] + ("+" if commit.endswith("+") else ""), unit, str(train["step"]),
                      _num(train.get("train_cpu_minutes"), 3), _num(train.get("train_minutes"), 3)]
                     + [_num(valid.get(key), digits) for key, digits in (
                         ("valid_nll_posterior", 4), ("valid_nll_prior", 4), ("valid_gap", 3),
