@@ -181,6 +181,7 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
         '[[runs]]\nname = ".hidden"\nmax_steps = 2\n': "start with a letter or digit",
         '[[runs]]\nname = "a"\nmax_steps = 2\nseed = 1\nseeds = [2]\n': "not both",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 0\n': "max_cpu_minutes",
+        '[[runs]]\nname = "a"\nmax_minutes = inf\n': "max_minutes",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 1\nkeep_at = [0.5, -1]\n': "keep_at",
         '[[runs]]\nname = "a"\nmax_steps = 2\n[published]\nsource = "p"\nrows = [{ corpus = "ptb", model = "m", '
         'fppl = -1 }]\n': "positive numbers",
@@ -355,6 +356,17 @@ def test_an_out_that_is_a_file_is_refused_before_anything(cli, tmp_path, corpus_
     for extra in (["--dry-run"], ["--results-only"], ["--device", "cpu"]):
         one_line_error(*cli("reproduce", grid, "--out", afile, *extra)[::2], "reproduce", "afile", "not a folder")
     assert afile.read_text() == "kept\n"
+
+
+def test_a_device_or_options_this_call_cannot_use_are_refused_once_before_anything(cli, tmp_path, corpus_folder,
+                                                                                   tiny_overrides, one_line_error):
+    grid = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 2\n[[runs]]\n'
+                 'name = "b"\nmax_steps = 2\n')
+    out = tmp_path / "out"
+    one_line_error(*cli("reproduce", grid, "--out", out, "--device", "gpu0")[::2], "reproduce", "unknown device")
+    for extra in (["--slurm", "partition=gpu"], ["--no-wait"]):
+        one_line_error(*cli("reproduce", grid, "--out", out, *extra)[::2], "reproduce", "--executor slurm")
+    assert not out.exists()
 
 
 def test_training_runs_the_drivers_textebm_not_one_in_the_working_directory(cli, tmp_path, corpus_folder,

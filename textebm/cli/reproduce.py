@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, not {args.jobs}")
+    if args.executor != "slurm" and (args.slurm or args.no_wait):
+        raise UserError("--slurm and --no-wait are for --executor slurm")
     grid = load_grid(args.grid)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():  # (a folder that is not there yet is made by the run)
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.executor == "slurm":
         return _on_slurm(args, grid, out, command)
+    from textebm.devices import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks fails here once, not in every run's training
     status = reproduce(grid, out, args.jobs, args.data_dir, args.device, command,
                        echo=lambda text: print(text, flush=True), train_only=args.train_only)
     if status == "interrupted":

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -274,7 +275,7 @@ def _is_int(x) -> bool:
 
 
 def _is_positive_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf  # (TOML has inf)
 
 
 def _table_list(value, key: str, fail) -> list[dict]:
