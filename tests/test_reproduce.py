@@ -429,3 +429,25 @@ def test_an_evaluation_process_ends_with_the_driver_that_started_it(tmp_path, su
         process.kill()
         if pid_file.exists() and not _gone(int(pid_file.read_text())):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_budget_below_what_a_run_trained_is_told_by_its_clocks_only_where_they_shrank():
+    from types import SimpleNamespace
+
+    from textebm.errors import UserError
+    from textebm.experiments.reproduce import TrainState, _check_not_past
+
+    def spec(**budget):
+        return SimpleNamespace(name="r", **{"max_steps": None, "max_cpu_minutes": None, "max_minutes": None, **budget})
+
+    trained = TrainState("resume", 817, spent_minutes=42.3, cpu_minutes=30.03)
+    with pytest.raises(UserError, match="30.03 CPU minutes > max_cpu_minutes 20"):
+        _check_not_past(spec(max_cpu_minutes=20), "F", trained, {"max_cpu_minutes": 30})
+    with pytest.raises(UserError, match="42.3 minutes > max_minutes 40"):
+        _check_not_past(spec(max_minutes=40), "F", trained, {"max_minutes": None, "max_cpu_minutes": 30})
+    with pytest.raises(UserError, match="817 steps > max_steps 800"):
+        _check_not_past(spec(max_steps=800), "F", trained, {})  # steps are exact, finished or not
+    # a run ends a little past its own budget: the same clock budget (another key changed) is no shrink
+    _check_not_past(spec(max_cpu_minutes=30, max_steps=900), "F", trained, {"max_cpu_minutes": 30})
+    # an interrupted run (no marker) may sit just past its end: resuming finishes it
+    _check_not_past(spec(max_cpu_minutes=20), "F", trained, {})

@@ -181,15 +181,14 @@ def _check_not_past(spec: RunSpec, folder: Path, state: TrainState, finished_und
     resuming would stop at once and file the longer training under the shorter budget. A step count
     is exact; a clock only tells where a finished run's budget (`finished_under`, its marker's) shrank
     in that clock (a run may end a little past its own budget, an interrupted one just short of it)."""
-    def shrank(key: str, value: float) -> bool:
-        limit = getattr(spec, key)
-        return limit is not None and value > limit and limit < (finished_under.get(key) or math.inf)
-
-    past = [f"{value:.4g} {what} > {key} {getattr(spec, key):g}" for key, value, what in (
-        ("max_cpu_minutes", state.cpu_minutes, "CPU minutes"), ("max_minutes", state.spent_minutes, "minutes"))
-        if finished_under and shrank(key, value)]
+    past = []
     if spec.max_steps is not None and state.step > spec.max_steps:
-        past.insert(0, f"{state.step} steps > max_steps {spec.max_steps}")
+        past.append(f"{state.step} steps > max_steps {spec.max_steps}")
+    for key, value, what in (("max_cpu_minutes", state.cpu_minutes, "CPU minutes"),
+                             ("max_minutes", state.spent_minutes, "minutes")):
+        limit = getattr(spec, key)
+        if finished_under and limit is not None and limit < value and limit < (finished_under.get(key) or math.inf):
+            past.append(f"{value:.4g} {what} > {key} {limit:g}")
     if past:
         raise UserError(f"{folder} trained past the grid's budget for {spec.name} ({'; '.join(past)}): remove "
                         "that folder to train it again with the smaller budget, or reproduce into another --out")
