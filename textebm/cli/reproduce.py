@@ -46,15 +46,14 @@ def run(args: argparse.Namespace) -> int:
     from textebm.errors import UserError
     from textebm.experiments.grid import load_grid
     from textebm.experiments.reproduce import format_plan, plan, reproduce
+    from textebm.io import check_writable
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, not {args.jobs}")
     if args.executor != "slurm" and (args.slurm or args.no_wait):
         raise UserError("--slurm and --no-wait are for --executor slurm")
     grid = load_grid(args.grid)
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():  # (a folder that is not there yet is made by the run)
-        raise UserError(f"cannot write {out}: it is not a folder")
+    out = check_writable(Path(args.out).expanduser(), folder=True)
     if args.dry_run:
         print(format_plan(grid, out, plan(grid, out), args.jobs))
         return 0
