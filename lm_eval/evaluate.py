@@ -10,6 +10,7 @@ of its vocabulary; `add_train_vocab=False` turns that off.
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from lm_eval.ngram import (
     DEFAULT_MEMORY,
     DEFAULT_ORDER,
     NgramLM,
+    kenlm_module,
     load_model,
     real_data_lm,
     train_ngram_lm,
+    validate_memory,
     validate_order,
 )
 from lm_eval.sample_statistics import SELF_BLEU_SEED, SELF_BLEU_SIZE, sample_stats
@@ -39,15 +42,23 @@ def _as_model(lm):
     return lm
 
 
-def forward_ppl(samples: list[str], lm, count_eos: bool = False) -> Perplexity:
+def _as_sentences(sentences, what: str) -> list[str]:
+    """Normalised sentences from a list of them or a `Sentences`; a bare string would be read as characters."""
+    if isinstance(sentences, Sentences):
+        return sentences.sentences
+    if isinstance(sentences, (str, bytes)):
+        raise InputError(f"{what}: expected a list of sentences, got one string (read a file with read_sentences)")
+    return list(sentences)
+
+
+def forward_ppl(samples: list[str] | Sentences, lm, count_eos: bool = False) -> Perplexity:
     """FPPL: normalised sample sentences under a real-data LM (NgramLM, model path or kenlm.Model)."""
-    return perplexity(_as_model(lm), samples, count_eos=count_eos)
+    return perplexity(_as_model(lm), _as_sentences(samples, "samples"), count_eos=count_eos)
 
 
 @dataclass
 class ReversePPL:
     test: Perplexity  # the real test text under the LM of the samples: RPPL is test.ppl
-    samples: Perplexity  # the samples under their own LM (for its OOV rate)
     discount_fallback: bool
     vocab_lines: int  # real-vocabulary lines added to the reverse LM's training text
 
@@ -56,7 +67,7 @@ class ReversePPL:
         return self.test.ppl
 
 
-def reverse_ppl(samples: list[str], test: list[str], train_vocab: list[str] | None = None,
+def reverse_ppl(samples: list[str] | Sentences, test: list[str] | Sentences, train_vocab: list[str] | None = None,
                 order: int = DEFAULT_ORDER, count_eos: bool = False, memory: str = DEFAULT_MEMORY,
                 tools: KenLMTools | None = None) -> ReversePPL:
     """RPPL: estimate an LM on samples (+ one line per word of `train_vocab`), score `test`.
@@ -64,12 +75,12 @@ def reverse_ppl(samples: list[str], test: list[str], train_vocab: list[str] | No
     The reverse LM lives in a temporary folder that is removed before returning.
     """
     vocab = list(train_vocab or [])
+    samples, test = _as_sentences(samples, "samples"), _as_sentences(test, "test text")
     with tempfile.TemporaryDirectory(prefix="textebm-reverse-") as tmp:
-        lm = train_ngram_lm(list(samples) + vocab, Path(tmp) / "reverse.klm", order=order,
-                            memory=memory, tools=tools)
+        lm = train_ngram_lm(samples + vocab, Path(tmp) / "reverse.klm", order=order, memory=memory, tools=tools,
+                            role="the reverse LM of the samples")
         model = lm.load()
-        result = ReversePPL(perplexity(model, test, count_eos), perplexity(model, samples, count_eos),
-                            lm.discount_fallback, len(vocab))
+        result = ReversePPL(perplexity(model, test, count_eos), lm.discount_fallback, len(vocab))
         del model
     return result
 
@@ -79,7 +90,7 @@ def _real_model(train: list[str], order, memory, tools):
     lm = real_data_lm(train, order=order, memory=memory, tools=tools)
     try:
         return lm, lm.load()
-    except (OSError, RuntimeError):
+    except InputError:
         if not lm.cached:
             raise EstimationError(f"KenLM could not load the model it just built: {lm.path}") from None
         Path(lm.path).unlink(missing_ok=True)
@@ -97,15 +108,20 @@ def evaluate_sample_sets(sample_sets: dict[str, Sentences], train: Sentences, te
     once, whatever the number of sets; each set gets its own reverse LM. Inputs are normalised
     sentences (`read_sentences` / `normalize_lines`). Returns {"real": {...}, "sets": {name: {...}}}."""
     validate_order(order)
+    validate_memory(memory)
     tools = find_tools()  # fail early, before any work, when KenLM is missing
+    kenlm_module()
     for name, samples in sample_sets.items():
         if not samples.sentences:
             raise InputError(f"sample set {name!r} has no sentences")
     # The sample statistics (self-BLEU is the slow part) are pure Python; they run in a thread
-    # while this one mostly waits for lmplz and build_binary, which are subprocesses.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # while this one mostly waits for lmplz and build_binary, which are subprocesses. An error or a
+    # Ctrl-C here stops them at their next sentence instead of waiting for every set's self-BLEU.
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
         train_set = set(train.sentences)
-        stats_jobs = {name: pool.submit(sample_stats, samples.sentences, train_set, self_bleu_size, seed)
+        stats_jobs = {name: pool.submit(sample_stats, samples.sentences, train_set, self_bleu_size, seed, stop)
                       for name, samples in sample_sets.items()}
         real_lm, real_model = _real_model(train.sentences, order, memory, tools)
         real_test = perplexity(real_model, test.sentences, count_eos)
@@ -123,12 +139,14 @@ def evaluate_sample_sets(sample_sets: dict[str, Sentences], train: Sentences, te
                 "num_samples": len(samples),
                 "blank_lines": samples.blank_lines,
                 "discount_fallback": rev.discount_fallback,
-                "oov_rate": {"samples_under_real_lm": fwd.oov_rate, "samples_under_reverse_lm": rev.samples.oov_rate,
-                             "test_under_reverse_lm": rev.test.oov_rate},
+                "oov_rate": {"samples_under_real_lm": fwd.oov_rate, "test_under_reverse_lm": rev.test.oov_rate},
                 "num_words": fwd.num_words,
                 "reverse_lm_vocab_lines": rev.vocab_lines,
                 **stats_jobs[name].result(),
             }
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
     real = {"path": real_lm.path, "cached": real_lm.cached, "num_sentences": real_lm.num_sentences,
             "discount_fallback": real_lm.discount_fallback, "test_ppl": real_test.ppl,
             "test_oov_rate": real_test.oov_rate, "test_num_words": real_test.num_words,
@@ -144,7 +162,9 @@ def evaluate_samples(samples_path: str | Path, train_path: str | Path, test_path
     """FPPL, RPPL, OOV rates and sample statistics of a samples file, as one JSON-ready dict."""
     start = time.perf_counter()
     validate_order(order)
+    validate_memory(memory)
     find_tools()  # fail early, before reading anything, when KenLM is missing
+    kenlm_module()
     samples = read_sentences(samples_path, "samples", max_tokens=max_tokens)
     train = read_sentences(train_path, "training", max_tokens=max_tokens)
     test = read_sentences(test_path, "test", max_tokens=max_tokens)

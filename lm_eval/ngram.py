@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lm_eval.errors import EstimationError, EvalError, KenLMToolsMissing
+from lm_eval.errors import EstimationError, EvalError, InputError, KenLMToolsMissing
 from lm_eval.kenlm_tools import KENLM_VERSION, KenLMTools, cache_root, find_tools
-from lm_eval.text import ESCAPE_VERSION, kenlm_line, read_sentences, text_sha256
+from lm_eval.text import ESCAPE_VERSION, Sentences, kenlm_line, read_sentences, text_sha256
 
 DEFAULT_ORDER = 5
 # lmplz's memory bound (-S): ample for PTB (peak RSS ~230 MB) and enough for larger corpora,
@@ -28,6 +29,10 @@ DEFAULT_MEMORY = "1G"
 MIN_ORDER = 2
 MAX_ORDER = 6  # KENLM_MAX_ORDER of the default kenlm builds (Python module and tools)
 ENV_LM_CACHE = "TEXTEBM_LM_CACHE_DIR"
+# lmplz's and build_binary's -S: a number, optionally with a unit (b, K, M, G, T, P, E) or % of the RAM.
+_MEMORY = re.compile(r"^[0-9]+(?:\.[0-9]+)?[%bKMGTPE]?$")
+# The first bytes of a KenLM binary model: anything else in the cache is damage, rebuilt without a load.
+_BINARY_MAGIC = b"mmap lm "
 
 
 @dataclass
@@ -44,14 +49,32 @@ class NgramLM:
         return load_model(self.path)
 
 
-def load_model(path: str | Path):
-    """Open a KenLM model (binary or ARPA) with the Python module."""
+def kenlm_module():
+    """The `kenlm` Python module, or the error that says how to install it: asked before any work, too."""
     try:
         import kenlm
     except ImportError:  # it builds from source only, so a pip install can leave it out
         raise KenLMToolsMissing("KenLM's Python module is not installed: pip install kenlm (it compiles: a C++ "
                                 "compiler, CMake, Boost and zlib; setup.sh installs them)") from None
-    return kenlm.Model(str(path))
+    return kenlm
+
+
+def load_model(path: str | Path):
+    """Open a KenLM model (binary or ARPA) with the Python module; `InputError` when it cannot be read."""
+    kenlm = kenlm_module()
+    if not Path(path).is_file():
+        raise InputError(f"KenLM model not found: {path}")
+    try:
+        return kenlm.Model(str(path))
+    except (OSError, RuntimeError) as err:  # missing, unreadable, or not a model (KenLM names its C++ source)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"cannot load the KenLM model {path}: {reason.split(' threw ')[-1][:160]}") from None
+
+
+def validate_memory(memory: str) -> None:
+    if not _MEMORY.match(str(memory)):
+        raise EstimationError(f"memory bound {memory!r} is not a size lmplz reads (a number with an optional unit "
+                              "b, K, M, G, T, P, E, or a % of the RAM: e.g. 1G, 500M, 20%)")
 
 
 def _bad_discount(stderr: str) -> bool:
@@ -59,12 +82,17 @@ def _bad_discount(stderr: str) -> bool:
 
 
 def _error_line(stderr: str, tool: str) -> str:
-    """The most telling line of a tool's error output, for a one-line message."""
+    """The most telling line of a tool's error output, for a one-line message.
+
+    KenLM names the exception on one line and explains it on the next ("MallocException ..." then
+    "Cannot allocate memory for ... bytes"): both are kept, the explanation first."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for ln in lines:
+    for i, ln in enumerate(lines):
         if "ERROR" in ln or "Exception" in ln or "error" in ln:
             if " threw " in ln:  # drop the C++ source location and signature before the exception
                 ln = ln.split(" threw ", 1)[1]
+            if "Exception" in ln and i + 1 < len(lines):
+                ln = f"{lines[i + 1]} ({ln.rstrip('.')})"
             return f"{tool}: {ln[:300]}"
     return f"{tool}: {lines[-1][:300]}" if lines else f"{tool} failed without a message"
 
@@ -87,16 +115,22 @@ def validate_order(order: int) -> None:
 
 def train_ngram_lm(sentences: Iterable[str], out_path: str | Path, order: int = DEFAULT_ORDER,
                    memory: str = DEFAULT_MEMORY, allow_fallback: bool = True,
-                   tools: KenLMTools | None = None) -> NgramLM:
+                   tools: KenLMTools | None = None, role: str = "") -> NgramLM:
     """Estimate an order-`order` modified Kneser-Ney LM on `sentences` into binary `out_path`.
 
     `sentences` are normalised, unescaped sentences (tokens joined by single spaces);
-    the KenLM specials are escaped here exactly as at scoring time.
+    the KenLM specials are escaped here exactly as at scoring time. `role` names the model in
+    error messages (e.g. "the real-text LM"), where several are estimated in one evaluation.
     """
     validate_order(order)
+    validate_memory(memory)
     tools = tools or find_tools()
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot write the model to {out}: {err.strerror or err}") from None
+    for_role = f" ({role})" if role else ""
     partial = out.parent / f".{out.name}.{os.getpid()}.partial"
     try:
         with tempfile.TemporaryDirectory(prefix="textebm-lmplz-") as tmp_name:
@@ -118,16 +152,16 @@ def train_ngram_lm(sentences: Iterable[str], out_path: str | Path, order: int = 
             if proc.returncode != 0:
                 if _bad_discount(proc.stderr) and not fallback:
                     raise EstimationError(
-                        "lmplz could not estimate Kneser-Ney discounts (BadDiscountException: too few "
-                        "distinct n-gram counts, e.g. repeated sentences) and the discount fallback is off")
-                raise EstimationError(_error_line(proc.stderr, "lmplz"))
+                        f"lmplz{for_role} could not estimate Kneser-Ney discounts (BadDiscountException: too "
+                        "few distinct n-gram counts, e.g. repeated sentences) and the discount fallback is off")
+                raise EstimationError(_error_line(proc.stderr, f"lmplz{for_role}"))
             proc = subprocess.run(
                 [str(tools.build_binary), "-S", memory, "-T", str(tmp) + os.sep, str(arpa), str(partial)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 text=True, errors="replace",
             )
             if proc.returncode != 0:
-                raise EstimationError(_error_line(proc.stderr, "build_binary"))
+                raise EstimationError(_error_line(proc.stderr, f"build_binary{for_role}"))
             os.replace(partial, out)
     finally:
         if partial.exists():
@@ -156,24 +190,35 @@ def _write_json_atomic(path: Path, data: dict) -> None:
             partial.unlink()
 
 
-def real_data_lm(train: str | Path | list[str], order: int = DEFAULT_ORDER, memory: str = DEFAULT_MEMORY,
+def _looks_binary(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_BINARY_MAGIC)) == _BINARY_MAGIC
+    except OSError:
+        return False
+
+
+def real_data_lm(train: str | Path | Sentences | list[str], order: int = DEFAULT_ORDER, memory: str = DEFAULT_MEMORY,
                  cache_dir: str | Path | None = None, tools: KenLMTools | None = None) -> NgramLM:
     """The LM of real training text, estimated once and then served from the cache.
 
-    `train` is a file or its normalised sentences (`lm_eval.text.read_sentences` / `normalize_lines`).
+    `train` is a file, or its normalised sentences (`lm_eval.text.read_sentences` / `normalize_lines`,
+    or their `.sentences`).
     The cache key is the normalised text, not the file: `textebm evaluate` (the corpus's lines) and
     `textebm eval-ppl` (the corpus's file) share one model per corpus, and an edit invalidates it.
     """
     validate_order(order)
     directory = Path(cache_dir) if cache_dir else lm_cache_dir()
     source = "sentences"
-    if not isinstance(train, list):
+    if isinstance(train, Sentences):
+        source, train = train.path or source, train.sentences
+    elif isinstance(train, (str, Path)):
         source = str(train)
         train = read_sentences(train, "training").sentences
     digest = text_sha256(train)
     key = cache_key(digest, order)
     binary, meta_path = directory / f"{key}.klm", directory / f"{key}.json"
-    if binary.is_file() and meta_path.is_file():
+    if binary.is_file() and meta_path.is_file() and _looks_binary(binary):
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             fallback, sentences = meta["discount_fallback"], meta["num_sentences"]
@@ -189,7 +234,7 @@ def real_data_lm(train: str | Path | list[str], order: int = DEFAULT_ORDER, memo
     except OSError as err:
         raise EvalError(f"cannot write the LM cache {directory}: {err.strerror or err} (${ENV_LM_CACHE} chooses "
                         "another folder)") from None
-    lm = train_ngram_lm(train, binary, order=order, memory=memory, tools=tools)
+    lm = train_ngram_lm(train, binary, order=order, memory=memory, tools=tools, role="the real-text LM")
     meta = asdict(lm)
     meta.update(source=source, text_sha256=digest, escape_version=ESCAPE_VERSION, kenlm_version=KENLM_VERSION)
     meta.pop("cached", None)

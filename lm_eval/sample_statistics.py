@@ -11,12 +11,18 @@ uniform weights up to 4-grams, smoothing method 1), on nltk's 0-1 scale.
 from __future__ import annotations
 
 import random
+import threading
+from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import CancelledError
 
 from lm_eval.bleu import sentence_bleu
 
 SELF_BLEU_SIZE = 200  # 200 x 199 sentence pairs: ~4 s with nltk on one core
 SELF_BLEU_SEED = 1234
+# Sentence-boundary and padding markers that generators often write into their output. Every n-gram LM
+# scores them as ordinary (unknown) words, which raises FPPL; they are counted so that a report can say so.
+MARKERS = ("<s>", "</s>", "<bos>", "<eos>", "<pad>")
 
 
 def length_stats(sentences: list[str]) -> dict:
@@ -65,25 +71,41 @@ def self_bleu_subsample(num_sentences: int, size: int = SELF_BLEU_SIZE, seed: in
     return sorted(random.Random(seed).sample(range(num_sentences), size))
 
 
-def self_bleu(sentences: list[str], size: int = SELF_BLEU_SIZE, seed: int = SELF_BLEU_SEED) -> float | None:
-    """Mean BLEU-4 of each subsampled sentence against the rest of the subsample (None if < 2)."""
+def marker_tokens(sentences: list[str]) -> dict[str, int]:
+    """How often each of `MARKERS` occurs as a token (only those that occur)."""
+    counts = Counter(token for s in sentences for token in s.split(" ") if token in MARKERS)
+    return dict(sorted(counts.items()))
+
+
+def self_bleu(sentences: list[str], size: int = SELF_BLEU_SIZE, seed: int = SELF_BLEU_SEED,
+              stop: threading.Event | None = None) -> float | None:
+    """Mean BLEU-4 of each subsampled sentence against the rest of the subsample (None if < 2).
+
+    `stop`, once set, ends the computation at the next sentence (`CancelledError`): it runs in a thread
+    beside other work, and a thread cannot be interrupted otherwise."""
     idx = self_bleu_subsample(len(sentences), size, seed)
     if len(idx) < 2:
         return None
     tokenised = [sentences[i].split(" ") for i in idx]
-    total = sum(sentence_bleu(tokenised[:j] + tokenised[j + 1:], hyp) for j, hyp in enumerate(tokenised))
+    total = 0.0
+    for j, hyp in enumerate(tokenised):
+        if stop is not None and stop.is_set():
+            raise CancelledError("self-BLEU stopped")
+        total += sentence_bleu(tokenised[:j] + tokenised[j + 1:], hyp)
     return total / len(tokenised)
 
 
 def sample_stats(sentences: list[str], training: Iterable[str] | None = None,
-                 self_bleu_size: int = SELF_BLEU_SIZE, seed: int = SELF_BLEU_SEED) -> dict:
+                 self_bleu_size: int = SELF_BLEU_SIZE, seed: int = SELF_BLEU_SEED,
+                 stop: threading.Event | None = None) -> dict:
     """All statistics in one JSON-ready dict (copied share is None without training text)."""
     stats = dict(length_stats(sentences))
     stats["unique_share"] = unique_share(sentences)
     stats["copied_share"] = copied_share(sentences, training) if training is not None else None
     for n in (1, 2, 3):
         stats[f"distinct_{n}"] = distinct_n(sentences, n)
-    stats["self_bleu"] = self_bleu(sentences, self_bleu_size, seed)
+    stats["marker_tokens"] = marker_tokens(sentences)
+    stats["self_bleu"] = self_bleu(sentences, self_bleu_size, seed, stop)
     stats["self_bleu_subsample"] = {"size": min(self_bleu_size, len(sentences)), "seed": seed,
                                     "max_n": 4, "smoothing": "nltk method1"}
     return stats

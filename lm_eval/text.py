@@ -76,18 +76,20 @@ def normalize_lines(lines: Iterable[str], what: str = "text", max_tokens: int = 
             blank += 1
             continue
         if len(tokens) > max_tokens:
+            source = f"{what} {where}" if where else what
             raise InputError(
-                f"{what} {where or 'text'}: line {lineno} has {len(tokens)} tokens, over the limit of "
-                f"{max_tokens} (is it one sentence per line? raise the limit with --max-tokens)"
+                f"{source}: line {lineno} has {len(tokens)} tokens, over the limit of {max_tokens} (is it one "
+                "sentence per line? raise the limit with --max-tokens)"
             )
         sentences.append(" ".join(tokens))
     return Sentences(where, sentences, blank)
 
 
 def _decoded_lines(fh, what: str, path: Path) -> Iterator[str]:
+    """The file's lines as text; a byte-order mark that some editors put first is dropped, not read as a word."""
     for lineno, raw in enumerate(fh, 1):
         try:
-            yield raw.decode("utf-8")
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as err:
             raise InputError(
                 f"{what} file {path} is not UTF-8 text (line {lineno}, byte {err.start}: "

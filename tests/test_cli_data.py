@@ -107,3 +107,34 @@ def test_bad_requests(cli, tmp_path, one_line_error):
     (tmp_path / "notes.txt").write_text("keep\n")
     one_line_error(*cli("data", "--data-dir", tmp_path / "notes.txt", "--fetch", "ptb")[::2], "data",
                    f"cannot write {tmp_path / 'notes.txt' / 'ptb'}: {tmp_path / 'notes.txt'} is not a folder")
+
+
+def _textebm(*args, **popen):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "textebm", *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            **popen)
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(data_folder):
+    import subprocess
+
+    proc = _textebm("data", "--data-dir", data_folder(ptb="train valid test"), "--json", stdout=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first write (`textebm data | head -0`)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and err == "", err  # as SIGPIPE would end it: no traceback
+
+
+def test_a_full_disk_under_stdout_is_one_line():
+    import os
+
+    if not os.path.exists("/dev/full"):
+        import pytest
+
+        pytest.skip("/dev/full is Linux's")
+    with open("/dev/full", "w") as full:
+        proc = _textebm("data", "--data-dir", "/nonexistent-folder", "--json", stdout=full)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 1, err
+    assert err.splitlines() == ["textebm data: error: no space left on the device"], err

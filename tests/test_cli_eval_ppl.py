@@ -78,8 +78,7 @@ def test_json_has_the_required_keys(eval_ppl, real_args, test_lines, tmp_path):
     # the 2,000-line real LM needs no fallback; 200 samples may be too few for the reverse 5-gram
     assert r["discount_fallback_detail"]["real_lm"] is False
     assert r["discount_fallback"] == any(r["discount_fallback_detail"].values())
-    assert set(r["oov_rate"]) == {"samples_under_real_lm", "test_under_real_lm",
-                                  "samples_under_reverse_lm", "test_under_reverse_lm"}
+    assert set(r["oov_rate"]) == {"samples_under_real_lm", "test_under_real_lm", "test_under_reverse_lm"}
     # the reverse LM's vocabulary holds the real training vocabulary, so it misses no test word
     # that the real LM knows (here 2,000 train lines do not cover every test word)
     assert 0 < r["oov_rate"]["test_under_reverse_lm"] <= r["oov_rate"]["test_under_real_lm"]
@@ -118,6 +117,11 @@ def test_table_output(eval_ppl, real_args, tmp_path):
     assert status == 0, err
     assert "forward PPL" in out and "reverse PPL" in out and "self-BLEU" in out
     assert not out.lstrip().startswith("{")
+    assert "sentence markers" not in out
+    marked = write(tmp_path / "m.txt", "<s> the company said </s>\nthe market fell sharply </s>\n")
+    status, out, err = eval_ppl("--samples", marked, *real_args)
+    assert status == 0, err
+    assert "note: the samples hold sentence markers (</s> x2, <s> x1), scored as words" in out
 
 
 # --- degenerate samples: a result, with the fallback noted --------------------------------------
@@ -206,7 +210,7 @@ def test_missing_real_files(eval_ppl, one_line_error, tmp_path, small_real):
 
 
 @pytest.mark.parametrize("args,fragment", [(["--order", "9"], "order must be between 2 and 6"),
-                                           (["--memory", "lots"], "lmplz"),
+                                           (["--memory", "lots"], "memory bound 'lots' is not a size lmplz reads"),
                                            (["--max-tokens", "0"], "--max-tokens"),
                                            (["--self-bleu-size=-1"], "--self-bleu-size must be 0 or more")])
 def test_bad_options(eval_ppl, one_line_error, real_args, tmp_path, args, fragment):

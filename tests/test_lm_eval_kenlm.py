@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 import lm_eval
-from lm_eval.errors import EstimationError, KenLMToolsMissing
+from lm_eval.errors import EstimationError, InputError, KenLMToolsMissing
 from lm_eval.evaluate import _real_model
 from lm_eval.kenlm_tools import KenLMTools, _safe_extract, cache_bin_dir, find_tools
-from lm_eval.ngram import ENV_LM_CACHE, cache_key, real_data_lm, train_ngram_lm
+from lm_eval.ngram import ENV_LM_CACHE, cache_key, real_data_lm, train_ngram_lm, validate_memory
 from lm_eval.scoring import perplexity, score_sentence
 from lm_eval.text import kenlm_line, normalize_lines, read_sentences, text_sha256
 
@@ -131,12 +131,23 @@ def test_varied_text_needs_no_fallback(tmp_path, train_lines):
     assert lm.discount_fallback is False and lm.num_sentences == len(train_lines)
 
 
-def test_estimation_failure_is_one_line_and_cleans_up(tmp_path, scratch_tmp):
+def test_estimation_failure_is_one_line_with_kenlms_reason_and_cleans_up(tmp_path, scratch_tmp):
+    # lmplz names its exception on one line and explains it on the next: the explanation is kept
     with pytest.raises(EstimationError) as info:
-        train_ngram_lm(["a b c", "d e f"], tmp_path / "m.klm", memory="not-a-size")
-    assert str(info.value).startswith("lmplz: ") and "\n" not in str(info.value)
+        train_ngram_lm(["a b c", "d e f"], tmp_path / "m.klm", memory="1K", role="the reverse LM")
+    message = str(info.value)
+    assert message.startswith("lmplz (the reverse LM): Sort block size 256 is below the minimum block size"), message
+    assert "\n" not in message
     assert list(scratch_tmp.iterdir()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["scratch"]
+
+
+def test_a_memory_bound_lmplz_cannot_read_is_refused_before_it_runs(tmp_path):
+    absent = KenLMTools(tmp_path / "no-lmplz", tmp_path / "no-build_binary")  # would fail if they were run
+    with pytest.raises(EstimationError, match="memory bound 'bogus' is not a size lmplz reads"):
+        train_ngram_lm(["a b c"], tmp_path / "m.klm", memory="bogus", tools=absent)
+    for good in ("1G", "500M", "20%", "1.5G", "4096"):
+        validate_memory(good)
 
 
 def test_no_sentences_is_refused_before_the_tools_run(tmp_path, scratch_tmp):
@@ -257,7 +268,6 @@ def test_reverse_ppl_with_and_without_training_vocabulary(test_text, tmp_path, s
     without = lm_eval.reverse_ppl(samples, test_text, None, order=5)
     assert with_vocab.test.oov_rate == 0.0 and with_vocab.vocab_lines == len(vocab)
     assert without.test.oov_rate > 0.1 and without.vocab_lines == 0
-    assert with_vocab.samples.oov_rate == 0.0
     assert list(scratch_tmp.iterdir()) == []
 
 
@@ -273,15 +283,69 @@ def test_reverse_ppl_penalises_mode_collapse(test_text, train_file):
     assert r_collapsed.ppl > 2 * r_varied.ppl
 
 
-def test_damaged_cached_model_is_rebuilt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("damage", [b"not a model", b"mmap lm " + b"\x00" * 64])  # not binary; binary, cut
+def test_damaged_cached_model_is_rebuilt(tmp_path, monkeypatch, capfd, damage):
     train = tmp_path / "train.txt"
     train.write_text("the cat sat\nthe dog ran\na cat ran\nthe dog sat\n" * 5, encoding="utf-8")
     monkeypatch.setenv(ENV_LM_CACHE, str(tmp_path / "cache"))
     first = real_data_lm(train, order=3)
-    Path(first.path).write_bytes(b"not a model")
+    Path(first.path).write_bytes(damage)
+    capfd.readouterr()
     lm, model = _real_model(read_sentences(train).sentences, 3, "1G", None)
     assert lm.cached is False and lm.path == first.path
     assert perplexity(model, ["the cat ran"]).num_words == 3
+    if not damage.startswith(b"mmap lm "):  # not a binary model: rebuilt without KenLM reading it as ARPA
+        assert "Loading the LM" not in capfd.readouterr().err
+
+
+def test_models_that_cannot_be_loaded_and_text_that_is_one_string_are_input_errors(tmp_path, train_lm):
+    with pytest.raises(InputError, match="^KenLM model not found: "):
+        lm_eval.forward_ppl(["a b"], tmp_path / "missing.klm")
+    (tmp_path / "bad.klm").write_bytes(b"mmap lm " + b"\x00" * 64)
+    with pytest.raises(InputError, match="^cannot load the KenLM model "):
+        lm_eval.forward_ppl(["a b"], tmp_path / "bad.klm")
+    with pytest.raises(InputError, match="expected a list of sentences, got one string"):
+        lm_eval.forward_ppl("the cat sat", train_lm)  # was scored character by character
+    sentences = normalize_lines(["the cat sat", "a dog ran"])
+    assert lm_eval.forward_ppl(sentences, train_lm) == lm_eval.forward_ppl(sentences.sentences, train_lm)
+
+
+def test_the_kenlm_module_is_asked_for_before_any_work(tmp_path, monkeypatch):
+    import lm_eval.evaluate as evaluate_module
+
+    samples = tmp_path / "s.txt"
+    samples.write_text("a b c\n", encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "kenlm", None)  # import kenlm fails
+    monkeypatch.setattr(evaluate_module, "read_sentences", lambda *a, **k: pytest.fail("read before the check"))
+    with pytest.raises(KenLMToolsMissing, match="Python module is not installed"):
+        lm_eval.evaluate_samples(samples, samples, samples)
+
+
+def test_an_error_stops_the_sample_statistics_instead_of_waiting_for_them(tmp_path, monkeypatch):
+    """Self-BLEU runs in a thread beside the KenLM work; an error there (or Ctrl-C) must not wait for it."""
+    import threading
+
+    import lm_eval.evaluate as evaluate_module
+
+    seen = {}
+
+    def slow_stats(sentences, training, size, seed, stop):
+        seen["stopped"] = stop.wait(timeout=20)  # a self-BLEU that runs until it is told to stop
+        return {}
+
+    def failing_lm(*args):
+        raise EstimationError("lmplz (the real-text LM): it failed")
+
+    monkeypatch.setattr(evaluate_module, "sample_stats", slow_stats)
+    monkeypatch.setattr(evaluate_module, "_real_model", failing_lm)
+    text = normalize_lines(["the cat sat", "a dog ran"])
+    with pytest.raises(EstimationError, match="it failed"):
+        evaluate_module.evaluate_sample_sets({"a": text, "b": text}, text, text)
+    for _ in range(100):  # the pool's thread sees the stop at once; give it a moment to record it
+        if "stopped" in seen:
+            break
+        threading.Event().wait(0.05)
+    assert seen.get("stopped") is True
 
 
 @pytest.mark.parametrize("key, value", [("discount_fallback", "false"), ("discount_fallback", 0),

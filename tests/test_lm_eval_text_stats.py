@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import threading
+from concurrent.futures import CancelledError
 
 import pytest
 
@@ -12,6 +14,7 @@ from lm_eval.sample_statistics import (
     copied_share,
     distinct_n,
     length_stats,
+    marker_tokens,
     sample_stats,
     self_bleu,
     self_bleu_subsample,
@@ -78,6 +81,19 @@ def test_read_sentences_errors_are_one_line(tmp_path):
     assert len(read_sentences(long, "samples", max_tokens=50)) == 2
 
 
+def test_a_byte_order_mark_is_not_read_as_part_of_the_first_word(tmp_path):
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text("we sat\n the cat ran\n", encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert read_sentences(marked).sentences == read_sentences(plain).sentences == ["we sat", "the cat ran"]
+    spaced = tmp_path / "spaced.txt"  # PTB's lines start with a space: the mark was a word of its own
+    spaced.write_bytes(b"\xef\xbb\xbf the cat\n")
+    assert read_sentences(spaced).sentences == ["the cat"]
+    later = tmp_path / "later.txt"  # only a file's first bytes are a byte-order mark
+    later.write_bytes("a b\n\ufeffc d\n".encode("utf-8"))
+    assert read_sentences(later).sentences == ["a b", "\ufeffc d"]
+
+
 @pytest.mark.parametrize("damage, reason", [("truncated", "compressed file ended early"),
                                             ("not_gzip", "Not a gzipped file")])
 def test_read_sentences_of_a_damaged_gz_is_one_line(tmp_path, damage, reason):
@@ -130,6 +146,20 @@ def test_length_unique_copied():
     assert unique_share(sents) == pytest.approx(2 / 3)
     assert copied_share(sents, ["d", "x y"]) == pytest.approx(1 / 3)
     assert copied_share(sents, []) == 0.0
+
+
+def test_marker_tokens_counts_only_whole_marker_tokens():
+    assert marker_tokens(["<s> a b </s>", "c </s>", "x</s> <eos>", "<unk> d"]) == {"</s>": 2, "<eos>": 1, "<s>": 1}
+    assert marker_tokens(["a b", "<unk> c"]) == {}
+
+
+def test_self_bleu_stops_at_the_next_sentence_once_told():
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(CancelledError):
+        self_bleu(["a b c d", "a b c e", "x y z w"], stop=stop)
+    assert self_bleu(["a b c d", "a b c e", "x y z w"], stop=threading.Event()) == self_bleu(
+        ["a b c d", "a b c e", "x y z w"])
 
 
 def test_self_bleu_extremes():

@@ -8,7 +8,9 @@ inside `run`, so that `textebm --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from textebm import __version__
@@ -39,11 +41,34 @@ def _smaller_steps(args: argparse.Namespace) -> str:
     return "give fewer --prior-steps, or sample a run trained with a smaller prior_step_size"
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured or replaced (tests): nothing to flush at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, inside the handlers below
+        return status
+    except BrokenPipeError:  # the reader left (`textebm data | head`): end quietly, as other Unix tools do
+        _drop_stdout()
+        return 128 + 13  # as if killed by SIGPIPE
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _drop_stdout()
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"textebm {args.command}: error: no space left on the device{where}", file=sys.stderr)
+        return 1
     except UserError as err:
         print(f"textebm {args.command}: error: {err}", file=sys.stderr)
         return 2

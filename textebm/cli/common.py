@@ -77,9 +77,10 @@ def load_latent_run(folder: str, device_name: str, threads: int | None, command:
     return loaded
 
 
-def add_protocol_arguments(parser, generates: bool) -> None:
+def add_protocol_arguments(parser, generates: bool):
     """The options of wKL and the neural reverse perplexity (textebm/evaluation/protocol_metrics.py), shared by
-    `eval-ppl` (a samples file) and `evaluate` (which generates the sentences: `generates`)."""
+    `eval-ppl` (a samples file) and `evaluate` (which generates the sentences: `generates`). Returns their
+    group, for options that only these metrics use."""
     from textebm.evaluation.protocol_metrics import PROTOCOL_EPOCHS, PROTOCOL_TRAIN, PROTOCOL_VALID
 
     group = parser.add_argument_group(
@@ -110,6 +111,7 @@ def add_protocol_arguments(parser, generates: bool) -> None:
                        help="reverse LM config, e.g. --rppl-set hidden_dim=512 (repeatable)")
     group.add_argument("--rppl-out", type=output_path, metavar="DIR",
                        help="keep the reverse LM's run folder here (default: removed)")
+    return group
 
 
 def protocol_options(args):

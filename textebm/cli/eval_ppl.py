@@ -53,9 +53,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="longest line accepted, in tokens (default 10000)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    add_protocol_arguments(p, generates=False)
-    add_device_argument(p)
-    add_progress_argument(p)
+    # the KenLM metrics run on the CPU in lmplz and build_binary: device, threads and the progress bars
+    # are the neural reverse LM's, so they are listed with its options
+    neural = add_protocol_arguments(p, generates=False)
+    add_device_argument(neural)
+    add_progress_argument(neural)
     p.set_defaults(run=run)
 
 
@@ -120,6 +122,10 @@ def format_table(r: dict) -> str:
     if r["discount_fallback"]:
         lines.append("note: lmplz needed --discount_fallback (too few distinct n-gram counts, "
                      "e.g. repeated samples); that model's smoothing is approximate")
+    if r["marker_tokens"]:
+        found = ", ".join(f"{token} x{count}" for token, count in r["marker_tokens"].items())
+        lines.append(f"note: the samples hold sentence markers ({found}), scored as words; they raise the "
+                     "forward PPL: strip them if the generator wrote them")
     if oov["test_under_reverse_lm"] > 0:
         lines.append("note: test words missing from the reverse LM are scored with its <unk> "
                      "probability, which makes the reverse PPL low and not comparable")
