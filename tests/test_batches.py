@@ -43,6 +43,14 @@ def test_epoch_batches_deterministic_in_seed_and_epoch():
     assert b == a == epoch_batches(lengths, 8, seed=1, epoch=2)
 
 
+def test_epoch_batches_take_every_seed_a_command_accepts():
+    from textebm.config import MAX_SEED
+
+    lengths = list(range(50))
+    for seed in (2 * 10**14, MAX_SEED):  # seed * 100_003 passes torch's 64-bit range: it raised
+        assert sorted(i for batch in epoch_batches(lengths, 8, seed=seed, epoch=3) for i in batch) == lengths
+
+
 def test_epoch_batches_group_similar_lengths():
     lengths = [i % 50 for i in range(3200)]
     batches = epoch_batches(lengths, 32, seed=0, epoch=0, pool=100)

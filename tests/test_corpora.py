@@ -15,9 +15,11 @@ from synthetic_corpus import write_corpus
 
 from textebm.data import corpora
 from textebm.data.corpora import (
+    KNOWN,
     arae_snli_sentences,
     check_evaluation_split,
     evaluation_splits,
+    fetch,
     fetch_ptb,
     fetch_snli,
     open_corpus,
@@ -110,7 +112,7 @@ def test_a_run_finds_the_files_it_recorded_without_a_data_dir(tmp_path, data_fol
     monkeypatch.setenv("TEXTEBM_DATA_DIR", str(tmp_path / "elsewhere"))  # holds no corpus (and downloads are off)
     found, warnings = open_run_corpus(run, "ptb")
     assert found.files == {split: path.resolve() for split, path in corpus.files.items()} and warnings == []
-    with pytest.raises(UserError, match="PTB not found"):  # what the run found before it recorded its files
+    with pytest.raises(UserError, match="data folder .*elsewhere does not exist"):  # as before the record
         open_corpus("ptb")
 
 
@@ -226,10 +228,48 @@ def test_user_file_holds_out_validation(tmp_path):
     assert "held out" in source
 
 
-def test_user_folder_needs_train(tmp_path):
-    (tmp_path / "valid.txt").write_text("a\n", encoding="utf-8")
-    with pytest.raises(UserError, match="no train.txt"):
+def test_user_folder_needs_a_split_and_trains_on_the_one_asked_for(tmp_path):
+    with pytest.raises(UserError, match="holds none of train.txt, valid.txt, test.txt"):
         open_corpus(str(tmp_path))
+    (tmp_path / "valid.txt").write_text("".join(f"v {i}\n" for i in range(20)), encoding="utf-8")
+    (tmp_path / "test.txt").write_text("t 0\nt 1\n", encoding="utf-8")
+    corpus = open_corpus(str(tmp_path))  # Yahoo's way (--train-split valid) is open to a user's folder too
+    with pytest.raises(UserError, match="has no train split here .*--train-split valid"):
+        training_splits(corpus)
+    train, valid, source = training_splits(corpus, "valid")
+    assert len(train) == 20 and valid == ["t 0", "t 1"] and source == "test"
+
+
+def test_a_corpus_name_found_in_the_data_folder_is_pointed_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_corpus(tmp_path / "data" / "mine", {"train": ["a b", "c d"]})
+    with pytest.raises(UserError, match=f"the data folder holds {Path('data') / 'mine'}: give --corpus "):
+        open_corpus("mine")
+    with pytest.raises(UserError, match="nor an existing file or folder$"):
+        open_corpus("yours")
+    assert open_corpus(str(Path("data") / "mine")).lines("train") == ["a b", "c d"]
+
+
+def test_a_file_replaced_with_the_same_mtime_is_read_anew(tmp_path):
+    # datasets' text builder cached a local file by path and mtime: `cp -p` of new text read the old text
+    import os
+
+    path = tmp_path / "train.txt"
+    path.write_text("old one\nold two\n", encoding="utf-8")
+    stamp = path.stat()
+    assert read_lines(path) == ["old one", "old two"]
+    path.write_text("new\n", encoding="utf-8")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert read_lines(path) == ["new"]
+
+
+def test_lines_end_at_newlines_only_and_a_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"\xef\xbb\xbfthe cat\r\na\rb c\n\n")
+    assert read_lines(path) == ["the cat", "a\rb c"]  # a lone \r is whitespace inside its line, as lm_eval reads it
+    from textebm.data.vocab import tokenize
+
+    assert [tokenize(line, "word") for line in read_lines(path)] == [["the", "cat"], ["a", "b", "c"]]
 
 
 def test_missing_file(tmp_path):
@@ -268,11 +308,24 @@ def test_offline_missing_ptb_names_the_folder(tmp_path):
     assert not (tmp_path / "ptb").exists() or not any((tmp_path / "ptb").iterdir())
 
 
+def test_a_data_folder_that_does_not_exist_is_an_error_not_a_new_folder(tmp_path, monkeypatch):
+    # a mistyped --data-dir /nonexist made /nonexist/ptb, and with the network up downloaded PTB into it
+    monkeypatch.setattr("textebm.data.corpora.fetch", lambda *a, **k: pytest.fail("fetched into a typo"))
+    typo = tmp_path / "typo" / "data"
+    for corpus in KNOWN:
+        with pytest.raises(UserError, match=f"^the data folder {typo} does not exist .*--fetch {corpus} --data-dir"):
+            open_corpus(corpus, str(typo))
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(typo))
+    with pytest.raises(UserError, match=f"^the data folder {typo} does not exist"):
+        open_corpus("ptb")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_fetch_leaves_no_folder_and_names_a_data_folder_that_does_not_exist(tmp_path):
-    # a mistyped --data-dir /nonexist made /nonexist/ptb before the download failed
+    # `textebm data --fetch` makes the folder it fetches into: a failure removes it and says it was new
     typo = tmp_path / "typo" / "data"
     with pytest.raises(UserError, match=f"the data folder {typo} does not exist .*downloads are off"):
-        open_corpus("ptb", str(typo))
+        fetch("ptb", str(typo))
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "data").mkdir()
     with pytest.raises(UserError, match="^SNLI not found"):  # an existing data folder: no word about it
@@ -380,6 +433,18 @@ def test_ptb_download_http_error_is_a_user_error(tmp_path, ptb_server, monkeypat
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
+def test_ptb_fetch_of_the_standard_files_downloads_nothing_and_clears_a_killed_fetch(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpora, "PTB_SHA256", {s: _sha(t) for s, t in FIXTURE_PTB.items()})
+    folder = tmp_path / "ptb"
+    folder.mkdir()
+    for split, text in FIXTURE_PTB.items():
+        (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+    (folder / ".train.txt.download").write_text("half", encoding="utf-8")  # SIGTERM mid-download left it
+    monkeypatch.setenv("TEXTEBM_OFFLINE", "1")  # offline, it said "PTB not found" of a complete PTB
+    fetch_ptb(folder, urls={s: "http://127.0.0.1:9/nothing" for s in FIXTURE_PTB})
+    assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+
+
 def test_ptb_download_refused_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTEBM_OFFLINE", "1")
     with pytest.raises(UserError, match="TEXTEBM_OFFLINE"):
@@ -424,6 +489,24 @@ def test_fetch_snli_from_local_parquet(tmp_path):
     assert read("test") == ["the cat sleeps .", "a cat rests .", "a dog barks ."]
     corpus = open_corpus("snli", str(tmp_path / "data"))
     assert set(corpus.files) == {"train", "valid", "test"}
+
+
+def test_fetch_snli_reads_every_shard_and_the_hubs_own_layout(tmp_path):
+    import datasets
+
+    source = tmp_path / "snapshot" / "plain_text"  # a hub snapshot: the files sit in a subfolder
+    source.mkdir(parents=True)
+    for shard, premise in enumerate(["A man runs.", "A woman sings."]):
+        datasets.Dataset.from_dict({"premise": [premise], "hypothesis": [f"Shard {shard}."], "label": [0]}).to_parquet(
+            str(source / f"train-0000{shard}-of-00002.parquet"))
+    folder = tmp_path / "data" / "snli"
+    fetch_snli(folder, source=str(tmp_path / "snapshot"))
+    lines = (folder / "train.txt").read_text(encoding="utf-8").splitlines()
+    assert lines == ["a man runs .", "a woman sings .", "shard 0 .", "shard 1 ."]  # the second shard was lost
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"holds no train\*.parquet, validation\*.parquet or test\*.parquet file"):
+        fetch_snli(tmp_path / "data2" / "snli", source=str(empty))
 
 
 def test_fetch_snli_bad_source_is_a_user_error(tmp_path):

@@ -59,4 +59,7 @@ def test_check_writable_says_why_a_path_cannot_be_written_and_leaves_nothing(tmp
         assert check_writable(path, folder) == path
     os.mkfifo(tmp_path / "fifo")
     assert check_writable(tmp_path / "fifo") == tmp_path / "fifo"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file.txt"]  # no probe left, no folder made
+    (tmp_path / "loop").symlink_to("loop")  # a folder to fill behind a link that resolves to nothing
+    with pytest.raises(UserError, match=f"^cannot write {tmp_path / 'loop'}: it is a link to loop, which does not"):
+        check_writable(tmp_path / "loop", folder=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file.txt", "loop"]  # no probe left, no folder

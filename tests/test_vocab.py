@@ -36,9 +36,11 @@ def test_max_size_and_min_freq():
     assert vocab.encode("c d a") == [vocab.unk_id, vocab.unk_id, vocab.stoi["a"]]
 
 
+@pytest.mark.parametrize("lowercase", [False, True])
 @pytest.mark.parametrize("spelling", ["<unk>", "_UNK"])
-def test_unknown_word_spellings_map_to_unk_and_decode_back(spelling):
-    vocab = WordVocab.build([f"the {spelling} sat", f"a {spelling} {spelling} ran"])
+def test_unknown_word_spellings_map_to_unk_and_decode_back(spelling, lowercase):
+    # lowercase=true made Yahoo's _UNK the ordinary word _unk
+    vocab = WordVocab.build([f"the {spelling} sat", f"a {spelling} {spelling} ran"], lowercase=lowercase)
     assert spelling not in vocab.itos[4:], "the corpus's unknown word must not become an ordinary word"
     ids = vocab.encode(f"the {spelling} sat")
     assert ids[1] == vocab.unk_id

@@ -75,6 +75,8 @@ def check_writable(path: Path, folder: bool = False) -> Path:
     target, stream = _destination(path)
     if stream and not folder:
         return Path(path)
+    if folder and target.is_symlink() and not target.exists():  # a link to nothing, or to itself: no mkdir
+        raise UserError(f"cannot write {path}: it is a link to {os.readlink(target)}, which does not resolve")
     if target.exists() and target.is_dir() != folder:
         raise UserError(f"cannot write {path}: {'it is not a folder' if folder else 'it is a folder'}")
     existing = target if folder else target.parent

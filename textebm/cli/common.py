@@ -49,19 +49,15 @@ def add_chain_argument(parser) -> None:
 
 
 def read_sentences(path: str) -> list[str]:
-    """Non-blank lines of a UTF-8 text file (.gz allowed); a clear UserError otherwise."""
-    import gzip
+    """Non-blank lines of a UTF-8 text file (.gz allowed), read as the corpora are; a clear UserError otherwise."""
     from pathlib import Path
 
-    from textebm.data.corpora import check_text_file
+    from textebm.data.corpora import read_lines
 
     file = Path(path)
     if not file.is_file():
         raise UserError(f"{path} does not exist or is not a file")
-    check_text_file(file)  # UTF-8, at least one sentence
-    opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip()]
+    return [line.strip() for line in read_lines(file)]
 
 
 def load_latent_run(folder: str, device_name: str, threads: int | None, command: str, chain: list[str] = (),

@@ -41,7 +41,8 @@ def pad(sentences: list[list[int]], pad_id: int) -> torch.Tensor:
 def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[list[int]]:
     """Index batches for one epoch: shuffle, sort pools of `pool` batches by length (less padding),
     cut into batches, shuffle the batches. Deterministic in (seed, epoch); partial last batch kept."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    # modulo torch's 64-bit seed range: any seed up to config.MAX_SEED (the same value below the range)
+    generator = torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**64)
     order = torch.randperm(len(lengths), generator=generator).tolist()
     batches = []
     span = batch_size * pool

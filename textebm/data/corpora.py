@@ -1,7 +1,7 @@
 """The corpus registry: where each corpus's splits live, and how they get there.
 
-Local files `DATA_DIR/<corpus>/{train,valid,test}.txt` (or `.txt.gz`) are read through HuggingFace
-`datasets` ("text" builder). When no local copy exists: PTB is downloaded from the original
+Local files `DATA_DIR/<corpus>/{train,valid,test}.txt` (or `.txt.gz`) are read line by line
+(`read_lines`). When no local copy exists: PTB is downloaded from the original
 files and checked by sha256; SNLI is prepared from the hub's `stanfordnlp/snli` Parquet files
 with ARAE's recipe; Yahoo must be supplied by the user. `--corpus PATH` reads any text file
 (one sentence per line) or a folder holding `train.txt` etc.
@@ -55,7 +55,7 @@ def offline() -> bool:
 
 @dataclass
 class Corpus:
-    """A corpus's split files; `lines(split)` reads one through `datasets`."""
+    """A corpus's split files; `lines(split)` reads one (`read_lines`)."""
 
     name: str
     files: dict[str, Path]
@@ -82,12 +82,19 @@ def splits_in(folder: Path) -> dict[str, Path]:
 
 
 def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
-    """Find (or fetch) a registered corpus, or treat `name` as a path to user text."""
+    """Find (or fetch) a registered corpus, or treat `name` as a path to user text. A corpus missing from an
+    existing data folder, or from the default `data/`, is fetched; a data folder named by --data-dir or
+    $TEXTEBM_DATA_DIR that does not exist is an error."""
     if name not in KNOWN:
-        return _user_corpus(Path(name))
-    folder = data_dir(data_dir_arg) / name
+        return _user_corpus(Path(name), data_dir(data_dir_arg))
+    root = data_dir(data_dir_arg)
+    folder = root / name
     files = splits_in(folder)
     if not files:
+        if not root.is_dir() and (data_dir_arg or os.environ.get("TEXTEBM_DATA_DIR")):
+            # a folder the user named is read, not made: a typo must not start a download into a new folder
+            raise UserError(f"the data folder {root.absolute()} does not exist (check --data-dir or $TEXTEBM_DATA_DIR; "
+                            f"textebm data --fetch {name} --data-dir {root} makes it and fetches {name})")
         fetch(name, data_dir_arg)
         files = splits_in(folder)
     return Corpus(name, files)
@@ -160,47 +167,44 @@ def _recorded_corpus(run: Path) -> dict | None:
     return record
 
 
-def _user_corpus(path: Path) -> Corpus:
+def _user_corpus(path: Path, root: Path) -> Corpus:
+    """A user's corpus: a folder of split files (which of them training needs, `training_splits` says) or one
+    text file. The data folder holds the known corpora only: a name found there is pointed to, not read."""
     if path.is_dir():
         files = splits_in(path)
-        if "train" not in files:
-            raise UserError(f"corpus folder {path} has no train.txt (expected train.txt, valid.txt, test.txt)")
+        if not files:
+            raise UserError(f"corpus folder {path} holds none of train.txt, valid.txt, test.txt (or .txt.gz)")
         return Corpus(str(path), files)
     if not path.is_file():
         known = ", ".join(KNOWN)
-        raise UserError(f"corpus {str(path)!r} is neither a known corpus ({known}) nor an existing file or folder")
+        there = root / path
+        hint = (f"; the data folder holds {there}: give --corpus {there} (the data folder serves {known} only)"
+                if not path.is_absolute() and there.exists() else "")
+        raise UserError(f"corpus {str(path)!r} is neither a known corpus ({known}) nor an existing file or "
+                        f"folder{hint}")
     return Corpus(str(path), {"train": path})
 
 
-def check_text_file(path: Path) -> None:
-    """Fail with the line number of the first bad byte, or on a file without a sentence, instead of
-    a decoder traceback (or a vague `datasets` error) later."""
+def read_lines(path: Path) -> list[str]:
+    """The file's lines, blank ones dropped; a clear UserError for bad bytes or a file without a sentence.
+
+    Read directly, not through `datasets`' text builder, whose cache knows a local file by its path and
+    mtime alone: a file replaced by one with the same mtime (`cp -p`, `rsync -a`) was read as the old text.
+    Lines end at "\n" only (a lone "\r" inside a line is whitespace to the tokenizer, as lm_eval reads
+    it); a byte-order mark that some editors write first is dropped, not read as part of the first word."""
     opener = gzip.open if path.suffix == ".gz" else open
-    has_text = False
+    lines = []
+    number = 0
     try:
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):  # noqa: B007 (number is read by the except clause)
-                has_text |= bool(raw.decode("utf-8").strip())
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                if line.strip():
+                    lines.append(line)
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (line {number}: {err.reason} at byte {err.start})") from None
     except (OSError, EOFError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    if not has_text:
-        raise UserError(f"{path} holds no sentences (it is empty or blank)")
-
-
-def read_lines(path: Path) -> list[str]:
-    """The file's lines through `datasets`' text builder, blank lines dropped; an empty file is an error."""
-    check_text_file(path)
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    try:
-        table = datasets.load_dataset("text", data_files={"x": str(path)}, split="x")
-    except Exception as err:  # datasets wraps builder errors in its own types
-        raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
-    lines = [line for line in table["text"] if line.strip()]
     if not lines:
         raise UserError(f"{path} holds no sentences (it is empty or blank)")
     return lines
@@ -232,7 +236,7 @@ def split_status(name: str, data_dir_arg: str | None = None) -> dict[str, dict]:
         status[split] = {
             "path": str(path) if path else None,
             "bytes": path.stat().st_size if path else None,
-            "sha256_ok": (file_sha256(path) == expected) if path and expected and path.suffix == ".txt" else None,
+            "sha256_ok": (content_sha256(path) == expected) if path and expected else None,
         }
     return status
 
@@ -272,6 +276,11 @@ def ptb_urls(source: str | None = None) -> dict[str, str]:
 def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS, progress: bool = False) -> None:
     hint = ("put Mikolov's PTB files there as train.txt, valid.txt, test.txt (sha256 in data/README.md), or name "
             "the folder that holds ptb/ with --data-dir or $TEXTEBM_DATA_DIR")
+    for stale in folder.glob(".*.txt.download*"):  # left by a fetch that was killed outright
+        stale.unlink(missing_ok=True)
+    if all(split_file(folder, split) and content_sha256(split_file(folder, split)) == PTB_SHA256[split]
+           for split in SPLITS):
+        return  # already the standard files: nothing to download
     if offline() and not all(url.startswith("file:") for url in urls.values()):
         raise UserError(f"PTB not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
     # All three files or none: a half-downloaded corpus would look complete to the next run.
@@ -308,29 +317,41 @@ def arae_snli_sentences(premises: list[str], hypotheses: list[str]) -> list[str]
 
 
 def fetch_snli(folder: Path, source: str = SNLI_HUB_ID) -> None:
-    """Prepare SNLI from Parquet: the hub's `stanfordnlp/snli`, or a local folder of
-    `{train,validation,test}*.parquet` files with its columns (premise, hypothesis, label)."""
-    hint = f"or put ARAE-style train.txt, valid.txt, test.txt in {folder}"
-    if offline() and not Path(source).is_dir():
+    """Prepare SNLI from Parquet: the hub's `stanfordnlp/snli`, or a local folder of its
+    `{train,validation,test}*.parquet` files (columns premise, hypothesis, label), in its subfolders too
+    (a hub snapshot keeps them in `plain_text/`), every shard of a split in name order."""
+    hint = (f"put ARAE-style train.txt, valid.txt, test.txt in {folder}, or give --source DIR with the hub's "
+            "Parquet files")
+    local = Path(source).is_dir()
+    if offline() and not local:
         raise UserError(f"SNLI not found in {folder} and downloads are off (TEXTEBM_OFFLINE); {hint}")
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
 
     datasets.disable_progress_bars()
+    if local:
+        shards = {s: [str(p) for p in sorted(Path(source).rglob(f"{s}*.parquet"))]
+                  for s in ("train", "validation", "test")}
+        files = {s: paths for s, paths in shards.items() if paths}
+        if not files:
+            raise UserError(f"SNLI not found in {folder}, and {source} holds no train*.parquet, validation*.parquet "
+                            f"or test*.parquet file (its subfolders searched too); {hint}")
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()  # its retries would print a line each before ours
     try:
-        if Path(source).is_dir():
-            files = {s: str(p) for s in ("train", "validation", "test")
-                     if (p := next(Path(source).glob(f"{s}*.parquet"), None))}
-            parts = datasets.load_dataset("parquet", data_files=files)
-        else:
-            parts = datasets.load_dataset(source)
+        parts = datasets.load_dataset("parquet", data_files=files) if local else datasets.load_dataset(source)
     except Exception as err:
+        offline_hint = "" if local else " (no network? TEXTEBM_OFFLINE=1 skips the hub at once)"
         raise UserError(f"SNLI not found in {folder} and {source} could not be loaded "
-                        f"({str(err).splitlines()[0]}); {hint}") from None
-    for hub_split, split in (("train", "train"), ("validation", "valid"), ("test", "test")):
-        if hub_split in parts:
-            part = parts[hub_split]
-            sentences = arae_snli_sentences(part["premise"], part["hypothesis"])
-            atomic_write_text(folder / f"{split}.txt", "\n".join(sentences) + "\n")
+                        f"({str(err).splitlines()[0]}){offline_hint}; {hint}") from None
+    finally:
+        hub_logging.set_verbosity(verbosity)
+    # every split prepared before any is written: an interruption leaves no train.txt without the others
+    texts = {split: "\n".join(arae_snli_sentences(parts[hub_split]["premise"], parts[hub_split]["hypothesis"])) + "\n"
+             for hub_split, split in (("train", "train"), ("validation", "valid"), ("test", "test"))
+             if hub_split in parts}
+    for split, text in texts.items():
+        atomic_write_text(folder / f"{split}.txt", text)
 
 
 def fetch(name: str, data_dir_arg: str | None = None, source: str | None = None, progress: bool = False) -> Path:

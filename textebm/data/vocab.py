@@ -35,12 +35,12 @@ class Vocabulary(Protocol):
 
 
 def tokenize(sentence: str, tokenizer: str, lowercase: bool = False) -> list[str]:
-    """Split one line into words: whitespace for pre-tokenised corpora, nltk's Treebank rules for raw text."""
-    if lowercase:
-        sentence = sentence.lower()
+    """Split one line into words: whitespace for pre-tokenised corpora, nltk's Treebank rules for raw text.
+    Lowercasing leaves a pre-tokenised corpus's unknown-word token alone (Yahoo's `_UNK` would become a word)."""
     if tokenizer == "treebank":
-        return _treebank().tokenize(sentence)
-    return sentence.split()
+        return _treebank().tokenize(sentence.lower() if lowercase else sentence)
+    words = sentence.split()
+    return [w if w in UNK_ALIASES else w.lower() for w in words] if lowercase else words
 
 
 _TREEBANK = None
