@@ -128,7 +128,9 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)  # before anything reads the body
+    # set when shutdown begins (server/launch.py): a body still arriving is then answered 503 at once
+    app.state.stopping = stopping = asyncio.Event()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, stopping=stopping)  # before anything reads
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the body limit's 413 too
 
     @app.exception_handler(RequestValidationError)

@@ -16,6 +16,8 @@ every future of the job is done (all its clients left) and at shutdown; the loop
 raises `Cancelled`, which the worker drops. A batch some of whose clients are still there runs to its
 end, so their sentences are those they would have got had nobody left. At shutdown (`close`) every
 request, waiting or running, is answered at once (`ShuttingDown`: 503), and the running job stops.
+A batch whose prior chain diverges (one chain of one request is enough) is run again one request at
+a time, so that only the requests whose own chains diverge get the error.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from textebm.cancellation import Cancelled, cancellable
+from textebm.errors import NonFiniteError
 from textebm.generation.sampling import Request, SamplingOptions, batch_key, generate_for_requests
 
 
@@ -50,6 +53,7 @@ class Job:
     fn: Callable | None = None
     args: tuple = ()
     enqueued: float = field(default_factory=time.perf_counter)
+    alone: bool = False  # decoded without others (its batch diverged: whose chain was it?)
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Batcher:
         self.busy = False
         self.closing = False
         self.last_compute_s = 0.0
+        self.running_since: float | None = None  # perf_counter of the running job's start
         self.batches = 0
         self.requests = 0
         self._waiting: list[Job] = []  # in arrival order
@@ -140,7 +145,7 @@ class Batcher:
                 continue
             batch = self._take_batch()
             stop = self._watch(batch)
-            started = time.perf_counter()
+            started = self.running_since = time.perf_counter()
             try:
                 if batch[0].fn is not None:
                     outcome = [await loop.run_in_executor(self.executor, self._on_worker, stop, batch[0].fn,
@@ -153,12 +158,19 @@ class Batcher:
             except Cancelled:  # nobody awaits the answer (every client left, or close answered them)
                 continue
             except Exception as err:  # noqa: BLE001 - handed to each waiting request, never lost
+                if isinstance(err, NonFiniteError) and len(batch) > 1:
+                    # each request again alone, first in line: only those whose own chains diverge get the error
+                    for job in batch:
+                        job.alone = True
+                    self._waiting[:0] = batch
+                    continue
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(err)
                 continue
             finally:
                 self._running = []
+                self.running_since = None
             compute_ms = (time.perf_counter() - started) * 1000
             self.last_compute_s = compute_ms / 1000
             self.requests += len(batch)
@@ -203,10 +215,11 @@ class Batcher:
         max_batch_sentences rows when it is a generation job; they leave the wait list."""
         first = self._waiting[0]
         batch = [first]
-        if first.fn is None and self.coalesce:
+        if first.fn is None and self.coalesce and not first.alone:
             key, rows = batch_key(first.options), first.n
             for job in self._waiting[1:]:
-                if job.fn is None and batch_key(job.options) == key and rows + job.n <= self.max_batch_sentences:
+                if (job.fn is None and not job.alone and batch_key(job.options) == key
+                        and rows + job.n <= self.max_batch_sentences):
                     batch.append(job)
                     rows += job.n
         taken = set(map(id, batch))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 
 class ApiError(Exception):
@@ -11,8 +12,10 @@ class ApiError(Exception):
 
 
 def queue_full(batcher) -> ApiError:
-    """503 with Retry-After: about twice the model's last job (a batch or a latent request), at least 1 s."""
-    retry = max(1, math.ceil(batcher.last_compute_s * 2))
+    """503 with Retry-After: about twice the model's last job (a batch or a latent request), or of the
+    running one so far when it has run longer (before the first job ends there is no last), at least 1 s."""
+    running = 0.0 if batcher.running_since is None else time.perf_counter() - batcher.running_since
+    retry = max(1, math.ceil(max(batcher.last_compute_s, running) * 2))
     return ApiError(503, f"server busy: {batcher.pending} requests queued; retry in {retry} s",
                     {"Retry-After": str(retry)})
 

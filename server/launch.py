@@ -70,7 +70,7 @@ def serve(args: argparse.Namespace) -> int:
               "this port can generate", file=sys.stderr)
     _check_address(args.host, args.port)  # a port in use or a wrong --host: one line, not uvicorn's log
     server = _server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on",
-                                    timeout_graceful_shutdown=GRACE_S), app)
+                                    timeout_graceful_shutdown=GRACE_S, http=head_deadline_protocol()), app)
     try:
         server.run()
     except SystemExit as exit_:  # uvicorn exits this way when it cannot start (port taken, ...)
@@ -86,12 +86,52 @@ def serve(args: argparse.Namespace) -> int:
 # How long a stopping server lets the answers it is sending finish (uvicorn's graceful shutdown). The
 # model's jobs do not wait on it: shutdown answers them 503 and stops the running one (server/batcher.py).
 GRACE_S = 30
+# A request's head (its line and headers) must arrive within this many seconds of the connection opening,
+# or of the answer before it: uvicorn's keep-alive timeout starts only after an answer, so a client that
+# opened connections and sent nothing, or a header a byte at a time, held a file descriptor each for ever,
+# and a few hundred of them locked every other client out. Behind a reverse proxy the proxy's own limits
+# come first (docs/server.md).
+HEAD_TIMEOUT_S = 10.0
+
+
+def head_deadline_protocol(timeout_s: float = HEAD_TIMEOUT_S):
+    """uvicorn's h11 protocol, closing a connection whose next request head has not arrived `timeout_s`
+    seconds after the connection opened or its last answer went out."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        _head_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._await_head()
+
+        def on_response_complete(self):
+            self._await_head()  # first: a pipelined request begins inside the call below, its head already here
+            super().on_response_complete()
+
+        def connection_lost(self, exc):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _await_head(self):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            waited_after = self.cycle  # a new request's head makes a new cycle
+            self._head_timer = self.loop.call_later(timeout_s, self._head_late, waited_after)
+
+        def _head_late(self, waited_after):
+            if self.cycle is waited_after and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadDeadline
 
 
 def _server(config, app):
-    """uvicorn's server, telling the app's batcher when shutdown begins: requests waiting for the model
-    or running on it are answered 503 at once (the running job stops within a step), instead of being
-    cancelled (a 500 each) when the grace ends."""
+    """uvicorn's server, telling the app when shutdown begins: requests waiting for the model or running
+    on it are answered 503 at once by the batcher (the running job stops within a step), and a body still
+    arriving by the body limit, instead of being cancelled (a 500 each) when the grace ends."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -99,6 +139,7 @@ def _server(config, app):
             batcher = getattr(app.state, "batcher", None)
             if batcher is not None:
                 batcher.close()
+            app.state.stopping.set()
             await super().shutdown(sockets=sockets)
 
     return Server(config)

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
+from server.errors import shutting_down
 from textebm.errors import UserError
 
 DEFAULTS = {
@@ -47,11 +48,16 @@ class BodyLimitMiddleware:
     connection, and a client still sending then gets the reset instead of the 413. Past `drain_bytes`
     the 413 goes out at once (a client sending that much is told as best the connection allows).
 
-    A body that stops arriving for `idle_s` seconds is answered 408: without it a client that declares
-    100 bytes and sends one holds its connection (and a file descriptor) for ever."""
+    A body that stops arriving for `idle_s` seconds, or is not whole `total_s` seconds after the request
+    came, is answered 408: without them a client that declares 100 bytes and sends one, or sends a byte
+    every few seconds, holds its connection (and a file descriptor) for ever. Once the server begins to
+    stop (`stopping` is set), a body still arriving is answered 503 at once instead of holding the
+    shutdown for its grace period."""
 
-    def __init__(self, app, max_bytes: int, drain_bytes: int = 1 << 20, idle_s: float = 30.0):
-        self.app, self.max_bytes, self.drain_bytes, self.idle_s = app, max_bytes, drain_bytes, idle_s
+    def __init__(self, app, max_bytes: int, drain_bytes: int = 1 << 20, idle_s: float = 30.0, total_s: float = 60.0,
+                 stopping: asyncio.Event | None = None):
+        self.app, self.max_bytes, self.drain_bytes = app, max_bytes, drain_bytes
+        self.idle_s, self.total_s, self.stopping = idle_s, total_s, stopping
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -66,11 +72,17 @@ class BodyLimitMiddleware:
             if declared > self.max_bytes:
                 return await self._too_large(receive, send, drain=declared <= self.drain_bytes)
         chunks, size = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_s
         while True:
             try:
-                message = await asyncio.wait_for(receive(), self.idle_s)
+                message = await self._next(receive, min(self.idle_s, deadline - loop.time()))
             except TimeoutError:
+                if loop.time() >= deadline:
+                    return await _reply(send, 408, f"body: not whole {self.total_s:g} s after the request came")
                 return await _reply(send, 408, f"body: nothing more of it arrived in {self.idle_s:g} s")
+            if message is None:
+                return await _reply(send, 503, shutting_down().detail)
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -90,6 +102,25 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _next(self, receive, timeout: float):
+        """The next message of the request, None once the server begins to stop; TimeoutError after `timeout`."""
+        if self.stopping is None:
+            return await asyncio.wait_for(receive(), max(timeout, 0))
+        getting = asyncio.ensure_future(receive())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({getting, stopping}, timeout=max(timeout, 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (getting, stopping):
+                if not task.done():
+                    task.cancel()
+        if getting in done:
+            return getting.result()
+        if stopping in done:
+            return None
+        raise TimeoutError
 
     async def _too_large(self, receive, send, drain: bool, read: int = 0):
         while drain and read <= self.drain_bytes:

@@ -43,15 +43,17 @@ def train_tiny_run(folder: Path) -> Path:
 
 
 @contextmanager
-def live_server(app, startup_timeout: float = 60.0, make_server=uvicorn.Server):
-    """Serve `app` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL.
+def live_server(app, startup_timeout: float = 60.0, make_server=uvicorn.Server, **options):
+    """Serve `app` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL. `options` go to
+    uvicorn's Config.
 
     The socket is bound here (port 0) and handed to uvicorn, so there is no race for the port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    settings = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 5, **options}
+    config = uvicorn.Config(app, **settings)
     server = make_server(config)
 
     def serve():

@@ -85,3 +85,78 @@ def test_a_body_that_stops_arriving_is_a_408():
                                  5))
     assert status(sent) == 408
     assert json.loads(sent[1]["body"])["detail"] == "body: nothing more of it arrived in 0.05 s"
+
+
+def _trickle(sent, gap_s):
+    """A receive that sends a byte every `gap_s` seconds and never the end of the body."""
+
+    async def receive():
+        await asyncio.sleep(gap_s)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    return receive, send
+
+
+async def _never_the_app(scope, receive, send):
+    raise AssertionError("the app must not see a body that never arrived whole")
+
+
+def test_a_body_that_trickles_is_a_408_once_its_whole_time_is_up():
+    # the 408 was per gap: a byte every 20 s held the connection for days
+    sent = []
+    receive, send = _trickle(sent, 0.01)
+    middleware = BodyLimitMiddleware(_never_the_app, max_bytes=10**6, idle_s=0.05, total_s=0.2)
+    asyncio.run(asyncio.wait_for(middleware({"type": "http", "headers": []}, receive, send), 5))
+    assert status(sent) == 408
+    assert json.loads(sent[1]["body"])["detail"] == "body: not whole 0.2 s after the request came"
+
+
+def test_a_body_still_arriving_when_the_server_stops_is_a_503_at_once():
+    # it held the shutdown for its 30 s grace, then got a plain-text 500 and left a traceback
+    sent = []
+    receive, send = _trickle(sent, 0.01)
+
+    async def scenario():
+        stopping = asyncio.Event()
+        middleware = BodyLimitMiddleware(_never_the_app, max_bytes=10**6, idle_s=60, total_s=60, stopping=stopping)
+        call = asyncio.ensure_future(middleware({"type": "http", "headers": []}, receive, send))
+        await asyncio.sleep(0.05)
+        assert not call.done()
+        stopping.set()
+        await asyncio.wait_for(call, 5)
+
+    asyncio.run(scenario())
+    assert status(sent) == 503
+    assert json.loads(sent[1]["body"])["detail"].startswith("server shutting down")
+
+
+def test_a_connection_whose_request_head_does_not_come_is_closed():
+    # uvicorn times a connection out only after an answer: idle sockets and half-sent heads were held for
+    # ever, and a few hundred of them locked every other client out
+    import socket
+    from urllib.parse import urlparse
+
+    import httpx
+    from server_fixtures import live_server
+
+    from server.launch import head_deadline_protocol
+
+    async def app(scope, receive, send):
+        if scope["path"] == "/slow":
+            await asyncio.sleep(0.8)  # longer than the head deadline: a request at work is not cut
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with live_server(app, lifespan="off", http=head_deadline_protocol(0.3)) as url:
+        address = (urlparse(url).hostname, urlparse(url).port)
+        idle, partial = socket.create_connection(address), socket.create_connection(address)
+        partial.sendall(b"POST /generate HTTP/1.1\r\nHo")
+        for connection in (idle, partial):
+            connection.settimeout(10)
+            assert connection.recv(1) == b""  # closed by the server (a timeout here: still held)
+            connection.close()
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert c.get("/slow").text == "ok" and c.get("/").text == "ok"  # one connection, two requests
