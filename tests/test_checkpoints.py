@@ -187,6 +187,16 @@ def test_weights_that_do_not_fit_the_config(saved_run, tiny_config):
     assert "\n" not in message and len(message) < 300 + len(str(folder)) + 100
 
 
+def test_a_vocabulary_that_does_not_fit_the_weights_says_so(saved_run):
+    folder = saved_run[0]
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab["itos"] = vocab["itos"][:-1]  # a word removed by hand: torch named the embedding's shapes
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    words = len(vocab["itos"])
+    with pytest.raises(UserError, match=f"vocabulary \\(vocab.json\\) has {words} entries, its weights {words + 1}"):
+        load_run(folder)
+
+
 def test_missing_files(saved_run):
     folder = saved_run[0]
     (folder / TRAINING_STATE).unlink()

@@ -109,6 +109,15 @@ def test_bad_requests(cli, tmp_path, one_line_error):
                    f"cannot write {tmp_path / 'notes.txt' / 'ptb'}: {tmp_path / 'notes.txt'} is not a folder")
 
 
+def test_the_table_says_when_the_data_folder_is_not_there(cli, tmp_path):
+    # every split read "missing", with no word that the folder itself was the trouble
+    status, out, err = cli("data", "--data-dir", tmp_path / "typo")
+    assert status == 0 and f"corpora in {(tmp_path / 'typo').resolve()} (it does not exist)," in out, err
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    status, out, err = cli("data", "--data-dir", tmp_path / "file")
+    assert status == 0 and "(not a folder)" in out, err
+
+
 def _textebm(*args, **popen):
     import subprocess
     import sys

@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"corpora in {data_dir(args.data_dir).resolve()}, one folder each (<corpus>/train.txt, ...)")
+    root = data_dir(args.data_dir)
+    state = "" if root.is_dir() else " (not a folder)" if root.exists() else " (it does not exist)"
+    print(f"corpora in {root.resolve()}{state}, one folder each (<corpus>/train.txt, ...)")
     width = max(len(_cell(s)) for r in report.values() for s in r["splits"].values())
     rows = [["corpus", *SPLITS]]
     rows += [[name, *(_cell(entry["splits"][split]) for split in SPLITS)] for name, entry in report.items()]

@@ -97,6 +97,10 @@ def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: 
     config = with_chain_overrides(load_config(folder), list(chain_overrides))
     vocab = load_vocab(folder)
     weights, step = load_weights(folder)
+    words = next((tensor.shape[0] for key, tensor in weights.items() if key.endswith("embed.weight")), len(vocab))
+    if words != len(vocab):  # vocab.json edited, or another run's: torch would name a layer's shapes
+        raise UserError(f"{folder}'s vocabulary (vocab.json) has {len(vocab)} entries, its weights {words}: the "
+                        "vocabulary is not the one the run trained with")
     model = build_model(config, vocab).to(device)
     try:
         model.load_state_dict(weights)
