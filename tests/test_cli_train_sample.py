@@ -81,6 +81,7 @@ def test_a_very_long_line_is_truncated_counted_and_reported(cli, tmp_path, train
     (["--max-cpu-minutes", "nan"], "--max-cpu-minutes must be positive"),
     (["--threads", "0"], "--threads"),
     (["--device", "tpu"], "device"),
+    (["--max-cpu-minutes", "1", "--keep-at", "0.5,2"], "--keep-at 2 is past --max-cpu-minutes 1"),
 ])
 def test_bad_options(cli, one_line_error, tmp_path, train_args, extra, fragment):
     args = train_args("--out", tmp_path / "run", *extra)

@@ -183,6 +183,7 @@ def test_bad_grids_exit_2_with_one_line(cli, tmp_path, corpus_folder, tiny_overr
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 0\n': "max_cpu_minutes",
         '[[runs]]\nname = "a"\nmax_minutes = inf\n': "max_minutes",
         '[[runs]]\nname = "a"\nmax_cpu_minutes = 1\nkeep_at = [0.5, -1]\n': "keep_at",
+        '[[runs]]\nname = "a"\nmax_cpu_minutes = 1\nkeep_at = [0.5, 2]\n': "`keep_at` [2] is past `max_cpu_minutes` 1",
         '[[runs]]\nname = "a"\nmax_steps = 2\n[published]\nsource = "p"\nrows = [{ corpus = "ptb", model = "m", '
         'fppl = -1 }]\n': "positive numbers",
         '[[runs]]\nname = "a"\nmax_steps = 2\n[published]\nrows = [{ corpus = "ptb", model = "m" }]\n': "source",

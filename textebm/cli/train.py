@@ -134,6 +134,10 @@ def _train(args: argparse.Namespace, parallel, device) -> int:
         if preset is None:
             preset, preset_note = device_preset(args.corpus, device.type == "cuda")
         config = resolve_config(preset, args.corpus, _config_overrides(args))
+    past = [m for m in args.keep_at if args.max_cpu_minutes is not None and m > args.max_cpu_minutes]
+    if past:  # never reached: the run stops at its CPU budget
+        raise UserError(f"--keep-at {', '.join(f'{m:g}' for m in past)} is past --max-cpu-minutes "
+                        f"{args.max_cpu_minutes:g}: the run stops before it")
     if not config.max_epochs and args.max_steps is None and args.max_minutes is None and args.max_cpu_minutes is None:
         raise UserError("training has no end: give --max-steps, --max-minutes, --max-cpu-minutes or a positive "
                         "max_epochs")

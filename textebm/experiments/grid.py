@@ -219,6 +219,9 @@ def _runs_of(path: Path, entry: dict, where: str) -> list[RunSpec]:
     if not isinstance(keep_at, list) or not all(_is_positive_number(m) for m in keep_at) \
             or len(set(keep_at)) != len(keep_at):
         fail(f"`keep_at` must be a list of distinct positive CPU minutes, not {keep_at!r}")
+    if max_cpu_minutes is not None and any(m > max_cpu_minutes for m in keep_at):  # `--dry-run` said "to do" for ever
+        fail(f"`keep_at` {[m for m in keep_at if m > max_cpu_minutes]} is past `max_cpu_minutes` {max_cpu_minutes}: "
+             "the run stops before it")
     if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
         fail(f"`max_steps` must be a positive integer, not {max_steps!r}")
     if "seed" in entry and "seeds" in entry:
