@@ -31,10 +31,11 @@ def add_parser(subparsers) -> None:
                    help="local: --jobs processes on this machine (default); slurm: one Slurm job per run that has "
                         "something left to do, through submitit (requeued jobs resume from their checkpoints)")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="a Slurm option for --executor slurm (submitit's names: partition, time in minutes, "
-                        "gpus_per_node, cpus_per_task, mem, account, qos, ...; over the grid's [slurm] table)")
+                   help="a Slurm option for --executor slurm (submitit's names: partition, time in minutes or "
+                        "HH:MM:SS, gpus_per_node, mem, account, qos, ...; over the grid's [slurm] table)")
     p.add_argument("--no-wait", action="store_true",
-                   help="--executor slurm: submit and return (run the command again later to gather the results)")
+                   help="--executor slurm: submit and return (the same command again waits for the jobs still "
+                        "queued or running, submitting no run twice, and writes the results)")
     p.set_defaults(run=run)
 
 
@@ -55,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     out = check_writable(Path(args.out).expanduser(), folder=True)
     if args.dry_run:
-        print(format_plan(grid, out, plan(grid, out), args.jobs))
+        if args.executor == "slurm":
+            from textebm.experiments.cluster import slurm_options
+
+            slurm_options(grid.slurm, args.slurm)  # a wrong option before anything is planned on it
+        print(format_plan(grid, out, plan(grid, out), None if args.executor == "slurm" else args.jobs))
         return 0
     command = shlex.join(_same_call(args))
     if args.results_only:
@@ -91,22 +96,36 @@ def _same_call(args: argparse.Namespace) -> list[str]:
 
 
 def _on_slurm(args, grid, out, command: str) -> int:
-    from textebm.experiments.cluster import slurm_executor, slurm_options, submit_grid, wait_for
+    import signal
+
+    from textebm.experiments.cluster import slurm_executor, slurm_options, slurm_queue, submit_grid, wait_for
     from textebm.experiments.reproduce import check_corpora, format_plan, plan, write_grid_results
 
     check_corpora(grid, args.data_dir, args.train_only)
     executor = slurm_executor(out / "slurm", slurm_options(grid.slurm, args.slurm))
     echo = lambda text: print(text, flush=True)  # noqa: E731
-    echo(format_plan(grid, out, plan(grid, out), args.jobs))
-    jobs = submit_grid(grid, out, executor, args.data_dir, args.device, args.train_only, echo)
+    steps = plan(grid, out)
+    echo(format_plan(grid, out, steps, None))
+    jobs, busy = submit_grid(grid, out, executor, args.data_dir, args.device, args.train_only, echo, steps,
+                             queued=slurm_queue)
     if args.no_wait:
-        echo(f"{len(jobs)} jobs submitted; when they have ended, `{command}` gathers the results")
-        return 0
+        echo(f"{len(jobs)} job{'s' * (len(jobs) != 1)} queued or running; `{command}` again waits for them (it "
+             "submits no run twice) and writes the results")
+        return 1 if busy else 0
+
+    def stop_waiting(signum, frame):  # SIGTERM, SIGHUP: as Ctrl-C, the jobs go on
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop_waiting) for sig in (signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) != signal.SIG_IGN}
     try:
-        status = wait_for(jobs, echo)
+        status = wait_for(jobs, echo, queued=slurm_queue)
     except KeyboardInterrupt:
-        echo(f"the jobs go on running on the cluster; when they have ended, `{command}` gathers the results")
+        echo(f"the jobs go on running on the cluster; `{command}` waits for them again and writes the results")
         return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for path in write_grid_results(grid, out, command):
         echo(f"wrote {path}")
-    return 0 if status == "done" else 1
+    return 0 if status == "done" and not busy else 1

@@ -328,7 +328,8 @@ def plan(grid: Grid, out: Path) -> list[Step]:
     return steps
 
 
-def format_plan(grid: Grid, out: Path, steps: list[Step], jobs: int) -> str:
+def format_plan(grid: Grid, out: Path, steps: list[Step], jobs: int | None) -> str:
+    """The plan as text; `jobs` processes at a time, or None: each run a Slurm job of its own."""
     width = max(len(s.run.name) for s in steps)
     lines = [f"grid {grid.title} ({grid.path}): {len(grid.runs)} runs into {out}"]
     previous = None
@@ -343,16 +344,19 @@ def format_plan(grid: Grid, out: Path, steps: list[Step], jobs: int) -> str:
     lines.append(f"done: {sum(s.status == 'done' for s in trains)} of {len(trains)} trainings, "
                  f"{sum(s.status == 'done' for s in evals)} of {len(evals)} evaluations")
     if to_train or to_eval:
+        at_once = "each run a Slurm job of its own" if jobs is None else f"{jobs} at a time"
         lines.append(f"to do: {to_train} trainings ({sum(s.status == 'resume' for s in trains)} resumed) and "
-                     f"{to_eval} evaluations, {jobs} at a time with one thread each")
+                     f"{to_eval} evaluations, {at_once} with one thread each")
         minutes = sum(s.minutes_left for s in trains if s.minutes_left)
         if minutes:
-            lines.append(f"training budget left: {minutes:.0f} core-minutes (about {minutes / jobs:.0f} min at "
-                         f"--jobs {jobs}), besides steps-only budgets and the evaluations")
+            at_jobs = "" if jobs is None else f" (about {minutes / jobs:.0f} min at --jobs {jobs})"
+            lines.append(f"training budget left: {minutes:.0f} core-minutes{at_jobs}, besides steps-only budgets "
+                         "and the evaluations")
         cpu = sum(s.cpu_minutes_left for s in trains if s.cpu_minutes_left and not s.minutes_left)
         if cpu:
-            lines.append(f"training CPU time left: {cpu:.0f} core-minutes (at least {cpu / jobs:.0f} min at --jobs "
-                         f"{jobs}), besides validations, steps-only budgets and the evaluations")
+            at_jobs = "" if jobs is None else f" (at least {cpu / jobs:.0f} min at --jobs {jobs})"
+            lines.append(f"training CPU time left: {cpu:.0f} core-minutes{at_jobs}, besides validations, steps-only "
+                         "budgets and the evaluations")
     else:
         busy = sum(s.status == "busy" for s in trains)
         lines.append("everything is done: nothing to start" if not busy else f"{busy} runs busy elsewhere")
@@ -437,13 +441,21 @@ class Reproduction:
 
     def run(self) -> str:
         """Every run to the end; returns done | failed | interrupted."""
+        def ignore(signum, frame):  # stopping already: a second request (scancel sends two TERMs, an impatient
+            pass                    # Ctrl-C) must not abandon the wait for the processes to save
+
         def stop_request(signum, frame):
+            for sig in previous:
+                signal.signal(sig, ignore)
             raise KeyboardInterrupt
 
         # SIGHUP too: a closed terminal or a dropped ssh session stops the runs in order, as Ctrl-C does
         # (unless it is ignored: under nohup the runs go on)
-        stops = [signal.SIGTERM] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) != signal.SIG_IGN)
-        previous = {sig: signal.signal(sig, stop_request) for sig in stops}
+        stops = [signal.SIGTERM] + [sig for sig in (signal.SIGINT, signal.SIGHUP)
+                                    if signal.getsignal(sig) not in (signal.SIG_IGN, None)]
+        previous = {sig: signal.getsignal(sig) or signal.SIG_DFL for sig in stops}
+        for sig in stops:
+            signal.signal(sig, stop_request)
         pool = ThreadPoolExecutor(self.jobs)
         try:
             self._futures = futures = [pool.submit(self._run_one, spec) for spec in self.grid.runs]
@@ -453,6 +465,8 @@ class Reproduction:
                 future.result()
         except BaseException as err:  # a stop request (Ctrl-C, SIGTERM), or a bug in a worker
             self.stop.set()
+            for sig in previous:
+                signal.signal(sig, ignore)
             if isinstance(err, KeyboardInterrupt):
                 self.echo("stopping: each process saves what it has; the same command resumes")
             for pid in list(self.children):
