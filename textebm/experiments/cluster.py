@@ -182,7 +182,7 @@ def slurm_queue() -> set[str] | None:
         return None
     if listed.returncode != 0:
         return None
-    return {line.strip() for line in listed.stdout.splitlines() if line.strip()}
+    return {line.split()[0] for line in listed.stdout.splitlines() if line.strip()}
 
 
 def submit_grid(grid: Grid, out: Path, executor, data_dir: str | None = None, device: str = "auto",
