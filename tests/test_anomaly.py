@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from textebm.evaluation.anomaly import auroc, neg_log_joint, score_lines
 
@@ -62,6 +63,8 @@ def test_score_lines_shapes_order_and_per_token(trained_run, short_lines):
     assert again.total == scores.total  # same seed, same scores
     assert scores.rows(lines)[2] == {"sentence": lines[2], "tokens": scores.tokens[2], "total": scores.total[2],
                                      "per_token": scores.per_token[2]}
+    with torch.inference_mode():  # as researchers wrap evaluation code: it failed inside torch
+        assert score_lines(loaded.model, loaded.vocab, lines, num_chains=2, seed=1, batch_size=4).total == scores.total
 
 
 def test_neg_log_joint_averages_the_chains(trained_run, short_lines):

@@ -96,6 +96,26 @@ def test_chain_json_has_a_profile_per_step_and_step_0_decodes_the_initial_z(anal
     assert len(profile["energy"]) == 6 and set(profile["sentences"]) == {"2", "5"}
 
 
+@pytest.mark.parametrize("noise", ["1", "0"])
+def test_chain_runs_the_chain_of_prior_sample_with_the_runs_noise_scale(analysis, trained_run, noise):
+    # the chain ran with noise 1 whatever the run's prior_noise, unlike model.prior_sample, which docs name
+    import torch
+
+    from textebm.model.runs import load_run
+
+    status, out, err = analysis("chain", "--checkpoint", trained_run, "--steps", "6", "--chains", "2", "--seed", "3",
+                                "--set", f"prior_noise={noise}", "--json", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads(out)
+    loaded = load_run(trained_run, chain_overrides=[f"prior_noise={noise}"])
+    trajectory: list = []
+    loaded.model.prior_sample(2, steps=6, generator=torch.Generator().manual_seed(3), trajectory=trajectory)
+    with torch.no_grad():
+        energies = loaded.model.prior.energy(torch.stack(trajectory).flatten(0, 1)).view(7, 2).T
+    assert result["noise_scale"] == float(noise)
+    torch.testing.assert_close(torch.tensor([c["energy"] for c in result["chains"]]), energies, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("steps", ["a,b", "-1,3", "", "1,,2"])
 def test_chain_bad_steps_exit_2_with_one_line(analysis, trained_run, one_line_error, steps):
     status, _, err = analysis("chain", "--checkpoint", trained_run, f"--steps={steps}")
@@ -105,11 +125,12 @@ def test_chain_bad_steps_exit_2_with_one_line(analysis, trained_run, one_line_er
 @pytest.mark.parametrize("extra, fragment", [
     (["--steps", "0,100001"], "--steps goes up to 100000, not 100001"),
     (["--chains", "0"], "--chains must be at least 1, not 0"),
-    (["--max-length", "0"], "--max-length must be at least 1, not 0"),
+    (["--max-length", "0"], "--max-length must be from 1 to 2000, not 0"),
+    (["--max-length", "100000000"], "--max-length must be from 1 to 2000, not 100000000"),
     (["--step-size", "0"], "--step-size must be a positive number, not 0.0"),
     (["--step-size=-0.5"], "--step-size must be a positive number, not -0.5"),
     (["--step-size", "inf"], "--step-size must be a positive number, not inf"),
-    (["--plot", "chain.jpg"], "--plot must name a .png file, not 'chain.jpg'"),
+    (["--plot", "chain.jpg"], "chain.jpg: a figure is written as .png, .pdf or .svg, not .jpg"),
 ])
 def test_chain_bad_options_exit_2_before_any_chain_runs(analysis, trained_run, one_line_error, monkeypatch, tmp_path,
                                                         extra, fragment):
@@ -156,6 +177,7 @@ def language_model_run(tmp_path_factory, train_args):
 def test_latent_commands_refuse_a_run_without_latent(analysis, language_model_run, one_line_error, command):
     status, _, err = analysis(command[0], "--checkpoint", language_model_run, *command[1:])
     one_line_error(status, err, command[0], "prior=none")
+    assert err.count(f"textebm {command[0]}:") == 1  # it was said twice
 
 
 def test_score_of_a_language_model_run_is_its_exact_nll(analysis, language_model_run, tmp_path):
@@ -207,7 +229,8 @@ def test_interpolate_empty_sentence_exits_2(analysis, trained_run, one_line_erro
 @pytest.mark.parametrize("extra, fragment", [
     (["--points", "1"], "--points must be at least 2 (the two endpoints), not 1"),
     (["--chains", "0"], "--chains must be at least 1, not 0"),
-    (["--max-length", "0"], "--max-length must be at least 1, not 0"),
+    (["--max-length", "0"], "--max-length must be from 1 to 2000, not 0"),
+    (["--max-length", "2001"], "--max-length must be from 1 to 2000, not 2001"),  # greedy decoding ran for hours
 ])
 def test_interpolate_bad_counts_exit_2(analysis, trained_run, one_line_error, extra, fragment):
     status, out, err = analysis("interpolate", "--checkpoint", trained_run, "--from", "the market fell",

@@ -163,12 +163,19 @@ def test_compare_draws_several_runs_on_one_figure(invoke, tmp_path, corpus_folde
     assert status == 0 and stdout.strip() == str(out) and "no NLL table" in err
     one_line_error(*cli("compare", runs[0], tmp_path, "--out", out)[::2], "compare", "textebm evaluate")
     one_line_error(*cli("compare", *runs, "--labels", "a", "--out", out)[::2], "compare", "--labels")
+    one_line_error(*cli("compare", *runs, "--out", tmp_path / "both.jpg")[::2], "compare", "not .jpg")
+    status, stdout, err = cli("compare", *runs, "--out", tmp_path / "both.pdf")  # PNG bytes under a .pdf name
+    assert status == 0 and (tmp_path / "both.pdf").read_bytes()[:5] == b"%PDF-", err
+    reports[0]["log_px_per_sentence"] = reports[0]["log_px_per_sentence"][:2]  # damaged: a traceback
+    (runs[0] / "evaluation-test.json").write_text(json.dumps(reports[0]))
+    one_line_error(*cli("compare", *runs)[::2], "compare", "damaged")
     one_line_error(*cli("compare", *runs, "--out", tmp_path)[::2], "compare",
                    f"cannot write {tmp_path}: it is a folder")
 
 
 @pytest.mark.parametrize("report, fragment", [
     ("{ cut short", "is not JSON"),
+    ("null", "holds no report"),  # a traceback
     (json.dumps({"nll_per_sentence": 80.0, "generation": {"greedy": {}}}),
      "was written before decoding sweeps: rerun textebm evaluate on"),
 ])

@@ -247,6 +247,7 @@ def test_sample_checks_its_out_before_it_draws_a_sentence(cli, one_line_error, t
     (["-n", "0"], "-n"),
     (["-n", "-5"], "-n"),
     (["--max-length", "0"], "max_length"),
+    (["--max-length", "2001"], "--max-length must be from 1 to 2000"),
     (["--prior-steps", "-1"], "prior_steps"),
     (["--batch-size", "0"], "--batch-size"),
 ])

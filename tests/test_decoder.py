@@ -120,6 +120,19 @@ def test_the_chains_value_and_gradient_are_autograd_s_likelihood_and_gradient(bl
         decoder.log_likelihood_and_grad(z, tokens, "fp16")
 
 
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_the_chains_gradient_flows_under_a_callers_no_grad_and_inference_mode(mode):
+    # inference_mode: torch's "element 0 of tensors does not require grad" from every posterior chain
+    torch.manual_seed(0)
+    decoder = Decoder(vocab_size=200, embedding_dim=16, hidden_dim=32, latent_dim=8).eval()
+    z, tokens = torch.randn(4, 8), _random_batch(200)[:4]
+    expected = decoder.log_likelihood_and_grad(z, tokens)
+    with mode():
+        inside = z.clone(), tokens.clone()  # tensors made under the caller's mode, as a chain's are
+        got = decoder.log_likelihood_and_grad(*inside)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 @pytest.mark.parametrize("block,device", [(5, "cpu"), (4096, "cpu"), pytest.param(5, "cuda", marks=pytest.mark.cuda)])
 def test_the_likelihood_without_autograd_is_the_autograd_likelihood_block_by_block(block, device, monkeypatch):
     """Without autograd `log_likelihood` projects a block of token rows at a time (`projected_values`; on a

@@ -57,6 +57,17 @@ def test_a_shortlist_of_every_word_is_the_likelihood_everywhere_in_fp32_and_near
     assert not torch.equal(values, exact) and (values - exact).abs().max() < 0.1  # bf16 operands, fp32 sums
 
 
+def test_the_stand_in_gives_its_gradient_under_a_callers_inference_mode():
+    decoder = _decoder()
+    centre = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    z, _, _ = _rows(decoder, centre, 1.0)
+    shortlist = Shortlist(decoder, TOKENS, centre, k=8, rows_per_sentence=3)
+    expected = shortlist.value_and_grad(decoder, z, TOKENS.repeat_interleave(3, 0), 0)
+    with torch.inference_mode():
+        got = shortlist.value_and_grad(decoder, z.clone(), TOKENS.repeat_interleave(3, 0), 0)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 def test_sentences_are_scored_from_any_first_one_and_partial_sentences_are_refused():
     decoder = _decoder()
     centre = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))

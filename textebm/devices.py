@@ -4,8 +4,12 @@ shared by the CLI's subcommands and the server's launcher."""
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from textebm.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_device_argument(parser, threads: int | None = None) -> None:
@@ -55,17 +59,28 @@ def resolve_device(name: str, threads: int | None = None, tf32: bool = True):
             raise UserError(f"--threads must be at least 1, not {threads}")
         torch.set_num_threads(threads)
 
-    if name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    device = parse_device(name)
     if device.type == "cuda":
         set_tf32(tf32)
+    return device
+
+
+def parse_device(name) -> torch.device:
+    """The torch device `name` (a string, or a torch.device) stands for, where this machine has it: auto is
+    CUDA when present; a UserError for a name torch does not know, or a GPU the machine lacks. No setting
+    changes (`resolve_device` is the command line's, with threads and TF32)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was asked for, but no CUDA GPU is available (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} was asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 

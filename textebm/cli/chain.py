@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import output_path, seed_type
+from textebm.cli.common import add_chain_argument, output_path, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -21,8 +21,10 @@ def add_parser(subparsers) -> None:
                    help="greedy decoding (the default)")
     p.add_argument("--sample", dest="greedy", action="store_false", help="sample tokens instead of greedy decoding")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
-    p.add_argument("--plot", type=output_path, metavar="FILE.png", help="write the chains' energy profiles to this PNG")
+    p.add_argument("--plot", type=output_path, metavar="FIGURE",
+                   help="write the chains' energy profiles to this figure (.png, .pdf or .svg)")
     p.add_argument("--json", action="store_true", help="JSON output (sentences and energy profiles)")
+    add_chain_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)
 
@@ -48,24 +50,22 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from textebm.cli.common import load_latent_run
+    from textebm.cli.common import check_decode_length, load_latent_run
     from textebm.errors import UserError
-    from textebm.evaluation.plots import plot_chain_profiles
+    from textebm.evaluation.plots import figure_format, plot_chain_profiles
     from textebm.evaluation.prior_chains import sentences_along_chains
     from textebm.io import check_writable
 
     steps = parse_steps(args.steps)
     if args.chains < 1:
         raise UserError(f"--chains must be at least 1, not {args.chains}")
-    if args.max_length < 1:
-        raise UserError(f"--max-length must be at least 1, not {args.max_length}")
+    check_decode_length(args.max_length)
     if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
         raise UserError(f"--step-size must be a positive number, not {args.step_size}")
     if args.plot:
-        if Path(args.plot).suffix.lower() != ".png":
-            raise UserError(f"--plot must name a .png file, not {args.plot!r}")
         check_writable(args.plot)
-    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain", tf32=args.tf32)
+        figure_format(args.plot)
+    loaded = load_latent_run(args.checkpoint, args.device, args.threads, "chain", args.chain, tf32=args.tf32)
     result = sentences_along_chains(loaded.model, loaded.vocab, steps, args.chains, args.step_size, args.seed,
                                     args.greedy, args.max_length)
     if args.plot:

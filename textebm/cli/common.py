@@ -1,5 +1,5 @@
-"""Helpers shared by subcommands: the types of `--seed` and of output paths, the `--set` option of chain
-settings, loading a run with a latent, reading a file of sentences.
+"""Helpers shared by subcommands: the types of `--seed` and of output paths, the bounds of decoding's
+`--max-length`, the `--set` option of chain settings, loading a run with a latent, reading a file of sentences.
 
 (Device options live in `textebm.devices`, shared with the server's launcher.)"""
 
@@ -20,6 +20,18 @@ def seed_type(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, not {value}")
+    return value
+
+
+# Longest sentence a command decodes: far past any corpus's lines (Yahoo's documents are cut at 200), and
+# short enough that a model that never ends a sentence stops within seconds, not after hours of greedy decoding.
+MAX_DECODE_LENGTH = 2000
+
+
+def check_decode_length(value: int) -> int:
+    """Every decoding command's `--max-length`: from 1 to MAX_DECODE_LENGTH."""
+    if not 1 <= value <= MAX_DECODE_LENGTH:
+        raise UserError(f"--max-length must be from 1 to {MAX_DECODE_LENGTH}, not {value}")
     return value
 
 
@@ -68,8 +80,8 @@ def load_latent_run(folder: str, device_name: str, threads: int | None, command:
 
     loaded = load_run(folder, resolve_device(device_name, threads, tf32), chain)
     if not loaded.model.has_latent:
-        raise UserError(f"textebm {command}: {folder} was trained with prior=none (a language model "
-                        "without a latent), so it has no latent space to explore")
+        raise UserError(f"{folder} was trained with prior=none (a language model without a latent), so it has "
+                        f"no latent space for {command} to explore")
     return loaded
 
 

@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
                               "point.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders evaluated by `textebm evaluate`")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="which evaluation (default test)")
-    p.add_argument("--out", type=output_path, metavar="PNG", help="also draw the quality-diversity figure here")
+    p.add_argument("--out", type=output_path, metavar="FIGURE",
+                   help="also draw the quality-diversity figure here (.png, .pdf or .svg)")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="curve labels (default: the run folders' names)")
     p.add_argument("--title", help="figure title")
     p.set_defaults(run=run)
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from textebm.errors import UserError
     from textebm.evaluation.paired import paired_nll_differences
-    from textebm.evaluation.plots import plot_quality_diversity
+    from textebm.evaluation.plots import figure_format, plot_quality_diversity
     from textebm.evaluation.reports import load_evaluation
     from textebm.io import check_writable
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--labels gives {len(labels)} names for {len(args.runs)} runs")
     if args.out:
         check_writable(args.out)
+        figure_format(args.out)
     evaluations = [(label, load_evaluation(Path(run), args.split)) for label, run in zip(labels, args.runs)]
     try:
         rows = paired_nll_differences(evaluations)

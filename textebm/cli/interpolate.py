@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from textebm.cli.common import load_latent_run
+    from textebm.cli.common import check_decode_length, load_latent_run
     from textebm.errors import UserError
     from textebm.generation.interpolation import interpolate
 
@@ -39,9 +39,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--points must be at least 2 (the two endpoints), not {args.points}")
     if args.chains < 1:
         raise UserError(f"--chains must be at least 1, not {args.chains}")
-    if args.max_length < 1:
-        raise UserError(f"--max-length must be at least 1, not {args.max_length}")
+    check_decode_length(args.max_length)
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate", args.chain, args.tf32)
+    limit = loaded.config.max_length
+    for flag, text in (("--from", args.source), ("--to", args.target)):
+        if len(loaded.vocab.encode(text)) > limit:  # its code is inferred from the first `limit` tokens only
+            print(f"textebm interpolate: note: {flag} is cut to the run's max_length ({limit} tokens)",
+                  file=sys.stderr)
     path = interpolate(loaded.model, loaded.vocab, args.source.strip(), args.target.strip(), args.points,
                        args.chains, args.seed, args.max_length)
     if args.json:

@@ -10,7 +10,7 @@ from textebm.cli.common import output_path
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plot a run's learning curves to a PNG")
     p.add_argument("run_folder", metavar="RUN")
-    p.add_argument("--out", type=output_path, help="PNG path (default: RUN/learning_curves.png)")
+    p.add_argument("--out", type=output_path, help="figure path, .png, .pdf or .svg (default: RUN/learning_curves.png)")
     p.add_argument("--x", choices=["step", "minutes", "cpu-minutes"], default="step",
                    help="the horizontal axis: steps, wall-clock minutes (validation included) or training CPU "
                         "minutes (steps only) (default: step)")
@@ -18,12 +18,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from textebm.evaluation.plots import plot_learning_curves
+    from textebm.evaluation.plots import figure_format, plot_learning_curves
     from textebm.io import check_writable
     from textebm.model.runs import load_config
 
     load_config(args.run_folder)  # a clear error when RUN is not a run
     if args.out:
         check_writable(args.out)
+        figure_format(args.out)
     print(plot_learning_curves(args.run_folder, args.out, x=args.x))
     return 0

@@ -31,6 +31,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from textebm.cli.common import check_decode_length
     from textebm.errors import UserError
     from textebm.generation.sampling import SamplingOptions, generate_text
     from textebm.io import atomic_write_text, check_writable
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
+    check_decode_length(args.max_length)
     ignored = [flag for flag, given in (("--temperature", args.temperature != 1.0), ("--top-k", args.top_k != 0),
                                         ("--top-p", args.top_p != 1.0)) if given]
     if args.greedy and ignored:

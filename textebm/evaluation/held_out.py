@@ -143,7 +143,15 @@ def evaluate(options: EvaluationOptions, progress: Progress = QUIET, tf32: bool 
     """Everything `textebm evaluate` reports, as one JSON-ready dict (without the figure). `tf32`: on CUDA,
     TF32 matrix products (`textebm.devices.set_tf32`), a setting of the machine rather than of the report.
     `resume_file` (e.g. RUN/evaluation-<split>.partial.pt): keep the finished stages there and start from
-    them (`textebm.evaluation.partial_evaluation`)."""
+    them (`textebm.evaluation.partial_evaluation`). A caller's `torch.inference_mode()` is lifted: every
+    tensor made under it would refuse the chains' autograd."""
+    import torch
+
+    with torch.inference_mode(False):
+        return _evaluate(options, progress, tf32, resume_file)
+
+
+def _evaluate(options: EvaluationOptions, progress: Progress, tf32: bool, resume_file: Path | None) -> dict:
     import torch
 
     from textebm.config import CHAIN_KEYS

@@ -58,6 +58,10 @@ def paired_nll_differences(evaluations: list[tuple[str, dict]]) -> list[tuple[st
         if PER_SENTENCE_KEY not in evaluation:
             raise UserError(f"{label}'s evaluation has no per-sentence log p(x) (written by an older textebm): "
                             "run `textebm evaluate` on it again")
+        scores = evaluation[PER_SENTENCE_KEY]
+        if not isinstance(scores, list) or len(scores) != evaluation.get("num_sentences", len(scores)):
+            raise UserError(f"{label}'s evaluation is damaged: its per-sentence log p(x) does not hold one number "
+                            "per sentence it names: run `textebm evaluate` on it again")
         if not same_sentences(first, evaluation):
             raise UserError(f"{label} was evaluated on other sentences than {first_label} (corpus, split or "
                             "--max-sentences differ): a paired comparison needs the same ones")

@@ -107,13 +107,26 @@ def plot_learning_curves(folder: Path, out: Path | None = None, title: str | Non
     return save_figure(fig, Path(out) if out else Path(folder) / "learning_curves.png")
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_format(out: Path) -> str:
+    """The format `out`'s suffix names (PNG, or PDF and SVG for a paper); a UserError for another, before any
+    work (a .pdf name once got PNG bytes)."""
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise UserError(f"{out}: a figure is written as .png, .pdf or .svg, not {Path(out).suffix or 'no suffix'}")
+    return suffix
+
+
 def save_figure(fig, out: Path) -> Path:
-    """Lay out, render to PNG and write atomically; the figure is closed."""
+    """Lay out, render in the format `out`'s suffix names (`figure_format`) and write atomically; the figure
+    is closed."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format=figure_format(out), dpi=110)
     plt.close(fig)
     atomic_write_bytes(out, buffer.getvalue())
     return out

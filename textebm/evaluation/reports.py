@@ -96,7 +96,9 @@ def load_evaluation(folder: Path, split: str) -> dict:
         evaluation = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         raise UserError(f"{path} is not JSON") from None
-    generation = evaluation.get("generation") if isinstance(evaluation, dict) else None
+    if not isinstance(evaluation, dict):
+        raise UserError(f"{path} holds no report (a JSON object): rerun textebm evaluate on {folder}")
+    generation = evaluation.get("generation")
     if generation is not None and "decodings" not in generation:
         raise UserError(f"{path} was written before decoding sweeps: rerun textebm evaluate on {folder}")
     return evaluation

@@ -9,20 +9,32 @@ from __future__ import annotations
 
 import torch
 
+from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
+from textebm.errors import UserError
 from textebm.generation.decoding import decode
 
 
 def sentence_codes(model, vocab, sentences: list[str], chains: int, seed: int) -> torch.Tensor:
-    """Each sentence's code (`model.infer_code`, `chains` samples averaged): (len(sentences), latent)."""
+    """Each sentence's code (`model.infer_code`, `chains` samples averaged): (len(sentences), latent), with
+    the model in eval mode (no dropout in the chains; a model fresh from training is put back as it was)."""
+    sentences, chains, seed = check_lines(sentences, "sentences"), check_count("chains", chains), check_seed(seed)
+    if not model.has_latent:
+        raise UserError("the model was trained with prior=none (a language model without a latent): it has no codes")
     tokens = pad(encode_lines(sentences, vocab, model.config.max_length).sentences, model.pad_id).to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    return model.infer_code(tokens, chains, generator)
+    was_training = model.training
+    model.eval()
+    try:
+        return model.infer_code(tokens, chains, generator)
+    finally:
+        model.train(was_training)
 
 
 def interpolate(model, vocab, source: str, target: str, points: int, chains: int, seed: int,
                 max_length: int) -> list[tuple[float, str]]:
     """`points` (t, sentence) pairs, t from 0 (source's code) to 1 (target's), decoded as one batch."""
+    points, max_length = check_count("points", points, least=2), check_count("max_length", max_length)
     codes = sentence_codes(model, vocab, [source, target], chains, seed)
     weights = torch.linspace(0.0, 1.0, points, device=model.device).unsqueeze(1)
     line = (1 - weights) * codes[0] + weights * codes[1]  # (points, latent)

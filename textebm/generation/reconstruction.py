@@ -20,7 +20,9 @@ import torch
 
 from lm_eval.bleu import CONVENTION, corpus_bleu
 from lm_eval.bleu import sentence_bleu as one_sentence_bleu
+from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
+from textebm.errors import UserError
 from textebm.generation.decoding import decode
 
 BLEU_CONVENTION = (f"{CONVENTION}; corpus BLEU x 100, words split on whitespace; "
@@ -97,7 +99,8 @@ def reconstruct(model, vocab, sentences: list[list[int]], chains: int = 1, seed:
     the run's max_length + 1, room for every input and its end of sentence). The codes and the
     prior samples draw from two generators seeded alike, so neither changes the other."""
     if not sentences:
-        raise ValueError("nothing to reconstruct")
+        raise UserError("nothing to reconstruct: no sentences")
+    chains, seed, batch_size = check_count("chains", chains), check_seed(seed), check_count("batch_size", batch_size)
     length = model.config.max_length + 1 if max_length is None else max_length
     code_stream = torch.Generator(device=model.device).manual_seed(seed)
     prior_stream = torch.Generator(device=model.device).manual_seed(seed)
@@ -127,7 +130,7 @@ def reconstruct(model, vocab, sentences: list[list[int]], chains: int = 1, seed:
 def reconstruct_lines(model, vocab, lines: list[str], chains: int = 1, seed: int = 0, batch_size: int = 64,
                       posterior_steps: int | None = None) -> Reconstruction:
     """`reconstruct` for text lines (encoded with the run's vocabulary, cut to its max_length)."""
-    encoded = encode_lines(lines, vocab, model.config.max_length)
+    encoded = encode_lines(check_lines(lines), vocab, model.config.max_length)
     return reconstruct(model, vocab, encoded.sentences, chains, seed, batch_size, posterior_steps,
                        truncated=encoded.truncated)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from textebm.arguments import check_count, check_seed
 from textebm.errors import UserError
 from textebm.randomness import RowStreams
 
@@ -40,6 +41,8 @@ def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size:
                  on_batch: Callable[[int], object] | None = None) -> list[list[int]]:
     """`n` sentences as id lists (end-of-sentence cut off), reproducible for a seed and batch size;
     `on_batch(sentences)` after each batch (a progress bar's update)."""
+    options.validate()  # temperature -1 sampled the least likely words: the command line refused it, and so here
+    n, seed, batch_size = check_count("n", n, least=0), check_seed(seed), check_count("batch_size", batch_size)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[int]] = []
     for start in range(0, n, batch_size):

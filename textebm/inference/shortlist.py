@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from textebm.model.decoder import autograd_ready, gradients_anywhere
+
 
 class Shortlist:
     """The stand-in for one batch of sentences (module docstring), built at `z_star` (B, d) for `tokens`
@@ -65,8 +67,8 @@ class Shortlist:
             raise ValueError(f"{rows} rows from sentence {first} are not whole sentences of {self.rows_per_sentence} "
                              f"rows each among {self.mask.shape[0]}")
         sentences = slice(first, first + n)
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
+        with gradients_anywhere():
+            z, tokens = autograd_ready(z).detach().requires_grad_(True), autograd_ready(tokens)
             hidden = decoder.hidden_states(z, tokens[:, :-1])  # (R, T, H)
             h = hidden.detach().float().view(n, -1, length, hidden.shape[-1])  # (n, C, T, H)
             flat = h.reshape(n, -1, h.shape[-1])  # (n, C T, H)

@@ -36,6 +36,20 @@ from torch import nn
 from textebm import cancellation
 
 
+@contextlib.contextmanager
+def gradients_anywhere():
+    """Autograd on, whatever the caller's mode: `torch.enable_grad()` lifts `no_grad` but not `inference_mode`,
+    under which a chain's gradient in z failed with torch's "does not require grad" (callers wrap evaluation
+    in either). Tensors made under inference mode still refuse autograd: `autograd_ready` copies them."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def autograd_ready(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a copy of it where it was made under inference mode (which autograd cannot record)."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, latent_dim: int,
                  num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0, pad_id: int = 0):
@@ -113,10 +127,11 @@ class Decoder(nn.Module):
     def log_likelihood_and_grad(self, z: torch.Tensor, tokens: torch.Tensor,
                                 projection: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x | z) per sentence (batch,), its gradient in z (batch, latent)), the weights held fixed:
-        what a chain's step needs (module docstring). Gradients flow whatever the caller's grad mode."""
-        targets = tokens[:, 1:]
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
+        what a chain's step needs (module docstring). Gradients flow whatever the caller's grad mode, under
+        `torch.no_grad()` and `torch.inference_mode()` alike (`gradients_anywhere`)."""
+        with gradients_anywhere():
+            z, tokens = autograd_ready(z).detach().requires_grad_(True), autograd_ready(tokens)
+            targets = tokens[:, 1:]
             hidden = self.hidden_states(z, tokens[:, :-1])
             rows = hidden.detach().reshape(-1, hidden.shape[-1])
             block = BLOCK_ROWS if rows.device.type == "cpu" else rows.shape[0]  # a GPU has no cache to fit

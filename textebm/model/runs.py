@@ -92,7 +92,13 @@ def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: 
              precision: str = "fp32") -> LoadedRun:
     """A trained run, ready to sample from: config, vocabulary and model (in eval mode). `chain_overrides`
     (`key=value`, chain settings only) change how its Langevin chains run from how it trained;
-    `precision` (fp32, bf16, int8) is how it decodes (`textebm.generation.precision`)."""
+    `precision` (fp32, bf16, int8) is how it decodes (`textebm.generation.precision`). It leaves the caller's
+    global random generator as it was (the modules' initial weights, replaced at once, draw from a fork)."""
+    from textebm.devices import parse_device
+
+    if isinstance(chain_overrides, str):
+        raise UserError(f"chain_overrides: a list of key=value strings, not one string ({chain_overrides!r})")
+    device = parse_device(device)  # torch's "not compiled with CUDA" came from deep inside .to(device)
     folder = Path(folder)
     config = with_chain_overrides(load_config(folder), list(chain_overrides))
     vocab = load_vocab(folder)
@@ -101,7 +107,8 @@ def load_run(folder: Path, device: torch.device | str = "cpu", chain_overrides: 
     if words != len(vocab):  # vocab.json edited, or another run's: torch would name a layer's shapes
         raise UserError(f"{folder}'s vocabulary (vocab.json) has {len(vocab)} entries, its weights {words}: the "
                         "vocabulary is not the one the run trained with")
-    model = build_model(config, vocab).to(device)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(config, vocab).to(device)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
