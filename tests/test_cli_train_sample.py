@@ -119,7 +119,9 @@ def test_missing_split_suggests_train_split(cli, one_line_error, tmp_path, data_
 def test_offline_missing_known_corpus(cli, one_line_error, tmp_path):
     args = ["train", "--corpus", "ptb", "--data-dir", tmp_path / "empty", "--out", tmp_path / "run",
             "--max-steps", "1", "--device", "cpu", "--no-progress"]
-    one_line_error(*cli(*args)[::2], "train", str(tmp_path / "empty" / "ptb"))
+    one_line_error(*cli(*args)[::2], "train", f"data folder {tmp_path / 'empty'} does not exist")
+    (tmp_path / "empty").mkdir()  # an existing folder without PTB: fetched, which offline cannot
+    one_line_error(*cli(*args)[::2], "train", str(tmp_path / "empty" / "ptb"), "TEXTEBM_OFFLINE")
 
 
 def test_resume_without_a_run(cli, one_line_error, tmp_path, train_args, small_corpus):

@@ -242,6 +242,7 @@ def test_user_folder_needs_a_split_and_trains_on_the_one_asked_for(tmp_path):
 
 def test_a_corpus_name_found_in_the_data_folder_is_pointed_to(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TEXTEBM_DATA_DIR", raising=False)  # the default data/ of the working folder
     write_corpus(tmp_path / "data" / "mine", {"train": ["a b", "c d"]})
     with pytest.raises(UserError, match=f"the data folder holds {Path('data') / 'mine'}: give --corpus "):
         open_corpus("mine")
