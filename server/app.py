@@ -102,6 +102,7 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
             app.state.startup_error = err
             raise
         app.state.run = run
+        app.state.stopping = asyncio.Event()
         app.state.batcher = Batcher(run.model, queue_size, max_batch_sentences, coalesce, on_batch=metrics.batch)
         metrics.watch(app.state.batcher)
         app.state.batcher.start()
@@ -128,9 +129,11 @@ def create_app(run_folder, *, api_key: str | None = None, max_n: int = DEFAULTS[
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
-    # set when shutdown begins (server/launch.py): a body still arriving is then answered 503 at once
-    app.state.stopping = stopping = asyncio.Event()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, stopping=stopping)  # before anything reads
+    # set when shutdown begins (server/launch.py): a body still arriving is then answered 503 at once. Made in
+    # the lifespan, on the loop that serves: an asyncio.Event belongs to the first loop that waits on it.
+    app.state.stopping = None
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes,  # before anything reads the body
+                       stopping=lambda: app.state.stopping)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts the body limit's 413 too
 
     @app.exception_handler(RequestValidationError)

@@ -139,7 +139,8 @@ def _server(config, app):
             batcher = getattr(app.state, "batcher", None)
             if batcher is not None:
                 batcher.close()
-            app.state.stopping.set()
+            if getattr(app.state, "stopping", None) is not None:
+                app.state.stopping.set()
             await super().shutdown(sockets=sockets)
 
     return Server(config)

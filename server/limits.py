@@ -51,11 +51,11 @@ class BodyLimitMiddleware:
     A body that stops arriving for `idle_s` seconds, or is not whole `total_s` seconds after the request
     came, is answered 408: without them a client that declares 100 bytes and sends one, or sends a byte
     every few seconds, holds its connection (and a file descriptor) for ever. Once the server begins to
-    stop (`stopping` is set), a body still arriving is answered 503 at once instead of holding the
-    shutdown for its grace period."""
+    stop (the event `stopping()` gives is set: the serving loop's own, made in the app's lifespan), a body
+    still arriving is answered 503 at once instead of holding the shutdown for its grace period."""
 
     def __init__(self, app, max_bytes: int, drain_bytes: int = 1 << 20, idle_s: float = 30.0, total_s: float = 60.0,
-                 stopping: asyncio.Event | None = None):
+                 stopping: Callable[[], asyncio.Event | None] | None = None):
         self.app, self.max_bytes, self.drain_bytes = app, max_bytes, drain_bytes
         self.idle_s, self.total_s, self.stopping = idle_s, total_s, stopping
 
@@ -105,10 +105,11 @@ class BodyLimitMiddleware:
 
     async def _next(self, receive, timeout: float):
         """The next message of the request, None once the server begins to stop; TimeoutError after `timeout`."""
-        if self.stopping is None:
+        event = self.stopping() if self.stopping is not None else None
+        if event is None:
             return await asyncio.wait_for(receive(), max(timeout, 0))
         getting = asyncio.ensure_future(receive())
-        stopping = asyncio.ensure_future(self.stopping.wait())
+        stopping = asyncio.ensure_future(event.wait())
         try:
             done, _ = await asyncio.wait({getting, stopping}, timeout=max(timeout, 0),
                                          return_when=asyncio.FIRST_COMPLETED)

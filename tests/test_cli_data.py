@@ -147,3 +147,10 @@ def test_a_full_disk_under_stdout_is_one_line():
         err = proc.stderr.read()
         assert proc.wait(timeout=60) == 1, err
     assert err.splitlines() == ["textebm data: error: no space left on the device"], err
+
+
+def test_a_damaged_gz_split_is_not_the_standard_one_and_no_traceback(cli, tmp_path):
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "train.txt.gz").write_bytes(b"not gzip\n")  # its checksum could not be read: a traceback
+    status, out, err = cli("data", "--data-dir", tmp_path, "--json")
+    assert status == 0 and json.loads(out)["ptb"]["splits"]["train"]["sha256_ok"] is False, err

@@ -454,3 +454,14 @@ def test_a_budget_below_what_a_run_trained_is_told_by_its_clocks_only_where_they
     _check_not_past(spec(max_cpu_minutes=30, max_steps=900), "F", trained, {"max_cpu_minutes": 30})
     # an interrupted run (no marker) may sit just past its end: resuming finishes it
     _check_not_past(spec(max_cpu_minutes=20), "F", trained, {})
+
+
+def test_a_named_data_folder_that_does_not_exist_is_refused_before_any_run(cli, tmp_path, tiny_overrides,
+                                                                           one_line_error, monkeypatch):
+    # each run started and failed in turn (under Slurm, each as a job after its wait in the queue)
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[[runs]]\nname = "a"\ncorpus = "ptb"\nmax_steps = 2\n', encoding="utf-8")
+    monkeypatch.setenv("TEXTEBM_DATA_DIR", str(tmp_path / "typo"))
+    one_line_error(*cli("reproduce", grid, "--out", tmp_path / "out")[::2], "reproduce",
+                   f"the data folder {tmp_path / 'typo'} does not exist")
+    assert not (tmp_path / "out" / "runs").exists()

@@ -111,8 +111,30 @@ def test_slurm_options_sbatch_would_refuse_are_one_line_first(flag, fragment):
 
 
 def test_slurm_booleans_are_booleans():
-    options = slurm_options({}, ["use_srun=false", "exclusive=True"])  # "false" was text, and text is true
-    assert options["use_srun"] is False and options["exclusive"] is True
+    options = slurm_options({}, ["use_srun=false", "exclusive=True", "partition=true"])  # "false" was true text
+    assert options["use_srun"] is False and options["exclusive"] is True and options["partition"] == "true"
+
+
+@pytest.mark.parametrize("table, fragment", [({"setup": "module load cuda"}, "setup must be a list of strings"),
+                                             ({"srun_args": [1]}, "srun_args must be a list of strings"),
+                                             ({"additional_parameters": "x"}, "additional_parameters must be a table")])
+def test_a_grid_slurm_table_of_the_wrong_shape_is_one_line(table, fragment):
+    # a string setup became one script line per character
+    with pytest.raises(UserError, match=fragment):
+        slurm_options(table, [])
+
+
+def test_when_squeue_does_not_answer_nothing_is_submitted_and_the_wait_goes_on(tmp_path, corpus_folder,
+                                                                               tiny_overrides):
+    grid_file = _grid(tmp_path, corpus_folder, tiny_overrides, '[[runs]]\nname = "a"\nmax_steps = 2\n')
+    grid, out = load_grid(str(grid_file)), tmp_path / "out"
+    (out / "slurm").mkdir(parents=True)
+    (out / "slurm" / JOBS).write_text(json.dumps({"a": "4242"}))
+    with pytest.raises(UserError, match="squeue did not answer"):  # a pending job would have run twice
+        submit_grid(grid, out, _executor(out), device="cpu", echo=lambda text: None, queued=lambda: None)
+    answers = iter([None, None, set()])  # squeue fails twice, then no longer lists the job
+    ended = _Ended(tmp_path, "4242", outcome="done")
+    assert wait_for([("a", ended)], lambda text: None, poll=0.01, queued=lambda: next(answers)) == "done"
 
 
 def test_a_slurm_job_runs_the_drivers_own_textebm(tmp_path, monkeypatch):

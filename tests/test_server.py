@@ -472,3 +472,16 @@ def test_damaged_checkpoint_fails_at_start_up_not_per_request(tmp_path, tiny_run
     assert isinstance(app.state.startup_error, UserError)
     assert "corrupt" in str(app.state.startup_error)
 
+
+
+def test_an_app_served_on_two_loops_waits_on_each_loops_own_stopping_event(tiny_run):
+    # one Event for the app's life belonged to the first loop: on the next, a body in pieces got a false 503
+    from fastapi.testclient import TestClient
+
+    app = create_app(tiny_run)
+    events = []
+    for _ in range(2):
+        with TestClient(app) as c:
+            events.append(app.state.stopping)
+            assert c.post("/generate", json={"n": 1, "seed": 3}).status_code == 200
+    assert events[0] is not None and events[1] is not None and events[0] is not events[1]

@@ -121,7 +121,8 @@ def test_a_body_still_arriving_when_the_server_stops_is_a_503_at_once():
 
     async def scenario():
         stopping = asyncio.Event()
-        middleware = BodyLimitMiddleware(_never_the_app, max_bytes=10**6, idle_s=60, total_s=60, stopping=stopping)
+        middleware = BodyLimitMiddleware(_never_the_app, max_bytes=10**6, idle_s=60, total_s=60,
+                                         stopping=lambda: stopping)
         call = asyncio.ensure_future(middleware({"type": "http", "headers": []}, receive, send))
         await asyncio.sleep(0.05)
         assert not call.done()

@@ -8,7 +8,7 @@ from textebm.cli.common import output_path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="plot a run's learning curves to a PNG")
+    p = subparsers.add_parser("plot", help="plot a run's learning curves to a figure (PNG, PDF or SVG)")
     p.add_argument("run_folder", metavar="RUN")
     p.add_argument("--out", type=output_path, help="figure path, .png, .pdf or .svg (default: RUN/learning_curves.png)")
     p.add_argument("--x", choices=["step", "minutes", "cpu-minutes"], default="step",

@@ -116,7 +116,7 @@ def _on_slurm(args, grid, out, command: str) -> int:
     def stop_waiting(signum, frame):  # SIGTERM, SIGHUP: as Ctrl-C, the jobs go on
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, stop_waiting) for sig in (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stop_waiting) or signal.SIG_DFL for sig in (signal.SIGTERM, signal.SIGHUP)
                 if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         status = wait_for(jobs, echo, queued=slurm_queue)

@@ -87,17 +87,22 @@ def open_corpus(name: str, data_dir_arg: str | None = None) -> Corpus:
     $TEXTEBM_DATA_DIR that does not exist is an error."""
     if name not in KNOWN:
         return _user_corpus(Path(name), data_dir(data_dir_arg))
-    root = data_dir(data_dir_arg)
-    folder = root / name
+    folder = data_dir(data_dir_arg) / name
     files = splits_in(folder)
     if not files:
-        if not root.is_dir() and (data_dir_arg or os.environ.get("TEXTEBM_DATA_DIR")):
-            # a folder the user named is read, not made: a typo must not start a download into a new folder
-            raise UserError(f"the data folder {root.absolute()} does not exist (check --data-dir or $TEXTEBM_DATA_DIR; "
-                            f"textebm data --fetch {name} --data-dir {root} makes it and fetches {name})")
+        check_named_data_dir(data_dir_arg, name)
         fetch(name, data_dir_arg)
         files = splits_in(folder)
     return Corpus(name, files)
+
+
+def check_named_data_dir(data_dir_arg: str | None, name: str) -> None:
+    """A data folder named by --data-dir or $TEXTEBM_DATA_DIR must exist before a corpus is fetched into it:
+    a typo must not start a download into a new folder (the default data/ is made as needed)."""
+    root = data_dir(data_dir_arg)
+    if not root.is_dir() and (data_dir_arg or os.environ.get("TEXTEBM_DATA_DIR")):
+        raise UserError(f"the data folder {root.absolute()} does not exist (check --data-dir or $TEXTEBM_DATA_DIR; "
+                        f"textebm data --fetch {name} --data-dir {root} makes it and fetches {name})")
 
 
 RECORD = "corpus.json"  # in a run folder: the files the run was trained on (`record_of`)
@@ -225,6 +230,14 @@ def content_sha256(path: Path) -> str:
     return file_sha256(path, gzip.open if path.suffix == ".gz" else open)
 
 
+def _readable_sha256(path: Path) -> str | None:
+    """`content_sha256`, or None for a file that cannot be read whole (a damaged .gz): not the standard one."""
+    try:
+        return content_sha256(path)
+    except (OSError, EOFError):
+        return None
+
+
 def split_status(name: str, data_dir_arg: str | None = None) -> dict[str, dict]:
     """Per split of a known corpus: its file (or None), size, and whether its sha256 is the standard one
     (True / False; None when no standard checksum is known or the file is missing)."""
@@ -236,7 +249,7 @@ def split_status(name: str, data_dir_arg: str | None = None) -> dict[str, dict]:
         status[split] = {
             "path": str(path) if path else None,
             "bytes": path.stat().st_size if path else None,
-            "sha256_ok": (content_sha256(path) == expected) if path and expected else None,
+            "sha256_ok": (_readable_sha256(path) == expected) if path and expected else None,
         }
     return status
 
@@ -278,7 +291,7 @@ def fetch_ptb(folder: Path, urls: dict[str, str] = PTB_URLS, progress: bool = Fa
             "the folder that holds ptb/ with --data-dir or $TEXTEBM_DATA_DIR")
     for stale in folder.glob(".*.txt.download*"):  # left by a fetch that was killed outright
         stale.unlink(missing_ok=True)
-    if all(split_file(folder, split) and content_sha256(split_file(folder, split)) == PTB_SHA256[split]
+    if all(split_file(folder, split) and _readable_sha256(split_file(folder, split)) == PTB_SHA256[split]
            for split in SPLITS):
         return  # already the standard files: nothing to download
     if offline() and not all(url.startswith("file:") for url in urls.values()):

@@ -104,7 +104,13 @@ def slurm_options(grid_options: dict, flags: list[str]) -> dict:
             raise UserError(f"--slurm {flag!r}: expected KEY=VALUE (e.g. partition=gpu, time=120, gpus_per_node=1)")
         if key in STRUCTURED_KEYS:
             raise UserError(f"--slurm {key}: a list or table: give it in the grid's [slurm] table")
-        options[key] = _scalar(value.strip())
+        options[key] = _scalar(key, value.strip())
+    for key in ("setup", "srun_args"):
+        if key in options and not (isinstance(options[key], list) and all(isinstance(v, str) for v in options[key])):
+            raise UserError(f"Slurm option {key} must be a list of strings in the grid's [slurm] table, e.g. "
+                            f'{key} = ["..."], not {options[key]!r}')
+    if "additional_parameters" in options and not isinstance(options["additional_parameters"], dict):
+        raise UserError("Slurm option additional_parameters must be a table in the grid's [slurm] table")
     options["time"] = _minutes(options["time"])
     delay = options["signal_delay_s"]
     if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
@@ -112,9 +118,12 @@ def slurm_options(grid_options: dict, flags: list[str]) -> dict:
     return options
 
 
-def _scalar(value: str):
-    """A --slurm value: true/false, an integer, a number, or text."""
-    if value.lower() in ("true", "false"):
+BOOLEAN_KEYS = ("use_srun", "exclusive")  # submitit's switches: "false" must not read as the text "false"
+
+
+def _scalar(key: str, value: str):
+    """A --slurm value: true/false for submitit's switches, an integer, a number, or text."""
+    if key in BOOLEAN_KEYS and value.lower() in ("true", "false"):
         return value.lower() == "true"
     for kind in (int, float):
         try:
@@ -174,7 +183,8 @@ def slurm_executor(folder: Path, options: dict):
 
 def slurm_queue() -> set[str] | None:
     """The ids of this user's jobs that Slurm still holds (pending, running, requeued, completing), by
-    squeue; None when squeue fails (the controller busy: ask again at the next poll)."""
+    squeue; None when squeue fails (the controller busy): the driver then submits nothing and asks again at
+    its next poll."""
     try:
         listed = subprocess.run(["squeue", "--noheader", "--format=%i", f"--user={getpass.getuser()}"],
                                 capture_output=True, text=True, timeout=60)
@@ -193,6 +203,9 @@ def submit_grid(grid: Grid, out: Path, executor, data_dir: str | None = None, de
     process works on now (none of this driver's jobs)."""
     held = queued() if queued is not None else None
     recorded = _recorded_jobs(out)
+    if queued is not None and held is None and recorded:
+        raise UserError("squeue did not answer: which of this grid's jobs still wait cannot be told, so none is "
+                        "submitted (a pending one would run twice); run the command again")
     jobs, busy = [], []
     for spec, statuses in _runs_of(steps if steps is not None else plan(grid, out), train_only):
         job_id = recorded.get(spec.name)
@@ -222,6 +235,7 @@ def _runs_of(steps: list[Step], train_only: bool) -> list[tuple]:
 
 
 def _recorded_jobs(out: Path) -> dict[str, str]:
+    """Each run's last submitted job id, from OUT/slurm/jobs.json (none where it is missing or unreadable)."""
     record = read_json(Path(out) / "slurm" / JOBS) or {}
     return {name: str(job_id) for name, job_id in record.items() if isinstance(job_id, (str, int))}
 
@@ -253,6 +267,9 @@ def wait_for(jobs: list, echo=print, poll: float = POLL_SECONDS, queued=None) ->
         held = queued() if queued is not None else None
         still = []
         for name, job in waiting:
+            if queued is not None and held is None:  # squeue did not answer: ask again at the next poll
+                still.append((name, job))
+                continue
             if (str(job.job_id) in held) if held is not None else not job.done():
                 still.append((name, job))
                 continue

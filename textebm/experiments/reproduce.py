@@ -732,13 +732,15 @@ def check_corpora(grid: Grid, data_dir: str | None, train_only: bool = False) ->
     holds before anything trains: a split the corpus lacks fails now, not after hours of training. (A file
     corpus's splits are checked as the grid is read; a corpus not there yet is fetched, or explained,
     when its first run starts.)"""
-    from textebm.data.corpora import KNOWN, Corpus, check_evaluation_split, splits_in
+    from textebm.data.corpora import KNOWN, Corpus, check_evaluation_split, check_named_data_dir, splits_in
     from textebm.data.corpora import data_dir as corpora_folder
 
     for spec in grid.runs:
         corpus_folder = corpora_folder(data_dir) / spec.corpus
         files = splits_in(corpus_folder) if spec.corpus in KNOWN else {}
         if not files:
+            if spec.corpus in KNOWN:  # every run would start and fail (under Slurm, each after its wait)
+                check_named_data_dir(data_dir, spec.corpus)
             continue
         corpus = Corpus(spec.corpus, files)
         evaluations = [] if train_only else [*spec.evaluations, *filter(None, [spec.mark_evaluation])]
