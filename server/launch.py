@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-n", type=int, default=DEFAULTS["max_n"],
                    help=f"most sentences per request (default {DEFAULTS['max_n']})")
     p.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
-                   help=f"largest max_length a request may ask (default {DEFAULTS['max_length']})")
+                   help=f"largest max_length a request may ask (default {DEFAULTS['max_length']}, at most 2000)")
     p.add_argument("--max-prior-steps", type=int, default=DEFAULTS["max_prior_steps"],
                    help=f"largest prior_steps (default {DEFAULTS['max_prior_steps']})")
     p.add_argument("--queue-size", type=int, default=DEFAULTS["queue_size"],

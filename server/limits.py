@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 
 from server.errors import shutting_down
+from textebm.config import MAX_DECODE_LENGTH
 from textebm.errors import UserError
 
 DEFAULTS = {
@@ -28,6 +29,8 @@ def check_settings(limits: dict, api_key: str | None, spelled: Callable[[str], s
     for name, value in limits.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"{spelled(name)} must be a positive integer, not {value!r}")
+    if limits.get("max_length", 1) > MAX_DECODE_LENGTH:  # one request could decode for hours
+        raise UserError(f"{spelled('max_length')} must be at most {MAX_DECODE_LENGTH}, not {limits['max_length']}")
     if limits.get("max_batch_sentences", DEFAULTS["max_batch_sentences"]) < limits.get("max_n", DEFAULTS["max_n"]):
         raise UserError(f"{spelled('max_batch_sentences')} ({limits['max_batch_sentences']}) must be at least "
                         f"{spelled('max_n')} ({limits.get('max_n', DEFAULTS['max_n'])})")

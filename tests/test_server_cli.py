@@ -85,6 +85,7 @@ def test_bad_run_folders_exit_2_with_one_line(cli_run, tmp_path, damage):
 def test_bad_options_exit_2(cli_run):
     for extra, message in [(["--port", "70000"], "--port"),
                            (["--max-n", "0"], "--max-n must be a positive integer, not 0"),
+                           (["--max-length", "2001"], "--max-length must be at most 2000, not 2001"),
                            (["--max-batch", "10"], "--max-batch (10) must be at least --max-n (64)"),
                            (["--api-key", " "], "--api-key must not be empty"),
                            (["--api-key", "clé"], "--api-key must be printable ASCII")]:

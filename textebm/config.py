@@ -21,6 +21,9 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Seeds are signed 64-bit integers: torch's generators fail above 2**64 - 1 ("Overflow when unpacking long
 # long"), and training adds offsets to the seed (seed + step, seed + RESET_SEED), which the headroom keeps in range.
 MAX_SEED = 2**63 - 1
+# Longest sentence a command or the server decodes: far past any corpus's lines (Yahoo's documents are cut at
+# 200), and short enough that a model that never ends a sentence stops within seconds, not after hours.
+MAX_DECODE_LENGTH = 2000
 
 STEP_SCHEDULES = ("constant", "linear", "geometric")
 

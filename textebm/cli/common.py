@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.config import MAX_SEED
+from textebm.config import MAX_DECODE_LENGTH, MAX_SEED
 from textebm.errors import UserError
 
 
@@ -21,11 +21,6 @@ def seed_type(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, not {value}")
     return value
-
-
-# Longest sentence a command decodes: far past any corpus's lines (Yahoo's documents are cut at 200), and
-# short enough that a model that never ends a sentence stops within seconds, not after hours of greedy decoding.
-MAX_DECODE_LENGTH = 2000
 
 
 def check_decode_length(value: int) -> int:
