@@ -72,6 +72,7 @@ def load_model(path: str | Path):
 
 
 def validate_memory(memory: str) -> None:
+    """lmplz's -S as lmplz reads it, checked before any work (lmplz found a bad one after self-BLEU had run)."""
     if not _MEMORY.match(str(memory)):
         raise EstimationError(f"memory bound {memory!r} is not a size lmplz reads (a number with an optional unit "
                               "b, K, M, G, T, P, E, or a % of the RAM: e.g. 1G, 500M, 20%)")
@@ -191,6 +192,7 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _looks_binary(path: Path) -> bool:
+    """Whether `path` starts as a KenLM binary does: a damaged cache file is rebuilt without KenLM reading it."""
     try:
         with open(path, "rb") as fh:
             return fh.read(len(_BINARY_MAGIC)) == _BINARY_MAGIC
