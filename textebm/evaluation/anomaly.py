@@ -20,6 +20,7 @@ import torch
 
 from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
+from textebm.model.modes import eval_mode
 
 
 def auroc(scores_normal: Sequence[float], scores_anomalous: Sequence[float]) -> float:
@@ -65,17 +66,13 @@ def score_lines(model, vocab, lines: list[str], num_chains: int = 4, seed: int =
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     generator = torch.Generator(device=model.device).manual_seed(seed)
     total = torch.empty(len(sentences), dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             tokens = pad([sentences[i] for i in rows], model.pad_id).to(model.device)
             total[rows] = neg_log_joint(model, tokens, num_chains, generator, posterior_steps).double().cpu()
             if progress is not None:
                 progress(start + len(rows), len(order))
-    finally:
-        model.train(was_training)
     counts = torch.tensor([len(s) - 1 for s in sentences], dtype=torch.float64)
     return SentenceScores(total.tolist(), (total / counts).tolist(), counts.long().tolist(), encoded.truncated)
 

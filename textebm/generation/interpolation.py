@@ -13,6 +13,7 @@ from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
 from textebm.errors import UserError
 from textebm.generation.decoding import decode
+from textebm.model.modes import eval_mode
 
 
 def sentence_codes(model, vocab, sentences: list[str], chains: int, seed: int) -> torch.Tensor:
@@ -23,12 +24,8 @@ def sentence_codes(model, vocab, sentences: list[str], chains: int, seed: int) -
         raise UserError("the model was trained with prior=none (a language model without a latent): it has no codes")
     tokens = pad(encode_lines(sentences, vocab, model.config.max_length).sentences, model.pad_id).to(model.device)
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model.infer_code(tokens, chains, generator)
-    finally:
-        model.train(was_training)
 
 
 def interpolate(model, vocab, source: str, target: str, points: int, chains: int, seed: int,

@@ -24,6 +24,7 @@ from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
 from textebm.errors import UserError
 from textebm.generation.decoding import decode
+from textebm.model.modes import eval_mode
 
 BLEU_CONVENTION = (f"{CONVENTION}; corpus BLEU x 100, words split on whitespace; "
                    "references are the inputs through the run's vocabulary (unknown words as its unknown token, "
@@ -107,9 +108,7 @@ def reconstruct(model, vocab, sentences: list[list[int]], chains: int = 1, seed:
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     outputs: list[str] = [""] * len(sentences)
     baseline: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             tokens = pad([sentences[i] for i in rows], model.pad_id).to(model.device)
@@ -119,8 +118,6 @@ def reconstruct(model, vocab, sentences: list[list[int]], chains: int = 1, seed:
         for start in range(0, len(sentences), batch_size):
             z = model.prior_sample(min(batch_size, len(sentences) - start), generator=prior_stream)
             baseline += [vocab.decode(ids) for ids in _greedy(model, z, length)]
-    finally:
-        model.train(was_training)
     inputs = [vocab.decode(s) for s in sentences]
     return Reconstruction(inputs, outputs, baseline, truncated, bleu(inputs, outputs), exact_share(inputs, outputs),
                           bleu(inputs, baseline), exact_share(inputs, baseline),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from textebm.model.decoder import autograd_ready, gradients_anywhere
+from textebm.model.modes import autograd_ready, gradients_anywhere
 
 
 class Shortlist:

@@ -34,20 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textebm import cancellation
-
-
-@contextlib.contextmanager
-def gradients_anywhere():
-    """Autograd on, whatever the caller's mode: `torch.enable_grad()` lifts `no_grad` but not `inference_mode`,
-    under which a chain's gradient in z failed with torch's "does not require grad" (callers wrap evaluation
-    in either). Tensors made under inference mode still refuse autograd: `autograd_ready` copies them."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def autograd_ready(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor`, or a copy of it where it was made under inference mode (which autograd cannot record)."""
-    return tensor.clone() if tensor.is_inference() else tensor
+from textebm.model.modes import autograd_ready, gradients_anywhere
 
 
 class Decoder(nn.Module):

@@ -19,6 +19,7 @@ from textebm.model.decoder import Decoder
 from textebm.model.encoder import InitEncoder
 from textebm.model.energy import EnergyPrior
 from textebm.model.langevin import Shard, posterior_chain, prior_chain
+from textebm.model.modes import eval_mode
 from textebm.randomness import RowStreams
 
 
@@ -135,11 +136,7 @@ class LatentEBMTextModel(nn.Module):
                  top_k: int = 0, top_p: float = 1.0, prior_steps: int | None = None,
                  generator: torch.Generator | RowStreams | None = None) -> torch.Tensor:
         """Sentences from the model: prior chain, then decoding. Token ids (n, <= max_length)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             z = self.prior_sample(n, steps=prior_steps, generator=generator)
             return decode(self.decoder, z, self.bos_id, self.eos_id, max_length, greedy,
                           temperature, top_k, top_p, generator, self.decoding_products)
-        finally:
-            self.train(was_training)
