@@ -20,7 +20,7 @@ import torch
 
 from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
-from textebm.model.modes import eval_mode
+from textebm.modes import eval_mode
 
 
 def auroc(scores_normal: Sequence[float], scores_anomalous: Sequence[float]) -> float:

@@ -13,7 +13,7 @@ from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
 from textebm.errors import UserError
 from textebm.generation.decoding import decode
-from textebm.model.modes import eval_mode
+from textebm.modes import eval_mode
 
 
 def sentence_codes(model, vocab, sentences: list[str], chains: int, seed: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from textebm.arguments import check_count, check_lines, check_seed
 from textebm.data.batches import encode_lines, pad
 from textebm.errors import UserError
 from textebm.generation.decoding import decode
-from textebm.model.modes import eval_mode
+from textebm.modes import eval_mode
 
 BLEU_CONVENTION = (f"{CONVENTION}; corpus BLEU x 100, words split on whitespace; "
                    "references are the inputs through the run's vocabulary (unknown words as its unknown token, "

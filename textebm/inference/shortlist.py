@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from textebm.model.modes import autograd_ready, gradients_anywhere
+from textebm.modes import autograd_ready, gradients_anywhere
 
 
 class Shortlist:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textebm import cancellation
-from textebm.model.modes import autograd_ready, gradients_anywhere
+from textebm.modes import autograd_ready, gradients_anywhere
 
 
 class Decoder(nn.Module):

@@ -19,7 +19,7 @@ from textebm.model.decoder import Decoder
 from textebm.model.encoder import InitEncoder
 from textebm.model.energy import EnergyPrior
 from textebm.model.langevin import Shard, posterior_chain, prior_chain
-from textebm.model.modes import eval_mode
+from textebm.modes import eval_mode
 from textebm.randomness import RowStreams
 
 
