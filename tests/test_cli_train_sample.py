@@ -206,7 +206,7 @@ def test_a_seed_out_of_range_is_refused_as_the_command_line_is_read(cli, command
 
     for bad in (str(2**63), "99999999999999999999", "-1"):
         status, _, err = cli(command, "--seed", bad)
-        assert status == 2 and f"argument --seed: must be from 0 to 2**63 - 1, not {bad}" in err, err
+        assert status == 2 and f"argument --seed: seed must be an integer from 0 to 2**63 - 1, not {bad}" in err, err
     assert seed_type(str(2**63 - 1)) == 2**63 - 1
 
 

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.config import MAX_DECODE_LENGTH, MAX_SEED
+from textebm.arguments import check_seed
+from textebm.config import MAX_DECODE_LENGTH
 from textebm.errors import UserError
 
 
 def seed_type(text: str) -> int:
-    """The type of every `--seed`: an integer from 0 to textebm.config.MAX_SEED, checked as the command
-    line is read (a seed out of range failed inside torch, after the work had begun)."""
+    """The type of every `--seed`: the library's `check_seed`, applied as the command line is read (a seed out
+    of range failed inside torch, after the work had begun)."""
     try:
-        value = int(text)
+        return check_seed(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 2**63 - 1, not {value}")
-    return value
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def check_decode_length(value: int) -> int:
