@@ -165,6 +165,7 @@ def test_a_stop_request_saves_the_training_and_exits_130(tmp_path, corpus_folder
         driver.kill()
     assert driver.returncode == 130 and "Traceback" not in stdout, stdout
     assert "stopped (saved; the same command resumes it)" in stdout and "again to resume" in stdout
+    assert stdout.count("already stopping: waiting for each process to save") == 1, stdout  # the second request
     # the hint is this very call: without --train-only it would have started the evaluations too
     assert f"`textebm reproduce {grid} --out {out} --jobs 1 --train-only --device cpu` again to resume" in stdout
     assert re.search(r"stopped at step \d+ \(interrupt\)", (folder / "train.log").read_text())

@@ -25,6 +25,7 @@ again). `--train-only` trains and leaves the evaluations for a later call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -441,8 +442,13 @@ class Reproduction:
 
     def run(self) -> str:
         """Every run to the end; returns done | failed | interrupted."""
+        told = []
+
         def ignore(signum, frame):  # stopping already: a second request (scancel sends two TERMs, an impatient
-            pass                    # Ctrl-C) must not abandon the wait for the processes to save
+            if not told:            # Ctrl-C) must not abandon the wait for the processes to save; said once,
+                told.append(True)   # with a raw write (a print here could re-enter one under way)
+                with contextlib.suppress(OSError):
+                    os.write(2, b"already stopping: waiting for each process to save (a few seconds)\n")
 
         def stop_request(signum, frame):
             for sig in previous:
