@@ -213,8 +213,11 @@ def test_a_seed_out_of_range_is_refused_as_the_command_line_is_read(cli, command
 @pytest.mark.parametrize("command, option", [("sample", "--out"), ("score", "--out"), ("plot", "--out"),
                                              ("compare", "--out"), ("chain", "--plot"), ("train", "--out"),
                                              ("reproduce", "--out"), ("eval-ppl", "--rppl-out"),
-                                             ("evaluate", "--rppl-out")])
-def test_an_empty_output_path_is_refused_not_read_as_no_option(cli, trained_run, command, option):
+                                             ("evaluate", "--rppl-out"), ("train", "--data-dir"),
+                                             ("data", "--data-dir"), ("eval-ppl", "--data-dir"),
+                                             ("reproduce", "--data-dir"), ("evaluate", "--data-dir"),
+                                             ("reconstruct", "--data-dir")])
+def test_an_empty_path_is_refused_not_read_as_no_option(cli, trained_run, command, option):
     status, out, err = cli(command, option, "", "--checkpoint", trained_run)
     assert status == 2 and out == "" and f"argument {option}: expected a path, not an empty string" in err, err
 

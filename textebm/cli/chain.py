@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, output_path, seed_type
+from textebm.cli.common import add_chain_argument, path_type, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                    help="greedy decoding (the default)")
     p.add_argument("--sample", dest="greedy", action="store_false", help="sample tokens instead of greedy decoding")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
-    p.add_argument("--plot", type=output_path, metavar="FIGURE",
+    p.add_argument("--plot", type=path_type, metavar="FIGURE",
                    help="write the chains' energy profiles to this figure (.png, .pdf or .svg)")
     p.add_argument("--json", action="store_true", help="JSON output (sentences and energy profiles)")
     add_chain_argument(p)

@@ -30,9 +30,9 @@ def check_decode_length(value: int) -> int:
     return value
 
 
-def output_path(text: str) -> str:
-    """The type of every option that names where output goes (`--out`, `--plot`, `--rppl-out`): an empty
-    one would read as the option left out (stdout, a default place), so it is refused."""
+def path_type(text: str) -> str:
+    """The type of every option that names a path (`--out`, `--plot`, `--rppl-out`, `--data-dir`): an empty
+    one (`--data-dir "$UNSET"`) would read as the option left out (stdout, a default place), so it is refused."""
     if not text:
         raise argparse.ArgumentTypeError("expected a path, not an empty string")
     return text
@@ -43,7 +43,7 @@ def add_data_dir_argument(parser, of_a_run: bool = False) -> None:
     run recorded come first when it is not given (textebm.data.corpora.open_run_corpus)."""
     default = ("the files the run recorded in its corpus.json, where they still are; else $TEXTEBM_DATA_DIR, else "
                "data/" if of_a_run else "$TEXTEBM_DATA_DIR, else data/")
-    parser.add_argument("--data-dir", metavar="D", help=f"folder of the corpora (default: {default})")
+    parser.add_argument("--data-dir", metavar="D", type=path_type, help=f"folder of the corpora (default: {default})")
 
 
 def add_chain_argument(parser) -> None:
@@ -112,7 +112,7 @@ def add_protocol_arguments(parser, generates: bool):
                        help="config preset of the reverse LM (default: as textebm train picks, cpu on a CPU)")
     group.add_argument("--rppl-set", action="append", default=[], metavar="KEY=VALUE",
                        help="reverse LM config, e.g. --rppl-set hidden_dim=512 (repeatable)")
-    group.add_argument("--rppl-out", type=output_path, metavar="DIR",
+    group.add_argument("--rppl-out", type=path_type, metavar="DIR",
                        help="keep the reverse LM's run folder here (default: removed)")
     return group
 

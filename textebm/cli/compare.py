@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import output_path
+from textebm.cli.common import path_type
 
 
 def add_parser(subparsers) -> None:
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
                               "point.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders evaluated by `textebm evaluate`")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="which evaluation (default test)")
-    p.add_argument("--out", type=output_path, metavar="FIGURE",
+    p.add_argument("--out", type=path_type, metavar="FIGURE",
                    help="also draw the quality-diversity figure here (.png, .pdf or .svg)")
     p.add_argument("--labels", nargs="+", metavar="NAME", help="curve labels (default: the run folders' names)")
     p.add_argument("--title", help="figure title")

@@ -14,7 +14,7 @@ from textebm.cli.common import (
     add_data_dir_argument,
     add_protocol_arguments,
     cell,
-    output_path,
+    path_type,
     protocol_options,
     protocol_rows,
     seed_type,
@@ -97,7 +97,7 @@ def add_parser(subparsers) -> None:
                         "x 8 bytes (default: at most 512, fewer where that passes 1 GiB of logits)")
     p.add_argument("--seed", type=seed_type, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--out", type=output_path, metavar="FILE",
+    p.add_argument("--out", type=path_type, metavar="FILE",
                    help="write the JSON report to FILE (its figure beside it, FILE with .png) instead of "
                         "RUN/evaluation-<split>.json, which stays as it is (e.g. for a smoke test)")
     add_progress_argument(p)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import output_path
+from textebm.cli.common import path_type
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plot a run's learning curves to a figure (PNG, PDF or SVG)")
     p.add_argument("run_folder", metavar="RUN")
-    p.add_argument("--out", type=output_path, help="figure path, .png, .pdf or .svg (default: RUN/learning_curves.png)")
+    p.add_argument("--out", type=path_type, help="figure path, .png, .pdf or .svg (default: RUN/learning_curves.png)")
     p.add_argument("--x", choices=["step", "minutes", "cpu-minutes"], default="step",
                    help="the horizontal axis: steps, wall-clock minutes (validation included) or training CPU "
                         "minutes (steps only) (default: step)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_data_dir_argument, output_path
+from textebm.cli.common import add_data_dir_argument, path_type
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
                     "already spent) and skips runs and evaluations already complete. Writes DIR/results.json, "
                     "DIR/results.md (markdown tables) and a quality-diversity figure per corpus.")
     p.add_argument("grid", metavar="GRID", help="grid file, or the name of a shipped grid (results)")
-    p.add_argument("--out", type=output_path, required=True, metavar="DIR", help="folder of the runs and the results")
+    p.add_argument("--out", type=path_type, required=True, metavar="DIR", help="folder of the runs and the results")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="processes at a time (default 1)")
     p.add_argument("--train-only", action="store_true",
                    help="train (or resume) every run, leave the evaluations for a later call")

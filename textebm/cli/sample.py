@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import output_path, seed_type
+from textebm.cli.common import path_type, seed_type
 from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 
@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample sentences from a trained run")
     p.add_argument("--checkpoint", required=True, help="run folder")
     p.add_argument("-n", type=int, default=10, help="number of sentences (default 10)")
-    p.add_argument("--out", type=output_path, help="write to this file (atomically) instead of stdout")
+    p.add_argument("--out", type=path_type, help="write to this file (atomically) instead of stdout")
     p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same sentences")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (z still comes from the prior chain)")
     p.add_argument("--temperature", type=float, default=1.0,

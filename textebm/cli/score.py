@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, output_path, read_sentences, seed_type
+from textebm.cli.common import add_chain_argument, path_type, read_sentences, seed_type
 from textebm.devices import add_device_argument
 from textebm.progress import add_progress_argument
 
@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--posterior-steps", type=int, help="Langevin steps per chain (default: the run's K1)")
     p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same scores")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
-    p.add_argument("--out", type=output_path, help="write to this file (atomically) instead of stdout")
+    p.add_argument("--out", type=path_type, help="write to this file (atomically) instead of stdout")
     p.add_argument("--json", action="store_true", help="JSON output instead of tab-separated text")
     add_progress_argument(p)
     add_chain_argument(p)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from textebm.cli.common import output_path, seed_type
+from textebm.cli.common import path_type, seed_type
 from textebm.devices import add_device_argument, resolve_device
 
 
@@ -15,10 +15,10 @@ def add_parser(subparsers) -> None:
                               description="Train by maximum likelihood with short-run Langevin chains.")
     p.add_argument("--corpus", help="ptb, snli, yahoo, or a path to a text file / folder (with --resume: the "
                                     "run's own, from its config)")
-    p.add_argument("--data-dir",
+    p.add_argument("--data-dir", type=path_type,
                    help="folder holding <corpus>/{train,valid,test}.txt (default: $TEXTEBM_DATA_DIR, else data/; "
                         "with --resume: the files the run recorded, where they still are)")
-    p.add_argument("--out", type=output_path, help="run folder (default: runs/<corpus>-<time>)")
+    p.add_argument("--out", type=path_type, help="run folder (default: runs/<corpus>-<time>)")
     p.add_argument("--preset", help="config preset (default: by device: the corpus's own, paper-scale preset on "
                                     "CUDA, 'cpu' on a CPU); e.g. cpu, ptb")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
