@@ -14,10 +14,10 @@ from textebm.randomness import RowStreams
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Keep the k most probable tokens and/or the smallest set whose probability reaches p; mask the rest."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
+    if top_k and top_k < logits.shape[-1]:  # by index, not by the k-th value: bf16 logits tie often
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p < 1.0:  # the whole row sorted: a top-256 first would not pay (PTB's nuclei at p = 0.9 mostly hold more)
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # keep the token that crosses p
@@ -66,10 +66,12 @@ def decode(decoder, z: torch.Tensor, bos_id: int, eos_id: int, max_length: int, 
         from textebm.generation.precision import StepProducts
 
         products = StepProducts(decoder)
+    never = [decoder.pad_id, bos_id]  # never a target in training, so never taught to be unlikely: not words
     out = []
     for _ in range(max_length):
         cancellation.check()
         logits, state = decoder.step(token, z_gates, state, products)
+        logits[:, never] = float("-inf")
         token = choose_tokens(logits, greedy, temperature, top_k, top_p, generator)
         token = token.masked_fill(finished, eos_id)
         out.append(token)
