@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from textebm.config import Config
+from textebm.config import SAMPLE_BATCH_SIZE, Config
 from textebm.generation.sampling import Request, SamplingOptions, batch_key, generate_for_requests, generate_ids
 from textebm.model.latent_ebm import LatentEBMTextModel
 
@@ -68,3 +68,21 @@ def test_batches_are_reported_as_they_finish_and_change_no_sentence(model):
     options, done = SamplingOptions(max_length=10), []
     with_reports = generate_ids(model, 7, options, seed=5, batch_size=3, on_batch=done.append)
     assert done == [3, 3, 1] and with_reports == generate_ids(model, 7, options, seed=5, batch_size=3)
+
+
+def test_a_batch_is_the_same_whatever_the_batches_before_it_drew(model):
+    # one generator ran through every batch: batch 2 changed with --max-length (decoding stops early) and a
+    # larger -n changed nothing before it only by luck of the order; each batch now has its own seed
+    options = SamplingOptions(max_length=20)
+    full = generate_ids(model, 9, options, seed=5, batch_size=3)
+    short = generate_ids(model, 9, SamplingOptions(max_length=2), seed=5, batch_size=3)
+    assert [r[:2] for r in full] == short
+    assert generate_ids(model, 6, options, seed=5, batch_size=3) == full[:6]  # a larger n extends a smaller one
+    assert full[3:6] != full[:3]  # the batches draw different numbers
+
+
+def test_a_request_larger_than_a_batch_matches_its_lone_generation(model):
+    options = SamplingOptions(max_length=6)
+    request = Request(SAMPLE_BATCH_SIZE + 5, 11, 6)
+    got = generate_for_requests(model, [Request(2, 3, 6), request], options)[1]
+    assert got == _cut(generate_ids(model, request.n, options, request.seed), model.eos_id)

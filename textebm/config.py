@@ -24,6 +24,8 @@ MAX_SEED = 2**63 - 1
 # Longest sentence a command or the server decodes: far past any corpus's lines (Yahoo's documents are cut at
 # 200), and short enough that a model that never ends a sentence stops within seconds, not after hours.
 MAX_DECODE_LENGTH = 2000
+# Sentences decoded together by default (`sample --batch-size`; the server's blocks of one request's rows).
+SAMPLE_BATCH_SIZE = 256
 
 STEP_SCHEDULES = ("constant", "linear", "geometric")
 

@@ -9,7 +9,21 @@ accept it wherever they accept a generator.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+from textebm.config import MAX_SEED
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch `index` of a call seeded `seed`: `seed` itself for the first batch (a call of one batch
+    draws from `seed`), a hash of both for the others, so that no batch's draws depend on how many numbers the
+    batches before it used (decoding stops early, at another point for another --max-length)."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (MAX_SEED + 1)
 
 
 class RowStreams:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from textebm.cli.common import path_type, seed_type
+from textebm.config import SAMPLE_BATCH_SIZE
 from textebm.devices import add_device_argument, add_precision_argument, resolve_device
 
 
@@ -22,7 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
     p.add_argument("--prior-steps", type=int, help="Langevin steps of the prior chain (default: the run's)")
     p.add_argument("--max-length", type=int, default=40, help="maximum tokens per sentence (default 40)")
-    p.add_argument("--batch-size", type=int, default=256, help="sentences decoded together (default 256)")
+    p.add_argument("--batch-size", type=int, default=SAMPLE_BATCH_SIZE,
+                   help=f"sentences decoded together (default {SAMPLE_BATCH_SIZE}); each batch draws from its own "
+                        "seed, made from --seed")
     add_precision_argument(p)
     add_device_argument(p)
     p.set_defaults(run=run)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from textebm.arguments import check_count, check_seed
+from textebm.config import SAMPLE_BATCH_SIZE
 from textebm.errors import UserError
-from textebm.randomness import RowStreams
+from textebm.randomness import RowStreams, batch_seed
 
 
 @dataclass
@@ -37,15 +38,16 @@ class SamplingOptions:
         return self
 
 
-def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size: int = 256,
+def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size: int = SAMPLE_BATCH_SIZE,
                  on_batch: Callable[[int], object] | None = None) -> list[list[int]]:
-    """`n` sentences as id lists (end-of-sentence cut off), reproducible for a seed and batch size;
-    `on_batch(sentences)` after each batch (a progress bar's update)."""
+    """`n` sentences as id lists (end-of-sentence cut off), reproducible for a seed and batch size: each batch
+    draws from its own seed (`batch_seed`), so batch b is the same for every n that reaches it and every
+    max_length; `on_batch(sentences)` after each batch (a progress bar's update)."""
     options.validate()  # temperature -1 sampled the least likely words: the command line refused it, and so here
     n, seed, batch_size = check_count("n", n, least=0), check_seed(seed), check_count("batch_size", batch_size)
-    generator = torch.Generator(device=model.device).manual_seed(seed)
     out: list[list[int]] = []
-    for start in range(0, n, batch_size):
+    for index, start in enumerate(range(0, n, batch_size)):
+        generator = torch.Generator(device=model.device).manual_seed(batch_seed(seed, index))
         ids = model.generate(min(batch_size, n - start), options.max_length, options.greedy, options.temperature,
                              options.top_k, options.top_p, options.prior_steps, generator)
         out += [_until_eos(row, model.eos_id) for row in ids.tolist()]
@@ -58,7 +60,7 @@ def _until_eos(row: list[int], eos_id: int) -> list[int]:
     return row[:row.index(eos_id)] if eos_id in row else row
 
 
-def generate_text(model, vocab, n: int, options: SamplingOptions, seed: int, batch_size: int = 256,
+def generate_text(model, vocab, n: int, options: SamplingOptions, seed: int, batch_size: int = SAMPLE_BATCH_SIZE,
                   on_batch: Callable[[int], object] | None = None) -> list[str]:
     return [vocab.decode(row) for row in generate_ids(model, n, options, seed, batch_size, on_batch)]
 
@@ -81,9 +83,15 @@ def generate_for_requests(model, requests: list[Request], options: SamplingOptio
     """Several requests decoded as one batch; each request's sentences (id lists, end-of-sentence
     cut off) are those of a lone `generate_ids(model, n, options, seed)` with its own max_length.
 
-    Each request draws from its own seeded stream (`RowStreams`); the batch is decoded to the
-    longest max_length and every request is cut at its own (a token never depends on later ones)."""
-    streams = RowStreams([r.seed for r in requests], [r.n for r in requests], model.device)
+    Each block of SAMPLE_BATCH_SIZE rows of a request draws from its own seeded stream (`RowStreams`), seeded
+    as the lone call seeds its batches; the batch is decoded to the longest max_length and every request is cut at
+    its own (a token never depends on later ones)."""
+    seeds, sizes = [], []
+    for request in requests:
+        for index, start in enumerate(range(0, request.n, SAMPLE_BATCH_SIZE)):
+            seeds.append(batch_seed(request.seed, index))
+            sizes.append(min(SAMPLE_BATCH_SIZE, request.n - start))
+    streams = RowStreams(seeds, sizes, model.device)
     ids = model.generate(streams.rows, max(r.max_length for r in requests), options.greedy, options.temperature,
                          options.top_k, options.top_p, options.prior_steps, streams).tolist()
     results, start = [], 0
