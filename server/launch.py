@@ -11,7 +11,7 @@ import socket
 import sys
 
 from server.limits import DEFAULTS, check_settings
-from textebm.devices import add_device_argument, add_precision_argument, resolve_device
+from textebm.devices import add_device_argument, add_precision_argument, decoding_precision_warning, resolve_device
 from textebm.errors import UserError
 
 # The server's settings as the command line spells them (in its messages).
@@ -62,6 +62,8 @@ def serve(args: argparse.Namespace) -> int:
                                                      "max_batch_sentences")}
     check_settings(limits, args.api_key, spelled=OPTIONS.get)  # before the (slower) load
     device = resolve_device(args.device, args.threads, args.tf32)
+    if warning := decoding_precision_warning(args.precision, device):
+        print(f"textebm serve: warning: {warning}", file=sys.stderr)
     loaded = load_run(args.checkpoint, device, precision=args.precision)  # once; damage is a UserError here
     app = create_app(args.checkpoint, preloaded=loaded, api_key=args.api_key, **limits,
                      coalesce=not args.no_coalesce, cors_origins=args.cors_origin or None, device=str(device))

@@ -47,6 +47,16 @@ def test_library_calls_refuse_bad_arguments_before_any_work(loaded):
         "no sentences": lambda: reconstruct_lines(model, vocab, []),
         "temperature must be": lambda: generate_text(model, vocab, 2, SamplingOptions(temperature=-1), 0),  # silent
         "top_p must be": lambda: generate_text(model, vocab, 2, SamplingOptions(top_p=0), 0),
+        # the options' types and upper bounds: torch's TypeError, a greedy decoding of greedy="no", a
+        # MemoryError of 10**12 steps, hours of a 10**7-token decoding
+        "top_k \\(0: off\\) must be": lambda: SamplingOptions(top_k=1.5).validate(),
+        "temperature must be a positive number, not '0.8'": lambda: SamplingOptions(temperature="0.8").validate(),
+        "greedy must be True or False": lambda: SamplingOptions(greedy="no").validate(),
+        "max_length must be an integer from 1 to 2000": lambda: SamplingOptions(max_length=10**7).validate(),
+        "prior_steps must be an integer from 0 to 100000": lambda: SamplingOptions(prior_steps=2.5).validate(),
+        "max_length must be an integer from 1": lambda: interpolate(model, vocab, "a", "b", 3, 2, 0, 10**7),
+        "posterior_steps must be": lambda: reconstruct_lines(model, vocab, ["a b"], posterior_steps=-3),
+        "chains must be an integer from 1 to 10000": lambda: reconstruct_lines(model, vocab, ["a b"], chains=10**11),
     }
     for fragment, call in calls.items():
         with pytest.raises(UserError, match=fragment):

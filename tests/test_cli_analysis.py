@@ -124,7 +124,8 @@ def test_chain_bad_steps_exit_2_with_one_line(analysis, trained_run, one_line_er
 
 @pytest.mark.parametrize("extra, fragment", [
     (["--steps", "0,100001"], "--steps goes up to 100000, not 100001"),
-    (["--chains", "0"], "--chains must be at least 1, not 0"),
+    (["--chains", "0"], "--chains must be from 1 to 10000, not 0"),
+    (["--chains", "100000000000"], "--chains must be from 1 to 10000, not 100000000000"),  # out of memory
     (["--max-length", "0"], "--max-length must be from 1 to 2000, not 0"),
     (["--max-length", "100000000"], "--max-length must be from 1 to 2000, not 100000000"),
     (["--step-size", "0"], "--step-size must be a positive number, not 0.0"),
@@ -227,8 +228,11 @@ def test_interpolate_empty_sentence_exits_2(analysis, trained_run, one_line_erro
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--points", "1"], "--points must be at least 2 (the two endpoints), not 1"),
-    (["--chains", "0"], "--chains must be at least 1, not 0"),
+    (["--points", "1"], "--points must be from 2 to 10000, not 1"),
+    (["--points", "100000000000"], "--points must be from 2 to 10000, not 100000000000"),  # out of memory
+    (["--chains", "0"], "--chains must be from 1 to 10000, not 0"),
+    (["--chains", "100000000000"], "--chains must be from 1 to 10000, not 100000000000"),
+    (["--set", "posterior_steps=1000000000000"], "posterior_steps goes up to 100000, not 1000000000000"),
     (["--max-length", "0"], "--max-length must be from 1 to 2000, not 0"),
     (["--max-length", "2001"], "--max-length must be from 1 to 2000, not 2001"),  # greedy decoding ran for hours
 ])
@@ -333,5 +337,8 @@ def test_score_argument_errors_exit_2(analysis, trained_run, tmp_path, one_line_
                    "--num-chains")
     one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--batch-size", "0")[::2], "score",
                    "--batch-size must be at least 1, not 0")
-    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--posterior-steps", "-1")[::2], "score",
-                   "--posterior-steps must not be negative, not -1")
+    for steps in ("-1", "1000000000000"):  # 10**12 steps ran out of memory with a traceback
+        one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--posterior-steps", steps)[::2],
+                       "score", f"--posterior-steps must be from 0 to 100000, not {steps}")
+    one_line_error(*analysis("score", "--checkpoint", trained_run, good, "--num-chains", "100000000000")[::2],
+                   "score", "--num-chains must be from 1 to 10000, not 100000000000")

@@ -97,6 +97,10 @@ def test_bad_input_exits_2_with_one_line(cli, trained_run, tmp_path, sentences_f
         (["--checkpoint", trained_run, "--input", sentences_file, "--chains", "0"], "--chains"),
         (["--checkpoint", trained_run, "--input", sentences_file, "--max-sentences", "0"], "--max-sentences"),
         (["--checkpoint", trained_run, "--input", sentences_file, "--posterior-steps", "-1"], "--posterior-steps"),
+        (["--checkpoint", trained_run, "--input", sentences_file, "--posterior-steps", "1000000000000"],
+         "--posterior-steps must be from 0 to 100000"),  # 10**12 steps: a MemoryError traceback
+        (["--checkpoint", trained_run, "--input", sentences_file, "--chains", "100000000000"],
+         "--chains must be from 1 to 10000"),
     ]
     for argv, fragment in cases:
         status, out, err = cli("reconstruct", *argv)

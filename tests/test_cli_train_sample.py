@@ -216,7 +216,8 @@ def test_a_seed_out_of_range_is_refused_as_the_command_line_is_read(cli, command
                                              ("evaluate", "--rppl-out"), ("train", "--data-dir"),
                                              ("data", "--data-dir"), ("eval-ppl", "--data-dir"),
                                              ("reproduce", "--data-dir"), ("evaluate", "--data-dir"),
-                                             ("reconstruct", "--data-dir")])
+                                             ("reconstruct", "--data-dir"),
+                                             ("reconstruct", "--input")])  # it read the test split instead
 def test_an_empty_path_is_refused_not_read_as_no_option(cli, trained_run, command, option):
     status, out, err = cli(command, option, "", "--checkpoint", trained_run)
     assert status == 2 and out == "" and f"argument {option}: expected a path, not an empty string" in err, err
@@ -251,9 +252,11 @@ def test_sample_checks_its_out_before_it_draws_a_sentence(cli, one_line_error, t
     (["--top-k", "-2"], "top_k"),
     (["-n", "0"], "-n"),
     (["-n", "-5"], "-n"),
-    (["--max-length", "0"], "max_length"),
+    (["-n", "100000000000"], "-n must be from 1 to 10000000"),  # ran for ever without a word
+    (["--max-length", "0"], "--max-length must be from 1 to 2000"),
     (["--max-length", "2001"], "--max-length must be from 1 to 2000"),
-    (["--prior-steps", "-1"], "prior_steps"),
+    (["--prior-steps", "-1"], "--prior-steps must be from 0 to 100000"),
+    (["--prior-steps", "1000000000000"], "--prior-steps must be from 0 to 100000"),  # a MemoryError traceback
     (["--batch-size", "0"], "--batch-size"),
 ])
 def test_sample_bad_options(cli, one_line_error, trained_run, extra, fragment):
@@ -593,6 +596,18 @@ def test_a_bf16_chain_on_a_cpu_without_avx512_is_warned_about(cli, tmp_path, tra
     assert ("chain_precision=bf16 on a CPU without AVX-512" in out + err) is warned
 
 
+@pytest.mark.parametrize("capability, precision, warned", [("AVX2", "bf16", True), ("AVX512", "bf16", False),
+                                                       ("AVX2", "int8", False)])
+def test_bf16_decoding_on_a_cpu_without_avx512_is_warned_about(cli, trained_run, monkeypatch, capability, precision,
+                                                                warned):
+    # emulated there: some 5x slower than fp32, silently, the opposite of what --precision is for
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    status, out, err = cli("sample", "--checkpoint", trained_run, "-n", "2", "--precision", precision,
+                           "--device", "cpu")
+    assert status == 0 and len(out.splitlines()) == 2, err
+    assert ("textebm sample: warning: --precision bf16 on a CPU without AVX-512" in err) is warned
+
+
 def test_a_resume_with_nothing_left_to_train_says_so_and_does_not_validate_again(cli, train_args, tmp_path):
     # each such resume appended one more identical "final" record (the limit counts steps in all)
     folder = tmp_path / "run"
@@ -606,3 +621,30 @@ def test_a_resume_with_nothing_left_to_train_says_so_and_does_not_validate_again
         assert "the run is at step 3, already at its max_steps limit" in out + err
         assert "validating" not in out + err
     assert (folder / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("failure", ["cpu allocator", "MemoryError"])
+def test_running_out_of_memory_is_one_line_not_a_traceback(cli, trained_run, monkeypatch, failure):
+    import textebm.generation.sampling as sampling
+
+    def exhausted(*args, **kwargs):
+        if failure == "MemoryError":
+            raise MemoryError
+        torch.empty(10**13)  # torch's own refusal: 40 TB
+
+    monkeypatch.setattr(sampling, "generate_text", exhausted)
+    status, out, err = cli("sample", "--checkpoint", trained_run, "--device", "cpu")
+    assert status == 1 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("textebm sample: error: out of memory (") and "--batch-size" in err, err
+
+
+def test_another_runtime_error_is_not_called_out_of_memory(trained_run, monkeypatch):
+    import textebm.generation.sampling as sampling
+    from textebm.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sampling, "generate_text", broken)
+    with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
+        main(["sample", "--checkpoint", str(trained_run), "--device", "cpu"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 
-from textebm.config import MAX_SEED
+from textebm.config import MAX_CHAIN_STEPS, MAX_CHAINS, MAX_SEED
 from textebm.errors import UserError
 
 
@@ -32,12 +32,23 @@ def _integer(value) -> int | None:
         return None
 
 
-def check_count(name: str, value, least: int = 1) -> int:
-    """An integer of at least `least` (chains, points, sentences, a batch size)."""
+def check_count(name: str, value, least: int = 1, most: int | None = None) -> int:
+    """An integer of at least `least` and at most `most` (chains, points, sentences, a batch size)."""
     number = _integer(value)
-    if number is None or number < least:
-        raise UserError(f"{name} must be an integer of at least {least}, not {value!r}")
+    if number is None or number < least or (most is not None and number > most):
+        span = f"of at least {least}" if most is None else f"from {least} to {most}"
+        raise UserError(f"{name} must be an integer {span}, not {value!r}")
     return number
+
+
+def check_chains(name: str, value) -> int:
+    """A number of chains run side by side (rows of every batch): from 1 to `MAX_CHAINS`."""
+    return check_count(name, value, most=MAX_CHAINS)
+
+
+def check_steps(name: str, value) -> int | None:
+    """A chain's number of Langevin steps, or None (the run's own)."""
+    return None if value is None else check_count(name, value, least=0, most=MAX_CHAIN_STEPS)
 
 
 def check_seed(seed) -> int:

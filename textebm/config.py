@@ -24,6 +24,11 @@ MAX_SEED = 2**63 - 1
 # Longest sentence a command or the server decodes: far past any corpus's lines (Yahoo's documents are cut at
 # 200), and short enough that a model that never ends a sentence stops within seconds, not after hours.
 MAX_DECODE_LENGTH = 2000
+# Most Langevin steps a chain may be asked for (commands, `--set`, the library; the server's own limit is lower):
+# far past any run's K (tens to hundreds), short of the list of 10**12 step sizes that exhausted memory.
+MAX_CHAIN_STEPS = 100_000
+# Most chains (or points, sentences) asked of one call at once: each is a row of every batch.
+MAX_CHAINS = 10_000
 # Sentences decoded together by default (`sample --batch-size`; the server's blocks of one request's rows).
 SAMPLE_BATCH_SIZE = 256
 
@@ -144,6 +149,9 @@ class Config:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{key} must be a number >= 0, not {value}")
+        for key in ["prior_steps", "posterior_steps", "refine_steps"]:
+            if getattr(self, key) > MAX_CHAIN_STEPS:
+                raise UserError(f"{key} goes up to {MAX_CHAIN_STEPS}, not {getattr(self, key)}")
         if self.seed > MAX_SEED:
             raise UserError(f"seed must be at most 2**63 - 1, not {self.seed}")
         if not 0.0 <= self.dropout < 1.0:

@@ -78,6 +78,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"textebm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:  # last: NonFiniteError is a RuntimeError
+        if not _out_of_memory(err):
+            raise
+        print(f"textebm {args.command}: error: out of memory ({_first_line(err)}); ask for less at once "
+              "(--batch-size, --chains, -n, --max-length), or free memory", file=sys.stderr)
+        return 1
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, torch's CUDA OutOfMemoryError, or its CPU allocator's refusal (a RuntimeError)."""
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or any(words in str(err) for words in ("can't allocate memory", "not enough memory")))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 if __name__ == "__main__":

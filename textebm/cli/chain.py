@@ -31,6 +31,7 @@ def add_parser(subparsers) -> None:
 
 def parse_steps(text: str) -> list[int]:
     """'0, 40,100' -> [0, 40, 100] (sorted, duplicates dropped); UserError on anything else."""
+    from textebm.config import MAX_CHAIN_STEPS
     from textebm.errors import UserError
 
     try:
@@ -39,8 +40,8 @@ def parse_steps(text: str) -> list[int]:
         raise UserError(f"--steps must be comma-separated whole numbers like 0,40,100, not {text!r}") from None
     if steps[0] < 0:
         raise UserError(f"--steps must not be negative: {text!r}")
-    if steps[-1] > 100_000:
-        raise UserError(f"--steps goes up to 100000, not {steps[-1]}")
+    if steps[-1] > MAX_CHAIN_STEPS:
+        raise UserError(f"--steps goes up to {MAX_CHAIN_STEPS}, not {steps[-1]}")
     return steps
 
 
@@ -50,15 +51,15 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from textebm.cli.common import check_decode_length, load_latent_run
+    from textebm.cli.common import check_decode_length, check_option, load_latent_run
+    from textebm.config import MAX_CHAINS
     from textebm.errors import UserError
     from textebm.evaluation.plots import figure_format, plot_chain_profiles
     from textebm.evaluation.prior_chains import sentences_along_chains
     from textebm.io import check_writable
 
     steps = parse_steps(args.steps)
-    if args.chains < 1:
-        raise UserError(f"--chains must be at least 1, not {args.chains}")
+    check_option("--chains", args.chains, 1, MAX_CHAINS)
     check_decode_length(args.max_length)
     if args.step_size is not None and not (math.isfinite(args.step_size) and args.step_size > 0):
         raise UserError(f"--step-size must be a positive number, not {args.step_size}")

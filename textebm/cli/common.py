@@ -1,5 +1,6 @@
-"""Helpers shared by subcommands: the types of `--seed` and of output paths, the bounds of decoding's
-`--max-length`, the `--set` option of chain settings, loading a run with a latent, reading a file of sentences.
+"""Helpers shared by subcommands: the types of `--seed` and of paths, the bounds of decoding's `--max-length`
+and of the other counts, the `--set` option of chain settings, loading a run with a latent, reading a file of
+sentences.
 
 (Device options live in `textebm.devices`, shared with the server's launcher.)"""
 
@@ -23,11 +24,17 @@ def seed_type(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def check_option(flag: str, value: int, least: int, most: int) -> int:
+    """An integer option within its bounds: a value past the upper one ran out of memory with a traceback, or
+    ran for hours without a word (10**12 chain steps, 10**11 chains)."""
+    if not least <= value <= most:
+        raise UserError(f"{flag} must be from {least} to {most}, not {value}")
+    return value
+
+
 def check_decode_length(value: int) -> int:
     """Every decoding command's `--max-length`: from 1 to MAX_DECODE_LENGTH."""
-    if not 1 <= value <= MAX_DECODE_LENGTH:
-        raise UserError(f"--max-length must be from 1 to {MAX_DECODE_LENGTH}, not {value}")
-    return value
+    return check_option("--max-length", value, 1, MAX_DECODE_LENGTH)
 
 
 def path_type(text: str) -> str:

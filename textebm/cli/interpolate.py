@@ -28,17 +28,16 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from textebm.cli.common import check_decode_length, load_latent_run
+    from textebm.cli.common import check_decode_length, check_option, load_latent_run
+    from textebm.config import MAX_CHAINS
     from textebm.errors import UserError
     from textebm.generation.interpolation import interpolate
 
     for flag, text in (("--from", args.source), ("--to", args.target)):
         if not text.strip():
             raise UserError(f"{flag} is empty: give a sentence")
-    if args.points < 2:
-        raise UserError(f"--points must be at least 2 (the two endpoints), not {args.points}")
-    if args.chains < 1:
-        raise UserError(f"--chains must be at least 1, not {args.chains}")
+    check_option("--points", args.points, 2, MAX_CHAINS)  # the two endpoints at least
+    check_option("--chains", args.chains, 1, MAX_CHAINS)
     check_decode_length(args.max_length)
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "interpolate", args.chain, args.tf32)
     limit = loaded.config.max_length

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from textebm.cli.common import add_chain_argument, add_data_dir_argument, seed_type
+from textebm.cli.common import add_chain_argument, add_data_dir_argument, path_type, seed_type
 from textebm.devices import add_device_argument
 
 
@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
     source.add_argument("--split", choices=("test", "valid"),
                         help="held-out split of the run's corpus (default test; valid: a single text file's last "
                              "5%%, held out of training)")
-    source.add_argument("--input", metavar="FILE", help="text file, one sentence per line, instead of a split")
+    source.add_argument("--input", metavar="FILE", type=path_type,
+                        help="text file, one sentence per line, instead of a split")
     add_data_dir_argument(p, of_a_run=True)
     p.add_argument("--max-sentences", type=int, metavar="N", help="the first N sentences only")
     p.add_argument("--chains", type=int, default=1, metavar="C",
@@ -39,15 +40,18 @@ def add_parser(subparsers) -> None:
 
 
 def _check_args(args) -> None:
+    from textebm.cli.common import check_option
+    from textebm.config import MAX_CHAIN_STEPS, MAX_CHAINS
     from textebm.errors import UserError
 
-    for name, low in (("chains", 1), ("batch_size", 1), ("examples", 0)):
+    for name, low in (("batch_size", 1), ("examples", 0)):
         if getattr(args, name) < low:
             raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(args, name)}")
+    check_option("--chains", args.chains, 1, MAX_CHAINS)
     if args.max_sentences is not None and args.max_sentences < 1:
         raise UserError(f"--max-sentences must be at least 1, not {args.max_sentences}")
-    if args.posterior_steps is not None and args.posterior_steps < 0:
-        raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+    if args.posterior_steps is not None:
+        check_option("--posterior-steps", args.posterior_steps, 0, MAX_CHAIN_STEPS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from textebm.generation.reconstruction import reconstruct_lines
 
     _check_args(args)
-    lines = read_sentences(args.input) if args.input else None  # input errors before the (slower) model load
+    lines = None if args.input is None else read_sentences(args.input)  # input errors before the (slower) model load
     loaded = load_latent_run(args.checkpoint, args.device, args.threads, "reconstruct", args.chain, args.tf32)
     if lines is None:
         split = args.split or "test"

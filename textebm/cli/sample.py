@@ -6,13 +6,21 @@ import argparse
 
 from textebm.cli.common import path_type, seed_type
 from textebm.config import SAMPLE_BATCH_SIZE
-from textebm.devices import add_device_argument, add_precision_argument, resolve_device
+from textebm.devices import (
+    add_device_argument,
+    add_precision_argument,
+    decoding_precision_warning,
+    resolve_device,
+)
+from textebm.progress import add_progress_argument
+
+MAX_SAMPLES = 10_000_000  # a file of some 500 MB; more is several calls with other seeds
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample sentences from a trained run")
     p.add_argument("--checkpoint", required=True, help="run folder")
-    p.add_argument("-n", type=int, default=10, help="number of sentences (default 10)")
+    p.add_argument("-n", type=int, default=10, help=f"number of sentences (default 10, at most {MAX_SAMPLES:,})")
     p.add_argument("--out", type=path_type, help="write to this file (atomically) instead of stdout")
     p.add_argument("--seed", type=seed_type, default=0, help="random seed (default 0): same seed, same sentences")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (z still comes from the prior chain)")
@@ -28,25 +36,29 @@ def add_parser(subparsers) -> None:
                         "seed, made from --seed")
     add_precision_argument(p)
     add_device_argument(p)
+    add_progress_argument(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from textebm.cli.common import check_decode_length
+    from textebm.cli.common import check_decode_length, check_option
+    from textebm.config import MAX_CHAIN_STEPS
     from textebm.errors import UserError
     from textebm.generation.sampling import SamplingOptions, generate_text
     from textebm.io import atomic_write_text, check_writable
     from textebm.model.runs import load_run
+    from textebm.progress import Progress
 
-    if args.n < 1:
-        raise UserError(f"-n must be at least 1, not {args.n}")
+    check_option("-n", args.n, 1, MAX_SAMPLES)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    check_decode_length(args.max_length)
+    if args.prior_steps is not None:
+        check_option("--prior-steps", args.prior_steps, 0, MAX_CHAIN_STEPS)
     options = SamplingOptions(args.max_length, args.greedy, args.temperature, args.top_k, args.top_p,
                               args.prior_steps).validate()
-    check_decode_length(args.max_length)
     ignored = [flag for flag, given in (("--temperature", args.temperature != 1.0), ("--top-k", args.top_k != 0),
                                         ("--top-p", args.top_p != 1.0)) if given]
     if args.greedy and ignored:
@@ -54,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
               "ignored", file=sys.stderr)
     if args.out:
         check_writable(args.out)  # before the sentences are drawn, not after
-    loaded = load_run(args.checkpoint, resolve_device(args.device, args.threads, args.tf32), precision=args.precision)
-    sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size)
+    device = resolve_device(args.device, args.threads, args.tf32)
+    if warning := decoding_precision_warning(args.precision, device):
+        print(f"textebm sample: warning: {warning}", file=sys.stderr)
+    loaded = load_run(args.checkpoint, device, precision=args.precision)
+    with Progress.auto(args.progress).bar("sampling", args.n, "sentence") as bar:
+        sentences = generate_text(loaded.model, loaded.vocab, args.n, options, args.seed, args.batch_size,
+                                  on_batch=bar.update)
     text = "".join(s + "\n" for s in sentences)
     if args.out:
         atomic_write_text(args.out, text)

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from textebm.cli.common import check_option
+    from textebm.config import MAX_CHAIN_STEPS, MAX_CHAINS
     from textebm.devices import resolve_device
     from textebm.errors import UserError
     from textebm.evaluation.anomaly import auroc, score_lines
@@ -48,12 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.file is None) == (args.auroc is None):
         raise UserError("give either FILE or --auroc NORMAL ANOMALOUS (exactly one)")
-    if args.num_chains < 1:
-        raise UserError(f"--num-chains must be at least 1, not {args.num_chains}")
+    check_option("--num-chains", args.num_chains, 1, MAX_CHAINS)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
-    if args.posterior_steps is not None and args.posterior_steps < 0:
-        raise UserError(f"--posterior-steps must not be negative, not {args.posterior_steps}")
+    if args.posterior_steps is not None:
+        check_option("--posterior-steps", args.posterior_steps, 0, MAX_CHAIN_STEPS)
     if args.out:
         check_writable(args.out)  # before the scoring, not after
     files = [args.file] if args.file else list(args.auroc)

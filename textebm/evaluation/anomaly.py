@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from textebm.arguments import check_count, check_lines, check_seed
+from textebm.arguments import check_chains, check_count, check_lines, check_seed, check_steps
 from textebm.data.batches import encode_lines, pad
 from textebm.modes import eval_mode
 
@@ -60,7 +60,8 @@ def score_lines(model, vocab, lines: list[str], num_chains: int = 4, seed: int =
     Sentences are batched by length (less padding); each batch runs `num_chains` chains per
     sentence at once as rows of one posterior chain."""
     lines, seed = check_lines(lines), check_seed(seed)
-    num_chains, batch_size = check_count("num_chains", num_chains), check_count("batch_size", batch_size)
+    num_chains, batch_size = check_chains("num_chains", num_chains), check_count("batch_size", batch_size)
+    posterior_steps = check_steps("posterior_steps", posterior_steps)
     encoded = encode_lines(lines, vocab, max_length or model.config.max_length)
     sentences = encoded.sentences
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))

@@ -157,7 +157,7 @@ def _evaluate(options: EvaluationOptions, progress: Progress, tf32: bool, resume
     from textebm.config import CHAIN_KEYS
     from textebm.data.batches import encode_lines
     from textebm.data.corpora import evaluation_splits, open_run_corpus
-    from textebm.devices import resolve_chain_precision, resolve_device
+    from textebm.devices import decoding_precision_warning, resolve_chain_precision, resolve_device
     from textebm.evaluation.paired import PER_SENTENCE_KEY, paired_difference
     from textebm.evaluation.partial_evaluation import PartialEvaluation, parts_from_data, parts_to_data
     from textebm.generation.reconstruction import reconstruct
@@ -310,6 +310,8 @@ def _evaluate(options: EvaluationOptions, progress: Progress, tf32: bool, resume
         "options": report_options(options),
     }
     result["warnings"] = corpus_warnings + (sampling["warnings"] if sampling else []) + partition_warnings(partition)
+    if warning := decoding_precision_warning(options.precision, device):
+        result["warnings"].append(warning)
     if config.model == "vae":
         result["vae"] = vae_figures(res, config, result["nll_per_sentence"], result["elbo_per_sentence"])
     if options.fppl_samples == 0:

@@ -20,7 +20,7 @@ import torch
 
 from lm_eval.bleu import CONVENTION, corpus_bleu
 from lm_eval.bleu import sentence_bleu as one_sentence_bleu
-from textebm.arguments import check_count, check_lines, check_seed
+from textebm.arguments import check_chains, check_count, check_lines, check_seed, check_steps
 from textebm.data.batches import encode_lines, pad
 from textebm.errors import UserError
 from textebm.generation.decoding import decode
@@ -101,7 +101,8 @@ def reconstruct(model, vocab, sentences: list[list[int]], chains: int = 1, seed:
     prior samples draw from two generators seeded alike, so neither changes the other."""
     if not sentences:
         raise UserError("nothing to reconstruct: no sentences")
-    chains, seed, batch_size = check_count("chains", chains), check_seed(seed), check_count("batch_size", batch_size)
+    chains, seed, batch_size = check_chains("chains", chains), check_seed(seed), check_count("batch_size", batch_size)
+    posterior_steps = check_steps("posterior_steps", posterior_steps)
     length = model.config.max_length + 1 if max_length is None else max_length
     code_stream = torch.Generator(device=model.device).manual_seed(seed)
     prior_stream = torch.Generator(device=model.device).manual_seed(seed)
@@ -133,5 +134,6 @@ def reconstruct_lines(model, vocab, lines: list[str], chains: int = 1, seed: int
 
 
 def _greedy(model, z: torch.Tensor, max_length: int) -> list[list[int]]:
-    return decode(model.decoder, z, model.bos_id, model.eos_id, max_length, greedy=True,
-                  products=model.decoding_products).tolist()
+    """Greedy decoding in fp32, whatever the run's decoding precision (a speed lever of sampling): BLEU is a
+    measurement, and the server's /reconstruct answers as the command does."""
+    return decode(model.decoder, z, model.bos_id, model.eos_id, max_length, greedy=True).tolist()

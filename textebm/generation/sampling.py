@@ -4,13 +4,14 @@ decoding sweep and protocol sentences."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from textebm.arguments import check_count, check_seed
-from textebm.config import SAMPLE_BATCH_SIZE
+from textebm.arguments import check_count, check_seed, check_steps
+from textebm.config import MAX_DECODE_LENGTH, SAMPLE_BATCH_SIZE
 from textebm.errors import UserError
 from textebm.randomness import RowStreams, batch_seed
 
@@ -25,17 +26,22 @@ class SamplingOptions:
     prior_steps: int | None = None  # None: the run's K0
 
     def validate(self) -> SamplingOptions:
-        if self.max_length < 1:
-            raise UserError(f"max_length must be at least 1, not {self.max_length}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"temperature must be a positive number, not {self.temperature}")
-        if self.top_k < 0:
-            raise UserError(f"top_k must be 0 (off) or positive, not {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise UserError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.prior_steps is not None and self.prior_steps < 0:
-            raise UserError(f"prior_steps must not be negative, not {self.prior_steps}")
+        """Each option checked, its type too (a top_k of 1.5 or a greedy of "no" is one UserError), with the
+        bounds of the command line."""
+        check_count("max_length", self.max_length, most=MAX_DECODE_LENGTH)
+        if not isinstance(self.greedy, bool):
+            raise UserError(f"greedy must be True or False, not {self.greedy!r}")
+        if not (_real(self.temperature) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise UserError(f"temperature must be a positive number, not {self.temperature!r}")
+        check_count("top_k (0: off)", self.top_k, least=0)
+        if not (_real(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise UserError(f"top_p must be a number in (0, 1], not {self.top_p!r}")
+        check_steps("prior_steps", self.prior_steps)
         return self
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size: int = SAMPLE_BATCH_SIZE,
