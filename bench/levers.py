@@ -60,6 +60,13 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
     learners = {name: learner(spec, [*overrides, "chain_precision=fp32", *extra], device)
                 for name, (extra, _, _) in chosen.items()}
     steps = {name: with_tf32(learners[name].step, chosen[name][1], device) for name in chosen}
+    compile_failure = None
+    if "compile=true" in steps:  # compiled now, forward and backward, alone: a failure loses its row, not all
+        try:
+            steps["compile=true"](batches[0])
+        except Exception as err:  # noqa: BLE001 - reported in its row; the other settings are still measured
+            compile_failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err) else ''}"
+            del steps["compile=true"], learners["compile=true"]
     seconds = interleave({name: fed(step, batches) for name, step in steps.items()}, repeats,
                          0 if quick else 1, device)  # the warm-up round compiles (compile=true)
     ms = {name: 1000 * median(values) for name, values in seconds.items()}
@@ -72,6 +79,10 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
     fp32, rows = ms["fp32"], []
     for name in SETTINGS:
         if name == "fp32":
+            continue
+        if name == "compile=true" and compile_failure:
+            rows.append(Row("levers", f"Learner.step with {name} over fp32, {shape}", "ms",
+                            note=f"FAILED to compile or run: {compile_failure}"))
             continue
         if name not in ms:
             rows.append(Row("levers", f"Learner.step with {name} over fp32, {shape}", "ms",
@@ -98,6 +109,8 @@ def run(quick: bool, repeats: int, overrides: list[str] = (), device: str = "cpu
             rows.append(Row("levers", f"peak memory of a step with each setting, {shape}", "MiB",
                             note="CUDA only: run with --device cuda"))
             break
+        if name not in memory:  # compile=true that failed
+            continue
         rows.append(Row("levers", f"peak memory of a step with {name}, {shape}", "MiB", memory["fp32"],
                         memory[name], memory[name] / memory["fp32"], "cost factor",
                         note=f"torch.cuda.max_memory_allocated over one step, above the resident weights and "

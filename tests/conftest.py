@@ -57,6 +57,16 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
+def _tf32_as_found():
+    """Each test leaves the process's TF32 switches as it found them: a command run with --device cuda turns
+    TF32 on for the rest of the process, and a CPU-vs-GPU comparison after it would depend on test order."""
+    precision, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    yield
+    torch.set_float32_matmul_precision(precision)
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """No test may reach the network: a missing corpus must fail, not download."""
     monkeypatch.setenv("TEXTEBM_OFFLINE", "1")

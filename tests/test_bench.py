@@ -233,6 +233,29 @@ def test_quick_levers_run_on_a_cpu_and_name_their_cuda_only_rows(tmp_path):
     assert all(r["note"].startswith("CUDA only") for r in rows if r["candidate"] is None)
 
 
+def test_a_compile_that_fails_loses_its_own_row_only(monkeypatch):
+    # all contenders shared one timing loop: a compile=true failing at its first backward lost every row
+    import bench.levers as levers
+
+    made = levers.learner
+
+    def learner(spec, overrides, device):
+        learner = made(spec, [o for o in overrides if o != "compile=true"], device)
+        if "compile=true" in overrides:
+            def broken(tokens):
+                raise RuntimeError("inductor refused the backward graph")
+            learner.step = broken
+        return learner
+
+    monkeypatch.setattr(levers, "learner", learner)
+    monkeypatch.setitem(levers.SETTINGS, "compile=true", (["compile=true"], True, False))  # on a CPU, for once
+    rows = {row.case.split(",")[0]: row for row in levers.run(quick=True, repeats=1)}
+    failed = rows["Learner.step with compile=true over fp32"]
+    assert failed.candidate is None and failed.note == ("FAILED to compile or run: RuntimeError: inductor refused "
+                                                        "the backward graph")
+    assert rows["Learner.step with precision=bf16 over fp32"].ratio > 0  # the others measured all the same
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_quick_batching_row_prices_the_per_request_streams(device):
     from bench import batching

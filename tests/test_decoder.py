@@ -79,7 +79,7 @@ def test_the_projection_gradients_are_autograd_s_cross_entropy_gradients(device)
     z, tokens = torch.randn(8, 4, device=device), _random_batch(500).to(device)
     hidden = decoder.hidden_states(z, tokens[:, :-1]).detach().requires_grad_(True)
     weights = (decoder.out.weight, decoder.out.bias)
-    upstream = torch.randn(8)  # a weighted sum, so each sentence's gradient is scaled differently
+    upstream = torch.randn(8, device=device)  # a weighted sum, so each sentence's gradient is scaled differently
     ours = decoder.states_log_likelihood(hidden, tokens[:, 1:])
     wanted = (hidden, *weights)
     got = torch.autograd.grad((ours * upstream).sum(), wanted)

@@ -455,7 +455,9 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             with clock.training():
                 index = order.batch(step)
                 shard = parallel.shard(len(index))
-                tokens = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id).to(device)
+                batch = pad([train_split.sentences[i] for i in index[shard.start:shard.stop]], model.pad_id)
+                num_tokens = int((batch[:, 1:] != model.pad_id).sum())  # counted on the host: no device sync
+                tokens = batch.to(device)
                 tic = time.perf_counter()
                 try:
                     metrics, failure = learner.step(tokens, shard), None
@@ -469,7 +471,6 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             if metrics.pop("decoder_reset", False):
                 log.message(f"step {step}: autoencoder pretraining done ({cfg.ae_pretrain_steps} steps): "
                             "decoder reset, the ELBO with free bits from here")
-            num_tokens = int((tokens[:, 1:] != model.pad_id).sum())
             nll, num_tokens, gap = parallel.sum([metrics.pop("nll_sum"), num_tokens,
                                                  metrics.pop("energy_gap_sum", 0.0)], device)
             record = train_record(step, per_epoch, metrics, nll, num_tokens, len(index), seconds,
