@@ -27,6 +27,22 @@ def test_shards_cover_a_batch_once():
     assert Parallel(1, 2).shard(7) == Shard(3, 7, 7)
 
 
+def test_no_process_is_left_without_rows_by_an_epochs_partial_batch():
+    # 9 lines in batches of 4: the partial batch of 1 gave a second process no rows (pad([]) raised mid-run)
+    from textebm.training.train import EpochOrder
+
+    lengths = list(range(3, 12))
+    for world, per_epoch in ((1, 3), (2, 2), (4, 2)):
+        order = EpochOrder(lengths, 4, seed=0, least=world)
+        assert order.per_epoch == per_epoch
+        for step in range(4 * per_epoch):  # four epochs
+            shards = [Parallel(rank, world).shard(len(order.batch(step))) for rank in range(world)]
+            assert all(shard.stop > shard.start for shard in shards)
+    assert sorted(i for step in range(3) for i in EpochOrder(lengths, 4, 0).batch(step)) == list(range(9))
+    with pytest.raises(UserError, match="3 lines: fewer than the 4 data-parallel processes"):
+        EpochOrder([5, 6, 7], 8, seed=0, least=4)
+
+
 def test_the_backend_follows_the_device_not_the_host(monkeypatch):
     import torch
 

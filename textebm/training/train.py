@@ -192,17 +192,24 @@ class Budget:
 
 
 class EpochOrder:
-    """The batches of step s: epoch s // per_epoch's order (a pure function of seed and epoch), cached."""
+    """The batches of step s: epoch s // per_epoch's order (a pure function of seed and epoch), cached.
+    An epoch's partial batch with fewer than `least` rows (the data-parallel processes) is left out: it
+    would leave a process no rows, and DDP needs every process in every step."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.per_epoch = math.ceil(len(lengths) / batch_size)
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, least: int = 1):
+        self.lengths, self.batch_size, self.seed, self.least = lengths, batch_size, seed, least
+        full, partial = divmod(len(lengths), batch_size)
+        self.per_epoch = full + (partial >= least)
+        if self.per_epoch == 0:
+            raise UserError(f"the training split has {len(lengths)} lines: fewer than the {least} data-parallel "
+                            "processes, which need a line each")
         self.epoch, self.batches = -1, []
 
     def batch(self, step: int) -> list[int]:
         if step // self.per_epoch != self.epoch:
             self.epoch = step // self.per_epoch
-            self.batches = epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch)
+            self.batches = [batch for batch in epoch_batches(self.lengths, self.batch_size, self.seed, self.epoch)
+                            if len(batch) >= self.least]
         return self.batches[step % self.per_epoch]
 
 
@@ -400,7 +407,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
         if log.tensorboard_folder and not resume:
             log.message(f"TensorBoard events: {log.tensorboard_folder} (tensorboard --logdir {folder})")
 
-        order = EpochOrder([len(s) for s in train_split.sentences], cfg.batch_size, cfg.seed)
+        order = EpochOrder([len(s) for s in train_split.sentences], cfg.batch_size, cfg.seed, parallel.world)
         per_epoch = order.per_epoch
         total = cfg.max_epochs * per_epoch if cfg.max_epochs else None
         if max_steps is not None:
