@@ -154,6 +154,44 @@ def test_resume_rejects_new_config(cli, one_line_error, run_copy, small_corpus):
     one_line_error(*cli(*args)[::2], "train", "--resume")
 
 
+@pytest.mark.parametrize("key, value, said", [
+    ("latent_dim", 8, "latent_dim 4 -> 8"),  # the weights' shapes: a 30-line load_state_dict traceback
+    ("seed", 5, "seed 0 -> 5"),  # the data order, changed mid-run without a word
+    ("lowercase", True, "lowercase False -> True"),  # ignored without a word: the vocabulary is vocab.json's
+])
+def test_resume_refuses_a_config_json_edited_since_the_checkpoint(cli, one_line_error, run_copy, key, value, said):
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config[key] = value
+    path.write_text(json.dumps(config), encoding="utf-8")
+    one_line_error(*cli("train", "--out", run_copy, "--resume", "--max-steps", "99", "--device", "cpu",
+                        "--no-progress")[::2], "train", "changed since the checkpoint was saved", said)
+
+
+def test_resume_may_change_how_the_run_reports(cli, run_copy):
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["log_every"] = 7
+    path.write_text(json.dumps(config), encoding="utf-8")
+    status, _, err = cli("train", "--out", run_copy, "--resume", "--max-steps", "3", "--device", "cpu", "--no-progress")
+    assert status == 0, err
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_one_line(cli, one_line_error, run_copy):
+    # a checkpoint from before configs were saved in it: only the weights can tell
+    from textebm.model.checkpoints import TRAINING_STATE
+
+    state = torch.load(run_copy / TRAINING_STATE, weights_only=True)
+    del state["extra"]["config"]
+    torch.save(state, run_copy / TRAINING_STATE)
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["hidden_dim"] = 64
+    path.write_text(json.dumps(config), encoding="utf-8")
+    one_line_error(*cli("train", "--out", run_copy, "--resume", "--max-steps", "99", "--device", "cpu",
+                        "--no-progress")[::2], "train", "the checkpoint's weights do not fit the run's config")
+
+
 def test_resume_reads_the_corpus_from_the_run_and_refuses_another(cli, one_line_error, run_copy, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("a b c\nd e f\n", encoding="utf-8")
@@ -648,3 +686,11 @@ def test_another_runtime_error_is_not_called_out_of_memory(trained_run, monkeypa
     monkeypatch.setattr(sampling, "generate_text", broken)
     with pytest.raises(RuntimeError, match="a bug"):  # a bug keeps its traceback
         main(["sample", "--checkpoint", str(trained_run), "--device", "cpu"])
+
+
+def test_a_flag_and_a_set_of_the_same_key_are_refused(cli, one_line_error, train_args, tmp_path):
+    # the flag won without a word (vocab_size 7000 in config.json after --set vocab_size=50)
+    status, _, err = cli(*train_args("--out", tmp_path / "run", "--max-steps", "1", "--vocab-size", "7000",
+                                     overrides=["vocab_size=50"]))
+    one_line_error(status, err, "train", "--vocab-size and --set vocab_size=... both given")
+    assert not (tmp_path / "run").exists()

@@ -116,7 +116,7 @@ def test_set_overrides_the_preset():
     ("latent_dim=abc", "expected an integer"),
     ("latent_dim=1.5", "latent_dim"),
     ("prior_sigma=x", "prior_sigma"),
-    ("lowercase=maybe", "lowercase"),
+    ("lowercase=maybe", "lowercase: expected true or false"),
     ("no_such_key=1", "unknown config key"),
     ("latent_dim", "key=value"),
 ])
@@ -131,11 +131,22 @@ def test_bad_set_items_are_user_errors(item, fragment):
     "energy_penalty=-0.1", "energy_warm_steps=-1", "energy_warm_step_size=0",
     "tokenizer=sentencepiece",  # needs a vocab_size
     f"seed={2**63}",  # torch's generators fail above 2**64 - 1, and training adds offsets to the seed
+    # torch's Adam refused these after the run folder was written (NaN in config.json)
+    "adam_beta1=nan", "adam_beta1=1", "adam_beta1=-0.5",
+    "energy_warm_steps=1000000000000",  # a MemoryError after the run folder was written
+    f"latent_dim={10**23}", "hidden_dim=10000000",  # past torch's 64-bit sizes: a C++ traceback
 ])
 def test_invalid_values_are_rejected(item):
     key = item.split("=")[0]
-    with pytest.raises(UserError, match=f"^{key}(=| must)"):  # the message names the key that was wrong
+    with pytest.raises(UserError, match=f"^{key}(=| must| goes up to)"):  # the message names the key that was wrong
         resolve_config("cpu", "ptb", [item])
+
+
+def test_an_encoder_without_refine_steps_is_refused():
+    # with 0 steps the encoder is regressed onto its own guess: a gradient of 0 at every step, silently
+    with pytest.raises(UserError, match="posterior_init=encoder needs refine_steps of at least 1"):
+        resolve_config("cpu", "ptb", ["posterior_init=encoder", "refine_steps=0"])
+    assert resolve_config("cpu", "ptb", ["posterior_init=noise", "refine_steps=0"]).refine_steps == 0
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])

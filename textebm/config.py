@@ -27,6 +27,9 @@ MAX_DECODE_LENGTH = 2000
 # Most Langevin steps a chain may be asked for (commands, `--set`, the library; the server's own limit is lower):
 # far past any run's K (tens to hundreds), short of the list of 10**12 step sizes that exhausted memory.
 MAX_CHAIN_STEPS = 100_000
+# Largest layer width, batch or sentence length, number of layers: far past any model here, short of the sizes
+# torch cannot even unpack (2**63), which ended in a C++ traceback.
+MAX_SIZE = 1_000_000
 # Most chains (or points, sentences) asked of one call at once: each is a row of every batch.
 MAX_CHAINS = 10_000
 # Sentences decoded together by default (`sample --batch-size`; the server's blocks of one request's rows).
@@ -135,6 +138,10 @@ class Config:
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be at least 1, not {getattr(self, key)}")
+        for key in ["embedding_dim", "hidden_dim", "latent_dim", "energy_hidden", "encoder_dim", "batch_size",
+                    "max_length", "num_layers", "energy_layers"]:  # past torch's 64-bit sizes: a C++ traceback
+            if getattr(self, key) > MAX_SIZE:
+                raise UserError(f"{key} goes up to {MAX_SIZE:,}, not {getattr(self, key)}")
         for key in ["prior_steps", "posterior_steps", "vocab_size", "min_freq", "valid_batches",
                     "num_log_samples", "max_epochs", "valid_every", "seed", "refine_steps", "energy_warm_steps",
                     "kl_anneal_steps", "ae_pretrain_steps"]:
@@ -149,13 +156,18 @@ class Config:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"{key} must be a number >= 0, not {value}")
-        for key in ["prior_steps", "posterior_steps", "refine_steps"]:
+        for key in ["prior_steps", "posterior_steps", "refine_steps", "energy_warm_steps"]:
             if getattr(self, key) > MAX_CHAIN_STEPS:
                 raise UserError(f"{key} goes up to {MAX_CHAIN_STEPS}, not {getattr(self, key)}")
         if self.seed > MAX_SEED:
             raise UserError(f"seed must be at most 2**63 - 1, not {self.seed}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
+        if not 0.0 <= self.adam_beta1 < 1.0:  # NaN fails this too (torch's Adam refused it, after the run folder)
+            raise UserError(f"adam_beta1 must be in [0, 1), not {self.adam_beta1}")
+        if self.posterior_init == "encoder" and self.refine_steps < 1 and self.model != "vae":
+            raise UserError("posterior_init=encoder needs refine_steps of at least 1: with 0 the encoder is fitted "
+                            "to its own guess and never learns")
         if self.prior == "none" and self.posterior_init == "encoder":
             raise UserError("posterior_init=encoder needs a latent: prior=none has none")
         if self.model == "vae":
@@ -165,7 +177,8 @@ class Config:
             if self.posterior_init != "noise":
                 raise UserError("model=vae infers z with its own encoder: posterior_init applies to model=latent_ebm")
         if self.tokenizer == "sentencepiece" and self.vocab_size < 8:
-            raise UserError("tokenizer=sentencepiece needs vocab_size (e.g. --vocab-size 8000)")
+            raise UserError(f"tokenizer=sentencepiece needs a vocab_size of at least 8 (e.g. --vocab-size 8000), "
+                            f"not {self.vocab_size}")
         if 0 < self.vocab_size <= len(SPECIAL_TOKENS):
             # the size counts <pad>, <s>, </s> and <unk>: a smaller one left no room for a word (and kept them all)
             raise UserError(f"vocab_size must be 0 (no limit) or at least {len(SPECIAL_TOKENS) + 1} (the "
@@ -240,7 +253,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         if kind == "float":
             return key, float(raw)
     except ValueError:
-        raise UserError(f"--set {key}: expected {'an integer' if kind == 'int' else 'a number'}, got {raw!r}") from None
+        wanted = {"int": "an integer", "float": "a number", "bool": "true or false"}[kind]
+        raise UserError(f"--set {key}: expected {wanted}, got {raw!r}") from None
     return key, raw
 
 

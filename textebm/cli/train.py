@@ -55,10 +55,17 @@ def _minutes_list(text: str) -> tuple[float, ...]:
 
 
 def _config_overrides(args: argparse.Namespace) -> list[str]:
+    """`--set` items, then the flags that are config keys; one key given both ways is refused (the flag
+    won without a word)."""
+    from textebm.errors import UserError
+
     extra = []
+    set_keys = {item.split("=", 1)[0].strip() for item in args.overrides}
     for key, value in (("tokenizer", args.tokenizer), ("vocab_size", args.vocab_size),
                        ("train_split", args.train_split), ("seed", args.seed)):
         if value is not None:
+            if key in set_keys:
+                raise UserError(f"--{key.replace('_', '-')} and --set {key}=... both given: give one")
             extra.append(f"{key}={value}")
     return [*args.overrides, *extra]
 

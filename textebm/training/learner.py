@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from textebm.config import Config
-from textebm.errors import NonFiniteError
+from textebm.errors import NonFiniteError, UserError
 from textebm.model.checkpoints import restore_rng, rng_state
 from textebm.model.langevin import Shard, deferred_checks, gaussian_noise
 from textebm.model.latent_ebm import LatentEBMTextModel
@@ -174,7 +174,11 @@ class Learner:
     def load_state(self, checkpoint: dict) -> list[str]:
         """The checkpoint's state (loaded on the CPU: load_state_dict places it); returns the lines that
         say what could not be restored as saved (textebm.model.checkpoints.restore_rng)."""
-        self.model.load_state_dict(checkpoint["model"])
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+        except RuntimeError as err:  # a config.json edited by hand, or another run's checkpoint
+            detail = " ".join(str(err).split())[:300]
+            raise UserError(f"the checkpoint's weights do not fit the run's config: {detail}") from None
         for name, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint["optimizers"][name])
         return restore_rng(checkpoint, self.chain_rng, self.parallel.rank, self.parallel.world,

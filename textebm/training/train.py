@@ -191,6 +191,27 @@ class Budget:
         return None
 
 
+# What config.json may say otherwise on --resume than when the checkpoint was saved: how the run reports and
+# checks itself. Anything else would make the continued run another run (other weights' shapes, data order,
+# truncation, vocabulary), or was silently ignored (the vocabulary comes from vocab.json).
+RESUMABLE_KEYS = {"log_every", "valid_every", "checkpoint_every", "valid_batches", "num_log_samples", "tensorboard",
+                  "max_epochs", "nonfinite_policy", "max_skipped_steps"}
+
+
+def check_config_unchanged(saved: dict | None, cfg: Config, folder: Path) -> None:
+    """Refuse a config.json edited since the checkpoint was saved, naming the keys (checkpoints before
+    2026-12-08 hold no config: nothing to compare)."""
+    if saved is None:
+        return
+    now = cfg.to_dict()
+    changed = sorted(key for key in set(saved) | set(now)
+                     if key not in RESUMABLE_KEYS and saved.get(key) != now.get(key))
+    if changed:
+        listed = ", ".join(f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed)
+        raise UserError(f"{folder / 'config.json'} changed since the checkpoint was saved ({listed}): a resume "
+                        "continues the same run; put the saved values back, or train a new run")
+
+
 class EpochOrder:
     """The batches of step s: epoch s // per_epoch's order (a pure function of seed and epoch), cached.
     An epoch's partial batch with fewer than `least` rows (the data-parallel processes) is left out: it
@@ -386,6 +407,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
         started_over = resume and not has_checkpoint(folder)
         if resume and not started_over:
             checkpoint = load_checkpoint(folder)
+            check_config_unchanged(checkpoint.get("extra", {}).get("config"), cfg, folder)
             notes = learner.load_state(checkpoint)
             step = int(checkpoint["step"])
             clock = Clock.from_state(checkpoint.get("extra", {}).get("clock"))
@@ -437,7 +459,7 @@ def train(model: LatentEBMTextModel, cfg: Config, train_split: EncodedSplit, val
             if main:
                 save_checkpoint(into, model, learner.optimizers, step, {
                     "chain_rng": state["chain_rng"], "rng_ranks": state["rng_ranks"], "clock": clock.state(),
-                    "validation": validation.state()})
+                    "validation": validation.state(), "config": cfg.to_dict()})
 
         def keep_mark(cpu_minutes: float):
             checkpoint_now()
