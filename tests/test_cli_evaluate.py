@@ -503,7 +503,11 @@ def test_a_saved_evaluation_that_cannot_be_resumed_is_said_to_be_replaced(invoke
 @pytest.mark.parametrize("flag, value", [("--num-chains", "0"), ("--num-is-samples", "0"),
                                          ("--partition-samples", "1"), ("--max-sentences", "0"),
                                          ("--temperatures", "0"), ("--anneal-steps", "-1"), ("--max-rows", "0"),
-                                         ("--curvature-directions", "0"), ("--posterior-steps", "-1")])
+                                         ("--curvature-directions", "0"), ("--posterior-steps", "-1"),
+                                         # past the bounds: 9.6 GB in 20 s without a word, or hours
+                                         ("--num-chains", "100000000"), ("--partition-samples", str(10**12)),
+                                         ("--fppl-samples", str(10**9)), ("--ais-steps", str(10**12)),
+                                         ("--num-is-samples", str(10**9)), ("--anneal-steps", str(10**12))])
 def test_bad_counts(invoke, tmp_path, corpus_folder, train_lines, flag, value):
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     _one_line(*invoke("--checkpoint", run, flag, value)[::2], flag)
@@ -534,7 +538,8 @@ def test_wkl_and_neural_rppl_of_generated_sentences(invoke, tmp_path, corpus_fol
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--neural-rppl", "--synthetic-valid", "0"], "--synthetic-valid must be at least 1"),
+    (["--neural-rppl", "--synthetic-valid", "0"], "--synthetic-valid must be from 1 to 10,000,000"),
+    (["--wkl", "--synthetic-train", str(10**12)], "--synthetic-train must be from 1 to 10,000,000"),
     (["--wkl", "--synthetic-temperature", "0"], "--synthetic-temperature"),
     (["--neural-rppl", "--rppl-minutes", "0"], "--rppl-minutes"),
     (["--neural-rppl", "--rppl-preset", "nope"], "unknown preset"),
@@ -544,3 +549,51 @@ def test_protocol_bad_options(invoke, tmp_path, corpus_folder, train_lines, one_
     status, out, err = invoke("--checkpoint", run, *FAST, *args)
     one_line_error(status, err, "evaluate", fragment)
     assert out == ""
+
+
+def test_protocol_options_count_only_when_the_protocol_is_asked_for():
+    # --rppl-epochs without --wkl or --neural-rppl changes no number, yet moved the report aside as "made
+    # with other options" and discarded a resumable interruption
+    from textebm.evaluation.held_out import EvaluationOptions, report_options
+    from textebm.evaluation.protocol_metrics import ProtocolOptions
+
+    plain = report_options(EvaluationOptions(checkpoint="run"))
+    unused = report_options(EvaluationOptions(checkpoint="run", protocol=ProtocolOptions(epochs=3, keep="/tmp/lm")))
+    assert plain == unused and plain["protocol"] is None
+    asked = report_options(EvaluationOptions(checkpoint="run", protocol=ProtocolOptions(wkl=True, epochs=3,
+                                                                                          keep="/tmp/lm")))
+    assert asked["protocol"]["epochs"] == 3 and "keep" not in asked["protocol"]
+
+
+@pytest.mark.parametrize("change", ["held-out lines", "weights"])
+def test_an_interrupted_evaluation_of_other_lines_or_weights_starts_afresh(invoke, tmp_path, corpus_folder,
+                                                                           train_lines, monkeypatch, change):
+    # resumed, the old text's chunks were reported as the new text's (NLL 42.07 against 66.61 fresh), and a
+    # run retrained at the same path and step reused the old model's log Z
+    import textebm.inference.likelihood as likelihood
+
+    run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
+    args = ["--checkpoint", run, *FAST, "--chunk", "4", "--fppl-samples", "0", "--json"]
+    real, chunks = likelihood.importance_sampled_log_likelihood, []
+
+    def stopping_at_the_third_chunk(*a, **k):
+        chunks.append(1)
+        if len(chunks) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", stopping_at_the_third_chunk)
+    assert invoke(*args)[0] == 130 and (run / "evaluation-test.partial.pt").is_file()
+    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", real)
+    if change == "held-out lines":
+        test = corpus_folder / "test.txt"
+        test.write_text("".join(reversed(test.read_text(encoding="utf-8").splitlines(keepends=True))),
+                        encoding="utf-8")
+    else:
+        torch.manual_seed(1)  # retrained: other weights at the same path and step
+        save_checkpoint(run, build_model(Config.from_dict(json.loads((run / "config.json").read_text())),
+                                         WordVocab.build(train_lines[:300])), {}, step=7)
+    status, out, err = invoke(*args, "--progress")
+    assert status == 0 and "not resuming from" in err and "resuming an interrupted" not in err, err
+    fresh = json.loads(invoke(*args)[1])
+    assert json.loads(out)["nll_per_sentence"] == fresh["nll_per_sentence"]

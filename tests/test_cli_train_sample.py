@@ -673,7 +673,7 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(cli, trained_run, mon
     monkeypatch.setattr(sampling, "generate_text", exhausted)
     status, out, err = cli("sample", "--checkpoint", trained_run, "--device", "cpu")
     assert status == 1 and out == "" and len(err.splitlines()) == 1, err
-    assert err.startswith("textebm sample: error: out of memory (") and "--batch-size" in err, err
+    assert err.startswith("textebm sample: error: out of memory (") and "ask for less at once" in err, err
 
 
 def test_another_runtime_error_is_not_called_out_of_memory(trained_run, monkeypatch):

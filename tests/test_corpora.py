@@ -116,6 +116,17 @@ def test_a_run_finds_the_files_it_recorded_without_a_data_dir(tmp_path, data_fol
         open_corpus("ptb")
 
 
+def test_a_data_dir_that_does_not_exist_is_refused_for_a_run_on_its_own_files(tmp_path):
+    # it was ignored (a typo passed unseen) whenever the run's corpus was a path
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "train.txt").write_text("a b c\n", encoding="utf-8")
+    run = _run_with_record(tmp_path, open_corpus(str(folder)))
+    assert open_run_corpus(run, str(folder))[0].files["train"] == (folder / "train.txt").resolve()
+    with pytest.raises(UserError, match=f"^the data folder {tmp_path / 'typo'} does not exist \\(check --data-dir"):
+        open_run_corpus(run, str(folder), str(tmp_path / "typo"))
+
+
 def test_a_data_dir_wins_over_the_record_and_a_changed_file_is_named(tmp_path, data_folder, synthetic_splits):
     run = _run_with_record(tmp_path, open_corpus("ptb", str(data_folder(ptb="train valid test"))))
     copy = tmp_path / "copy"
@@ -160,6 +171,7 @@ def test_a_single_files_record_holds_with_a_data_dir_and_gzip_counts_its_text(tm
     monkeypatch.chdir(tmp_path)  # the run trains on "text.txt.gz", named from here ...
     run = _run_with_record(tmp_path, open_corpus("text.txt.gz"))
     monkeypatch.chdir(tmp_path / "run")  # ... and is evaluated from elsewhere
+    (tmp_path / "some-data").mkdir()
     found, warnings = open_run_corpus(run, "text.txt.gz", str(tmp_path / "some-data"))
     assert found.files == {"train": text} and warnings == []  # --data-dir is for known corpora only
     before = text.read_bytes()

@@ -9,6 +9,7 @@ from textebm.inference.diagnostics import (
     AU_THRESHOLD,
     LatentUsage,
     information_rate,
+    latent_usage,
     latent_usage_batch,
     posterior_information,
     prior_chain_bias,
@@ -105,3 +106,12 @@ def test_the_mutual_information_of_a_decoder_that_ignores_z_is_near_zero_at_the_
     information = posterior_information(res)
     assert information.abs().max() <= 0.5, information
     assert information.abs().mean() < 0.1
+
+
+def test_active_units_are_judged_on_the_first_sentences_exactly_not_whole_batches(latent_model):
+    # the last batch was taken whole: with batches of 4 and 5 sentences asked for, 8 were counted
+    model, tokens = latent_model(5.0, 12)
+    sentences = [[int(t) for t in row if t != model.pad_id] for row in tokens]
+    figures = latent_usage(model, sentences, model.pad_id, num_prior=2, batch_size=4,
+                           generator=torch.Generator().manual_seed(0), au_sentences=5)
+    assert figures["active_units_sentences"] == 5 and figures["sentences"] == 12

@@ -36,3 +36,25 @@ def test_each_run_is_paired_with_the_first_on_the_same_sentences():
     del older["log_px_per_sentence"]
     with pytest.raises(UserError, match="b's evaluation has no per-sentence"):
         paired_nll_differences([("a", _report([-1.0, -2.0])), ("b", older)])
+
+
+def test_reports_of_other_lines_are_not_paired_even_at_the_same_counts():
+    # a held-out file reordered or edited to the same line and token counts was paired row by row
+    with pytest.raises(UserError, match="other sentences"):
+        paired_nll_differences([("a", _report([-1.0, -2.0], evaluated_sha256="aa")),
+                                ("b", _report([-2.0, -1.0], evaluated_sha256="bb"))])
+    rows = paired_nll_differences([("a", _report([-1.0, -2.0], evaluated_sha256="aa")),
+                                   ("old", _report([-1.0, -2.0]))])  # a report from before the digest: paired
+    assert len(rows) == 2
+
+
+@pytest.mark.parametrize("damage", [["x", -2.0], [None, -2.0], [math.nan, -2.0], "no nll"])
+def test_a_damaged_report_is_one_user_error(damage):
+    # a traceback (TypeError, KeyError), or "+nan +- nan"
+    damaged = _report([-1.0, -2.0])
+    if damage == "no nll":
+        del damaged["nll_per_sentence"]
+    else:
+        damaged["log_px_per_sentence"] = damage
+    with pytest.raises(UserError, match="b's evaluation is damaged"):
+        paired_nll_differences([("a", _report([-1.0, -2.0])), ("b", damaged)])

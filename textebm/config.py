@@ -32,6 +32,8 @@ MAX_CHAIN_STEPS = 100_000
 MAX_SIZE = 1_000_000
 # Most chains (or points, sentences) asked of one call at once: each is a row of every batch.
 MAX_CHAINS = 10_000
+# Most sentences one call generates (`sample -n`, evaluate's samples): a file of some 500 MB; more is several calls.
+MAX_SAMPLES = 10_000_000
 # Sentences decoded together by default (`sample --batch-size`; the server's blocks of one request's rows).
 SAMPLE_BATCH_SIZE = 256
 

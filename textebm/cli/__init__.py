@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _out_of_memory(err):
             raise
         print(f"textebm {args.command}: error: out of memory ({_first_line(err)}); ask for less at once "
-              "(--batch-size, --chains, -n, --max-length), or free memory", file=sys.stderr)
+              "(fewer sentences, chains, samples or rows per batch), or free memory", file=sys.stderr)
         return 1
 
 

@@ -171,7 +171,8 @@ def format_table(r: dict) -> str:
             ("NLL/token with posterior z / prior z (gap)",
              f"{cell(usage['nll_posterior'])} / {cell(usage['nll_prior'])} ({usage['gap']:.3f})"),
             ("mutual information, E KL(p(z|x) || p(z)) (nats)", cell(usage["mutual_information"])),
-            (f"active units (first {min(r['num_sentences'], USAGE_AU_SENTENCES)} sentences)",
+            (f"active units (first {usage.get('active_units_sentences', min(r['num_sentences'], USAGE_AU_SENTENCES))}"
+             " sentences)",
              f"{usage['active_units']} / {r['latent_dim']}"),
         ]
         notes.append(f"latent usage: {usage['estimators']['note']}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from textebm.cli.common import path_type, seed_type
-from textebm.config import SAMPLE_BATCH_SIZE
+from textebm.config import MAX_SAMPLES, SAMPLE_BATCH_SIZE
 from textebm.devices import (
     add_device_argument,
     add_precision_argument,
@@ -13,8 +13,6 @@ from textebm.devices import (
     resolve_device,
 )
 from textebm.progress import add_progress_argument
-
-MAX_SAMPLES = 10_000_000  # a file of some 500 MB; more is several calls with other seeds
 
 
 def add_parser(subparsers) -> None:

@@ -101,8 +101,9 @@ def check_named_data_dir(data_dir_arg: str | None, name: str) -> None:
     a typo must not start a download into a new folder (the default data/ is made as needed)."""
     root = data_dir(data_dir_arg)
     if not root.is_dir() and (data_dir_arg or os.environ.get("TEXTEBM_DATA_DIR")):
-        raise UserError(f"the data folder {root.absolute()} does not exist (check --data-dir or $TEXTEBM_DATA_DIR; "
-                        f"textebm data --fetch {name} --data-dir {root} makes it and fetches {name})")
+        fetch = f"; textebm data --fetch {name} --data-dir {root} makes it and fetches {name}" if name in KNOWN else ""
+        raise UserError(f"the data folder {root.absolute()} does not exist (check --data-dir or $TEXTEBM_DATA_DIR"
+                        f"{fetch})")
 
 
 RECORD = "corpus.json"  # in a run folder: the files the run was trained on (`record_of`)
@@ -126,6 +127,8 @@ def open_run_corpus(run: Path, name: str, data_dir_arg: str | None = None) -> tu
     A known corpus from `--data-dir` when given; else the files the run recorded, while they are all still
     there (with any split added to their folder since); else as `open_corpus` finds `name`
     ($TEXTEBM_DATA_DIR, data/). A run from before the record: `open_corpus`."""
+    if data_dir_arg and not Path(data_dir_arg).is_dir():  # a typo: not to be ignored for a run on its own files
+        check_named_data_dir(data_dir_arg, name)
     record = _recorded_corpus(Path(run)) or {}
     if record and Path(str(record.get("corpus"))) != Path(name):  # not this run's (copied, or the config edited)
         if data_dir_arg is None or name not in KNOWN:

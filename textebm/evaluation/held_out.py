@@ -9,6 +9,7 @@ docs/evaluate-command.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -16,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from textebm.config import MAX_CHAIN_STEPS, MAX_CHAINS, MAX_SAMPLES
 from textebm.errors import UserError
 from textebm.evaluation.decoding_sweep import TEMPERATURES, generation_metrics, protocol_section, samples_from
 from textebm.evaluation.protocol_metrics import ProtocolOptions
@@ -101,6 +103,13 @@ class EvaluationOptions:
             raise UserError(f"--temperatures must be positive numbers, not {' '.join(map(str, self.temperatures))}")
         if self.max_sentences is not None and self.max_sentences < 1:
             raise UserError(f"--max-sentences must be at least 1, not {self.max_sentences}")
+        bounds = {"num_chains": MAX_CHAINS, "num_is_samples": MAX_CHAINS, "ais_chains": MAX_CHAINS,
+                  "curvature_directions": MAX_CHAINS, "posterior_steps": MAX_CHAIN_STEPS,
+                  "anneal_steps": MAX_CHAIN_STEPS, "ais_steps": MAX_CHAIN_STEPS, "fppl_samples": MAX_SAMPLES,
+                  "partition_samples": MAX_SAMPLES}  # past these: hours without a word, or out of memory
+        for name, most in bounds.items():
+            if (value := getattr(self, name)) is not None and value > most:
+                raise UserError(f"--{name.replace('_', '-')} goes up to {most:,}, not {value}")
         self.protocol.check()
         return self
 
@@ -171,6 +180,7 @@ def _evaluate(options: EvaluationOptions, progress: Progress, tf32: bool, resume
         prior_chain_bias,
     )
     from textebm.inference.likelihood import evaluate_sentences, partition_function
+    from textebm.model.checkpoints import weights_identity
     from textebm.model.runs import load_run
 
     options.check()
@@ -189,9 +199,13 @@ def _evaluate(options: EvaluationOptions, progress: Progress, tf32: bool, resume
     progress.note(work_summary(options, model, config, len(encoded.sentences), len(train_lines)))
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    key = {"options": {**{k: v for k, v in asdict(options).items() if k != "threads"},
+    # What must match for a saved stage to be reused: the options, the very weights (a run retrained at the same
+    # path and step is another model), the very sentences (a held-out file edited since), the device type (its
+    # generator's state, its numbers) and the evaluator.
+    key = {"options": {**{k: v for k, v in options_record(options).items() if k != "threads"},
                        "checkpoint": str(Path(options.checkpoint).resolve())},
-           "step": loaded.step, "evaluator": EVALUATOR_VERSION}  # what must match for a saved stage to be reused
+           "step": loaded.step, "evaluator": EVALUATOR_VERSION, "weights": weights_identity(options.checkpoint),
+           "sentences": text_digest(lines), "device": device.type, "tf32": tf32 and device.type == "cuda"}
     partial = PartialEvaluation(resume_file, key)
     if partial.restore(generator):
         progress.note(f"resuming an interrupted evaluation ({partial.path.name}): {partial.summary()}")
@@ -261,6 +275,7 @@ def _evaluate(options: EvaluationOptions, progress: Progress, tf32: bool, resume
         "model": config.model, "prior": config.prior, "latent_dim": model.prior.latent_dim,
         "chains": {key: getattr(config, key) for key in CHAIN_KEYS},
         "num_sentences": len(encoded.sentences), "num_tokens": num_tokens, "truncated_lines": encoded.truncated,
+        "evaluated_sha256": text_digest(lines),
         "nll_per_sentence": float(nll.mean()),
         "nll_per_sentence_bound": -float(res.bound().double().mean()),
         "nll_per_token": float(nll.sum() / num_tokens),
@@ -516,6 +531,20 @@ def vae_figures(res, config, nll_per_sentence: float, elbo_per_sentence: float) 
                 "bound_gap_per_sentence": "-ELBO - NLL: what importance sampling gains over the bound (>= 0)"}}
 
 
+def text_digest(lines: list[str]) -> str:
+    """sha256 of the evaluated lines: what `compare` pairs by, and a resume checks."""
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def options_record(options: EvaluationOptions) -> dict:
+    """The options as a dict; the protocol's only when wKL or the neural rPPL was asked for (else they change
+    nothing, and must not count as other options), and without where its reverse LM is kept."""
+    record = asdict(options)
+    record["protocol"] = ({k: v for k, v in record["protocol"].items() if k != "keep"} if options.protocol.wanted
+                          else None)
+    return record
+
+
 def report_options(options: EvaluationOptions) -> dict:
     """The options a report was made with (JSON-ready), but for where and how it ran."""
-    return json.loads(json.dumps({k: v for k, v in asdict(options).items() if k not in PLACE_KEYS}))
+    return json.loads(json.dumps({k: v for k, v in options_record(options).items() if k not in PLACE_KEYS}))

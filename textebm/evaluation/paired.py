@@ -43,9 +43,16 @@ def paired_difference(log_px_a: list[float], log_px_b: list[float]) -> PairedDif
 
 
 def same_sentences(a: dict, b: dict) -> bool:
-    """Whether two evaluation reports scored the same sentences (corpus, split, text, count)."""
+    """Whether two evaluation reports scored the same sentences (corpus, split, text, count, and the lines'
+    digest where both have it: reports before 2026-12-08 lack it, and a file reordered or edited to the same
+    count was paired row by row)."""
     keys = ("corpus", "split", "evaluated_text", "num_sentences", "num_tokens")
-    return all(a.get(k) == b.get(k) for k in keys)
+    digests = a.get("evaluated_sha256"), b.get("evaluated_sha256")
+    return all(a.get(k) == b.get(k) for k in keys) and (None in digests or digests[0] == digests[1])
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def paired_nll_differences(evaluations: list[tuple[str, dict]]) -> list[tuple[str, float, PairedDifference]]:
@@ -58,13 +65,15 @@ def paired_nll_differences(evaluations: list[tuple[str, dict]]) -> list[tuple[st
         if PER_SENTENCE_KEY not in evaluation:
             raise UserError(f"{label}'s evaluation has no per-sentence log p(x) (written by an older textebm): "
                             "run `textebm evaluate` on it again")
-        scores = evaluation[PER_SENTENCE_KEY]
-        if not isinstance(scores, list) or len(scores) != evaluation.get("num_sentences", len(scores)):
+        scores, nll = evaluation[PER_SENTENCE_KEY], evaluation.get("nll_per_sentence")
+        if (not isinstance(scores, list) or len(scores) != evaluation.get("num_sentences", len(scores))
+                or not all(_finite(v) for v in [*scores, nll])):
             raise UserError(f"{label}'s evaluation is damaged: its per-sentence log p(x) does not hold one number "
                             "per sentence it names: run `textebm evaluate` on it again")
         if not same_sentences(first, evaluation):
-            raise UserError(f"{label} was evaluated on other sentences than {first_label} (corpus, split or "
-                            "--max-sentences differ): a paired comparison needs the same ones")
+            raise UserError(f"{label} was evaluated on other sentences than {first_label} (corpus, split, "
+                            "--max-sentences or the held-out file's lines differ): a paired comparison needs the "
+                            "same ones")
         rows.append((label, float(evaluation["nll_per_sentence"]),
                      paired_difference(first[PER_SENTENCE_KEY], evaluation[PER_SENTENCE_KEY])))
     return rows

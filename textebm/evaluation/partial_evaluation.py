@@ -47,8 +47,8 @@ class PartialEvaluation:
             if isinstance(saved, dict) and saved.get("key") == self.key:
                 self.stages = saved["stages"]
             else:
-                self.discarded = ("it was made with other options, another checkpoint step or another version of "
-                                  "the evaluator")
+                self.discarded = ("it was made with other options, other weights, other held-out lines, on "
+                                  "another device type or by another version of the evaluator")
 
     def restore(self, generator: torch.Generator) -> bool:
         """Put `generator` in the state it had after the last saved stage; False when nothing is saved."""

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textebm.config import MAX_SAMPLES
 from textebm.errors import UserError
 from textebm.io import check_writable
 from textebm.progress import QUIET, Progress
@@ -81,8 +82,8 @@ class ProtocolOptions:
 
         for flag, value in (("--synthetic-train", self.synthetic_train), ("--synthetic-valid", self.synthetic_valid),
                             ("--rppl-epochs", self.epochs)):
-            if value < 1:
-                raise UserError(f"{flag} must be at least 1, not {value}")
+            if not 1 <= value <= MAX_SAMPLES:
+                raise UserError(f"{flag} must be from 1 to {MAX_SAMPLES:,}, not {value}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--rppl-steps must be at least 1, not {self.max_steps}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):

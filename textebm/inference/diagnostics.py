@@ -125,6 +125,7 @@ class LatentUsage:
             "gap": (self.log_lik_post - self.log_lik_prior) / self.tokens,
             "mutual_information": self.rate / self.sentences,
             "active_units": int(active.sum()),
+            "active_units_sentences": n,
             "unit_sensitivity": [round(float(v), 4) for v in per_unit],
         }
 
@@ -171,6 +172,8 @@ def latent_usage(model, sentences: list[list[int]], pad_id: int, num_prior: int 
                                    sensitivity=usage.sensitivity_sentences < au_sentences,
                                    log_px=None if log_px is None else log_px[start:start + batch_size],
                                    rate=None if rate is None else rate[start:start + batch_size])
+        if parts[3] is not None:  # the first au_sentences exactly, not whole batches past them
+            parts = (*parts[:3], parts[3][:au_sentences - usage.sensitivity_sentences])
         usage.add(int((tokens[:, 1:] != pad_id).sum()), *parts)
     return usage.summary()
 

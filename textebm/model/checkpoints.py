@@ -82,6 +82,20 @@ def load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], int]:
     return tensors, int(metadata["step"])
 
 
+def weights_identity(folder: Path) -> str:
+    """What tells one save of a run's weights from another: the id written with them (a fresh one each
+    save), or for the older one-file format its size and modification time."""
+    folder = Path(folder)
+    if (folder / WEIGHTS).is_file():
+        try:
+            with safe_open(folder / WEIGHTS, framework="pt", device="cpu") as weights:
+                return (weights.metadata() or {}).get("id", "")
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{folder / WEIGHTS} is corrupt or truncated ({_first_line(err)})") from None
+    stat = (folder / LEGACY).stat()
+    return f"{LEGACY}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def load_checkpoint(folder: Path) -> dict[str, Any]:
     """Everything a resume needs, on the CPU: step, model, optimizers, rng, extra."""
     folder = Path(folder)
