@@ -321,7 +321,7 @@ def test_wkl_and_neural_rppl_in_json_and_table(eval_ppl, real_args, small_real, 
 @pytest.mark.parametrize("args,fragment", [
     (["--neural-rppl"], "needs 43000 sentences"),
     (["--neural-rppl", "--synthetic-train", "2", "--synthetic-valid", "2"], "needs 4 sentences"),
-    (["--wkl", "--synthetic-train", "0"], "--synthetic-train must be at least 1"),
+    (["--wkl", "--synthetic-train", "0"], "--synthetic-train must be from 1 to 10,000,000"),
     (["--neural-rppl", "--rppl-steps", "0"], "--rppl-steps must be at least 1"),
     (["--neural-rppl", "--rppl-set", "prior=ebm"], "--rppl-set prior"),
     (["--neural-rppl", "--rppl-set", "hidden_dim=0"], "hidden_dim must be at least 1"),

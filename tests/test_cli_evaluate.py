@@ -390,6 +390,13 @@ def test_a_report_made_with_other_options_is_kept_not_replaced(invoke, tmp_path,
     status, _, err = invoke("--checkpoint", run, *smoke)
     assert status == 0 and "kept as" not in err
     assert len(list(run.glob("evaluation-test.*.json"))) == 1
+    # so is one written before 2026-12-08, which recorded the protocol's options though none was asked for
+    path = run / "evaluation-test.json"
+    report = json.loads(path.read_text())
+    report["options"]["protocol"] = {"wkl": False, "neural_rppl": False, "epochs": 2, "keep": None}
+    path.write_text(json.dumps(report))
+    status, _, err = invoke("--checkpoint", run, *smoke)
+    assert status == 0 and "kept as" not in err and len(list(run.glob("evaluation-test.*.json"))) == 1, err
 
 
 def test_out_writes_the_report_elsewhere_and_leaves_the_runs_own(invoke, tmp_path, corpus_folder, train_lines):

@@ -694,3 +694,15 @@ def test_a_flag_and_a_set_of_the_same_key_are_refused(cli, one_line_error, train
                                      overrides=["vocab_size=50"]))
     one_line_error(status, err, "train", "--vocab-size and --set vocab_size=... both given")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_key_added_or_dropped_since_the_checkpoint_is_no_edit(cli, run_copy):
+    # a later textebm with one key more (or less) must still resume the runs saved now
+    from textebm.model.checkpoints import TRAINING_STATE
+
+    state = torch.load(run_copy / TRAINING_STATE, weights_only=True)
+    del state["extra"]["config"]["energy_warm_step_size"]
+    state["extra"]["config"]["a_key_of_the_past"] = 1
+    torch.save(state, run_copy / TRAINING_STATE)
+    status, _, err = cli("train", "--out", run_copy, "--resume", "--max-steps", "3", "--device", "cpu", "--no-progress")
+    assert status == 0, err

@@ -147,6 +147,8 @@ def test_an_encoder_without_refine_steps_is_refused():
     with pytest.raises(UserError, match="posterior_init=encoder needs refine_steps of at least 1"):
         resolve_config("cpu", "ptb", ["posterior_init=encoder", "refine_steps=0"])
     assert resolve_config("cpu", "ptb", ["posterior_init=noise", "refine_steps=0"]).refine_steps == 0
+    trained = Config(posterior_init="encoder", refine_steps=0).to_dict()  # a run trained so before the rule
+    assert Config.from_dict(trained).refine_steps == 0  # still loads, samples, evaluates
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4])

@@ -141,7 +141,7 @@ def test_the_wheelhouse_is_what_textebm_needs_beyond_the_gpu_image():
               for line in importlib.metadata.requires(name) or [] if Requirement(line).specifier}
     carried = wheels - needed  # only what the image has, but perhaps below a floor of a carried package
     assert needed <= wheels and carried <= floors & image, (
-        f"bench/gpu_wheelhouse.txt lacks {sorted(needed - wheels)} and needs no {sorted(carried - floors & image)} "
+        f"bench/gpu_wheelhouse.txt lacks {sorted(needed - wheels)} and needs no {sorted(carried - (floors & image))} "
         "(the installed packages' requirements changed?)")
     assert "typing-extensions" in carried  # pydantic's floor (4.16) is this month's release
 

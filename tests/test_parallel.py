@@ -41,6 +41,8 @@ def test_no_process_is_left_without_rows_by_an_epochs_partial_batch():
     assert sorted(i for step in range(3) for i in EpochOrder(lengths, 4, 0).batch(step)) == list(range(9))
     with pytest.raises(UserError, match="3 lines: fewer than the 4 data-parallel processes"):
         EpochOrder([5, 6, 7], 8, seed=0, least=4)
+    with pytest.raises(UserError, match="batch_size 1 is below the 2 data-parallel processes"):  # an IndexError
+        EpochOrder(lengths, 1, seed=0, least=2)
 
 
 def test_the_backend_follows_the_device_not_the_host(monkeypatch):
@@ -299,3 +301,14 @@ def test_a_stop_during_the_final_validation_ends_every_process_as_interrupted(tm
     assert "stop requested after step 3: its checkpoint is saved" in log and "stopped at step 3 (interrupt)" in log
     assert (folder / "learning_curves.png").is_file()
     assert load_checkpoint(folder)["step"] == 3
+
+
+def test_a_batch_too_small_for_the_processes_is_refused_before_the_run_folder_is_written(tmp_path, small_corpus):
+    # it failed inside training, after the folder was written: a retry with the same --out was "already a run"
+    from textebm.config import resolve_config
+    from textebm.training.setup import new_run
+
+    config = resolve_config("cpu", str(small_corpus), ["batch_size=1"])
+    with pytest.raises(UserError, match="batch_size 1 is below the 2 data-parallel processes"):
+        new_run(tmp_path / "run", config, parallel=Parallel(0, 2))
+    assert not (tmp_path / "run").exists()

@@ -95,7 +95,7 @@ def test_batching_does_not_change_the_test_score(texts, monkeypatch):
 
 
 @pytest.mark.parametrize("changes,fragment", [
-    (dict(synthetic_train=0), "--synthetic-train must be at least 1"),
+    (dict(synthetic_train=0), "--synthetic-train must be from 1 to 10,000,000"),
     (dict(epochs=0), "--rppl-epochs"),
     (dict(max_minutes=-1.0), "--rppl-minutes"),
     (dict(overrides=["prior=ebm"]), "--rppl-set prior"),

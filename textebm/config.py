@@ -167,9 +167,6 @@ class Config:
             raise UserError(f"dropout must be in [0, 1), not {self.dropout}")
         if not 0.0 <= self.adam_beta1 < 1.0:  # NaN fails this too (torch's Adam refused it, after the run folder)
             raise UserError(f"adam_beta1 must be in [0, 1), not {self.adam_beta1}")
-        if self.posterior_init == "encoder" and self.refine_steps < 1 and self.model != "vae":
-            raise UserError("posterior_init=encoder needs refine_steps of at least 1: with 0 the encoder is fitted "
-                            "to its own guess and never learns")
         if self.prior == "none" and self.posterior_init == "encoder":
             raise UserError("posterior_init=encoder needs a latent: prior=none has none")
         if self.model == "vae":
@@ -275,7 +272,12 @@ def with_chain_overrides(config: Config, overrides: list[str]) -> Config:
             raise UserError(f"--set {key}: only the chain settings of a trained run can change here "
                             f"({', '.join(CHAIN_KEYS)})")
         values[key] = value
-    return Config.from_dict(values)
+    config = Config.from_dict(values)
+    # a rule of training, not of validity: runs trained so before 2026-12-08 still load, sample and evaluate
+    if config.posterior_init == "encoder" and config.refine_steps < 1 and config.model != "vae":
+        raise UserError("posterior_init=encoder needs refine_steps of at least 1: with 0 the encoder is fitted to its "
+                        "own guess and never learns")
+    return config
 
 
 def device_preset(corpus: str, on_cuda: bool) -> tuple[str, str]:
@@ -310,4 +312,9 @@ def resolve_config(preset: str | None, corpus: str, overrides: list[str] = ()) -
             values.pop(key, None)
     for key, value in MODEL_DEFAULTS.get(values.get("model", Config.model), {}).items():
         values.setdefault(key, value)
-    return Config.from_dict(values)
+    config = Config.from_dict(values)
+    # a rule of training, not of validity: runs trained so before 2026-12-08 still load, sample and evaluate
+    if config.posterior_init == "encoder" and config.refine_steps < 1 and config.model != "vae":
+        raise UserError("posterior_init=encoder needs refine_steps of at least 1: with 0 the encoder is fitted to its "
+                        "own guess and never learns")
+    return config

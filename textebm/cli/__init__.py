@@ -81,15 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as err:  # last: NonFiniteError is a RuntimeError
         if not _out_of_memory(err):
             raise
-        print(f"textebm {args.command}: error: out of memory ({_first_line(err)}); ask for less at once "
-              "(fewer sentences, chains, samples or rows per batch), or free memory", file=sys.stderr)
+        print(f"textebm {args.command}: error: out of memory ({_first_line(err)}); {_less_at_once(args)}, or "
+              "free memory", file=sys.stderr)
         return 1
 
 
 def _out_of_memory(err: BaseException) -> bool:
-    """Python's MemoryError, torch's CUDA OutOfMemoryError, or its CPU allocator's refusal (a RuntimeError)."""
+    """Python's MemoryError, torch's CUDA OutOfMemoryError, its CPU allocator's refusal, or a CUDA library's
+    (RuntimeErrors)."""
     return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
-            or any(words in str(err) for words in ("can't allocate memory", "not enough memory")))
+            or any(words in str(err) for words in ("can't allocate memory", "not enough memory", "out of memory",
+                                                    "ALLOC_FAILED")))
+
+
+def _less_at_once(args) -> str:
+    """What to lower, in the command's own options."""
+    if args.command == "train":
+        return "lower --set batch_size (or max_length, hidden_dim), or on a GPU take a smaller --preset"
+    if args.command == "evaluate":
+        return "lower --chunk or --max-rows (the decoder rows scored together)"
+    return "ask for less at once (fewer sentences, chains or points per batch: --batch-size where the command has it)"
 
 
 def _first_line(err: BaseException) -> str:

@@ -18,6 +18,16 @@ def evaluation_path(folder: Path, split: str) -> Path:
     return Path(folder) / f"evaluation-{split}.json"
 
 
+def _as_now(options):
+    """A report's options as they are recorded now: before 2026-12-08 the protocol's options were recorded
+    whether or not wKL or the neural rPPL was asked for, and with the folder its reverse LM was kept in."""
+    protocol = options.get("protocol") if isinstance(options, dict) else None
+    if not isinstance(protocol, dict):
+        return options
+    asked = protocol.get("wkl") or protocol.get("neural_rppl")
+    return {**options, "protocol": {k: v for k, v in protocol.items() if k != "keep"} if asked else None}
+
+
 def keep_earlier_report(folder: Path, split: str, options: dict) -> Path | None:
     """Move RUN/evaluation-<split>.json (and the figure it names) to `evaluation-<split>.earlier-<its time>.json`
     when it was made with other `options` (or before reports recorded theirs): a smoke test must not
@@ -31,7 +41,7 @@ def keep_earlier_report(folder: Path, split: str, options: dict) -> Path | None:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         earlier = None
-    if isinstance(earlier, dict) and earlier.get("options") == options:
+    if isinstance(earlier, dict) and _as_now(earlier.get("options")) == options:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))  # when it was made
     label, n = f"earlier-{stamp}", 1

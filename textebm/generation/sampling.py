@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from textebm.arguments import check_count, check_seed, check_steps
-from textebm.config import MAX_DECODE_LENGTH, SAMPLE_BATCH_SIZE
+from textebm.config import MAX_DECODE_LENGTH, MAX_SAMPLES, SAMPLE_BATCH_SIZE
 from textebm.errors import UserError
 from textebm.randomness import RowStreams, batch_seed
 
@@ -50,7 +50,8 @@ def generate_ids(model, n: int, options: SamplingOptions, seed: int, batch_size:
     draws from its own seed (`batch_seed`), so batch b is the same for every n that reaches it and every
     max_length; `on_batch(sentences)` after each batch (a progress bar's update)."""
     options.validate()  # temperature -1 sampled the least likely words: the command line refused it, and so here
-    n, seed, batch_size = check_count("n", n, least=0), check_seed(seed), check_count("batch_size", batch_size)
+    n, seed = check_count("n", n, least=0, most=MAX_SAMPLES), check_seed(seed)
+    batch_size = check_count("batch_size", batch_size)
     out: list[list[int]] = []
     for index, start in enumerate(range(0, n, batch_size)):
         generator = torch.Generator(device=model.device).manual_seed(batch_seed(seed, index))

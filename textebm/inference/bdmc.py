@@ -80,7 +80,9 @@ def model_samples(model, n: int, max_length: int = 40, generator: torch.Generato
     """n sentences from the model with their codes: (tokens `<s> ... </s> <pad>...` (n, T), z (n, d)).
     z is an exact prior draw for the Gaussian prior; for an EBM a draw from `ais` (an `AnnealedEstimate`)
     resampled by its weights. A sentence cut at `max_length` tokens has no `</s>`: its likelihood is
-    then that of the prefix, of which z is still an exact posterior draw."""
+    then that of the prefix, of which z is still an exact posterior draw. Decoding never emits `<pad>` or
+    `<s>` (`textebm.generation.decoding`): x is drawn from p(x|z) given that it holds neither, off p(x|z) by
+    their probability, which training pushes down (a `<pad>` drawn would not have been scored either)."""
     from textebm.generation.decoding import decode
 
     prior = model.prior

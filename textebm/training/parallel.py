@@ -31,6 +31,17 @@ from textebm.errors import UserError
 from textebm.model.langevin import Shard
 
 
+def check_rows_for_each(batch_size: int, lines: int, world: int) -> None:
+    """Every data-parallel process needs a row of every batch: a batch_size or a training split smaller
+    than the number of processes is refused before any run folder is written."""
+    if batch_size < world:
+        raise UserError(f"batch_size {batch_size} is below the {world} data-parallel processes, which need a row "
+                        "of every batch each: raise it (--set batch_size=...), or start fewer processes")
+    if lines < world:
+        raise UserError(f"the training split has {lines} lines: fewer than the {world} data-parallel processes, "
+                        "which need a line each")
+
+
 @dataclass(frozen=True)
 class Parallel:
     rank: int = 0

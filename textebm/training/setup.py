@@ -24,7 +24,7 @@ from textebm.devices import bf16_emulated
 from textebm.errors import UserError
 from textebm.model.latent_ebm import LatentEBMTextModel
 from textebm.model.runs import build_model, create_run, is_run, load_config
-from textebm.training.parallel import Parallel
+from textebm.training.parallel import Parallel, check_rows_for_each
 from textebm.training.train import TrainResult, train
 
 
@@ -90,6 +90,7 @@ def new_run(folder, config: Config, data_dir: str | None = None, device="cpu",
         raise UserError(f"{folder} already holds a run: continue it with --resume, or choose another --out")
     corpus = open_corpus(config.corpus, data_dir)
     train_lines, valid_lines, valid_source = training_splits(corpus, config.train_split)
+    check_rows_for_each(config.batch_size, len(train_lines), parallel.world)
     failure = None  # rank 0 builds and saves the vocabulary; the others wait for it, then read it
     if parallel.is_main:
         try:

@@ -31,7 +31,7 @@ from textebm.model.checkpoints import has_checkpoint, load_checkpoint, save_chec
 from textebm.model.latent_ebm import LatentEBMTextModel
 from textebm.model.runs import create_run
 from textebm.training.learner import make_learner
-from textebm.training.parallel import Parallel
+from textebm.training.parallel import Parallel, check_rows_for_each
 from textebm.training.training_log import Clock, TrainingLog, validation_at
 
 VALIDATION_SEED = 1234  # validation draws its own noise, so it never shifts the training RNG
@@ -200,12 +200,12 @@ RESUMABLE_KEYS = {"log_every", "valid_every", "checkpoint_every", "valid_batches
 
 def check_config_unchanged(saved: dict | None, cfg: Config, folder: Path) -> None:
     """Refuse a config.json edited since the checkpoint was saved, naming the keys (checkpoints before
-    2026-12-08 hold no config: nothing to compare)."""
+    2026-12-08 hold no config: nothing to compare). Only the keys both know are compared: a key a later
+    textebm adds, or drops, is no edit."""
     if saved is None:
         return
     now = cfg.to_dict()
-    changed = sorted(key for key in set(saved) | set(now)
-                     if key not in RESUMABLE_KEYS and saved.get(key) != now.get(key))
+    changed = sorted(key for key in set(saved) & set(now) if key not in RESUMABLE_KEYS and saved[key] != now[key])
     if changed:
         listed = ", ".join(f"{key} {saved.get(key)!r} -> {now.get(key)!r}" for key in changed)
         raise UserError(f"{folder / 'config.json'} changed since the checkpoint was saved ({listed}): a resume "
@@ -219,11 +219,9 @@ class EpochOrder:
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, least: int = 1):
         self.lengths, self.batch_size, self.seed, self.least = lengths, batch_size, seed, least
+        check_rows_for_each(batch_size, len(lengths), least)  # (a run resumed with more processes)
         full, partial = divmod(len(lengths), batch_size)
         self.per_epoch = full + (partial >= least)
-        if self.per_epoch == 0:
-            raise UserError(f"the training split has {len(lengths)} lines: fewer than the {least} data-parallel "
-                            "processes, which need a line each")
         self.epoch, self.batches = -1, []
 
     def batch(self, step: int) -> list[int]:
