@@ -85,9 +85,8 @@ def parse_device(name) -> torch.device:
 
 
 def decoding_precision_warning(precision: str, device) -> str | None:
-    """What to say of `--precision bf16` on a CPU that emulates bf16: decoding runs some 5x slower than fp32
-    there (22 against 118 sentences/s at the cpu preset's sizes, batch 32, measured 2026-12-08 on an AVX2
-    EPYC), the opposite of what the option is for."""
+    """What to say of `--precision bf16` on a CPU that emulates bf16: decoding runs about 5x slower than fp32
+    there (docs/sampling.md), the opposite of what the option is for."""
     if precision == "bf16" and bf16_emulated(device):
         return ("--precision bf16 on a CPU without AVX-512: bf16 is emulated there and decoding runs several times "
                 "slower than fp32 (int8 is the faster choice on this CPU)")
