@@ -28,7 +28,7 @@ import torch
 
 from bench import Row
 from textebm.devices import cpu_description
-from textebm.io import atomic_write_text
+from textebm.io import atomic_write_text, json_safe
 
 # in the order they run: on a GPU `levers` compiles, the longest and least known, so it follows `batching`
 BENCHMARKS = ("training", "step_profile", "batching", "levers", "sampling", "precision", "eval_ppl", "likelihood",
@@ -116,6 +116,8 @@ def parse_args(argv=None):
         p.error("--only names no benchmark")
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, not {args.threads}")
     return args
 
 
@@ -154,9 +156,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from textebm.devices import resolve_device
     from textebm.errors import UserError
+    from textebm.io import check_writable
+    from textebm.model.runs import is_run
 
-    try:
+    try:  # before any work: a bad --out or --checkpoint failed after the first benchmarks, losing their rows
         args.device = str(resolve_device(args.device))
+        check_writable(args.out, folder=True)
+        if args.checkpoint is not None and not is_run(args.checkpoint):
+            raise UserError(f"--checkpoint {args.checkpoint} is not a textebm run (no config.json)")
     except UserError as err:
         print(f"python -m bench: error: {err}", file=sys.stderr)
         return 2
@@ -183,7 +190,8 @@ def save(out: Path, rows: list[Row], info: dict, args) -> str:
     """Write the rows so far as latest.json and latest.md; return the table."""
     info["seconds"] = round(time.time() - info["started"], 1)
     table = markdown(rows, info, args)
-    atomic_write_text(out / "latest.json", json.dumps({**info, "rows": [r.to_dict() for r in rows]}, indent=1) + "\n")
+    record = json_safe({**info, "rows": [r.to_dict() for r in rows]})  # a NaN figure is null: valid JSON
+    atomic_write_text(out / "latest.json", json.dumps(record, indent=1, allow_nan=False) + "\n")
     atomic_write_text(out / "latest.md", table)
     return table
 

@@ -518,3 +518,39 @@ def test_each_benchmark_s_rows_are_on_disk_before_the_next_starts(tmp_path, monk
     assert on_disk == [[], ["training"], ["training", "sampling"]]  # in BENCHMARKS' order
     final = json.loads((tmp_path / "latest.json").read_text())["rows"]
     assert [r["benchmark"] for r in final] == ["training", "sampling", "server"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("--out", "cannot write"),  # a traceback after the first benchmark's work
+    ("--checkpoint", "is not a textebm run"),  # a traceback in `precision`, its speed rows lost
+])
+def test_bench_refuses_a_bad_path_before_any_work(tmp_path, capsys, bad, message):
+    from bench.__main__ import main
+
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" if bad == "--out" else tmp_path / "o"
+    extra = ["--checkpoint", str(tmp_path)] if bad == "--checkpoint" else []
+    assert main(["--quick", "--only", "batching", "--repeats", "1", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "o").exists(), err
+
+
+def test_bench_refuses_threads_below_one():
+    from bench.__main__ import parse_args
+
+    with pytest.raises(SystemExit) as exit_:  # 0 was silently ignored, -1 a traceback
+        parse_args(["--only", "batching", "--threads", "0"])
+    assert exit_.value.code == 2
+
+
+def test_a_nan_figure_is_written_as_null_not_invalid_json(tmp_path):
+    from bench.__main__ import parse_args, save
+
+    args = parse_args(["--only", "batching", "--out", str(tmp_path)])
+    from bench.__main__ import machine
+
+    save(tmp_path, [Row("batching", "case", "ms", float("nan"), 1.0, float("inf"), "cost factor")],
+         {"started": 0.0, "machine": machine(), "repeats": 1, "quick": False, "overrides": [], "only": ["batching"],
+          "device": "cpu"}, args)
+    row = json.loads((tmp_path / "latest.json").read_text())["rows"][0]  # strict: NaN is no JSON
+    assert row["reference"] is None and row["ratio"] is None and row["candidate"] == 1.0
