@@ -28,7 +28,7 @@ import torch
 
 from bench import Row
 from textebm.devices import cpu_description
-from textebm.io import atomic_write_text, json_safe
+from textebm.io import atomic_write_files, json_safe
 
 # in the order they run: on a GPU `levers` compiles, the longest and least known, so it follows `batching`
 BENCHMARKS = ("training", "step_profile", "batching", "levers", "sampling", "precision", "eval_ppl", "likelihood",
@@ -73,8 +73,8 @@ def markdown(rows: list[Row], info: dict, args) -> str:
     met = {True: "met", False: "**not met**", None: "—"}
     lines = [
         f"Benchmarks of textebm (`{' '.join(['python -m bench'] + sys.argv[1:])}`), "
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(info['started']))}; median of {args.repeats}, "
-        f"reference and candidate interleaved.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(info['started']))}, commit {info.get('commit')}; "
+        f"median of {args.repeats}, reference and candidate interleaved.",
         "",
         f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']} "
         f"({info['machine']['torch_threads']} threads), "
@@ -98,7 +98,8 @@ def parse_args(argv=None):
                    help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per contender; medians are reported")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run, not figures")
-    p.add_argument("--out", default="bench/results", help="folder of latest.json and latest.md")
+    p.add_argument("--out", help="folder of latest.json and latest.md (default bench/results, the committed full "
+                                 "table, for a run of every benchmark; bench/results/partial for an --only subset)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the training candidate (repeatable), as in `textebm train --set`")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -118,6 +119,8 @@ def parse_args(argv=None):
         p.error("--repeats must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be at least 1, not {args.threads}")
+    if args.out is None:  # a few benchmarks' rows must not replace the committed table of all of them
+        args.out = "bench/results" if set(args.only) == set(BENCHMARKS) else "bench/results/partial"
     return args
 
 
@@ -167,8 +170,10 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"python -m bench: error: {err}", file=sys.stderr)
         return 2
-    info = {"started": time.time(), "machine": machine(), "repeats": args.repeats, "quick": args.quick,
-            "overrides": args.overrides, "only": args.only, "device": args.device}
+    from textebm.experiments.reproduce import code_commit
+
+    info = {"started": time.time(), "commit": code_commit(), "machine": machine(), "repeats": args.repeats,
+            "quick": args.quick, "overrides": args.overrides, "only": args.only, "device": args.device}
     rows: list[Row] = []
     failed = False
     for name in [b for b in BENCHMARKS if b in args.only]:
@@ -191,8 +196,9 @@ def save(out: Path, rows: list[Row], info: dict, args) -> str:
     info["seconds"] = round(time.time() - info["started"], 1)
     table = markdown(rows, info, args)
     record = json_safe({**info, "rows": [r.to_dict() for r in rows]})  # a NaN figure is null: valid JSON
-    atomic_write_text(out / "latest.json", json.dumps(record, indent=1, allow_nan=False) + "\n")
-    atomic_write_text(out / "latest.md", table)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_files([(out / "latest.json", (json.dumps(record, indent=1, allow_nan=False) + "\n").encode()),
+                        (out / "latest.md", table.encode())])  # the two of one moment, or the two before
     return table
 
 

@@ -100,7 +100,7 @@ def run(quick: bool, repeats: int, checkpoint: str | None = None) -> list[Row]:
         ratio = report["p50_ms"] / floor_ms if report["p50_ms"] else None
         rows.append(Row(NAME, f"/generate p50 latency, n={n}, 1 client, vs the decoding floor", "ms", floor_ms,
                         report["p50_ms"], ratio, "cost factor", f"<= {TARGET:g}x the floor",
-                        ratio is not None and ratio <= TARGET,
+                        None if ratio is None else ratio <= TARGET,
                         f"p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms; mean sentence "
                         f"{report['mean_sentence_tokens']} tokens; {model}; {duration:g} s of load",
                         {"report": report, "floor_s": floor[n]}))

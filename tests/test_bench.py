@@ -554,3 +554,12 @@ def test_a_nan_figure_is_written_as_null_not_invalid_json(tmp_path):
           "device": "cpu"}, args)
     row = json.loads((tmp_path / "latest.json").read_text())["rows"][0]  # strict: NaN is no JSON
     assert row["reference"] is None and row["ratio"] is None and row["candidate"] == 1.0
+
+
+def test_a_partial_run_does_not_replace_the_committed_table_by_default():
+    # `--only likelihood` without --out replaced bench/results/latest.md, the full table, with its few rows
+    from bench.__main__ import BENCHMARKS, parse_args
+
+    assert parse_args(["--only", "likelihood"]).out == "bench/results/partial"
+    assert parse_args(["--only", ",".join(BENCHMARKS)]).out == parse_args([]).out == "bench/results"
+    assert parse_args(["--only", "likelihood", "--out", "/tmp/x"]).out == "/tmp/x"
