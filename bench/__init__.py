@@ -55,16 +55,17 @@ def timed(fn: Callable[[], object], device=None) -> float:
 
 def interleave(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                device=None) -> dict[str, list[float]]:
-    """Seconds per call of each function, run in turn (a, b, a, b, ...) `repeats` times after
-    `warmup` untimed rounds, so that a burst of load from a neighbour hits every contender alike.
+    """Seconds per call of each function, run in turn `repeats` times after `warmup` untimed rounds, so
+    that a burst of load from a neighbour hits every contender alike; every other round in reverse order
+    (a, b, b, a, a, b, ...), so that no contender always follows the same one (the caches it leaves).
     On CUDA every timing waits for the device (`timed`)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     seconds: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            seconds[name].append(timed(fn, device))
+    for round_ in range(repeats):
+        for name in (list(fns) if round_ % 2 == 0 else list(reversed(fns))):
+            seconds[name].append(timed(fns[name], device))
     return seconds
 
 

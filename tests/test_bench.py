@@ -295,6 +295,15 @@ def test_every_timing_on_cuda_waits_for_the_device(monkeypatch):
     assert calls == ["cuda:0"] * 12  # before and after each of the 6 timed calls
 
 
+def test_interleaved_rounds_alternate_their_order():
+    from bench import interleave
+
+    order = []
+    seconds = interleave({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # the warm-up round, then a b | b a | a b
+    assert {name: len(values) for name, values in seconds.items()} == {"a": 3, "b": 3}
+
+
 def test_quick_likelihood_rows_time_both_estimators_and_hold_the_new_one_to_the_closed_form():
     from bench import issue_day, likelihood
 
