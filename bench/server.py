@@ -61,24 +61,49 @@ def _load(load_test, run: Path, out: Path, clients: int, n: int, duration: float
     return report
 
 
-def floor_seconds(run: Path, batches: list[int], repeats: int) -> dict[int, float]:
-    """Median seconds of `model.generate(n, max_length=40)` per batch size n, one thread, fresh seeds."""
-    import torch
+class Floor:
+    """`model.generate(n, max_length=40)` per batch size n in this process, one thread as the server has,
+    fresh seeds: timed a few calls at a time between the load segments."""
 
-    from textebm.model.runs import load_run
+    def __init__(self, run: Path, batches: list[int]):
+        import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = load_run(run).model
-        seeds = iter(range(10**6))
-        fns = {n: (lambda n=n: model.generate(n, max_length=MAX_LENGTH,
-                                              generator=torch.Generator().manual_seed(next(seeds))))
-               for n in batches}
-        seconds = interleave(fns, max(3, repeats))
-    finally:
-        torch.set_num_threads(threads)
-    return {n: median(values) for n, values in seconds.items()}
+        from textebm.model.runs import load_run
+
+        model, seeds = load_run(run).model, iter(range(10**6))
+        self.fns = {n: (lambda n=n: model.generate(n, max_length=MAX_LENGTH,
+                                                   generator=torch.Generator().manual_seed(next(seeds))))
+                    for n in batches}
+        self.seconds: dict[int, list[float]] = {n: [] for n in batches}
+
+    def time(self, calls: int) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for n, values in interleave(self.fns, calls, warmup=0).items():
+                self.seconds[n] += values
+        finally:
+            torch.set_num_threads(threads)
+
+    def median(self) -> dict[int, float]:
+        return {n: median(values) for n, values in self.seconds.items()}
+
+
+CASES = ((1, 1), (1, 32), (4, 1), (16, 1))  # (clients, n)
+
+
+def pooled(parts: list[dict]) -> dict:
+    """One load test's segments as one report: the median of their percentiles and batch sizes, their
+    mean throughput (equal durations)."""
+    def mid(key):
+        values = [part[key] for part in parts if part.get(key) is not None]
+        return round(median(values), 1) if values else None
+
+    return {"p50_ms": mid("p50_ms"), "p95_ms": mid("p95_ms"), "p99_ms": mid("p99_ms"),
+            "mean_sentence_tokens": mid("mean_sentence_tokens"), "mean_batch_requests": mid("mean_batch_requests"),
+            "sentences_per_s": sum(part["sentences_per_s"] for part in parts) / len(parts), "segments": parts}
 
 
 def run(quick: bool, repeats: int, checkpoint: str | None = None) -> list[Row]:
@@ -88,9 +113,18 @@ def run(quick: bool, repeats: int, checkpoint: str | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         tmp = Path(tmp)
         run_dir = Path(checkpoint) if checkpoint else make_run(tmp / "run", quick)
-        reports = {(clients, n): _load(load_test, run_dir, tmp / f"{clients}-{n}.json", clients, n, duration)
-                   for clients, n in ((1, 1), (1, 32), (4, 1), (16, 1))}
-        floor = floor_seconds(run_dir, [1, 4, 16, 32], repeats)
+        # interleaved: each round a segment of every load test, then the floor, so that both sides meet the
+        # same load from the machine (the floor timed after all the load swung the row from 0.61x to 1.73x)
+        floor, segments = Floor(run_dir, [1, 4, 16, 32]), {case: [] for case in CASES}
+        floor.time(1)  # warm-up, untimed
+        floor.seconds = {n: [] for n in floor.seconds}
+        for round_ in range(repeats):
+            for clients, n in CASES:
+                segments[(clients, n)].append(_load(load_test, run_dir, tmp / f"{clients}-{n}-{round_}.json",
+                                                    clients, n, duration / repeats))
+            floor.time(max(1, 3 // repeats))
+        reports = {case: pooled(parts) for case, parts in segments.items()}
+        floor = floor.median()
     model = (f"trained run {run_dir.name}" if checkpoint
              else "tiny untrained model" if quick else "untrained LSTM 256/512, PTB vocabulary")
     rows = []
