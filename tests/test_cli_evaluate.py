@@ -459,6 +459,23 @@ def test_user_file_corpus_is_evaluated_on_its_held_out_lines_as_valid(invoke, tm
     assert report["num_sentences"] == 12 and "last 20 lines of train (held out)" in out
 
 
+def _stop_at_the_third_chunk(monkeypatch):
+    """Ctrl-C at the third chunk of importance sampling (after log Z and two chunks): the list the calls are
+    counted in, and the real function."""
+    import textebm.inference.likelihood as likelihood
+
+    real, chunks = likelihood.importance_sampled_log_likelihood, []
+
+    def stopping(*a, **k):
+        chunks.append(1)
+        if len(chunks) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", stopping)
+    return chunks, real
+
+
 def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_numbers(invoke, tmp_path, corpus_folder,
                                                                                   train_lines, monkeypatch):
     import textebm.inference.likelihood as likelihood
@@ -471,16 +488,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped_with_the_same_number
     partial = run / "evaluation-test.partial.pt"
     assert not partial.exists()  # a finished evaluation leaves nothing to resume
 
-    chunks = []
-    real = likelihood.importance_sampled_log_likelihood
-
-    def stopping_at_the_third_chunk(*a, **k):
-        chunks.append(1)
-        if len(chunks) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", stopping_at_the_third_chunk)
+    chunks, real = _stop_at_the_third_chunk(monkeypatch)
     status, _, err = invoke(*args)
     assert status == 130 and partial.is_file(), err  # Ctrl-C after log Z and two chunks of the three
     chunks.clear()
@@ -581,15 +589,7 @@ def test_an_interrupted_evaluation_of_other_lines_or_weights_starts_afresh(invok
 
     run = _make_run(tmp_path / "run", corpus_folder, train_lines[:300])
     args = ["--checkpoint", run, *FAST, "--chunk", "4", "--fppl-samples", "0", "--json"]
-    real, chunks = likelihood.importance_sampled_log_likelihood, []
-
-    def stopping_at_the_third_chunk(*a, **k):
-        chunks.append(1)
-        if len(chunks) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", stopping_at_the_third_chunk)
+    _, real = _stop_at_the_third_chunk(monkeypatch)
     assert invoke(*args)[0] == 130 and (run / "evaluation-test.partial.pt").is_file()
     monkeypatch.setattr(likelihood, "importance_sampled_log_likelihood", real)
     if change == "held-out lines":
