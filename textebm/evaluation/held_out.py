@@ -537,12 +537,19 @@ def text_digest(lines: list[str]) -> str:
 
 
 def options_record(options: EvaluationOptions) -> dict:
-    """The options as a dict; the protocol's only when wKL or the neural rPPL was asked for (else they change
-    nothing, and must not count as other options), and without where its reverse LM is kept."""
+    """The options as a dict, the protocol's as `protocol_record` keeps them."""
     record = asdict(options)
-    record["protocol"] = ({k: v for k, v in record["protocol"].items() if k != "keep"} if options.protocol.wanted
-                          else None)
+    record["protocol"] = protocol_record(record["protocol"])
     return record
+
+
+def protocol_record(protocol: dict) -> dict | None:
+    """The protocol's options only when wKL or the neural rPPL was asked for (else they change nothing, and
+    must not count as other options), and without where its reverse LM is kept. Also reads a report written
+    before 2026-12-08, which recorded them all (`reports.keep_earlier_report`)."""
+    if not (protocol.get("wkl") or protocol.get("neural_rppl")):
+        return None
+    return {k: v for k, v in protocol.items() if k != "keep"}
 
 
 def report_options(options: EvaluationOptions) -> dict:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from textebm.errors import UserError
-from textebm.evaluation.held_out import EvaluationOptions, evaluate
+from textebm.evaluation.held_out import EvaluationOptions, evaluate, protocol_record
 from textebm.progress import QUIET, Progress
 
 
@@ -22,10 +22,7 @@ def _as_now(options):
     """A report's options as they are recorded now: before 2026-12-08 the protocol's options were recorded
     whether or not wKL or the neural rPPL was asked for, and with the folder its reverse LM was kept in."""
     protocol = options.get("protocol") if isinstance(options, dict) else None
-    if not isinstance(protocol, dict):
-        return options
-    asked = protocol.get("wkl") or protocol.get("neural_rppl")
-    return {**options, "protocol": {k: v for k, v in protocol.items() if k != "keep"} if asked else None}
+    return {**options, "protocol": protocol_record(protocol)} if isinstance(protocol, dict) else options
 
 
 def keep_earlier_report(folder: Path, split: str, options: dict) -> Path | None:
