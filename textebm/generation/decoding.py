@@ -66,12 +66,14 @@ def decode(decoder, z: torch.Tensor, bos_id: int, eos_id: int, max_length: int, 
         from textebm.generation.precision import StepProducts
 
         products = StepProducts(decoder)
-    never = [decoder.pad_id, bos_id]  # never a target in training, so never taught to be unlikely: not words
+    # never a target in training, so never taught to be unlikely: not words (an index on the device, made once:
+    # a Python list as the index is a host-to-device copy per token on a GPU)
+    never = torch.tensor([decoder.pad_id, bos_id], device=z.device)
     out = []
     for _ in range(max_length):
         cancellation.check()
         logits, state = decoder.step(token, z_gates, state, products)
-        logits[:, never] = float("-inf")
+        logits.index_fill_(1, never, float("-inf"))
         token = choose_tokens(logits, greedy, temperature, top_k, top_p, generator)
         token = token.masked_fill(finished, eos_id)
         out.append(token)
